@@ -1,0 +1,101 @@
+"""The `engines` command: train networks, export them, and evaluate them.
+
+Examples::
+
+    engines train bffn --data ../shared/data/magnetic-tile --out runs/bffn-mt
+    engines export --weights runs/bffn-mt --out runs/bffn-mt/bffn.onnx
+    engines eval --weights bffn-magnetic-tile --data ../shared/data/magnetic-tile --json eval.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from engines.train import TrainSettings, train_segmentation
+
+    log_file = Path(args.out) / "train.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger().addHandler(handler)
+    settings = TrainSettings(model=args.model, data=args.data, out=args.out, epochs=args.epochs, batch=args.batch,
+                             lr=args.lr, tile=args.tile, holdout=args.holdout, seed=args.seed,
+                             steps_per_epoch=args.steps_per_epoch, threads=args.threads)
+    final = train_segmentation(settings, progress=not args.quiet)
+    print(json.dumps(final, indent=2))
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    from engines.export import export_onnx
+    from engines.weights import resolve_weights
+
+    bundle = resolve_weights(args.weights)
+    path = export_onnx(bundle, Path(args.out), tile=args.tile or bundle.tile)
+    print(path)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="engines",
+        description="Train, export and evaluate the station's networks.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("Examples::", 1)[1],
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a segmentation network on tiles (paper settings by default)",
+                           description="Train a network on tiles cut from DATA; checkpoints every epoch to "
+                                       "OUT/checkpoint.pt and resumes from it when re-run with the same OUT.")
+    train.add_argument("model", choices=["bffn"], help="network to train")
+    train.add_argument("--data", required=True, help="data folder (generic images/+masks/, magnetic-tile, or NEU-Seg)")
+    train.add_argument("--out", required=True, help="run folder: checkpoint, log, final weights and config")
+    train.add_argument("--epochs", type=int, default=30, help="epochs (default: 30, as in the paper)")
+    train.add_argument("--batch", type=int, default=16, help="tiles per step (default: 16)")
+    train.add_argument("--lr", type=float, default=5e-4, help="RMSprop learning rate (default: 5e-4)")
+    train.add_argument("--tile", type=int, default=128, help="tile side in pixels (default: 128)")
+    train.add_argument("--holdout", type=float, default=0.2, help="fraction of images held out for validation")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--steps-per-epoch", type=int, default=0,
+                       help="steps per epoch (default 0: as many tiles as the tiler cuts from the training images)")
+    train.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: all)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=_train)
+
+    export = sub.add_parser("export", help="export weights to ONNX (inference only, dynamic batch)")
+    export.add_argument("--weights", required=True, help="weights folder or shipped name")
+    export.add_argument("--out", required=True, help="ONNX file to write")
+    export.add_argument("--tile", type=int, default=0, help="tile side (default: the one the weights were trained on)")
+    export.set_defaults(func=_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - turn known errors into one-line messages
+        from engines.errors import USER_ERRORS
+
+        if isinstance(exc, USER_ERRORS):
+            print(f"engines: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Training of the segmentation networks on tiles, with resumable checkpoints and a fixed seed.
+
+Paper settings are the defaults: RMSprop, learning rate 5e-4, batch 16, 30 epochs, 128×128 tiles, a principal
+and two auxiliary cross-entropy losses. One epoch is as many tiles as the tiler would cut from the training
+images (so an epoch "sees" the training set once, on average).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSettings:
+    model: str = "bffn"
+    data: str = ""
+    out: str = ""
+    epochs: int = 30
+    batch: int = 16
+    lr: float = 5e-4
+    tile: int = 128
+    overlap: int = 32
+    holdout: float = 0.2
+    seed: int = 0
+    aux_weight: float = 1.0
+    defect_fraction: float = 0.5
+    steps_per_epoch: int = 0  # 0 = as many tiles as the tiler cuts from the training images, / batch
+    threads: int = 0
+    min_area_px: int = 20
+    model_config: dict = field(default_factory=dict)
+
+
+def _tiles_per_image(shape: tuple[int, int], tile: int, overlap: int) -> int:
+    stride = tile - overlap
+    return math.prod(max(1, math.ceil((max(s, tile) - tile) / stride) + 1) for s in shape)
+
+
+def train_segmentation(settings: TrainSettings, progress: bool = True) -> dict:
+    """Train, checkpoint every epoch to ``out/checkpoint.pt`` (resumed automatically), validate on the held-out
+    split, and write the final weights (``model.safetensors`` + ``config.json``) to ``out``."""
+    import torch
+    from tqdm import tqdm
+
+    from engines.data.segmentation import TileSampler, load_dataset, stratified_split
+    from engines.evaluate import evaluate_full_images
+    from engines.models import build_model
+    from engines.preprocess import InputSpec, normalize_tiles
+    from engines.weights import save_weights
+
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    samples = load_dataset(settings.data)
+    train_idx, held_idx = stratified_split(samples, settings.holdout, settings.seed)
+    (out / "split.json").write_text(json.dumps(
+        {"train": [samples[i].name for i in train_idx], "holdout": [samples[i].name for i in held_idx]}, indent=1))
+    train_samples = [samples[i] for i in train_idx]
+    held_samples = [samples[i] for i in held_idx]
+    spec = InputSpec(channels=1)
+    config = {"in_channels": spec.channels, **settings.model_config}
+    model = build_model(settings.model, config)
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=settings.lr)
+    steps = settings.steps_per_epoch or max(1, sum(_tiles_per_image(s.image.shape, settings.tile, settings.overlap)
+                                                     for s in train_samples) // settings.batch)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs * steps)
+    history: list[dict] = []
+    start_epoch = 0
+    checkpoint = out / "checkpoint.pt"
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = int(state["epoch"]), json.loads(state["history"])
+        log.info("resumed from %s at epoch %d", checkpoint, start_epoch)
+    criterion = torch.nn.CrossEntropyLoss()
+    for epoch in range(start_epoch, settings.epochs):
+        sampler = TileSampler(train_samples, settings.tile, settings.defect_fraction, seed=settings.seed * 1000 + epoch)
+        model.train()
+        t0, total = time.time(), 0.0
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress,
+                   file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 60.0)
+        for _ in bar:
+            tiles, masks = sampler.batch(settings.batch)
+            x = torch.from_numpy(normalize_tiles(tiles, spec))
+            y = torch.from_numpy(masks)
+            outputs = model(x)
+            principal, *aux = outputs if isinstance(outputs, tuple) else (outputs,)
+            loss = criterion(principal, y) + settings.aux_weight * sum(criterion(a, y) for a in aux)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += float(loss.detach())
+            bar.set_postfix(loss=f"{float(loss):.4f}")
+        model.eval()
+        metrics = evaluate_full_images(model, held_samples, spec, min_area_px=settings.min_area_px) if held_samples else {}
+        record = {"epoch": epoch + 1, "loss": total / steps, "seconds": round(time.time() - t0, 1), **metrics}
+        history.append(record)
+        log.info("epoch %s", json.dumps(record))
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": json.dumps(history)},
+                   checkpoint.with_suffix(".tmp"))
+        checkpoint.with_suffix(".tmp").replace(checkpoint)
+    model.eval()
+    training = {"settings": asdict(settings), "history": history, "command": " ".join(sys.argv),
+                "train_images": len(train_samples), "holdout_images": len(held_samples)}
+    save_weights(model, out, settings.model, model.config.to_dict(), spec.to_dict(), settings.tile, training)
+    return history[-1] if history else {}

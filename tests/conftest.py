@@ -1,0 +1,42 @@
+"""Fixtures shared by every test package."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _station_cache(tmp_path_factory):
+    """Exported ONNX files go to a per-session folder, never the user's cache."""
+    os.environ["STATION_CACHE"] = str(tmp_path_factory.mktemp("station-cache"))
+
+
+@pytest.fixture(scope="session")
+def magnetic_tile() -> Path:
+    path = SHARED_DATA / "magnetic-tile"
+    if not path.is_dir():
+        pytest.skip(f"needs the real magnetic-tile data at {path} (../shared/data beside the checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def untrained_bffn(tmp_path_factory) -> Path:
+    """An untrained BFFN saved like a training run (weights + config), for export and parity tests."""
+    import torch
+
+    from engines.models.bffn import BFFN, BFFNConfig
+    from engines.preprocess import InputSpec
+    from engines.weights import save_weights
+
+    torch.manual_seed(0)
+    model = BFFN(BFFNConfig()).eval()
+    out = tmp_path_factory.mktemp("untrained-bffn")
+    save_weights(model, out, "bffn", model.config.to_dict(), InputSpec().to_dict(), 128, {"note": "untrained"},
+                 half=False)
+    return out

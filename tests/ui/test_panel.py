@@ -1,0 +1,357 @@
+"""Operator panel: overlay drawing, live updates from a pipeline thread, slow-consumer behaviour, close, screenshot."""
+from __future__ import annotations
+
+import gc
+import os
+import re
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from station.feed import ResultFeed
+from station.records import CameraState, Verdict
+from tests.ui.conftest import BLOB, BLOB_DEFECT, StatsSource, make_result, publish_in_thread, synthetic_image, \
+    synthetic_mask
+from ui.overlay import BOX_COLOUR, overlay_for_display, overlay_mask, to_qimage
+
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "panel.png"
+
+
+# ------------------------------------------------------------------------------------------------ overlay
+def test_overlay_grey_paints_red_above_threshold_only() -> None:
+    image, mask = synthetic_image(), synthetic_mask()
+    out = overlay_mask(image, mask, threshold=0.5, alpha=0.5)
+    assert out.shape == (300, 400, 3) and out.dtype == np.uint8
+    inside = out[BLOB]
+    assert (inside[..., 0] > inside[..., 1]).all() and (inside[..., 1] == inside[..., 2]).all()
+    assert inside[0, 0].tolist() == [148, 20, 20]  # 40 * 0.5 + 255 * 0.5 in red, 40 * 0.5 elsewhere
+    untouched = mask < 0.5
+    assert np.array_equal(out[untouched], np.repeat(image[untouched][:, None], 3, axis=1))
+    assert np.array_equal(image, synthetic_image()), "the input image must not be modified"
+
+
+def test_overlay_rgb_input_keeps_colours_outside_mask() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(300, 400, 3), dtype=np.uint8)
+    mask = synthetic_mask()
+    out = overlay_mask(image, mask, threshold=0.5)
+    untouched = mask < 0.5
+    assert np.array_equal(out[untouched], image[untouched])
+    assert (out[BLOB][..., 0].astype(int) >= image[BLOB][..., 0]).mean() > 0.9  # pulled towards red
+    assert not np.array_equal(out[BLOB], image[BLOB])
+
+
+def test_overlay_threshold_is_inclusive_and_none_mask_is_plain_copy() -> None:
+    image = np.full((2, 2), 100, np.uint8)
+    mask = np.array([[0.5, 0.4999], [1.0, 0.0]], np.float32)
+    out = overlay_mask(image, mask, threshold=0.5)
+    assert out[0, 0, 1] < 100 and out[1, 0, 1] < 100 and out[0, 1].tolist() == [100] * 3
+    assert np.array_equal(overlay_mask(image, None), np.full((2, 2, 3), 100, np.uint8))
+
+
+def test_overlay_draws_defect_box_around_bbox() -> None:
+    image = np.zeros((300, 400), np.uint8)
+    out = overlay_mask(image, None, defects=[BLOB_DEFECT], box_thickness=2)
+    x, y, w, h = BLOB_DEFECT.bbox
+    box = np.array(BOX_COLOUR, np.uint8)
+    assert (out[y - 1, x:x + w] == box).all() and (out[y + h, x:x + w] == box).all()
+    assert (out[y:y + h, x - 1] == box).all() and (out[y:y + h, x + w] == box).all()
+    assert (out[y:y + h, x:x + w] == 0).all(), "the box grows outwards and leaves the defect visible"
+    assert (out[y - 3] == 0).all()
+
+
+def test_overlay_mask_shape_mismatch_raises_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"mask shape \(300, 401\) does not match image shape \(300, 400\)"):
+        overlay_mask(synthetic_image(), np.zeros((300, 401), np.float32))
+
+
+def test_overlay_rejects_non_uint8_image() -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        overlay_mask(np.zeros((4, 4), np.float32), None)
+    with pytest.raises(ValueError, match=r"grey \(H, W\) or RGB \(H, W, 3\)"):
+        overlay_mask(np.zeros((4, 4, 4), np.uint8), None)
+
+
+def test_overlay_for_display_shrinks_large_frames_and_keeps_tiny_defects() -> None:
+    image = np.full((2048, 2448), 128, np.uint8)
+    mask = np.zeros((2048, 2448), np.float32)
+    mask[1001, 1501] = 0.95  # a single-pixel defect
+    defect = replace(BLOB_DEFECT, bbox=(1501, 1001, 1, 1), area_px=1)
+    out = overlay_for_display(image, mask, 0.5, [defect], max_width=800, max_height=600)
+    assert out.shape[0] <= 600 and out.shape[1] <= 800 and max(out.shape[:2]) >= 590
+    assert ((out[..., 0] > 150) & (out[..., 1] < 100)).sum() >= 1, "a one-pixel defect must survive the shrink"
+    assert (out == np.array(BOX_COLOUR, np.uint8)).all(axis=2).sum() > 0
+    small = synthetic_image()
+    assert np.array_equal(overlay_for_display(small, synthetic_mask(), 0.5, (), 800, 600),
+                          overlay_mask(small, synthetic_mask(), 0.5))
+    with pytest.raises(ValueError, match="does not match image shape"):
+        overlay_for_display(image, np.zeros((10, 10), np.float32), 0.5, (), 800, 600)
+
+
+@pytest.mark.parametrize("y, x", [(0, 0), (2046, 2448), (2046, 0), (0, 2448), (777, 1313)])
+def test_overlay_for_display_keeps_single_pixels_at_edges(y: int, x: int) -> None:
+    image = np.zeros((2047, 2449, 3), np.uint8)  # odd sizes: the block average pads the edges
+    mask = np.zeros((2047, 2449), np.float32)
+    mask[y, x] = 1.0
+    out = overlay_for_display(image, mask, 0.5, (), max_width=517, max_height=433)
+    assert out.shape[1] <= 517 and out.shape[0] <= 433
+    assert (out[..., 0] > 0).sum() >= 1
+
+
+@pytest.mark.gui
+def test_to_qimage_owns_a_copy(qapp) -> None:
+    rgb = overlay_mask(synthetic_image(), synthetic_mask())
+    expected = rgb[130, 210].tolist()
+    qimage = to_qimage(rgb)
+    del rgb
+    gc.collect()
+    colour = qimage.pixelColor(210, 130)
+    assert [colour.red(), colour.green(), colour.blue()] == expected
+    grey = to_qimage(synthetic_image())
+    assert (grey.width(), grey.height()) == (400, 300) and grey.pixelColor(0, 0).red() == 90
+
+
+# ------------------------------------------------------------------------------------------------ panel
+@pytest.fixture
+def feed() -> ResultFeed:
+    return ResultFeed()
+
+
+@pytest.fixture
+def panel(qtbot, feed: ResultFeed, stats: StatsSource):
+    from ui.panel import StationPanel
+
+    closes: list[int] = []
+    window = StationPanel(feed, stats, on_close=lambda: closes.append(1), refresh_ms=20)
+    window.closes = closes  # type: ignore[attr-defined]
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    return window
+
+
+def label_colour(label) -> tuple[int, int, int]:
+    colour = label.grab().toImage().pixelColor(6, label.height() // 2)
+    return colour.red(), colour.green(), colour.blue()
+
+
+@pytest.mark.gui
+def test_panel_waits_grey_before_first_result(panel) -> None:
+    assert panel.verdict_label.text() == "WAITING"
+    red, green, blue = label_colour(panel.verdict_label)
+    assert abs(red - green) < 20 and abs(green - blue) < 20
+    assert panel.rejects_table.rowCount() == 0 and panel.frames_drawn == 0
+
+
+@pytest.mark.gui
+def test_panel_shows_fail_counters_and_reject(qtbot, panel, feed: ResultFeed, stats: StatsSource) -> None:
+    publish_in_thread(lambda: feed.publish(make_result(frame_id=41))).join()
+    qtbot.waitUntil(lambda: panel.verdict_label.text() == "FAIL", timeout=2000)
+    red, green, blue = label_colour(panel.verdict_label)
+    assert red > 150 and green < 90 and blue < 90
+    assert panel.defects_label.text() == "1 defect"
+    assert "#41" in panel.caption_label.text() and "glass_0001.png" in panel.caption_label.text()
+    assert not panel.image_view.image().isNull()
+    counters = {key: label.text() for key, label in panel.counter_labels.items()}
+    assert counters["inspected"] == "1,234" and counters["passed"] == "1,200" and counters["failed"] == "34"
+    assert counters["yield"] == "97.2 %" and counters["dropped"] == "7"
+    assert counters["throughput"] == "18.6 fps" and counters["latency"] == "12.3 / 31.7 ms"
+    assert counters["engine"] == "bffn-s/onnxruntime-cpu"
+    assert panel.camera_labels["state"].text() == "connected"
+    assert panel.camera_labels["lost"].text() == "2" and panel.camera_labels["incomplete"].text() == "5"
+    table = panel.rejects_table
+    assert table.rowCount() == 1
+    assert [table.item(0, c).text() for c in (1, 2, 3)] == ["#41  glass_0001.png", "1", "2,000"]
+    assert re.fullmatch(r"\d\d:\d\d:\d\d", table.item(0, 0).text())
+
+    stats.update(inspected=1235, failed=35)
+    qtbot.waitUntil(lambda: panel.counter_labels["inspected"].text() == "1,235", timeout=2000)
+    assert panel.counter_labels["failed"].text() == "35"
+
+
+@pytest.mark.gui
+def test_pass_turns_indicator_green_and_keeps_rejects(qtbot, panel, feed: ResultFeed) -> None:
+    feed.publish(make_result(frame_id=1))
+    qtbot.waitUntil(lambda: panel.verdict_label.text() == "FAIL", timeout=2000)
+    publish_in_thread(lambda: feed.publish(make_result(frame_id=2, verdict=Verdict.PASS))).join()
+    qtbot.waitUntil(lambda: panel.verdict_label.text() == "PASS", timeout=2000)
+    red, green, blue = label_colour(panel.verdict_label)
+    assert green > 100 and red < 90 and blue < 90
+    assert panel.defects_label.text() == "no defects"
+    assert panel.rejects_table.rowCount() == 1  # the earlier reject stays listed
+    feed.publish(make_result(frame_id=3, file="glass_0003.png"))
+    qtbot.waitUntil(lambda: panel.rejects_table.rowCount() == 2, timeout=2000)
+    assert panel.rejects_table.item(0, 1).text().startswith("#3"), "newest reject first"
+
+
+@pytest.mark.gui
+def test_camera_state_follows_stats(qtbot, panel, stats: StatsSource) -> None:
+    qtbot.waitUntil(lambda: panel.camera_labels["state"].text() == "connected", timeout=2000)
+    stats.update_source(state=CameraState.LOST, lost_frames=9, reconnects=3, last_error="GenTL timeout on fetch")
+    qtbot.waitUntil(lambda: panel.camera_labels["state"].text() == "lost", timeout=2000)
+    assert "e53935" in panel.camera_labels["state"].styleSheet()
+    assert panel.camera_labels["lost"].text() == "9" and panel.camera_labels["reconnects"].text() == "3"
+    assert panel.camera_labels["last_error"].text() == "Last error: GenTL timeout on fetch"
+    assert panel.camera_labels["last_error"].isVisible()
+    stats.update_source(state=CameraState.RECONNECTING)
+    qtbot.waitUntil(lambda: panel.camera_labels["state"].text() == "reconnecting", timeout=2000)
+
+
+@pytest.mark.gui
+def test_redraws_only_when_sequence_changes(qtbot, panel, feed: ResultFeed, stats: StatsSource) -> None:
+    feed.publish(make_result(frame_id=5))
+    qtbot.waitUntil(lambda: panel.frames_drawn == 1, timeout=2000)
+    calls = stats.calls
+    qtbot.wait(150)  # several 20 ms ticks with nothing new
+    assert panel.frames_drawn == 1
+    assert stats.calls > calls, "counters keep refreshing on the timer"
+
+
+@pytest.mark.gui
+def test_broken_stats_source_does_not_kill_panel(qtbot, feed: ResultFeed) -> None:
+    from ui.panel import StationPanel
+
+    def broken():
+        raise RuntimeError("pipeline gone")
+
+    window = StationPanel(feed, broken, refresh_ms=20)
+    qtbot.addWidget(window)
+    feed.publish(make_result(frame_id=8))
+    qtbot.waitUntil(lambda: window.verdict_label.text() == "FAIL", timeout=2000)
+    assert "pipeline gone" in window.statusBar().currentMessage()
+
+
+@pytest.mark.gui
+def test_slow_consumer_never_blocks_publisher(qtbot, panel, feed: ResultFeed) -> None:
+    fail, ok = make_result(verdict=Verdict.FAIL), make_result(verdict=Verdict.PASS)
+    results = [replace(fail if i % 10 == 0 else ok, frame=replace(fail.frame, frame_id=i))  # shared pixels
+               for i in range(1, 1001)]
+    elapsed: list[float] = []
+
+    def pipeline() -> None:
+        start = time.perf_counter()
+        for result in results:
+            feed.publish(result)
+        elapsed.append(time.perf_counter() - start)
+
+    publish_in_thread(pipeline).join(timeout=5)
+    assert elapsed and elapsed[0] < 0.25, f"publishing 1000 results took {elapsed}s: the panel held it up"
+    qtbot.waitUntil(lambda: "#1000" in panel.caption_label.text(), timeout=2000)
+    assert panel.verdict_label.text() == "FAIL"
+    assert panel.frames_drawn < 50, "the panel skips to the newest result instead of drawing every one"
+    assert panel.rejects_table.rowCount() == 20 and panel.rejects_table.item(0, 1).text().startswith("#1000")
+
+
+@pytest.mark.gui
+def test_close_calls_on_close_exactly_once(qtbot, panel) -> None:
+    assert panel.close()
+    panel.close()
+    qtbot.wait(50)
+    assert panel.closes == [1]
+    assert not panel.isVisible()
+
+
+@pytest.mark.gui
+def test_malformed_mask_shows_bare_image(qtbot, panel, feed: ResultFeed) -> None:
+    bad = replace(make_result(frame_id=9), mask=np.zeros((10, 10), np.float32))
+    feed.publish(bad)
+    qtbot.waitUntil(lambda: panel.frames_drawn == 1, timeout=2000)
+    assert panel.verdict_label.text() == "FAIL" and "overlay failed" in panel.statusBar().currentMessage()
+    assert panel.image_view.image() is not None  # the bare frame is still shown
+
+    base = make_result(frame_id=10)
+    feed.publish(replace(base, frame=replace(base.frame, image=np.zeros((300, 400), np.float64))))
+    qtbot.waitUntil(lambda: panel.frames_drawn == 2, timeout=2000)
+    assert panel.image_view.image() is None and panel.verdict_label.text() == "FAIL"
+
+
+@pytest.mark.gui
+def test_large_frame_is_drawn_at_view_size(qtbot, panel, feed: ResultFeed) -> None:
+    big = np.full((2048, 2448), 128, np.uint8)
+    base = make_result(frame_id=12, verdict=Verdict.PASS)
+    feed.publish(replace(base, frame=replace(base.frame, image=big), mask=np.zeros(big.shape, np.float32)))
+    qtbot.waitUntil(lambda: panel.frames_drawn == 1, timeout=2000)
+    shown, view = panel.image_view.image(), panel.image_view.device_size()
+    assert shown.width() <= max(view.width(), 640) and shown.height() <= max(view.height(), 480)
+    assert "2448×2048" in panel.caption_label.text()
+    panel.resize(1900, 1200)  # a bigger view re-renders the frame sharper, without counting a new frame
+    qtbot.waitUntil(lambda: panel.image_view.image().width() > shown.width(), timeout=2000)
+    assert panel.frames_drawn == 1
+
+
+@pytest.mark.gui
+def test_screenshot(qtbot, panel, feed: ResultFeed, stats: StatsSource, tmp_path: Path) -> None:
+    for i in range(1, 6):
+        feed.publish(make_result(frame_id=i, file=f"glass_{i:04d}.png"))
+    feed.publish(make_result(frame_id=6, file="glass_0006.png"))
+    stats.update_source(last_error="frame 1187 incomplete: GenTL buffer delivered 412 of 480 lines "
+                                   "(packet resend limit reached on the GigE link)")
+    qtbot.waitUntil(lambda: panel.rejects_table.rowCount() == 6, timeout=2000)
+    qtbot.wait(60)
+    path = tmp_path / "panel.png"
+    panel.grab_png(path)
+    assert path.stat().st_size > 10_000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if os.environ.get("UPDATE_DOCS_SCREENSHOT"):  # refresh the picture in docs/ on purpose only
+        DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, DOCS_SCREENSHOT)
+
+
+# ------------------------------------------------------------------------------------------------ app
+def test_display_available_follows_environment(monkeypatch) -> None:
+    import sys
+
+    from ui import app
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setenv("DISPLAY", ":0")
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    assert not app.display_available()
+    monkeypatch.setenv("QT_QPA_PLATFORM", "minimal")
+    assert not app.display_available()
+    monkeypatch.delenv("QT_QPA_PLATFORM")
+    assert app.display_available()
+    monkeypatch.delenv("DISPLAY")
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert not app.display_available()
+    monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-0")
+    assert app.display_available()
+    monkeypatch.delenv("WAYLAND_DISPLAY")
+    monkeypatch.setenv("QT_QPA_PLATFORM", "eglfs")
+    assert app.display_available()
+
+
+@pytest.mark.gui
+def test_run_panel_runs_loop_until_closed(qapp, feed: ResultFeed, stats: StatsSource) -> None:
+    from PyQt6.QtCore import QTimer
+    from PyQt6.QtWidgets import QApplication
+
+    from ui.app import run_panel
+    from ui.panel import StationPanel
+
+    closes: list[int] = []
+    seen: list[str] = []
+    feed.publish(make_result(frame_id=77))
+
+    def close_panel() -> None:
+        for widget in QApplication.topLevelWidgets():
+            if isinstance(widget, StationPanel) and widget.isVisible():
+                seen.append(widget.windowTitle())
+                seen.append(widget.verdict_label.text())
+                widget.close()
+
+    QTimer.singleShot(200, close_panel)
+    guard = QTimer()  # safety net: never hang the suite (stopped afterwards, so it cannot quit later tests)
+    guard.setSingleShot(True)
+    guard.timeout.connect(qapp.quit)
+    guard.start(5000)
+    try:
+        code = run_panel(feed, stats, lambda: closes.append(1), "Line 3 - cover glass", refresh_ms=20)
+    finally:
+        guard.stop()
+    assert code == 0
+    assert seen == ["Line 3 - cover glass", "FAIL"]
+    assert closes == [1]

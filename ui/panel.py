@@ -1,0 +1,451 @@
+"""The operator panel: live image with the defect overlay, verdict, line counters, camera health, recent rejects.
+
+The GUI thread only draws. A ``QTimer`` polls :meth:`ResultFeed.latest` every ``refresh_ms``; the image is
+redrawn only when the feed's sequence number changed, and the counters come from ``stats_fn()`` (a cheap
+snapshot supplied by the pipeline) on the same tick. Nothing here fetches frames or runs models, so a slow
+panel never holds up the line: it just skips to the newest result.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Callable
+
+from PyQt6.QtCore import QRect, QSize, Qt, QTimer, pyqtSignal
+from PyQt6.QtGui import QCloseEvent, QFont, QImage, QPainter, QPaintEvent, QPixmap, QResizeEvent
+from PyQt6.QtWidgets import (
+    QAbstractItemView,
+    QFrame,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QMainWindow,
+    QSizePolicy,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from station.feed import ResultFeed
+from station.records import CameraState, InspectionResult, LineStats, Verdict
+from ui.overlay import overlay_for_display, to_qimage
+
+log = logging.getLogger(__name__)
+
+GREEN, RED, AMBER, GREY = "#2e7d32", "#c62828", "#ef8f00", "#5f6368"
+STATE_COLOURS: dict[CameraState, str] = {
+    CameraState.CONNECTED: "#43a047",
+    CameraState.CONNECTING: AMBER,
+    CameraState.RECONNECTING: AMBER,
+    CameraState.LOST: "#e53935",
+    CameraState.STOPPED: "#9e9e9e",
+}
+
+STYLE = """
+QMainWindow, QWidget#central { background: #1e2124; }
+QLabel { color: #e8eaed; }
+QGroupBox { color: #9aa0a6; font-weight: bold; border: 1px solid #3c4043; border-radius: 6px;
+            margin-top: 14px; padding: 8px 8px 6px 8px; }
+QGroupBox::title { subcontrol-origin: margin; left: 10px; padding: 0 4px; }
+QLabel[role="name"] { color: #9aa0a6; font-size: 11pt; }
+QLabel[role="value"] { color: #e8eaed; font-weight: bold; font-size: 11pt; }
+QLabel#caption { color: #bdc1c6; }
+QTableWidget { font-size: 10pt; background: #26292c; color: #e8eaed; gridline-color: #3c4043; border: none;
+               alternate-background-color: #2b2e31; }
+QHeaderView::section { background: #303336; color: #9aa0a6; border: none; padding: 3px 6px; }
+QScrollBar:vertical { background: #26292c; width: 10px; margin: 0; }
+QScrollBar::handle:vertical { background: #5f6368; border-radius: 4px; min-height: 24px; }
+QScrollBar::add-line:vertical, QScrollBar::sub-line:vertical { height: 0; }
+QLabel#last_error { color: #f28b82; font-size: 10pt; }
+QStatusBar { color: #f28b82; }
+"""
+
+REJECT_COLUMNS = ("Time", "Frame", "Defects", "Largest px")
+MAX_ERROR_CHARS = 90  # about two lines of the side column; the tooltip holds the whole message
+
+
+class ImageView(QWidget):
+    """Draws one ``QImage`` scaled to fit (aspect kept, centred); the scaled pixmap is cached per widget size."""
+
+    resized = pyqtSignal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._image: QImage | None = None
+        self._scaled: QPixmap | None = None
+        self._placeholder = "waiting for the first image…"
+        self.setMinimumSize(QSize(320, 240))
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
+
+    def set_image(self, image: QImage | None, placeholder: str = "waiting for the first image…") -> None:
+        """Show ``image`` (or, when None, the ``placeholder`` text)."""
+        self._image = image
+        self._placeholder = placeholder
+        self._scaled = None
+        self.update()
+
+    def image(self) -> QImage | None:
+        return self._image
+
+    def image_rect(self) -> QRect:
+        """Where the image lands inside the widget (empty before the first image)."""
+        if self._image is None or self._image.isNull():
+            return QRect()
+        size = self._image.size().scaled(self.size(), Qt.AspectRatioMode.KeepAspectRatio)
+        return QRect((self.width() - size.width()) // 2, (self.height() - size.height()) // 2,
+                     size.width(), size.height())
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt override
+        self._scaled = None
+        super().resizeEvent(event)
+        self.resized.emit()
+
+    def device_size(self) -> QSize:
+        """The widget's size in device pixels (what an image needs to look sharp here)."""
+        ratio = self.devicePixelRatioF()
+        return QSize(round(self.width() * ratio), round(self.height() * ratio))
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 - Qt override
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), Qt.GlobalColor.black)
+        target = self.image_rect()
+        if target.isEmpty():
+            painter.setPen(Qt.GlobalColor.gray)
+            painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, self._placeholder)
+        else:
+            if self._scaled is None or self._scaled.size() != target.size():
+                self._scaled = QPixmap.fromImage(self._image.scaled(
+                    target.size(), Qt.AspectRatioMode.IgnoreAspectRatio,
+                    Qt.TransformationMode.SmoothTransformation))
+            painter.drawPixmap(target.topLeft(), self._scaled)
+        painter.end()
+
+
+def _value_label(text: str = "–") -> QLabel:
+    label = QLabel(text)
+    label.setProperty("role", "value")
+    label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+    return label
+
+
+def _name_label(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setProperty("role", "name")
+    return label
+
+
+def _grid(box: QGroupBox, rows: list[tuple[str, str]]) -> dict[str, QLabel]:
+    """Fill ``box`` with ``name: value`` rows; return the value labels by key."""
+    grid = QGridLayout(box)
+    grid.setContentsMargins(8, 4, 8, 4)
+    grid.setHorizontalSpacing(12)
+    grid.setVerticalSpacing(2)
+    values: dict[str, QLabel] = {}
+    for row, (key, name) in enumerate(rows):
+        values[key] = _value_label()
+        grid.addWidget(_name_label(name), row, 0)
+        grid.addWidget(values[key], row, 1)
+    grid.setColumnStretch(1, 1)
+    return values
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` on one line, cut to ``limit`` characters with an ellipsis; long tokens (paths, hex dumps) get
+    zero-width spaces so a word-wrapping label can still break them instead of clipping."""
+    text = " ".join(text.split())
+    text = text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+    return " ".join("\u200b".join(word[i:i + 24] for i in range(0, len(word), 24)) for word in text.split(" "))
+
+
+def wall_time_of(timestamp_ns: int) -> float:
+    """Wall-clock seconds of a ``time.monotonic_ns()`` stamp (how ``Frame.timestamp_ns`` is taken)."""
+    return time.time() - (time.monotonic_ns() - timestamp_ns) / 1e9
+
+
+def frame_name(result: InspectionResult) -> str:
+    """``#frame_id`` plus the replayed file name when there is one."""
+    name = f"#{result.frame.frame_id}"
+    return f"{name}  {result.frame.file}" if result.frame.file else name
+
+
+class StationPanel(QMainWindow):
+    """Main window of the station. See the module docstring for the threading contract.
+
+    Public widgets (read them in tests or embed them elsewhere): ``image_view``, ``caption_label``,
+    ``verdict_label``, ``defects_label``, ``counter_labels`` (keys: inspected, passed, failed, yield, dropped,
+    errors, throughput, latency, engine), ``camera_labels`` (keys: state, lost, incomplete, reconnects,
+    last_error) and ``rejects_table``.
+    """
+
+    def __init__(
+        self,
+        feed: ResultFeed,
+        stats_fn: Callable[[], LineStats],
+        on_close: Callable[[], None] | None = None,
+        refresh_ms: int = 50,
+        parent: QWidget | None = None,
+        *,
+        mask_threshold: float = 0.5,
+    ) -> None:
+        super().__init__(parent)
+        self._feed = feed
+        self._stats_fn = stats_fn
+        self._on_close = on_close
+        self._closed = False
+        self._mask_threshold = mask_threshold
+        self._seq = 0
+        self._rejects_shown: list[InspectionResult] = []
+        self._shown: InspectionResult | None = None
+        self._stats_error: str | None = None
+        self.frames_drawn = 0
+        """How many images were converted and drawn (only when the feed's sequence number changed)."""
+
+        self.setWindowTitle("Inspection station")
+        self.setStyleSheet(STYLE)
+        self._build()
+        self.resize(1280, 800)
+
+        self._timer = QTimer(self)
+        self._timer.setInterval(max(1, int(refresh_ms)))
+        self._timer.timeout.connect(self.refresh)
+        self._timer.start()
+        self.refresh()
+
+    # ----------------------------------------------------------------------------------------- layout
+    def _build(self) -> None:
+        central = QWidget(objectName="central")
+        root = QHBoxLayout(central)
+        root.setContentsMargins(10, 10, 10, 10)
+        root.setSpacing(12)
+
+        left = QVBoxLayout()
+        self.image_view = ImageView()
+        self.image_view.resized.connect(self._sharpen_after_resize)
+        self.caption_label = QLabel("no frame yet", objectName="caption")
+        self.caption_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.caption_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        caption_font = self.caption_label.font()
+        caption_font.setPointSizeF(caption_font.pointSizeF() * 1.15)
+        self.caption_label.setFont(caption_font)
+        left.addWidget(self.image_view, 1)
+        left.addWidget(self.caption_label)
+        root.addLayout(left, 1)
+
+        side = QWidget()
+        side.setFixedWidth(400)
+        right = QVBoxLayout(side)
+        right.setContentsMargins(0, 0, 0, 0)
+        right.setSpacing(8)
+
+        self.verdict_label = QLabel()
+        self.verdict_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.verdict_label.setMinimumHeight(100)
+        verdict_font = QFont(self.verdict_label.font())
+        verdict_font.setPointSize(44)
+        verdict_font.setBold(True)
+        self.verdict_label.setFont(verdict_font)
+        self.defects_label = QLabel()
+        self.defects_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        defects_font = QFont(self.defects_label.font())
+        defects_font.setPointSize(14)
+        self.defects_label.setFont(defects_font)
+        right.addWidget(self.verdict_label)
+        right.addWidget(self.defects_label)
+        self._show_verdict(None)
+
+        line_box = QGroupBox("Line")
+        self.counter_labels = _grid(line_box, [
+            ("inspected", "Inspected"), ("passed", "Pass"), ("failed", "Fail"), ("yield", "Yield"),
+            ("dropped", "Dropped frames"), ("errors", "Errors"), ("throughput", "Throughput"),
+            ("latency", "Latency p50 / p99"), ("engine", "Engine"),
+        ])
+        right.addWidget(line_box)
+
+        camera_box = QGroupBox("Camera")
+        self.camera_labels = _grid(camera_box, [
+            ("state", "State"), ("lost", "Lost frames"), ("incomplete", "Incomplete frames"),
+            ("reconnects", "Reconnects"),
+        ])
+        error_label = QLabel("", objectName="last_error")  # full width under the counters, at most two lines
+        error_label.setWordWrap(True)
+        error_label.setVisible(False)
+        camera_box.layout().addWidget(error_label, 4, 0, 1, 2)
+        self.camera_labels["last_error"] = error_label
+        right.addWidget(camera_box)
+
+        rejects_box = QGroupBox("Recent rejects")
+        rejects_layout = QVBoxLayout(rejects_box)
+        rejects_layout.setContentsMargins(4, 4, 4, 4)
+        self.rejects_table = QTableWidget(0, len(REJECT_COLUMNS))
+        self.rejects_table.setHorizontalHeaderLabels(REJECT_COLUMNS)
+        self.rejects_table.verticalHeader().setVisible(False)
+        self.rejects_table.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 10)
+        self.rejects_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.rejects_table.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        self.rejects_table.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.rejects_table.setAlternatingRowColors(True)
+        self.rejects_table.setFrameShape(QFrame.Shape.NoFrame)
+        header = self.rejects_table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        rejects_layout.addWidget(self.rejects_table)
+        right.addWidget(rejects_box, 1)
+
+        root.addWidget(side)
+        self.setCentralWidget(central)
+
+    # ----------------------------------------------------------------------------------------- refresh
+    def refresh(self) -> None:
+        """One timer tick: redraw the newest result if the feed moved on, then the counters. Never blocks."""
+        seq, result = self._feed.latest()
+        if seq != self._seq and result is not None:
+            self._seq = seq
+            try:
+                self._show_result(result)
+                self._show_rejects(self._feed.recent_rejects())
+            except Exception as exc:  # an exception escaping a Qt slot would abort the process
+                log.exception("cannot show result %s", seq)
+                self.statusBar().showMessage(f"cannot show result: {exc}", 5000)
+        try:
+            stats = self._stats_fn()
+        except Exception as exc:  # the panel must outlive a broken stats source
+            message = f"stats unavailable: {type(exc).__name__}: {exc}"
+            if message != self._stats_error:
+                log.warning("%s", message)
+            self._stats_error = message
+            self.statusBar().showMessage(message)
+            return
+        if self._stats_error is not None:
+            self._stats_error = None
+            self.statusBar().clearMessage()
+        self._show_stats(stats)
+
+    def _render(self, result: InspectionResult) -> None:
+        """Overlay and hand the image to the view, shrunk to the view's size (a 5 MP frame costs < 10 ms)."""
+        target = self.image_view.device_size().expandedTo(QSize(640, 480))
+        try:
+            rgb = overlay_for_display(result.frame.image, result.mask, self._mask_threshold, result.defects,
+                                      target.width(), target.height())
+        except ValueError as exc:  # a malformed result must not take the panel down: show what can be shown
+            log.warning("cannot overlay frame %s: %s", result.frame.frame_id, exc)
+            self.statusBar().showMessage(f"overlay failed: {exc}", 5000)
+            try:
+                rgb = overlay_for_display(result.frame.image, None, 1.0, (), target.width(), target.height())
+            except ValueError:
+                self.image_view.set_image(None, placeholder=f"frame {result.frame.frame_id}: image cannot be drawn")
+                return
+        self.image_view.set_image(to_qimage(rgb))
+
+    def _sharpen_after_resize(self) -> None:
+        """Re-render the shown frame when the view grew past the resolution it was shrunk to."""
+        shown, image = self._shown, self.image_view.image()
+        if shown is None or image is None:
+            return
+        try:
+            full_h, full_w = shown.frame.image.shape[:2]
+            view = self.image_view.device_size()
+            wanted = min(view.width() / full_w, view.height() / full_h, 1.0)
+            if image.width() < 0.8 * wanted * full_w:
+                self._render(shown)
+        except Exception:  # an exception escaping a Qt slot would abort the process
+            log.exception("cannot re-render frame %s after a resize", shown.frame.frame_id)
+
+    def _show_result(self, result: InspectionResult) -> None:
+        self._shown = result
+        self._render(result)
+        self.frames_drawn += 1
+        height, width = result.frame.image.shape[:2]
+        parts = [f"frame {frame_name(result)}", f"{width}×{height}", result.frame.source]
+        if result.labels:
+            parts.append(", ".join(result.labels))
+        parts.append(f"{result.latency_ms:.1f} ms")
+        self.caption_label.setText("   ·   ".join(p for p in parts if p))
+        self._show_verdict(result)
+
+    def _show_verdict(self, result: InspectionResult | None) -> None:
+        if result is None:
+            text, colour, detail = "WAITING", GREY, "no result yet"
+        else:
+            passed = result.verdict is Verdict.PASS
+            text, colour = ("PASS", GREEN) if passed else ("FAIL", RED)
+            count = len(result.defects)
+            detail = "no defects" if count == 0 else f"{count} defect{'s' if count != 1 else ''}"
+        self.verdict_label.setText(text)
+        self.verdict_label.setStyleSheet(
+            f"QLabel {{ background: {colour}; color: white; border-radius: 8px; }}")
+        self.defects_label.setText(detail)
+
+    def _show_stats(self, stats: LineStats) -> None:
+        values = {
+            "inspected": f"{stats.inspected:,}",
+            "passed": f"{stats.passed:,}",
+            "failed": f"{stats.failed:,}",
+            "yield": f"{stats.yield_pct:.1f} %" if stats.inspected else "–",
+            "dropped": f"{stats.dropped:,}",
+            "errors": f"{stats.errors:,}",
+            "throughput": f"{stats.throughput_fps:.1f} fps",
+            "latency": f"{stats.latency_ms_p50:.1f} / {stats.latency_ms_p99:.1f} ms",
+            "engine": stats.engine_id or "–",
+        }
+        for key, text in values.items():
+            self.counter_labels[key].setText(text)
+        self.counter_labels["dropped"].setStyleSheet(f"color: {AMBER};" if stats.dropped else "")
+        self.counter_labels["errors"].setStyleSheet(f"color: {AMBER};" if stats.errors else "")
+
+        health = stats.source
+        state = self.camera_labels["state"]
+        state.setText(health.state.value)
+        state.setStyleSheet(f"color: {STATE_COLOURS.get(health.state, GREY)};")
+        self.camera_labels["lost"].setText(f"{health.lost_frames:,}")
+        self.camera_labels["incomplete"].setText(f"{health.incomplete_frames:,}")
+        self.camera_labels["reconnects"].setText(f"{health.reconnects:,}")
+        error = self.camera_labels["last_error"]
+        message = health.last_error or ""
+        error.setText(f"Last error: {shorten(message, MAX_ERROR_CHARS)}" if message else "")
+        error.setToolTip(message)
+        error.setVisible(bool(message))
+
+    def _show_rejects(self, rejects: list[InspectionResult]) -> None:
+        if len(rejects) == len(self._rejects_shown) and all(a is b for a, b in zip(rejects, self._rejects_shown)):
+            return
+        self._rejects_shown = rejects
+        table = self.rejects_table
+        table.setRowCount(len(rejects))
+        for row, result in enumerate(rejects):
+            largest = max((d.area_px for d in result.defects), default=0)
+            cells = (
+                time.strftime("%H:%M:%S", time.localtime(wall_time_of(result.frame.timestamp_ns))),
+                frame_name(result),
+                str(len(result.defects)),
+                f"{largest:,}",
+            )
+            for column, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if column in (2, 3):
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                if column == 1:
+                    item.setToolTip(text)
+                table.setItem(row, column, item)
+
+    # ----------------------------------------------------------------------------------------- lifecycle
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
+        """Stop polling, tell the pipeline once (it drains its queues), and accept the close."""
+        self._timer.stop()
+        if not self._closed:
+            self._closed = True
+            if self._on_close is not None:
+                try:
+                    self._on_close()
+                except Exception:  # closing must always succeed
+                    log.exception("on_close raised while closing the panel")
+        event.accept()
+
+    def grab_png(self, path: str | os.PathLike[str]) -> None:
+        """Save a screenshot of the whole window to ``path`` (PNG)."""
+        if not self.grab().save(str(path), "PNG"):
+            raise OSError(f"could not write the panel screenshot to {path}; check the folder exists and is writable")
