@@ -1,0 +1,138 @@
+"""Turn a stitched defect-score mask into defects and a PASS / FAIL verdict.
+
+>>> import numpy as np
+>>> mask = np.zeros((64, 64), np.float32); mask[10:20, 10:20] = 0.9
+>>> defects = find_defects(mask, DecisionRules(min_area_px=30))
+>>> [d.bbox for d in defects], decide(defects).value
+([(10, 10, 10, 10)], 'FAIL')
+
+A pixel is a defect pixel when its score is at least ``score_threshold``; the defect pixels inside the region
+of interest are grouped into 8-connected components, and components of at least ``min_area_px`` pixels are
+defects.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Union
+
+import cv2
+import numpy as np
+
+from station.records import Defect, Verdict
+
+
+@dataclass(frozen=True)
+class RoiRect:
+    """An axis-aligned region of interest: top-left ``(x, y)``, ``w`` x ``h`` pixels."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+    def __post_init__(self) -> None:
+        if self.w <= 0 or self.h <= 0:
+            raise ValueError(f"ROI rectangle needs w > 0 and h > 0, got w={self.w}, h={self.h}")
+
+    def mask(self, shape: tuple[int, int]) -> np.ndarray:
+        """Boolean ``(H, W)`` mask, True inside (parts outside the image are clipped away)."""
+        out = np.zeros(shape, dtype=bool)
+        x0, y0 = max(self.x, 0), max(self.y, 0)
+        out[y0 : max(self.y + self.h, 0), x0 : max(self.x + self.w, 0)] = True
+        return out
+
+
+@dataclass(frozen=True)
+class RoiCircle:
+    """A circular region of interest: centre ``(cx, cy)`` and radius ``r`` in pixels (border included)."""
+
+    cx: float
+    cy: float
+    r: float
+
+    def __post_init__(self) -> None:
+        if not self.r > 0:
+            raise ValueError(f"ROI circle needs r > 0, got r={self.r}")
+
+    def mask(self, shape: tuple[int, int]) -> np.ndarray:
+        """Boolean ``(H, W)`` mask, True for pixels whose centre lies within ``r`` of ``(cx, cy)``."""
+        yy, xx = np.ogrid[: shape[0], : shape[1]]
+        return (xx - self.cx) ** 2 + (yy - self.cy) ** 2 <= self.r**2
+
+
+Roi = Union[RoiRect, RoiCircle]
+
+
+@dataclass(frozen=True)
+class DecisionRules:
+    """How a score mask becomes defects: threshold, smallest defect area, optional ROI, and the defect label."""
+
+    score_threshold: float = 0.5
+    min_area_px: int = 30
+    roi: Roi | None = None
+    label: str = "defect"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.score_threshold, (int, float)) and 0.0 < self.score_threshold <= 1.0):
+            raise ValueError(f"score_threshold must be in (0, 1], got {self.score_threshold!r}")
+        if not isinstance(self.min_area_px, (int, np.integer)) or isinstance(self.min_area_px, bool) \
+                or self.min_area_px < 1:
+            raise ValueError(f"min_area_px must be an integer >= 1, got {self.min_area_px!r}")
+        if self.roi is not None and not isinstance(self.roi, (RoiRect, RoiCircle)):
+            raise ValueError(f"roi must be None, RoiRect or RoiCircle, got {type(self.roi).__name__}")
+        if not self.label:
+            raise ValueError("label must be a non-empty string, e.g. 'defect' or 'scratch'")
+
+
+def _check_mask(mask_scores: np.ndarray) -> None:
+    if not isinstance(mask_scores, np.ndarray):
+        raise ValueError(f"mask_scores must be a numpy array, got {type(mask_scores).__name__}")
+    if mask_scores.ndim != 2 or 0 in mask_scores.shape:
+        raise ValueError(
+            f"mask_scores must be a non-empty 2-D (H, W) score map, got shape {mask_scores.shape}; "
+            "squeeze a channel axis first (mask[..., 0] or mask[0])"
+        )
+    if mask_scores.dtype != np.float32:
+        raise ValueError(f"mask_scores must be float32 scores in [0, 1], got {mask_scores.dtype}; "
+                         "convert with mask.astype(np.float32)")
+
+
+def find_defects(mask_scores: np.ndarray, rules: DecisionRules) -> tuple[Defect, ...]:
+    """The defects of one stitched ``float32`` ``(H, W)`` score map, in raster order of their top-left pixel."""
+    _check_mask(mask_scores)
+    binary = mask_scores >= np.float32(rules.score_threshold)  # NaN scores compare False: never a defect
+    if rules.roi is not None:
+        binary &= rules.roi.mask(mask_scores.shape)
+    if not binary.any():
+        return ()
+    n, labels, stats, centroids = cv2.connectedComponentsWithStats(binary.view(np.uint8), connectivity=8)
+    areas = stats[:, cv2.CC_STAT_AREA]
+    keep = [i for i in range(1, n) if areas[i] >= rules.min_area_px]
+    if not keep:
+        return ()
+    inside = labels > 0  # only component pixels: usually a tiny part of the frame
+    flat_labels = labels[inside]
+    flat_scores = mask_scores[inside].astype(np.float64)
+    sums = np.bincount(flat_labels, weights=flat_scores, minlength=n)
+    maxima = np.full(n, -math.inf)
+    np.maximum.at(maxima, flat_labels, flat_scores)
+    defects = []
+    for i in keep:
+        x, y, w, h, area = (int(v) for v in stats[i, :5])
+        defects.append(
+            Defect(
+                label=rules.label,
+                bbox=(x, y, w, h),
+                area_px=area,
+                centroid=(float(centroids[i, 0]), float(centroids[i, 1])),
+                mean_score=float(sums[i] / area),
+                max_score=float(maxima[i]),
+            )
+        )
+    return tuple(defects)
+
+
+def decide(defects: tuple[Defect, ...] | list[Defect]) -> Verdict:
+    """FAIL when there is any defect, PASS otherwise."""
+    return Verdict.FAIL if len(defects) else Verdict.PASS

@@ -1,0 +1,161 @@
+"""Recipes: the shipped example loads, and every kind of mistake names the file, table and key."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from station.errors import RecipeError
+from station.recipe import (
+    Backend,
+    QueuePolicy,
+    SourceKind,
+    load_recipe,
+    shipped_recipe_path,
+)
+from station.verdict import RoiCircle, RoiRect
+
+MINIMAL = """
+[product]
+name = "part"
+
+[source]
+kind = "replay"
+path = "images"
+
+[engine]
+weights = "w.safetensors"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "r.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_shipped_example_loads() -> None:
+    path = shipped_recipe_path("magnetic_tile")
+    recipe = load_recipe(path)
+    assert recipe.path == path
+    assert recipe.source.kind is SourceKind.REPLAY
+    assert recipe.source.path == (path.parent / "../samples/magnetic-tile").resolve()
+    assert recipe.source.pattern == "*.jpg"
+    assert (recipe.tiling.tile, recipe.tiling.overlap, recipe.tiling.batch) == (128, 32, 32)
+    assert (recipe.engine.model, recipe.engine.weights, recipe.engine.backend) == ("bffn", "bffn-magnetic-tile",
+                                                                                   Backend.ONNXRUNTIME)
+    assert recipe.engine.threads == 0
+    assert (recipe.rules.score_threshold, recipe.rules.min_area_px, recipe.rules.roi) == (0.5, 30, None)
+    assert recipe.log.db == Path("station-data/rejects.db") and recipe.log.save_reject_images
+    assert (recipe.queues.frames, recipe.queues.frames_policy, recipe.queues.results) == (8, QueuePolicy.DROP_OLDEST, 64)
+    assert recipe.as_dict()["engine"]["backend"] == "onnxruntime"
+
+
+def test_minimal_recipe_gets_defaults_and_resolves_paths(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path, MINIMAL))
+    assert recipe.source.path == (tmp_path / "images").resolve()
+    assert recipe.source.loop and recipe.source.fps == 0.0 and recipe.source.pattern == "*"
+    assert recipe.tiling.tile == 128 and recipe.queues.frames_policy is QueuePolicy.DROP_OLDEST
+    assert recipe.product.description == ""
+
+
+def test_genicam_source_needs_no_path(tmp_path: Path) -> None:
+    text = MINIMAL.replace('kind = "replay"\npath = "images"',
+                           'kind = "genicam"\ndevice = "SN123"\nframe_rate = 30\nexposure_us = 2500.5\ncti = "p.cti"')
+    recipe = load_recipe(write(tmp_path, text))
+    assert recipe.source.kind is SourceKind.GENICAM and recipe.source.path is None
+    assert recipe.source.device == "SN123" and recipe.source.frame_rate == 30.0
+    assert recipe.source.cti == (tmp_path / "p.cti").resolve()
+
+
+@pytest.mark.parametrize(
+    ("roi", "expected"),
+    [
+        ('"none"', None),
+        ("{x = 1, y = 2, w = 30, h = 40}", RoiRect(1, 2, 30, 40)),
+        ("{cx = 10, cy = 20.5, r = 5}", RoiCircle(10.0, 20.5, 5.0)),
+    ],
+)
+def test_roi_forms(tmp_path: Path, roi: str, expected: object) -> None:
+    recipe = load_recipe(write(tmp_path, MINIMAL + f"\n[rules]\nroi = {roi}\n"))
+    assert recipe.rules.roi == expected
+
+
+def test_overrides_are_checked_and_resolve_against_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe = load_recipe(write(tmp_path, MINIMAL + '\n[rules]\nroi = {cx = 1, cy = 1, r = 1}\n'))
+    monkeypatch.chdir(tmp_path.parent)
+    new = recipe.with_overrides({"engine.backend": "tensorrt"}, source__path="shots", rules__roi=None,
+                                tiling__tile=256)
+    assert new.engine.backend is Backend.TENSORRT and new.tiling.tile == 256
+    assert new.source.path == (tmp_path.parent / "shots").resolve()
+    assert new.rules.roi is None
+    assert recipe.engine.backend is Backend.ONNXRUNTIME  # the original is untouched
+    with pytest.raises(RecipeError, match=r"\[queues\] frames_policy"):
+        recipe.with_overrides(queues__frames_policy="drop_newest")
+    with pytest.raises(RecipeError, match="override 'bogus.key'"):
+        recipe.with_overrides({"bogus.key": 1})
+    with pytest.raises(RecipeError, match=r"\[engine\] thread: unknown key; did you mean 'threads'"):
+        recipe.with_overrides(engine__thread=2)
+
+
+BAD = [
+    # (replace this, with this, text expected in the message)
+    ('name = "part"', 'name = ""', "[product] name"),
+    ('name = "part"', 'name = "part"\ncolour = "red"', "[product] colour: unknown key"),
+    ('kind = "replay"', 'kind = "usb"', "[source] kind: 'usb' is not allowed; use one of 'replay', 'genicam'"),
+    ('kind = "replay"', "", "[source] kind: missing"),
+    ('path = "images"', "", "[source] path: missing"),
+    ('path = "images"', "path = 3", "[source] path: 3 is not allowed"),
+    ('path = "images"', 'path = "images"\nloop = "yes"', "[source] loop: 'yes' is not allowed; use true or false"),
+    ('path = "images"', 'path = "images"\nfps = -1', "[source] fps"),
+    ('path = "images"', 'path = "images"\ndevice = -1', "[source] device"),
+    ('path = "images"', 'path = "images"\nexposure_us = 0', "[source] exposure_us"),
+    ('path = "images"', 'path = "images"\npatern = "*.png"', "[source] patern: unknown key; did you mean 'pattern'"),
+    ('weights = "w.safetensors"', "", "[engine] weights: missing"),
+    ('weights = "w.safetensors"', 'weights = "w"\nbackend = "cuda"', "[engine] backend: 'cuda' is not allowed"),
+    ('weights = "w.safetensors"', 'weights = "w"\nthreads = 1.5', "[engine] threads"),
+    ('weights = "w.safetensors"', 'weights = "w"\nthreads = true', "[engine] threads"),
+    ("[engine]", "[tiling]\ntile = 64\noverlap = 64\n[engine]", "[tiling] overlap: 64 is not allowed; use an integer from 0 to 63"),
+    ("[engine]", "[tiling]\ntile = 0\n[engine]", "[tiling] tile"),
+    ("[engine]", "[tiling]\nbatch = 0\n[engine]", "[tiling] batch"),
+    ("[engine]", "[rules]\nscore_threshold = 1.5\n[engine]", "[rules] score_threshold: 1.5 is not allowed; use a number in (0, 1]"),
+    ("[engine]", "[rules]\nscore_threshold = 0\n[engine]", "[rules] score_threshold"),
+    ("[engine]", "[rules]\nmin_area_px = 2.5\n[engine]", "[rules] min_area_px"),
+    ("[engine]", '[rules]\nroi = "all"\n[engine]', "[rules] roi: 'all' is not allowed"),
+    ("[engine]", "[rules]\nroi = {x = 1, y = 2, w = 3}\n[engine]", "[rules] roi.h: missing for a rectangle ROI"),
+    ("[engine]", "[rules]\nroi = {x = 1, y = 2, w = 0, h = 4}\n[engine]", "[rules] roi.w: 0 is not allowed"),
+    ("[engine]", "[rules]\nroi = {x = 1, y = 2, w = 3, h = 4, r = 5}\n[engine]", "[rules] roi.r: unknown key"),
+    ("[engine]", "[rules]\nroi = {cx = 1, cy = 2, r = -5}\n[engine]", "[rules] roi.r: -5 is not allowed; use a number > 0"),
+    ("[engine]", "[rules]\nroi = {a = 1}\n[engine]", "[rules] roi.a: unknown ROI shape"),
+    ("[engine]", "[log]\nsave_reject_images = 1\n[engine]", "[log] save_reject_images"),
+    ("[engine]", "[log]\ndb = 5\n[engine]", "[log] db"),
+    ("[engine]", '[queues]\nframes_policy = "drop_newest"\n[engine]',
+     "[queues] frames_policy: 'drop_newest' is not allowed; use one of 'drop_oldest', 'block'"),
+    ("[engine]", "[queues]\nframes = 0\n[engine]", "[queues] frames"),
+    ("[engine]", "[queues]\nresults = -1\n[engine]", "[queues] results"),
+    ("[engine]", "[tilling]\ntile = 64\n[engine]", "[tilling]: unknown table; did you mean [tiling]"),
+    ("[product]", "log = 'x'\n[product]", "[log]: must be a table"),
+    ('[engine]\nweights = "w.safetensors"', "", "[engine]: missing table"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "fragment"), BAD, ids=[b[2][:40] for b in BAD])
+def test_every_error_names_file_table_and_key(tmp_path: Path, old: str, new: str, fragment: str) -> None:
+    assert old in MINIMAL
+    path = write(tmp_path, MINIMAL.replace(old, new, 1))
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: "), message
+    assert fragment in message, message
+
+
+def test_file_level_errors(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        load_recipe(tmp_path / "missing.toml")
+    with pytest.raises(RecipeError, match="cannot read the recipe"):
+        load_recipe(tmp_path)
+    with pytest.raises(RecipeError, match=r"not valid TOML: .*line 2"):
+        load_recipe(write(tmp_path, "[product]\nname = \n"))
+    with pytest.raises(RecipeError, match="shipped recipes: .*magnetic_tile"):
+        shipped_recipe_path("nope")
