@@ -1,0 +1,152 @@
+"""The one interface every frame source implements, plus the health bookkeeping they share.
+
+A source is a context manager that yields :class:`~station.records.Frame` records::
+
+    with open_source("replay:samples/glass") as source:
+        for frame in source:          # the pipeline's acquisition thread
+            ...
+    # another thread may call source.stop() at any time; the loop then ends promptly
+
+Sources never let a queue grow: they hand over one frame at a time and count what they lose.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import fields
+from types import TracebackType
+from typing import Any, Iterator
+
+from station.records import CameraState, Frame, SourceHealth
+
+logger = logging.getLogger(__name__)
+
+_COUNTERS = frozenset(f.name for f in fields(SourceHealth)) - {"state", "last_error"}
+
+
+class FrameSource(ABC):
+    """Abstract frame source: ``with source: for frame in source: ...``.
+
+    ``__enter__`` opens (and, for cameras, starts streaming); ``__exit__`` stops and releases everything.
+    Iterating an unopened source opens it (then call :meth:`close` yourself). :meth:`stop` may be called
+    from any thread and makes a running iteration end within a fraction of a second. :meth:`health` is a
+    thread-safe snapshot of the counters the operator panel shows.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._health_lock = threading.Lock()
+        self._health: dict[str, Any] = {f.name: f.default for f in fields(SourceHealth)}
+        self._stop_event = threading.Event()
+        self._opened = False
+
+    # -- public API --------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """Short name of the source as written into ``Frame.source`` (e.g. ``replay:/data/run1``)."""
+        return self._name
+
+    @property
+    def is_open(self) -> bool:
+        return self._opened
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once :meth:`stop` was called (until the next :meth:`open`)."""
+        return self._stop_event.is_set()
+
+    def open(self) -> None:
+        """Open the source (idempotent); raises :class:`~station.errors.SourceError` if it cannot."""
+        if self._opened:
+            return
+        self._stop_event.clear()
+        self._set_state(CameraState.CONNECTING)
+        try:
+            self._open()
+        except BaseException as exc:
+            self._set_state(CameraState.STOPPED, str(exc) or type(exc).__name__)
+            raise
+        self._opened = True
+        self._set_state(CameraState.CONNECTED)
+
+    def close(self) -> None:
+        """Stop any running iteration and release every resource (idempotent)."""
+        self._stop_event.set()
+        if self._opened:
+            try:
+                self._close()
+            finally:
+                self._opened = False
+        self._set_state(CameraState.STOPPED)
+
+    def stop(self) -> None:
+        """Ask a running iteration (possibly in another thread) to end promptly; safe to call any time."""
+        self._stop_event.set()
+
+    def health(self) -> SourceHealth:
+        """A consistent snapshot of state and counters (safe to call from any thread)."""
+        with self._health_lock:
+            return SourceHealth(**self._health)
+
+    def __enter__(self) -> FrameSource:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Frame]:
+        if not self._opened:
+            self.open()
+        return self._counted(self._frames())
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._name!r} {self.health().state.value}>"
+
+    # -- for subclasses ----------------------------------------------------------------------------
+    @abstractmethod
+    def _open(self) -> None:
+        """Acquire resources; raise SourceError with a message that says what to do."""
+
+    @abstractmethod
+    def _close(self) -> None:
+        """Release resources; must tolerate a half-open source and a concurrent iteration ending."""
+
+    @abstractmethod
+    def _frames(self) -> Iterator[Frame]:
+        """Yield frames until exhausted or ``self.stop_requested``."""
+
+    def _counted(self, frames: Iterator[Frame]) -> Iterator[Frame]:
+        for frame in frames:
+            if self._stop_event.is_set():
+                break
+            self._count("frames")
+            yield frame
+
+    def _count(self, counter: str, n: int = 1) -> None:
+        if counter not in _COUNTERS:
+            raise KeyError(counter)
+        with self._health_lock:
+            self._health[counter] += n
+
+    def _set_error(self, message: str | None) -> None:
+        with self._health_lock:
+            self._health["last_error"] = message
+
+    def _set_state(self, state: CameraState, error: str | None = None) -> None:
+        """Change the state (logged once per transition); ``error`` also sets ``last_error``."""
+        with self._health_lock:
+            previous = self._health["state"]
+            self._health["state"] = state
+            if error is not None:
+                self._health["last_error"] = error
+        if previous is not state:
+            level = logging.WARNING if state is CameraState.LOST else logging.INFO
+            logger.log(level, "%s: %s -> %s%s", self._name, previous.value, state.value,
+                       f" ({error})" if error else "")

@@ -1,0 +1,510 @@
+"""GenICam cameras through ``harvesters`` (any GenTL producer; ``viky.cti`` from the ``genicam`` wheel by default).
+
+Rules this module keeps (they are the harvesters rules):
+
+- each frame is copied out of the driver buffer inside ``with ia.fetch(...) as buffer:``; nothing keeps a
+  view into a buffer after it goes back to the driver;
+- ``Harvester.update()`` is called only before streaming starts and, on reconnect, after the old image
+  acquirer has been stopped and destroyed; never while streaming;
+- every harvesters call on the acquirer happens under one lock, so :meth:`GenICamSource.close` (or the
+  test hook :meth:`GenICamSource._simulate_disconnect`) never runs concurrently with a fetch in the
+  acquisition thread. Fetches poll in short slices, so :meth:`stop` ends iteration within ~0.1 s.
+
+>>> with GenICamSource(device="VikyTL_DEV_red", frame_rate=50) as cam:  # doctest: +SKIP
+...     frame = next(iter(cam))
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import signal
+import threading
+import time
+import warnings
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import cv2
+import numpy as np
+
+from station.errors import CameraLostError, SourceError
+from station.records import CameraState, Frame
+from station.sources.base import FrameSource
+
+if TYPE_CHECKING:  # harvesters is imported lazily: `import station.sources` works without it
+    from harvesters.core import Harvester, ImageAcquirer
+
+logger = logging.getLogger(__name__)
+
+_POLL_S = 0.1  # longest a fetch blocks before the stop flag is checked again
+_FIRST_BACKOFF_S = 0.25
+
+# GenTL producers can be opened once per process (a second Harvester on the same .cti sees no devices),
+# so each producer file is held by at most one source at a time: cti path -> the holding source.
+_PRODUCERS_IN_USE: dict[str, weakref.ref[GenICamSource]] = {}
+_PRODUCERS_LOCK = threading.Lock()
+
+INSTALL_HINT = "install it with `pip install harvesters genicam` (both are in the station's requirements)"
+
+
+class ColourMode(str, enum.Enum):
+    """What the frames look like: the camera's own layout, always grey, or always RGB."""
+
+    AUTO = "auto"
+    GREY = "grey"
+    RGB = "rgb"
+
+
+# pixel format -> (channels in the buffer, OpenCV conversion to RGB or None, to grey or None)
+_FORMATS: dict[str, tuple[int, int | None, int | None]] = {
+    "Mono8": (1, None, None),
+    "RGB8": (3, None, cv2.COLOR_RGB2GRAY),
+    "RGB8Packed": (3, None, cv2.COLOR_RGB2GRAY),
+    "BGR8": (3, cv2.COLOR_BGR2RGB, cv2.COLOR_BGR2GRAY),
+    "BGR8Packed": (3, cv2.COLOR_BGR2RGB, cv2.COLOR_BGR2GRAY),
+    "RGBa8": (4, cv2.COLOR_RGBA2RGB, cv2.COLOR_RGBA2GRAY),
+    "RGBA8Packed": (4, cv2.COLOR_RGBA2RGB, cv2.COLOR_RGBA2GRAY),
+    "BGRa8": (4, cv2.COLOR_BGRA2RGB, cv2.COLOR_BGRA2GRAY),
+    "BGRA8Packed": (4, cv2.COLOR_BGRA2RGB, cv2.COLOR_BGRA2GRAY),
+    # OpenCV names Bayer patterns after the second row, hence the apparent swap
+    "BayerRG8": (1, cv2.COLOR_BayerBG2RGB, cv2.COLOR_BayerBG2GRAY),
+    "BayerGR8": (1, cv2.COLOR_BayerGB2RGB, cv2.COLOR_BayerGB2GRAY),
+    "BayerGB8": (1, cv2.COLOR_BayerGR2RGB, cv2.COLOR_BayerGR2GRAY),
+    "BayerBG8": (1, cv2.COLOR_BayerRG2RGB, cv2.COLOR_BayerRG2GRAY),
+}
+
+
+def default_cti() -> Path:
+    """The simulated producer shipped inside the ``genicam`` wheel (``viky.cti``)."""
+    try:
+        import genicam
+    except ImportError as exc:
+        raise SourceError(f"the `genicam` package is missing, so there is no default GenTL producer; "
+                          f"{INSTALL_HINT}, or pass --source genicam:/path/to/producer.cti") from exc
+    return Path(genicam.__file__).parent / "viky.cti"
+
+
+def frame_gap(previous: int, current: int) -> int:
+    """Frames missing between two consecutive block ids, allowing for counter wrap-around.
+
+    GigE Vision block ids are 16 bit and skip 0 after a wrap; GenTL frame ids are 64 bit. A backwards jump
+    far from a counter limit is a restart of the counter (e.g. after a reconnect), not a loss.
+
+    >>> frame_gap(7, 8), frame_gap(7, 10), frame_gap(65535, 1), frame_gap(65534, 2), frame_gap(500, 1)
+    (0, 2, 0, 2, 0)
+    """
+    if current > previous:
+        return current - previous - 1
+    if current == previous:
+        return 0
+    for bits in (16, 32, 64):
+        top = (1 << bits) - 1
+        if previous <= top:
+            if previous >= top - (top >> 4):  # within the last 1/16 of the counter range: a wrap
+                return (top - previous) + max(current - 1, 0)
+            break
+    return 0
+
+
+def _import_harvester() -> type[Harvester]:
+    try:
+        with warnings.catch_warnings():  # harvesters.core calls warnings.simplefilter("once") at import
+            from harvesters.core import Harvester
+    except ImportError as exc:
+        raise SourceError(f"the `harvesters` package is missing, so GenICam cameras cannot be used; "
+                          f"{INSTALL_HINT}") from exc
+    return Harvester
+
+
+def _node_limits(node: Any) -> str:
+    """The values a node accepts, for error messages."""
+    try:
+        symbolics = node.symbolics
+    except AttributeError:
+        pass
+    else:
+        return "one of " + ", ".join(map(str, symbolics))
+    try:
+        text = f"{node.min} .. {node.max}"
+    except Exception:  # noqa: BLE001 - limits are only for the message
+        return "a valid value (limits unknown)"
+    inc = getattr(node, "inc", None)
+    try:
+        if inc is not None and float(inc) not in (0.0, 1.0):
+            text += f" in steps of {inc}"
+    except Exception:  # noqa: BLE001
+        pass
+    return text
+
+
+class GenICamSource(FrameSource):
+    """Frames from a GenICam camera (GenTL producer ``cti``, default ``viky.cti``).
+
+    ``device`` is an index into the producer's device list or a serial number / device id string.
+    Settings that the camera lacks are logged and ignored; invalid values raise :class:`SourceError`
+    naming the node and its allowed values. ``frame_id`` is the camera's block id (it restarts after a
+    reconnect; ``meta["sequence"]`` counts frames over the life of the source). Colour frames are RGB.
+
+    Health: ``lost_frames`` = gaps in block ids (including wrap-around); ``incomplete_frames`` = buffers the
+    producer reported incomplete (harvesters drops them) plus short buffers (yielded zero-padded with
+    ``meta["incomplete"] = True``). With no frame for ``timeout_s`` (at least 2.5 frame periods)
+    ``lost_after_timeouts`` times in a row, or a fetch error, the camera is LOST; with ``reconnect`` it is re-found (exponential back-off up to
+    ``max_backoff_s``) and iteration continues, otherwise :class:`CameraLostError` is raised.
+    """
+
+    def __init__(
+        self,
+        cti: str | Path | None = None,
+        device: int | str = 0,
+        pixel_format: str | None = "Mono8",
+        frame_rate: float | None = None,
+        exposure_us: float | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        timeout_s: float = 2.0,
+        reconnect: bool = True,
+        max_backoff_s: float = 5.0,
+        name: str | None = None,
+        colour: ColourMode | str = ColourMode.AUTO,
+        num_buffers: int = 4,
+        lost_after_timeouts: int = 2,
+    ) -> None:
+        super().__init__(name or f"genicam:{device}")
+        self._fixed_name = name is not None
+        self.cti = Path(cti).expanduser() if cti is not None else None
+        self.device = device
+        self.pixel_format = pixel_format
+        self.frame_rate = frame_rate
+        self.exposure_us = exposure_us
+        self.width = width
+        self.height = height
+        self.timeout_s = float(timeout_s)
+        self.reconnect = reconnect
+        self.max_backoff_s = float(max_backoff_s)
+        try:
+            self.colour = ColourMode(colour)
+        except ValueError:
+            raise SourceError(f"colour must be one of {[m.value for m in ColourMode]}, got {colour!r}") from None
+        self.num_buffers = int(num_buffers)
+        self.lost_after_timeouts = max(1, int(lost_after_timeouts))
+        self._io_lock = threading.RLock()  # serialises every call into harvesters
+        self._harvester: Harvester | None = None
+        self._ia: ImageAcquirer | None = None
+        self._last_block_id: int | None = None
+        self._sequence = 0
+        self._producer_key: str | None = None
+        self.device_id: str | None = None  # the connected device's id_, e.g. "VikyTL_DEV_red"
+
+    # -- open / close ------------------------------------------------------------------------------
+    def _open(self) -> None:
+        harvester_cls = _import_harvester()
+        cti = self.cti or default_cti()
+        if not cti.is_file():
+            raise SourceError(
+                f"GenTL producer {cti} not found; install the camera vendor's GenTL producer (or "
+                f"`pip install genicam` for the simulated viky.cti) and pass --source genicam:/path/to/producer.cti"
+            )
+        self.cti = cti
+        self._claim_producer(cti)
+        with self._io_lock:
+            try:
+                self._harvester = harvester_cls()
+                self._harvester.add_file(str(cti))
+                self._harvester.update()  # not streaming yet: allowed
+                self._connect()
+            except BaseException as exc:
+                self._release(reset_harvester=True)
+                if isinstance(exc, Exception) and not isinstance(exc, SourceError):
+                    raise SourceError(f"cannot start {self.name} through {cti}: {exc}") from exc
+                raise
+
+    def _close(self) -> None:
+        with self._io_lock:  # waits for a fetch slice in progress (<= _POLL_S)
+            self._release(reset_harvester=True)
+
+    def _claim_producer(self, cti: Path) -> None:
+        key = str(cti.resolve())
+        with _PRODUCERS_LOCK:
+            ref = _PRODUCERS_IN_USE.get(key)
+            holder = ref() if ref is not None else None
+            if holder is not None and holder is not self:
+                raise SourceError(
+                    f"the GenTL producer {cti} is already open in this process by {holder.name}; a producer can be "
+                    "opened once per process, so close that source first (one camera per producer per process)"
+                )
+            _PRODUCERS_IN_USE[key] = weakref.ref(self)
+        self._producer_key = key
+
+    def _release(self, reset_harvester: bool) -> None:
+        """Stop and destroy the acquirer (and the harvester); tolerant of a device that is already gone."""
+        ia, self._ia = self._ia, None
+        if ia is not None:
+            for attempt in (1, 2):  # a vanished device can make the first destroy fail half-way
+                try:
+                    ia.destroy()
+                    break
+                except Exception as exc:  # noqa: BLE001 - the device may be gone; release what we can
+                    logger.debug("destroying the image acquirer failed (attempt %d): %s", attempt, exc)
+            else:
+                if self._harvester is not None and ia in self._harvester.image_acquirers:
+                    self._harvester.image_acquirers.remove(ia)
+        if reset_harvester and self._harvester is not None:
+            try:
+                self._harvester.reset()
+            except Exception as exc:  # noqa: BLE001
+                logger.debug("resetting the harvester failed: %s", exc)
+            self._harvester = None
+        if reset_harvester and self._producer_key is not None:
+            with _PRODUCERS_LOCK:
+                _PRODUCERS_IN_USE.pop(self._producer_key, None)
+            self._producer_key = None
+
+    def _connect(self) -> None:
+        """Create the acquirer for the chosen device, apply the settings and start streaming."""
+        assert self._harvester is not None
+        info = self._find_device()
+        previous_sigint = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+        try:
+            ia = self._harvester.create(info)
+        except Exception as exc:  # noqa: BLE001 - harvesters raises many kinds
+            raise SourceError(f"cannot open camera {info.id_}: {exc}; is another program using it?") from exc
+        finally:
+            if previous_sigint is not None:  # harvesters installs its own Ctrl+C handler; keep the station's
+                signal.signal(signal.SIGINT, previous_sigint)
+        self._ia = ia
+        self.device_id = str(info.id_)
+        if not self._fixed_name:
+            self._name = f"genicam:{self.device_id}"
+        self._apply_settings(ia)
+        self._check_pixel_format(ia)
+        from harvesters.core import Callback
+
+        source = self
+
+        class _IncompleteCounter(Callback):
+            def emit(self, context: Any = None) -> None:
+                source._count("incomplete_frames")
+
+        ia.add_callback(ia.Events.INCOMPLETE_BUFFER, _IncompleteCounter())
+        try:
+            ia.num_buffers = max(self.num_buffers, ia.min_num_buffers)
+        except ValueError as exc:
+            logger.debug("keeping the default number of buffers: %s", exc)
+        self._last_block_id = None
+        ia.start()
+
+    def _find_device(self) -> Any:
+        assert self._harvester is not None
+        devices = list(self._harvester.device_info_list)
+        if not devices:
+            raise SourceError(
+                f"no camera found by the GenTL producer {self.cti}; check the camera cable and power, that "
+                "the producer matches the camera (pass --source genicam:/path/to/producer.cti), and that no "
+                "other program (or unclosed source in this process) holds the camera"
+            )
+        listing = ", ".join(f"[{i}] {d.id_} (serial {d.serial_number})" for i, d in enumerate(devices))
+        if isinstance(self.device, int):
+            if 0 <= self.device < len(devices):
+                return devices[self.device]
+            raise SourceError(f"camera index {self.device} is out of range; cameras found: {listing}")
+        wanted = str(self.device)
+        for attribute in ("serial_number", "id_", "user_defined_name"):
+            for info in devices:
+                try:
+                    if str(getattr(info, attribute)) == wanted:
+                        return info
+                except Exception:  # noqa: BLE001 - some producers do not provide every field
+                    continue
+        raise SourceError(f"no camera with serial number or id {wanted!r}; cameras found: {listing}; "
+                          "check the cable and power or pick one of these")
+
+    def _apply_settings(self, ia: ImageAcquirer) -> None:
+        """Write the requested settings to the remote device's node map (only nodes it has)."""
+        node_map = ia.remote_device.node_map
+        if self.frame_rate is not None and hasattr(node_map, "AcquisitionFrameRateEnable"):
+            self._set_node(node_map, "AcquisitionFrameRateEnable", True)
+        exposure_node = next((n for n in ("ExposureTime", "ExposureTimeAbs") if hasattr(node_map, n)), "ExposureTime")
+        if self.exposure_us is not None and hasattr(node_map, "ExposureAuto"):
+            self._set_node(node_map, "ExposureAuto", "Off")
+        settings: list[tuple[str, Any]] = [
+            ("PixelFormat", self.pixel_format),
+            ("Width", None if self.width is None else int(self.width)),
+            ("Height", None if self.height is None else int(self.height)),
+            ("AcquisitionFrameRate", None if self.frame_rate is None else float(self.frame_rate)),
+            (exposure_node, None if self.exposure_us is None else float(self.exposure_us)),
+        ]
+        for node_name, value in settings:
+            if value is not None:
+                self._set_node(node_map, node_name, value)
+
+    def _set_node(self, node_map: Any, node_name: str, value: Any) -> None:
+        if not hasattr(node_map, node_name):
+            logger.warning("%s has no %s node; ignoring %s=%r", self.device_id, node_name, node_name, value)
+            return
+        node = getattr(node_map, node_name)
+        try:
+            node.value = value
+        except Exception as exc:  # noqa: BLE001 - genapi raises InvalidArgument/OutOfRange/Access exceptions
+            parts = [p.strip() for p in str(exc).split(" : ")]
+            reason = "; ".join(p for p in parts if p and "thrown in node" not in p
+                               and not p.startswith("Feature '")) or type(exc).__name__
+            raise SourceError(
+                f"camera {self.device_id} rejected {node_name}={value!r}: {reason}; "
+                f"allowed: {_node_limits(node)}"
+            ) from exc
+        try:
+            logger.info("%s: %s = %s", self.device_id, node_name, node.value)
+        except Exception:  # noqa: BLE001 - read-back is informational
+            pass
+
+    def _check_pixel_format(self, ia: ImageAcquirer) -> None:
+        node_map = ia.remote_device.node_map
+        if not hasattr(node_map, "PixelFormat"):
+            return
+        current = str(node_map.PixelFormat.value)
+        if current not in _FORMATS:
+            allowed = [s for s in getattr(node_map.PixelFormat, "symbolics", ()) if s in _FORMATS]
+            raise SourceError(f"camera {self.device_id} streams {current}, which the station cannot convert to "
+                              f"8-bit images; pass pixel_format= one of {allowed or sorted(_FORMATS)}")
+
+    # -- streaming ---------------------------------------------------------------------------------
+    def _frames(self) -> Iterator[Frame]:
+        # a slow frame rate must not look like a lost camera: wait at least 2.5 frame periods
+        timeout_s = max(self.timeout_s, 2.5 / self.frame_rate) if self.frame_rate else self.timeout_s
+        timeouts = 0
+        waited_since = time.monotonic()
+        while not self.stop_requested:
+            if self._ia is None:
+                if not self._reconnect_loop():
+                    return
+                timeouts, waited_since = 0, time.monotonic()
+                continue
+            try:
+                frame = self._fetch_once()
+            except Exception as exc:  # noqa: BLE001 - any driver error means the device is gone
+                self._lost(f"fetch failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                continue
+            if frame is not None:
+                timeouts, waited_since = 0, time.monotonic()
+                yield frame
+                continue
+            if time.monotonic() - waited_since >= timeout_s:
+                timeouts += 1
+                waited_since = time.monotonic()
+                message = f"no frame for {timeout_s:g} s ({timeouts}/{self.lost_after_timeouts})"
+                logger.warning("%s: %s", self.name, message)
+                self._set_error(message)
+                if timeouts >= self.lost_after_timeouts:
+                    self._lost(f"no frame for {timeouts * timeout_s:g} s")
+
+    def _fetch_once(self) -> Frame | None:
+        """One short fetch slice; the frame (copied out of the driver buffer) or None on a timeout."""
+        from genicam.gentl import TimeoutException
+
+        with self._io_lock:
+            ia = self._ia
+            if ia is None or self.stop_requested:
+                return None
+            try:
+                buffer = ia.fetch(timeout=min(_POLL_S, self.timeout_s))
+            except TimeoutException:
+                return None
+            if buffer is None:  # harvesters discarded a buffer it could not describe
+                return None
+            with buffer:  # the buffer goes back to the driver on leaving this block
+                return self._to_frame(buffer)
+
+    def _to_frame(self, buffer: Any) -> Frame | None:
+        """Copy the image out of a driver buffer (call only inside ``with ia.fetch() as buffer``)."""
+        component = buffer.payload.components[0]
+        block_id = int(buffer.module.frame_id)
+        if self._last_block_id is not None:
+            gap = frame_gap(self._last_block_id, block_id)
+            if gap:
+                self._count("lost_frames", gap)
+        self._last_block_id = block_id
+        width, height, fmt = int(component.width), int(component.height), str(component.data_format)
+        channels, to_rgb, to_grey = _FORMATS.get(fmt, (0, None, None))
+        if not channels:
+            raise SourceError(f"unsupported pixel format {fmt}; pass pixel_format='Mono8'")
+        expected = width * height * channels
+        data = np.array(component.data, dtype=np.uint8, copy=True).ravel()  # the copy we keep
+        incomplete = data.size < expected
+        if incomplete:
+            self._count("incomplete_frames")
+            data = np.concatenate([data, np.zeros(expected - data.size, np.uint8)])
+        raw = data[:expected].reshape((height, width) if channels == 1 else (height, width, channels))
+        timestamp_ns = time.monotonic_ns()
+        self._sequence += 1
+        return Frame(
+            image=self._convert(raw, channels, to_rgb, to_grey),
+            frame_id=block_id,
+            timestamp_ns=timestamp_ns,
+            source=self.name,
+            meta={"pixel_format": fmt, "incomplete": incomplete, "sequence": self._sequence,
+                  "device": self.device_id},
+        )
+
+    def _convert(self, raw: np.ndarray, channels: int, to_rgb: int | None, to_grey: int | None) -> np.ndarray:
+        grey_native = channels == 1 and to_rgb is None
+        if self.colour is ColourMode.GREY or (self.colour is ColourMode.AUTO and grey_native):
+            return cv2.cvtColor(raw, to_grey) if to_grey is not None else raw
+        if grey_native:
+            return np.ascontiguousarray(np.repeat(raw[:, :, None], 3, axis=2))
+        return cv2.cvtColor(raw, to_rgb) if to_rgb is not None else raw
+
+    # -- loss and reconnect ------------------------------------------------------------------------
+    def _lost(self, reason: str) -> None:
+        """Mark the camera lost and drop the acquirer; raise CameraLostError when not reconnecting."""
+        self._set_state(CameraState.LOST, reason)
+        with self._io_lock:
+            self._release(reset_harvester=False)
+        if not self.reconnect:
+            raise CameraLostError(f"{self.name} lost ({reason}); check the cable and power, or enable reconnect")
+
+    def _reconnect_loop(self) -> bool:
+        """Find the device again with exponential back-off; False if stopped first."""
+        backoff = _FIRST_BACKOFF_S
+        while not self.stop_requested:
+            self._set_state(CameraState.RECONNECTING)
+            try:
+                with self._io_lock:
+                    if self.stop_requested or self._harvester is None:
+                        return False
+                    self._release(reset_harvester=False)
+                    self._harvester.update()  # the old acquirer is destroyed: no streaming now
+                    self._connect()
+            except Exception as exc:  # noqa: BLE001 - keep trying; the reason goes to health()
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                self._set_state(CameraState.LOST, f"reconnect failed: {reason}")
+                logger.warning("%s: reconnect failed (%s); retrying in %.2g s", self.name, reason, backoff)
+                if self._stop_event.wait(backoff):
+                    return False
+                backoff = min(backoff * 2, self.max_backoff_s)
+                continue
+            self._count("reconnects")
+            self._set_state(CameraState.CONNECTED)
+            return True
+        return False
+
+    # -- test hook ---------------------------------------------------------------------------------
+    def _simulate_disconnect(self, kind: str = "device") -> None:
+        """Test hook: break the live connection the way a cable pull does, through the real producer.
+
+        ``kind="device"`` closes the GenTL device handle under harvesters' feet, so the next fetch raises
+        a GenTL error (a USB camera unplugged); ``kind="stream"`` kills the producer's data stream, so
+        fetches time out (a GigE cable pulled). Safe to call from any thread while another iterates.
+        """
+        from genicam.gentl import ACQ_STOP_FLAGS_LIST
+
+        with self._io_lock:
+            if self._ia is None:
+                raise SourceError("no live connection to disconnect")
+            if kind == "device":
+                self._ia.device.module.close()
+            elif kind == "stream":
+                for stream in self._ia.data_streams:
+                    stream.module.stop_acquisition(ACQ_STOP_FLAGS_LIST.ACQ_STOP_FLAGS_KILL)
+            else:
+                raise ValueError(f"kind must be 'device' or 'stream', got {kind!r}")

@@ -1,0 +1,178 @@
+"""Replay image files as if they came from the camera: for demos, tests and re-inspecting a saved run.
+
+>>> source = ReplaySource("samples/glass", fps=10, loop=True)  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from station.errors import SourceError
+from station.records import Frame
+from station.sources.base import FrameSource
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+PathLike = str | os.PathLike[str]
+
+
+def _natural_key(path: Path) -> list[object]:
+    """Sort ``img2`` before ``img10`` (frame sequences are rarely zero-padded)."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def list_images(paths: PathLike | Sequence[PathLike], pattern: str | None = None) -> list[Path]:
+    """The image files a replay would show, in order.
+
+    ``paths`` is a folder (its image files, not recursive, filtered by the ``pattern`` glob such as
+    ``"*.jpg"`` to leave out masks), one image file, or a list of files (kept in the given order).
+    Raises :class:`SourceError` for a missing folder/file or a folder without matching images.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        root = Path(paths).expanduser()
+        if root.is_dir():
+            files = [
+                p for p in root.iterdir()
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                and (pattern is None or fnmatch.fnmatch(p.name, pattern))
+            ]
+            if not files:
+                wanted = f"matching {pattern!r}" if pattern else "(" + ", ".join(IMAGE_SUFFIXES) + ")"
+                raise SourceError(
+                    f"no image files {wanted} in {root}; put images there, point the replay at another "
+                    "folder, or change the pattern"
+                )
+            return sorted(files, key=_natural_key)
+        if root.is_file():
+            return [root]
+        raise SourceError(
+            f"replay folder {root} does not exist; check the path (relative paths start at {Path.cwd()}) "
+            "or pass --source replay:/path/to/images"
+        )
+    files = [Path(p).expanduser() for p in paths]
+    if not files:
+        raise SourceError("the replay file list is empty; pass at least one image file or a folder")
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise SourceError(f"replay files not found: {shown}; check the paths")
+    return files
+
+
+def read_image(path: Path, grey: bool) -> np.ndarray:
+    """Decode one image as uint8 grey ``(H, W)`` or RGB ``(H, W, 3)``; raises ``ValueError`` with a reason.
+
+    Reads bytes with ``np.fromfile`` and decodes with ``cv2.imdecode``, so non-ASCII paths work everywhere.
+    """
+    data = np.fromfile(str(path), dtype=np.uint8)  # OSError for unreadable files
+    if data.size == 0:
+        raise ValueError("empty file")
+    image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+        raise ValueError("not a decodable image (corrupt, truncated or not an image)")
+    if image.dtype != np.uint8:  # defensive: IMREAD_GRAYSCALE/COLOR already reduce to 8 bits
+        image = cv2.convertScaleAbs(image, alpha=255.0 / max(float(image.max()), 1.0))
+    if not grey:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(image)
+
+
+class ReplaySource(FrameSource):
+    """Image files as frames, optionally looped and paced to a frame rate.
+
+    ``frame_id`` counts frames from 1 over the life of the source; ``meta`` is ``{"file", "path"}``.
+    Colour frames are RGB (like the camera's). Unreadable files are logged once, skipped and counted in
+    ``health().skipped_files``; they never end the replay. Pacing keeps an absolute schedule (no drift);
+    a consumer that stalls more than one frame period resets the schedule instead of causing a burst.
+    """
+
+    def __init__(
+        self,
+        paths: PathLike | Sequence[PathLike],
+        loop: bool = False,
+        fps: float | None = None,
+        grey: bool = True,
+        name: str | None = None,
+        pattern: str | None = None,
+    ) -> None:
+        if fps is not None and fps <= 0:
+            raise SourceError(f"replay fps must be positive, got {fps}; leave it unset to replay at full speed")
+        self._files = list_images(paths, pattern)
+        if name is None:
+            where = Path(paths) if isinstance(paths, (str, os.PathLike)) else self._files[0].parent
+            name = f"replay:{where}"
+        super().__init__(name)
+        self.loop = loop
+        self.fps = fps
+        self.grey = grey
+        self._bad: set[Path] = set()
+        self._next_id = 1
+
+    @property
+    def files(self) -> list[Path]:
+        """The files this replay shows, in order."""
+        return list(self._files)
+
+    def _open(self) -> None:
+        pass  # files are listed at construction, so a bad path fails early
+
+    def _close(self) -> None:
+        pass  # nothing held between frames
+
+    def _frames(self) -> Iterator[Frame]:
+        period = 1.0 / self.fps if self.fps else 0.0
+        deadline = time.monotonic()
+        while not self.stop_requested:
+            shown = 0
+            for path in self._files:
+                if self.stop_requested:
+                    return
+                if path in self._bad:
+                    continue
+                image = self._read(path)
+                if image is None:
+                    continue
+                if period:
+                    now = time.monotonic()
+                    if now > deadline + period:  # consumer stalled: restart the schedule, no catch-up burst
+                        deadline = now
+                    if self._stop_event.wait(max(0.0, deadline - now)):
+                        return
+                    deadline += period
+                shown += 1
+                frame_id, self._next_id = self._next_id, self._next_id + 1
+                yield Frame(
+                    image=image,
+                    frame_id=frame_id,
+                    timestamp_ns=time.monotonic_ns(),
+                    source=self.name,
+                    meta={"file": path.name, "path": str(path)},
+                )
+            if shown == 0:
+                message = (f"none of the {len(self._files)} files in {self.name} could be read; "
+                           "see the warnings above and replace or remove the broken files")
+                self._set_error(message)
+                raise SourceError(message)
+            if not self.loop:
+                return
+
+    def _read(self, path: Path) -> np.ndarray | None:
+        try:
+            return read_image(path, self.grey)
+        except (OSError, ValueError, cv2.error) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            logger.warning("skipping %s: %s", path, reason)
+            self._bad.add(path)
+            self._count("skipped_files")
+            self._set_error(f"skipped {path.name}: {reason}")
+            return None

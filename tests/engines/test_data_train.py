@@ -1,0 +1,119 @@
+"""Data readers, splits, the tile sampler, training with resume, and the image-level metrics."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from engines.data.segmentation import DatasetError, TileSampler, load_dataset, stratified_split
+from engines.evaluate import image_level_metrics
+
+
+def make_generic_set(root, n=8, size=(150, 170), seed=0):
+    """DIR/images + DIR/masks with bright squares as defects on half of the images."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        image = rng.normal(100, 8, size).clip(0, 255).astype(np.uint8)
+        mask = np.zeros(size, np.uint8)
+        if i % 2 == 0:
+            y, x = rng.integers(0, size[0] - 20), rng.integers(0, size[1] - 20)
+            image[y:y + 20, x:x + 20] = 220
+            mask[y:y + 20, x:x + 20] = 255
+            cv2.imwrite(str(root / "masks" / f"img{i}.png"), mask)
+        cv2.imwrite(str(root / "images" / f"img{i}.png"), image)
+    return root
+
+
+def test_generic_format_reads_masks_and_treats_missing_ones_as_defect_free(tmp_path):
+    samples = load_dataset(make_generic_set(tmp_path / "set"))
+    assert len(samples) == 8
+    assert [s.defective for s in samples] == [i % 2 == 0 for i in range(8)]
+    assert all(s.mask.shape == s.image.shape and s.mask.dtype == bool for s in samples)
+    assert samples[0].mask.sum() == 400
+
+
+def test_mask_of_another_size_is_refused(tmp_path):
+    root = make_generic_set(tmp_path / "set", n=2)
+    cv2.imwrite(str(root / "masks" / "img0.png"), np.zeros((10, 10), np.uint8))
+    with pytest.raises(DatasetError, match="must match"):
+        load_dataset(root)
+
+
+def test_unknown_layout_and_missing_folder_say_what_works(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_dataset(tmp_path / "nope")
+    (tmp_path / "odd").mkdir()
+    with pytest.raises(DatasetError, match="images/"):
+        load_dataset(tmp_path / "odd")
+
+
+def test_corrupt_image_is_named(tmp_path):
+    root = make_generic_set(tmp_path / "set", n=2)
+    (root / "images" / "img1.png").write_bytes(b"\x89PNG garbage")
+    with pytest.raises(DatasetError, match="img1.png"):
+        load_dataset(root)
+
+
+def test_stratified_split_keeps_class_proportions(tmp_path):
+    samples = load_dataset(make_generic_set(tmp_path / "set", n=20))
+    train, held = stratified_split(samples, 0.2, seed=3)
+    assert sorted(train + held) == list(range(20)) and not set(train) & set(held)
+    assert sum(samples[i].defective for i in held) == 2 and len(held) == 4
+    assert stratified_split(samples, 0.2, seed=3) == (train, held)
+
+
+def test_defect_aware_sampler_puts_defects_in_crops(tmp_path):
+    samples = load_dataset(make_generic_set(tmp_path / "set", n=8))
+    always = TileSampler(samples, tile=64, defect_fraction=1.0, seed=0, augment=False)
+    tiles, masks = always.batch(32)
+    assert tiles.shape == (32, 64, 64) and tiles.dtype == np.uint8
+    assert all(m.any() for m in masks), "every defect-centred crop must hold defect pixels"
+    never = TileSampler(samples, tile=64, defect_fraction=0.0, seed=0)
+    assert np.mean([m.any() for m in never.batch(64)[1]]) < 0.5
+
+
+def test_sampler_pads_images_smaller_than_a_tile(tmp_path):
+    samples = load_dataset(make_generic_set(tmp_path / "set", n=2, size=(40, 50)))
+    tiles, masks = TileSampler(samples, tile=64, seed=1).batch(4)
+    assert tiles.shape == (4, 64, 64) and masks.shape == (4, 64, 64)
+
+
+@pytest.mark.slow
+def test_training_writes_weights_and_resumes_from_its_checkpoint(tmp_path):
+    from engines.backends.base import load_engine
+    from engines.train import TrainSettings, train_segmentation
+
+    data = make_generic_set(tmp_path / "set", n=6, size=(128, 128))
+    settings = TrainSettings(data=str(data), out=str(tmp_path / "run"), epochs=1, steps_per_epoch=2, batch=4,
+                             holdout=0.34, threads=2)
+    first = train_segmentation(settings, progress=False)
+    assert first["epoch"] == 1 and np.isfinite(first["loss"])
+    settings.epochs = 2
+    second = train_segmentation(settings, progress=False)
+    assert second["epoch"] == 2
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert [h["epoch"] for h in config["training"]["history"]] == [1, 2], "resume must keep the first epoch"
+    assert config["model"] == "bffn" and config["tile"] == 128
+    engine = load_engine(tmp_path / "run", "onnxruntime", threads=1)
+    assert engine.infer(np.zeros((1, 1, 128, 128), np.float32)).shape == (1, 2, 128, 128)
+
+
+def test_image_level_metrics_follow_the_paper_definitions():
+    m = image_level_metrics([True, True, True, False, False], [True, True, False, True, False])
+    assert (m["tp"], m["fp"], m["fn"], m["tn"], m["fp_fn"]) == (2, 1, 1, 1, 2)
+    assert m["precision"] == pytest.approx(2 / 3, abs=1e-4) and m["recall"] == pytest.approx(2 / 3, abs=1e-4)
+    assert m["f1"] == pytest.approx(2 / 3, abs=1e-4)
+
+
+@pytest.mark.shared_data
+def test_magnetic_tile_reader_matches_the_data_readme(magnetic_tile):
+    samples = load_dataset(magnetic_tile)
+    assert len(samples) == 940
+    counts = {}
+    for s in samples:
+        counts[s.category] = counts.get(s.category, 0) + 1
+    assert counts == {"blowhole": 81, "break": 59, "crack": 40, "fray": 22, "uneven": 72, None: 666}
