@@ -128,8 +128,15 @@ class InspectionResult:
 
 @dataclass(frozen=True)
 class LineStats:
-    """Counters of the running line, as a snapshot for the panel and the final summary."""
+    """Counters of the running line, as a snapshot for the panel and the final summary.
 
+    ``acquired`` frames came out of the source at ``acquisition_fps`` (first to last frame); ``dropped`` frames
+    were acquired but never inspected (a full drop-oldest queue); ``errors`` are frames that could not be
+    inspected or recorded.
+    """
+
+    acquired: int = 0
+    acquisition_fps: float = 0.0
     inspected: int = 0
     passed: int = 0
     failed: int = 0

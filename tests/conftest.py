@@ -8,6 +8,15 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 REPO = Path(__file__).resolve().parents[1]
+
+try:  # property tests: repeatable by default (CI), free exploration with HYPOTHESIS_PROFILE=explore
+    from hypothesis import settings
+
+    settings.register_profile("repeatable", derandomize=True)
+    settings.register_profile("explore", derandomize=False)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
+except ImportError:  # pragma: no cover - hypothesis comes with the dev extra
+    pass
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

@@ -1,0 +1,159 @@
+"""Assemble a line from a recipe and run it, with the panel or headless with a live progress line."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from station.feed import ResultFeed
+from station.pipeline import Line
+from station.recipe import QueuePolicy, Recipe, SourceKind
+from station.records import LineStats
+
+log = logging.getLogger(__name__)
+
+
+def build_source(recipe: Recipe):
+    """The frame source a recipe describes (unopened)."""
+    from station.sources import GenICamSource, ReplaySource
+
+    s = recipe.source
+    if s.kind is SourceKind.REPLAY:
+        return ReplaySource(s.path, loop=s.loop, fps=s.fps or None, pattern=s.pattern)
+    return GenICamSource(cti=s.cti, device=s.device, pixel_format=s.pixel_format, frame_rate=s.frame_rate,
+                         exposure_us=s.exposure_us)
+
+
+def build_inspector(recipe: Recipe):
+    """Load the recipe's engine and wrap it with its tiling and decision rules."""
+    from engines.backends.base import load_engine
+    from station.inspect import Inspector
+
+    backend = recipe.engine.backend.value
+    device = "cpu"
+    if backend == "torch-cuda":
+        backend, device = "torch", "cuda"
+    engine = load_engine(recipe.engine.weights, backend=backend, threads=recipe.engine.threads, device=device)
+    if engine.tile != recipe.tiling.tile:
+        from station.errors import RecipeError
+
+        raise RecipeError(f"{recipe.path}: [tiling] tile = {recipe.tiling.tile}, but the weights "
+                          f"{recipe.engine.weights!r} were trained on {engine.tile} px tiles; set tile = {engine.tile}")
+    return Inspector(engine, overlap=recipe.tiling.overlap, batch=recipe.tiling.batch, rules=recipe.rules)
+
+
+def build_line(recipe: Recipe, max_frames: int | None = None, feed: ResultFeed | None = None, on_result=None) -> Line:
+    from station.rejectlog import RejectLog
+
+    source = build_source(recipe)
+    inspector = build_inspector(recipe)
+    reject_log = RejectLog(recipe.log.db, save_images=recipe.log.save_reject_images)
+    policy = recipe.queues.frames_policy
+    if recipe.source.kind is SourceKind.REPLAY and not recipe.source.fps:
+        # A replay at full speed has no real-time clock to keep: back-pressure instead of dropping files.
+        policy = QueuePolicy.BLOCK
+    return Line(source, inspector, reject_log, feed, frames_queue=recipe.queues.frames, frames_policy=policy,
+                results_queue=recipe.queues.results, max_frames=max_frames, on_result=on_result)
+
+
+def format_progress(stats: LineStats) -> str:
+    h = stats.source
+    return (f"inspected {stats.inspected}  pass {stats.passed}  fail {stats.failed}  yield {stats.yield_pct:.1f}%  "
+            f"dropped {stats.dropped}  lost {h.lost_frames}  {stats.throughput_fps:.1f} fps  "
+            f"latency p50 {stats.latency_ms_p50:.0f} ms  camera {h.state.value}")
+
+
+@dataclass
+class RunSummary:
+    stats: LineStats
+    seconds: float
+    db: str
+    engine_id: str
+    source: str
+    failure: str | None = None
+
+    def to_dict(self) -> dict:
+        s, h = self.stats, self.stats.source
+        return {
+            "acquired": s.acquired, "acquisition_fps": s.acquisition_fps,
+            "inspected": s.inspected, "passed": s.passed, "failed": s.failed, "yield_pct": round(s.yield_pct, 2),
+            "dropped": s.dropped, "errors": s.errors, "lost_frames": h.lost_frames,
+            "incomplete_frames": h.incomplete_frames, "reconnects": h.reconnects, "skipped_files": h.skipped_files,
+            "throughput_fps": s.throughput_fps, "latency_ms_p50": round(s.latency_ms_p50, 2),
+            "latency_ms_p99": round(s.latency_ms_p99, 2), "seconds": round(self.seconds, 2),
+            "camera_state": h.state.value, "engine_id": self.engine_id, "source": self.source, "db": self.db,
+            "failure": self.failure,
+        }
+
+    def text(self) -> str:
+        d = self.to_dict()
+        lines = [
+            f"inspected {d['inspected']} frames in {d['seconds']:.1f} s from {d['source']} with {d['engine_id']}",
+            f"  pass {d['passed']}  fail {d['failed']}  yield {d['yield_pct']:.1f} %",
+            f"  source delivered {d['acquired']} frames at {d['acquisition_fps']:.1f} frames/s",
+            f"  dropped {d['dropped']}  lost {d['lost_frames']}  incomplete {d['incomplete_frames']}  "
+            f"reconnects {d['reconnects']}  unreadable files {d['skipped_files']}  errors {d['errors']}",
+            f"  throughput {d['throughput_fps']:.1f} frames/s  latency p50 {d['latency_ms_p50']:.0f} ms  "
+            f"p99 {d['latency_ms_p99']:.0f} ms",
+            f"  reject log: {d['db']}",
+        ]
+        if self.failure:
+            lines.append(f"  the line stopped on an error: {self.failure}")
+        return "\n".join(lines)
+
+
+def run_headless(line: Line, out: TextIO = sys.stderr, interval_s: float | None = None) -> LineStats:
+    """Run the line to its end (or Ctrl-C), printing a live progress line: rewritten in place on a terminal,
+    one line every few seconds otherwise."""
+    tty = out.isatty()
+    interval = interval_s if interval_s is not None else (0.25 if tty else 5.0)
+    line.start()
+    last = 0.0
+    try:
+        while line.running:
+            line.join(timeout=0.05)
+            now = time.monotonic()
+            if now - last >= interval:
+                last = now
+                text = format_progress(line.stats())
+                out.write(f"\r{text}\x1b[K" if tty else text + "\n")
+                out.flush()
+    except KeyboardInterrupt:
+        out.write("\nstopping: draining queues and closing the reject log...\n")
+        line.stop()
+        line.join()
+    if tty:
+        out.write("\n")
+    return line.stats()
+
+
+def run_with_panel(line: Line, title: str) -> LineStats:
+    from ui.app import run_panel
+
+    line.start()
+    run_panel(line.feed, line.stats, line.stop, title=title, mask_threshold=line.inspector.rules.score_threshold)
+    line.stop()
+    line.join()
+    return line.stats()
+
+
+def run_station(recipe: Recipe, headless: bool, max_frames: int | None, as_json: bool = False,
+                on_result=None) -> RunSummary:
+    from ui.app import display_available
+
+    line = build_line(recipe, max_frames=max_frames, on_result=on_result)
+    started = time.monotonic()
+    if not headless and display_available():
+        stats = run_with_panel(line, title=f"Inspection station - {recipe.product.name}")
+    else:
+        if not headless:
+            log.info("no display here: running headless (pass --headless to say so)")
+        stats = run_headless(line)
+    summary = RunSummary(stats, time.monotonic() - started, str(Path(recipe.log.db)), line.inspector.engine_id,
+                         line.source.name, None if line.failure is None else str(line.failure))
+    print(json.dumps(summary.to_dict(), indent=2) if as_json else summary.text())
+    return summary
