@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.station.frames_util import take_frames
+
 from station.errors import CameraLostError, SourceError
 from station.records import CameraState, Frame
 from station.sources import GenICamSource
@@ -42,16 +44,7 @@ needs_viky = pytest.mark.skipif(VIKY is None, reason=f"camera tests need viky.ct
 
 def _take(source: GenICamSource, n: int, deadline_s: float = 10.0) -> list[Frame]:
     """``n`` frames; a timer stops the source so a broken camera cannot hang the test."""
-    timer = threading.Timer(deadline_s, source.stop)
-    timer.start()
-    frames: list[Frame] = []
-    try:
-        for frame in source:
-            frames.append(frame)
-            if len(frames) >= n:
-                break
-    finally:
-        timer.cancel()
+    frames = take_frames(source, n, deadline_s)
     assert len(frames) == n, f"only {len(frames)} of {n} frames within {deadline_s} s: {source.health()}"
     return frames
 

@@ -10,9 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.station.frames_util import take_frames
+
 from station.errors import SourceError
 from station.records import CameraState, Frame
-from station.sources import FrameSource, GenICamSource, ReplaySource, open_source
+from station.sources import GenICamSource, ReplaySource, open_source
 
 
 def _write(path: Path, value: int, shape: tuple[int, ...] = (24, 32)) -> Path:
@@ -38,19 +40,7 @@ def image_dir(tmp_path: Path) -> Path:
     return folder
 
 
-def _take(source: FrameSource, n: int, deadline_s: float = 10.0) -> list[Frame]:
-    """Up to ``n`` frames; a timer stops the source so a broken test cannot hang."""
-    timer = threading.Timer(deadline_s, source.stop)
-    timer.start()
-    frames: list[Frame] = []
-    try:
-        for frame in source:
-            frames.append(frame)
-            if len(frames) >= n:
-                break
-    finally:
-        timer.cancel()
-    return frames
+_take = take_frames
 
 
 def test_frames_in_natural_order_and_corrupt_files_skipped(image_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
