@@ -29,6 +29,7 @@ demo: $(VENV)/.installed
 	$(BIN)/station demo $(DEMO_ARGS)
 
 test: $(VENV)/.installed-dev
+	$(BIN)/ruff check station engines calibration ui tests
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -27,7 +27,8 @@ def _train(args: argparse.Namespace) -> int:
     logging.getLogger().addHandler(handler)
     settings = TrainSettings(model=args.model, data=args.data, out=args.out, epochs=args.epochs, batch=args.batch,
                              lr=args.lr, tile=args.tile, holdout=args.holdout, seed=args.seed,
-                             steps_per_epoch=args.steps_per_epoch, threads=args.threads)
+                             steps_per_epoch=args.steps_per_epoch, threads=args.threads,
+                             optimizer=args.optimizer, loss=args.loss)
     final = train_segmentation(settings, progress=not args.quiet)
     print(json.dumps(final, indent=2))
     return EXIT_OK
@@ -61,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run folder: checkpoint, log, final weights and config")
     train.add_argument("--epochs", type=int, default=30, help="epochs (default: 30, as in the paper)")
     train.add_argument("--batch", type=int, default=16, help="tiles per step (default: 16)")
-    train.add_argument("--lr", type=float, default=5e-4, help="RMSprop learning rate (default: 5e-4)")
+    train.add_argument("--lr", type=float, default=5e-4, help="learning rate (default: 5e-4, the paper's)")
+    train.add_argument("--optimizer", choices=["rmsprop", "adam"], default="rmsprop",
+                       help="optimizer (default: rmsprop, the paper's)")
+    train.add_argument("--loss", choices=["ce", "ce+dice"], default="ce",
+                       help="principal and auxiliary loss (default: ce, the paper's cross-entropy)")
     train.add_argument("--tile", type=int, default=128, help="tile side in pixels (default: 128)")
     train.add_argument("--holdout", type=float, default=0.2, help="fraction of images held out for validation")
     train.add_argument("--seed", type=int, default=0)

@@ -14,7 +14,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +31,8 @@ class TrainSettings:
     holdout: float = 0.2
     seed: int = 0
     aux_weight: float = 1.0
+    optimizer: str = "rmsprop"  # the paper's; "adam" converges faster from scratch (see docs/MODELS.md)
+    loss: str = "ce"  # the paper's cross-entropy; "ce+dice" adds a soft Dice term against background collapse
     defect_fraction: float = 0.5
     steps_per_epoch: int = 0  # 0 = as many tiles as the tiler cuts from the training images, / batch
     threads: int = 0
@@ -42,6 +43,39 @@ class TrainSettings:
 def _tiles_per_image(shape: tuple[int, int], tile: int, overlap: int) -> int:
     stride = tile - overlap
     return math.prod(max(1, math.ceil((max(s, tile) - tile) / stride) + 1) for s in shape)
+
+
+OPTIMIZERS = ("rmsprop", "adam")
+LOSSES = ("ce", "ce+dice")
+
+
+def make_optimizer(name: str, parameters, lr: float):
+    import torch
+
+    if name == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr=lr)
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}")
+
+
+def segmentation_loss(name: str):
+    """Cross-entropy (the paper), or cross-entropy plus a soft Dice term on the defect probability."""
+    import torch
+
+    ce = torch.nn.CrossEntropyLoss()
+    if name == "ce":
+        return ce
+    if name != "ce+dice":
+        raise ValueError(f"unknown loss {name!r}; use one of {', '.join(LOSSES)}")
+
+    def ce_dice(logits, target):
+        p = 1.0 - logits.softmax(1)[:, 0]
+        t = (target > 0).float()
+        dice = 1.0 - (2.0 * (p * t).sum() + 1.0) / (p.sum() + t.sum() + 1.0)
+        return ce(logits, target) + dice
+
+    return ce_dice
 
 
 def train_segmentation(settings: TrainSettings, progress: bool = True) -> dict:
@@ -70,7 +104,7 @@ def train_segmentation(settings: TrainSettings, progress: bool = True) -> dict:
     spec = InputSpec(channels=1)
     config = {"in_channels": spec.channels, **settings.model_config}
     model = build_model(settings.model, config)
-    optimizer = torch.optim.RMSprop(model.parameters(), lr=settings.lr)
+    optimizer = make_optimizer(settings.optimizer, model.parameters(), settings.lr)
     steps = settings.steps_per_epoch or max(1, sum(_tiles_per_image(s.image.shape, settings.tile, settings.overlap)
                                                      for s in train_samples) // settings.batch)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs * steps)
@@ -84,7 +118,7 @@ def train_segmentation(settings: TrainSettings, progress: bool = True) -> dict:
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = int(state["epoch"]), json.loads(state["history"])
         log.info("resumed from %s at epoch %d", checkpoint, start_epoch)
-    criterion = torch.nn.CrossEntropyLoss()
+    criterion = segmentation_loss(settings.loss)
     for epoch in range(start_epoch, settings.epochs):
         sampler = TileSampler(train_samples, settings.tile, settings.defect_fraction, seed=settings.seed * 1000 + epoch)
         model.train()
@@ -103,7 +137,7 @@ def train_segmentation(settings: TrainSettings, progress: bool = True) -> dict:
             optimizer.step()
             scheduler.step()
             total += float(loss.detach())
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
         model.eval()
         metrics = evaluate_full_images(model, held_samples, spec, min_area_px=settings.min_area_px) if held_samples else {}
         record = {"epoch": epoch + 1, "loss": total / steps, "seconds": round(time.time() - t0, 1), **metrics}
