@@ -1,4 +1,4 @@
-"""The `engines` command: train networks, export them, and evaluate them.
+"""The `engines` command: train networks, evaluate them as the station judges, and export them.
 
 Examples::
 
@@ -44,6 +44,33 @@ def _export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from engines.backends.base import load_engine
+    from engines.data.segmentation import load_dataset
+    from engines.evaluate import evaluate_station_verdicts
+    from station.inspect import Inspector
+    from station.verdict import DecisionRules
+
+    samples = load_dataset(args.data)
+    if args.split:
+        split = json.loads(Path(args.split).read_text())
+        wanted = set(split[args.split_part])
+        samples = [s for s in samples if s.name in wanted]
+        if not samples:
+            raise ValueError(f"no image of {args.data} is in the {args.split_part!r} list of {args.split}")
+    engine = load_engine(args.weights, backend=args.backend, threads=args.threads)
+    rules = DecisionRules(score_threshold=args.threshold, min_area_px=args.min_area)
+    inspector = Inspector(engine, overlap=args.overlap, batch=args.batch, rules=rules)
+    metrics, records = evaluate_station_verdicts(inspector, samples)
+    report = {"weights": str(args.weights), "engine_id": engine.engine_id, "data": str(args.data),
+              "images": len(samples), "threshold": args.threshold, "min_area_px": args.min_area,
+              "overlap": args.overlap, **metrics}
+    print(json.dumps(report, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps({**report, "images_detail": records}, indent=2) + "\n")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="engines",
@@ -75,6 +102,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: all)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
+
+    ev = sub.add_parser("eval", help="judge images exactly as the station does and score the verdicts",
+                        description="Tiles each image, runs the engine, stitches, applies the decision rules and "
+                                    "compares the PASS/FAIL verdicts with the image-level truth (precision, recall, "
+                                    "F1, FP+FN) plus pixel IoU.")
+    ev.add_argument("--weights", required=True, help="weights folder or shipped name")
+    ev.add_argument("--data", required=True, help="data folder (generic, magnetic-tile or NEU-Seg layout)")
+    ev.add_argument("--split", help="a split.json written by `engines train`: judge only one part of it")
+    ev.add_argument("--split-part", default="holdout", choices=["holdout", "train"])
+    ev.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"])
+    ev.add_argument("--threads", type=int, default=0)
+    ev.add_argument("--threshold", type=float, default=0.5, help="defect score threshold (default: 0.5)")
+    ev.add_argument("--min-area", type=int, default=30, help="smallest defect area in pixels (default: 30)")
+    ev.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (default: 32)")
+    ev.add_argument("--batch", type=int, default=32)
+    ev.add_argument("--json", help="also write the report, with every image's verdict, to this file")
+    ev.set_defaults(func=_eval)
 
     export = sub.add_parser("export", help="export weights to ONNX (inference only, dynamic batch)")
     export.add_argument("--weights", required=True, help="weights folder or shipped name")

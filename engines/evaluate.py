@@ -51,3 +51,24 @@ def evaluate_full_images(model, samples, spec, threshold: float = 0.5, min_area_
     metrics["pixel_iou"] = round(inter / union, 4) if union else 1.0
     metrics["pixel_dice"] = round(2 * inter / (total_pred + total_true), 4) if total_pred + total_true else 1.0
     return metrics
+
+
+def evaluate_station_verdicts(inspector, samples) -> tuple[dict[str, float], list[dict]]:
+    """Judge every sample exactly as the station does (tiles, stitching, decision rules) and compare with the
+    image-level truth. Returns the metrics and one record per image (name, truth, verdict, defects)."""
+    import time
+
+    from station.records import Frame, Verdict
+
+    records, inter, union = [], 0, 0
+    for i, s in enumerate(samples):
+        result = inspector.inspect(Frame(s.image, i + 1, time.monotonic_ns(), "eval", {"file": s.name}))
+        binary = result.mask >= inspector.rules.score_threshold
+        inter += int((binary & s.mask).sum())
+        union += int((binary | s.mask).sum())
+        records.append({"name": s.name, "defective": s.defective, "verdict": result.verdict.value,
+                        "defects": len(result.defects)})
+    metrics = image_level_metrics([r["defective"] for r in records],
+                                  [r["verdict"] == Verdict.FAIL.value for r in records])
+    metrics["pixel_iou"] = round(inter / union, 4) if union else 1.0
+    return metrics, records

@@ -1,0 +1,44 @@
+"""The `engines` command as a user runs it; `engines eval` judges exactly as `station run` does."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+
+from tests.engines.test_data_train import make_generic_set
+
+ENGINES = [sys.executable, "-m", "engines.cli"]
+STATION = [sys.executable, "-m", "station.cli"]
+
+
+def test_help_lists_the_commands():
+    out = subprocess.run([*ENGINES, "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("train", "eval", "export"):
+        assert command in out
+    train_help = subprocess.run([*ENGINES, "train", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "RMSprop" in train_help or "rmsprop" in train_help
+
+
+def test_missing_weights_exit_2_with_a_message(tmp_path):
+    done = subprocess.run([*ENGINES, "export", "--weights", str(tmp_path / "none"), "--out", str(tmp_path / "x.onnx")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "engines train" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_eval_gives_the_same_verdicts_as_station_run(untrained_bffn, tmp_path):
+    data = make_generic_set(tmp_path / "set", n=6, size=(200, 260))
+    report = tmp_path / "eval.json"
+    done = subprocess.run([*ENGINES, "eval", "--weights", str(untrained_bffn), "--data", str(data), "--threads", "2",
+                           "--json", str(report)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    evaluated = {r["name"]: r["verdict"] for r in json.loads(report.read_text())["images_detail"]}
+    assert len(evaluated) == 6
+    db = tmp_path / "run.db"
+    run = subprocess.run([*STATION, "run", "--source", f"replay:{data / 'images'}", "--pattern", "*.png",
+                          "--weights", str(untrained_bffn), "--fps", "0", "--no-loop", "--headless",
+                          "--db", str(db), "--threads", "2"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    with sqlite3.connect(db) as con:
+        station = dict(con.execute("SELECT file, verdict FROM inspections").fetchall())
+    assert station == evaluated
