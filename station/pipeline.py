@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from station.errors import StationError
 from station.feed import ResultFeed
 from station.recipe import QueuePolicy
 from station.records import CameraState, InspectionResult, LineStats, SourceHealth, Verdict
@@ -109,6 +110,14 @@ class Line:
 
     # -- control -------------------------------------------------------------------------------------------
     def start(self) -> "Line":
+        """Open the source here, so a missing camera or folder raises at once in the caller, then start the
+        three threads."""
+        try:
+            self.source.open()
+        except BaseException:
+            if self.reject_log is not None:
+                self.reject_log.close()
+            raise
         self._started = time.monotonic()
         self._threads = [
             threading.Thread(target=self._guard(self._acquire), name="acquisition", daemon=True),
@@ -156,7 +165,11 @@ class Line:
                 body()
             except BaseException as exc:  # noqa: BLE001 - a dead stage must stop the whole line, loudly
                 # Each stage's own ``finally`` passes the end marker on, so the stages after it still drain.
-                log.exception("%s thread failed", threading.current_thread().name)
+                name = threading.current_thread().name
+                if isinstance(exc, StationError):  # an expected failure (camera missing...): its message suffices
+                    log.error("%s stopped: %s", name, exc)
+                else:
+                    log.exception("%s thread failed", name)
                 self.failure = exc
                 self.stop()
         return run

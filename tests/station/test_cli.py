@@ -131,3 +131,11 @@ def test_demo_headless_replays_the_bundled_frames_and_mostly_agrees_with_truth(t
     agree, total = map(int, line.rsplit(" ", 1)[1].split("/"))
     assert total == len(list(SAMPLES.glob("*.jpg"))) == count_rows(tmp_path / "demo.db")
     assert agree / total >= 0.75, done.stdout
+
+
+@pytest.mark.camera
+def test_a_missing_gentl_producer_exits_2_and_says_how_to_fix(tmp_path):
+    done = run_station("run", "--source", f"genicam:{tmp_path / 'absent.cti'}", "--headless", "--max-frames", "1",
+                       "--db", str(tmp_path / "x.db"))
+    assert done.returncode == 2 and "absent.cti" in done.stderr and "producer" in done.stderr
+    assert "Traceback" not in done.stderr
