@@ -107,7 +107,10 @@ def train_segmentation(settings: TrainSettings, progress: bool = True) -> dict:
     optimizer = make_optimizer(settings.optimizer, model.parameters(), settings.lr)
     steps = settings.steps_per_epoch or max(1, sum(_tiles_per_image(s.image.shape, settings.tile, settings.overlap)
                                                      for s in train_samples) // settings.batch)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs * steps)
+    total_steps = settings.epochs * steps
+    # Closed-form cosine decay over the whole run: resuming with more epochs stretches the curve smoothly.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)))
     history: list[dict] = []
     start_epoch = 0
     checkpoint = out / "checkpoint.pt"
@@ -115,7 +118,7 @@ def train_segmentation(settings: TrainSettings, progress: bool = True) -> dict:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        scheduler.last_epoch = int(state["scheduler"].get("last_epoch", 0))  # the schedule is closed-form
         start_epoch, history = int(state["epoch"]), json.loads(state["history"])
         log.info("resumed from %s at epoch %d", checkpoint, start_epoch)
     criterion = segmentation_loss(settings.loss)
