@@ -70,7 +70,8 @@ def test_missing_folder_and_bad_recipe_exit_2_with_a_message(tmp_path):
                           "--db", str(tmp_path / "x.db"))
     assert missing.returncode == 2 and "nope" in missing.stderr and "Traceback" not in missing.stderr
     bad = tmp_path / "bad.toml"
-    bad.write_text("[product]\nname = 'x'\n[tiling]\ntile = 'big'\n")
+    bad.write_text("[product]\nname = 'x'\n[source]\nkind = 'replay'\npath = '.'\n[engine]\nweights = 'w'\n"
+                   "[tiling]\ntile = 'big'\n")
     wrong = run_station("run", "--recipe", str(bad), "--headless", "--max-frames", "1")
     assert wrong.returncode == 2 and "tile" in wrong.stderr and "Traceback" not in wrong.stderr
 
