@@ -28,7 +28,7 @@ def _train(args: argparse.Namespace) -> int:
     settings = TrainSettings(model=args.model, data=args.data, out=args.out, epochs=args.epochs, batch=args.batch,
                              lr=args.lr, tile=args.tile, holdout=args.holdout, seed=args.seed,
                              steps_per_epoch=args.steps_per_epoch, threads=args.threads,
-                             optimizer=args.optimizer, loss=args.loss)
+                             optimizer=args.optimizer, loss=args.loss, init=args.init or "")
     final = train_segmentation(settings, progress=not args.quiet)
     print(json.dumps(final, indent=2))
     return EXIT_OK
@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps-per-epoch", type=int, default=0,
                        help="steps per epoch (default 0: as many tiles as the tiler cuts from the training images)")
     train.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: all)")
+    train.add_argument("--init", help="start from these weights (folder or shipped name), e.g. to train the shipped "
+                                      "weights further; a checkpoint in OUT takes precedence")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
 

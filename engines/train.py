@@ -38,6 +38,7 @@ class TrainSettings:
     threads: int = 0
     min_area_px: int = 20
     model_config: dict = field(default_factory=dict)
+    init: str = ""  # start from these weights (folder or shipped name) instead of random initialisation
 
 
 def _tiles_per_image(shape: tuple[int, int], tile: int, overlap: int) -> int:
@@ -104,6 +105,12 @@ def train_segmentation(settings: TrainSettings, progress: bool = True) -> dict:
     spec = InputSpec(channels=1)
     config = {"in_channels": spec.channels, **settings.model_config}
     model = build_model(settings.model, config)
+    if settings.init:
+        from engines.weights import load_model, resolve_weights
+
+        start = load_model(resolve_weights(settings.init))
+        model.load_state_dict(start.state_dict())
+        log.info("initialised from %s", settings.init)
     optimizer = make_optimizer(settings.optimizer, model.parameters(), settings.lr)
     steps = settings.steps_per_epoch or max(1, sum(_tiles_per_image(s.image.shape, settings.tile, settings.overlap)
                                                      for s in train_samples) // settings.batch)

@@ -117,3 +117,19 @@ def test_magnetic_tile_reader_matches_the_data_readme(magnetic_tile):
     for s in samples:
         counts[s.category] = counts.get(s.category, 0) + 1
     assert counts == {"blowhole": 81, "break": 59, "crack": 40, "fray": 22, "uneven": 72, None: 666}
+
+
+@pytest.mark.slow
+def test_training_can_start_from_existing_weights(tmp_path, untrained_bffn):
+    from safetensors.numpy import load_file
+
+    from engines.train import TrainSettings, train_segmentation
+
+    data = make_generic_set(tmp_path / "set", n=4, size=(128, 128))
+    settings = TrainSettings(data=str(data), out=str(tmp_path / "run"), epochs=1, steps_per_epoch=1, batch=2,
+                             holdout=0.0, threads=2, lr=1e-12, seed=5, init=str(untrained_bffn))
+    train_segmentation(settings, progress=False)
+    start = load_file(str(untrained_bffn / "model.safetensors"))
+    trained = load_file(str(tmp_path / "run" / "model.safetensors"))
+    key = "layer1.0.conv1.weight"
+    np.testing.assert_allclose(trained[key].astype(np.float32), start[key].astype(np.float32), atol=2e-3)
