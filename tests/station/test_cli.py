@@ -123,20 +123,28 @@ def test_run_against_the_simulated_camera_reports_rate_and_no_lost_frames(tmp_pa
     assert summary["source"].startswith("genicam:") and count_rows(tmp_path / "cam.db") == 15
 
 
-def test_demo_headless_replays_the_bundled_frames_and_mostly_agrees_with_truth(tmp_path):
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """`station demo` as `make demo` runs it on a machine without a display (one pass, headless)."""
+    cwd = tmp_path_factory.mktemp("demo")
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
-    done = subprocess.run([*STATION, "demo", "--db", str(tmp_path / "demo.db"), "--fps", "0"], capture_output=True,
-                          text=True, timeout=600, env=env, cwd=tmp_path)
+    done = subprocess.run([*STATION, "demo", "--db", str(cwd / "demo.db"), "--fps", "0"], capture_output=True,
+                          text=True, timeout=600, env=env, cwd=cwd)
+    line = next((l for l in done.stdout.splitlines() if "agreement with the ground truth" in l), None)
+    agree, total = map(int, line.rsplit(" ", 1)[1].split("/")) if line else (0, 0)
+    return done, agree, total, cwd / "demo.db"
+
+
+def test_demo_headless_replays_every_bundled_frame_once_and_scores_itself(demo_run):
+    done, agree, total, db = demo_run
     assert done.returncode == 0, done.stderr
-    line = next(l for l in done.stdout.splitlines() if "agreement with the ground truth" in l)
-    agree, total = map(int, line.rsplit(" ", 1)[1].split("/"))
-    assert total == len(list(SAMPLES.glob("*.jpg"))) == count_rows(tmp_path / "demo.db")
-    assert agree / total >= 0.75, done.stdout
+    assert total == len(list(SAMPLES.glob("*.jpg"))) == count_rows(db) == 16
+    assert "inspected 16 frames" in done.stdout
 
 
-@pytest.mark.camera
-def test_a_missing_gentl_producer_exits_2_and_says_how_to_fix(tmp_path):
-    done = run_station("run", "--source", f"genicam:{tmp_path / 'absent.cti'}", "--headless", "--max-frames", "1",
-                       "--db", str(tmp_path / "x.db"))
-    assert done.returncode == 2 and "absent.cti" in done.stderr and "producer" in done.stderr
-    assert "Traceback" not in done.stderr
+DEMO_AGREEMENT_GOAL = 0.75  # issue 2: "good enough that the demo's verdicts are mostly right"
+
+
+def test_demo_verdicts_are_mostly_right(demo_run):
+    _, agree, total, _ = demo_run
+    assert total and agree / total >= DEMO_AGREEMENT_GOAL, f"{agree}/{total} verdicts agree with the ground truth"
