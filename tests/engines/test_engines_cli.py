@@ -27,9 +27,13 @@ def test_missing_weights_exit_2_with_a_message(tmp_path):
 
 
 def test_eval_gives_the_same_verdicts_as_station_run(untrained_bffn, tmp_path):
+    from station.recipe import load_recipe, shipped_recipe_path
+
+    rules = load_recipe(shipped_recipe_path("magnetic_tile")).rules  # what `station run` applies below
     data = make_generic_set(tmp_path / "set", n=6, size=(200, 260))
     report = tmp_path / "eval.json"
     done = subprocess.run([*ENGINES, "eval", "--weights", str(untrained_bffn), "--data", str(data), "--threads", "2",
+                           "--threshold", str(rules.score_threshold), "--min-area", str(rules.min_area_px),
                            "--json", str(report)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     evaluated = {r["name"]: r["verdict"] for r in json.loads(report.read_text())["images_detail"]}
