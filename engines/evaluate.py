@@ -17,13 +17,6 @@ def image_level_metrics(truth: list[bool], predicted: list[bool]) -> dict[str, f
             "f1": round(f1, 4), "fp_fn": fp + fn, "accuracy": round((tp + tn) / max(1, len(t)), 4)}
 
 
-def has_component(binary: np.ndarray, min_area_px: int) -> bool:
-    import cv2
-
-    n, _, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
-    return bool(n > 1 and stats[1:, cv2.CC_STAT_AREA].max() >= min_area_px)
-
-
 def evaluate_full_images(model, samples, spec, threshold: float = 0.5, min_area_px: int = 20) -> dict[str, float]:
     """Run ``model`` (torch, eval mode) on whole images padded to a multiple of 32; image-level metrics plus
     pixel IoU and Dice over all images. Used during training for a quick held-out score."""
@@ -31,6 +24,9 @@ def evaluate_full_images(model, samples, spec, threshold: float = 0.5, min_area_
     import torch
 
     from engines.preprocess import normalize_tiles
+    from station.verdict import DecisionRules, find_defects
+
+    rules = DecisionRules(score_threshold=threshold, min_area_px=min_area_px)
 
     truth, predicted, inter, union, total_pred, total_true = [], [], 0, 0, 0, 0
     with torch.no_grad():
@@ -39,10 +35,10 @@ def evaluate_full_images(model, samples, spec, threshold: float = 0.5, min_area_
             ph, pw = -h % 32, -w % 32
             image = cv2.copyMakeBorder(s.image, 0, ph, 0, pw, cv2.BORDER_REFLECT_101)
             x = torch.from_numpy(normalize_tiles(image[None], spec))
-            scores = 1.0 - model(x).softmax(1)[0, 0, :h, :w].numpy()
-            binary = scores >= threshold
+            scores = np.ascontiguousarray(1.0 - model(x).softmax(1)[0, 0, :h, :w].numpy(), dtype=np.float32)
+            binary = scores >= np.float32(threshold)
             truth.append(s.defective)
-            predicted.append(has_component(binary, min_area_px))
+            predicted.append(bool(find_defects(scores, rules)))  # the station's own rule
             inter += int((binary & s.mask).sum())
             union += int((binary | s.mask).sum())
             total_pred += int(binary.sum())

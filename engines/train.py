@@ -41,11 +41,6 @@ class TrainSettings:
     init: str = ""  # start from these weights (folder or shipped name) instead of random initialisation
 
 
-def _tiles_per_image(shape: tuple[int, int], tile: int, overlap: int) -> int:
-    stride = tile - overlap
-    return math.prod(max(1, math.ceil((max(s, tile) - tile) / stride) + 1) for s in shape)
-
-
 OPTIMIZERS = ("rmsprop", "adam")
 LOSSES = ("ce", "ce+dice")
 
@@ -90,6 +85,7 @@ def train_segmentation(settings: TrainSettings, progress: bool = True) -> dict:
     from engines.models import build_model
     from engines.preprocess import InputSpec, normalize_tiles
     from engines.weights import save_weights
+    from station.tiling import plan_tiles
 
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +108,7 @@ def train_segmentation(settings: TrainSettings, progress: bool = True) -> dict:
         model.load_state_dict(start.state_dict())
         log.info("initialised from %s", settings.init)
     optimizer = make_optimizer(settings.optimizer, model.parameters(), settings.lr)
-    steps = settings.steps_per_epoch or max(1, sum(_tiles_per_image(s.image.shape, settings.tile, settings.overlap)
+    steps = settings.steps_per_epoch or max(1, sum(plan_tiles(s.image.shape, settings.tile, settings.overlap).n_tiles
                                                      for s in train_samples) // settings.batch)
     total_steps = settings.epochs * steps
     # Closed-form cosine decay over the whole run: resuming with more epochs stretches the curve smoothly.
