@@ -3,6 +3,7 @@
 Examples::
 
     engines train bffn --data ../shared/data/magnetic-tile --out runs/bffn-mt
+    torchrun --nproc_per_node 4 -m engines.cli train bffn --data DIR --out runs/bffn   # one process per GPU
     engines export --weights runs/bffn-mt --out runs/bffn-mt/bffn.onnx
     engines eval --weights bffn-magnetic-tile --data ../shared/data/magnetic-tile --json eval.json
 """
@@ -15,22 +16,29 @@ import sys
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+SEGMENTATION_MODELS = ("bffn", "fcn", "unet", "deeplabv3plus", "bisenet")  # as in engines.models (kept import-free)
 
 
 def _train(args: argparse.Namespace) -> int:
     from engines.train import TrainSettings, train_segmentation
 
-    log_file = Path(args.out) / "train.log"
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(log_file)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.getLogger().addHandler(handler)
+    import os
+
+    main_process = os.environ.get("RANK", "0") == "0"
+    if main_process:
+        log_file = Path(args.out) / "train.log"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logging.getLogger().addHandler(handler)
     settings = TrainSettings(model=args.model, data=args.data, out=args.out, epochs=args.epochs, batch=args.batch,
                              lr=args.lr, tile=args.tile, holdout=args.holdout, seed=args.seed,
                              steps_per_epoch=args.steps_per_epoch, threads=args.threads,
-                             optimizer=args.optimizer, loss=args.loss, init=args.init or "")
+                             optimizer=args.optimizer, loss=args.loss, init=args.init or "", device=args.device,
+                             amp=args.amp, validate=not args.no_validate, aux_weight=args.aux_weight)
     final = train_segmentation(settings, progress=not args.quiet)
-    print(json.dumps(final, indent=2))
+    if main_process:
+        print(json.dumps(final, indent=2))
     return EXIT_OK
 
 
@@ -47,7 +55,7 @@ def _export(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from engines.backends.base import load_engine
     from engines.data.segmentation import load_dataset
-    from engines.evaluate import evaluate_station_verdicts
+    from engines.evaluate import evaluate_station_verdicts, save_pr_curve
     from station.inspect import Inspector
     from station.verdict import DecisionRules
 
@@ -61,14 +69,47 @@ def _eval(args: argparse.Namespace) -> int:
     engine = load_engine(args.weights, backend=args.backend, threads=args.threads)
     rules = DecisionRules(score_threshold=args.threshold, min_area_px=args.min_area)
     inspector = Inspector(engine, overlap=args.overlap, batch=args.batch, rules=rules)
-    metrics, records = evaluate_station_verdicts(inspector, samples)
+    metrics, records = evaluate_station_verdicts(inspector, samples, failures_dir=args.failures,
+                                                 max_failures=args.max_failures)
+    sweep = metrics.pop("sweep")
     report = {"weights": str(args.weights), "engine_id": engine.engine_id, "data": str(args.data),
               "images": len(samples), "threshold": args.threshold, "min_area_px": args.min_area,
               "overlap": args.overlap, **metrics}
     print(json.dumps(report, indent=2))
+    curve = args.curve or (str(Path(args.json).with_suffix(".pr.png")) if args.json else None)
+    if curve:
+        save_pr_curve(sweep, curve, title=f"{engine.engine_id} on {args.data} ({len(samples)} images, "
+                                          f"min area {args.min_area} px)", operating_threshold=args.threshold)
+        print(f"precision-recall curve: {curve}", file=sys.stderr)
     if args.json:
-        Path(args.json).write_text(json.dumps({**report, "images_detail": records}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({**report, "sweep": sweep, "images_detail": records}, indent=2) + "\n")
     return EXIT_OK
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from engines.compare import CompareSettings, run_compare
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out / "compare.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger().addHandler(handler)
+    train = {"epochs": args.epochs, "batch": args.batch, "lr": args.lr, "optimizer": args.optimizer,
+             "loss": args.loss, "steps_per_epoch": args.steps_per_epoch, "threads": args.threads,
+             "validate": not args.no_validate, "device": args.device, "amp": args.amp}
+    defaults = {"epochs": 30, "batch": 16, "lr": 5e-4, "optimizer": "rmsprop", "loss": "ce", "steps_per_epoch": 0,
+                "threads": 0, "validate": True, "device": "auto", "amp": False}
+    train = {k: v for k, v in train.items() if v != defaults[k]}
+    settings = CompareSettings(data=args.data, out=args.out, models=tuple(args.models.split(",")), folds=args.folds,
+                               seed=args.seed, threshold=args.threshold, min_area_px=args.min_area,
+                               backend=args.backend, threads=args.threads, bench_batch=args.bench_batch,
+                               bench_seconds=args.bench_seconds,
+                               only_folds=tuple(int(f) for f in args.only_folds.split(",")) if args.only_folds else (),
+                               train=train)
+    summary = run_compare(settings, progress=not args.quiet)
+    print((out / "results.md").read_text())
+    print(f"figures: {out / 'compare.json'}", file=sys.stderr)
+    return EXIT_OK if summary["per_fold"] else EXIT_FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a segmentation network on tiles (paper settings by default)",
                            description="Train a network on tiles cut from DATA; checkpoints every epoch to "
                                        "OUT/checkpoint.pt and resumes from it when re-run with the same OUT.")
-    train.add_argument("model", choices=["bffn"], help="network to train")
+    train.add_argument("model", choices=SEGMENTATION_MODELS,
+                       help="network to train: bffn (the paper's) or a baseline on the same ResNet-18 backbone")
     train.add_argument("--data", required=True, help="data folder (generic images/+masks/, magnetic-tile, or NEU-Seg)")
     train.add_argument("--out", required=True, help="run folder: checkpoint, log, final weights and config")
     train.add_argument("--epochs", type=int, default=30, help="epochs (default: 30, as in the paper)")
@@ -102,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: all)")
     train.add_argument("--init", help="start from these weights (folder or shipped name), e.g. to train the shipped "
                                       "weights further; a checkpoint in OUT takes precedence")
+    train.add_argument("--aux-weight", type=float, default=1.0, help="weight of the auxiliary losses (default: 1)")
+    train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    train.add_argument("--amp", action="store_true",
+                       help="mixed precision: float16 with gradient scaling on CUDA, bfloat16 on the CPU")
+    train.add_argument("--no-validate", action="store_true", help="skip the held-out score after each epoch")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
 
@@ -119,8 +166,44 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--min-area", type=int, default=30, help="smallest defect area in pixels (default: 30)")
     ev.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (default: 32)")
     ev.add_argument("--batch", type=int, default=32)
-    ev.add_argument("--json", help="also write the report, with every image's verdict, to this file")
+    ev.add_argument("--json", help="also write the report, with every image's verdict and the threshold sweep, to "
+                                   "this file (and the precision-recall curve beside it, FILE.pr.png)")
+    ev.add_argument("--curve", help="write the image-level precision-recall curve to this PNG")
+    ev.add_argument("--failures", help="save overlays of misjudged images (missed, false alarm) to this folder")
+    ev.add_argument("--max-failures", type=int, default=12, help="at most this many overlays (default: 12)")
     ev.set_defaults(func=_eval)
+
+    cmp = sub.add_parser("compare", help="train and judge several networks on the same k folds; write the tables",
+                         description="The paper's protocol: every model is trained on k-1 folds and judged on the "
+                                     "remaining one, for each of the k folds; OUT/results.md gets mean ± std of "
+                                     "F1, precision, recall, FP+FN, pixel IoU and Dice per model and their "
+                                     "throughput measured side by side on one backend. Re-running resumes.")
+    cmp.add_argument("--data", required=True, help="data folder (generic, magnetic-tile or NEU-Seg layout)")
+    cmp.add_argument("--out", required=True, help="folder for the runs, compare.json and results.md")
+    cmp.add_argument("--folds", type=int, default=4, help="number of folds (default: 4, as in the paper)")
+    cmp.add_argument("--only-folds", help="comma-separated fold numbers to run now (default: all)")
+    cmp.add_argument("--models", default="bffn,fcn,unet,deeplabv3plus,bisenet",
+                     help="comma-separated models; ablations: bffn-nosam, bffn-sum, bffn-concat, bffn-nosam-sum "
+                          "(default: bffn,fcn,unet,deeplabv3plus,bisenet)")
+    cmp.add_argument("--epochs", type=int, default=30, help="epochs per run (default: 30, the paper's)")
+    cmp.add_argument("--steps-per-epoch", type=int, default=0, help="steps per epoch (default: one pass of tiles)")
+    cmp.add_argument("--batch", type=int, default=16)
+    cmp.add_argument("--lr", type=float, default=5e-4)
+    cmp.add_argument("--optimizer", choices=["rmsprop", "adam"], default="rmsprop")
+    cmp.add_argument("--loss", choices=["ce", "ce+dice"], default="ce")
+    cmp.add_argument("--no-validate", action="store_true", help="skip the per-epoch validation score")
+    cmp.add_argument("--device", default="auto")
+    cmp.add_argument("--amp", action="store_true")
+    cmp.add_argument("--seed", type=int, default=0)
+    cmp.add_argument("--threshold", type=float, default=0.5, help="defect score threshold (default: 0.5 = argmax)")
+    cmp.add_argument("--min-area", type=int, default=30, help="smallest defect area in pixels (default: 30)")
+    cmp.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"],
+                     help="backend for judging and for the throughput figures (default: onnxruntime)")
+    cmp.add_argument("--threads", type=int, default=0)
+    cmp.add_argument("--bench-batch", type=int, default=32)
+    cmp.add_argument("--bench-seconds", type=float, default=20.0, help="seconds of side-by-side throughput (0: skip)")
+    cmp.add_argument("--quiet", action="store_true", help="no progress bars")
+    cmp.set_defaults(func=_compare)
 
     export = sub.add_parser("export", help="export weights to ONNX (inference only, dynamic batch)")
     export.add_argument("--weights", required=True, help="weights folder or shipped name")

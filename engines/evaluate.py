@@ -49,22 +49,111 @@ def evaluate_full_images(model, samples, spec, threshold: float = 0.5, min_area_
     return metrics
 
 
-def evaluate_station_verdicts(inspector, samples) -> tuple[dict[str, float], list[dict]]:
+DEFAULT_SWEEP = tuple(round(t, 3) for t in np.concatenate([np.arange(0.05, 0.95, 0.05), [0.95, 0.98, 0.99]]))
+
+
+def evaluate_station_verdicts(inspector, samples, thresholds=DEFAULT_SWEEP, failures_dir=None,
+                              max_failures: int = 12) -> tuple[dict[str, float], list[dict]]:
     """Judge every sample exactly as the station does (tiles, stitching, decision rules) and compare with the
-    image-level truth. Returns the metrics and one record per image (name, truth, verdict, defects)."""
+    image-level truth. Returns the metrics and one record per image (name, truth, verdict, defects).
+
+    The metrics hold pixel IoU and Dice at the operating threshold and ``sweep``: the image-level metrics at each
+    of ``thresholds`` (the same stitched score maps judged by the same rules with another score threshold), from
+    which :func:`save_pr_curve` draws the precision–recall curve. With ``failures_dir``, the first
+    ``max_failures`` missed and false-alarm images are saved there as overlays (:func:`save_failure_overlay`).
+    """
     import time
+    from dataclasses import replace
 
     from station.records import Frame, Verdict
+    from station.verdict import find_defects
 
-    records, inter, union = [], 0, 0
+    sweep_rules = [replace(inspector.rules, score_threshold=float(t)) for t in thresholds]
+    records, inter, union, n_pred, n_true = [], 0, 0, 0, 0
+    decisions = []
+    saved = 0
     for i, s in enumerate(samples):
         result = inspector.inspect(Frame(s.image, i + 1, time.monotonic_ns(), "eval", {"file": s.name}))
-        binary = result.mask >= inspector.rules.score_threshold
+        binary = result.mask >= np.float32(inspector.rules.score_threshold)
         inter += int((binary & s.mask).sum())
         union += int((binary | s.mask).sum())
-        records.append({"name": s.name, "defective": s.defective, "verdict": result.verdict.value,
-                        "defects": len(result.defects)})
-    metrics = image_level_metrics([r["defective"] for r in records],
-                                  [r["verdict"] == Verdict.FAIL.value for r in records])
+        n_pred += int(binary.sum())
+        n_true += int(s.mask.sum())
+        decisions.append([bool(find_defects(result.mask, rules)) for rules in sweep_rules])
+        verdict = result.verdict.value
+        records.append({"name": s.name, "defective": s.defective, "verdict": verdict,
+                        "defects": len(result.defects), "max_score": round(float(result.mask.max()), 4)})
+        failed = s.defective != (verdict == Verdict.FAIL.value)
+        if failures_dir is not None and failed and saved < max_failures:
+            save_failure_overlay(s, result, inspector.rules.score_threshold, failures_dir)
+            saved += 1
+    truth = [r["defective"] for r in records]
+    metrics = image_level_metrics(truth, [r["verdict"] == Verdict.FAIL.value for r in records])
     metrics["pixel_iou"] = round(inter / union, 4) if union else 1.0
+    metrics["pixel_dice"] = round(2 * inter / (n_pred + n_true), 4) if n_pred + n_true else 1.0
+    table = np.asarray(decisions, bool).reshape(len(records), len(sweep_rules))
+    metrics["sweep"] = [{"threshold": float(t), **image_level_metrics(truth, list(table[:, k]))}
+                        for k, t in enumerate(thresholds)]
     return metrics, records
+
+
+def save_pr_curve(sweep: list[dict], path, title: str = "", operating_threshold: float | None = None):
+    """Draw the image-level precision–recall curve and F1 against the threshold from an evaluation sweep."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pathlib import Path
+
+    thresholds = [p["threshold"] for p in sweep]
+    fig, (ax_pr, ax_f1) = plt.subplots(1, 2, figsize=(10, 4.2))
+    ax_pr.plot([p["recall"] for p in sweep], [p["precision"] for p in sweep], "o-", ms=3)
+    for p in sweep[::3]:
+        ax_pr.annotate(f"{p['threshold']:.2f}", (p["recall"], p["precision"]), fontsize=7, xytext=(3, 3),
+                       textcoords="offset points")
+    ax_pr.set(xlabel="recall (image level)", ylabel="precision (image level)", xlim=(0, 1.02), ylim=(0, 1.02),
+              title="precision–recall (labels: threshold)")
+    ax_f1.plot(thresholds, [p["f1"] for p in sweep], "o-", ms=3, label="F1")
+    ax_f1.plot(thresholds, [p["fp_fn"] / max(1, p["tp"] + p["fp"] + p["fn"] + p["tn"]) for p in sweep], "s-", ms=3,
+               label="(FP+FN) / images")
+    if operating_threshold is not None:
+        ax_f1.axvline(operating_threshold, color="grey", ls="--", lw=1, label=f"operating {operating_threshold:g}")
+    ax_f1.set(xlabel="defect score threshold", ylim=(0, 1.02), title="F1 and error rate vs threshold")
+    ax_f1.legend(fontsize=8)
+    for ax in (ax_pr, ax_f1):
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save_failure_overlay(sample, result, threshold: float, out_dir):
+    """Save ``image | truth (green) and prediction (red) | score map`` for one misjudged image as PNG."""
+    from pathlib import Path
+
+    import cv2
+
+    image = sample.image
+    grey = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    overlay = grey.copy()
+    predicted = result.mask >= np.float32(threshold)
+    overlay[predicted] = (0.45 * overlay[predicted] + 0.55 * np.array([0, 0, 255])).astype(np.uint8)
+    contours, _ = cv2.findContours(sample.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(overlay, contours, -1, (0, 255, 0), 1)
+    heat = cv2.applyColorMap(np.clip(result.mask * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
+    panel = np.concatenate([grey, overlay, heat], axis=1)
+    kind = "missed" if sample.defective else "false-alarm"
+    scale = max(1, 256 // max(1, image.shape[0]))
+    if scale > 1:
+        panel = cv2.resize(panel, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{kind}__{sample.name.replace('/', '__').rsplit('.', 1)[0]}.png"
+    cv2.imwrite(str(out_dir / name), panel)
+    return out_dir / name

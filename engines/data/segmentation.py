@@ -196,3 +196,25 @@ class TileSampler:
         """``(tiles uint8 (N, t, t), masks int64 (N, t, t))``."""
         crops = [self.crop() for _ in range(size)]
         return np.stack([c[0] for c in crops]), np.stack([c[1] for c in crops]).astype(np.int64)
+
+
+def stratified_folds(samples: list[SegSample], folds: int, seed: int) -> list[list[int]]:
+    """Indices of ``folds`` disjoint test folds covering every sample once, each image-level category spread
+    evenly over the folds (the paper's k-fold protocol: fold k is the test set, the rest trains)."""
+    if folds < 2:
+        raise ValueError(f"folds must be at least 2, got {folds}")
+    if folds > len(samples):
+        raise ValueError(f"cannot cut {len(samples)} images into {folds} folds")
+    by_category: dict[str | None, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_category.setdefault(s.category, []).append(i)
+    rng = random.Random(seed)
+    out: list[list[int]] = [[] for _ in range(folds)]
+    offset = 0
+    for key in sorted(by_category, key=str):
+        idx = by_category[key][:]
+        rng.shuffle(idx)
+        for j, i in enumerate(idx):
+            out[(j + offset) % folds].append(i)
+        offset += len(idx)  # start the next category where this one stopped, so fold sizes stay even
+    return [sorted(f) for f in out]

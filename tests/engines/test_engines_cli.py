@@ -6,6 +6,8 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
+
 from tests.engines.test_data_train import make_generic_set
 
 ENGINES = [sys.executable, "-m", "engines.cli"]
@@ -42,6 +44,38 @@ def test_eval_gives_the_same_verdicts_as_station_run(untrained_bffn, tmp_path):
     run = subprocess.run([*STATION, "run", "--source", f"replay:{data / 'images'}", "--pattern", "*.png",
                           "--weights", str(untrained_bffn), "--fps", "0", "--no-loop", "--headless",
                           "--db", str(db), "--threads", "2"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    with sqlite3.connect(db) as con:
+        station = dict(con.execute("SELECT file, verdict FROM inspections").fetchall())
+    assert station == evaluated
+
+
+@pytest.mark.shared_data
+def test_station_run_on_magnetic_tile_images_gives_the_verdicts_of_engines_eval(magnetic_tile, tmp_path):
+    """The shipped weights with the shipped recipe: the station and `engines eval` judge real images alike."""
+    import shutil
+
+    from station.recipe import load_recipe, shipped_recipe_path
+
+    rules = load_recipe(shipped_recipe_path("magnetic_tile")).rules
+    data = tmp_path / "mt"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    for folder in ("MT_Free", "MT_Blowhole", "MT_Crack", "MT_Uneven"):
+        for jpg in sorted((magnetic_tile / folder).glob("*.jpg"))[:3]:
+            shutil.copy(jpg, data / "images" / jpg.name)
+            shutil.copy(jpg.with_suffix(".png"), data / "masks" / f"{jpg.stem}.png")
+    report = tmp_path / "eval.json"
+    done = subprocess.run([*ENGINES, "eval", "--weights", "bffn-magnetic-tile", "--data", str(data), "--threads", "2",
+                           "--threshold", str(rules.score_threshold), "--min-area", str(rules.min_area_px),
+                           "--json", str(report)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    evaluated = {r["name"]: r["verdict"] for r in json.loads(report.read_text())["images_detail"]}
+    assert len(evaluated) == 12 and (tmp_path / "eval.pr.png").exists()
+    db = tmp_path / "run.db"
+    run = subprocess.run([*STATION, "run", "--source", f"replay:{data / 'images'}", "--pattern", "*.jpg",
+                          "--fps", "0", "--no-loop", "--headless", "--db", str(db), "--threads", "2"],
+                         capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     with sqlite3.connect(db) as con:
         station = dict(con.execute("SELECT file, verdict FROM inspections").fetchall())

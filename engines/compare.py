@@ -1,0 +1,186 @@
+"""The paper's protocol for comparing networks: k-fold cross-validation (every model trained and judged on the
+same folds), mean ± std of the image-level metrics, and throughput measured side by side on one backend.
+
+Layout of ``OUT``::
+
+    OUT/fold1/bffn/            a training run (weights, checkpoint, train.log) and eval.json on the test fold
+    OUT/fold1/unet/ ...
+    OUT/compare.json           every figure
+    OUT/results.md             the tables (Tables 1–2 and 4 of the paper)
+
+Re-running the same command resumes: finished runs and evaluations are kept, interrupted ones continue from
+their checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Variant name → (registry model, config overrides). The bffn-* rows are the paper's Table 4 ablation.
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "bffn": ("bffn", {}),
+    "fcn": ("fcn", {}),
+    "unet": ("unet", {}),
+    "deeplabv3plus": ("deeplabv3plus", {}),
+    "bisenet": ("bisenet", {}),
+    "bffn-nosam": ("bffn", {"use_sam": False}),
+    "bffn-sum": ("bffn", {"fusion": "sum"}),
+    "bffn-concat": ("bffn", {"fusion": "concat"}),
+    "bffn-nosam-sum": ("bffn", {"use_sam": False, "fusion": "sum"}),
+}
+DEFAULT_MODELS = ("bffn", "fcn", "unet", "deeplabv3plus", "bisenet")
+ABLATION_MODELS = ("bffn", "bffn-nosam", "bffn-sum", "bffn-nosam-sum")
+METRICS = ("f1", "precision", "recall", "fp_fn", "pixel_iou", "pixel_dice")
+
+
+@dataclass
+class CompareSettings:
+    data: str
+    out: str
+    models: tuple[str, ...] = DEFAULT_MODELS
+    folds: int = 4
+    seed: int = 0
+    validation: float = 0.1  # the paper sets 10 % of each training part aside for tuning
+    threshold: float = 0.5
+    min_area_px: int = 30
+    overlap: int = 32
+    backend: str = "onnxruntime"
+    threads: int = 0
+    bench_batch: int = 32
+    bench_seconds: float = 20.0
+    only_folds: tuple[int, ...] = ()  # run a subset of the folds (1-based); the table says how many it holds
+    train: dict = field(default_factory=dict)  # TrainSettings overrides (epochs, steps_per_epoch, optimizer, ...)
+
+
+def check_models(models) -> tuple[str, ...]:
+    unknown = [m for m in models if m not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    return tuple(models)
+
+
+def _run_done(run: Path) -> bool:
+    return (run / "config.json").exists() and (run / "model.safetensors").exists()
+
+
+def run_compare(settings: CompareSettings, progress: bool = True) -> dict:
+    """Train and judge every model on every fold, measure throughput, write ``compare.json`` and ``results.md``."""
+    from engines.backends.base import load_engine
+    from engines.data.segmentation import load_dataset, stratified_folds, stratified_split
+    from engines.evaluate import evaluate_station_verdicts, save_pr_curve
+    from engines.train import TrainSettings, train_segmentation
+    from station.inspect import Inspector
+    from station.verdict import DecisionRules
+
+    models = check_models(settings.models)
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    samples = load_dataset(settings.data)
+    folds = stratified_folds(samples, settings.folds, settings.seed)
+    fold_numbers = settings.only_folds or tuple(range(1, settings.folds + 1))
+    bad = [f for f in fold_numbers if not 1 <= f <= settings.folds]
+    if bad:
+        raise ValueError(f"fold(s) {bad} do not exist; folds are numbered 1..{settings.folds}")
+    (out / "folds.json").write_text(json.dumps([[samples[i].name for i in f] for f in folds], indent=1))
+    rules = DecisionRules(score_threshold=settings.threshold, min_area_px=settings.min_area_px)
+    results: dict[str, list[dict]] = {m: [] for m in models}
+    for k in fold_numbers:
+        test = [samples[i] for i in folds[k - 1]]
+        rest_idx = [i for j, f in enumerate(folds) if j != k - 1 for i in f]
+        rest = [samples[i] for i in rest_idx]
+        fit_idx, val_idx = stratified_split(rest, settings.validation, settings.seed + k)
+        fit, val = [rest[i] for i in fit_idx], [rest[i] for i in val_idx]
+        for name in models:
+            model, overrides = VARIANTS[name]
+            run = out / f"fold{k}" / name
+            report_file = run / "eval.json"
+            if not _run_done(run):
+                log.info("fold %d/%d: training %s on %d images (%d for validation)", k, settings.folds, name,
+                         len(fit), len(val))
+                train_settings = replace(TrainSettings(model=model, data=settings.data, out=str(run),
+                                                       seed=settings.seed + k, model_config=dict(overrides)),
+                                         **settings.train)
+                train_segmentation(train_settings, progress=progress, train_samples=fit, held_samples=val)
+                report_file.unlink(missing_ok=True)
+            if not report_file.exists():
+                engine = load_engine(run, backend=settings.backend, threads=settings.threads)
+                inspector = Inspector(engine, overlap=settings.overlap, batch=32, rules=rules)
+                t0 = time.time()
+                metrics, records = evaluate_station_verdicts(inspector, test, failures_dir=run / "failures",
+                                                             max_failures=6)
+                report = {"model": name, "fold": k, "images": len(test), "engine_id": engine.engine_id,
+                          "threshold": settings.threshold, "min_area_px": settings.min_area_px,
+                          "seconds": round(time.time() - t0, 1), **metrics, "images_detail": records}
+                report_file.write_text(json.dumps(report, indent=1) + "\n")
+                save_pr_curve(metrics["sweep"], run / "pr.png", title=f"{name}, fold {k}",
+                              operating_threshold=settings.threshold)
+                engine.close()
+            report = json.loads(report_file.read_text())
+            results[name].append({key: report[key] for key in (*METRICS, "tp", "fp", "fn", "tn", "images")})
+            log.info("fold %d %s: %s", k, name, {m: report[m] for m in METRICS})
+    throughput = {}
+    if settings.bench_seconds > 0:
+        from engines.benchmark import interleaved_throughput
+
+        first = fold_numbers[0]
+        engines = {name: load_engine(out / f"fold{first}" / name, backend=settings.backend, threads=settings.threads)
+                   for name in models}
+        throughput = interleaved_throughput(engines, batch=settings.bench_batch, seconds=settings.bench_seconds)
+        for engine in engines.values():
+            engine.close()
+    summary = {
+        "data": settings.data, "images": len(samples), "folds": settings.folds, "folds_run": list(fold_numbers),
+        "threshold": settings.threshold, "min_area_px": settings.min_area_px, "backend": settings.backend,
+        "bench_batch": settings.bench_batch, "train": settings.train, "command": " ".join(sys.argv),
+        "per_fold": results, "throughput": throughput,
+        "mean": {m: {k: _mean_std([r[k] for r in rs]) for k in METRICS} for m, rs in results.items()},
+    }
+    (out / "compare.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "results.md").write_text(results_markdown(summary))
+    return summary
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return (float("nan"), float("nan"))
+    return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def results_markdown(summary: dict) -> str:
+    """The comparison as Markdown: quality (mean ± std over the folds) and throughput, side by side."""
+    runs = len(summary["folds_run"])
+    lines = [
+        f"Data: `{summary['data']}` ({summary['images']} images), {summary['folds']}-fold cross-validation"
+        + ("" if runs == summary["folds"] else f" (**{runs} of {summary['folds']} folds run**)")
+        + f"; image-level decision: score ≥ {summary['threshold']} and component ≥ {summary['min_area_px']} px, "
+        "judged by the station's own tiler, stitcher and rules on whole images.",
+        "",
+        f"Training: {json.dumps(summary['train']) if summary['train'] else 'the paper defaults'}.",
+        "",
+        "| model | F1 | precision | recall | FP+FN | pixel IoU | pixel Dice | tiles/s | vs bffn |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    throughput = summary.get("throughput", {})
+    base = throughput.get("bffn", {}).get("tiles_per_s")
+    for model, stats in summary["mean"].items():
+        cells = []
+        for key in METRICS:
+            mean, std = stats[key]
+            cells.append(f"{mean:.1f} ± {std:.1f}" if key == "fp_fn" else f"{mean:.3f} ± {std:.3f}")
+        tps = throughput.get(model, {}).get("tiles_per_s")
+        cells.append(f"{tps:.0f}" if tps else "—")
+        cells.append(f"{tps / base:.2f}×" if tps and base else "—")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    if throughput:
+        lines += ["", f"Throughput: {summary['backend']} backend, batch {summary['bench_batch']} tiles, the engines "
+                      "taking turns batch by batch in one run (`engines.benchmark.interleaved_throughput`); "
+                      "p50/p99 batch latency in `compare.json`."]
+    lines += ["", f"Command: `{summary['command']}`", ""]
+    return "\n".join(lines)
