@@ -80,3 +80,19 @@ def test_station_run_on_magnetic_tile_images_gives_the_verdicts_of_engines_eval(
     with sqlite3.connect(db) as con:
         station = dict(con.execute("SELECT file, verdict FROM inspections").fetchall())
     assert station == evaluated
+
+
+def test_synth_lens_writes_a_set_that_train_and_eval_can_read(tmp_path):
+    from engines.data.segmentation import load_dataset
+
+    out = tmp_path / "lens"
+    done = subprocess.run([*ENGINES, "synth", "lens", "--out", str(out), "--count", "4", "--size", "160",
+                           "--seed", "3"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    samples = load_dataset(out)
+    assert len(samples) == 4 and all(s.image.shape == (160, 160) for s in samples)
+    truth = (out / "truth.csv").read_text().splitlines()[1:]
+    assert [s.defective for s in samples] == [line.split(",")[1] == "1" for line in truth]
+    bad = subprocess.run([*ENGINES, "synth", "lens", "--out", str(tmp_path / "x"), "--count", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "count" in bad.stderr and "Traceback" not in bad.stderr
