@@ -37,11 +37,27 @@ def _train(args: argparse.Namespace) -> int:
                              lr=args.lr, tile=args.tile, holdout=args.holdout, seed=args.seed,
                              steps_per_epoch=args.steps_per_epoch, threads=args.threads,
                              optimizer=args.optimizer, loss=args.loss, init=args.init or "", device=args.device,
-                             amp=args.amp, validate=not args.no_validate, aux_weight=args.aux_weight)
+                             amp=args.amp, validate=not args.no_validate, aux_weight=args.aux_weight,
+                             sampling=args.sampling, model_config=_model_config(args))
     final = train_segmentation(settings, progress=not args.quiet)
     if main_process:
         print(json.dumps(final, indent=2))
     return EXIT_OK
+
+
+def _model_config(args: argparse.Namespace) -> dict:
+    """Network options from the command line (only those given, so each network keeps its own defaults)."""
+    config = {}
+    if args.backbone:
+        config["backbone"] = args.backbone
+    if args.model == "bffn":
+        if args.no_sam:
+            config["use_sam"] = False
+        if args.fusion:
+            config["fusion"] = args.fusion
+    elif args.no_sam or args.fusion:
+        raise ValueError("--no-sam and --fusion are BFFN's ablation switches; they do not apply to " + args.model)
+    return config
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -156,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: all)")
     train.add_argument("--init", help="start from these weights (folder or shipped name), e.g. to train the shipped "
                                       "weights further; a checkpoint in OUT takes precedence")
+    train.add_argument("--backbone", choices=["resnet18", "resnet34", "resnet50"],
+                       help="backbone (default: resnet18; 34/50 for the paper's backbone ablation)")
+    train.add_argument("--no-sam", action="store_true", help="BFFN without its self-attention modules (Table 4)")
+    train.add_argument("--fusion", choices=["bffm", "sum", "concat"],
+                       help="BFFN's fusion: bffm (default), or a plain sum/concatenation instead (Table 4)")
+    train.add_argument("--sampling", choices=["grid", "random"], default="grid",
+                       help="grid: the tiles the station's tiler cuts (default); random: random crops")
     train.add_argument("--aux-weight", type=float, default=1.0, help="weight of the auxiliary losses (default: 1)")
     train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     train.add_argument("--amp", action="store_true",

@@ -34,6 +34,7 @@ class TrainSettings:
     optimizer: str = "rmsprop"  # the paper's; "adam" converges faster from scratch (see docs/MODELS.md)
     loss: str = "ce"  # the paper's cross-entropy; "ce+dice" adds a soft Dice term against background collapse
     defect_fraction: float = 0.5
+    sampling: str = "grid"  # "grid": the tiles the station's tiler cuts; "random": random crops (session-1 runs)
     steps_per_epoch: int = 0  # 0 = as many tiles as the tiler cuts from the training images, / batch
     threads: int = 0
     min_area_px: int = 20
@@ -176,7 +177,8 @@ def train_segmentation(settings: TrainSettings, progress: bool = True, train_sam
     criterion = segmentation_loss(settings.loss)
     for epoch in range(start_epoch, settings.epochs):
         sampler = TileSampler(train_samples, settings.tile, settings.defect_fraction,
-                              seed=(settings.seed * 1000 + epoch) * 64 + rank)
+                              seed=(settings.seed * 1000 + epoch) * 64 + rank,
+                              overlap=settings.overlap if settings.sampling == "grid" else None)
         net.train()
         t0, total = time.time(), 0.0
         bar = tqdm(range(steps), desc=f"{settings.model} epoch {epoch + 1}/{settings.epochs}",

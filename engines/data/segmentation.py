@@ -135,7 +135,8 @@ def _pad_to(image: np.ndarray, size: int) -> np.ndarray:
 
 
 class TileSampler:
-    """Random ``tile``×``tile`` crops for training, with defect-aware sampling: a fraction ``defect_fraction``
+    """``tile``×``tile`` crops for training: with ``overlap`` given, the very tiles the station's tiler cuts
+    (:func:`station.tiling.plan_tiles`); without, random crops. Both with defect-aware sampling: a fraction ``defect_fraction``
     of the crops is centred (with jitter) on a random defect pixel so rare, small defects are seen; the rest are
     uniform crops of uniformly chosen images (mostly defect-free background, which teaches what is normal).
 
@@ -143,9 +144,14 @@ class TileSampler:
     """
 
     def __init__(self, samples: list[SegSample], tile: int, defect_fraction: float = 0.5, seed: int = 0,
-                 augment: bool = True) -> None:
+                 augment: bool = True, overlap: int | None = None) -> None:
         self.samples = [SegSample(s.name, _pad_to(s.image, tile), _pad_to(s.mask.astype(np.uint8), tile), s.category)
                         for s in samples]
+        self.origins = None
+        if overlap is not None:  # cut where the station's tiler cuts, so training sees the tiles inference sees
+            from station.tiling import plan_tiles
+
+            self.origins = [plan_tiles(s.image.shape, tile, overlap).origins_array for s in self.samples]
         self.defective = [i for i, s in enumerate(self.samples) if s.mask.any()]
         self.tile = tile
         self.defect_fraction = defect_fraction if self.defective else 0.0
@@ -153,6 +159,8 @@ class TileSampler:
         self.augment = augment
 
     def crop(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.origins is not None:
+            return self.grid_crop()
         t, rng = self.tile, self.rng
         if rng.random() < self.defect_fraction:
             s = self.samples[self.defective[rng.integers(len(self.defective))]]
@@ -165,6 +173,25 @@ class TileSampler:
         h, w = s.image.shape
         y0 = int(np.clip(cy - t // 2, 0, h - t))
         x0 = int(np.clip(cx - t // 2, 0, w - t))
+        image, mask = s.image[y0:y0 + t, x0:x0 + t], s.mask[y0:y0 + t, x0:x0 + t]
+        return self._augment(image, mask) if self.augment else (image.copy(), mask.copy())
+
+    def grid_crop(self) -> tuple[np.ndarray, np.ndarray]:
+        """One of the tiles the station's tiler cuts: a random tile of a random image, or (defect-aware) a random
+        tile that holds a randomly chosen defect pixel."""
+        t, rng = self.tile, self.rng
+        if rng.random() < self.defect_fraction:
+            k = self.defective[rng.integers(len(self.defective))]
+            s, origins = self.samples[k], self.origins[k]
+            ys, xs = np.nonzero(s.mask)
+            j = rng.integers(len(ys))
+            inside = np.nonzero((origins[:, 0] <= ys[j]) & (ys[j] < origins[:, 0] + t)
+                                & (origins[:, 1] <= xs[j]) & (xs[j] < origins[:, 1] + t))[0]
+            y0, x0 = origins[inside[rng.integers(len(inside))]]
+        else:
+            k = rng.integers(len(self.samples))
+            s, origins = self.samples[k], self.origins[k]
+            y0, x0 = origins[rng.integers(len(origins))]
         image, mask = s.image[y0:y0 + t, x0:x0 + t], s.mask[y0:y0 + t, x0:x0 + t]
         return self._augment(image, mask) if self.augment else (image.copy(), mask.copy())
 

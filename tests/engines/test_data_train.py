@@ -133,3 +133,18 @@ def test_training_can_start_from_existing_weights(tmp_path, untrained_bffn):
     trained = load_file(str(tmp_path / "run" / "model.safetensors"))
     key = "layer1.0.conv1.weight"
     np.testing.assert_allclose(trained[key].astype(np.float32), start[key].astype(np.float32), atol=2e-3)
+
+
+def test_grid_sampling_cuts_the_station_tilers_tiles(tmp_path):
+    from station.tiling import plan_tiles
+
+    samples = load_dataset(make_generic_set(tmp_path / "set", n=6, size=(150, 170)))
+    sampler = TileSampler(samples, tile=64, defect_fraction=0.5, seed=0, augment=False, overlap=16)
+    cuts = {s.name: [s.image[y:y + 64, x:x + 64] for y, x in plan_tiles(s.image.shape, 64, 16).origins]
+            for s in samples}
+    tiles, masks = sampler.batch(40)
+    for tile in tiles:
+        assert any(np.array_equal(tile, c) for cs in cuts.values() for c in cs), "every crop is a tiler tile"
+    assert np.mean([m.any() for m in masks]) > 0.4, "defect-aware: about half the tiles hold a defect"
+    only = TileSampler(samples, tile=64, defect_fraction=1.0, seed=1, augment=False, overlap=16)
+    assert all(m.any() for m in only.batch(16)[1])
