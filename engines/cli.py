@@ -131,9 +131,19 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
+    if args.kind == "screen":
+        from engines.data.synthetic_screen import ScreenSpec, write_screen_patches
+
+        extra = {} if args.defect_free is None else {"defect_free_prob": args.defect_free}
+        spec = ScreenSpec(size=(args.size, args.size), **extra)
+        out = write_screen_patches(args.out, args.count, seed=args.seed, spec=spec, tile=args.tile)
+        print(f"{args.count} synthetic line-scan screens ({args.size}x{args.size}) cut into {args.tile}-px patches in "
+              f"{out} (images/, labels.csv with the 20 % rule, classes.txt, screens.json)")
+        return EXIT_OK
     from engines.data.synthetic_lens import LensSpec, write_lens_dataset
 
-    spec = LensSpec(size=(args.size, args.size), defect_free_prob=args.defect_free)
+    extra = {} if args.defect_free is None else {"defect_free_prob": args.defect_free}
+    spec = LensSpec(size=(args.size, args.size), **extra)
     out = write_lens_dataset(args.out, args.count, seed=args.seed, spec=spec)
     print(f"{args.count} synthetic camera lenses ({args.size}x{args.size}) written to {out} "
           f"(images/, masks/ with class ids, classes.txt, truth.csv, lenses.json)")
@@ -240,17 +250,22 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--quiet", action="store_true", help="no progress bars")
     cmp.set_defaults(func=_compare)
 
-    synth = sub.add_parser("synth", help="write a seeded synthetic data set (camera-lens cover glass)",
-                           description="Camera-lens cover glass: a clear glass disc inside a black ink ring whose "
+    synth = sub.add_parser("synth", help="write a seeded synthetic data set (camera lenses or line-scan screens)",
+                           description="lens: camera-lens cover glass for segmentation, a clear glass disc inside a black ink ring whose "
                                        "texture looks like defects (never labelled), with scratches, foreign "
                                        "objects, white spots, dust, dirt and collapsing edges, some at low "
-                                       "contrast, and exact masks (class ids). Same seed, same bytes.")
-    synth.add_argument("kind", choices=["lens"], help="what to generate")
+                                       "contrast, and exact masks (class ids). screen: dark line-scan screens with column striping, bubbles, pinholes, "
+                                       "scratches and tin ash, cut into patches by the station's tiler, each "
+                                       "labelled with the defects it holds more than 20 % of (multi-label). "
+                                       "Same seed, same bytes.")
+    synth.add_argument("kind", choices=["lens", "screen"], help="what to generate")
     synth.add_argument("--out", required=True, help="folder to write (generic layout: images/, masks/)")
     synth.add_argument("--count", type=int, default=200, help="number of images (default: 200)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--size", type=int, default=512, help="image side in pixels (default: 512)")
-    synth.add_argument("--defect-free", type=float, default=0.5, help="fraction of defect-free lenses (default 0.5)")
+    synth.add_argument("--tile", type=int, default=256, help="screen: patch side in pixels (default: 256)")
+    synth.add_argument("--defect-free", type=float,
+                       help="probability that an image is defect-free (default: lens 0.5, screen 0.2)")
     synth.set_defaults(func=_synth)
 
     export = sub.add_parser("export", help="export weights to ONNX (inference only, dynamic batch)")

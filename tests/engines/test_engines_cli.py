@@ -96,3 +96,13 @@ def test_synth_lens_writes_a_set_that_train_and_eval_can_read(tmp_path):
     bad = subprocess.run([*ENGINES, "synth", "lens", "--out", str(tmp_path / "x"), "--count", "0"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "count" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_synth_screen_writes_multilabel_patches(tmp_path):
+    out = tmp_path / "screen"
+    done = subprocess.run([*ENGINES, "synth", "screen", "--out", str(out), "--count", "1", "--size", "512",
+                           "--tile", "128", "--seed", "2"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = (out / "labels.csv").read_text().splitlines()
+    assert rows[0] == "file,labels" and len(rows) == 1 + 16
+    assert len(list((out / "images").glob("*.png"))) == 16
