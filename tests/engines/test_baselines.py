@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engines.models import MODEL_NAMES, SEGMENTATION_MODELS, build_model
+from engines.models import CLASSIFICATION_MODELS, MODEL_NAMES, SEGMENTATION_MODELS, build_model
 from engines.models.baselines import ARCHS, BaselineConfig
 from engines.preprocess import InputSpec
 
@@ -36,7 +36,8 @@ def saved(tmp_path_factory):
 
 
 def test_registry_lists_every_baseline():
-    assert MODEL_NAMES == SEGMENTATION_MODELS == ("bffn", "fcn", "unet", "deeplabv3plus", "bisenet")
+    assert SEGMENTATION_MODELS == ("bffn", "fcn", "unet", "deeplabv3plus", "bisenet")
+    assert MODEL_NAMES == SEGMENTATION_MODELS + CLASSIFICATION_MODELS
     assert set(ARCHS) < set(MODEL_NAMES)
 
 

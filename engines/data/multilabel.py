@@ -1,0 +1,327 @@
+"""Multi-label image classification data (paper 001): each image carries the set of defect classes it shows
+(empty = defect-free).
+
+Generic format (any user can fill it)::
+
+    DIR/images/NAME.{png,jpg,jpeg,bmp,tif,tiff}
+    DIR/classes.txt     one class name a line, in label-column order (blank lines and lines starting # ignored)
+    DIR/labels.csv      header ``file,labels``; one row per image: ``NAME.png,scratch+pinhole``
+
+Labels of a row are separated by ``+`` or ``;`` (both accepted, surrounding spaces ignored); an empty field means
+defect-free. Every image needs exactly one row and every row an image; a label must be listed in classes.txt.
+Images are read as stored: grey stays ``(H, W)``, colour becomes RGB ``(H, W, 3)`` (alpha dropped).
+
+Readers for the real sets need no conversion:
+
+* ``neu-seg``: ``images/training/*.jpg`` (read grey) with label maps ``annotations/training/*.png``; an image's labels
+  are the classes present in its map (1 inclusion, 2 patches, 3 scratches).
+* ``magnetic-tile``: ``MT_<Class>/*.jpg`` (grey); one label per defective image, the folder name without ``MT_``,
+  lowercased; ``MT_Free`` images have none.
+
+:func:`load_multilabel` picks the reader from the folder's layout.
+"""
+from __future__ import annotations
+
+import csv
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engines.data.segmentation import IMAGE_SUFFIXES, DatasetError, read_grey
+
+NEU_CLASSES = ("inclusion", "patches", "scratches")  # label-map values 1, 2, 3
+MAGNETIC_TILE_CLASSES = ("blowhole", "break", "crack", "fray", "uneven")
+LABEL_SEPARATORS = re.compile(r"[+;]")
+
+
+@dataclass(frozen=True)
+class MLSample:
+    """One image (uint8, grey ``(H, W)`` or RGB ``(H, W, 3)``) with the names of the classes it shows."""
+
+    name: str
+    image: np.ndarray
+    labels: tuple[str, ...]
+
+    @property
+    def defective(self) -> bool:
+        return bool(self.labels)
+
+
+@dataclass(frozen=True)
+class MultiLabelSet:
+    """Samples with the ordered class list that fixes the label columns."""
+
+    samples: list[MLSample]
+    classes: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", tuple(self.classes))
+        if len(set(self.classes)) != len(self.classes):
+            raise DatasetError(f"duplicate class names in {self.classes}")
+        known = set(self.classes)
+        for s in self.samples:
+            unknown = [label for label in s.labels if label not in known]
+            if unknown:
+                raise DatasetError(f"{s.name} has label(s) {unknown} not among the classes {list(self.classes)}")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def matrix(self) -> np.ndarray:
+        return label_matrix(self.samples, self.classes)
+
+    def subset(self, indices) -> MultiLabelSet:
+        return MultiLabelSet([self.samples[i] for i in indices], self.classes)
+
+
+# ------------------------------------------------------------------------------------------------------- labels
+
+
+def label_matrix(samples, classes) -> np.ndarray:
+    """``(N, C)`` float32 0/1 targets, column order ``classes``; a label not in ``classes`` is an error."""
+    index = {c: j for j, c in enumerate(classes)}
+    out = np.zeros((len(samples), len(index)), np.float32)
+    for i, s in enumerate(samples):
+        for label in s.labels:
+            if label not in index:
+                raise DatasetError(f"{s.name} has label {label!r}, not among the classes {list(classes)}")
+            out[i, index[label]] = 1.0
+    return out
+
+
+def cooccurrence(matrix: np.ndarray) -> np.ndarray:
+    """Label-pair counts ``M = YᵀY`` (C, C) int64 from a 0/1 label matrix (N, C): ``M_ij`` = number of images with
+    both labels i and j; the diagonal ``M_ii`` is the number of images with label i (the pair (i, i)). This is the
+    statistical matrix of paper 001 §3.2.1 (``GR.init_graph`` row-normalises it)."""
+    y = (np.asarray(matrix) > 0.5).astype(np.int64)
+    if y.ndim != 2:
+        raise ValueError(f"expected a label matrix (N, C), got shape {y.shape}")
+    return y.T @ y
+
+
+# ------------------------------------------------------------------------------------------------------ readers
+
+
+def read_image(path: Path) -> np.ndarray:
+    """uint8 grey ``(H, W)`` or RGB ``(H, W, 3)`` as stored; :class:`DatasetError` naming a corrupt file."""
+    import cv2
+
+    data = np.fromfile(str(path), dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise DatasetError(f"cannot decode image {path}: the file is corrupt or not an image")
+    if image.dtype != np.uint8:
+        raise DatasetError(f"image {path} is {image.dtype}; only 8-bit images are supported")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    elif image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    return image
+
+
+def parse_labels(field_text: str) -> tuple[str, ...]:
+    """``"scratch+pinhole"`` or ``"scratch; pinhole"`` → ``("scratch", "pinhole")``; empty → ``()``."""
+    return tuple(part.strip() for part in LABEL_SEPARATORS.split(field_text or "") if part.strip())
+
+
+def read_classes(path: Path) -> tuple[str, ...]:
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing: list the class names there, one a line")
+    names = tuple(line.strip() for line in path.read_text().splitlines()
+                  if line.strip() and not line.strip().startswith("#"))
+    if not names:
+        raise DatasetError(f"{path} lists no classes")
+    if len(set(names)) != len(names):
+        raise DatasetError(f"{path} lists a class twice: {names}")
+    bad = [n for n in names if LABEL_SEPARATORS.search(n) or "," in n]
+    if bad:
+        raise DatasetError(f"{path}: class names may not contain '+', ';' or ',': {bad}")
+    return names
+
+
+def load_generic_multilabel(root: Path) -> MultiLabelSet:
+    """``images/*`` + ``labels.csv`` + ``classes.txt`` (see the module docstring)."""
+    root = Path(root)
+    images_dir, labels_path = root / "images", root / "labels.csv"
+    if not images_dir.is_dir():
+        raise DatasetError(f"{images_dir} is missing: put the images there")
+    if not labels_path.is_file():
+        raise DatasetError(f"{labels_path} is missing: one row per image, header 'file,labels'")
+    classes = read_classes(root / "classes.txt")
+    known = set(classes)
+    rows: dict[str, tuple[str, ...]] = {}
+    with open(labels_path, newline="") as f:
+        reader = csv.reader(f)
+        header = [h.strip().lower() for h in next(reader, [])]
+        if header[:2] != ["file", "labels"]:
+            raise DatasetError(f"{labels_path} must start with the header 'file,labels', found {','.join(header)!r}")
+        for line_no, row in enumerate(reader, start=2):
+            if not row or not "".join(row).strip():
+                continue
+            if len(row) > 2:
+                raise DatasetError(f"{labels_path}:{line_no}: expected 'file,labels', got {len(row)} fields "
+                                   "(separate labels with '+' or ';', not ',')")
+            name, labels = row[0].strip(), parse_labels(row[1] if len(row) > 1 else "")
+            unknown = [label for label in labels if label not in known]
+            if unknown:
+                raise DatasetError(f"{labels_path}:{line_no}: label(s) {unknown} of {name} are not in "
+                                   f"{root / 'classes.txt'} ({', '.join(classes)})")
+            if name in rows:
+                raise DatasetError(f"{labels_path}:{line_no}: {name} has a second row")
+            rows[name] = tuple(dict.fromkeys(labels))  # drop repeats, keep order
+    files = {p.name for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    missing = sorted(set(rows) - files)
+    if missing:
+        raise DatasetError(f"{labels_path} names {len(missing)} image(s) not in {images_dir}: {missing[:5]}")
+    unlabelled = sorted(files - set(rows))
+    if unlabelled:
+        raise DatasetError(f"{len(unlabelled)} image(s) in {images_dir} have no row in {labels_path} (give "
+                           f"defect-free images an empty label field): {unlabelled[:5]}")
+    samples = [MLSample(name, read_image(images_dir / name), rows[name]) for name in sorted(rows)]
+    return MultiLabelSet(samples, classes)
+
+
+def save_multilabel(dataset: MultiLabelSet, root: Path) -> Path:
+    """Write ``dataset`` in the generic format (images as PNG named after the sample, ``/`` → ``_``)."""
+    import cv2
+
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "classes.txt").write_text("".join(f"{c}\n" for c in dataset.classes))
+    with open(root / "labels.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "labels"])
+        for s in dataset.samples:
+            name = Path(s.name.replace("/", "_")).with_suffix(".png").name
+            image = s.image if s.image.ndim == 2 else cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR)
+            ok, data = cv2.imencode(".png", image)
+            if not ok:
+                raise DatasetError(f"cannot encode {s.name} as PNG")
+            data.tofile(str(root / "images" / name))
+            writer.writerow([name, "+".join(s.labels)])
+    return root
+
+
+def neu_seg_labels(root: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """``(image name, labels)`` of every NEU-Seg training image, from the annotation maps only (fast)."""
+    root = Path(root)
+    images_dir, annotations_dir = root / "images" / "training", root / "annotations" / "training"
+    for folder in (images_dir, annotations_dir):
+        if not folder.is_dir():
+            raise DatasetError(f"{folder} is missing: NEU-Seg needs images/training and annotations/training")
+    out = []
+    for image_path in sorted(images_dir.glob("*.jpg")):
+        annotation = annotations_dir / f"{image_path.stem}.png"
+        if not annotation.is_file():
+            raise DatasetError(f"{image_path.name} has no annotation map {annotation}")
+        present = np.unique(read_grey(annotation))
+        out.append((image_path.name, tuple(NEU_CLASSES[v - 1] for v in (1, 2, 3) if v in present)))
+    return out
+
+
+def load_neu_seg_multilabel(root: Path) -> MultiLabelSet:
+    """NEU-Seg with the classes present in each label map as the image's labels; images read grey."""
+    root = Path(root)
+    samples = [MLSample(name, read_grey(root / "images" / "training" / name), labels)
+               for name, labels in neu_seg_labels(root)]
+    return MultiLabelSet(samples, NEU_CLASSES)
+
+
+def magnetic_tile_labels(root: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """``("MT_<Class>/NAME.jpg", labels)`` from the folder names only (fast)."""
+    root = Path(root)
+    out = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("MT_")):
+        labels = () if folder.name == "MT_Free" else (folder.name[3:].lower(),)
+        out += [(f"{folder.name}/{p.name}", labels) for p in sorted(folder.glob("*.jpg"))]
+    return out
+
+
+def load_magnetic_tile_multilabel(root: Path) -> MultiLabelSet:
+    """Magnetic tile: one label per defective image (its folder), none for ``MT_Free``; images read grey. The class
+    list is the five known classes plus any other ``MT_*`` folder found (sorted)."""
+    root = Path(root)
+    pairs = magnetic_tile_labels(root)
+    found = {label for _, labels in pairs for label in labels}
+    classes = MAGNETIC_TILE_CLASSES + tuple(sorted(found - set(MAGNETIC_TILE_CLASSES)))
+    return MultiLabelSet([MLSample(name, read_grey(root / name), labels) for name, labels in pairs], classes)
+
+
+def load_multilabel(root: str | Path) -> MultiLabelSet:
+    """Load any supported layout; :class:`DatasetError` says which layouts exist."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"data folder {root} does not exist")
+    if any(p.is_dir() for p in root.glob("MT_*")):
+        dataset = load_magnetic_tile_multilabel(root)
+    elif (root / "annotations").is_dir():
+        dataset = load_neu_seg_multilabel(root)
+    elif (root / "labels.csv").is_file() or (root / "images").is_dir():
+        dataset = load_generic_multilabel(root)
+    else:
+        raise DatasetError(
+            f"{root} is not a known multi-label layout: use DIR/images/* with DIR/labels.csv (file,labels) and "
+            "DIR/classes.txt, or a magnetic-tile (MT_*/) or NEU-Seg (images/, annotations/) folder"
+        )
+    if not dataset.samples:
+        raise DatasetError(f"no images found under {root}")
+    return dataset
+
+
+# -------------------------------------------------------------------------------------------------------- folds
+
+
+def _label_sets(samples) -> list[tuple[str, ...]]:
+    if isinstance(samples, MultiLabelSet):
+        samples = samples.samples
+    return [tuple(sorted(s.labels)) for s in samples]
+
+
+def stratified_multilabel_folds(samples, k: int, seed: int) -> list[list[int]]:
+    """Indices of ``k`` disjoint folds covering every sample once, stratified by *label combination*: the images of
+    each distinct label set (defect-free, {scratches}, {inclusion, scratches}, ...) are shuffled and dealt round-robin
+    over the folds, each combination starting where the previous one stopped so fold sizes differ by at most one.
+    Every combination — hence every label, and the multi-label share — is spread as evenly as its count allows.
+    (Label-combination stratification, not Sechidis' iterative stratification: the sets here have few labels, so
+    every combination is well populated and this is exact where iterative stratification is approximate.)
+
+    ``samples``: a :class:`MultiLabelSet` or a list of :class:`MLSample`."""
+    label_sets = _label_sets(samples)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ValueError(f"k must be an integer of at least 2, got {k!r}")
+    if k > len(label_sets):
+        raise ValueError(f"cannot cut {len(label_sets)} images into {k} folds")
+    by_set: dict[tuple[str, ...], list[int]] = {}
+    for i, key in enumerate(label_sets):
+        by_set.setdefault(key, []).append(i)
+    rng = random.Random(seed)
+    out: list[list[int]] = [[] for _ in range(k)]
+    offset = 0
+    for key in sorted(by_set):
+        idx = by_set[key][:]
+        rng.shuffle(idx)
+        for j, i in enumerate(idx):
+            out[(j + offset) % k].append(i)
+        offset += len(idx)
+    return [sorted(f) for f in out]
+
+
+def stratified_multilabel_split(samples, holdout: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (train, held out) with each label combination split in the proportion ``holdout``."""
+    if not 0.0 <= holdout < 1.0:
+        raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+    by_set: dict[tuple[str, ...], list[int]] = {}
+    for i, key in enumerate(_label_sets(samples)):
+        by_set.setdefault(key, []).append(i)
+    rng = random.Random(seed)
+    train, held = [], []
+    for key in sorted(by_set):
+        idx = by_set[key][:]
+        rng.shuffle(idx)
+        n_held = round(len(idx) * holdout)
+        held += idx[:n_held]
+        train += idx[n_held:]
+    return sorted(train), sorted(held)
