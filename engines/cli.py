@@ -19,6 +19,12 @@ from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SEGMENTATION_MODELS = ("bffn", "fcn", "unet", "deeplabv3plus", "bisenet")  # as in engines.models (kept import-free)
+CLASSIFICATION_MODELS = ("gr", "resnet50", "vgg16", "inceptionv3")
+SEG_ONLY = {"tile": None, "optimizer": None, "loss": None, "init": None, "no_sam": False, "fusion": None,
+            "sampling": None, "aux_weight": None}
+CLS_ONLY = {"pretrain_epochs": None, "momentum": None, "weight_decay": None, "size": None, "bank_size": None,
+            "in_channels": None, "no_augment": False, "label_dim": None, "no_gr": False, "linear": False,
+            "alpha": None, "tau": None}
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -33,15 +39,53 @@ def _train(args: argparse.Namespace) -> int:
         handler = logging.FileHandler(log_file)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logging.getLogger().addHandler(handler)
-    settings = TrainSettings(model=args.model, data=args.data, out=args.out, epochs=args.epochs, batch=args.batch,
-                             lr=args.lr, tile=args.tile, holdout=args.holdout, seed=args.seed,
-                             steps_per_epoch=args.steps_per_epoch, threads=args.threads,
-                             optimizer=args.optimizer, loss=args.loss, init=args.init or "", device=args.device,
-                             amp=args.amp, validate=not args.no_validate, aux_weight=args.aux_weight,
-                             sampling=args.sampling, model_config=_model_config(args))
+    classifier = args.model in CLASSIFICATION_MODELS
+    wrong = [f"--{k.replace('_', '-')}" for k, unset in (SEG_ONLY if classifier else CLS_ONLY).items()
+             if getattr(args, k) not in (unset,)]
+    if wrong:
+        kind = "segmentation networks" if classifier else "classifiers"
+        raise ValueError(f"{', '.join(wrong)} apply only to {kind}, not to {args.model}")
+    if classifier:
+        return _train_classifier(args)
+    settings = TrainSettings(model=args.model, data=args.data, out=args.out, epochs=args.epochs or 30,
+                             batch=args.batch or 16, lr=args.lr or 5e-4, tile=args.tile or 128, holdout=args.holdout,
+                             seed=args.seed, steps_per_epoch=args.steps_per_epoch, threads=args.threads,
+                             optimizer=args.optimizer or "rmsprop", loss=args.loss or "ce", init=args.init or "",
+                             device=args.device, amp=args.amp, validate=not args.no_validate,
+                             aux_weight=1.0 if args.aux_weight is None else args.aux_weight,
+                             sampling=args.sampling or "grid", model_config=_model_config(args))
     final = train_segmentation(settings, progress=not args.quiet)
     if main_process:
         print(json.dumps(final, indent=2))
+    return EXIT_OK
+
+
+def _train_classifier(args: argparse.Namespace) -> int:
+    from engines.train_cls import ClsTrainSettings, train_classifier
+
+    config = {}
+    if args.backbone:
+        config["backbone"] = args.backbone
+    for key, value in (("label_dim", args.label_dim), ("alpha", args.alpha), ("tau", args.tau)):
+        if value is not None:
+            config[key] = value
+    if args.no_gr:
+        config["use_gr"] = False
+    if args.linear:
+        config["cosine"] = False
+    if config and args.model != "gr":
+        raise ValueError(f"{', '.join(config)} are GR options; {args.model} takes none")
+    settings = ClsTrainSettings(
+        model=args.model, data=args.data, out=args.out, epochs=args.epochs or 40,
+        pretrain_epochs=-1 if args.pretrain_epochs is None else args.pretrain_epochs, batch=args.batch or 32,
+        lr=args.lr or 1e-3, momentum=0.9 if args.momentum is None else args.momentum,
+        weight_decay=5e-4 if args.weight_decay is None else args.weight_decay, size=args.size or 224,
+        holdout=args.holdout, seed=args.seed, threads=args.threads, device=args.device, amp=args.amp,
+        steps_per_epoch=args.steps_per_epoch, bank_size=31 if args.bank_size is None else args.bank_size,
+        model_config=config, in_channels=args.in_channels or 3, augment=not args.no_augment,
+        validate=not args.no_validate)
+    final = train_classifier(settings, progress=not args.quiet)
+    print(json.dumps(final, indent=2, default=str))
     return EXIT_OK
 
 
@@ -50,6 +94,8 @@ def _model_config(args: argparse.Namespace) -> dict:
     config = {}
     if args.backbone:
         config["backbone"] = args.backbone
+    if args.model in CLASSIFICATION_MODELS:
+        return {}
     if args.model == "bffn":
         if args.no_sam:
             config["use_sam"] = False
@@ -77,6 +123,10 @@ def _eval(args: argparse.Namespace) -> int:
     from station.inspect import Inspector
     from station.verdict import DecisionRules
 
+    from engines.weights import resolve_weights
+
+    if resolve_weights(args.weights).model in CLASSIFICATION_MODELS:
+        return _eval_classifier(args)
     samples = load_dataset(args.data)
     if args.split:
         split = json.loads(Path(args.split).read_text())
@@ -102,6 +152,43 @@ def _eval(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({**report, "sweep": sweep, "images_detail": records}, indent=2) + "\n")
     return EXIT_OK
+
+
+def _eval_classifier(args: argparse.Namespace) -> int:
+    from engines.data.multilabel import load_multilabel
+    from engines.evaluate_cls import evaluate_classifier, rounded, save_class_figure
+    from engines.weights import resolve_weights
+
+    bundle = resolve_weights(args.weights)
+    data = load_multilabel(args.data)
+    if args.split:
+        wanted = set(json.loads(Path(args.split).read_text())[args.split_part])
+        data = data.subset([i for i, s in enumerate(data.samples) if s.name in wanted])
+        if not len(data):
+            raise ValueError(f"no image of {args.data} is in the {args.split_part!r} list of {args.split}")
+    threshold = 0.5 if args.threshold is None else args.threshold
+    report, records = evaluate_classifier(bundle, data, mode=args.mode, batch=args.batch, threads=args.threads,
+                                          threshold=threshold)
+    report["data"] = str(args.data)
+    print(json.dumps(rounded(report), indent=2, default=str))
+    figure = args.curve or (str(Path(args.json).with_suffix(".classes.png")) if args.json else None)
+    if figure:
+        save_class_figure(report, figure, title=f"{bundle.model} on {args.data} ({len(data)} images, {args.mode})")
+        print(f"per-class figure: {figure}", file=sys.stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps({**report, "images_detail": records}, indent=2, default=str) + "\n")
+    return EXIT_OK
+
+
+def _cam(args: argparse.Namespace) -> int:
+    from engines.evaluate_cls import write_cams
+
+    names = args.names.split(",") if args.names else None
+    written = write_cams(args.weights, args.data, args.out, names=names, limit=args.limit, size=args.size,
+                         method=args.method)
+    for path in written:
+        print(path)
+    return EXIT_OK if written else EXIT_FAILED
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -163,18 +250,20 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a segmentation network on tiles (paper settings by default)",
                            description="Train a network on tiles cut from DATA; checkpoints every epoch to "
                                        "OUT/checkpoint.pt and resumes from it when re-run with the same OUT.")
-    train.add_argument("model", choices=SEGMENTATION_MODELS,
-                       help="network to train: bffn (the paper's) or a baseline on the same ResNet-18 backbone")
+    train.add_argument("model", choices=SEGMENTATION_MODELS + CLASSIFICATION_MODELS,
+                       help="segmentation: bffn (paper 000) or a baseline on the same ResNet-18 backbone; "
+                            "multi-label classification: gr (paper 001, two phases) or a torchvision baseline")
     train.add_argument("--data", required=True, help="data folder (generic images/+masks/, magnetic-tile, or NEU-Seg)")
     train.add_argument("--out", required=True, help="run folder: checkpoint, log, final weights and config")
-    train.add_argument("--epochs", type=int, default=30, help="epochs (default: 30, as in the paper)")
-    train.add_argument("--batch", type=int, default=16, help="tiles per step (default: 16)")
-    train.add_argument("--lr", type=float, default=5e-4, help="learning rate (default: 5e-4, the paper's)")
-    train.add_argument("--optimizer", choices=["rmsprop", "adam"], default="rmsprop",
-                       help="optimizer (default: rmsprop, the paper's)")
-    train.add_argument("--loss", choices=["ce", "ce+dice"], default="ce",
-                       help="principal and auxiliary loss (default: ce, the paper's cross-entropy)")
-    train.add_argument("--tile", type=int, default=128, help="tile side in pixels (default: 128)")
+    train.add_argument("--epochs", type=int,
+                       help="epochs (default: the paper's: 30 for segmentation, 40 per phase for classifiers)")
+    train.add_argument("--batch", type=int, help="images per step (default: 16 tiles; 32 patches for classifiers)")
+    train.add_argument("--lr", type=float, help="learning rate (default: 5e-4 RMSprop; 1e-3 SGD for classifiers)")
+    train.add_argument("--optimizer", choices=["rmsprop", "adam"],
+                       help="segmentation optimizer (default: rmsprop, the paper's); classifiers use SGD")
+    train.add_argument("--loss", choices=["ce", "ce+dice"],
+                       help="segmentation loss (default: ce, the paper's cross-entropy)")
+    train.add_argument("--tile", type=int, help="segmentation tile side in pixels (default: 128)")
     train.add_argument("--holdout", type=float, default=0.2, help="fraction of images held out for validation")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--steps-per-epoch", type=int, default=0,
@@ -187,9 +276,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-sam", action="store_true", help="BFFN without its self-attention modules (Table 4)")
     train.add_argument("--fusion", choices=["bffm", "sum", "concat"],
                        help="BFFN's fusion: bffm (default), or a plain sum/concatenation instead (Table 4)")
-    train.add_argument("--sampling", choices=["grid", "random"], default="grid",
+    train.add_argument("--sampling", choices=["grid", "random"],
                        help="grid: the tiles the station's tiler cuts (default); random: random crops")
-    train.add_argument("--aux-weight", type=float, default=1.0, help="weight of the auxiliary losses (default: 1)")
+    train.add_argument("--aux-weight", type=float, help="weight of the auxiliary losses (default: 1)")
+    cls = train.add_argument_group("classifiers (gr, resnet50, vgg16, inceptionv3; paper 001)")
+    cls.add_argument("--size", type=int, help="input side: patches are resized to SIZE×SIZE (default: 224)")
+    cls.add_argument("--pretrain-epochs", type=int,
+                     help="GR phase-1 epochs (default: as --epochs; 0 = the 'without pre-training' ablation)")
+    cls.add_argument("--momentum", type=float, help="SGD momentum (default: 0.9)")
+    cls.add_argument("--weight-decay", type=float, help="SGD weight decay (default: 5e-4)")
+    cls.add_argument("--bank-size", type=int, help="GR reference-bank images (default: 31 = batch - 1)")
+    cls.add_argument("--in-channels", type=int, choices=[1, 3], help="network input channels (default: 3)")
+    cls.add_argument("--no-augment", action="store_true", help="no flips, rotations or colour jitter")
+    cls.add_argument("--label-dim", type=int, help="GR label-level feature size d (default: 512)")
+    cls.add_argument("--no-gr", action="store_true", help="GR without its GR-module (Table 3 ablation)")
+    cls.add_argument("--linear", action="store_true", help="GR with a linear instead of cosine classifier (Table 4)")
+    cls.add_argument("--alpha", type=float, help="GR SupCon weight alpha (default: 0.4)")
+    cls.add_argument("--tau", type=float, help="GR SupCon temperature tau (default: 0.1)")
     train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     train.add_argument("--amp", action="store_true",
                        help="mixed precision: float16 with gradient scaling on CUDA, bfloat16 on the CPU")
@@ -207,13 +310,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split-part", default="holdout", choices=["holdout", "train"])
     ev.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"])
     ev.add_argument("--threads", type=int, default=0)
-    ev.add_argument("--threshold", type=float, default=0.5, help="defect score threshold (default: 0.5)")
+    ev.add_argument("--threshold", type=float, default=0.5,
+                    help="defect score threshold (default: 0.5; classifiers: a label is present above it)")
+    ev.add_argument("--mode", choices=["batch", "bank"], default="batch",
+                    help="GR: relate each patch to its batch (the patches of one part) or to the stored reference "
+                         "bank (each patch alone, deterministic); both are scored and their agreement reported")
     ev.add_argument("--min-area", type=int, default=30, help="smallest defect area in pixels (default: 30)")
     ev.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (default: 32)")
     ev.add_argument("--batch", type=int, default=32)
     ev.add_argument("--json", help="also write the report, with every image's verdict and the threshold sweep, to "
                                    "this file (and the precision-recall curve beside it, FILE.pr.png)")
-    ev.add_argument("--curve", help="write the image-level precision-recall curve to this PNG")
+    ev.add_argument("--curve", help="write the image-level precision-recall curve (classifiers: the per-class "
+                                    "precision/recall figure) to this PNG")
     ev.add_argument("--failures", help="save overlays of misjudged images (missed, false alarm) to this folder")
     ev.add_argument("--max-failures", type=int, default=12, help="at most this many overlays (default: 12)")
     ev.set_defaults(func=_eval)
@@ -267,6 +375,19 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--defect-free", type=float,
                        help="probability that an image is defect-free (default: lens 0.5, screen 0.2)")
     synth.set_defaults(func=_synth)
+
+    cam = sub.add_parser("cam", help="class activation maps of a classifier for chosen images (PNG)",
+                         description="CAM (Zhou et al. 2016) for gr, resnet50 and inceptionv3; Grad-CAM for vgg16 "
+                                     "(or any model with --method gradcam). Writes OUT/<image stem>.cam.png: the "
+                                     "image and one overlay per class.")
+    cam.add_argument("--weights", required=True, help="classifier weights folder")
+    cam.add_argument("--data", required=True, help="a multi-label data folder or one image file")
+    cam.add_argument("--out", required=True, help="folder for the PNGs")
+    cam.add_argument("--names", help="comma-separated image names from the data folder (default: the first ones)")
+    cam.add_argument("--limit", type=int, default=12, help="at most this many images (default: 12)")
+    cam.add_argument("--size", type=int, default=0, help="input side (default: the weights' own)")
+    cam.add_argument("--method", choices=["auto", "cam", "gradcam"], default="auto")
+    cam.set_defaults(func=_cam)
 
     export = sub.add_parser("export", help="export weights to ONNX (inference only, dynamic batch)")
     export.add_argument("--weights", required=True, help="weights folder or shipped name")

@@ -106,3 +106,32 @@ def test_synth_screen_writes_multilabel_patches(tmp_path):
     rows = (out / "labels.csv").read_text().splitlines()
     assert rows[0] == "file,labels" and len(rows) == 1 + 16
     assert len(list((out / "images").glob("*.png"))) == 16
+
+
+def test_classifier_train_eval_and_cam_from_the_command_line(tmp_path):
+    data = tmp_path / "screen"
+    subprocess.run([*ENGINES, "synth", "screen", "--out", str(data), "--count", "2", "--size", "512", "--tile", "128",
+                    "--seed", "4"], check=True, capture_output=True, timeout=120)
+    run = tmp_path / "gr"
+    done = subprocess.run([*ENGINES, "train", "gr", "--data", str(data), "--out", str(run), "--backbone", "resnet18",
+                           "--label-dim", "16", "--epochs", "1", "--pretrain-epochs", "1", "--size", "64",
+                           "--batch", "8", "--steps-per-epoch", "1", "--threads", "1", "--bank-size", "7", "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == "gr" and config["training"]["classes"] == ["bubble", "pinhole", "scratch", "tin_ash"]
+    assert [h["phase"] for h in config["training"]["history"]] == [1, 2], "two phases, in order"
+    report = tmp_path / "eval.json"
+    done = subprocess.run([*ENGINES, "eval", "--weights", str(run), "--data", str(data), "--batch", "8",
+                           "--threads", "1", "--json", str(report)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(report.read_text())
+    assert result["images"] == 32 and set(result["per_class"]) == {"bubble", "pinhole", "scratch", "tin_ash"}
+    assert 0.0 <= result["agreement"] <= 1.0 and (tmp_path / "eval.classes.png").exists()
+    done = subprocess.run([*ENGINES, "cam", "--weights", str(run), "--data", str(data), "--out", str(tmp_path / "cam"),
+                           "--limit", "2"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(list((tmp_path / "cam").glob("*.cam.png"))) == 2
+    wrong = subprocess.run([*ENGINES, "train", "unet", "--data", str(data), "--out", str(tmp_path / "u"),
+                            "--label-dim", "8"], capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2 and "--label-dim" in wrong.stderr and "Traceback" not in wrong.stderr
