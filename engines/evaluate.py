@@ -104,7 +104,6 @@ def save_pr_curve(sweep: list[dict], path, title: str = "", operating_threshold:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pathlib import Path
 
     thresholds = [p["threshold"] for p in sweep]
     fig, (ax_pr, ax_f1) = plt.subplots(1, 2, figsize=(10, 4.2))
@@ -125,6 +124,15 @@ def save_pr_curve(sweep: list[dict], path, title: str = "", operating_threshold:
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=10)
+    return write_figure(fig, path)
+
+
+def write_figure(fig, path):
+    """Lay out, save as PNG (making the folder) and close a matplotlib figure; returns the path."""
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

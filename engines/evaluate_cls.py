@@ -260,12 +260,9 @@ def save_class_figure(metrics: dict, path, title: str = "") -> Path:
     ax.legend(fontsize=8, loc="upper center", ncol=3)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from engines.evaluate import write_figure
+
+    return write_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------------- CAMs

@@ -30,6 +30,14 @@ ARCHS = ("fcn", "unet", "deeplabv3plus", "bisenet")
 BACKBONES = ("resnet18", "resnet34", "resnet50")  # torchvision and segmentation_models_pytorch both have these
 
 
+def check_positive_ints(config, *fields: str) -> None:
+    """Raise ``ValueError`` naming the first of ``fields`` of ``config`` that is not a positive integer."""
+    for field in fields:
+        value = getattr(config, field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{field} must be a positive integer, got {value!r}")
+
+
 @dataclass(frozen=True)
 class BaselineConfig:
     """Everything needed to rebuild a baseline; saved as JSON beside the weights."""
@@ -44,10 +52,7 @@ class BaselineConfig:
             raise ValueError(f"arch {self.arch!r} is not one of {ARCHS}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone {self.backbone!r} is not one of {BACKBONES} (for arch {self.arch!r})")
-        for field in ("num_classes", "in_channels"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{field} must be a positive integer, got {value!r}")
+        check_positive_ints(self, "num_classes", "in_channels")
 
     def to_dict(self) -> dict:
         return asdict(self)

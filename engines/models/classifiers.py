@@ -39,10 +39,9 @@ class ClassifierConfig:
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"arch {self.arch!r} is not one of {ARCHS}")
-        for field in ("num_classes", "in_channels"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{field} must be a positive integer, got {value!r}")
+        from engines.models.baselines import check_positive_ints
+
+        check_positive_ints(self, "num_classes", "in_channels")
 
     def to_dict(self) -> dict:
         return asdict(self)
