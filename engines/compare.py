@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import statistics
 import sys
 import time
@@ -115,6 +116,7 @@ def run_compare(settings: CompareSettings, progress: bool = True) -> dict:
                 inspector = Inspector(engine, overlap=settings.overlap, batch=32,
                                       rules=replace(rules, score_threshold=tuned))
                 t0 = time.time()
+                shutil.rmtree(run / "failures", ignore_errors=True)  # overlays of an earlier judgement
                 metrics, records = evaluate_station_verdicts(inspector, test, failures_dir=run / "failures",
                                                              max_failures=6)
                 report = {"model": name, "fold": k, "images": len(test), "engine_id": engine.engine_id,
@@ -186,8 +188,8 @@ def results_markdown(summary: dict) -> str:
     lines = [
         f"Data: `{summary['data']}` ({summary['images']} images), {summary['folds']}-fold cross-validation"
         + ("" if runs == summary["folds"] else f" (**{runs} of {summary['folds']} folds run**)")
-        + f"; image-level decision: score ≥ {summary['threshold']} and component ≥ {summary['min_area_px']} px, "
-        "judged by the station's own tiler, stitcher and rules on whole images.",
+        + f"; an image is defective when its stitched score map holds a component of ≥ {summary['min_area_px']} px "
+        "at or above the decision threshold, judged by the station's own tiler, stitcher and rules on whole images.",
         "",
         f"Training: {json.dumps(summary['train']) if summary['train'] else 'the paper defaults'}.",
         "",

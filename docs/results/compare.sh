@@ -1,7 +1,8 @@
 #!/bin/bash
-# The comparison runs behind docs/results/ (CPU budget: see docs/results/README.md). Resumable: re-run to go on.
+# Continues runs/compare.sh with the tuned-threshold evaluation; resumable: re-run to go on.
 set -x
 source .venv/bin/activate
+while pgrep -f "engines compare --data ../shared/data/magnetic-tile --folds 4 --only-folds 1 --out" >/dev/null; do sleep 10; done
 COMMON="--epochs 5 --steps-per-epoch 100 --optimizer adam --lr 1e-3 --loss ce+dice --no-validate --threads 2 --quiet"
 MT=../shared/data/magnetic-tile
 engines compare --data $MT --folds 4 --only-folds 1 --out runs/compare-mt $COMMON
