@@ -201,16 +201,16 @@ def _compare(args: argparse.Namespace) -> int:
     logging.getLogger().addHandler(handler)
     train = {"epochs": args.epochs, "batch": args.batch, "lr": args.lr, "optimizer": args.optimizer,
              "loss": args.loss, "steps_per_epoch": args.steps_per_epoch, "threads": args.threads,
-             "validate": not args.no_validate, "device": args.device, "amp": args.amp}
-    defaults = {"epochs": 30, "batch": 16, "lr": 5e-4, "optimizer": "rmsprop", "loss": "ce", "steps_per_epoch": 0,
-                "threads": 0, "validate": True, "device": "auto", "amp": False}
-    train = {k: v for k, v in train.items() if v != defaults[k]}
+             "validate": not args.no_validate, "device": args.device, "amp": args.amp, "size": args.size,
+             "pretrain_epochs": args.pretrain_epochs}
+    train = {k: v for k, v in train.items() if v is not None and (k, v) not in
+             {("steps_per_epoch", 0), ("threads", 0), ("validate", True), ("device", "auto"), ("amp", False)}}
     settings = CompareSettings(data=args.data, out=args.out, models=tuple(args.models.split(",")), folds=args.folds,
                                seed=args.seed, threshold=args.threshold, min_area_px=args.min_area,
                                backend=args.backend, threads=args.threads, bench_batch=args.bench_batch,
                                bench_seconds=args.bench_seconds,
                                only_folds=tuple(int(f) for f in args.only_folds.split(",")) if args.only_folds else (),
-                               train=train)
+                               train=train, backbone=args.backbone or "")
     summary = run_compare(settings, progress=not args.quiet)
     print((out / "results.md").read_text())
     print(f"figures: {out / 'compare.json'}", file=sys.stderr)
@@ -337,13 +337,18 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--only-folds", help="comma-separated fold numbers to run now (default: all)")
     cmp.add_argument("--models", default="bffn,fcn,unet,deeplabv3plus,bisenet",
                      help="comma-separated models; ablations: bffn-nosam, bffn-sum, bffn-concat, bffn-nosam-sum "
-                          "(default: bffn,fcn,unet,deeplabv3plus,bisenet)")
-    cmp.add_argument("--epochs", type=int, default=30, help="epochs per run (default: 30, the paper's)")
-    cmp.add_argument("--steps-per-epoch", type=int, default=0, help="steps per epoch (default: one pass of tiles)")
-    cmp.add_argument("--batch", type=int, default=16)
-    cmp.add_argument("--lr", type=float, default=5e-4)
-    cmp.add_argument("--optimizer", choices=["rmsprop", "adam"], default="rmsprop")
-    cmp.add_argument("--loss", choices=["ce", "ce+dice"], default="ce")
+                          "(default: bffn,fcn,unet,deeplabv3plus,bisenet); or classifiers on multi-label data: "
+                          "gr, resnet50, vgg16, inceptionv3 and the ablations gr-nogr, gr-nopretrain, gr-linear")
+    cmp.add_argument("--epochs", type=int, help="epochs per run (default: the paper's, 30; classifiers 40 per phase)")
+    cmp.add_argument("--steps-per-epoch", type=int, default=0, help="steps per epoch (default: one pass of the data)")
+    cmp.add_argument("--batch", type=int, help="default: 16 tiles (segmentation), 32 images (classifiers)")
+    cmp.add_argument("--lr", type=float, help="default: 5e-4 (segmentation, RMSprop), 1e-3 (classifiers, SGD)")
+    cmp.add_argument("--optimizer", choices=["rmsprop", "adam"], help="segmentation optimizer (default: rmsprop)")
+    cmp.add_argument("--loss", choices=["ce", "ce+dice"], help="segmentation loss (default: ce)")
+    cmp.add_argument("--size", type=int, help="classifiers: input side (default: 224)")
+    cmp.add_argument("--pretrain-epochs", type=int, help="GR phase-1 epochs (default: as --epochs)")
+    cmp.add_argument("--backbone", choices=["resnet18", "resnet34", "resnet50"],
+                     help="GR's backbone (default: resnet50, the paper's); the torchvision baselines are fixed")
     cmp.add_argument("--no-validate", action="store_true", help="skip the per-epoch validation score")
     cmp.add_argument("--device", default="auto")
     cmp.add_argument("--amp", action="store_true")

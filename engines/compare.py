@@ -36,6 +36,18 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "bffn-concat": ("bffn", {"fusion": "concat"}),
     "bffn-nosam-sum": ("bffn", {"use_sam": False, "fusion": "sum"}),
 }
+# Multi-label classifiers (paper 001): name → (registry model, config overrides, training overrides). The gr-* rows
+# are the paper's ablations (Tables 3–4).
+CLS_VARIANTS: dict[str, tuple[str, dict, dict]] = {
+    "gr": ("gr", {}, {}),
+    "gr-nogr": ("gr", {"use_gr": False}, {}),
+    "gr-nopretrain": ("gr", {}, {"pretrain_epochs": 0}),
+    "gr-linear": ("gr", {"cosine": False}, {}),
+    "resnet50": ("resnet50", {}, {}),
+    "vgg16": ("vgg16", {}, {}),
+    "inceptionv3": ("inceptionv3", {}, {}),
+}
+CLS_METRICS = ("accuracy", "precision", "recall", "f_measure", "exact_match")
 DEFAULT_MODELS = ("bffn", "fcn", "unet", "deeplabv3plus", "bisenet")
 ABLATION_MODELS = ("bffn", "bffn-nosam", "bffn-sum", "bffn-nosam-sum")
 METRICS = ("f1", "precision", "recall", "fp_fn", "f1_at_default", "pixel_iou", "pixel_dice", "threshold")
@@ -56,14 +68,19 @@ class CompareSettings:
     threads: int = 0
     bench_batch: int = 32
     bench_seconds: float = 20.0
-    only_folds: tuple[int, ...] = ()  # run a subset of the folds (1-based); the table says how many it holds
+    only_folds: tuple[int, ...] = ()
+    backbone: str = ""  # classifiers: GR's backbone (resnet18 for CPU work; the paper's resnet50 by default)  # run a subset of the folds (1-based); the table says how many it holds
     train: dict = field(default_factory=dict)  # TrainSettings overrides (epochs, steps_per_epoch, optimizer, ...)
 
 
 def check_models(models) -> tuple[str, ...]:
-    unknown = [m for m in models if m not in VARIANTS]
+    unknown = [m for m in models if m not in VARIANTS and m not in CLS_VARIANTS]
     if unknown:
-        raise ValueError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+        raise ValueError(f"unknown model(s) {', '.join(unknown)}; choose segmentation networks from "
+                         f"{', '.join(VARIANTS)} or classifiers from {', '.join(CLS_VARIANTS)}")
+    kinds = {m in CLS_VARIANTS for m in models}
+    if len(kinds) > 1:
+        raise ValueError("compare segmentation networks and classifiers in separate runs (they need different data)")
     return tuple(models)
 
 
@@ -81,6 +98,8 @@ def run_compare(settings: CompareSettings, progress: bool = True) -> dict:
     from station.verdict import DecisionRules
 
     models = check_models(settings.models)
+    if models[0] in CLS_VARIANTS:
+        return run_compare_classifiers(settings, progress)
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     samples = load_dataset(settings.data)
@@ -107,7 +126,8 @@ def run_compare(settings: CompareSettings, progress: bool = True) -> dict:
                          len(fit), len(val))
                 train_settings = replace(TrainSettings(model=model, data=settings.data, out=str(run),
                                                        seed=settings.seed + k, model_config=dict(overrides)),
-                                         **settings.train)
+                                         **{k: v for k, v in settings.train.items()
+                                            if k in TrainSettings.__dataclass_fields__})
                 train_segmentation(train_settings, progress=progress, train_samples=fit, held_samples=val)
                 report_file.unlink(missing_ok=True)
             tuned = _tuned_threshold(run, val, settings, rules) if val else settings.threshold
@@ -155,6 +175,123 @@ def run_compare(settings: CompareSettings, progress: bool = True) -> dict:
     (out / "compare.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "results.md").write_text(results_markdown(summary))
     return summary
+
+
+class _TorchClassifier:
+    """Just enough of the engine interface (``infer``, ``spec``, ``tile``) to time a classifier with
+    :func:`engines.benchmark.interleaved_throughput` (torch on the CPU: classifiers have no ONNX engine yet)."""
+
+    def __init__(self, run: Path) -> None:
+        from engines.weights import load_model, resolve_weights
+
+        bundle = resolve_weights(run)
+        self.model, self.spec, self.tile = load_model(bundle), bundle.input_spec(), bundle.tile
+
+    def infer(self, batch):
+        import torch
+
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(batch)).sigmoid().numpy()
+
+
+def run_compare_classifiers(settings: CompareSettings, progress: bool = True) -> dict:
+    """The same protocol for multi-label classifiers: every model trained on k-1 folds (10 % of them set aside as
+    the held-out score) and judged on the remaining fold with the paper's class-averaged metrics (label present
+    when its score > 0.5; GR scored with its batch = 32 test images, and its batch/bank agreement recorded)."""
+    from engines.data.multilabel import load_multilabel, stratified_multilabel_folds, stratified_multilabel_split
+    from engines.evaluate_cls import evaluate_classifier, save_class_figure
+    from engines.train_cls import ClsTrainSettings, train_classifier
+
+    models = settings.models
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_multilabel(settings.data)
+    folds = stratified_multilabel_folds(data.samples, settings.folds, settings.seed)
+    fold_numbers = settings.only_folds or tuple(range(1, settings.folds + 1))
+    bad = [f for f in fold_numbers if not 1 <= f <= settings.folds]
+    if bad:
+        raise ValueError(f"fold(s) {bad} do not exist; folds are numbered 1..{settings.folds}")
+    (out / "folds.json").write_text(json.dumps([[data.samples[i].name for i in f] for f in folds], indent=1))
+    allowed = set(ClsTrainSettings.__dataclass_fields__)
+    train_overrides = {k: v for k, v in settings.train.items() if k in allowed}
+    results: dict[str, list[dict]] = {m: [] for m in models}
+    for k in fold_numbers:
+        test = data.subset(folds[k - 1])
+        rest = data.subset([i for j, f in enumerate(folds) if j != k - 1 for i in f])
+        fit_idx, val_idx = stratified_multilabel_split(rest.samples, settings.validation, settings.seed + k)
+        fit, val = rest.subset(fit_idx), rest.subset(val_idx)
+        for name in models:
+            model, config, extra = CLS_VARIANTS[name]
+            run = out / f"fold{k}" / name
+            report_file = run / "eval.json"
+            if not _run_done(run):
+                log.info("fold %d/%d: training %s on %d images", k, settings.folds, name, len(fit))
+                model_config = {**({"backbone": settings.backbone} if model == "gr" and settings.backbone else {}),
+                                **config}
+                cls_settings = replace(ClsTrainSettings(model=model, data=settings.data, out=str(run),
+                                                        seed=settings.seed + k, model_config=model_config),
+                                       **train_overrides, **extra)
+                train_classifier(cls_settings, progress=progress, train_set=fit, held_set=val)
+                report_file.unlink(missing_ok=True)
+            if not report_file.exists():
+                report, _ = evaluate_classifier(run, test, mode="batch", batch=32, threads=settings.threads)
+                report["fold"] = k
+                report_file.write_text(json.dumps(report, indent=1, default=float) + "\n")
+                save_class_figure(report, run / "classes.png", title=f"{name}, fold {k}")
+            report = json.loads(report_file.read_text())
+            row = {m: report["mean"][m] for m in CLS_METRICS}
+            row["agreement"] = report.get("agreement")
+            row["images"] = report["images"]
+            results[name].append(row)
+            log.info("fold %d %s: %s", k, name, row)
+    throughput = {}
+    if settings.bench_seconds > 0:
+        from engines.benchmark import interleaved_throughput
+
+        first = fold_numbers[0]
+        engines = {name: _TorchClassifier(out / f"fold{first}" / name) for name in models}
+        throughput = interleaved_throughput(engines, batch=settings.bench_batch, seconds=settings.bench_seconds)
+    summary = {
+        "data": settings.data, "images": len(data), "classes": list(data.classes), "folds": settings.folds,
+        "folds_run": list(fold_numbers), "train": settings.train, "backbone": settings.backbone,
+        "bench_batch": settings.bench_batch, "command": " ".join(sys.argv), "per_fold": results,
+        "throughput": throughput,
+        "mean": {m: {k: _mean_std([r[k] for r in rs]) for k in CLS_METRICS} for m, rs in results.items()},
+    }
+    (out / "compare.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "results.md").write_text(classifier_markdown(summary))
+    return summary
+
+
+def classifier_markdown(summary: dict) -> str:
+    runs = len(summary["folds_run"])
+    lines = [
+        f"Data: `{summary['data']}` ({summary['images']} images, classes {', '.join(summary['classes'])}), "
+        f"{summary['folds']}-fold cross-validation"
+        + ("" if runs == summary["folds"] else f" (**{runs} of {summary['folds']} folds run**)")
+        + "; a label is present when its score > 0.5; metrics averaged over the classes (paper 001, §4.1). GR "
+        "is scored with the test images in batches of 32 (its image-wise relations see the batch).",
+        "",
+        f"Training: {json.dumps(summary['train']) if summary['train'] else 'the paper defaults'}"
+        + (f"; GR backbone {summary['backbone']}" if summary.get("backbone") else "") + ".",
+        "",
+        "| model | accuracy | precision | recall | F-measure | exact match | tiles/s (torch CPU) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    throughput = summary.get("throughput", {})
+    for model, stats in summary["mean"].items():
+        cells = [f"{stats[k][0]:.3f} ± {stats[k][1]:.3f}" for k in CLS_METRICS]
+        tps = throughput.get(model, {}).get("tiles_per_s")
+        cells.append(f"{tps:.1f}" if tps else "—")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    agreement = {m: [r["agreement"] for r in rs if r.get("agreement") is not None]
+                 for m, rs in summary["per_fold"].items()}
+    agreement = {m: a for m, a in agreement.items() if a}
+    if agreement:
+        lines += ["", "GR batch vs reference-bank agreement (fraction of label decisions): "
+                  + ", ".join(f"{m} {statistics.fmean(a):.4f}" for m, a in agreement.items()) + "."]
+    lines += ["", f"Command: `{summary['command']}`", ""]
+    return "\n".join(lines)
 
 
 def _tuned_threshold(run: Path, val, settings: CompareSettings, rules) -> float:

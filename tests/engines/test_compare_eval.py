@@ -125,3 +125,29 @@ def test_mixed_precision_and_a_missing_gpu_are_handled(tmp_path):
                                              batch=2, holdout=0.0, threads=2, amp=True, device="cpu"),
                                progress=False)
     assert np.isfinite(final["loss"])
+
+
+def test_compare_covers_the_classifiers_and_refuses_mixed_kinds(tmp_path):
+    data = tmp_path / "screen"
+    subprocess.run([*ENGINES, "synth", "screen", "--out", str(data), "--count", "3", "--size", "512", "--tile", "128",
+                    "--seed", "1"], check=True, capture_output=True, timeout=120)
+    out = tmp_path / "cmp"
+    done = subprocess.run([*ENGINES, "compare", "--data", str(data), "--out", str(out), "--folds", "2",
+                           "--models", "gr,gr-nogr,vgg16", "--backbone", "resnet18", "--epochs", "1",
+                           "--pretrain-epochs", "1", "--size", "64", "--batch", "8", "--steps-per-epoch", "1",
+                           "--threads", "1", "--bench-seconds", "0.5", "--bench-batch", "4", "--no-validate", "--quiet"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "compare.json").read_text())
+    assert set(summary["per_fold"]) == {"gr", "gr-nogr", "vgg16"}
+    assert sum(r["images"] for r in summary["per_fold"]["gr"]) == 48, "each patch is judged once per model"
+    assert all(0.0 <= r["agreement"] <= 1.0 for r in summary["per_fold"]["gr"])
+    assert summary["per_fold"]["gr-nogr"][0]["agreement"] is None, "without the GR-module there are no relations"
+    gr_config = json.loads((out / "fold1" / "gr" / "config.json").read_text())["model_config"]
+    assert gr_config["backbone"] == "resnet18" and gr_config["use_gr"] is True
+    assert json.loads((out / "fold1" / "gr-nogr" / "config.json").read_text())["model_config"]["use_gr"] is False
+    table = (out / "results.md").read_text()
+    assert "| gr |" in table and "| vgg16 |" in table and "F-measure" in table and "agreement" in table
+    mixed = subprocess.run([*ENGINES, "compare", "--data", str(data), "--out", str(tmp_path / "m"),
+                            "--models", "bffn,gr"], capture_output=True, text=True, timeout=120)
+    assert mixed.returncode == 2 and "separate runs" in mixed.stderr
