@@ -29,7 +29,7 @@ def build_source(recipe: Recipe):
 
 
 def build_inspector(recipe: Recipe):
-    """Load the recipe's engine and wrap it with its tiling and decision rules."""
+    """Load the recipe's engine and wrap it with its tiling and decision rules (and its classifier stage, if any)."""
     from engines.backends.base import load_engine
     from station.inspect import Inspector
 
@@ -43,7 +43,19 @@ def build_inspector(recipe: Recipe):
 
         raise RecipeError(f"{recipe.path}: [tiling] tile = {recipe.tiling.tile}, but the weights "
                           f"{recipe.engine.weights!r} were trained on {engine.tile} px tiles; set tile = {engine.tile}")
-    return Inspector(engine, overlap=recipe.tiling.overlap, batch=recipe.tiling.batch, rules=recipe.rules)
+    classifier = None
+    c = recipe.classifier
+    if c is not None:
+        from station.classify import PatchClassifier
+        from station.errors import RecipeError
+
+        try:
+            classifier = PatchClassifier(c.weights, patch=c.patch, overlap=c.overlap, threshold=c.threshold,
+                                         mode=c.mode.value, threads=c.threads)
+        except RecipeError as exc:
+            raise RecipeError(f"{recipe.path}: {exc}") from None
+    return Inspector(engine, overlap=recipe.tiling.overlap, batch=recipe.tiling.batch, rules=recipe.rules,
+                     classifier=classifier, fail_on_labels=c.fail_on_labels if c is not None else True)
 
 
 def build_line(recipe: Recipe, max_frames: int | None = None, feed: ResultFeed | None = None, on_result=None) -> Line:

@@ -1,5 +1,10 @@
 """One frame in, one verdict out: preprocess → tile → engine (in batches) → stitch → defects → verdict.
 
+With a classifier stage (:class:`station.classify.PatchClassifier`, the recipe's ``[classifier]`` table) the
+frame's large patches are then classified: the part's labels are the union of its patches' labels, and the part
+fails when the segmentation fails it or (``fail_on_labels``) when any label is present. The classifier runs
+only after segmentation: a recipe always has an ``[engine]``.
+
 The :class:`Inspector` has no threads and no queues; the line (:mod:`station.pipeline`) runs it on its
 inference thread, and ``engines eval`` runs the very same code, so both give the same verdicts.
 """
@@ -25,13 +30,16 @@ class Inspector:
     <Verdict.PASS: 'PASS'>
     """
 
-    def __init__(self, engine, overlap: int, batch: int, rules: DecisionRules) -> None:
+    def __init__(self, engine, overlap: int, batch: int, rules: DecisionRules, classifier=None,
+                 fail_on_labels: bool = True) -> None:
         if batch < 1:
             raise StationError(f"batch must be at least 1 tile, got {batch}")
         self.engine = engine
         self.overlap = overlap
         self.batch = batch
         self.rules = rules
+        self.classifier = classifier  # a PatchClassifier, or None for no classifier stage
+        self.fail_on_labels = fail_on_labels
 
     @property
     def engine_id(self) -> str:
@@ -64,7 +72,14 @@ class Inspector:
         t0 = time.perf_counter()
         defects = find_defects(mask, self.rules)
         timings["verdict"] = (time.perf_counter() - t0) * 1e3
+        labels: tuple[str, ...] = ()
+        patches: list = []
+        if self.classifier is not None:
+            t0 = time.perf_counter()
+            labels, patches = self.classifier.classify(frame.image)
+            timings["classify"] = (time.perf_counter() - t0) * 1e3
         timings["total"] = sum(timings.values())
         latency_ms = (time.monotonic_ns() - frame.timestamp_ns) / 1e6
-        return InspectionResult(frame=frame, mask=mask, defects=defects, verdict=decide(defects),
-                                engine_id=self.engine_id, timings=timings, latency_ms=latency_ms)
+        return InspectionResult(frame=frame, mask=mask, defects=defects,
+                                verdict=decide(defects, labels, self.fail_on_labels), engine_id=self.engine_id,
+                                labels=labels, timings=timings, latency_ms=latency_ms, patches=patches)

@@ -84,6 +84,28 @@ class EngineConfig:
     threads: int = 0  # 0 = all cores
 
 
+class ClassifierMode(str, enum.Enum):
+    """How GR relates patches: the patches of one part form its batch, or each patch meets the stored bank."""
+
+    BATCH = "batch"
+    BANK = "bank"
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """The optional classifier stage (:mod:`station.classify`): a multi-label classifier on ``patch``-sided
+    squares of each frame, after segmentation. ``weights`` is a folder or a shipped weights name; a class is
+    present in a patch when its score is above ``threshold``; ``fail_on_labels`` fails any part with a label."""
+
+    weights: str
+    patch: int = 1024
+    overlap: int = 0
+    threshold: float = 0.5
+    mode: ClassifierMode = ClassifierMode.BATCH
+    fail_on_labels: bool = True
+    threads: int = 0  # 0 = leave torch's thread count as it is
+
+
 @dataclass(frozen=True)
 class LogConfig:
     db: Path = Path("station-data/rejects.db")
@@ -109,6 +131,7 @@ class Recipe:
     rules: DecisionRules
     log: LogConfig = field(default_factory=LogConfig)
     queues: QueuesConfig = field(default_factory=QueuesConfig)
+    classifier: ClassifierConfig | None = None  # None: no [classifier] table, no classifier stage
     _raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def with_overrides(self, overrides: Mapping[str, Any] | None = None, /, **kwargs: Any) -> Recipe:
@@ -272,7 +295,7 @@ def _device(v: Any) -> int | str:
     return _int(0)(v) if _is_int(v) else _str(v)
 
 
-_TABLES = ("product", "source", "tiling", "engine", "rules", "log", "queues")
+_TABLES = ("product", "source", "tiling", "engine", "rules", "log", "queues", "classifier")
 _REQUIRED_TABLES = ("product", "source", "engine")
 
 
@@ -362,8 +385,25 @@ def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
     )
     t.finish()
 
+    classifier = None
+    if "classifier" in data:
+        t = table("classifier")
+        mode_check, mode_allowed = _enum(ClassifierMode)
+        weights = t.get("weights", _MISSING, _str, 'a classifier weights folder or shipped name, e.g. "runs/gr"')
+        patch = t.get("patch", 1024, _int(1), "an integer >= 1 (patch side in pixels), e.g. 1024")
+        classifier = ClassifierConfig(
+            weights=weights,
+            patch=patch,
+            overlap=t.get("overlap", 0, _int(0, patch - 1), f"an integer from 0 to {patch - 1} (less than patch)"),
+            threshold=t.get("threshold", 0.5, _float(0.0, high=1.0), "a number in [0, 1] (label when score > it)"),
+            mode=t.get("mode", ClassifierMode.BATCH, mode_check, mode_allowed),
+            fail_on_labels=t.get("fail_on_labels", True, _bool, "true or false"),
+            threads=t.get("threads", 0, _int(0), "an integer >= 0 (0 = leave torch's setting)"),
+        )
+        t.finish()
+
     return Recipe(path=path, product=product, source=source, tiling=tiling, engine=engine, rules=rules,
-                  log=log, queues=queues, _raw=copy.deepcopy(dict(data)))
+                  log=log, queues=queues, classifier=classifier, _raw=copy.deepcopy(dict(data)))
 
 
 _ROI_ALLOWED = '"none", {x = , y = , w = , h = } (a rectangle) or {cx = , cy = , r = } (a circle)'

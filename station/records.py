@@ -106,7 +106,9 @@ class InspectionResult:
     """Everything the line concluded about one frame.
 
     ``mask`` is the stitched defect-score map (``float32``, same height and width as ``frame.image``);
-    ``labels`` are image-level class names (from a classifier stage; empty when none ran);
+    ``labels`` are image-level class names (from a classifier stage; empty when none ran) and ``patches`` that
+    stage's patch grid: one dict per patch with ``row``, ``col``, ``y``, ``x``, ``size``, ``labels`` and ``scores``
+    (see :mod:`station.classify`; empty when none ran);
     ``timings`` are stage durations in milliseconds (``preprocess``, ``infer``, ``postprocess``, ``total``)
     and ``latency_ms`` is the time from the frame's timestamp to the verdict.
     """
@@ -119,9 +121,11 @@ class InspectionResult:
     labels: tuple[str, ...] = ()
     timings: Mapping[str, float] = field(default_factory=dict)
     latency_ms: float = 0.0
+    patches: tuple[Mapping[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "timings", _frozen_mapping(self.timings))
+        object.__setattr__(self, "patches", tuple(self.patches))
         object.__setattr__(self, "defects", tuple(self.defects))
         object.__setattr__(self, "labels", tuple(self.labels))
 

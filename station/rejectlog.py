@@ -7,6 +7,10 @@
 The database is in WAL mode, so an operator can export or query while the line writes. Rejected frames are
 saved beside it as ``<db stem>_images/<YYYY-MM-DD>/<HHMMSSmmm>_<frame_id>.png`` (UTC); ``image_path`` holds
 that path relative to the database's folder, so the two can be moved together.
+
+``labels_json`` holds the classifier stage's labels: a JSON list of class names (``[]`` without a classifier),
+or, when the stage ran on patches, ``{"labels": [...], "patches": [...]}`` with the patch grid (row, col, pixel
+origin, side, labels and scores per patch). :func:`decode_labels` reads both forms, so older rows stay valid.
 """
 from __future__ import annotations
 
@@ -140,6 +144,21 @@ def _check_version(conn: sqlite3.Connection, path: Path) -> int:
     return version
 
 
+def encode_labels(result: InspectionResult) -> str:
+    """The ``labels_json`` text of a result: a plain list, or labels plus patch grid when there is one."""
+    if not result.patches:
+        return json.dumps(list(result.labels))
+    return json.dumps({"labels": list(result.labels), "patches": [dict(p) for p in result.patches]})
+
+
+def decode_labels(text: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """``(labels, patches)`` of a ``labels_json`` value in either form (see the module docstring)."""
+    value = json.loads(text)
+    if isinstance(value, dict):
+        return list(value.get("labels", [])), list(value.get("patches", []))
+    return list(value), []
+
+
 def _to_png_layout(image: np.ndarray) -> np.ndarray:
     """Images on the line are grey or RGB(A); OpenCV writes BGR(A)."""
     if image.ndim == 3 and image.shape[2] == 1:
@@ -215,7 +234,7 @@ class RejectLog:
             row = (
                 format_utc(now), int(frame.timestamp_ns), frame.source, int(frame.frame_id), frame.file,
                 Verdict(result.verdict).value, json.dumps([d.to_dict() for d in result.defects]),
-                json.dumps(list(result.labels)), result.engine_id, float(result.latency_ms), image_path,
+                encode_labels(result), result.engine_id, float(result.latency_ms), image_path,
             )
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -298,7 +317,8 @@ def export(db_path: str | Path, fmt: str, out_path: str | Path, since: str | dat
     """Write the matching rows to ``out_path`` (``"-"`` = stdout) as CSV or JSON; return the row count.
 
     CSV has one column per database column. JSON is an array of objects with the same keys, except that
-    ``defects_json`` / ``labels_json`` become decoded ``defects`` / ``labels`` lists.
+    ``defects_json`` / ``labels_json`` become decoded ``defects`` / ``labels`` lists, plus ``patches`` (the
+    classifier's patch grid; ``[]`` for rows without one).
     """
     try:
         kind = ExportFormat(str(getattr(fmt, "value", fmt)).lower())
@@ -322,7 +342,7 @@ def export(db_path: str | Path, fmt: str, out_path: str | Path, since: str | dat
         for row in rows:
             item = {k: v for k, v in row.items() if not k.endswith("_json")}
             item["defects"] = json.loads(row["defects_json"])
-            item["labels"] = json.loads(row["labels_json"])
+            item["labels"], item["patches"] = decode_labels(row["labels_json"])
             items.append(item)
         json.dump(items, buffer, indent=1)
         buffer.write("\n")

@@ -133,6 +133,7 @@ def find_defects(mask_scores: np.ndarray, rules: DecisionRules) -> tuple[Defect,
     return tuple(defects)
 
 
-def decide(defects: tuple[Defect, ...] | list[Defect]) -> Verdict:
-    """FAIL when there is any defect, PASS otherwise."""
-    return Verdict.FAIL if len(defects) else Verdict.PASS
+def decide(defects: tuple[Defect, ...] | list[Defect], labels: tuple[str, ...] | list[str] = (),
+           fail_on_labels: bool = True) -> Verdict:
+    """FAIL when there is any defect, or any classifier label when ``fail_on_labels``; PASS otherwise."""
+    return Verdict.FAIL if len(defects) or (fail_on_labels and len(labels)) else Verdict.PASS

@@ -64,7 +64,8 @@ QLabel#last_error { color: #f28b82; font-size: 10pt; }
 QStatusBar { color: #f28b82; }
 """
 
-REJECT_COLUMNS = ("Time", "Frame", "Defects", "Largest px")
+REJECT_COLUMNS = ("Time", "Frame", "Defects", "Largest px", "Labels")
+MAX_LABEL_CHARS = 16  # of the Labels column of the rejects table; the tooltip holds them all
 MAX_ERROR_CHARS = 90  # about two lines of the side column; the tooltip holds the whole message
 
 
@@ -173,11 +174,28 @@ def frame_name(result: InspectionResult) -> str:
     return f"{name}  {result.frame.file}" if result.frame.file else name
 
 
+def labels_text(result: InspectionResult | None) -> str:
+    """The classifier's labels of a part, comma-separated, or "none"."""
+    return ", ".join(result.labels) if result is not None and result.labels else "none"
+
+
+def labels_where(result: InspectionResult | None) -> str:
+    """Each label with the patch cells (``r<row>c<col>``) it was found in, one label a line."""
+    if result is None:
+        return ""
+    lines = []
+    for label in result.labels:
+        cells = [f"r{p['row']}c{p['col']}" for p in result.patches if label in p.get("labels", ())]
+        lines.append(f"{label}: {' '.join(cells)}" if cells else label)
+    return "\n".join(lines)
+
+
 class StationPanel(QMainWindow):
     """Main window of the station. See the module docstring for the threading contract.
 
     Public widgets (read them in tests or embed them elsewhere): ``image_view``, ``caption_label``,
-    ``verdict_label``, ``defects_label``, ``counter_labels`` (keys: inspected, passed, failed, yield, dropped,
+    ``verdict_label``, ``defects_label``, ``labels_label`` (the classifier's labels; hidden without a classifier
+    stage), ``counter_labels`` (keys: inspected, passed, failed, yield, dropped,
     errors, throughput, latency, engine), ``camera_labels`` (keys: state, lost, incomplete, reconnects,
     last_error) and ``rejects_table``.
     """
@@ -254,8 +272,13 @@ class StationPanel(QMainWindow):
         defects_font = QFont(self.defects_label.font())
         defects_font.setPointSize(14)
         self.defects_label.setFont(defects_font)
+        self.labels_label = QLabel()
+        self.labels_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.labels_label.setWordWrap(True)
+        self.labels_label.setVisible(False)
         right.addWidget(self.verdict_label)
         right.addWidget(self.defects_label)
+        right.addWidget(self.labels_label)
         self._show_verdict(None)
 
         line_box = QGroupBox("Line")
@@ -379,6 +402,12 @@ class StationPanel(QMainWindow):
         self.verdict_label.setStyleSheet(
             f"QLabel {{ background: {colour}; color: white; border-radius: 8px; }}")
         self.defects_label.setText(detail)
+        classified = result is not None and bool(result.labels or result.patches)
+        self.labels_label.setVisible(classified)
+        self.labels_label.setText(f"Labels: {labels_text(result)}" if classified else "")
+        self.labels_label.setToolTip(labels_where(result) if classified else "")
+        self.labels_label.setStyleSheet(f"color: {AMBER}; font-size: 12pt;" if classified and result.labels else
+                                        "font-size: 12pt;")
 
     def _show_stats(self, stats: LineStats) -> None:
         values = {
@@ -418,11 +447,13 @@ class StationPanel(QMainWindow):
         table.setRowCount(len(rejects))
         for row, result in enumerate(rejects):
             largest = max((d.area_px for d in result.defects), default=0)
+            labels = ", ".join(result.labels)
             cells = (
                 time.strftime("%H:%M:%S", time.localtime(wall_time_of(result.frame.timestamp_ns))),
                 frame_name(result),
                 str(len(result.defects)),
                 f"{largest:,}",
+                labels if len(labels) <= MAX_LABEL_CHARS else labels[:MAX_LABEL_CHARS - 1] + "…",
             )
             for column, text in enumerate(cells):
                 item = QTableWidgetItem(text)
@@ -430,6 +461,8 @@ class StationPanel(QMainWindow):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 if column == 1:
                     item.setToolTip(text)
+                if column == 4 and result.labels:
+                    item.setToolTip(labels_where(result))
                 table.setItem(row, column, item)
 
     # ----------------------------------------------------------------------------------------- lifecycle

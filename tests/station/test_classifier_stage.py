@@ -1,0 +1,247 @@
+"""The classifier stage: [classifier] in recipes, GR on the patch grid of a frame (batch and bank modes), the
+Inspector's labels and verdict, their way into the reject log and its JSON export, and the panel's Labels row."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from station.classify import PatchClassifier
+from station.errors import RecipeError
+from station.recipe import ClassifierMode, load_recipe
+from station.records import Frame, Verdict
+from station.tiling import plan_tiles
+from station.verdict import decide
+
+CLASSES = ["crack", "blowhole", "fray"]
+SIZE = 64
+
+RECIPE = """
+[product]
+name = "part"
+
+[source]
+kind = "replay"
+path = "images"
+
+[engine]
+weights = "w"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "r.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tiny_gr(tmp_path_factory) -> Path:
+    """An untrained tiny GR (resnet18, label_dim 16, 64 px input) with a reference bank, saved like a run."""
+    from engines.models.gr import GR, GRConfig
+    from engines.preprocess import InputSpec
+    from engines.weights import save_weights
+
+    torch.manual_seed(0)
+    model = GR(GRConfig(num_classes=len(CLASSES), in_channels=1, backbone="resnet18", label_dim=16,
+                        proj_dim=16)).eval()
+    model.set_reference_bank(torch.randn(5, len(CLASSES), 16))
+    out = tmp_path_factory.mktemp("tiny-gr")
+    save_weights(model, out, "gr", model.config.to_dict(), InputSpec(channels=1).to_dict(), SIZE,
+                 {"classes": CLASSES}, half=False)
+    return out
+
+
+def frame_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    image = rng.normal(120, 20, (h, w)).clip(0, 255).astype(np.uint8)
+    image[h // 4: h // 2, w // 3: w // 3 + 12] = 240
+    return image
+
+
+# ------------------------------------------------------------------------------------------------------ recipe
+def test_recipe_without_classifier_table_has_no_stage(tmp_path):
+    assert load_recipe(write(tmp_path, RECIPE)).classifier is None
+
+
+def test_recipe_classifier_defaults_and_values(tmp_path):
+    recipe = load_recipe(write(tmp_path, RECIPE + '\n[classifier]\nweights = "runs/gr"\n'))
+    c = recipe.classifier
+    assert (c.weights, c.patch, c.overlap, c.threshold, c.mode, c.fail_on_labels, c.threads) == \
+        ("runs/gr", 1024, 0, 0.5, ClassifierMode.BATCH, True, 0)
+    recipe = load_recipe(write(tmp_path, RECIPE + '\n[classifier]\nweights = "g"\npatch = 512\noverlap = 64\n'
+                               'threshold = 0.3\nmode = "bank"\nfail_on_labels = false\nthreads = 2\n'))
+    c = recipe.classifier
+    assert (c.patch, c.overlap, c.threshold, c.mode, c.fail_on_labels, c.threads) == \
+        (512, 64, 0.3, ClassifierMode.BANK, False, 2)
+    assert recipe.as_dict()["classifier"]["mode"] == "bank"
+
+
+@pytest.mark.parametrize("body, key", [
+    ('patch = 1024', "weights"),
+    ('weights = "g"\npatch = 0', "patch"),
+    ('weights = "g"\npatch = 256\noverlap = 256', "overlap"),
+    ('weights = "g"\nthreshold = 1.5', "threshold"),
+    ('weights = "g"\nmode = "pairs"', "mode"),
+    ('weights = "g"\nfail_on_labels = 1', "fail_on_labels"),
+    ('weights = "g"\nthreads = -1', "threads"),
+    ('weights = "g"\ntreshold = 0.4', "treshold"),
+])
+def test_recipe_classifier_mistakes_name_the_key(tmp_path, body, key):
+    with pytest.raises(RecipeError, match=rf"\[classifier\] {key}:"):
+        load_recipe(write(tmp_path, RECIPE + f"\n[classifier]\n{body}\n"))
+
+
+# ------------------------------------------------------------------------------------------------- classifier
+def test_patch_grid_and_labels_are_the_union_of_patches(tiny_gr):
+    image = frame_image(200, 300)
+    classifier = PatchClassifier(str(tiny_gr), patch=96, overlap=16, threshold=0.5, mode="batch")
+    plan = plan_tiles(image.shape, 96, 16)
+    _, scores = classifier.scores(image)
+    assert scores.shape == (plan.n_tiles, len(CLASSES))
+    classifier.threshold = float(np.median(scores))  # some patches labelled, some not
+    labels, patches = classifier.classify(image)
+    rows, cols = plan.grid_shape
+    assert len(patches) == rows * cols == plan.n_tiles
+    assert {(p["row"], p["col"]) for p in patches} == {(r, c) for r in range(rows) for c in range(cols)}
+    assert [(p["y"], p["x"]) for p in patches] == list(plan.origins)
+    assert all(p["size"] == 96 and list(p["scores"]) == CLASSES for p in patches)
+    union = {label for p in patches for label in p["labels"]}
+    assert labels and set(labels) == union
+    assert list(labels) == [c for c in CLASSES if c in union], "labels in class order"
+    for p in patches:
+        assert p["labels"] == [c for c in CLASSES if p["scores"][c] > classifier.threshold]
+
+
+def test_small_frame_is_padded_to_one_patch(tiny_gr):
+    labels, patches = PatchClassifier(str(tiny_gr), patch=128, threshold=0.0).classify(frame_image(50, 70))
+    assert len(patches) == 1 and patches[0]["size"] == 128 and labels == tuple(CLASSES)
+
+
+def test_bank_mode_labels_of_a_patch_do_not_depend_on_the_other_patches(tiny_gr):
+    part = frame_image(SIZE, SIZE, seed=1)
+    wide = np.concatenate([part, frame_image(SIZE, 3 * SIZE, seed=2)], axis=1)  # the same patch plus three others
+    bank = PatchClassifier(str(tiny_gr), patch=SIZE, mode="bank")
+    _, alone = bank.scores(part)
+    _, among = bank.scores(wide)
+    np.testing.assert_allclose(among[0], alone[0], atol=1e-5)
+    bank.threshold = float(alone[0].mean())
+    labels_alone, _ = bank.classify(part)
+    _, patches = bank.classify(wide)
+    assert tuple(patches[0]["labels"]) == labels_alone
+    _, batch_among = PatchClassifier(str(tiny_gr), patch=SIZE, mode="batch").scores(wide)
+    assert batch_among.shape == among.shape  # batch mode: the four patches are one GR batch
+
+
+def test_wrong_model_and_missing_bank_are_clear_errors(tiny_gr, untrained_bffn, tmp_path):
+    with pytest.raises(RecipeError, match="'bffn' model.*not a classifier"):
+        PatchClassifier(str(untrained_bffn))
+    from engines.models.gr import GR, GRConfig
+    from engines.preprocess import InputSpec
+    from engines.weights import save_weights
+
+    model = GR(GRConfig(num_classes=2, in_channels=1, backbone="resnet18", label_dim=16, proj_dim=16)).eval()
+    save_weights(model, tmp_path / "nobank", "gr", model.config.to_dict(), InputSpec(channels=1).to_dict(), SIZE,
+                 {"classes": ["a", "b"]}, half=False)
+    with pytest.raises(RecipeError, match="no reference bank"):
+        PatchClassifier(str(tmp_path / "nobank"), mode="bank")
+    PatchClassifier(str(tmp_path / "nobank"), mode="batch")  # fine without a bank
+    with pytest.raises(RecipeError, match=r"\[classifier\] weights: no weights"):
+        PatchClassifier(str(tmp_path / "missing"))
+
+
+def test_decide_fails_on_labels_only_when_asked():
+    assert decide((), ("crack",)) is Verdict.FAIL
+    assert decide((), ("crack",), fail_on_labels=False) is Verdict.PASS
+    assert decide((), ()) is Verdict.PASS
+
+
+# ------------------------------------------------------------------------------------------- end to end
+@pytest.fixture
+def station_recipe(tmp_path, untrained_bffn, tiny_gr):
+    (tmp_path / "images").mkdir()
+    text = RECIPE.replace('weights = "w"', f'weights = "{untrained_bffn}"\nbackend = "torch"\nthreads = 1')
+    text += f'\n[rules]\nscore_threshold = 1.0\n\n[classifier]\nweights = "{tiny_gr}"\npatch = 128\n' \
+            'threshold = 0.0\nthreads = 1\n'  # no segmentation defects; every class in every patch
+    return load_recipe(write(tmp_path, text))
+
+
+def test_inspector_labels_land_in_result_reject_log_and_export(station_recipe, tmp_path, capsys):
+    from station.app import build_inspector
+    from station.cli import main
+    from station.rejectlog import RejectLog
+
+    inspector = build_inspector(station_recipe)
+    assert inspector.classifier is not None and inspector.classifier.mode == "batch"
+    frame = Frame(image=frame_image(128, 256), frame_id=3, timestamp_ns=time.monotonic_ns(), source="test",
+                  meta={"file": "a.png"})
+    result = inspector.inspect(frame)
+    assert result.labels == tuple(CLASSES) and len(result.patches) == 2
+    assert [(p["row"], p["col"]) for p in result.patches] == [(0, 0), (0, 1)]
+    assert "classify" in result.timings and result.verdict is Verdict.FAIL  # labels alone fail the part
+    db = tmp_path / "log" / "rejects.db"
+    with RejectLog(db, save_images=False) as log:
+        log.record(result)
+        row = log.query()[0]
+    stored = json.loads(row["labels_json"])
+    assert stored["labels"] == CLASSES and stored["patches"][1]["x"] == 128
+    out = tmp_path / "export.json"
+    assert main(["export", "--db", str(db), "--format", "json", "--out", str(out)]) == 0
+    item = json.loads(out.read_text())[0]
+    assert item["labels"] == CLASSES and item["verdict"] == "FAIL"
+    assert [p["col"] for p in item["patches"]] == [0, 1] and item["patches"][0]["labels"] == CLASSES
+
+    quiet = station_recipe.with_overrides({"classifier.fail_on_labels": False})
+    result = build_inspector(quiet).inspect(frame)
+    assert result.labels == tuple(CLASSES) and result.verdict is Verdict.PASS
+
+
+def test_recipe_with_segmentation_weights_as_classifier_is_refused(station_recipe, untrained_bffn):
+    from station.app import build_inspector
+
+    wrong = station_recipe.with_overrides({"classifier.weights": str(untrained_bffn)})
+    with pytest.raises(RecipeError, match=r"r\.toml: \[classifier\].*'bffn' model"):
+        build_inspector(wrong)
+
+
+def test_export_reads_rows_without_patches(tmp_path):
+    from station.rejectlog import decode_labels
+
+    assert decode_labels('["crack"]') == (["crack"], [])
+    assert decode_labels('{"labels": ["a"], "patches": [{"row": 0}]}') == (["a"], [{"row": 0}])
+
+
+# ------------------------------------------------------------------------------------------------------ panel
+def test_panel_shows_the_labels(qtbot):
+    from dataclasses import replace
+
+    from station.feed import ResultFeed
+    from tests.ui.conftest import StatsSource, make_result
+    from ui.panel import StationPanel
+
+    patches = ({"row": 0, "col": 1, "y": 0, "x": 128, "size": 128, "labels": ["crack"], "scores": {}},)
+    result = replace(make_result(frame_id=5), labels=("crack", "fray"), patches=patches)
+    feed = ResultFeed()
+    panel = StationPanel(feed, StatsSource(), refresh_ms=10)
+    qtbot.addWidget(panel)
+    assert not panel.labels_label.isVisibleTo(panel)
+    feed.publish(result)
+    panel.refresh()
+    assert panel.labels_label.text() == "Labels: crack, fray" and panel.labels_label.isVisibleTo(panel)
+    assert "crack: r0c1" in panel.labels_label.toolTip()
+    assert panel.rejects_table.item(0, 4).text() == "crack, fray"
+    feed.publish(make_result(frame_id=6, verdict=Verdict.PASS))
+    panel.refresh()
+    assert not panel.labels_label.isVisibleTo(panel), "no classifier stage: no Labels row"
