@@ -26,6 +26,18 @@ def _station_cache(tmp_path_factory):
     os.environ["STATION_CACHE"] = str(tmp_path_factory.mktemp("station-cache"))
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Run a test on one torch thread (restored afterwards): on a shared 2-core machine two threads fighting
+    another job are many times slower than one."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def magnetic_tile() -> Path:
     path = SHARED_DATA / "magnetic-tile"

@@ -18,13 +18,8 @@ SIDE = 64
 
 
 @pytest.fixture(autouse=True)
-def _threads():
-    # One thread: on a shared 2-core machine, two threads fighting another job are >10x slower than one.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(previous)
 
 
 def small_model(**overrides) -> GR:

@@ -23,13 +23,7 @@ GR_SMALL = {"backbone": "resnet18", "label_dim": 32, "proj_dim": 32}
 SIDE = 64
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    # One thread: on a shared 2-core machine, two threads fighting another job are >10x slower than one.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_set(root, n: int = 24, side: int = SIDE, seed: int = 0, classes=("a", "b")):
