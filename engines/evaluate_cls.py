@@ -119,13 +119,15 @@ def has_bank(model) -> bool:
     return bank is not None and bank.shape[0] > 0
 
 
-def predict(model, dataset_or_images, size: int, spec, mode: str = "batch", batch: int = 32) -> np.ndarray:
+def predict(model, dataset_or_images, size: int, spec, mode: str = "batch", batch: int = 32,
+            head: str = "final") -> np.ndarray:
     """Per-label probabilities (N, C) float32 of ``model`` (torch; put in eval mode, left there) for the images.
 
     ``mode="batch"``: consecutive batches of ``batch`` images are scored together (GR's image-wise relations see
     the batch). ``mode="bank"``: every image is scored against the model's stored reference bank
     (``model(x, reference=model.reference_bank)``), independent of the batching; a GR model without a bank is
-    refused. Models without image-wise relations give the same scores in both modes."""
+    refused. Models without image-wise relations give the same scores in both modes. ``head="first"`` scores a GR
+    model with its first classifier S (the FC2-module alone: what phase 1 trains) instead of the final S'."""
     import torch
 
     from engines.preprocess import normalize_tiles
@@ -148,23 +150,26 @@ def predict(model, dataset_or_images, size: int, spec, mode: str = "batch", batc
     with torch.no_grad():
         for start in range(0, len(images), batch):
             x = torch.from_numpy(normalize_tiles(images[start:start + batch], spec)).to(device)
-            logits = model(x, reference=reference) if reference is not None else model(x)
+            if head == "first" and has_relations(model):
+                logits = model.classifier1(model.label_features(x))
+            else:
+                logits = model(x, reference=reference) if reference is not None else model(x)
             out[start:start + batch] = torch.sigmoid(logits.float()).cpu().numpy()
     return out
 
 
 def score_set(model, images, truth, classes, size: int, spec, mode: str = "batch", batch: int = 32,
-              threshold: float = 0.5) -> tuple[dict, dict[str, np.ndarray]]:
+              threshold: float = 0.5, head: str = "final") -> tuple[dict, dict[str, np.ndarray]]:
     """Metrics of ``model`` on images with truth (N, C): ``{"mode", "metrics", "agreement", "modes"}`` and the
     scores of each mode scored. For a GR model with a GR-module and a bank both modes are scored; ``metrics`` are
     those of ``mode``, ``modes`` holds each mode's mean measures, ``agreement`` the share of image×class decisions
     (> threshold) on which the two modes agree (None when only one mode applies)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    both = has_relations(model) and has_bank(model)
+    both = has_relations(model) and has_bank(model) and head == "final"
     wanted = MODES if both else (mode,)
     images = resize_images(images, size, spec)  # once for both modes
-    scores = {m: predict(model, images, size, spec, m, batch) for m in wanted}
+    scores = {m: predict(model, images, size, spec, m, batch, head) for m in wanted}
     report = {"mode": mode, "metrics": multilabel_metrics(truth, scores[mode], classes, threshold)}
     if both:
         decisions = [scores[m] > threshold for m in MODES]

@@ -320,7 +320,9 @@ def train_classifier(settings: ClsTrainSettings, progress: bool = True, train_se
             record = {"phase": phase, "stage": name, "epoch": epoch + 1, "loss": round(total / steps, 5),
                       "seconds": round(time.time() - t0, 1)}
             if settings.validate and len(held_set):
-                report, _ = score_set(model, held_x, held_y, classes, settings.size, spec, "batch", batch)
+                # Phase 1 trains the FC2-module only: score its first classifier, not the untrained GR-module.
+                report, _ = score_set(model, held_x, held_y, classes, settings.size, spec, "batch", batch,
+                                      head="first" if phase == 1 else "final")
                 record.update(rounded(report["metrics"]["mean"]))
             history.append(record)
             done[phase] = epoch + 1

@@ -280,3 +280,21 @@ def test_gr_learns_the_easy_set_and_its_cam_finds_the_square(tmp_path):
     written = write_cams(out, root, tmp_path / "cam-dir", limit=2)
     assert [p.name for p in written] == ["im00.cam.png", "im01.cam.png"]
     assert all(cv2.imread(str(p)) is not None for p in written)
+
+
+def test_first_head_scores_the_fc2_module_alone():
+    """Phase-1 validation must judge what phase 1 trains (S), not the still-untrained GR-module (S')."""
+    from engines.models import build_model
+    from engines.preprocess import InputSpec, normalize_tiles
+
+    torch.manual_seed(0)
+    model = build_model("gr", {"num_classes": 3, **GR_SMALL}).eval()
+    spec = InputSpec(channels=3)
+    images = np.random.default_rng(0).integers(0, 255, (4, SIDE, SIDE), dtype=np.uint8)
+    first = predict(model, images, SIDE, spec, head="first")
+    final = predict(model, images, SIDE, spec)
+    x = torch.from_numpy(normalize_tiles(np.repeat(images[..., None], 3, axis=3), spec))
+    with torch.no_grad():
+        expected = torch.sigmoid(model.classifier1(model.label_features(x))).numpy()
+    np.testing.assert_allclose(first, expected, atol=1e-5)
+    assert not np.allclose(first, final, atol=1e-3)
