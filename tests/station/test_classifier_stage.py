@@ -16,27 +16,12 @@ from station.recipe import ClassifierMode, load_recipe
 from station.records import Frame, Verdict
 from station.tiling import plan_tiles
 from station.verdict import decide
+from tests.station.test_recipe import MINIMAL, write
 
 CLASSES = ["crack", "blowhole", "fray"]
 SIZE = 64
 
-RECIPE = """
-[product]
-name = "part"
-
-[source]
-kind = "replay"
-path = "images"
-
-[engine]
-weights = "w"
-"""
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "r.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
+RECIPE = MINIMAL  # the smallest valid recipe; these tests add [classifier] to it
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -167,7 +152,7 @@ def test_decide_fails_on_labels_only_when_asked():
 @pytest.fixture
 def station_recipe(tmp_path, untrained_bffn, tiny_gr):
     (tmp_path / "images").mkdir()
-    text = RECIPE.replace('weights = "w"', f'weights = "{untrained_bffn}"\nbackend = "torch"\nthreads = 1')
+    text = RECIPE.replace('weights = "w.safetensors"', f'weights = "{untrained_bffn}"\nbackend = "torch"\nthreads = 1')
     text += f'\n[rules]\nscore_threshold = 1.0\n\n[classifier]\nweights = "{tiny_gr}"\npatch = 128\n' \
             'threshold = 0.0\nthreads = 1\n'  # no segmentation defects; every class in every patch
     return load_recipe(write(tmp_path, text))
