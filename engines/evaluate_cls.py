@@ -183,6 +183,19 @@ def score_set(model, images, truth, classes, size: int, spec, mode: str = "batch
 # -------------------------------------------------------------------------------------------------- evaluation
 
 
+def classifier_bundle(weights):
+    """``(bundle, classes)`` of classifier weights (a folder, shipped name or :class:`WeightsBundle`); raises
+    :class:`WeightsError` when the training record has no class list (not written by the classifier trainer)."""
+    from engines.weights import WeightsBundle, WeightsError, resolve_weights
+
+    bundle = weights if isinstance(weights, WeightsBundle) else resolve_weights(weights)
+    classes = bundle.info.get("classes")
+    if not classes:
+        raise WeightsError(f"{bundle.path} has no class list in its training record; it was not written by the "
+                           "classifier trainer (engines train gr|resnet50|vgg16|inceptionv3)")
+    return bundle, list(classes)
+
+
 def evaluate_classifier(weights, data, mode: str = "batch", batch: int = 32, threads: int = 0,
                         threshold: float = 0.5) -> tuple[dict, list[dict]]:
     """Score a data set with trained classifier weights.
@@ -199,16 +212,11 @@ def evaluate_classifier(weights, data, mode: str = "batch", batch: int = 32, thr
     import torch
 
     from engines.data.multilabel import MultiLabelSet, label_matrix, load_multilabel
-    from engines.weights import WeightsBundle, WeightsError, load_model, resolve_weights
+    from engines.weights import load_model
 
     if threads:
         torch.set_num_threads(threads)
-    bundle = weights if isinstance(weights, WeightsBundle) else resolve_weights(weights)
-    classes = bundle.info.get("classes")
-    if not classes:
-        raise WeightsError(f"{bundle.path} has no class list in its training record; it was not written by the "
-                           "classifier trainer (engines train gr|resnet50|vgg16|inceptionv3)")
-    classes = list(classes)
+    bundle, classes = classifier_bundle(weights)
     dataset = data if isinstance(data, MultiLabelSet) else load_multilabel(data)
     if set(dataset.classes) != set(classes) or len(dataset.classes) != len(classes):
         raise ValueError(f"the data's classes {list(dataset.classes)} differ from the classes the weights were "
@@ -419,13 +427,9 @@ def write_cams(weights, data, out_dir, names=None, limit: int = 12, size: int = 
     (``names`` picks images by name, else the first ``limit``); ``size`` is the network input side (0 = the weights'
     tile; a larger one gives a finer map). Writes ``out_dir/<image stem>.cam.png``; returns the paths."""
     from engines.data.multilabel import load_multilabel, read_image
-    from engines.weights import WeightsBundle, WeightsError, load_model, resolve_weights
+    from engines.weights import load_model
 
-    bundle = weights if isinstance(weights, WeightsBundle) else resolve_weights(weights)
-    classes = bundle.info.get("classes")
-    if not classes:
-        raise WeightsError(f"{bundle.path} has no class list in its training record; it was not written by the "
-                           "classifier trainer")
+    bundle, classes = classifier_bundle(weights)
     data = Path(data)
     if data.is_file():
         items = [(data.name, read_image(data))]

@@ -23,14 +23,13 @@ Readers for the real sets need no conversion:
 from __future__ import annotations
 
 import csv
-import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from engines.data.segmentation import IMAGE_SUFFIXES, DatasetError, read_grey
+from engines.data.segmentation import IMAGE_SUFFIXES, DatasetError, folds_by_group, read_grey, split_by_group
 
 NEU_CLASSES = ("inclusion", "patches", "scratches")  # label-map values 1, 2, 3
 MAGNETIC_TILE_CLASSES = ("blowhole", "break", "crack", "fray", "uneven")
@@ -294,34 +293,11 @@ def stratified_multilabel_folds(samples, k: int, seed: int) -> list[list[int]]:
         raise ValueError(f"k must be an integer of at least 2, got {k!r}")
     if k > len(label_sets):
         raise ValueError(f"cannot cut {len(label_sets)} images into {k} folds")
-    by_set: dict[tuple[str, ...], list[int]] = {}
-    for i, key in enumerate(label_sets):
-        by_set.setdefault(key, []).append(i)
-    rng = random.Random(seed)
-    out: list[list[int]] = [[] for _ in range(k)]
-    offset = 0
-    for key in sorted(by_set):
-        idx = by_set[key][:]
-        rng.shuffle(idx)
-        for j, i in enumerate(idx):
-            out[(j + offset) % k].append(i)
-        offset += len(idx)
-    return [sorted(f) for f in out]
+    return folds_by_group(label_sets, k, seed)
 
 
 def stratified_multilabel_split(samples, holdout: float, seed: int) -> tuple[list[int], list[int]]:
     """Indices (train, held out) with each label combination split in the proportion ``holdout``."""
     if not 0.0 <= holdout < 1.0:
         raise ValueError(f"holdout must be in [0, 1), got {holdout}")
-    by_set: dict[tuple[str, ...], list[int]] = {}
-    for i, key in enumerate(_label_sets(samples)):
-        by_set.setdefault(key, []).append(i)
-    rng = random.Random(seed)
-    train, held = [], []
-    for key in sorted(by_set):
-        idx = by_set[key][:]
-        rng.shuffle(idx)
-        n_held = round(len(idx) * holdout)
-        held += idx[:n_held]
-        train += idx[n_held:]
-    return sorted(train), sorted(held)
+    return split_by_group(_label_sets(samples), holdout, seed)

@@ -111,18 +111,44 @@ def load_dataset(root: str | Path) -> list[SegSample]:
 
 def stratified_split(samples: list[SegSample], holdout: float, seed: int) -> tuple[list[int], list[int]]:
     """Indices (train, held out), with each image-level category split in the same proportion."""
-    by_category: dict[str | None, list[int]] = {}
-    for i, s in enumerate(samples):
-        by_category.setdefault(s.category, []).append(i)
+    return split_by_group([s.category for s in samples], holdout, seed, order=str)
+
+
+def _groups(keys, order) -> list[list[int]]:
+    """Indices of equal keys, one list per key, the keys sorted (by ``order``)."""
+    by_key: dict = {}
+    for i, key in enumerate(keys):
+        by_key.setdefault(key, []).append(i)
+    return [by_key[key] for key in sorted(by_key, key=order)]
+
+
+def split_by_group(keys, holdout: float, seed: int, order=None) -> tuple[list[int], list[int]]:
+    """Indices (train, held out) of samples with group ``keys``: each group shuffled (seeded) and split in the
+    proportion ``holdout``, so every group keeps its share on both sides."""
     rng = random.Random(seed)
     train, held = [], []
-    for key in sorted(by_category, key=str):
-        idx = by_category[key][:]
+    for group in _groups(keys, order):
+        idx = group[:]
         rng.shuffle(idx)
         n_held = round(len(idx) * holdout)
         held += idx[:n_held]
         train += idx[n_held:]
     return sorted(train), sorted(held)
+
+
+def folds_by_group(keys, folds: int, seed: int, order=None) -> list[list[int]]:
+    """Indices of ``folds`` disjoint folds covering every sample once: each group shuffled (seeded) and dealt
+    round-robin, each group starting where the previous one stopped so fold sizes differ by at most one."""
+    rng = random.Random(seed)
+    out: list[list[int]] = [[] for _ in range(folds)]
+    offset = 0
+    for group in _groups(keys, order):
+        idx = group[:]
+        rng.shuffle(idx)
+        for j, i in enumerate(idx):
+            out[(j + offset) % folds].append(i)
+        offset += len(idx)
+    return [sorted(f) for f in out]
 
 
 def _pad_to(image: np.ndarray, size: int) -> np.ndarray:
@@ -232,16 +258,4 @@ def stratified_folds(samples: list[SegSample], folds: int, seed: int) -> list[li
         raise ValueError(f"folds must be at least 2, got {folds}")
     if folds > len(samples):
         raise ValueError(f"cannot cut {len(samples)} images into {folds} folds")
-    by_category: dict[str | None, list[int]] = {}
-    for i, s in enumerate(samples):
-        by_category.setdefault(s.category, []).append(i)
-    rng = random.Random(seed)
-    out: list[list[int]] = [[] for _ in range(folds)]
-    offset = 0
-    for key in sorted(by_category, key=str):
-        idx = by_category[key][:]
-        rng.shuffle(idx)
-        for j, i in enumerate(idx):
-            out[(j + offset) % folds].append(i)
-        offset += len(idx)  # start the next category where this one stopped, so fold sizes stay even
-    return [sorted(f) for f in out]
+    return folds_by_group([s.category for s in samples], folds, seed, order=str)

@@ -46,6 +46,8 @@ from typing import Iterator
 
 import numpy as np
 
+from engines.data.synthetic_lens import _write_png
+
 SCREEN_CLASSES = ("bubble", "pinhole", "scratch", "tin_ash")
 GENERATOR = "engines.data.synthetic_screen"
 #: BGR drawing colour per class (same order as :data:`SCREEN_CLASSES`).
@@ -518,15 +520,6 @@ def stream_blocks(image: np.ndarray, block_lines: int) -> Iterator[LineBlock]:
 
 
 # ------------------------------------------------------------------------------------------------ data set
-def _write_png(path: Path, array: np.ndarray) -> None:
-    import cv2
-
-    ok, buf = cv2.imencode(".png", array)
-    if not ok:
-        raise OSError(f"cannot encode {path}")
-    buf.tofile(str(path))
-
-
 def _is_screen_set(root: Path) -> bool:
     try:
         generator = json.loads((root / "screens.json").read_text(encoding="utf-8")).get("generator")
