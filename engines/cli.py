@@ -7,6 +7,10 @@ Examples::
     engines synth lens --out data/lens --count 400
     engines compare --data ../shared/data/magnetic-tile --folds 4 --out runs/compare-mt
     engines export --weights runs/bffn-mt --out runs/bffn-mt/bffn.onnx
+    engines build --weights bffn-magnetic-tile --backend onnxruntime --out engines-built/bffn-ort
+    engines verify engines-built/bffn-ort --against torch --data ../shared/data/magnetic-tile
+    engines bench engines-built/bffn-ort --vs engines-built/bffn-torch --batch 32 --seconds 30
+    engines list
     engines eval --weights bffn-magnetic-tile --data ../shared/data/magnetic-tile --json eval.json
 """
 from __future__ import annotations
@@ -111,8 +115,106 @@ def _export(args: argparse.Namespace) -> int:
     from engines.weights import resolve_weights
 
     bundle = resolve_weights(args.weights)
-    path = export_onnx(bundle, Path(args.out), tile=args.tile or bundle.tile)
+    path = export_onnx(bundle, Path(args.out), tile=args.tile or bundle.tile, mode=args.mode)
     print(path)
+    return EXIT_OK
+
+
+def _build(args: argparse.Namespace) -> int:
+    from engines.build import BuildSettings, build, parse_batch
+
+    settings = BuildSettings(weights=args.weights, backend=args.backend, out=args.out, precision=args.precision,
+                             batch=parse_batch(args.batch), tile=args.tile, device=args.device or "",
+                             mode=args.mode, model=args.model or "", workspace_mib=args.workspace,
+                             calibration=args.calibration or "", data=args.data or "", threads=args.threads)
+    manifest = build(settings)
+    parity = manifest["parity"]
+    print(json.dumps({"engine": args.out, "model": manifest["model"], "backend": manifest["backend"],
+                      "precision": manifest["precision"], "device": manifest["device"], "tile": manifest["tile"],
+                      "batch": manifest["batch"], "build_seconds": manifest["build_seconds"], "parity": parity},
+                     indent=2))
+    return EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from engines.verify import verify
+
+    recipe = None
+    if args.recipe:
+        from station.recipe import load_recipe, shipped_recipe_path
+
+        recipe = load_recipe(args.recipe if Path(args.recipe).suffix == ".toml" else shipped_recipe_path(args.recipe))
+    report = verify(args.engine, args.data, against=args.against, recipe=recipe, limit=args.limit,
+                    threads=args.threads, batch=args.batch)
+    shown = {k: v for k, v in report.items() if k not in ("verdicts_differing", "label_sets_differing")}
+    differing = report.get("verdicts_differing") or report.get("label_sets_differing") or []
+    shown["differing"] = differing[:20]
+    print(json.dumps(shown, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if not report["passed"]:
+        print(f"engines: verify: {args.engine} disagrees with {report['against']} beyond the {report['precision']} "
+              f"tolerances: {'; '.join(report['failed'])}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from engines.benchmark import bench_engines
+    from engines.build import open_engine, reference_engine
+
+    def opener(folder: str):
+        if folder == "torch":
+            return lambda: reference_engine(args.engine, threads=args.threads)
+        return lambda: open_engine(folder, threads=args.threads)
+
+    names = [args.engine] + ([args.vs] if args.vs else [])
+    if len(set(names)) != len(names):
+        raise ValueError("--vs names the same engine twice; compare two different engine folders")
+    report = bench_engines({name: opener(name) for name in names}, batch=args.batch, seconds=args.seconds)
+    result = {"batch": args.batch, "seconds": args.seconds, "threads": args.threads or "all", "engines": report}
+    if args.vs:
+        a, b = report[args.engine]["tiles_per_s"], report[args.vs]["tiles_per_s"]
+        result["ratio"] = round(a / b, 3) if b else None
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return EXIT_OK
+
+
+def _list(args: argparse.Namespace) -> int:
+    from engines.build import engine_folders
+    from engines.manifest import ManifestError, problems, read_manifest
+
+    rows = []
+    for folder in engine_folders(args.roots):
+        try:
+            manifest = read_manifest(folder)
+            found = problems(folder, manifest)
+        except ManifestError as exc:
+            rows.append({"folder": str(folder), "runs_here": False, "why_not": [str(exc)]})
+            continue
+        rows.append({"folder": str(folder), "model": manifest["model"], "backend": manifest["backend"],
+                     "precision": manifest["precision"], "device": manifest["device"], "tile": manifest["tile"],
+                     "batch": manifest["batch"], "built_at": manifest.get("built_at"),
+                     "weights_sha256": manifest["weights"]["sha256"][:16], "parity": manifest.get("parity"),
+                     "runs_here": not found, "why_not": found, "rebuild": manifest.get("build_command")})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    if not rows:
+        print("no engine folders found (build one with `engines build`)")
+        return EXIT_OK
+    for row in rows:
+        head = (f"{row['folder']}\n  {row.get('model', '?')} {row.get('backend', '?')} {row.get('precision', '?')} "
+                f"on {row.get('device', '?')}, tile {row.get('tile', '?')}, batch {row.get('batch', '?')}, "
+                f"built {row.get('built_at', '?')}")
+        print(head)
+        if row.get("parity"):
+            p = row["parity"]
+            print(f"  parity at build vs {p['against']}: decisions {p['decision_agreement']:.4f}, "
+                  f"max |diff| {p['max_abs']:.2e} on {p['inputs']} inputs")
+        print("  runs here: yes" if row["runs_here"] else "  runs here: NO - " + "; ".join(row["why_not"]))
     return EXIT_OK
 
 
@@ -240,7 +342,7 @@ def _synth(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="engines",
-        description="Train, export and evaluate the station's networks.",
+        description="Train, evaluate, export, build, verify and benchmark the station's networks.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("Examples::", 1)[1],
     )
@@ -398,7 +500,74 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--weights", required=True, help="weights folder or shipped name")
     export.add_argument("--out", required=True, help="ONNX file to write")
     export.add_argument("--tile", type=int, default=0, help="tile side (default: the one the weights were trained on)")
+    export.add_argument("--mode", choices=("batch", "bank"), default="batch",
+                        help="GR only: relations over the batch, or against the stored reference bank")
     export.set_defaults(func=_export)
+
+    build = sub.add_parser(
+        "build", help="build an engine folder (ONNX Runtime, torch or TensorRT) with its manifest and parity check",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Export, optionally quantise or build a TensorRT plan, measure parity with the torch fp32 "
+                    "reference, and write DIR/manifest.json (versions, GPU, SHA-256 of every file). Loading later "
+                    "refuses the folder when any of that no longer matches.",
+        epilog="examples:\n"
+               "  engines build --weights bffn-magnetic-tile --backend onnxruntime --out engines-built/bffn-ort\n"
+               "  engines build --weights bffn-magnetic-tile --backend tensorrt --precision fp16 --batch 1:64:256 "
+               "--out engines-built/bffn-trt\n"
+               "  engines build --weights runs/gr-neu --backend onnxruntime --precision int8 "
+               "--calibration cam-A --out engines-built/gr-int8")
+    build.add_argument("--weights", required=True, help="weights folder (a training run) or shipped name")
+    build.add_argument("--model", choices=SEGMENTATION_MODELS + CLASSIFICATION_MODELS,
+                       help="the network the weights must hold (a check; default: whatever they hold)")
+    build.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"), default="onnxruntime")
+    build.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                       help="fp16: tensorrt, torch (CUDA; CPU for parity checks only) or onnxruntime on CUDA; "
+                            "int8: tensorrt or onnxruntime, calibrated on --calibration images")
+    build.add_argument("--batch", default="1:32:64", help="batch profile MIN:OPT:MAX (TensorRT's optimization "
+                                                           "profile; torch on CUDA captures a CUDA graph for OPT)")
+    build.add_argument("--tile", type=int, default=0, help="tile / patch side (default: the weights')")
+    build.add_argument("--device", help="cpu or cuda[:N] (default: cuda for tensorrt, else cpu)")
+    build.add_argument("--mode", choices=("batch", "bank"), default="batch", help="GR only: scoring mode")
+    build.add_argument("--workspace", type=int, default=2048, help="TensorRT workspace limit in MiB")
+    build.add_argument("--calibration", help="int8: a calibration profile (calibration int8 add) or image folder")
+    build.add_argument("--data", help="images for the parity check at build (default: seeded random tiles)")
+    build.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
+    build.add_argument("--out", required=True, help="engine folder to write (replaced once the new one is built)")
+    build.set_defaults(func=_build)
+
+    ver = sub.add_parser("verify", help="run an engine and the torch reference on real images; exit 1 if they "
+                                        "disagree beyond the engine precision's tolerances",
+                         description="Reports verdict agreement, mask IoU and score differences (segmentation) or "
+                                     "label agreement and score differences (classifiers), through the station's "
+                                     "own inspection code.")
+    ver.add_argument("engine", help="engine folder (engines build --out)")
+    ver.add_argument("--against", default="torch", help="torch (fp32 CPU, from the weights in the folder) or "
+                                                        "another engine folder")
+    ver.add_argument("--data", required=True, help="image folder (any layout engines eval reads)")
+    ver.add_argument("--recipe", help="recipe whose tiling and rules judge verdicts (default: magnetic_tile)")
+    ver.add_argument("--limit", type=int, default=0, help="use this many images spread over the folder (0 = all)")
+    ver.add_argument("--batch", type=int, default=32, help="classifiers: images per batch")
+    ver.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
+    ver.add_argument("--json", help="write the full report (every differing image) here")
+    ver.set_defaults(func=_verify)
+
+    bench = sub.add_parser("bench", help="tiles/s, latency p50/p99 and memory of an engine; with --vs, two engines "
+                                         "measured in turns in one run so their ratio holds on a busy machine")
+    bench.add_argument("engine", help="engine folder")
+    bench.add_argument("--vs", help="another engine folder, or 'torch' for the torch fp32 reference of the same "
+                                    "weights")
+    bench.add_argument("--batch", type=int, default=32, help="tiles per call")
+    bench.add_argument("--seconds", type=float, default=20.0, help="measuring time, shared by the engines")
+    bench.add_argument("--threads", type=int, default=0, help="CPU threads per engine (0 = all cores)")
+    bench.add_argument("--json", help="write the figures here")
+    bench.set_defaults(func=_bench)
+
+    lister = sub.add_parser("list", help="engine folders here (and in the cache), their manifests, and whether "
+                                         "each can run on this machine")
+    lister.add_argument("roots", nargs="*", default=["engines-built"],
+                        help="folders to search (default: ./engines-built; the cache is always searched)")
+    lister.add_argument("--json", action="store_true", help="print JSON")
+    lister.set_defaults(func=_list)
     return parser
 
 

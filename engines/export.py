@@ -1,18 +1,68 @@
-"""ONNX export for inference: principal head only, softmax inside the graph, dynamic batch, fixed tile size."""
+"""ONNX export for inference, for every network in the registry: principal head only, the output activation inside
+the graph, dynamic batch, fixed tile (or patch) side.
+
+* Segmentation networks (BFFN and its baselines) map ``tiles (N, C, t, t)`` to class ``probabilities (N, K, t, t)``
+  (softmax over classes; the auxiliary heads are left out).
+* Multi-label classifiers (GR and its baselines) map ``tiles (N, C, s, s)`` to per-label ``probabilities (N, K)``
+  (sigmoid). GR is exported in one of its two scoring modes: ``"batch"`` (image-wise relations span the batch the
+  engine is given, so the station feeds the patches of one part together) or ``"bank"`` (relations span the
+  reference bank stored with the weights, so every patch is scored alone and deterministically).
+
+Every export is checked with ``onnx.checker`` and strict shape inference, and its operators against the list
+TensorRT's ONNX parser supports (:mod:`engines.onnx_check`), so an ONNX file that TensorRT would refuse is caught
+on the machine that exports it, not on the GPU station.
+"""
 from __future__ import annotations
 
 import logging
 import warnings
 from pathlib import Path
 
+from engines.errors import EngineError
+
 log = logging.getLogger(__name__)
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "tiles", "probabilities"
+SEGMENTATION, CLASSIFICATION = "segmentation", "classification"
+GR_MODES = ("batch", "bank")
 
 
-def inference_module(model):
-    """Wrap a network so it returns class probabilities ``(N, K, H, W)`` (eval mode, no auxiliary heads)."""
+def model_kind(model_name: str) -> str:
+    """``"segmentation"`` or ``"classification"`` for a registry name."""
+    from engines.models import CLASSIFICATION_MODELS, MODEL_NAMES, SEGMENTATION_MODELS
+
+    if model_name in SEGMENTATION_MODELS:
+        return SEGMENTATION
+    if model_name in CLASSIFICATION_MODELS:
+        return CLASSIFICATION
+    raise ValueError(f"unknown model {model_name!r}; known models: {', '.join(MODEL_NAMES)}")
+
+
+def inference_module(model, kind: str = SEGMENTATION, mode: str = "batch"):
+    """Wrap a network so it returns probabilities (eval mode, no auxiliary heads): softmax over classes for a
+    segmentation network, sigmoid per label for a classifier (GR scored over the batch or against its bank)."""
     import torch
+
+    if kind == CLASSIFICATION:
+        from engines.evaluate_cls import has_bank, has_relations
+
+        if mode not in GR_MODES:
+            raise ValueError(f"mode must be one of {', '.join(GR_MODES)}, got {mode!r}")
+        use_bank = mode == "bank" and has_relations(model)
+        if use_bank and not has_bank(model):
+            raise ValueError("mode 'bank' needs the reference bank stored with GR weights (engines train gr stores "
+                             "one); build with --mode batch")
+
+        class LabelProbabilities(torch.nn.Module):
+            def __init__(self, net: torch.nn.Module) -> None:
+                super().__init__()
+                self.net = net.eval()
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                logits = self.net(x, reference=self.net.reference_bank) if use_bank else self.net(x)
+                return torch.sigmoid(logits)
+
+        return LabelProbabilities(model).eval()
 
     class Probabilities(torch.nn.Module):
         def __init__(self, net: torch.nn.Module) -> None:
@@ -25,18 +75,28 @@ def inference_module(model):
     return Probabilities(model).eval()
 
 
-def export_onnx(bundle, out: Path, tile: int | None = None, opset: int = OPSET) -> Path:
-    """Export ``bundle`` (a :class:`engines.weights.WeightsBundle`) to ``out`` and check the graph with
-    ``onnx.checker`` and shape inference. The batch dimension is dynamic; the tile side is fixed."""
-    import onnx
+def check_tile(kind: str, tile: int) -> None:
+    if kind == SEGMENTATION and tile % 32:
+        raise ValueError(f"tile {tile} is not a multiple of 32 (the backbone's stride); try {tile - tile % 32 or 32}")
+    if tile < 32:
+        raise ValueError(f"tile {tile} is too small for a ResNet-style backbone; use at least 32 px")
+
+
+def export_onnx(bundle, out: Path, tile: int | None = None, opset: int = OPSET, mode: str = "batch",
+                tensorrt_check: bool = True, with_weights: bool = True) -> Path:
+    """Export ``bundle`` (a :class:`engines.weights.WeightsBundle`) to ``out``; check the graph with
+    ``onnx.checker``, shape inference and (``tensorrt_check``) TensorRT's ONNX operator list. The batch dimension
+    is dynamic; the tile side is fixed (segmentation: a multiple of 32). ``mode`` applies to GR only.
+    ``with_weights=False`` writes the graph alone (weights become graph inputs): the same operators, checked
+    cheaply, for networks as large as VGG-16 (a 0.5 GB export)."""
     import torch
 
     from engines.weights import load_model
 
+    kind = model_kind(bundle.model)
     tile = tile or bundle.tile
-    if tile % 32:
-        raise ValueError(f"tile {tile} is not a multiple of 32 (the backbone's stride); try {tile - tile % 32 or 32}")
-    module = inference_module(load_model(bundle))
+    check_tile(kind, tile)
+    module = inference_module(load_model(bundle), kind, mode)
     channels = bundle.input_spec().channels
     example = torch.zeros(2, channels, tile, tile)
     out = Path(out)
@@ -45,12 +105,27 @@ def export_onnx(bundle, out: Path, tile: int | None = None, opset: int = OPSET) 
     with torch.no_grad(), warnings.catch_warnings():
         # The tracer warns that the relative-position index tables become constants: that is the intent.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(module, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=opset,
-                          dynamo=False)
-    graph = onnx.load(str(tmp))
-    onnx.checker.check_model(graph, full_check=True)
-    onnx.shape_inference.infer_shapes(graph, strict_mode=True)
+        try:
+            torch.onnx.export(module, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                              opset_version=opset, dynamo=False, export_params=with_weights)
+        except torch.onnx.errors.OnnxExporterError as exc:
+            tmp.unlink(missing_ok=True)
+            hint = (" (VGG-16's adaptive 7×7 pool exports only when the feature map is a multiple of 7: input sides "
+                    "of 224, 448...)" if bundle.model == "vgg16" else "")
+            raise EngineError(f"{bundle.model} cannot be exported to ONNX at {tile} px{hint}: "
+                              f"{str(exc).splitlines()[0]}") from None
+    try:
+        _check(tmp, tensorrt_check)
+    except Exception:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(out)
-    log.info("exported %s (tile %d, opset %d)", out, tile, opset)
+    log.info("exported %s (%s, tile %d, opset %d)", out, kind, tile, opset)
     return out
+
+
+def _check(path: Path, tensorrt: bool) -> dict:
+    from engines.onnx_check import check_onnx
+
+    return check_onnx(path, tensorrt=tensorrt)

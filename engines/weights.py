@@ -54,8 +54,11 @@ def file_sha256(path: Path) -> str:
 
 
 def resolve_weights(name_or_path: str | Path) -> WeightsBundle:
-    """Find a weights folder by shipped name or path and read its config."""
+    """Find a weights folder by shipped name or path (an engine folder stands for the weights it carries) and
+    read its config."""
     path = Path(name_or_path)
+    if (path / "manifest.json").exists() and (path / "weights" / CONFIG_FILE).exists():
+        path = path / "weights"  # a built engine folder carries the weights it was built from
     if not (path / CONFIG_FILE).exists() and (SHIPPED / str(name_or_path) / CONFIG_FILE).exists():
         path = SHIPPED / str(name_or_path)
     if not (path / CONFIG_FILE).exists():

@@ -61,3 +61,26 @@ def untrained_bffn(tmp_path_factory) -> Path:
     save_weights(model, out, "bffn", model.config.to_dict(), InputSpec().to_dict(), 128, {"note": "untrained"},
                  half=False)
     return out
+
+
+TINY_GR_CLASSES = ["crack", "blowhole", "fray"]
+TINY_GR_SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def tiny_gr(tmp_path_factory) -> Path:
+    """An untrained tiny GR (resnet18, label_dim 16, 64 px input) with a reference bank, saved like a run."""
+    import torch
+
+    from engines.models.gr import GR, GRConfig
+    from engines.preprocess import InputSpec
+    from engines.weights import save_weights
+
+    torch.manual_seed(0)
+    model = GR(GRConfig(num_classes=len(TINY_GR_CLASSES), in_channels=1, backbone="resnet18", label_dim=16,
+                        proj_dim=16)).eval()
+    model.set_reference_bank(torch.randn(5, len(TINY_GR_CLASSES), 16))
+    out = tmp_path_factory.mktemp("tiny-gr")
+    save_weights(model, out, "gr", model.config.to_dict(), InputSpec(channels=1).to_dict(), TINY_GR_SIZE,
+                 {"classes": TINY_GR_CLASSES}, half=False)
+    return out

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.errors import BackendUnavailable
 from engines.preprocess import InputSpec
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
@@ -23,17 +22,25 @@ def default_threads() -> int:
 
 
 class Engine(abc.ABC):
-    """A loaded network that maps a normalised batch ``(N, C, t, t)`` float32 to class probabilities
-    ``(N, K, t, t)`` float32. Pre- and post-processing live in :mod:`engines.preprocess`, shared by all."""
+    """A loaded network that maps a normalised batch ``(N, C, t, t)`` float32 to probabilities, float32: per class
+    and pixel ``(N, K, t, t)`` for a segmentation network, per label ``(N, K)`` for a multi-label classifier.
+    Pre- and post-processing live in :mod:`engines.preprocess`, shared by all backends.
+
+    ``manifest`` and ``folder`` are set when the engine was opened from a built engine folder
+    (:func:`engines.build.open_engine`)."""
 
     backend: str = ""
 
-    def __init__(self, model: str, weights_sha256: str, spec: InputSpec, tile: int, precision: str = "fp32") -> None:
+    def __init__(self, model: str, weights_sha256: str, spec: InputSpec, tile: int, precision: str = "fp32",
+                 kind: str = "segmentation") -> None:
         self.model = model
         self.weights_sha256 = weights_sha256
         self.spec = spec
         self.tile = tile
         self.precision = precision
+        self.kind = kind
+        self.manifest: dict | None = None
+        self.folder: Path | None = None
 
     @property
     def engine_id(self) -> str:
@@ -54,19 +61,15 @@ class Engine(abc.ABC):
         """Release sessions and device memory."""
 
 
-def load_engine(weights: str | Path, backend: str = "onnxruntime", threads: int = 0, device: str = "cpu") -> Engine:
-    """Load shipped or trained weights on a backend. ``threads=0`` uses every core this process may run on."""
-    from engines.weights import resolve_weights
+def load_engine(weights: str | Path, backend: str = "onnxruntime", threads: int = 0, device: str = "cpu",
+                precision: str = "fp32", mode: str = "batch") -> Engine:
+    """An engine for shipped or trained weights, or a built engine folder, loaded by its manifest.
 
-    bundle = resolve_weights(weights)
-    if backend == "onnxruntime":
-        from engines.backends.onnxruntime_backend import OnnxRuntimeEngine
+    ``weights`` naming an engine folder (``engines build --out DIR``) opens that folder; its backend and precision
+    must then agree with ``backend`` and ``precision``. Weights are built once into an engine folder in the cache
+    (:func:`cache_dir`), reused while its manifest matches, rebuilt when it does not. ``threads=0`` uses every core
+    this process may run on."""
+    from engines.build import engine_for_weights
 
-        return OnnxRuntimeEngine.from_bundle(bundle, threads=threads or default_threads())
-    if backend == "torch":
-        from engines.backends.torch_backend import TorchEngine
-
-        return TorchEngine.from_bundle(bundle, threads=threads or default_threads(), device=device)
-    if backend == "tensorrt":
-        raise BackendUnavailable("the TensorRT backend is not built yet; use --backend onnxruntime or torch")
-    raise BackendUnavailable(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+    return engine_for_weights(weights, backend=backend, threads=threads, device=device, precision=precision,
+                              mode=mode)

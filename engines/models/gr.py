@@ -378,38 +378,3 @@ def compute_reference_bank(model: GR, images: torch.Tensor, batch_size: int = 32
     finally:
         model.train(was_training)
     return torch.cat(parts)
-
-
-class GRScores(nn.Module):
-    """Inference wrapper for export: per-label probabilities ``sigmoid(S')`` (N, C), over the batch
-    (``use_bank=False``) or against the stored reference bank (``use_bank=True``, which must be set)."""
-
-    def __init__(self, model: GR, use_bank: bool = False) -> None:
-        super().__init__()
-        if use_bank and (model.reference_bank is None or model.reference_bank.shape[0] == 0):
-            raise ValueError("use_bank=True needs a reference bank: call model.set_reference_bank(...) first")
-        self.net = model.eval()
-        self.use_bank = use_bank
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(x, reference=self.net.reference_bank if self.use_bank else None))
-
-
-def export_gr_onnx(model: GR, out, size: int, use_bank: bool = False, opset: int = 17):
-    """Export :class:`GRScores` to ``out`` (input ``tiles`` (batch, in_channels, size, size) → ``probabilities``
-    (batch, C)), dynamic batch, TorchScript exporter (``dynamo=False``), checked with ``onnx.checker``. Returns the
-    path."""
-    from pathlib import Path
-
-    import onnx
-
-    module = GRScores(model, use_bank).eval()
-    example = torch.zeros(2, model.config.in_channels, size, size)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        torch.onnx.export(module, (example,), str(out), input_names=["tiles"], output_names=["probabilities"],
-                          dynamic_axes={"tiles": {0: "batch"}, "probabilities": {0: "batch"}}, opset_version=opset,
-                          dynamo=False)
-    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
-    return out

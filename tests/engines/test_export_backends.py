@@ -57,15 +57,13 @@ def test_wrong_batch_shape_says_what_to_cut(engines_pair):
         ort_engine.infer(np.zeros((2, 1, 128, 128), np.float64))
 
 
-def test_corrupt_cached_onnx_file_gives_a_clear_error(untrained_bffn):
-    from engines.backends.onnxruntime_backend import OnnxRuntimeEngine, onnx_path_for
+def test_corrupt_onnx_file_gives_a_clear_error(tmp_path):
+    from engines.backends.onnxruntime_backend import OnnxRuntimeEngine
 
-    bundle = resolve_weights(untrained_bffn)
-    bad = onnx_path_for(bundle, 64)
-    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad = tmp_path / "model.onnx"
     bad.write_bytes(b"not an onnx file")
-    with pytest.raises(EngineError, match="Delete it"):
-        OnnxRuntimeEngine.from_bundle(bundle, threads=1, tile=64)
+    with pytest.raises(EngineError, match="cannot load .*Rebuild it with `engines build`"):
+        OnnxRuntimeEngine(bad, "bffn", "0" * 64, InputSpec(), 128, threads=1)
 
 
 def test_missing_weights_and_unknown_backend_are_explained(untrained_bffn, tmp_path):
@@ -84,3 +82,52 @@ def test_preprocessing_is_shared_and_checked():
     probs = np.zeros((1, 3, 2, 2), np.float32)
     probs[0, 0] = 0.25
     assert np.allclose(defect_scores(probs), 0.75)
+
+
+EXPORTS = [  # (registry name, config, input side, GR mode): every network the station can run, ablations included
+    ("bffn", {}, 128, "batch"), ("bffn", {"use_sam": False, "fusion": "sum"}, 128, "batch"),
+    ("bffn", {"fusion": "concat"}, 128, "batch"), ("fcn", {}, 128, "batch"), ("unet", {}, 128, "batch"),
+    ("deeplabv3plus", {}, 128, "batch"), ("bisenet", {}, 128, "batch"),
+    ("gr", {"num_classes": 3, "backbone": "resnet18", "label_dim": 16, "proj_dim": 16}, 64, "batch"),
+    ("gr", {"num_classes": 3, "backbone": "resnet18", "label_dim": 16, "proj_dim": 16}, 64, "bank"),
+    ("resnet50", {"num_classes": 3}, 64, "batch"), ("vgg16", {"num_classes": 3}, 224, "batch"),
+    ("inceptionv3", {"num_classes": 3}, 80, "batch"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, config, side, mode", EXPORTS, ids=lambda v: v if isinstance(v, str) else None)
+def test_every_network_exports_inside_tensorrts_onnx_operator_list(name, config, side, mode, tmp_path,
+                                                                   one_torch_thread):
+    """export_onnx runs onnx.checker, strict shape inference and the TensorRT operator check on every export; the
+    report must show a dynamic batch, one output, and no operator outside the parser's list."""
+    import torch
+
+    from engines.models import build_model
+    from engines.onnx_check import check_onnx
+    from engines.weights import save_weights
+
+    torch.manual_seed(0)
+    model = build_model(name, config).eval()
+    if mode == "bank":
+        model.set_reference_bank(torch.randn(4, 3, 16))
+    channels = 1 if name in ("bffn", "fcn", "unet", "deeplabv3plus", "bisenet") else 3
+    weights = save_weights(model, tmp_path / "w", name, config, InputSpec(channels=channels).to_dict(), side, {},
+                           half=False)
+    # VGG-16 is exported without its 0.5 GB of weights: the same graph and operators, at a fraction of the cost.
+    path = export_onnx(resolve_weights(weights), tmp_path / f"{name}.onnx", mode=mode, with_weights=name != "vgg16")
+    report = check_onnx(path, tensorrt=True)
+    assert report["unsupported_tensorrt_ops"] == {}
+    assert report["inputs"][0]["shape"][0] == "batch" and len(report["outputs"]) == 1
+
+
+def test_an_export_the_exporter_cannot_make_is_explained(tmp_path, one_torch_thread):
+    from engines.models import build_model
+    from engines.weights import save_weights
+
+    model = build_model("vgg16", {"num_classes": 2}).eval()
+    weights = save_weights(model, tmp_path / "w", "vgg16", {"num_classes": 2}, InputSpec(channels=3).to_dict(), 64,
+                           {}, half=False)
+    with pytest.raises(EngineError, match="vgg16 cannot be exported to ONNX at 64 px .*input sides of 224"):
+        export_onnx(resolve_weights(weights), tmp_path / "v.onnx", with_weights=False)
+    assert not list(tmp_path.glob("*.onnx"))

@@ -11,7 +11,10 @@ import torch
 
 from engines.data.multilabel import cooccurrence
 from engines.models import CLASSIFICATION_MODELS, MODEL_NAMES, SEGMENTATION_MODELS, build_model
-from engines.models.gr import GR, GRConfig, compute_reference_bank, export_gr_onnx, phase2_loss, supcon_loss
+from engines.models.gr import GR, GRConfig, compute_reference_bank, phase2_loss, supcon_loss
+from engines.export import export_onnx
+from engines.preprocess import InputSpec
+from engines.weights import load_model, resolve_weights, save_weights
 
 SMALL = {"backbone": "resnet18", "num_classes": 3, "label_dim": 32, "proj_dim": 32, "in_channels": 1}
 SIDE = 64
@@ -319,8 +322,6 @@ def test_two_phase_training_overfits_a_tiny_batch():
 
 
 def test_weights_round_trip_keeps_graph_and_bank(banked, tmp_path):
-    from engines.preprocess import InputSpec
-    from engines.weights import load_model, resolve_weights, save_weights
 
     path = save_weights(banked, tmp_path / "gr", "gr", banked.config.to_dict(), InputSpec(channels=1).to_dict(), SIDE,
                         {"note": "untrained"}, half=False)
@@ -338,7 +339,9 @@ def test_weights_round_trip_keeps_graph_and_bank(banked, tmp_path):
 def test_onnx_export_matches_onnxruntime(banked, use_bank, tmp_path):
     import onnxruntime as ort
 
-    path = export_gr_onnx(banked, tmp_path / "gr.onnx", SIDE, use_bank=use_bank)
+    weights = save_weights(banked, tmp_path / "gr", "gr", banked.config.to_dict(), InputSpec(channels=1).to_dict(),
+                           SIDE, {"note": "untrained"}, half=False)
+    path = export_onnx(resolve_weights(weights), tmp_path / "gr.onnx", mode="bank" if use_bank else "batch")
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -357,8 +360,11 @@ def test_onnx_export_matches_onnxruntime(banked, use_bank, tmp_path):
 
 
 def test_bank_export_needs_a_bank(tmp_path):
+    model = small_model()
+    weights = save_weights(model, tmp_path / "gr", "gr", model.config.to_dict(), InputSpec(channels=1).to_dict(), SIDE,
+                           {"note": "untrained"}, half=False)
     with pytest.raises(ValueError, match="reference bank"):
-        export_gr_onnx(small_model(), tmp_path / "x.onnx", SIDE, use_bank=True)
+        export_onnx(resolve_weights(weights), tmp_path / "x.onnx", mode="bank")
 
 
 # ------------------------------------------------------------------------------------------ registry, baselines

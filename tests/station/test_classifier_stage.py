@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from station.classify import PatchClassifier
 from station.errors import RecipeError
@@ -16,32 +14,14 @@ from station.recipe import ClassifierMode, load_recipe
 from station.records import Frame, Verdict
 from station.tiling import plan_tiles
 from station.verdict import decide
+from tests.conftest import TINY_GR_CLASSES as CLASSES
+from tests.conftest import TINY_GR_SIZE as SIZE
 from tests.station.test_recipe import MINIMAL, write
-
-CLASSES = ["crack", "blowhole", "fray"]
-SIZE = 64
 
 RECIPE = MINIMAL  # the smallest valid recipe; these tests add [classifier] to it
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny_gr(tmp_path_factory) -> Path:
-    """An untrained tiny GR (resnet18, label_dim 16, 64 px input) with a reference bank, saved like a run."""
-    from engines.models.gr import GR, GRConfig
-    from engines.preprocess import InputSpec
-    from engines.weights import save_weights
-
-    torch.manual_seed(0)
-    model = GR(GRConfig(num_classes=len(CLASSES), in_channels=1, backbone="resnet18", label_dim=16,
-                        proj_dim=16)).eval()
-    model.set_reference_bank(torch.randn(5, len(CLASSES), 16))
-    out = tmp_path_factory.mktemp("tiny-gr")
-    save_weights(model, out, "gr", model.config.to_dict(), InputSpec(channels=1).to_dict(), SIZE,
-                 {"classes": CLASSES}, half=False)
-    return out
 
 
 def frame_image(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -1,0 +1,142 @@
+"""``engines verify``: run a built engine and a reference on the same real images through the station's own code
+and report what matters to the user, judged with tolerances that fit the engine's precision.
+
+Segmentation engines are compared image by image through :class:`station.inspect.Inspector` with a recipe's
+tiling and decision rules: verdict agreement, IoU of the defect masks, and the max / mean absolute difference of
+the stitched defect scores. Classifier engines are compared patch by patch: agreement of the labels (score above
+0.5), agreement of each image's whole label set, and the score differences. Images are fed in the same batches
+to both, so GR's image-wise relations see the same neighbours.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# What each precision must reach against the fp32 reference. Verdicts and labels are what the line acts on; the
+# score differences show how far the arithmetic drifted (fp16 ~1e-3 relative, int8 a few per cent).
+TOLERANCES: dict[str, dict[str, float]] = {
+    "fp32": {"verdict_agreement": 1.0, "label_agreement": 1.0, "min_mask_iou": 0.98, "mean_abs": 1e-4},
+    "fp16": {"verdict_agreement": 0.995, "label_agreement": 0.995, "min_mask_iou": 0.90, "mean_abs": 5e-3},
+    "int8": {"verdict_agreement": 0.98, "label_agreement": 0.98, "min_mask_iou": 0.70, "mean_abs": 3e-2},
+}
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float | None:
+    union = np.logical_or(a, b).sum()
+    return None if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def verify_segmentation(engine, reference, images: list[tuple[str, np.ndarray]], recipe) -> dict[str, Any]:
+    """Both engines through the station's inspector with ``recipe``'s tiling and rules, image by image."""
+    from station.inspect import Inspector
+    from station.verdict import decide, find_defects
+
+    rules = recipe.rules
+    a = Inspector(engine, overlap=recipe.tiling.overlap, batch=recipe.tiling.batch, rules=rules)
+    b = Inspector(reference, overlap=recipe.tiling.overlap, batch=recipe.tiling.batch, rules=rules)
+    agree, ious, max_abs, sum_abs, pixels, differing = 0, [], 0.0, 0.0, 0, []
+    for name, image in images:
+        mask_a, _ = a.score_map(image)
+        mask_b, _ = b.score_map(image)
+        verdict_a = decide(find_defects(mask_a, rules)).value
+        verdict_b = decide(find_defects(mask_b, rules)).value
+        agree += verdict_a == verdict_b
+        if verdict_a != verdict_b:
+            differing.append({"image": name, "engine": verdict_a, "reference": verdict_b})
+        iou = _iou(mask_a >= rules.score_threshold, mask_b >= rules.score_threshold)
+        if iou is not None:
+            ious.append(iou)
+        diff = np.abs(mask_a.astype(np.float64) - mask_b)
+        max_abs = max(max_abs, float(diff.max()))
+        sum_abs += float(diff.sum())
+        pixels += diff.size
+    n = len(images)
+    return {"images": n, "verdict_agreement": round(agree / n, 6), "verdicts_differing": differing,
+            "images_with_defect_pixels": len(ious),
+            "mean_mask_iou": round(float(np.mean(ious)), 6) if ious else None,
+            "min_mask_iou": round(float(np.min(ious)), 6) if ious else None,
+            "max_abs": round(max_abs, 6), "mean_abs": round(sum_abs / max(pixels, 1), 7)}
+
+
+def verify_classifier(engine, reference, images: list[tuple[str, np.ndarray]], batch: int = 32,
+                      threshold: float = 0.5) -> dict[str, Any]:
+    """Both engines on the same batches of resized images: label and label-set agreement, score differences."""
+    from engines.build import batches, network_inputs
+
+    x = network_inputs([im for _, im in images], "classification", engine.tile, engine.spec)
+    got = np.concatenate([engine.infer(part) for part in batches(x, batch)])
+    want = np.concatenate([reference.infer(part) for part in batches(x, batch)])
+    on_a, on_b = got > threshold, want > threshold
+    same_set = (on_a == on_b).all(axis=1)
+    diff = np.abs(got.astype(np.float64) - want)
+    differing = [{"image": images[i][0]} for i in np.flatnonzero(~same_set)]
+    return {"images": len(images), "label_agreement": round(float((on_a == on_b).mean()), 6),
+            "label_set_agreement": round(float(same_set.mean()), 6), "label_sets_differing": differing,
+            "max_abs": round(float(diff.max()), 6), "mean_abs": round(float(diff.mean()), 7)}
+
+
+def judge(report: dict[str, Any], precision: str) -> list[str]:
+    """The tolerances of ``precision`` that ``report`` misses (empty when it passes)."""
+    tol = TOLERANCES[precision]
+    failed = []
+    for key in ("verdict_agreement", "label_agreement"):
+        if key in report and report[key] < tol[key]:
+            failed.append(f"{key} {report[key]:.4f} < {tol[key]}")
+    if report.get("min_mask_iou") is not None and report["min_mask_iou"] < tol["min_mask_iou"]:
+        failed.append(f"min_mask_iou {report['min_mask_iou']:.4f} < {tol['min_mask_iou']}")
+    if report["mean_abs"] > tol["mean_abs"]:
+        failed.append(f"mean_abs {report['mean_abs']:.2e} > {tol['mean_abs']:.0e}")
+    return failed
+
+
+def named_images(data: str | Path, limit: int = 0) -> list[tuple[str, np.ndarray]]:
+    """(name, image) pairs of a data folder in any layout ``engines eval`` reads; ``limit`` spreads the pick
+    evenly over the folder."""
+    from engines.data.segmentation import DatasetError, load_dataset
+
+    try:
+        pairs = [(s.name, s.image) for s in load_dataset(data)]
+    except DatasetError:
+        from engines.data.multilabel import load_multilabel
+
+        pairs = [(s.name, np.asarray(s.image)) for s in load_multilabel(data).samples]
+    if limit and limit < len(pairs):
+        picks = np.linspace(0, len(pairs) - 1, limit).round().astype(int)
+        pairs = [pairs[i] for i in sorted(set(picks))]
+    return pairs
+
+
+def verify(folder: str | Path, data: str | Path, against: str = "torch", recipe=None, limit: int = 0,
+           threads: int = 0, batch: int = 32) -> dict[str, Any]:
+    """Open the engine folder (manifest checked), its reference (``"torch"``: torch fp32 on the CPU from the
+    weights the folder carries; or another engine folder), run both on ``data`` and return the report with the
+    tolerances applied (``passed``, ``failed``)."""
+    from engines.build import open_engine, reference_engine
+
+    engine = open_engine(folder, threads=threads)
+    reference = reference_engine(folder, threads=threads) if against == "torch" else open_engine(against, threads)
+    images = named_images(data, limit)
+    try:
+        if engine.kind == "segmentation":
+            if recipe is None:
+                from station.recipe import load_recipe, shipped_recipe_path
+
+                recipe = load_recipe(shipped_recipe_path("magnetic_tile"))
+            body = verify_segmentation(engine, reference, images, recipe)
+            body["rules"] = {"score_threshold": recipe.rules.score_threshold, "min_area_px": recipe.rules.min_area_px,
+                             "overlap": recipe.tiling.overlap, "recipe": str(recipe.path)}
+        else:
+            body = verify_classifier(engine, reference, images, batch=batch)
+    finally:
+        engine.close()
+        reference.close()
+    precision = engine.precision
+    failed = judge(body, precision)
+    return {"engine": str(folder), "engine_id": engine.engine_id, "against": against if against != "torch" else
+            "torch fp32 cpu", "data": str(data), "precision": precision, "tolerances": TOLERANCES[precision],
+            **body, "passed": not failed, "failed": failed}
