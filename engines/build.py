@@ -297,6 +297,8 @@ def build(settings: BuildSettings) -> dict[str, Any]:
 
             if out.joinpath(TIMING_CACHE).exists():
                 shutil.copy2(out / TIMING_CACHE, work / TIMING_CACHE)
+            if calib is not None:
+                _seed_calibration_cache(settings.calibration, out, work / CALIBRATION_CACHE)
             info = build_engine(
                 work / ONNX_FILE, work / PLAN_FILE, input_name=INPUT_NAME, input_shape=(spec.channels, tile, tile),
                 batch=settings.batch, precision=settings.precision, workspace_mib=settings.workspace_mib,
@@ -324,6 +326,24 @@ def build(settings: BuildSettings) -> dict[str, Any]:
         raise
     log.info("built %s in %.1f s", out, manifest["build_seconds"])
     return manifest
+
+
+def _seed_calibration_cache(calibration: str, out: Path, target: Path) -> None:
+    """Start from an INT8 calibration cache made before for the same images: the one in the engine folder being
+    rebuilt, else the one kept with the calibration profile's int8 set (read, never written: profile versions
+    are immutable). TensorRT then skips the calibration pass."""
+    candidates = [out / CALIBRATION_CACHE]
+    try:
+        from calibration.int8 import calibration_cache_path
+
+        candidates.append(calibration_cache_path(calibration))
+    except Exception:  # noqa: BLE001 - a plain image folder has no profile, hence no kept cache
+        pass
+    for path in candidates:
+        if path.is_file():
+            shutil.copy2(path, target)
+            log.info("INT8 calibration cache from %s", path)
+            return
 
 
 def _swap_into_place(work: Path, out: Path) -> None:

@@ -1,6 +1,7 @@
 """The engines package's errors; each message says what to do next."""
 from __future__ import annotations
 
+from calibration.errors import CalibrationError
 from engines.data.segmentation import DatasetError
 from engines.weights import WeightsError
 
@@ -13,4 +14,4 @@ class BackendUnavailable(EngineError):
     """The requested backend's library is not installed or cannot run on this machine."""
 
 
-USER_ERRORS = (EngineError, WeightsError, DatasetError, FileNotFoundError, ValueError)
+USER_ERRORS = (EngineError, WeightsError, DatasetError, CalibrationError, FileNotFoundError, ValueError)

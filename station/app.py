@@ -22,6 +22,10 @@ def build_source(recipe: Recipe):
     from station.sources import GenICamSource, ReplaySource
 
     s = recipe.source
+    if s.kind is SourceKind.LINESCAN_REPLAY or s.line_scan:  # line blocks assembled into parts (docs/LINESCAN.md)
+        from station.sources.linescan import build_linescan_source
+
+        return build_linescan_source(s)
     if s.kind is SourceKind.REPLAY:
         return ReplaySource(s.path, loop=s.loop, fps=s.fps or None, pattern=s.pattern)
     return GenICamSource(cti=s.cti, device=s.device, pixel_format=s.pixel_format, frame_rate=s.frame_rate,
@@ -37,7 +41,8 @@ def build_inspector(recipe: Recipe):
     device = "cpu"
     if backend == "torch-cuda":
         backend, device = "torch", "cuda"
-    engine = load_engine(recipe.engine.weights, backend=backend, threads=recipe.engine.threads, device=device)
+    engine = load_engine(recipe.engine.weights, backend=backend, threads=recipe.engine.threads, device=device,
+                         precision=recipe.engine.precision)
     if engine.tile != recipe.tiling.tile:
         from station.errors import RecipeError
 
@@ -54,8 +59,13 @@ def build_inspector(recipe: Recipe):
                                          mode=c.mode.value, threads=c.threads)
         except RecipeError as exc:
             raise RecipeError(f"{recipe.path}: {exc}") from None
-    return Inspector(engine, overlap=recipe.tiling.overlap, batch=recipe.tiling.batch, rules=recipe.rules,
-                     classifier=classifier, fail_on_labels=c.fail_on_labels if c is not None else True)
+    # [calibration]: the camera's profile (flat-field before tiling; ROI, scale, thresholds in the rules)
+    from calibration.line import for_recipe
+
+    calibration, rules = for_recipe(recipe, engine, classifier)
+    return Inspector(engine, overlap=recipe.tiling.overlap, batch=recipe.tiling.batch, rules=rules,
+                     classifier=classifier, fail_on_labels=c.fail_on_labels if c is not None else True,
+                     calibration=calibration)
 
 
 def build_line(recipe: Recipe, max_frames: int | None = None, feed: ResultFeed | None = None, on_result=None) -> Line:
@@ -63,9 +73,20 @@ def build_line(recipe: Recipe, max_frames: int | None = None, feed: ResultFeed |
 
     source = build_source(recipe)
     inspector = build_inspector(recipe)
+    if inspector.calibration is not None:  # the camera must fit the profile: refused before the line starts
+        from calibration.line import check_source
+
+        check_source(recipe, source, inspector.calibration,
+                     streaming=recipe.source.kind is SourceKind.LINESCAN_REPLAY or recipe.source.line_scan)
+    if recipe.source.kind is SourceKind.LINESCAN_REPLAY or recipe.source.line_scan:
+        from station.streaming import StreamingInspector
+
+        inspector = StreamingInspector.from_inspector(inspector)  # tile rows are inspected while the part arrives
+        source.listener = inspector
     reject_log = RejectLog(recipe.log.db, save_images=recipe.log.save_reject_images)
     policy = recipe.queues.frames_policy
-    if recipe.source.kind is SourceKind.REPLAY and not recipe.source.fps:
+    if (recipe.source.kind is SourceKind.REPLAY and not recipe.source.fps) or \
+            (recipe.source.kind is SourceKind.LINESCAN_REPLAY and not recipe.source.line_rate_hz):
         # A replay at full speed has no real-time clock to keep: back-pressure instead of dropping files.
         policy = QueuePolicy.BLOCK
     return Line(source, inspector, reject_log, feed, frames_queue=recipe.queues.frames, frames_policy=policy,
@@ -118,9 +139,10 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def run_headless(line: Line, out: TextIO = sys.stderr, interval_s: float | None = None) -> LineStats:
+def run_headless(line: Line, out: TextIO | None = None, interval_s: float | None = None) -> LineStats:
     """Run the line to its end (or Ctrl-C), printing a live progress line: rewritten in place on a terminal,
-    one line every few seconds otherwise."""
+    one line every few seconds otherwise. ``out`` defaults to the standard error stream at call time."""
+    out = out if out is not None else sys.stderr
     tty = out.isatty()
     interval = interval_s if interval_s is not None else (0.25 if tty else 5.0)
     line.start()

@@ -67,6 +67,11 @@ class PatchClassifier:
         self.size = bundle.tile
         self.patch, self.overlap, self.threshold, self.mode = patch, overlap, float(threshold), mode
 
+    def set_thresholds(self, per_class: dict[str, float]) -> None:
+        """One threshold per class (e.g. chosen by ``calibration thresholds``) instead of one for all: a class is
+        present in a patch when its score is above its own threshold."""
+        self.threshold = np.array([float(per_class[c]) for c in self.classes], np.float32)
+
     def scores(self, image: np.ndarray):
         """The tile plan of ``image`` and the per-patch class probabilities ``(N, C)`` float32."""
         from engines.evaluate_cls import predict
@@ -78,7 +83,11 @@ class PatchClassifier:
     def classify(self, image: np.ndarray) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
         """``(labels, patches)``: the union of the patches' labels in class order, and one dict per patch
         (row-major) with ``row``, ``col``, ``y``, ``x``, ``size``, ``labels`` and ``scores`` (class → score)."""
-        plan, scores = self.scores(image)
+        return self.summarize(*self.scores(image))
+
+    def summarize(self, plan, scores: np.ndarray) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
+        """:meth:`classify`'s answer from a tile plan and its patches' scores ``(N, C)`` in plan order (the
+        streaming inspector scores the patches row by row as a part arrives, then summarizes here)."""
         ys = sorted({y for y, _ in plan.origins})
         xs = sorted({x for _, x in plan.origins})
         present = scores > self.threshold

@@ -6,6 +6,7 @@ Examples::
     station run --recipe station/recipes/magnetic_tile.toml --source replay:../shared/data/magnetic-tile/MT_Crack \\
                 --headless --max-frames 20 --db runs/crack.db
     station run --source genicam --headless --max-frames 200        # viky.cti, the simulated GenTL camera
+    station run --recipe screen_linescan --headless --max-frames 2 --classifier-weights runs/gr   # line-scan
     station export --db station-data/rejects.db --format csv --verdict fail --out rejects.csv
 
 Exit codes: 0 done, 1 the line stopped on an error, 2 bad usage or input (missing file, bad recipe),
@@ -36,13 +37,17 @@ def _load_recipe(args: argparse.Namespace):
             overrides.update({"source.kind": "replay", "source.path": rest})
         elif kind == "genicam":
             overrides.update({"source.kind": "genicam", "source.cti": rest or None})
+        elif kind == "linescan-replay":
+            overrides.update({"source.kind": "linescan-replay", "source.path": rest or None})
         else:
             from station.errors import SourceError
 
-            raise SourceError(f"unknown --source {args.source!r}: use replay:DIR, genicam or genicam:PATH.cti")
+            raise SourceError(f"unknown --source {args.source!r}: use replay:DIR, genicam, genicam:PATH.cti or "
+                              "linescan-replay[:IMAGE]")
     for key, value in (("source.pattern", args.pattern), ("source.fps", args.fps), ("log.db", args.db),
                        ("engine.backend", args.backend), ("engine.weights", args.weights),
-                       ("engine.threads", args.threads)):
+                       ("engine.threads", args.threads), ("source.line_rate_hz", args.line_rate),
+                       ("source.block_lines", args.block_lines), ("classifier.weights", args.classifier_weights)):
         if value is not None:
             overrides[key] = value
     if args.no_loop:
@@ -53,8 +58,9 @@ def _load_recipe(args: argparse.Namespace):
 def _add_run_arguments(p: argparse.ArgumentParser, recipe_default: str) -> None:
     p.add_argument("--recipe", default=recipe_default,
                    help=f"recipe TOML file, or the name of a shipped recipe (default: {recipe_default})")
-    p.add_argument("--source", help="replay:DIR (a folder of images), genicam (viky.cti) or genicam:PATH.cti; "
-                                    "overrides the recipe's [source]")
+    p.add_argument("--source", help="replay:DIR (a folder of images), genicam (viky.cti), genicam:PATH.cti or "
+                                    "linescan-replay[:IMAGE] (an image, or a synthetic screen, streamed as line "
+                                    "blocks); overrides the recipe's [source]")
     p.add_argument("--pattern", help="replay: glob of the files to play (the shipped recipe plays *.jpg, so the "
                                      "masks beside magnetic-tile images are skipped)")
     p.add_argument("--fps", type=float, help="replay: frames per second (0 = as fast as the line takes them)")
@@ -67,6 +73,14 @@ def _add_run_arguments(p: argparse.ArgumentParser, recipe_default: str) -> None:
     p.add_argument("--weights", help="weights folder or shipped name (default: the recipe's)")
     p.add_argument("--threads", type=int, help="CPU threads for the engine (0 = all cores)")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    scan = p.add_argument_group("line-scan sources (docs/LINESCAN.md)")
+    scan.add_argument("--line-rate", type=float, metavar="HZ",
+                      help="line-scan: lines per second (replay pace, 0 = as fast as possible; camera: its rate, to "
+                           "judge late blocks)")
+    scan.add_argument("--block-lines", type=int, metavar="N", help="line-scan: lines per block")
+    scan.add_argument("--classifier-weights", metavar="DIR",
+                      help="weights folder or shipped name of the [classifier] stage (default: the recipe's; "
+                           "a recipe without [classifier] gets the stage with its default settings)")
 
 
 def _run(args: argparse.Namespace) -> int:

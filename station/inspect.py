@@ -1,4 +1,8 @@
-"""One frame in, one verdict out: preprocess → tile → engine (in batches) → stitch → defects → verdict.
+"""One frame in, one verdict out: calibrate → preprocess → tile → engine (in batches) → stitch → defects → verdict.
+
+With a calibration profile (:class:`calibration.line.LineCalibration`, the recipe's ``[calibration]`` table) each
+frame is first checked against the camera the profile was measured on and flat-fielded; the profile's ROI, scale
+and thresholds are already in the decision rules. The result keeps the frame as the camera gave it.
 
 With a classifier stage (:class:`station.classify.PatchClassifier`, the recipe's ``[classifier]`` table) the
 frame's large patches are then classified: the part's labels are the union of its patches' labels, and the part
@@ -31,7 +35,7 @@ class Inspector:
     """
 
     def __init__(self, engine, overlap: int, batch: int, rules: DecisionRules, classifier=None,
-                 fail_on_labels: bool = True) -> None:
+                 fail_on_labels: bool = True, calibration=None) -> None:
         if batch < 1:
             raise StationError(f"batch must be at least 1 tile, got {batch}")
         self.engine = engine
@@ -40,6 +44,7 @@ class Inspector:
         self.rules = rules
         self.classifier = classifier  # a PatchClassifier, or None for no classifier stage
         self.fail_on_labels = fail_on_labels
+        self.calibration = calibration  # a calibration.line.LineCalibration, or None: frames used as they come
 
     @property
     def engine_id(self) -> str:
@@ -68,7 +73,15 @@ class Inspector:
         return mask, {"preprocess": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "stitch": (t3 - t2) * 1e3}
 
     def inspect(self, frame: Frame) -> InspectionResult:
-        mask, timings = self.score_map(frame.image)
+        image = frame.image
+        calibrate_ms = None
+        if self.calibration is not None:
+            t0 = time.perf_counter()
+            image = self.calibration.prepare(frame)  # ProfileMismatch when the frame does not fit the profile
+            calibrate_ms = (time.perf_counter() - t0) * 1e3
+        mask, timings = self.score_map(image)
+        if calibrate_ms is not None:
+            timings = {"calibrate": calibrate_ms, **timings}
         t0 = time.perf_counter()
         defects = find_defects(mask, self.rules)
         timings["verdict"] = (time.perf_counter() - t0) * 1e3
@@ -76,7 +89,7 @@ class Inspector:
         patches: list = []
         if self.classifier is not None:
             t0 = time.perf_counter()
-            labels, patches = self.classifier.classify(frame.image)
+            labels, patches = self.classifier.classify(image)
             timings["classify"] = (time.perf_counter() - t0) * 1e3
         timings["total"] = sum(timings.values())
         latency_ms = (time.monotonic_ns() - frame.timestamp_ns) / 1e6

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from station.errors import RecipeError
+from station.linescan import PartMode
 from station.verdict import DecisionRules, RoiCircle, RoiRect
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
@@ -28,6 +29,7 @@ RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 class SourceKind(str, enum.Enum):
     REPLAY = "replay"
     GENICAM = "genicam"
+    LINESCAN_REPLAY = "linescan-replay"  # a large image streamed as line blocks (docs/LINESCAN.md)
 
 
 class Backend(str, enum.Enum):
@@ -65,6 +67,17 @@ class SourceConfig:
     pixel_format: str = "Mono8"
     frame_rate: float | None = None
     exposure_us: float | None = None
+    # line-scan (kind = "linescan-replay", or "genicam" with line_scan = true; docs/LINESCAN.md)
+    line_scan: bool = False  # genicam: a line-scan camera whose frames are blocks of block_lines lines
+    block_lines: int = 512  # lines per block (genicam: the camera's Height)
+    line_rate_hz: float = 0.0  # replay: its pace (0 = as fast as possible); camera: its rate, to judge late blocks
+    part_mode: PartMode = PartMode.FIXED  # "fixed" (part_lines lines a part) or "trigger" (part-present signal)
+    part_lines: int | None = None  # fixed: lines a part (linescan-replay: default the image's lines)
+    max_part_lines: int = 65536  # trigger: a longer part is cut and marked incomplete
+    gap_lines: int = 0  # linescan-replay in trigger mode: lines without a part before each pass
+    late_tolerance_ms: float = 100.0  # a block delivered later than this after its last line is reported late
+    screen_seed: int = 0  # linescan-replay without path: the synthetic screen's seed
+    screen_size: tuple[int, int] = (10240, 5120)  # ... and its (lines, width)
 
 
 @dataclass(frozen=True)
@@ -76,12 +89,14 @@ class TilingConfig:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """``weights`` is a path or the name of weights shipped with the engines package (resolved there)."""
+    """``weights`` is a weights folder, the name of weights shipped with the engines package, or an engine folder
+    built by ``engines build`` (whose manifest must then agree with ``backend`` and ``precision``)."""
 
     weights: str
     model: str = "bffn"
     backend: Backend = Backend.ONNXRUNTIME
     threads: int = 0  # 0 = all cores
+    precision: str = "fp32"
 
 
 class ClassifierMode(str, enum.Enum):
@@ -119,6 +134,33 @@ class QueuesConfig:
     results: int = 64
 
 
+class Units(str, enum.Enum):
+    """How defects are measured: mm when the profile holds a scale (``auto``), always mm (the profile must hold a
+    scale), or pixels only."""
+
+    AUTO = "auto"
+    MM = "mm"
+    PX = "px"
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """The ``[calibration]`` table: the camera's calibration profile (:mod:`calibration.profile`) and what of it
+    the line applies. ``profile`` is a camera id (its latest version) or ``"cam-A@v3"``; ``root`` the profile
+    store (``None``: ``$STATION_PROFILES``, else ``calibration-profiles`` in the working directory).
+    ``flatfield``, ``roi``, ``thresholds``: ``True`` needs the part in the profile, ``False`` ignores it, ``None``
+    (key absent) uses it when present. ``required = false`` runs uncalibrated, with a warning, when the profile
+    is missing."""
+
+    profile: str
+    root: Path | None = None
+    required: bool = True
+    flatfield: bool | None = None
+    roi: bool | None = None
+    thresholds: bool | None = None
+    units: Units = Units.AUTO
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A whole product recipe; ``path`` is the file it came from."""
@@ -132,6 +174,7 @@ class Recipe:
     log: LogConfig = field(default_factory=LogConfig)
     queues: QueuesConfig = field(default_factory=QueuesConfig)
     classifier: ClassifierConfig | None = None  # None: no [classifier] table, no classifier stage
+    calibration: CalibrationConfig | None = None  # None: no [calibration] table, the line runs uncalibrated
     _raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def with_overrides(self, overrides: Mapping[str, Any] | None = None, /, **kwargs: Any) -> Recipe:
@@ -204,7 +247,7 @@ def load_recipe(path: str | Path) -> Recipe:
 
 # ---------------------------------------------------------------------------------------------- checking
 
-_PATH_KEYS = {("source", "path"), ("source", "cti")}
+_PATH_KEYS = {("source", "path"), ("source", "cti"), ("calibration", "root")}
 _MISSING = object()
 
 
@@ -279,6 +322,14 @@ def _bool(v: Any) -> bool:
     return v
 
 
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if v not in allowed:
+            raise ValueError
+        return v
+    return check
+
+
 def _enum(cls: type[enum.Enum]) -> tuple[Callable[[Any], Any], str]:
     allowed = "one of " + ", ".join(repr(m.value) for m in cls)
     return (lambda v: cls(v)), allowed
@@ -295,7 +346,7 @@ def _device(v: Any) -> int | str:
     return _int(0)(v) if _is_int(v) else _str(v)
 
 
-_TABLES = ("product", "source", "tiling", "engine", "rules", "log", "queues", "classifier")
+_TABLES = ("product", "source", "tiling", "engine", "rules", "log", "queues", "classifier", "calibration")
 _REQUIRED_TABLES = ("product", "source", "engine")
 
 
@@ -339,6 +390,7 @@ def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
         pixel_format=t.get("pixel_format", "Mono8", _str, 'a GenICam pixel format name such as "Mono8"'),
         frame_rate=t.get("frame_rate", None, _float(0.0, above=True), "a number of frames per second > 0"),
         exposure_us=t.get("exposure_us", None, _float(0.0, above=True), "an exposure time in microseconds > 0"),
+        **_line_scan_keys(t, kind),
     )
     t.finish()
 
@@ -356,6 +408,7 @@ def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
                       'a weights file path or a shipped weights name, e.g. "bffn-magnetic-tile"'),
         backend=t.get("backend", Backend.ONNXRUNTIME, backend_check, backend_allowed),
         threads=t.get("threads", 0, _int(0), "an integer >= 0 (0 = all cores)"),
+        precision=t.get("precision", "fp32", _choice("fp32", "fp16", "int8"), '"fp32", "fp16" or "int8"'),
     )
     t.finish()
 
@@ -365,7 +418,12 @@ def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
         min_area_px=t.get("min_area_px", 30, _int(1), "an integer >= 1 (pixels)"),
         roi=_roi(t),
         label=t.get("label", "defect", _str, 'a non-empty string, e.g. "defect"'),
+        min_area_mm2=t.get("min_area_mm2", None, _float(0.0, above=True),
+                           "a number of mm² > 0 (needs a scale in the [calibration] profile)"),
     )
+    if "min_area_mm2" in t.data and "min_area_px" in t.data:
+        raise t.fail("min_area_mm2", "set either min_area_px (pixels) or min_area_mm2 (mm², with a scale "
+                                     "calibration), not both")
     t.finish()
 
     t = table("log")
@@ -402,8 +460,95 @@ def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
         )
         t.finish()
 
+    calibration = None
+    if "calibration" in data:
+        t = table("calibration")
+        units_check, units_allowed = _enum(Units)
+        calibration = CalibrationConfig(
+            profile=t.get("profile", _MISSING, _str, 'a camera id or "camera@vN", e.g. "cam-A" (its latest version)'),
+            root=t.get("root", None, lambda v: Path(_str(v)).expanduser(),
+                       'the profile store folder, e.g. "calibration-profiles" (relative to the working directory)'),
+            required=t.get("required", True, _bool, "true or false"),
+            flatfield=t.get("flatfield", None, _bool, "true or false (absent: when the profile has one)"),
+            roi=t.get("roi", None, _bool, "true or false (absent: when the profile has one)"),
+            thresholds=t.get("thresholds", None, _bool, "true or false (absent: when the profile has them)"),
+            units=t.get("units", Units.AUTO, units_check, units_allowed),
+        )
+        t.finish()
+        if calibration.units is Units.PX and rules.min_area_mm2 is not None:
+            raise RecipeError(f'{where}: [rules] min_area_mm2 needs mm, but [calibration] units = "px"; use '
+                              'min_area_px, or units = "mm" / "auto"')
+    elif rules.min_area_mm2 is not None:
+        raise RecipeError(f"{where}: [rules] min_area_mm2 needs a scale: add a [calibration] table naming a profile "
+                          "with one (`calibration scale ...`), or use min_area_px")
+
     return Recipe(path=path, product=product, source=source, tiling=tiling, engine=engine, rules=rules,
-                  log=log, queues=queues, classifier=classifier, _raw=copy.deepcopy(dict(data)))
+                  log=log, queues=queues, classifier=classifier, calibration=calibration,
+                  _raw=copy.deepcopy(dict(data)))
+
+
+_LINE_SCAN_KEYS = ("block_lines", "line_rate_hz", "part_mode", "part_lines", "max_part_lines", "gap_lines",
+                   "late_tolerance_ms", "screen_seed", "screen_size")
+
+
+def _line_scan_keys(t: _Table, kind: SourceKind) -> dict[str, Any]:
+    """The line-scan keys of [source]; they are refused for sources that are not line-scan."""
+    line_scan = t.get("line_scan", False, _bool, "true or false (genicam: the camera is a line-scan camera)")
+    if line_scan and kind is not SourceKind.GENICAM:
+        raise t.fail("line_scan", f'only for kind = "genicam"; kind = "{kind.value}" '
+                     + ("is line-scan already" if kind is SourceKind.LINESCAN_REPLAY else "is not a camera"))
+    scanning = line_scan or kind is SourceKind.LINESCAN_REPLAY
+    if not scanning:
+        for key in _LINE_SCAN_KEYS:
+            if key in t.data:
+                raise t.fail(key, 'only for line-scan sources; use kind = "linescan-replay", or kind = "genicam" '
+                                  "with line_scan = true")
+        t.known += list(_LINE_SCAN_KEYS)
+        return {}
+
+    def size(v: Any) -> tuple[int, int]:
+        if not (isinstance(v, list) and len(v) == 2 and all(_is_int(x) and 128 <= x <= 65536 for x in v)):
+            raise ValueError
+        return int(v[0]), int(v[1])
+
+    out = dict(
+        line_scan=line_scan,
+        block_lines=t.get("block_lines", 512, _int(1), "an integer >= 1 (lines per block)"),
+        line_rate_hz=t.get("line_rate_hz", 0.0, _float(0.0),
+                           "a number of lines per second >= 0 (0 = replay as fast as possible / rate unknown)"),
+        part_mode=t.get("part_mode", PartMode.FIXED, lambda v: PartMode(v),
+                        '"fixed" (part_lines lines a part) or "trigger" (part-present signal)'),
+        part_lines=t.get("part_lines", None, _int(1), "an integer >= 1 (lines a part)"),
+        max_part_lines=t.get("max_part_lines", 65536, _int(1), "an integer >= 1 (longest part in trigger mode)"),
+        gap_lines=t.get("gap_lines", 0, _int(0), "an integer >= 0 (replay: lines without a part before each pass)"),
+        late_tolerance_ms=t.get("late_tolerance_ms", 100.0, _float(0.0, above=True), "a number of ms > 0"),
+        screen_seed=t.get("screen_seed", 0, _int(0), "an integer >= 0"),
+        screen_size=t.get("screen_size", (10240, 5120), size,
+                          "[lines, width], each an integer from 128 to 65536, e.g. [10240, 5120]"),
+    )
+    if kind is SourceKind.GENICAM:
+        for key in ("gap_lines", "screen_seed", "screen_size"):
+            if key in t.data:
+                raise t.fail(key, 'only for kind = "linescan-replay" (a camera brings its own lines)')
+        if out["part_mode"] is PartMode.TRIGGER:
+            raise t.fail("part_mode", '"trigger" needs a part-present signal in the blocks, which the GenICam source '
+                                      'does not read (chunk data) in this version; use "fixed" with part_lines')
+        if out["part_lines"] is None:
+            raise t.fail("part_lines", "missing; a line-scan camera needs part_lines = <lines a part> "
+                                       '(part_mode = "fixed")')
+    else:
+        if "path" in t.data and ("screen_seed" in t.data or "screen_size" in t.data):
+            raise t.fail("screen_size" if "screen_size" in t.data else "screen_seed",
+                         "only for the synthetic screen; remove it, or remove path to stream a synthetic screen")
+        if out["part_mode"] is PartMode.TRIGGER and out["gap_lines"] < 1:
+            raise t.fail("gap_lines", 'part_mode = "trigger" replays need gap_lines >= 1 (lines without a part '
+                                      "between passes, where the part-present signal is low)")
+        if out["part_mode"] is PartMode.FIXED and out["gap_lines"]:
+            raise t.fail("gap_lines", 'only with part_mode = "trigger"')
+    if out["part_mode"] is PartMode.TRIGGER and "part_lines" in t.data:
+        raise t.fail("part_lines", 'only with part_mode = "fixed"; trigger parts end with the signal '
+                                   "(max_part_lines caps them)")
+    return out
 
 
 _ROI_ALLOWED = '"none", {x = , y = , w = , h = } (a rectangle) or {cx = , cy = , r = } (a circle)'

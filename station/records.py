@@ -80,7 +80,9 @@ class Defect:
     """One connected component of the thresholded, stitched defect mask.
 
     ``bbox`` is ``(x, y, width, height)`` in image pixels; ``centroid`` is ``(x, y)``; ``mean_score`` is the
-    mean defect probability over the component's pixels and ``max_score`` its peak.
+    mean defect probability over the component's pixels and ``max_score`` its peak. With a scale calibration
+    (:mod:`calibration.scale`) ``area_mm2`` is the area in mm² and ``size_mm`` the bounding box's width and
+    height in mm; both are ``None`` without one (pixels only).
     """
 
     label: str
@@ -89,9 +91,11 @@ class Defect:
     centroid: tuple[float, float]
     mean_score: float
     max_score: float
+    area_mm2: float | None = None
+    size_mm: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "label": self.label,
             "bbox": list(self.bbox),
             "area_px": self.area_px,
@@ -99,6 +103,11 @@ class Defect:
             "mean_score": round(self.mean_score, 4),
             "max_score": round(self.max_score, 4),
         }
+        if self.area_mm2 is not None:
+            out["area_mm2"] = round(self.area_mm2, 6)
+        if self.size_mm is not None:
+            out["size_mm"] = [round(self.size_mm[0], 5), round(self.size_mm[1], 5)]
+        return out
 
 
 @dataclass(frozen=True)

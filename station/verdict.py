@@ -8,7 +8,8 @@
 
 A pixel is a defect pixel when its score is at least ``score_threshold``; the defect pixels inside the region
 of interest are grouped into 8-connected components, and components of at least ``min_area_px`` pixels are
-defects.
+defects. With a scale (``mm_per_px``, from a calibration profile) every defect also gets its area in mm² and its
+size in mm, and ``min_area_mm2``, when set, replaces ``min_area_px`` as the smallest defect.
 """
 from __future__ import annotations
 
@@ -66,12 +67,17 @@ Roi = Union[RoiRect, RoiCircle]
 
 @dataclass(frozen=True)
 class DecisionRules:
-    """How a score mask becomes defects: threshold, smallest defect area, optional ROI, and the defect label."""
+    """How a score mask becomes defects: threshold, smallest defect area, optional ROI, and the defect label.
+
+    ``mm_per_px`` is the scale ``(x, y)`` in millimetres per pixel (``None``: pixels only); ``min_area_mm2``, which
+    needs it, is the smallest defect area in mm² and then replaces ``min_area_px``."""
 
     score_threshold: float = 0.5
     min_area_px: int = 30
     roi: Roi | None = None
     label: str = "defect"
+    min_area_mm2: float | None = None
+    mm_per_px: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.score_threshold, (int, float)) and 0.0 < self.score_threshold <= 1.0):
@@ -83,6 +89,25 @@ class DecisionRules:
             raise ValueError(f"roi must be None, RoiRect or RoiCircle, got {type(self.roi).__name__}")
         if not self.label:
             raise ValueError("label must be a non-empty string, e.g. 'defect' or 'scratch'")
+        if self.min_area_mm2 is not None and not (isinstance(self.min_area_mm2, (int, float))
+                                                  and not isinstance(self.min_area_mm2, bool)
+                                                  and self.min_area_mm2 > 0):
+            raise ValueError(f"min_area_mm2 must be a number of mm² > 0, got {self.min_area_mm2!r}")
+        if self.mm_per_px is not None:
+            scale = tuple(self.mm_per_px)
+            if len(scale) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in scale):
+                raise ValueError(f"mm_per_px must be (x, y) millimetres per pixel > 0, got {self.mm_per_px!r}")
+            object.__setattr__(self, "mm_per_px", (float(scale[0]), float(scale[1])))
+
+    @property
+    def min_area(self) -> int:
+        """The smallest defect in pixels: ``min_area_px``, or ``min_area_mm2`` converted with the scale."""
+        if self.min_area_mm2 is None:
+            return self.min_area_px
+        if self.mm_per_px is None:
+            raise ValueError("min_area_mm2 needs a scale (mm_per_px): calibrate one with `calibration scale` and name "
+                             "the profile in the recipe's [calibration], or use min_area_px")
+        return max(1, math.ceil(self.min_area_mm2 / (self.mm_per_px[0] * self.mm_per_px[1]) - 1e-9))
 
 
 def _check_mask(mask_scores: np.ndarray) -> None:
@@ -108,7 +133,8 @@ def find_defects(mask_scores: np.ndarray, rules: DecisionRules) -> tuple[Defect,
         return ()
     n, labels, stats, centroids = cv2.connectedComponentsWithStats(binary.view(np.uint8), connectivity=8)
     areas = stats[:, cv2.CC_STAT_AREA]
-    keep = [i for i in range(1, n) if areas[i] >= rules.min_area_px]
+    min_area = rules.min_area
+    keep = [i for i in range(1, n) if areas[i] >= min_area]
     if not keep:
         return ()
     inside = labels > 0  # only component pixels: usually a tiny part of the frame
@@ -118,6 +144,7 @@ def find_defects(mask_scores: np.ndarray, rules: DecisionRules) -> tuple[Defect,
     maxima = np.full(n, -math.inf)
     np.maximum.at(maxima, flat_labels, flat_scores)
     defects = []
+    sx, sy = rules.mm_per_px or (None, None)
     for i in keep:
         x, y, w, h, area = (int(v) for v in stats[i, :5])
         defects.append(
@@ -128,6 +155,8 @@ def find_defects(mask_scores: np.ndarray, rules: DecisionRules) -> tuple[Defect,
                 centroid=(float(centroids[i, 0]), float(centroids[i, 1])),
                 mean_score=float(sums[i] / area),
                 max_score=float(maxima[i]),
+                area_mm2=None if sx is None else area * sx * sy,
+                size_mm=None if sx is None else (w * sx, h * sy),
             )
         )
     return tuple(defects)

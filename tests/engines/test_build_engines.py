@@ -251,3 +251,21 @@ def test_build_cli_reports_parity_and_errors_in_one_line(untrained_bffn, tmp_pat
     assert read_manifest(tmp_path / "t")["build_command"].startswith("engines build --weights")
     assert engines_main(["build", "--weights", str(tmp_path / "none"), "--out", str(tmp_path / "u")]) == 2
     assert "no weights at" in capsys.readouterr().err
+
+
+def test_the_station_loads_a_recipe_engine_folder_by_manifest(ort_folder, tmp_path):
+    from station.app import build_inspector
+    from station.errors import RecipeError
+    from station.recipe import load_recipe
+    from tests.station.test_recipe import MINIMAL, write
+
+    (tmp_path / "images").mkdir()
+    recipe = load_recipe(write(tmp_path, MINIMAL.replace('weights = "w.safetensors"',
+                                                         f'weights = "{ort_folder}"\nthreads = 1')))
+    inspector = build_inspector(recipe)
+    assert inspector.engine.folder == ort_folder and inspector.engine_id.endswith("@onnxruntime-fp32")
+    fp16 = recipe.with_overrides({"engine.precision": "fp16"})
+    with pytest.raises(Exception, match="built for precision fp32, not fp16"):
+        build_inspector(fp16)
+    with pytest.raises(RecipeError, match=r'\[engine\] precision: .* use "fp32", "fp16" or "int8"'):
+        recipe.with_overrides({"engine.precision": "fp64"})

@@ -1,0 +1,572 @@
+"""Line-scan acquisition: blocks of lines in, parts out.
+
+A line-scan camera delivers *blocks* of lines (``LineBlock``: n lines of one image row each, a block id, a host
+timestamp, optional line counter, per-line timestamps and metadata such as the part-present signal), not frames.
+:class:`StripAssembler` turns that stream into :class:`Part` records, in one of two modes:
+
+- ``PartMode.FIXED``: every ``part_lines`` lines of the stream make a part (lines are counted from the first line
+  the assembler saw, so a lost block never shifts the parts that follow);
+- ``PartMode.TRIGGER``: lines whose ``meta["part_present"]`` signal is high make a part (a rising edge starts one, a
+  falling edge ends it). The signal is a bool for the whole block or one bool per line; it mirrors the camera's
+  frame-active status when a part sensor drives its frame-start trigger.
+
+>>> import numpy as np
+>>> assembler = StripAssembler(part_lines=4)
+>>> parts = [p for i in range(3) for p in assembler.feed(LineBlock(np.zeros((2, 8), np.uint8), i, i * 1000))]
+>>> [(p.index, p.lines, p.complete) for p in parts]
+[(1, 4, True)]
+
+Nothing is glued silently:
+
+- **missing lines** (a gap in the block ids, or in the line counter when the source provides one, or a block the
+  producer flagged ``meta["incomplete"]``) are counted and marked. In fixed mode they stay in the part as rows of
+  zeros, listed in ``Part.gaps`` (the part keeps its length and its rows their place). In trigger mode the signal of
+  the missing lines is unknown, so a part never goes on across them (two parts would be glued into one): the part
+  open when lines go missing ends there, and a part that starts right after missing lines (its start may lie among
+  them) is marked too. Either way the part is ``complete = False``;
+- **late blocks** (delivered more than ``late_tolerance_ms`` after their last line was taken) keep their data but
+  are listed in ``Part.late`` and counted; they do not make a part incomplete;
+- a block id that goes backwards (not a counter wrap) is a restart of the camera's counters (a reconnect): the part
+  being built ends incomplete; a repeated block id is a duplicate and is discarded (counted as stale);
+- every other reason a part is incomplete (cut short, camera restart...) is a sentence in ``Part.issues``.
+
+A listener (:class:`PartListener`, e.g. :class:`station.streaming.StreamingInspector`) is told when a part starts,
+after every block (with a read-only view of the part's lines so far) and when it ends, so work on a part can start
+while it is still arriving.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any, Mapping, Protocol
+
+import numpy as np
+
+from station.errors import SourceError
+from station.records import Frame
+
+log = logging.getLogger(__name__)
+
+#: Trigger mode: lines a part buffer starts with (it doubles as the part grows, up to ``max_part_lines``).
+FIRST_CAPACITY = 4096
+
+
+class PartMode(str, enum.Enum):
+    """How the stream of lines is cut into parts."""
+
+    FIXED = "fixed"  # every ``part_lines`` lines
+    TRIGGER = "trigger"  # while the part-present signal in the block metadata is high
+
+
+class EndReason(str, enum.Enum):
+    """Why a part ended."""
+
+    LENGTH = "length"  # fixed mode: ``part_lines`` reached
+    TRIGGER = "trigger"  # the part-present signal fell
+    TRUNCATED = "truncated"  # trigger mode: ``max_part_lines`` reached with the signal still high
+    STREAM_END = "stream_end"  # the stream ended (or was stopped) inside the part
+    GAP = "gap"  # trigger mode: lines went missing while the part was open
+    RESTART = "restart"  # the camera's counters restarted or the line width changed
+
+
+@dataclass(frozen=True, eq=False)
+class LineBlock:
+    """One block of lines from a line-scan source.
+
+    ``lines`` is uint8 ``(n, width)`` (or ``(n, width, C)``); ``block_id`` the source's block counter (GenICam frame
+    id: consecutive, may wrap); ``timestamp_ns`` the host ``time.monotonic_ns()`` when the block was delivered (its
+    last line was in); ``first_line`` the camera's line counter of the first line, or None when the source has none
+    (missing lines are then counted from block ids, assuming blocks of equal size); ``line_timestamps_ns`` the time
+    each line was taken (int64, ``n`` values, same clock) when the source knows it; ``meta`` e.g.
+    ``{"part_present": True}`` or ``{"incomplete": True}``.
+    """
+
+    lines: np.ndarray
+    block_id: int
+    timestamp_ns: int
+    first_line: int | None = None
+    line_timestamps_ns: np.ndarray | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        lines = self.lines
+        if not isinstance(lines, np.ndarray) or lines.ndim not in (2, 3) or lines.dtype != np.uint8 \
+                or lines.shape[0] < 1 or lines.shape[1] < 1:
+            raise SourceError(f"a line block holds uint8 lines (n >= 1, width) or (n, width, C), got "
+                              f"{getattr(lines, 'dtype', type(lines).__name__)} {getattr(lines, 'shape', '')}")
+        stamps = self.line_timestamps_ns
+        if stamps is not None:
+            stamps = np.asarray(stamps, np.int64)
+            if stamps.shape != (lines.shape[0],):
+                raise SourceError(f"line_timestamps_ns must hold one value per line ({lines.shape[0]}), "
+                                  f"got shape {stamps.shape}")
+            object.__setattr__(self, "line_timestamps_ns", stamps)
+        object.__setattr__(self, "meta", MappingProxyType(dict(self.meta or {})))
+
+    @property
+    def n_lines(self) -> int:
+        return int(self.lines.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.lines.shape[1])
+
+    def part_present(self) -> np.ndarray | None:
+        """The part-present signal, one bool per line, or None when the block carries none."""
+        value = self.meta.get("part_present")
+        if value is None:
+            return None
+        signal = np.asarray(value, dtype=bool)
+        if signal.ndim == 0:
+            return np.full(self.n_lines, bool(signal))
+        if signal.shape != (self.n_lines,):
+            raise SourceError(f"meta['part_present'] must be a bool or one bool per line ({self.n_lines}), "
+                              f"got shape {signal.shape}")
+        return signal
+
+
+@dataclass(frozen=True, eq=False)
+class Part:
+    """One part assembled from line blocks.
+
+    ``image`` is uint8 ``(lines, width[, C])`` with missing lines as rows of zeros; ``first_line`` the stream line
+    number of its first row; ``line_timestamps_ns`` when each row was taken (0 for missing rows; estimated from the
+    block's delivery time and the line period where the source gives no per-line times); ``gaps`` the missing row
+    ranges ``(start, stop)`` in part rows; ``late`` the ``(start, stop, lateness_ms)`` rows delivered late;
+    ``issues`` the other reasons it is incomplete (cut short, started right after missing lines, camera restart);
+    ``complete`` means no gap and no issue; ``last_line_ns`` the host time its last line was delivered (where the
+    "last line to verdict" latency starts).
+    """
+
+    index: int
+    image: np.ndarray
+    first_line: int
+    line_timestamps_ns: np.ndarray
+    gaps: tuple[tuple[int, int], ...]
+    late: tuple[tuple[int, int, float], ...]
+    issues: tuple[str, ...]
+    end: EndReason
+    blocks: int
+    last_line_ns: int
+
+    @property
+    def lines(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    @property
+    def last_line(self) -> int:
+        return self.first_line + self.lines - 1
+
+    @property
+    def complete(self) -> bool:
+        return not self.issues and not self.gaps
+
+    @property
+    def missing_lines(self) -> int:
+        return sum(b - a for a, b in self.gaps)
+
+    def to_frame(self, source: str) -> Frame:
+        """The part as a :class:`~station.records.Frame` for the line: ``frame_id`` is the part index,
+        ``timestamp_ns`` the delivery of its last line, and ``meta`` says where it lies and what is missing."""
+        valid = self.line_timestamps_ns[self.line_timestamps_ns > 0]
+        return Frame(image=self.image, frame_id=self.index, timestamp_ns=self.last_line_ns, source=source, meta={
+            "part": self.index, "first_line": self.first_line, "last_line": self.last_line, "lines": self.lines,
+            "complete": self.complete, "incomplete": not self.complete, "issues": list(self.issues),
+            "gaps": [list(g) for g in self.gaps], "late": [list(g) for g in self.late], "end": self.end.value,
+            "blocks": self.blocks, "first_line_ns": int(valid[0]) if valid.size else 0,
+            "last_line_taken_ns": int(valid[-1]) if valid.size else 0,
+            "line_timestamps_ns": self.line_timestamps_ns,
+        })
+
+
+class PartListener(Protocol):
+    """Told about parts as they are built (on the acquisition thread: return quickly)."""
+
+    def part_started(self, index: int, width: int, expected_lines: int | None) -> None: ...
+
+    def lines_arrived(self, index: int, lines: np.ndarray) -> None:
+        """``lines`` is a read-only view of the part's rows so far (missing rows are zeros); rows never change."""
+
+    def part_ended(self, part: Part) -> None: ...
+
+    def part_discarded(self, index: int) -> None:
+        """A started part was dropped (it held no line at all)."""
+
+
+@dataclass
+class AssemblerStats:
+    """What the assembler saw; ``lost_parts`` are fixed-mode parts that fell entirely into missing lines."""
+
+    blocks: int = 0
+    lines: int = 0
+    missing_blocks: int = 0
+    missing_lines: int = 0
+    incomplete_blocks: int = 0
+    late_blocks: int = 0
+    stale_blocks: int = 0
+    restarts: int = 0
+    parts: int = 0
+    incomplete_parts: int = 0
+    lost_parts: int = 0
+    max_lateness_ms: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _is_wrap(previous: int, current: int) -> bool:
+    """Whether ``current <= previous`` is a wrap of a 16-, 32- or 64-bit block counter (see ``frame_gap``)."""
+    for bits in (16, 32, 64):
+        top = (1 << bits) - 1
+        if previous <= top:
+            return previous >= top - (top >> 4)
+    return False
+
+
+class _Building:
+    """The part being assembled: a buffer of rows (grown by doubling in trigger mode) and its bookkeeping."""
+
+    def __init__(self, index: int, first_line: int, width: int, extra: tuple[int, ...], capacity: int,
+                 max_lines: int) -> None:
+        self.index, self.first_line, self.max_lines = index, first_line, max_lines
+        self.image = np.zeros((capacity, width) + extra, np.uint8)
+        self.stamps = np.zeros(capacity, np.int64)
+        self.filled = 0  # rows written (received or missing)
+        self.received = 0  # rows actually received
+        self.gaps: list[list[int]] = []
+        self.late: list[tuple[int, int, float]] = []
+        self.issues: list[str] = []
+        self.blocks = 0
+        self.last_line_ns = 0
+
+    def _ensure(self, rows: int) -> None:
+        if rows <= self.image.shape[0]:
+            return
+        capacity = min(self.max_lines, max(rows, 2 * self.image.shape[0]))
+        image = np.zeros((capacity,) + self.image.shape[1:], np.uint8)
+        image[: self.filled] = self.image[: self.filled]
+        stamps = np.zeros(capacity, np.int64)
+        stamps[: self.filled] = self.stamps[: self.filled]
+        self.image, self.stamps = image, stamps  # views handed out earlier keep the old buffer alive
+
+    def put(self, lines: np.ndarray | None, stamps: np.ndarray | None, count: int) -> None:
+        """Append ``count`` rows: received ``lines`` (with ``stamps``), or missing rows (``lines`` None)."""
+        self._ensure(self.filled + count)
+        rows = slice(self.filled, self.filled + count)
+        if lines is None:
+            if self.gaps and self.gaps[-1][1] == self.filled:
+                self.gaps[-1][1] += count
+            else:
+                self.gaps.append([self.filled, self.filled + count])
+        else:
+            self.image[rows] = lines
+            self.stamps[rows] = stamps
+            self.received += count
+        self.filled += count
+
+    def view(self) -> np.ndarray:
+        out = self.image[: self.filled]
+        out.flags.writeable = False  # a read-only view; the buffer itself stays writeable for later rows
+        return out
+
+
+class StripAssembler:
+    """Turns line blocks into parts (see the module docstring). Not thread-safe: feed it from one thread.
+
+    ``part_lines`` (fixed mode) is the length of a part; ``max_part_lines`` (trigger mode) cuts a part whose
+    signal stays high too long (it is marked incomplete, and no new part starts until the signal falls);
+    ``line_rate_hz`` (0 = unknown) estimates line times and judges lateness when blocks carry no per-line times;
+    ``late_tolerance_ms`` is how late a block may be delivered before it is reported.
+    """
+
+    def __init__(self, part_lines: int | None = None, mode: PartMode | str = PartMode.FIXED, *,
+                 max_part_lines: int = 65536, line_rate_hz: float = 0.0, late_tolerance_ms: float = 100.0,
+                 listener: PartListener | None = None) -> None:
+        self.mode = PartMode(mode)
+        if self.mode is PartMode.FIXED:
+            if isinstance(part_lines, bool) or not isinstance(part_lines, int) or part_lines < 1:
+                raise SourceError(f"fixed-length parts need part_lines >= 1, got {part_lines!r}")
+        if isinstance(max_part_lines, bool) or not isinstance(max_part_lines, int) or max_part_lines < 1:
+            raise SourceError(f"max_part_lines must be an integer >= 1, got {max_part_lines!r}")
+        if not line_rate_hz >= 0 or not late_tolerance_ms > 0:
+            raise SourceError(f"need line_rate_hz >= 0 and late_tolerance_ms > 0, got {line_rate_hz!r}, "
+                              f"{late_tolerance_ms!r}")
+        self.part_lines = part_lines
+        self.max_part_lines = part_lines if self.mode is PartMode.FIXED else max_part_lines
+        self.line_period_ns = 1e9 / line_rate_hz if line_rate_hz else 0.0
+        self.late_tolerance_ns = late_tolerance_ms * 1e6
+        self.listener = listener
+        self.stats = AssemblerStats()
+        self._part: _Building | None = None
+        self._index = 0  # last part index handed out
+        self._reset_stream()
+
+    def _reset_stream(self) -> None:
+        self._next_line: int | None = None  # stream line number expected next
+        self._origin = 0  # fixed mode: stream line of the first part's first line
+        self._index_base = self._index  # fixed mode: part index = base + 1 + (line - origin) // part_lines
+        self._last_id: int | None = None
+        self._last_block_lines = 0
+        self._last_ts = 0
+        self._baseline_ns: float | None = None  # smallest (delivery - line * period) seen: on-time delivery
+        self._width: tuple[int, ...] | None = None
+        self._gap_before = 0  # trigger mode: lines missing since the last received line, no part open
+        self._suppress = False  # trigger mode: cut at max_part_lines, waiting for the signal to fall
+
+    # -- feeding -------------------------------------------------------------------------------------------
+    def feed(self, block: LineBlock) -> list[Part]:
+        """Add one block; returns the parts it completed (usually none or one)."""
+        done: list[Part] = []
+        shape = block.lines.shape[1:]
+        if self._last_id is not None:
+            if block.block_id == self._last_id:
+                self.stats.stale_blocks += 1
+                log.warning("block %d delivered twice: the repeat is discarded", block.block_id)
+                return done
+            restart = block.block_id < self._last_id and not _is_wrap(self._last_id, block.block_id)
+            if block.first_line is not None and self._next_line is not None and block.first_line < self._next_line:
+                restart = True
+            if restart or shape != self._width:
+                why = ("the camera's counters restarted (block %d after %d)" % (block.block_id, self._last_id)
+                       if restart else f"the line width changed from {self._width} to {shape}")
+                log.warning("line-scan stream: %s; the part being built ends incomplete", why)
+                self.stats.restarts += 1
+                done += self._close(EndReason.RESTART, why)
+                self._reset_stream()
+        if self._last_id is None:
+            self._width = shape
+            self._next_line = block.first_line if block.first_line is not None else 0
+            self._origin = self._next_line
+        assert self._next_line is not None
+        # where the block lies in the stream, and what is missing before it
+        if block.first_line is not None:
+            start = block.first_line
+        elif self._last_id is None:
+            start = self._next_line
+        else:
+            from station.sources.genicam import frame_gap
+
+            missing_blocks = frame_gap(self._last_id, block.block_id)
+            start = self._next_line + missing_blocks * self._last_block_lines
+        if start > self._next_line:
+            missing = start - self._next_line
+            self.stats.missing_lines += missing
+            self.stats.missing_blocks += max(1, round(missing / max(1, self._last_block_lines or block.n_lines)))
+            log.warning("line-scan stream: %d lines missing (lines %d..%d) before block %d", missing,
+                        self._next_line, start - 1, block.block_id)
+            done += self._missing(self._next_line, start)
+        n = block.n_lines
+        stamps = self._line_times(block)
+        lateness_ns = self._lateness(block, start, stamps)
+        late = lateness_ns > self.late_tolerance_ns
+        if late:
+            self.stats.late_blocks += 1
+            log.warning("line-scan block %d (lines %d..%d) delivered %.1f ms after its last line", block.block_id,
+                        start, start + n - 1, lateness_ns / 1e6)
+        self.stats.max_lateness_ms = max(self.stats.max_lateness_ms, lateness_ns / 1e6)
+        self.stats.blocks += 1
+        self.stats.lines += n
+        if block.meta.get("incomplete"):
+            self.stats.incomplete_blocks += 1
+            log.warning("line-scan block %d was delivered incomplete: its %d lines count as missing",
+                        block.block_id, n)
+            done += self._missing(start, start + n, block.part_present(), block.timestamp_ns)
+        else:
+            done += self._received(block, start, stamps, lateness_ns / 1e6 if late else None)
+        self._last_id, self._last_block_lines, self._last_ts = block.block_id, n, block.timestamp_ns
+        self._next_line = start + n
+        return done
+
+    def flush(self) -> list[Part]:
+        """End of stream: the part being built (if any) ends incomplete."""
+        if self._part is None:
+            return []
+        if self.mode is PartMode.FIXED:
+            why = f"the stream ended after {self._part.filled} of the part's {self.part_lines} lines"
+        else:
+            why = "the stream ended while the part-present signal was high"
+        return self._close(EndReason.STREAM_END, why)
+
+    def abandon(self) -> None:
+        """Drop the part being built without emitting it (the source was stopped); the listener is told."""
+        building, self._part = self._part, None
+        if building is not None and self.listener is not None:
+            self.listener.part_discarded(building.index)
+
+    # -- timing --------------------------------------------------------------------------------------------
+    def _line_times(self, block: LineBlock) -> np.ndarray:
+        if block.line_timestamps_ns is not None:
+            return block.line_timestamps_ns
+        n, ts = block.n_lines, block.timestamp_ns
+        if self.line_period_ns:
+            return ts - np.round((n - 1 - np.arange(n)) * self.line_period_ns).astype(np.int64)
+        if self._last_ts and ts > self._last_ts:
+            return self._last_ts + np.round((np.arange(n) + 1) * ((ts - self._last_ts) / n)).astype(np.int64)
+        return np.full(n, ts, np.int64)
+
+    def _lateness(self, block: LineBlock, start: int, stamps: np.ndarray) -> float:
+        """How long after its last line was taken the block was delivered (ns; 0 when it cannot be told)."""
+        if block.line_timestamps_ns is not None:
+            return float(max(0, block.timestamp_ns - int(stamps[-1])))
+        if not self.line_period_ns:
+            return 0.0
+        offset = block.timestamp_ns - (start + block.n_lines - 1) * self.line_period_ns
+        self._baseline_ns = offset if self._baseline_ns is None else min(self._baseline_ns, offset)
+        return max(0.0, offset - self._baseline_ns)
+
+    # -- parts ---------------------------------------------------------------------------------------------
+    def _open(self, index: int, first_line: int, capacity: int) -> _Building:
+        assert self._width is not None
+        width, extra = self._width[0], tuple(self._width[1:])
+        self._part = _Building(index, first_line, width, extra, capacity, self.max_part_lines)
+        if self.listener is not None:
+            self.listener.part_started(index, width, self.part_lines if self.mode is PartMode.FIXED else None)
+        return self._part
+
+    def _notify(self) -> None:
+        if self.listener is not None and self._part is not None:
+            self.listener.lines_arrived(self._part.index, self._part.view())
+
+    def _close(self, reason: EndReason, issue: str | None = None) -> list[Part]:
+        building, self._part = self._part, None
+        if building is None:
+            return []
+        if issue:
+            building.issues.append(issue)
+        if building.received == 0:  # nothing but missing lines: nothing to inspect
+            self.stats.lost_parts += 1
+            if self.listener is not None:
+                self.listener.part_discarded(building.index)
+            return []
+        image = building.image[: building.filled]
+        stamps = building.stamps[: building.filled]
+        if building.image.shape[0] > building.filled * 5 // 4:  # do not keep a much larger buffer alive
+            image, stamps = image.copy(), stamps.copy()
+        image.flags.writeable = False
+        part = Part(index=building.index, image=image, first_line=building.first_line, line_timestamps_ns=stamps,
+                    gaps=tuple((a, b) for a, b in building.gaps), late=tuple(building.late),
+                    issues=tuple(building.issues), end=reason, blocks=building.blocks,
+                    last_line_ns=building.last_line_ns)
+        self.stats.parts += 1
+        if not part.complete:
+            self.stats.incomplete_parts += 1
+        if self.listener is not None:
+            self.listener.part_ended(part)
+        return [part]
+
+    def _fixed_part(self, line: int) -> tuple[int, int, int]:
+        """Fixed mode: (index, first line, end line) of the part holding stream line ``line``."""
+        assert self.part_lines is not None
+        k = (line - self._origin) // self.part_lines
+        first = self._origin + k * self.part_lines
+        return self._index_base + 1 + k, first, first + self.part_lines
+
+    def _missing(self, a: int, b: int, signal: np.ndarray | None = None, when_ns: int = 0) -> list[Part]:
+        """Stream lines ``a .. b - 1`` are missing (``signal``: their part-present signal when it is known)."""
+        done: list[Part] = []
+        if self.mode is PartMode.FIXED:
+            while a < b:
+                index, first, end = self._fixed_part(a)
+                if self._part is not None and self._part.index != index:
+                    done += self._close(EndReason.LENGTH)
+                stop = min(b, end)
+                if self._part is None:
+                    if a == first and stop == end:  # whole parts are missing: count them and skip ahead
+                        lost = (b - first) // self.part_lines
+                        self.stats.lost_parts += lost
+                        self._index = max(self._index, index + lost - 1)
+                        a = first + lost * self.part_lines
+                        continue
+                    self._index = max(self._index, index)
+                    self._open(index, first, self.part_lines)
+                    if a > first:  # cannot happen (lines are handled in order); kept as a guard
+                        self._part.put(None, None, a - first)
+                assert self._part is not None
+                self._part.put(None, None, stop - a)
+                self._notify()
+                a = stop
+                if a == end:
+                    done += self._close(EndReason.LENGTH)
+            return done
+        # trigger mode: the signal of missing lines is unknown, so a part never goes on across them (two parts
+        # could be glued into one): the open part ends here, and a part starting right after them is marked too
+        count = b - a
+        if self._part is not None:
+            done += self._close(EndReason.GAP, f"{count} lines went missing right after its last row: the part may "
+                                               "go on in the next one")
+        self._gap_before += count
+        if signal is not None and not signal[-1]:  # the signal is known low at the end: the next part is whole
+            self._gap_before, self._suppress = 0, False
+        return done
+
+    def _received(self, block: LineBlock, start: int, stamps: np.ndarray, late_ms: float | None) -> list[Part]:
+        n = block.n_lines
+        done: list[Part] = []
+        if self.mode is PartMode.FIXED:
+            i = 0
+            while i < n:
+                index, first, end = self._fixed_part(start + i)
+                if self._part is not None and self._part.index != index:
+                    done += self._close(EndReason.LENGTH)
+                if self._part is None:
+                    self._index = max(self._index, index)
+                    self._open(index, first, self.part_lines)
+                    if start + i > first:  # the part's first lines came before the stream started (or are lost)
+                        self._part.put(None, None, start + i - first)
+                j = min(n, i + end - (start + i))
+                self._write(block, i, j, stamps, late_ms)
+                i = j
+                if start + i == end:
+                    done += self._close(EndReason.LENGTH)
+            return done
+        signal = block.part_present()
+        if signal is None:
+            raise SourceError(f"trigger mode needs a part-present signal in every block's metadata "
+                              f"(meta['part_present']); block {block.block_id} has none - use fixed-length parts "
+                              "(part_mode = \"fixed\") or a source that provides the signal")
+        i = 0
+        while i < n:
+            high = bool(signal[i])
+            j = i + 1
+            while j < n and bool(signal[j]) == high:
+                j += 1
+            if not high:
+                done += self._close(EndReason.TRIGGER)
+                self._suppress = False
+                self._gap_before = 0
+            elif not self._suppress:
+                while i < j:
+                    if self._part is None:
+                        self._index += 1
+                        self._open(self._index, start + i, min(FIRST_CAPACITY, self.max_part_lines))
+                        if self._gap_before:
+                            self._part.issues.append(f"the part started right after {self._gap_before} missing "
+                                                     "lines: its start may lie among them")
+                            self._gap_before = 0
+                    take = min(j - i, self.max_part_lines - self._part.filled)
+                    self._write(block, i, i + take, stamps, late_ms)
+                    i += take
+                    if self._part.filled >= self.max_part_lines:
+                        done += self._close(EndReason.TRUNCATED,
+                                            f"cut at max_part_lines = {self.max_part_lines} lines")
+                        self._suppress = True
+                        break
+            i = j
+        return done
+
+    def _write(self, block: LineBlock, i: int, j: int, stamps: np.ndarray, late_ms: float | None) -> None:
+        part = self._part
+        assert part is not None
+        row = part.filled
+        part.put(block.lines[i:j], stamps[i:j], j - i)
+        part.blocks += 1
+        part.last_line_ns = block.timestamp_ns
+        if late_ms is not None:
+            part.late.append((row, row + j - i, round(late_ms, 2)))
+        self._notify()
