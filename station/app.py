@@ -32,31 +32,40 @@ def build_source(recipe: Recipe):
                          exposure_us=s.exposure_us)
 
 
+def _backend_device(backend: str) -> tuple[str, str]:
+    """The recipe's backend name → the engines' (backend, device): "torch-cuda" is torch on the GPU, TensorRT
+    always runs on the GPU."""
+    if backend == "torch-cuda":
+        return "torch", "cuda"
+    return backend, "cuda" if backend == "tensorrt" else "cpu"
+
+
 def build_inspector(recipe: Recipe):
     """Load the recipe's engine and wrap it with its tiling and decision rules (and its classifier stage, if any)."""
     from engines.backends.base import load_engine
     from station.inspect import Inspector
 
-    backend = recipe.engine.backend.value
-    device = "cpu"
-    if backend == "torch-cuda":
-        backend, device = "torch", "cuda"
-    engine = load_engine(recipe.engine.weights, backend=backend, threads=recipe.engine.threads, device=device,
-                         precision=recipe.engine.precision)
-    if engine.tile != recipe.tiling.tile:
-        from station.errors import RecipeError
+    from station.errors import RecipeError
 
-        raise RecipeError(f"{recipe.path}: [tiling] tile = {recipe.tiling.tile}, but the weights "
-                          f"{recipe.engine.weights!r} were trained on {engine.tile} px tiles; set tile = {engine.tile}")
+    engine = None
+    if recipe.engine is not None:
+        backend, device = _backend_device(recipe.engine.backend.value)
+        engine = load_engine(recipe.engine.weights, backend=backend, threads=recipe.engine.threads, device=device,
+                             precision=recipe.engine.precision)
+        if engine.tile != recipe.tiling.tile:
+            raise RecipeError(f"{recipe.path}: [tiling] tile = {recipe.tiling.tile}, but the weights "
+                              f"{recipe.engine.weights!r} were trained on {engine.tile} px tiles; set tile = "
+                              f"{engine.tile}")
     classifier = None
     c = recipe.classifier
     if c is not None:
         from station.classify import PatchClassifier
-        from station.errors import RecipeError
 
+        backend, device = _backend_device(c.backend.value)
         try:
             classifier = PatchClassifier(c.weights, patch=c.patch, overlap=c.overlap, threshold=c.threshold,
-                                         mode=c.mode.value, threads=c.threads)
+                                         mode=c.mode.value, threads=c.threads, backend=backend, device=device,
+                                         precision=c.precision)
         except RecipeError as exc:
             raise RecipeError(f"{recipe.path}: {exc}") from None
     # [calibration]: the camera's profile (flat-field before tiling; ROI, scale, thresholds in the rules)

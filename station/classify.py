@@ -28,12 +28,19 @@ MAX_BATCH = 32  # patches per forward pass; GR's relations span one chunk
 
 
 class PatchClassifier:
-    """A trained multi-label classifier run with torch on the CPU over the patches of a frame."""
+    """A trained multi-label classifier run on an engine (ONNX Runtime on the CPU by default, loaded by manifest
+    like the segmentation engine: :func:`engines.backends.base.load_engine`) over the patches of a frame.
+
+    ``weights`` is a weights folder, a shipped name or an engine folder built for a classifier
+    (``engines build --weights runs/gr --mode bank``); in mode ``"bank"`` the engine is GR exported against its
+    reference bank, in mode ``"batch"`` GR's relations span each chunk of :data:`MAX_BATCH` patches."""
 
     def __init__(self, weights: str, patch: int = 1024, overlap: int = 0, threshold: float = 0.5,
-                 mode: str = "batch", threads: int = 0) -> None:
-        from engines.evaluate_cls import has_bank, has_relations
-        from engines.weights import WeightsError, load_model, resolve_weights
+                 mode: str = "batch", threads: int = 0, backend: str = "onnxruntime", device: str = "cpu",
+                 precision: str = "fp32") -> None:
+        from engines.backends.base import load_engine
+        from engines.errors import EngineError
+        from engines.weights import WeightsError, resolve_weights
 
         if mode not in MODES:
             raise RecipeError(f"[classifier] mode {mode!r} is not allowed; use one of {', '.join(MODES)}")
@@ -49,23 +56,42 @@ class PatchClassifier:
             raise RecipeError(f"[classifier] weights {weights!r} hold a {bundle.model!r} model without a class list "
                               "in their training record: not a classifier; train one with `engines train gr` "
                               "(the segmentation weights belong in [engine])")
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
         try:
-            self.model = load_model(bundle)
-        except WeightsError as exc:
+            self.engine = load_engine(weights, backend=backend, threads=threads, device=device, precision=precision,
+                                      mode=mode)
+        except (WeightsError, ValueError) as exc:
+            if "reference bank" in str(exc):
+                raise RecipeError(f"[classifier] mode = \"bank\", but the {bundle.model!r} weights {weights!r} store "
+                                  "no reference bank; use mode = \"batch\" or weights trained with a bank") from None
             raise RecipeError(f"[classifier] weights: {exc}") from None
-        if mode == "bank" and has_relations(self.model) and not has_bank(self.model):
-            raise RecipeError(f"[classifier] mode = \"bank\", but the {bundle.model!r} weights {weights!r} store no "
-                              "reference bank; use mode = \"batch\" or weights trained with a bank")
+        except EngineError as exc:
+            raise RecipeError(f"[classifier] {exc}") from None
+        built_mode = (self.engine.manifest or {}).get("mode")
+        if built_mode and built_mode != mode:
+            raise RecipeError(f"[classifier] mode = \"{mode}\", but the engine folder {weights!r} was built for mode "
+                              f"\"{built_mode}\"; set mode = \"{built_mode}\" or build one with --mode {mode}")
         self.weights = str(weights)
         self.model_name = bundle.model
         self.classes: tuple[str, ...] = tuple(str(c) for c in classes)
         self.spec = bundle.input_spec()
         self.size = bundle.tile
         self.patch, self.overlap, self.threshold, self.mode = patch, overlap, float(threshold), mode
+
+    @property
+    def engine_id(self) -> str:
+        return self.engine.engine_id
+
+    def score_patches(self, patches: np.ndarray, batch: int = MAX_BATCH) -> np.ndarray:
+        """Per-label probabilities ``(N, C)`` float32 of uint8 patches (any side: resized to the network's input
+        as in training), scored ``batch`` at a time (in mode "batch" GR's relations span each chunk)."""
+        from engines.evaluate_cls import resize_images
+        from engines.preprocess import normalize_tiles
+
+        out = np.zeros((len(patches), len(self.classes)), np.float32)
+        for start in range(0, len(patches), batch):
+            x = normalize_tiles(resize_images(patches[start:start + batch], self.size, self.spec), self.spec)
+            out[start:start + len(x)] = self.engine.infer(x)
+        return out
 
     def set_thresholds(self, per_class: dict[str, float]) -> None:
         """One threshold per class (e.g. chosen by ``calibration thresholds``) instead of one for all: a class is
@@ -74,11 +100,8 @@ class PatchClassifier:
 
     def scores(self, image: np.ndarray):
         """The tile plan of ``image`` and the per-patch class probabilities ``(N, C)`` float32."""
-        from engines.evaluate_cls import predict
-
         plan = plan_tiles(image.shape, self.patch, self.overlap)
-        patches = tile_image(image, plan)
-        return plan, predict(self.model, patches, self.size, self.spec, mode=self.mode, batch=MAX_BATCH)
+        return plan, self.score_patches(tile_image(image, plan))
 
     def classify(self, image: np.ndarray) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
         """``(labels, patches)``: the union of the patches' labels in class order, and one dict per patch

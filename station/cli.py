@@ -44,9 +44,16 @@ def _load_recipe(args: argparse.Namespace):
 
             raise SourceError(f"unknown --source {args.source!r}: use replay:DIR, genicam, genicam:PATH.cti or "
                               "linescan-replay[:IMAGE]")
+    stage = "engine"
+    if recipe.engine is None:  # a classifier-only recipe: --backend and --threads apply to the classifier
+        stage = "classifier"
+        if args.weights is not None:
+            from station.errors import RecipeError
+
+            raise RecipeError(f"{path} has no [engine] (the classifier alone judges); use --classifier-weights")
     for key, value in (("source.pattern", args.pattern), ("source.fps", args.fps), ("log.db", args.db),
-                       ("engine.backend", args.backend), ("engine.weights", args.weights),
-                       ("engine.threads", args.threads), ("source.line_rate_hz", args.line_rate),
+                       (f"{stage}.backend", args.backend), ("engine.weights", args.weights),
+                       (f"{stage}.threads", args.threads), ("source.line_rate_hz", args.line_rate),
                        ("source.block_lines", args.block_lines), ("classifier.weights", args.classifier_weights)):
         if value is not None:
             overrides[key] = value

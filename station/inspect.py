@@ -6,8 +6,8 @@ and thresholds are already in the decision rules. The result keeps the frame as 
 
 With a classifier stage (:class:`station.classify.PatchClassifier`, the recipe's ``[classifier]`` table) the
 frame's large patches are then classified: the part's labels are the union of its patches' labels, and the part
-fails when the segmentation fails it or (``fail_on_labels``) when any label is present. The classifier runs
-only after segmentation: a recipe always has an ``[engine]``.
+fails when the segmentation fails it or (``fail_on_labels``) when any label is present. A recipe without an
+``[engine]`` runs the classifier alone: the score map is then all zeros and the labels alone decide.
 
 The :class:`Inspector` has no threads and no queues; the line (:mod:`station.pipeline`) runs it on its
 inference thread, and ``engines eval`` runs the very same code, so both give the same verdicts.
@@ -38,7 +38,9 @@ class Inspector:
                  fail_on_labels: bool = True, calibration=None) -> None:
         if batch < 1:
             raise StationError(f"batch must be at least 1 tile, got {batch}")
-        self.engine = engine
+        if engine is None and classifier is None:
+            raise StationError("an inspector needs a segmentation engine, a classifier, or both")
+        self.engine = engine  # None: no segmentation stage (the classifier alone judges)
         self.overlap = overlap
         self.batch = batch
         self.rules = rules
@@ -48,7 +50,10 @@ class Inspector:
 
     @property
     def engine_id(self) -> str:
-        return self.engine.engine_id
+        """What is running, for the panel and the reject log: the segmentation engine's id, plus the
+        classifier's after a ``+`` when both run."""
+        ids = [stage.engine_id for stage in (self.engine, self.classifier) if stage is not None]
+        return "+".join(ids)
 
     @functools.lru_cache(maxsize=8)
     def plan(self, shape: tuple[int, int]) -> TilePlan:
@@ -79,7 +84,10 @@ class Inspector:
             t0 = time.perf_counter()
             image = self.calibration.prepare(frame)  # ProfileMismatch when the frame does not fit the profile
             calibrate_ms = (time.perf_counter() - t0) * 1e3
-        mask, timings = self.score_map(image)
+        if self.engine is not None:
+            mask, timings = self.score_map(image)
+        else:
+            mask, timings = np.zeros(image.shape[:2], np.float32), {}
         if calibrate_ms is not None:
             timings = {"calibrate": calibrate_ms, **timings}
         t0 = time.perf_counter()

@@ -109,7 +109,8 @@ class ClassifierMode(str, enum.Enum):
 @dataclass(frozen=True)
 class ClassifierConfig:
     """The optional classifier stage (:mod:`station.classify`): a multi-label classifier on ``patch``-sided
-    squares of each frame, after segmentation. ``weights`` is a folder or a shipped weights name; a class is
+    squares of each frame, after segmentation or alone (a recipe without ``[engine]``). ``weights`` is a weights
+    folder, a shipped name or an engine folder, run on ``backend`` like the segmentation engine; a class is
     present in a patch when its score is above ``threshold``; ``fail_on_labels`` fails any part with a label."""
 
     weights: str
@@ -118,7 +119,9 @@ class ClassifierConfig:
     threshold: float = 0.5
     mode: ClassifierMode = ClassifierMode.BATCH
     fail_on_labels: bool = True
-    threads: int = 0  # 0 = leave torch's thread count as it is
+    threads: int = 0  # 0 = all cores
+    backend: Backend = Backend.ONNXRUNTIME
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,7 @@ class Recipe:
     product: ProductConfig
     source: SourceConfig
     tiling: TilingConfig
-    engine: EngineConfig
+    engine: EngineConfig | None  # None: no [engine] table, the classifier stage alone judges parts
     rules: DecisionRules
     log: LogConfig = field(default_factory=LogConfig)
     queues: QueuesConfig = field(default_factory=QueuesConfig)
@@ -347,7 +350,7 @@ def _device(v: Any) -> int | str:
 
 
 _TABLES = ("product", "source", "tiling", "engine", "rules", "log", "queues", "classifier", "calibration")
-_REQUIRED_TABLES = ("product", "source", "engine")
+_REQUIRED_TABLES = ("product", "source")
 
 
 def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
@@ -363,7 +366,10 @@ def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
     for name in _REQUIRED_TABLES:
         if name not in data:
             raise RecipeError(f"{where}: [{name}]: missing table; every recipe needs "
-                              f"{', '.join(f'[{t}]' for t in _REQUIRED_TABLES)}")
+                              f"{', '.join(f'[{t}]' for t in _REQUIRED_TABLES)}, and [engine] or [classifier]")
+    if "engine" not in data and "classifier" not in data:
+        raise RecipeError(f"{where}: [engine]: missing table; a recipe needs an [engine] (segmentation), a "
+                          "[classifier] (multi-label patches), or both")
     base = path.resolve().parent
 
     def table(name: str) -> _Table:
@@ -400,17 +406,11 @@ def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
     tiling = TilingConfig(tile=tile, overlap=overlap, batch=t.get("batch", 32, _int(1), "an integer >= 1"))
     t.finish()
 
-    t = table("engine")
+    engine = None
     backend_check, backend_allowed = _enum(Backend)
-    engine = EngineConfig(
-        model=t.get("model", "bffn", _str, 'a model name from the engines registry, e.g. "bffn"'),
-        weights=t.get("weights", _MISSING, _str,
-                      'a weights file path or a shipped weights name, e.g. "bffn-magnetic-tile"'),
-        backend=t.get("backend", Backend.ONNXRUNTIME, backend_check, backend_allowed),
-        threads=t.get("threads", 0, _int(0), "an integer >= 0 (0 = all cores)"),
-        precision=t.get("precision", "fp32", _choice("fp32", "fp16", "int8"), '"fp32", "fp16" or "int8"'),
-    )
-    t.finish()
+    precision_check, precision_allowed = _choice("fp32", "fp16", "int8"), '"fp32", "fp16" or "int8"'
+    if "engine" in data:
+        engine = _engine(table("engine"), backend_check, backend_allowed, precision_check, precision_allowed)
 
     t = table("rules")
     rules = DecisionRules(
@@ -456,7 +456,9 @@ def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
             threshold=t.get("threshold", 0.5, _float(0.0, high=1.0), "a number in [0, 1] (label when score > it)"),
             mode=t.get("mode", ClassifierMode.BATCH, mode_check, mode_allowed),
             fail_on_labels=t.get("fail_on_labels", True, _bool, "true or false"),
-            threads=t.get("threads", 0, _int(0), "an integer >= 0 (0 = leave torch's setting)"),
+            threads=t.get("threads", 0, _int(0), "an integer >= 0 (0 = all cores)"),
+            backend=t.get("backend", Backend.ONNXRUNTIME, backend_check, backend_allowed),
+            precision=t.get("precision", "fp32", precision_check, precision_allowed),
         )
         t.finish()
 
@@ -549,6 +551,19 @@ def _line_scan_keys(t: _Table, kind: SourceKind) -> dict[str, Any]:
         raise t.fail("part_lines", 'only with part_mode = "fixed"; trigger parts end with the signal '
                                    "(max_part_lines caps them)")
     return out
+
+
+def _engine(t: _Table, backend_check, backend_allowed: str, precision_check, precision_allowed: str) -> EngineConfig:
+    engine = EngineConfig(
+        model=t.get("model", "bffn", _str, 'a model name from the engines registry, e.g. "bffn"'),
+        weights=t.get("weights", _MISSING, _str,
+                      'a weights folder, a shipped weights name or an engine folder, e.g. "bffn-magnetic-tile"'),
+        backend=t.get("backend", Backend.ONNXRUNTIME, backend_check, backend_allowed),
+        threads=t.get("threads", 0, _int(0), "an integer >= 0 (0 = all cores)"),
+        precision=t.get("precision", "fp32", precision_check, precision_allowed),
+    )
+    t.finish()
+    return engine
 
 
 _ROI_ALLOWED = '"none", {x = , y = , w = , h = } (a rectangle) or {cx = , cy = , r = } (a circle)'

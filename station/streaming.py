@@ -261,14 +261,12 @@ class _Classification:
         return plan.n_tiles
 
     def _score(self, n: int) -> None:
-        from engines.evaluate_cls import predict
-
         if n == 0:
             return
         c = self.classifier
         t0 = time.perf_counter()
         patches, self.pending = np.stack(self.pending[:n]), self.pending[n:]
-        self.scores.append(predict(c.model, patches, c.size, c.spec, mode=c.mode, batch=self.chunk))
+        self.scores.append(c.score_patches(patches, batch=self.chunk))
         seconds = time.perf_counter() - t0
         self.timings["classify"] += seconds
         self.calls.append(NetworkCall(self.name, n, seconds, time.monotonic_ns()))
@@ -437,13 +435,7 @@ class StreamingInspector:
         self._lock = threading.Lock()
         self._jobs: queue.Queue = queue.Queue()  # bounded in effect: max_parts_in_flight parts, a job per block
         self._worker: threading.Thread | None = None
-        if classifier is not None and engine is None:
-            from engines.weights import resolve_weights
-
-            sha = resolve_weights(classifier.weights).sha256()[:8]
-            self._engine_id = f"{classifier.model_name}-{sha}@torch-fp32"
-        else:
-            self._engine_id = engine.engine_id
+        self._engine_id = "+".join(stage.engine_id for stage in (engine, classifier) if stage is not None)
 
     @classmethod
     def from_inspector(cls, inspector, **settings: Any) -> StreamingInspector:

@@ -176,6 +176,50 @@ def test_recipe_with_segmentation_weights_as_classifier_is_refused(station_recip
         build_inspector(wrong)
 
 
+def test_classifier_alone_judges_parts_end_to_end(tmp_path, tiny_gr, capsys):
+    """A recipe without [engine]: GR on ONNX Runtime (built into an engine folder, loaded by manifest) judges each
+    frame alone; `station run` records its labels in a real SQLite reject log; the engine id names it."""
+    import cv2
+
+    from station.app import build_inspector
+    from station.cli import main
+    from station.rejectlog import RejectLog
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(images / f"s{i}.png"), frame_image(128, 256, seed=i))
+    text = MINIMAL.split("[engine]")[0] + f'[classifier]\nweights = "{tiny_gr}"\npatch = 128\nthreshold = 0.0\n' \
+                                            'threads = 1\n'
+    recipe = load_recipe(write(tmp_path, text))
+    assert recipe.engine is None and recipe.classifier.backend.value == "onnxruntime"
+    inspector = build_inspector(recipe)
+    assert inspector.engine is None and inspector.classifier.engine.folder is not None
+    assert inspector.engine_id.startswith("gr-") and inspector.engine_id.endswith("@onnxruntime-fp32")
+    db = tmp_path / "log.db"
+    assert main(["run", "--recipe", str(recipe.path), "--headless", "--no-loop", "--db", str(db),
+                 "--threads", "1"]) == 0
+    with RejectLog(db, save_images=False) as log:
+        rows = log.query()
+    assert len(rows) == 3 and all(r["verdict"] == "FAIL" for r in rows)  # threshold 0: every class present
+    assert all(json.loads(r["labels_json"])["labels"] == CLASSES for r in rows)
+    assert {r["engine_id"] for r in rows} == {inspector.engine_id}
+    capsys.readouterr()
+    assert main(["run", "--recipe", str(recipe.path), "--headless", "--weights", "x"]) == 2
+    assert "has no [engine] (the classifier alone judges); use --classifier-weights" in capsys.readouterr().err
+    neither = write(tmp_path, MINIMAL.split("[engine]")[0], name="neither.toml")
+    with pytest.raises(RecipeError, match=r"needs an \[engine\] \(segmentation\), a \[classifier\]"):
+        load_recipe(neither)
+
+
+def test_both_stages_name_both_engines(station_recipe):
+    from station.app import build_inspector
+
+    inspector = build_inspector(station_recipe)
+    seg, cls = inspector.engine_id.split("+")
+    assert seg.startswith("bffn-") and seg.endswith("@torch-fp32") and cls.endswith("@onnxruntime-fp32")
+
+
 def test_export_reads_rows_without_patches(tmp_path):
     from station.rejectlog import decode_labels
 
