@@ -8,7 +8,7 @@ report how long the verdict takes after the last line.
 
 What runs is the station's own code: :class:`station.sources.linescan.LineScanReplay` (blocks on the wall-clock
 schedule of the line rate) → :class:`station.linescan.StripAssembler` → :class:`station.streaming.StreamingInspector`
-with the GR patch classifier (:class:`station.classify.PatchClassifier`, torch on the CPU), and optionally BFFN
+with the GR patch classifier (:class:`station.classify.PatchClassifier`, ONNX Runtime on the CPU by default), and optionally BFFN
 segmentation (the shipped weights, ONNX Runtime), on the station's line (:class:`station.pipeline.Line`).
 
 GR weights: ``--weights DIR`` uses trained weights; by default an *untrained* ResNet-18 GR (4 classes, the trainer's
@@ -51,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="batch", choices=["batch", "bank"],
                    help="GR mode: the part's patches as GR's batch (chunks of 32), or each patch against the bank")
     p.add_argument("--weights", help="trained GR weights folder instead of untrained ones")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all cores this process may use)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores this process may use)")
+    p.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime",
+                   help="GR's engine (built into an engine folder in the cache, loaded by manifest)")
     p.add_argument("--bffn", action="store_true",
                    help="also run BFFN segmentation (shipped weights, ONNX Runtime, 128 px tiles, no overlap)")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON ('-' for standard output)")
@@ -98,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(threads)
     tmp = tempfile.TemporaryDirectory(prefix="linescan-bench-")
     weights = args.weights or str(_untrained_gr(Path(tmp.name) / "gr", args.backbone, args.input_size))
-    classifier = PatchClassifier(weights, patch=args.patch, overlap=0, mode=args.mode)
+    classifier = PatchClassifier(weights, patch=args.patch, overlap=0, mode=args.mode, threads=threads,
+                                 backend=args.backend)
     engine = None
     if args.bffn:
         from engines.backends.base import load_engine
@@ -106,15 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         engine = load_engine("bffn-magnetic-tile", "onnxruntime", threads=threads)
     print(f"screen {args.width} x {args.lines} (seed {args.seed}), blocks of {args.block_lines} lines at "
           f"{args.line_rate:g} lines/s; GR {classifier.model_name} ({args.backbone if not args.weights else weights}) on "
-          f"{args.patch} px patches -> {classifier.size} px input, mode {args.mode}, torch {threads} threads"
+          f"{args.patch} px patches -> {classifier.size} px input, mode {args.mode}, {args.backend} {threads} threads"
           + (", + BFFN (ONNX Runtime)" if engine else "") + "\n", flush=True)
     image = make_screen(args.seed, ScreenSpec(size=(args.lines, args.width))).image
 
     # warm up (first calls allocate and pick kernels), outside the measured stream
-    from engines.evaluate_cls import predict
-
     warm = np.repeat(image[None, : args.patch, : args.patch], MAX_BATCH, axis=0)
-    predict(classifier.model, warm, classifier.size, classifier.spec, mode=args.mode, batch=MAX_BATCH)
+    classifier.score_patches(warm)
     if engine is not None:
         from engines.preprocess import normalize_tiles
 

@@ -63,3 +63,19 @@ def test_wrong_size_missing_and_empty_sets_are_refused(store, tmp_path, cli):
     assert code == 0 and "1 INT8 calibration image" in out and "not built yet" in out
     code, out, err = cli("int8", "add", "--camera", "cam-A", tmp_path / "nothing-here")
     assert code == 2 and "does not exist" in err
+
+
+def test_engines_build_int8_reads_the_profiles_set(store, tmp_path, tiny_gr, one_torch_thread):
+    """`engines build --precision int8 --calibration cam-A@v2` calibrates on the profile's managed images."""
+    from engines.build import BuildSettings, build
+
+    profile, _ = add_images(store, "cam-A", shots(tmp_path / "a", 4))
+    manifest = build(BuildSettings(weights=str(tiny_gr), backend="onnxruntime", precision="int8",
+                                   calibration=profile.name, out=str(tmp_path / "gr-int8"), threads=1))
+    assert manifest["int8_calibration"] == {"source": "cam-A@v2", "inputs": 4}
+    assert manifest["engine"]["file"] == "model.int8.onnx" and manifest["parity"]["max_abs"] < 0.2
+    from engines.cli import main
+
+    assert main(["build", "--weights", str(tiny_gr), "--precision", "int8", "--calibration", "cam-A@v1",
+                 "--out", str(tmp_path / "none")]) == 2  # v1 has no int8 set: one line, no traceback
+    assert not (tmp_path / "none").exists()
