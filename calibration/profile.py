@@ -21,7 +21,6 @@ cache (:func:`calibration.int8.calibration_cache_path`), which is derived from t
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -36,6 +35,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from calibration.errors import CalibrationError, ProfileCorrupt, ProfileMismatch, ProfileNotFound
+from engines.weights import file_sha256  # one SHA-256 routine for weights, engine folders and profiles
 
 FORMAT = 1
 PROFILE_FILE = "profile.json"
@@ -67,14 +67,6 @@ def default_root() -> Path:
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_camera_id(camera: str) -> str:

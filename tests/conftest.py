@@ -67,20 +67,24 @@ TINY_GR_CLASSES = ["crack", "blowhole", "fray"]
 TINY_GR_SIZE = 64
 
 
-@pytest.fixture(scope="session")
-def tiny_gr(tmp_path_factory) -> Path:
-    """An untrained tiny GR (resnet18, label_dim 16, 64 px input) with a reference bank, saved like a run."""
+def save_tiny_gr(out: Path, classes, size: int = 64, seed: int = 0) -> Path:
+    """An untrained tiny GR (resnet18, 16-d label features, grey input of ``size`` px) with a reference bank of 5
+    random entries, saved like a training run with ``classes`` as its class list."""
     import torch
 
     from engines.models.gr import GR, GRConfig
     from engines.preprocess import InputSpec
     from engines.weights import save_weights
 
-    torch.manual_seed(0)
-    model = GR(GRConfig(num_classes=len(TINY_GR_CLASSES), in_channels=1, backbone="resnet18", label_dim=16,
+    torch.manual_seed(seed)
+    model = GR(GRConfig(num_classes=len(classes), in_channels=1, backbone="resnet18", label_dim=16,
                         proj_dim=16)).eval()
-    model.set_reference_bank(torch.randn(5, len(TINY_GR_CLASSES), 16))
-    out = tmp_path_factory.mktemp("tiny-gr")
-    save_weights(model, out, "gr", model.config.to_dict(), InputSpec(channels=1).to_dict(), TINY_GR_SIZE,
-                 {"classes": TINY_GR_CLASSES}, half=False)
+    model.set_reference_bank(torch.randn(5, len(classes), 16))
+    save_weights(model, out, "gr", model.config.to_dict(), InputSpec(channels=1).to_dict(), size,
+                 {"classes": list(classes)}, half=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_gr(tmp_path_factory) -> Path:
+    return save_tiny_gr(tmp_path_factory.mktemp("tiny-gr"), TINY_GR_CLASSES, TINY_GR_SIZE)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from engines.backends.base import load_engine
 from engines.data.synthetic_screen import ScreenSpec, make_screen
@@ -26,6 +25,7 @@ from station.rejectlog import RejectLog
 from station.sources.linescan import LineScanReplay, LineScanSource
 from station.streaming import INCOMPLETE_LABEL, StreamingInspector
 from station.verdict import DecisionRules
+from tests.conftest import save_tiny_gr
 
 CLASSES = ["bubble", "pinhole", "scratch", "tin_ash"]
 
@@ -34,19 +34,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def tiny_gr(tmp_path_factory) -> Path:
-    """An untrained tiny GR (resnet18 with 16-d label features, 64 px input) with a reference bank."""
-    from engines.models.gr import GR, GRConfig
-    from engines.preprocess import InputSpec
-    from engines.weights import save_weights
-
-    torch.manual_seed(0)
-    model = GR(GRConfig(num_classes=len(CLASSES), in_channels=1, backbone="resnet18", label_dim=16,
-                        proj_dim=16)).eval()
-    model.set_reference_bank(torch.randn(5, len(CLASSES), 16))
-    out = tmp_path_factory.mktemp("tiny-gr")
-    save_weights(model, out, "gr", model.config.to_dict(), InputSpec(channels=1).to_dict(), 64,
-                 {"classes": CLASSES}, half=False)
-    return out
+    """An untrained tiny GR with the screen classes (64 px input) and a reference bank."""
+    return save_tiny_gr(tmp_path_factory.mktemp("tiny-gr"), CLASSES)
 
 
 @pytest.fixture(scope="module")
