@@ -391,7 +391,13 @@ def compare_outputs(got: np.ndarray, want: np.ndarray, kind: str, threshold: flo
         a, b = got, want
     diff = np.abs(a.astype(np.float64) - b)
     return {"decision_agreement": round(float(((a >= threshold) == (b >= threshold)).mean()), 6),
-            "max_abs": round(float(diff.max()), 6), "mean_abs": round(float(diff.mean()), 7)}
+            "max_abs": significant(diff.max()), "mean_abs": significant(diff.mean())}
+
+
+def significant(x: float, digits: int = 3) -> float:
+    """``x`` to ``digits`` significant digits (score differences span 1e-9 to 1: fixed decimals would hide the
+    small ones as 0)."""
+    return float(f"{float(x):.{digits}g}")
 
 
 def measure_parity(engine: Engine, weights_dir: Path, settings: BuildSettings, kind: str, tile: int, spec) -> dict:

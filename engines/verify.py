@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from engines.build import significant
+
 log = logging.getLogger(__name__)
 
 # What each precision must reach against the fp32 reference. Verdicts and labels are what the line acts on; the
@@ -60,7 +62,7 @@ def verify_segmentation(engine, reference, images: list[tuple[str, np.ndarray]],
             "images_with_defect_pixels": len(ious),
             "mean_mask_iou": round(float(np.mean(ious)), 6) if ious else None,
             "min_mask_iou": round(float(np.min(ious)), 6) if ious else None,
-            "max_abs": round(max_abs, 6), "mean_abs": round(sum_abs / max(pixels, 1), 7)}
+            "max_abs": significant(max_abs), "mean_abs": significant(sum_abs / max(pixels, 1))}
 
 
 def verify_classifier(engine, reference, images: list[tuple[str, np.ndarray]], batch: int = 32,
@@ -77,7 +79,7 @@ def verify_classifier(engine, reference, images: list[tuple[str, np.ndarray]], b
     differing = [{"image": images[i][0]} for i in np.flatnonzero(~same_set)]
     return {"images": len(images), "label_agreement": round(float((on_a == on_b).mean()), 6),
             "label_set_agreement": round(float(same_set.mean()), 6), "label_sets_differing": differing,
-            "max_abs": round(float(diff.max()), 6), "mean_abs": round(float(diff.mean()), 7)}
+            "max_abs": significant(diff.max()), "mean_abs": significant(diff.mean())}
 
 
 def judge(report: dict[str, Any], precision: str) -> list[str]:
