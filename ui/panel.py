@@ -285,8 +285,14 @@ class StationPanel(QMainWindow):
         self.counter_labels = _grid(line_box, [
             ("inspected", "Inspected"), ("passed", "Pass"), ("failed", "Fail"), ("yield", "Yield"),
             ("dropped", "Dropped frames"), ("errors", "Errors"), ("throughput", "Throughput"),
-            ("latency", "Latency p50 / p99"), ("engine", "Engine"),
+            ("latency", "Latency p50 / p99"),
         ])
+        # the running engines (one line per stage) are too long for the value column: full width, wrapped
+        engine_label = QLabel("Engine: –", objectName="engine")
+        engine_label.setWordWrap(True)
+        engine_label.setProperty("role", "name")
+        line_box.layout().addWidget(engine_label, len(self.counter_labels), 0, 1, 2)
+        self.counter_labels["engine"] = engine_label
         right.addWidget(line_box)
 
         camera_box = QGroupBox("Camera")
@@ -419,10 +425,12 @@ class StationPanel(QMainWindow):
             "errors": f"{stats.errors:,}",
             "throughput": f"{stats.throughput_fps:.1f} fps",
             "latency": f"{stats.latency_ms_p50:.1f} / {stats.latency_ms_p99:.1f} ms",
-            "engine": stats.engine_id or "–",
+            # one line per stage (segmentation, classifier): "model-sha@backend-precision"
+            "engine": "Engine: " + "\n".join((stats.engine_id or "–").split("+")),
         }
         for key, text in values.items():
             self.counter_labels[key].setText(text)
+        self.counter_labels["engine"].setToolTip(stats.engine_id or "")
         self.counter_labels["dropped"].setStyleSheet(f"color: {AMBER};" if stats.dropped else "")
         self.counter_labels["errors"].setStyleSheet(f"color: {AMBER};" if stats.errors else "")
 

@@ -160,7 +160,14 @@ def test_panel_shows_fail_counters_and_reject(qtbot, panel, feed: ResultFeed, st
     assert counters["inspected"] == "1,234" and counters["passed"] == "1,200" and counters["failed"] == "34"
     assert counters["yield"] == "97.2 %" and counters["dropped"] == "7"
     assert counters["throughput"] == "18.6 fps" and counters["latency"] == "12.3 / 31.7 ms"
-    assert counters["engine"] == "bffn-s/onnxruntime-cpu"
+    assert counters["engine"] == "Engine: bffn-s/onnxruntime-cpu"
+    stats.update(engine_id="bffn-5b2be8c6@onnxruntime-fp32+gr-455cfcea@onnxruntime-fp32")  # both stages
+    qtbot.waitUntil(lambda: panel.counter_labels["engine"].text().count("\n") == 1, timeout=2000)
+    assert panel.counter_labels["engine"].text() == ("Engine: bffn-5b2be8c6@onnxruntime-fp32\n"
+                                                    "gr-455cfcea@onnxruntime-fp32")
+    label = panel.counter_labels["engine"]
+    assert label.width() >= label.fontMetrics().horizontalAdvance("Engine: bffn-5b2be8c6@onnxruntime-fp32"), \
+        "the engine line must show whole, not cut"
     assert panel.camera_labels["state"].text() == "connected"
     assert panel.camera_labels["lost"].text() == "2" and panel.camera_labels["incomplete"].text() == "5"
     table = panel.rejects_table
