@@ -269,3 +269,18 @@ def test_the_station_loads_a_recipe_engine_folder_by_manifest(ort_folder, tmp_pa
         build_inspector(fp16)
     with pytest.raises(RecipeError, match=r'\[engine\] precision: .* use "fp32", "fp16" or "int8"'):
         recipe.with_overrides({"engine.precision": "fp64"})
+
+
+def test_verify_a_classifier_engine_on_real_layout_patches(tiny_gr, tmp_path):
+    """A GR engine (bank mode) against its torch reference on multi-label patches (generic labels.csv layout):
+    label and label-set agreement, score differences, through the same batches."""
+    from engines.data.synthetic_screen import ScreenSpec, write_screen_patches
+    from engines.verify import verify
+
+    data = write_screen_patches(tmp_path / "patches", 1, seed=2, spec=ScreenSpec(size=(256, 512)), tile=64)
+    build(BuildSettings(weights=str(tiny_gr), backend="onnxruntime", mode="bank", out=str(tmp_path / "gr"),
+                        threads=1))
+    report = verify(tmp_path / "gr", data, threads=1, batch=8)
+    assert report["images"] == 32 and report["passed"] and report["failed"] == []
+    assert report["label_agreement"] == 1.0 and report["label_set_agreement"] == 1.0
+    assert 0 < report["max_abs"] < 1e-4 and "verdict_agreement" not in report
