@@ -249,3 +249,24 @@ def test_panel_shows_the_labels(qtbot):
     feed.publish(make_result(frame_id=6, verdict=Verdict.PASS))
     panel.refresh()
     assert not panel.labels_label.isVisibleTo(panel), "no classifier stage: no Labels row"
+
+
+@pytest.mark.shared_data
+def test_shipped_gr_labels_held_out_neu_seg_images_in_the_station():
+    """The shipped GR weights (gr-neu-seg) through the station's classifier stage (ONNX Runtime engine): held-out
+    NEU-Seg images, each one patch, get the classes present in their masks."""
+    from engines.data.multilabel import load_neu_seg_multilabel
+    from engines.weights import SHIPPED
+    from tests.conftest import SHARED_DATA
+
+    root = SHARED_DATA / "neu-seg"
+    if not root.is_dir():
+        pytest.skip(f"{root} is absent (the real NEU-Seg set lives in ../shared/data)")
+    held = set(json.loads((SHIPPED / "gr-neu-seg" / "split.json").read_text())["holdout"])
+    data = load_neu_seg_multilabel(root)
+    samples = [s for s in data.samples if s.name in held][:24]
+    classifier = PatchClassifier("gr-neu-seg", patch=200, mode="bank", threads=1)
+    assert classifier.classes == data.classes and classifier.engine_id.endswith("@onnxruntime-fp32")
+    right = sum(classifier.classify(np.asarray(s.image))[0] == tuple(c for c in data.classes if c in s.labels)
+                for s in samples)
+    assert right >= 21, f"only {right} of {len(samples)} held-out images got exactly their labels"
