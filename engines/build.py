@@ -135,28 +135,40 @@ def read_images(paths) -> list[np.ndarray]:
     return images
 
 
-def data_images(data: str | Path, count: int) -> list[np.ndarray]:
-    """``count`` images spread evenly over a data folder (any layout ``engines eval`` reads, or plain images)."""
+def named_images(data: str | Path, limit: int = 0) -> list[tuple[str, np.ndarray]]:
+    """(name, uint8 image) pairs of a data folder in any layout ``engines eval`` reads, or a folder of plain
+    images; ``limit`` picks that many spread evenly over the folder (0 = all)."""
     from engines.data.segmentation import DatasetError, load_dataset
 
     data = Path(data)
     try:
-        images = [s.image for s in load_dataset(data)]
+        pairs = [(s.name, s.image) for s in load_dataset(data)]
     except DatasetError:
         from engines.data.multilabel import load_multilabel
 
         try:
-            images = [np.asarray(s.image) for s in load_multilabel(data).samples]
+            pairs = [(s.name, np.asarray(s.image)) for s in load_multilabel(data).samples]
         except DatasetError:
             from station.sources.replay import list_images
 
             files = list_images(data)
             if not files:
                 raise EngineError(f"no images in {data}; pass a data folder (--data)") from None
-            picks = np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int)
-            return read_images([files[i] for i in sorted(set(picks))])
-    picks = np.linspace(0, len(images) - 1, min(count, len(images))).round().astype(int)
-    return [images[i] for i in sorted(set(picks))]
+            files = [files[i] for i in _spread(len(files), limit)]
+            return list(zip((f.name for f in files), read_images(files)))
+    return [pairs[i] for i in _spread(len(pairs), limit)]
+
+
+def _spread(n: int, limit: int) -> list[int]:
+    """``limit`` indices spread evenly over ``range(n)`` (all of them when ``limit`` is 0 or at least ``n``)."""
+    if not limit or limit >= n:
+        return list(range(n))
+    return sorted(set(np.linspace(0, n - 1, limit).round().astype(int).tolist()))
+
+
+def data_images(data: str | Path, count: int) -> list[np.ndarray]:
+    """``count`` images spread evenly over a data folder (see :func:`named_images`)."""
+    return [image for _, image in named_images(data, count)]
 
 
 def calibration_images(calibration: str, count: int) -> list[np.ndarray]:
@@ -170,8 +182,7 @@ def calibration_images(calibration: str, count: int) -> list[np.ndarray]:
     if not files:
         raise EngineError(f"calibration {calibration} holds no int8 images; add real images with "
                           "`calibration int8 add`")
-    picks = np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int)
-    return read_images([files[i] for i in sorted(set(picks))])
+    return read_images([files[i] for i in _spread(len(files), count)])
 
 
 def network_inputs(images: list[np.ndarray], kind: str, tile: int, spec, limit: int = 0) -> np.ndarray:

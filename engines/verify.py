@@ -96,29 +96,12 @@ def judge(report: dict[str, Any], precision: str) -> list[str]:
     return failed
 
 
-def named_images(data: str | Path, limit: int = 0) -> list[tuple[str, np.ndarray]]:
-    """(name, image) pairs of a data folder in any layout ``engines eval`` reads; ``limit`` spreads the pick
-    evenly over the folder."""
-    from engines.data.segmentation import DatasetError, load_dataset
-
-    try:
-        pairs = [(s.name, s.image) for s in load_dataset(data)]
-    except DatasetError:
-        from engines.data.multilabel import load_multilabel
-
-        pairs = [(s.name, np.asarray(s.image)) for s in load_multilabel(data).samples]
-    if limit and limit < len(pairs):
-        picks = np.linspace(0, len(pairs) - 1, limit).round().astype(int)
-        pairs = [pairs[i] for i in sorted(set(picks))]
-    return pairs
-
-
 def verify(folder: str | Path, data: str | Path, against: str = "torch", recipe=None, limit: int = 0,
            threads: int = 0, batch: int = 32) -> dict[str, Any]:
     """Open the engine folder (manifest checked), its reference (``"torch"``: torch fp32 on the CPU from the
     weights the folder carries; or another engine folder), run both on ``data`` and return the report with the
     tolerances applied (``passed``, ``failed``)."""
-    from engines.build import open_engine, reference_engine
+    from engines.build import named_images, open_engine, reference_engine
 
     engine = open_engine(folder, threads=threads)
     reference = reference_engine(folder, threads=threads) if against == "torch" else open_engine(against, threads)
