@@ -219,7 +219,7 @@ def batches(x: np.ndarray, size: int) -> Iterator[np.ndarray]:
 
 # ------------------------------------------------------------------------------------------------ building
 
-def _export(bundle, settings: BuildSettings, folder: Path, tile: int, kind: str) -> dict[str, Any]:
+def _export(bundle, settings: BuildSettings, folder: Path, tile: int) -> dict[str, Any]:
     from engines.export import OPSET, export_onnx
 
     export_onnx(bundle, folder / ONNX_FILE, tile=tile, mode=settings.mode)
@@ -296,7 +296,7 @@ def build(settings: BuildSettings) -> dict[str, Any]:
                                    tile, spec, limit=max(settings.batch[1] * 8, 64))
             manifest["int8_calibration"] = {"source": settings.calibration, "inputs": int(len(calib))}
         if settings.backend in ("onnxruntime", "tensorrt"):
-            report = _export(bundle, settings, work, tile, kind)
+            report = _export(bundle, settings, work, tile)
             manifest["onnx"] = {**_entry(work, ONNX_FILE), **report}
             if settings.backend == "onnxruntime" and settings.precision != "fp32":
                 name = (_quantize_onnxruntime(work, calib, settings.batch[1]) if settings.precision == "int8"

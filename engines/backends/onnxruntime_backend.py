@@ -34,9 +34,9 @@ class OnnxRuntimeEngine(Engine):
     def __init__(self, onnx_file: Path, model: str, weights_sha256: str, spec, tile: int, threads: int,
                  precision: str = "fp32", device: str = "cpu", kind: str = "segmentation") -> None:
         super().__init__(model, weights_sha256, spec, tile, precision, kind=kind)
+        providers = providers_for(device)  # BackendUnavailable, saying what to install, before the import below
         import onnxruntime as ort
 
-        providers = providers_for(device)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
