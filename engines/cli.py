@@ -441,7 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated models; ablations: bffn-nosam, bffn-sum, bffn-concat, bffn-nosam-sum "
                           "(default: bffn,fcn,unet,deeplabv3plus,bisenet); or classifiers on multi-label data: "
                           "gr, resnet50, vgg16, inceptionv3 and the ablations gr-nogr, gr-nopretrain, gr-linear")
-    cmp.add_argument("--epochs", type=int, help="epochs per run (default: the paper's, 30; classifiers 40 per phase)")
+    cmp.add_argument("--epochs", type=int,
+                     help="epochs per run (default: the paper's, 30; classifiers 40 per phase). Classifiers get an "
+                          "equal budget: GR's two phases together; one-phase models train that many epochs")
     cmp.add_argument("--steps-per-epoch", type=int, default=0, help="steps per epoch (default: one pass of the data)")
     cmp.add_argument("--batch", type=int, help="default: 16 tiles (segmentation), 32 images (classifiers)")
     cmp.add_argument("--lr", type=float, help="default: 5e-4 (segmentation, RMSprop), 1e-3 (classifiers, SGD)")

@@ -221,7 +221,7 @@ def run_compare_classifiers(settings: CompareSettings, progress: bool = True) ->
         fit_idx, val_idx = stratified_multilabel_split(rest.samples, settings.validation, settings.seed + k)
         fit, val = rest.subset(fit_idx), rest.subset(val_idx)
         for name in models:
-            model, config, extra = CLS_VARIANTS[name]
+            model, config, _ = CLS_VARIANTS[name]
             run = out / f"fold{k}" / name
             report_file = run / "eval.json"
             if not _run_done(run):
@@ -230,7 +230,7 @@ def run_compare_classifiers(settings: CompareSettings, progress: bool = True) ->
                                 **config}
                 cls_settings = replace(ClsTrainSettings(model=model, data=settings.data, out=str(run),
                                                         seed=settings.seed + k, model_config=model_config),
-                                       **train_overrides, **extra)
+                                       **equal_budget(name, train_overrides))
                 train_classifier(cls_settings, progress=progress, train_set=fit, held_set=val)
                 report_file.unlink(missing_ok=True)
             if not report_file.exists():
@@ -263,6 +263,25 @@ def run_compare_classifiers(settings: CompareSettings, progress: bool = True) ->
     return summary
 
 
+def equal_budget(name: str, train: dict) -> dict:
+    """Training settings for classifier ``name`` such that every model gets the same number of passes over the
+    training images: GR's two phases together (``pretrain_epochs`` + ``epochs``) are the budget; a model with one
+    phase (a torchvision baseline, GR without its GR-module) trains for all of it in that phase, and GR without
+    the pre-training phase spends all of it in phase 2."""
+    from engines.train_cls import ClsTrainSettings
+
+    model, config, extra = CLS_VARIANTS[name]
+    epochs = train.get("epochs", ClsTrainSettings.epochs)
+    pretrain = train.get("pretrain_epochs", ClsTrainSettings.pretrain_epochs)
+    budget = epochs + (epochs if pretrain == -1 else pretrain)
+    settings = {**train, **extra}
+    if model != "gr" or config.get("use_gr") is False:
+        settings.update(epochs=budget, pretrain_epochs=-1)
+    elif extra.get("pretrain_epochs") == 0:
+        settings.update(epochs=budget)
+    return settings
+
+
 def classifier_markdown(summary: dict) -> str:
     runs = len(summary["folds_run"])
     lines = [
@@ -273,7 +292,9 @@ def classifier_markdown(summary: dict) -> str:
         "is scored with the test images in batches of 32 (its image-wise relations see the batch).",
         "",
         f"Training: {json.dumps(summary['train']) if summary['train'] else 'the paper defaults'}"
-        + (f"; GR backbone {summary['backbone']}" if summary.get("backbone") else "") + ".",
+        + (f"; GR backbone {summary['backbone']}" if summary.get("backbone") else "") + ". Equal budget: every "
+        "model makes the same number of passes over the training images; GR splits them into its two phases, "
+        "models with one phase (the baselines, gr-nogr) and gr-nopretrain spend them all in that phase.",
         "",
         "| model | accuracy | precision | recall | F-measure | exact match | tiles/s (torch CPU) |",
         "|---|---|---|---|---|---|---|",

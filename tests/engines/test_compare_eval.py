@@ -146,8 +146,14 @@ def test_compare_covers_the_classifiers_and_refuses_mixed_kinds(tmp_path):
     gr_config = json.loads((out / "fold1" / "gr" / "config.json").read_text())["model_config"]
     assert gr_config["backbone"] == "resnet18" and gr_config["use_gr"] is True
     assert json.loads((out / "fold1" / "gr-nogr" / "config.json").read_text())["model_config"]["use_gr"] is False
+
+    def passes(model):  # epochs run per phase: every model gets GR's 1 + 1
+        training = json.loads((out / "fold1" / model / "config.json").read_text())["training"]
+        return [p["epochs"] for p in training["phases"]]
+    assert passes("gr") == [1, 1] and passes("gr-nogr") == [2] and passes("vgg16") == [2]
     table = (out / "results.md").read_text()
     assert "| gr |" in table and "| vgg16 |" in table and "F-measure" in table and "agreement" in table
+    assert "Equal budget" in table
     mixed = subprocess.run([*ENGINES, "compare", "--data", str(data), "--out", str(tmp_path / "m"),
                             "--models", "bffn,gr"], capture_output=True, text=True, timeout=120)
     assert mixed.returncode == 2 and "separate runs" in mixed.stderr
