@@ -252,21 +252,25 @@ def test_panel_shows_the_labels(qtbot):
 
 
 @pytest.mark.shared_data
-def test_shipped_gr_labels_held_out_neu_seg_images_in_the_station():
-    """The shipped GR weights (gr-neu-seg) through the station's classifier stage (ONNX Runtime engine): held-out
-    NEU-Seg images, each one patch, get the classes present in their masks."""
+def test_shipped_gr_labels_neu_seg_images_in_the_station_as_engines_eval_does():
+    """The shipped GR weights (gr-neu-seg, trained on all of NEU-Seg) through the station's classifier stage (ONNX
+    Runtime engine, bank mode): NEU-Seg images, each one patch, get the labels that ``engines eval`` gives them
+    with the torch reference, and these are the classes present in their masks. (They are training images: this
+    checks the station reproduces the model, not how it generalises; the same recipe's held-out figures are in
+    ``engines/weights/gr-neu-seg/TRAINING.md``.)"""
     from engines.data.multilabel import load_neu_seg_multilabel
-    from engines.weights import SHIPPED
+    from engines.evaluate_cls import evaluate_classifier
     from tests.conftest import SHARED_DATA
 
     root = SHARED_DATA / "neu-seg"
     if not root.is_dir():
         pytest.skip(f"{root} is absent (the real NEU-Seg set lives in ../shared/data)")
-    held = set(json.loads((SHIPPED / "gr-neu-seg" / "split.json").read_text())["holdout"])
     data = load_neu_seg_multilabel(root)
-    samples = [s for s in data.samples if s.name in held][:24]
+    data = data.subset(list(range(0, len(data), len(data) // 24))[:24])  # spread over the set and its classes
     classifier = PatchClassifier("gr-neu-seg", patch=200, mode="bank", threads=1)
     assert classifier.classes == data.classes and classifier.engine_id.endswith("@onnxruntime-fp32")
-    right = sum(classifier.classify(np.asarray(s.image))[0] == tuple(c for c in data.classes if c in s.labels)
-                for s in samples)
-    assert right >= 21, f"only {right} of {len(samples)} held-out images got exactly their labels"
+    station = [classifier.classify(np.asarray(s.image))[0] for s in data.samples]
+    _, records = evaluate_classifier("gr-neu-seg", data, mode="bank", batch=8, threads=1)
+    assert station == [tuple(r["predicted"]) for r in records], "station and engines eval disagree"
+    right = sum(labels == tuple(c for c in data.classes if c in s.labels) for labels, s in zip(station, data.samples))
+    assert right >= 22, f"only {right} of {len(data)} images got exactly the classes in their masks"
