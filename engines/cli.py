@@ -440,7 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--models", default="bffn,fcn,unet,deeplabv3plus,bisenet",
                      help="comma-separated models; ablations: bffn-nosam, bffn-sum, bffn-concat, bffn-nosam-sum "
                           "(default: bffn,fcn,unet,deeplabv3plus,bisenet); or classifiers on multi-label data: "
-                          "gr, resnet50, vgg16, inceptionv3 and the ablations gr-nogr, gr-nopretrain, gr-linear")
+                          "gr, resnet50, vgg16, inceptionv3, the ablations gr-nogr, gr-nopretrain, gr-linear, and "
+                          "gr-resnet50 (GR on the paper's backbone whatever --backbone says)")
     cmp.add_argument("--epochs", type=int,
                      help="epochs per run (default: the paper's, 30; classifiers 40 per phase). Classifiers get an "
                           "equal budget: GR's two phases together; one-phase models train that many epochs")

@@ -43,6 +43,7 @@ CLS_VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "gr-nogr": ("gr", {"use_gr": False}, {}),
     "gr-nopretrain": ("gr", {}, {"pretrain_epochs": 0}),
     "gr-linear": ("gr", {"cosine": False}, {}),
+    "gr-resnet50": ("gr", {"backbone": "resnet50"}, {}),  # the paper's backbone whatever --backbone says
     "resnet50": ("resnet50", {}, {}),
     "vgg16": ("vgg16", {}, {}),
     "inceptionv3": ("inceptionv3", {}, {}),

@@ -133,19 +133,21 @@ def test_compare_covers_the_classifiers_and_refuses_mixed_kinds(tmp_path):
                     "--seed", "1"], check=True, capture_output=True, timeout=120)
     out = tmp_path / "cmp"
     done = subprocess.run([*ENGINES, "compare", "--data", str(data), "--out", str(out), "--folds", "2",
-                           "--models", "gr,gr-nogr,vgg16", "--backbone", "resnet18", "--epochs", "1",
+                           "--models", "gr,gr-nogr,gr-resnet50,vgg16", "--backbone", "resnet18", "--epochs", "1",
                            "--pretrain-epochs", "1", "--size", "64", "--batch", "8", "--steps-per-epoch", "1",
                            "--threads", "1", "--bench-seconds", "0.5", "--bench-batch", "4", "--no-validate", "--quiet"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "compare.json").read_text())
-    assert set(summary["per_fold"]) == {"gr", "gr-nogr", "vgg16"}
+    assert set(summary["per_fold"]) == {"gr", "gr-nogr", "gr-resnet50", "vgg16"}
     assert sum(r["images"] for r in summary["per_fold"]["gr"]) == 48, "each patch is judged once per model"
     assert all(0.0 <= r["agreement"] <= 1.0 for r in summary["per_fold"]["gr"])
     assert summary["per_fold"]["gr-nogr"][0]["agreement"] is None, "without the GR-module there are no relations"
     gr_config = json.loads((out / "fold1" / "gr" / "config.json").read_text())["model_config"]
     assert gr_config["backbone"] == "resnet18" and gr_config["use_gr"] is True
     assert json.loads((out / "fold1" / "gr-nogr" / "config.json").read_text())["model_config"]["use_gr"] is False
+    assert json.loads((out / "fold1" / "gr-resnet50" / "config.json").read_text())["model_config"]["backbone"] == \
+        "resnet50", "gr-resnet50 keeps the paper's backbone whatever --backbone says"
 
     def passes(model):  # epochs run per phase: every model gets GR's 1 + 1
         training = json.loads((out / "fold1" / model / "config.json").read_text())["training"]
