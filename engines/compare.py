@@ -255,6 +255,7 @@ def run_compare_classifiers(settings: CompareSettings, progress: bool = True) ->
     summary = {
         "data": settings.data, "images": len(data), "classes": list(data.classes), "folds": settings.folds,
         "folds_run": list(fold_numbers), "train": settings.train, "backbone": settings.backbone,
+        "sizes": {m: equal_budget(m, train_overrides).get("size", ClsTrainSettings.size) for m in models},
         "bench_batch": settings.bench_batch, "command": " ".join(sys.argv), "per_fold": results,
         "throughput": throughput,
         "mean": {m: {k: _mean_std([r[k] for r in rs]) for k in CLS_METRICS} for m, rs in results.items()},
@@ -268,14 +269,20 @@ def equal_budget(name: str, train: dict) -> dict:
     """Training settings for classifier ``name`` such that every model gets the same number of passes over the
     training images: GR's two phases together (``pretrain_epochs`` + ``epochs``) are the budget; a model with one
     phase (a torchvision baseline, GR without its GR-module) trains for all of it in that phase, and GR without
-    the pre-training phase spends all of it in phase 2."""
-    from engines.train_cls import ClsTrainSettings
+    the pre-training phase spends all of it in phase 2. A model that cannot take inputs as small as ``size``
+    gets its smallest side instead (the table says so)."""
+    from engines.train_cls import MIN_SIDE, ClsTrainSettings
 
     model, config, extra = CLS_VARIANTS[name]
     epochs = train.get("epochs", ClsTrainSettings.epochs)
     pretrain = train.get("pretrain_epochs", ClsTrainSettings.pretrain_epochs)
     budget = epochs + (epochs if pretrain == -1 else pretrain)
     settings = {**train, **extra}
+    smallest = MIN_SIDE[model]
+    if settings.get("size", ClsTrainSettings.size) < smallest:  # Inception-v3's stem: 75 px at least
+        log.warning("%s cannot take %d-px inputs; it is trained and judged at %d px, its smallest",
+                    name, settings["size"], smallest)
+        settings["size"] = smallest
     if model != "gr" or config.get("use_gr") is False:
         settings.update(epochs=budget, pretrain_epochs=-1)
     elif extra.get("pretrain_epochs") == 0:
@@ -300,6 +307,10 @@ def classifier_markdown(summary: dict) -> str:
         "| model | accuracy | precision | recall | F-measure | exact match | tiles/s (torch CPU) |",
         "|---|---|---|---|---|---|---|",
     ]
+    sizes = summary.get("sizes", {})
+    if len(set(sizes.values())) > 1:
+        lines += ["Input sides: " + ", ".join(f"{m} {s} px" for m, s in sizes.items())
+                  + " (a model that cannot take the requested side gets its smallest).", ""]
     throughput = summary.get("throughput", {})
     for model, stats in summary["mean"].items():
         cells = [f"{stats[k][0]:.3f} ± {stats[k][1]:.3f}" for k in CLS_METRICS]

@@ -133,13 +133,13 @@ def test_compare_covers_the_classifiers_and_refuses_mixed_kinds(tmp_path):
                     "--seed", "1"], check=True, capture_output=True, timeout=120)
     out = tmp_path / "cmp"
     done = subprocess.run([*ENGINES, "compare", "--data", str(data), "--out", str(out), "--folds", "2",
-                           "--models", "gr,gr-nogr,gr-resnet50,vgg16", "--backbone", "resnet18", "--epochs", "1",
+                           "--models", "gr,gr-nogr,gr-resnet50,inceptionv3", "--backbone", "resnet18", "--epochs", "1",
                            "--pretrain-epochs", "1", "--size", "64", "--batch", "8", "--steps-per-epoch", "1",
                            "--threads", "1", "--bench-seconds", "0.5", "--bench-batch", "4", "--no-validate", "--quiet"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "compare.json").read_text())
-    assert set(summary["per_fold"]) == {"gr", "gr-nogr", "gr-resnet50", "vgg16"}
+    assert set(summary["per_fold"]) == {"gr", "gr-nogr", "gr-resnet50", "inceptionv3"}
     assert sum(r["images"] for r in summary["per_fold"]["gr"]) == 48, "each patch is judged once per model"
     assert all(0.0 <= r["agreement"] <= 1.0 for r in summary["per_fold"]["gr"])
     assert summary["per_fold"]["gr-nogr"][0]["agreement"] is None, "without the GR-module there are no relations"
@@ -152,9 +152,13 @@ def test_compare_covers_the_classifiers_and_refuses_mixed_kinds(tmp_path):
     def passes(model):  # epochs run per phase: every model gets GR's 1 + 1
         training = json.loads((out / "fold1" / model / "config.json").read_text())["training"]
         return [p["epochs"] for p in training["phases"]]
-    assert passes("gr") == [1, 1] and passes("gr-nogr") == [2] and passes("vgg16") == [2]
+    assert passes("gr") == [1, 1] and passes("gr-nogr") == [2] and passes("inceptionv3") == [2]
+    assert summary["sizes"] == {"gr": 64, "gr-nogr": 64, "gr-resnet50": 64, "inceptionv3": 75}, \
+        "Inception-v3 cannot take 64 px: it gets its smallest side, 75"
+    assert json.loads((out / "fold1" / "inceptionv3" / "config.json").read_text())["tile"] == 75
     table = (out / "results.md").read_text()
-    assert "| gr |" in table and "| vgg16 |" in table and "F-measure" in table and "agreement" in table
+    assert "| gr |" in table and "| inceptionv3 |" in table and "F-measure" in table and "agreement" in table
+    assert "inceptionv3 75 px" in table
     assert "Equal budget" in table
     mixed = subprocess.run([*ENGINES, "compare", "--data", str(data), "--out", str(tmp_path / "m"),
                             "--models", "bffn,gr"], capture_output=True, text=True, timeout=120)
