@@ -425,7 +425,8 @@ def save_cams(image: np.ndarray, cams: dict, path, alpha: float = 0.5) -> Path:
 def write_cams(weights, data, out_dir, names=None, limit: int = 12, size: int = 0, method: str = "auto") -> list[Path]:
     """CAM panels (:func:`save_cams`) for trained weights: ``data`` is one image file or a multi-label data folder
     (``names`` picks images by name, else the first ``limit``); ``size`` is the network input side (0 = the weights'
-    tile; a larger one gives a finer map). Writes ``out_dir/<image stem>.cam.png``; returns the paths."""
+    tile; a larger one gives a finer map). Each overlay is titled with its class and the network's score for it
+    (GR: against its reference bank). Writes ``out_dir/<image stem>.cam.png``; returns the paths."""
     from engines.data.multilabel import load_multilabel, read_image
     from engines.weights import load_model
 
@@ -442,10 +443,13 @@ def write_cams(weights, data, out_dir, names=None, limit: int = 12, size: int = 
                 raise ValueError(f"none of {sorted(wanted)[:5]} is an image of {data}")
         items = [(s.name, s.image) for s in samples[:limit]]
     model, spec = load_model(bundle), bundle.input_spec()
+    mode = "bank" if has_relations(model) and has_bank(model) else "batch"  # one image alone, deterministic
     out_dir = Path(out_dir)
     paths = []
     for name, image in items:
         cams = class_activation_maps(model, image, size or bundle.tile, spec, classes=classes, method=method)
+        scores = predict(model, [image], bundle.tile, spec, mode=mode, batch=1)[0]
+        cams = {f"{c} {score:.2f}": cams[c] for c, score in zip(classes, scores)}  # each panel: class, score
         stem = Path(name.replace("/", "__")).stem
         paths.append(save_cams(image, cams, out_dir / f"{stem}.cam.png"))
     return paths

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from engines import evaluate_cls
 from engines.data.multilabel import cooccurrence, label_matrix, load_multilabel
 from engines.evaluate_cls import (class_activation_maps, evaluate_classifier, multilabel_metrics, predict,
                                   save_cams, save_class_figure, write_cams)
@@ -243,7 +244,7 @@ def test_bad_settings_are_refused(tmp_path):
 # -------------------------------------------------------------------------------------------------- learnability
 
 
-def test_gr_learns_the_easy_set_and_its_cam_finds_the_square(tmp_path):
+def test_gr_learns_the_easy_set_and_its_cam_finds_the_square(tmp_path, monkeypatch):
     """Can fail: 3 pre-training + 10 normal epochs (39 steps of 8 images, SGD lr 1e-2) must separate squares
     from bars (mean F-measure >= 0.8 on the training images; predicting every label gives 0.67); the CAM of the
     square class must peak on or next to the square."""
@@ -277,9 +278,15 @@ def test_gr_learns_the_easy_set_and_its_cam_finds_the_square(tmp_path):
     path = save_cams(data[name], cams, tmp_path / "cams.png")
     panel = cv2.imread(str(path))
     assert panel is not None and panel.shape[1] > 3 * panel.shape[0] - 1 and panel.std() > 5
+    titles = []
+    real_save = evaluate_cls.save_cams
+    monkeypatch.setattr(evaluate_cls, "save_cams", lambda image, cams, path: titles.append(list(cams)) or
+                        real_save(image, cams, path))
     written = write_cams(out, root, tmp_path / "cam-dir", limit=2)
     assert [p.name for p in written] == ["im00.cam.png", "im01.cam.png"]
     assert all(cv2.imread(str(p)) is not None for p in written)
+    scores = predict(model, list(data.values())[:2], bundle.tile, spec, mode="bank", batch=1)
+    assert titles == [[f"a {a:.2f}", f"b {b:.2f}"] for a, b in scores], "each overlay is titled class + score"
 
 
 def test_first_head_scores_the_fc2_module_alone():
