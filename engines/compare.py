@@ -200,6 +200,7 @@ def run_compare_classifiers(settings: CompareSettings, progress: bool = True) ->
     the held-out score) and judged on the remaining fold with the paper's class-averaged metrics (label present
     when its score > 0.5; GR scored with its batch = 32 test images, and its batch/bank agreement recorded)."""
     from engines.data.multilabel import load_multilabel, stratified_multilabel_folds, stratified_multilabel_split
+    from engines.errors import TrainingDiverged
     from engines.evaluate_cls import evaluate_classifier, save_class_figure
     from engines.train_cls import ClsTrainSettings, train_classifier
 
@@ -225,15 +226,23 @@ def run_compare_classifiers(settings: CompareSettings, progress: bool = True) ->
             model, config, _ = CLS_VARIANTS[name]
             run = out / f"fold{k}" / name
             report_file = run / "eval.json"
-            if not _run_done(run):
+            diverged = run / "diverged.txt"  # a run whose loss became NaN: recorded, not retried (delete to retry)
+            if not _run_done(run) and not diverged.exists():
                 log.info("fold %d/%d: training %s on %d images", k, settings.folds, name, len(fit))
                 model_config = {**({"backbone": settings.backbone} if model == "gr" and settings.backbone else {}),
                                 **config}
                 cls_settings = replace(ClsTrainSettings(model=model, data=settings.data, out=str(run),
                                                         seed=settings.seed + k, model_config=model_config),
                                        **equal_budget(name, train_overrides))
-                train_classifier(cls_settings, progress=progress, train_set=fit, held_set=val)
+                try:
+                    train_classifier(cls_settings, progress=progress, train_set=fit, held_set=val)
+                except TrainingDiverged as exc:
+                    diverged.write_text(f"{exc}\n")
+                    log.warning("fold %d %s: %s", k, name, exc)
                 report_file.unlink(missing_ok=True)
+            if diverged.exists():
+                results[name].append({"diverged": diverged.read_text().strip(), "images": len(test)})
+                continue
             if not report_file.exists():
                 report, _ = evaluate_classifier(run, test, mode="batch", batch=32, threads=settings.threads)
                 report["fold"] = k
@@ -250,15 +259,18 @@ def run_compare_classifiers(settings: CompareSettings, progress: bool = True) ->
         from engines.benchmark import interleaved_throughput
 
         first = fold_numbers[0]
-        engines = {name: _TorchClassifier(out / f"fold{first}" / name) for name in models}
-        throughput = interleaved_throughput(engines, batch=settings.bench_batch, seconds=settings.bench_seconds)
+        engines = {name: _TorchClassifier(out / f"fold{first}" / name) for name in models
+                   if _run_done(out / f"fold{first}" / name)}  # not the diverged ones
+        if engines:
+            throughput = interleaved_throughput(engines, batch=settings.bench_batch, seconds=settings.bench_seconds)
     summary = {
         "data": settings.data, "images": len(data), "classes": list(data.classes), "folds": settings.folds,
         "folds_run": list(fold_numbers), "train": settings.train, "backbone": settings.backbone,
         "sizes": {m: equal_budget(m, train_overrides).get("size", ClsTrainSettings.size) for m in models},
         "bench_batch": settings.bench_batch, "command": " ".join(sys.argv), "per_fold": results,
         "throughput": throughput,
-        "mean": {m: {k: _mean_std([r[k] for r in rs]) for k in CLS_METRICS} for m, rs in results.items()},
+        "mean": {m: {k: _mean_std([r[k] for r in rs if "diverged" not in r]) for k in CLS_METRICS}
+                 for m, rs in results.items()},
     }
     (out / "compare.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "results.md").write_text(classifier_markdown(summary))
@@ -304,19 +316,31 @@ def classifier_markdown(summary: dict) -> str:
         "model makes the same number of passes over the training images; GR splits them into its two phases, "
         "models with one phase (the baselines, gr-nogr) and gr-nopretrain spend them all in that phase.",
         "",
-        "| model | accuracy | precision | recall | F-measure | exact match | tiles/s (torch CPU) |",
-        "|---|---|---|---|---|---|---|",
     ]
     sizes = summary.get("sizes", {})
     if len(set(sizes.values())) > 1:
         lines += ["Input sides: " + ", ".join(f"{m} {s} px" for m, s in sizes.items())
                   + " (a model that cannot take the requested side gets its smallest).", ""]
+    lines += ["| model | accuracy | precision | recall | F-measure | exact match | tiles/s (torch CPU) |",
+              "|---|---|---|---|---|---|---|"]
     throughput = summary.get("throughput", {})
+    diverged_notes = []
     for model, stats in summary["mean"].items():
-        cells = [f"{stats[k][0]:.3f} ± {stats[k][1]:.3f}" for k in CLS_METRICS]
+        diverged = [r["diverged"] for r in summary["per_fold"][model] if "diverged" in r]
+        if diverged:
+            diverged_notes.append(f"{model}: {diverged[0]}")
+        if len(diverged) == len(summary["per_fold"][model]):
+            cells = [f"diverged ({len(diverged)} of {len(diverged)} runs)"] + [""] * (len(CLS_METRICS) - 1)
+        else:
+            cells = [f"{stats[k][0]:.3f} ± {stats[k][1]:.3f}" for k in CLS_METRICS]
+            if diverged:
+                cells[0] += f" ({len(diverged)} diverged run(s) left out)"
         tps = throughput.get(model, {}).get("tiles_per_s")
         cells.append(f"{tps:.1f}" if tps else "—")
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    if diverged_notes:
+        lines += ["", "Diverged (the loss became NaN or infinite; training stopped there): "
+                  + "; ".join(diverged_notes)]
     agreement = {m: [r["agreement"] for r in rs if r.get("agreement") is not None]
                  for m, rs in summary["per_fold"].items()}
     agreement = {m: a for m, a in agreement.items() if a}

@@ -14,4 +14,17 @@ class BackendUnavailable(EngineError):
     """The requested backend's library is not installed or cannot run on this machine."""
 
 
+class TrainingDiverged(ValueError):
+    """The training loss became NaN or infinite: the weights are garbage from there on."""
+
+
+def check_loss(value: float, where: str, lr: float) -> None:
+    """Stop training at the first non-finite loss, before it is stepped into the weights or checkpointed."""
+    if value != value or value in (float("inf"), float("-inf")):
+        raise TrainingDiverged(
+            f"training diverged: the loss became {value} at {where}; nothing from this epoch was saved (the last "
+            f"checkpoint, if any, is kept). Train again with a lower learning rate (--lr, now {lr:g}), e.g. a "
+            f"tenth of it, in a new --out folder")
+
+
 USER_ERRORS = (EngineError, WeightsError, DatasetError, CalibrationError, FileNotFoundError, ValueError)

@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from engines.errors import check_loss
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ def train_segmentation(settings: TrainSettings, progress: bool = True, train_sam
         bar = tqdm(range(steps), desc=f"{settings.model} epoch {epoch + 1}/{settings.epochs}",
                    disable=not (progress and main_process), file=sys.stderr,
                    mininterval=1.0 if sys.stderr.isatty() else 60.0)
-        for _ in bar:
+        for step in bar:
             tiles, masks = sampler.batch(settings.batch)
             x = torch.from_numpy(normalize_tiles(tiles, spec)).to(device, non_blocking=True)
             y = torch.from_numpy(masks).to(device, non_blocking=True)
@@ -193,13 +194,15 @@ def train_segmentation(settings: TrainSettings, progress: bool = True, train_sam
                 principal, *aux = outputs if isinstance(outputs, tuple) else (outputs,)
                 principal, aux = principal.float(), [a.float() for a in aux]
             loss = criterion(principal, y) + settings.aux_weight * sum(criterion(a, y) for a in aux)
+            value = float(loss.detach())
+            check_loss(value, f"epoch {epoch + 1} step {step + 1}", settings.lr)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            total += float(loss.detach())
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            total += value
+            bar.set_postfix(loss=f"{value:.4f}")
         model.eval()
         metrics = {}
         if main_process and held_samples and settings.validate:

@@ -43,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.errors import check_loss
+
 log = logging.getLogger(__name__)
 
 CLASSIFIERS = ("gr", "resnet50", "vgg16", "inceptionv3")
@@ -304,19 +306,21 @@ def train_classifier(settings: ClsTrainSettings, progress: bool = True, train_se
             bar = tqdm(epoch_batches(len(train_set), batch, steps, rng),
                        desc=f"{settings.model} {name} epoch {epoch + 1}/{epochs}", disable=not progress,
                        file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 60.0)
-            for idx in bar:
+            for step, idx in enumerate(bar, 1):
                 images = augment_batch(train_x[idx], rng, colour) if settings.augment else train_x[idx]
                 x = torch.from_numpy(normalize_tiles(images, spec)).to(device, non_blocking=True)
                 y = torch.from_numpy(train_y[idx]).to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     outputs = model(x)
                 loss = loss_of(phase, outputs, y)
+                value = float(loss.detach())
+                check_loss(value, f"phase {phase} epoch {epoch + 1} step {step}", settings.lr)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                total += float(loss.detach())
-                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+                total += value
+                bar.set_postfix(loss=f"{value:.4f}")
             record = {"phase": phase, "stage": name, "epoch": epoch + 1, "loss": round(total / steps, 5),
                       "seconds": round(time.time() - t0, 1)}
             if settings.validate and len(held_set):

@@ -163,3 +163,38 @@ def test_compare_covers_the_classifiers_and_refuses_mixed_kinds(tmp_path):
     mixed = subprocess.run([*ENGINES, "compare", "--data", str(data), "--out", str(tmp_path / "m"),
                             "--models", "bffn,gr"], capture_output=True, text=True, timeout=120)
     assert mixed.returncode == 2 and "separate runs" in mixed.stderr
+
+
+def test_a_diverging_run_stops_with_advice_and_compare_records_it(tmp_path):
+    """A loss that becomes NaN stops training at once with what to do (no NaN weights saved); engines compare
+    records the run as diverged, goes on, and does not retrain it when re-run."""
+    from engines.errors import TrainingDiverged
+    from engines.train import TrainSettings, train_segmentation
+
+    seg = make_generic_set(tmp_path / "seg", n=4, size=(128, 128))
+    with pytest.raises(TrainingDiverged, match=r"epoch 1 step \d+.*lower learning rate \(--lr, now 1e\+12\)"):
+        train_segmentation(TrainSettings(model="fcn", data=str(seg), out=str(tmp_path / "segrun"), epochs=2,
+                                         steps_per_epoch=3, batch=2, holdout=0.0, threads=1, lr=1e12,
+                                         optimizer="adam"), progress=False)
+    assert not (tmp_path / "segrun" / "model.safetensors").exists()
+    data = tmp_path / "screen"
+    subprocess.run([*ENGINES, "synth", "screen", "--out", str(data), "--count", "3", "--size", "512", "--tile", "128",
+                    "--seed", "1"], check=True, capture_output=True, timeout=120)
+    common = ["--data", str(data), "--backbone", "resnet18", "--epochs", "1", "--pretrain-epochs", "1", "--size",
+              "64", "--batch", "8", "--steps-per-epoch", "2", "--lr", "1e6", "--threads", "1", "--no-validate",
+              "--quiet"]
+    args = [*common, "--folds", "2", "--only-folds", "1", "--models", "gr-linear", "--bench-seconds", "0.5"]
+    train = subprocess.run([*ENGINES, "train", "gr", "--out", str(tmp_path / "gr"), "--linear", *common],
+                           capture_output=True, text=True, timeout=300)
+    assert train.returncode == 2 and "training diverged" in train.stderr and "Traceback" not in train.stderr
+    out = tmp_path / "cmp"
+    for _ in range(2):  # the second run finds the diverged run recorded and does not train it again
+        done = subprocess.run([*ENGINES, "compare", "--out", str(out), *args], capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("training gr-linear") == 0
+    assert "training diverged" in (out / "fold1" / "gr-linear" / "diverged.txt").read_text()
+    row = json.loads((out / "compare.json").read_text())["per_fold"]["gr-linear"][0]
+    assert "training diverged" in row["diverged"] and "f_measure" not in row
+    table = (out / "results.md").read_text()
+    assert "| gr-linear | diverged (1 of 1 runs)" in table and "Diverged (the loss became NaN" in table
