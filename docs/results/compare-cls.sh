@@ -20,4 +20,6 @@ engines compare --data $MT --out runs/compare-cls-mt --models gr,gr-resnet50,res
     --bench-seconds 0
 wait
 engines compare --data $MT --out runs/compare-cls-mt --models gr,gr-resnet50,resnet50,inceptionv3,vgg16 $COMMON --threads 2
+# The linear-space ablation diverges at lr 0.01 (NaN in phase 1); GR and gr-linear again at the paper's lr 1e-3:
+engines compare --data $NEU --out runs/compare-cls-neu-lr1e-3 --models gr,gr-linear $COMMON --lr 0.001 --threads 2
 echo ALL DONE
