@@ -69,8 +69,8 @@ class CompareSettings:
     threads: int = 0
     bench_batch: int = 32
     bench_seconds: float = 20.0
-    only_folds: tuple[int, ...] = ()
-    backbone: str = ""  # classifiers: GR's backbone (resnet18 for CPU work; the paper's resnet50 by default)  # run a subset of the folds (1-based); the table says how many it holds
+    only_folds: tuple[int, ...] = ()  # run a subset of the folds (1-based); the table says how many it holds
+    backbone: str = ""  # classifiers: GR's backbone (resnet18 for CPU work; the paper's resnet50 by default)
     train: dict = field(default_factory=dict)  # TrainSettings overrides (epochs, steps_per_epoch, optimizer, ...)
 
 
@@ -216,6 +216,7 @@ def run_compare_classifiers(settings: CompareSettings, progress: bool = True) ->
     (out / "folds.json").write_text(json.dumps([[data.samples[i].name for i in f] for f in folds], indent=1))
     allowed = set(ClsTrainSettings.__dataclass_fields__)
     train_overrides = {k: v for k, v in settings.train.items() if k in allowed}
+    plans = {name: equal_budget(name, train_overrides) for name in models}  # training overrides per model
     results: dict[str, list[dict]] = {m: [] for m in models}
     for k in fold_numbers:
         test = data.subset(folds[k - 1])
@@ -233,7 +234,7 @@ def run_compare_classifiers(settings: CompareSettings, progress: bool = True) ->
                                 **config}
                 cls_settings = replace(ClsTrainSettings(model=model, data=settings.data, out=str(run),
                                                         seed=settings.seed + k, model_config=model_config),
-                                       **equal_budget(name, train_overrides))
+                                       **plans[name])
                 try:
                     train_classifier(cls_settings, progress=progress, train_set=fit, held_set=val)
                 except TrainingDiverged as exc:
@@ -266,7 +267,7 @@ def run_compare_classifiers(settings: CompareSettings, progress: bool = True) ->
     summary = {
         "data": settings.data, "images": len(data), "classes": list(data.classes), "folds": settings.folds,
         "folds_run": list(fold_numbers), "train": settings.train, "backbone": settings.backbone,
-        "sizes": {m: equal_budget(m, train_overrides).get("size", ClsTrainSettings.size) for m in models},
+        "sizes": {m: plans[m].get("size", ClsTrainSettings.size) for m in models},
         "bench_batch": settings.bench_batch, "command": " ".join(sys.argv), "per_fold": results,
         "throughput": throughput,
         "mean": {m: {k: _mean_std([r[k] for r in rs if "diverged" not in r]) for k in CLS_METRICS}

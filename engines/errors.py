@@ -1,6 +1,8 @@
 """The engines package's errors; each message says what to do next."""
 from __future__ import annotations
 
+import math
+
 from calibration.errors import CalibrationError
 from engines.data.segmentation import DatasetError
 from engines.weights import WeightsError
@@ -20,7 +22,7 @@ class TrainingDiverged(ValueError):
 
 def check_loss(value: float, where: str, lr: float) -> None:
     """Stop training at the first non-finite loss, before it is stepped into the weights or checkpointed."""
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise TrainingDiverged(
             f"training diverged: the loss became {value} at {where}; nothing from this epoch was saved (the last "
             f"checkpoint, if any, is kept). Train again with a lower learning rate (--lr, now {lr:g}), e.g. a "

@@ -133,8 +133,8 @@ def test_compare_covers_the_classifiers_and_refuses_mixed_kinds(tmp_path):
                     "--seed", "1"], check=True, capture_output=True, timeout=120)
     out = tmp_path / "cmp"
     done = subprocess.run([*ENGINES, "compare", "--data", str(data), "--out", str(out), "--folds", "2",
-                           "--models", "gr,gr-nogr,gr-resnet50,inceptionv3", "--backbone", "resnet18", "--epochs", "1",
-                           "--pretrain-epochs", "1", "--size", "64", "--batch", "8", "--steps-per-epoch", "1",
+                           "--models", "gr,gr-nogr,gr-resnet50,inceptionv3", "--backbone", "resnet18",
+                           "--epochs", "1", "--pretrain-epochs", "1", "--size", "64", "--batch", "8", "--steps-per-epoch", "1",
                            "--threads", "1", "--bench-seconds", "0.5", "--bench-batch", "4", "--no-validate", "--quiet"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
