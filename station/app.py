@@ -29,7 +29,7 @@ def build_source(recipe: Recipe):
     if s.kind is SourceKind.REPLAY:
         return ReplaySource(s.path, loop=s.loop, fps=s.fps or None, pattern=s.pattern)
     return GenICamSource(cti=s.cti, device=s.device, pixel_format=s.pixel_format, frame_rate=s.frame_rate,
-                         exposure_us=s.exposure_us)
+                         exposure_us=s.exposure_us, num_buffers=s.buffers)
 
 
 def _backend_device(backend: str) -> tuple[str, str]:

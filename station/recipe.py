@@ -67,6 +67,7 @@ class SourceConfig:
     pixel_format: str = "Mono8"
     frame_rate: float | None = None
     exposure_us: float | None = None
+    buffers: int = 16  # genicam: driver buffers; frames arriving while all are full are lost (health counts them)
     # line-scan (kind = "linescan-replay", or "genicam" with line_scan = true; docs/LINESCAN.md)
     line_scan: bool = False  # genicam: a line-scan camera whose frames are blocks of block_lines lines
     block_lines: int = 512  # lines per block (genicam: the camera's Height)
@@ -396,6 +397,7 @@ def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
         pixel_format=t.get("pixel_format", "Mono8", _str, 'a GenICam pixel format name such as "Mono8"'),
         frame_rate=t.get("frame_rate", None, _float(0.0, above=True), "a number of frames per second > 0"),
         exposure_us=t.get("exposure_us", None, _float(0.0, above=True), "an exposure time in microseconds > 0"),
+        buffers=t.get("buffers", 16, _int(1), "an integer >= 1 (driver buffers, e.g. 16)"),
         **_line_scan_keys(t, kind),
     )
     t.finish()

@@ -145,6 +145,8 @@ class GenICamSource(FrameSource):
     Settings that the camera lacks are logged and ignored; invalid values raise :class:`SourceError`
     naming the node and its allowed values. ``frame_id`` is the camera's block id (it restarts after a
     reconnect; ``meta["sequence"]`` counts frames over the life of the source). Colour frames are RGB.
+    The driver holds ``num_buffers`` frames: a consumer stalled for longer than that many frame periods makes
+    the camera drop frames, which show up as gaps in ``frame_id``.
 
     Health: ``lost_frames`` = gaps in block ids (including wrap-around); ``incomplete_frames`` = buffers the
     producer reported incomplete (harvesters drops them) plus short buffers (yielded zero-padded with
@@ -167,7 +169,7 @@ class GenICamSource(FrameSource):
         max_backoff_s: float = 5.0,
         name: str | None = None,
         colour: ColourMode | str = ColourMode.AUTO,
-        num_buffers: int = 4,
+        num_buffers: int = 16,
         lost_after_timeouts: int = 2,
     ) -> None:
         super().__init__(name or f"genicam:{device}")

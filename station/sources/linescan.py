@@ -267,7 +267,7 @@ def build_linescan_source(config: Any, listener: PartListener | None = None) -> 
 
         camera = GenICamSource(cti=config.cti, device=config.device, pixel_format=config.pixel_format,
                                frame_rate=config.frame_rate, exposure_us=config.exposure_us,
-                               height=config.block_lines)
+                               height=config.block_lines, num_buffers=config.buffers)
         return LineScanSource(GenICamBlocks(camera), part_lines=config.part_lines, **common)
     image, what = replay_image(config.path, config.screen_seed, tuple(config.screen_size))
     replay = LineScanReplay(image, block_lines=config.block_lines, line_rate_hz=config.line_rate_hz,

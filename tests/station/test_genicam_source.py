@@ -86,7 +86,11 @@ def test_frames_have_configured_size_and_mono8_format() -> None:
         assert frame.image.flags.c_contiguous and frame.image.flags.writeable  # our copy, not the read-only driver view
         assert frame.source == "genicam:VikyTL_DEV_red"
         assert frame.meta["pixel_format"] == "Mono8" and frame.meta["incomplete"] is False
-    assert [f.frame_id for f in frames] == list(range(frames[0].frame_id, frames[0].frame_id + 5))
+    # frame_id is the camera's block id: rising, and any frame the camera dropped (no free buffer while this
+    # machine stalled) is a gap that health() counts, never a silent renumbering
+    ids = [f.frame_id for f in frames]
+    assert all(b > a for a, b in zip(ids, ids[1:])), ids
+    assert source.health().lost_frames == ids[-1] - ids[0] - (len(ids) - 1)
     assert all(b.timestamp_ns > a.timestamp_ns for a, b in zip(frames, frames[1:]))
     assert source.health().state is CameraState.STOPPED
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from station.app import build_source
 from station.errors import RecipeError
 from station.recipe import (
     Backend,
@@ -61,10 +62,14 @@ def test_minimal_recipe_gets_defaults_and_resolves_paths(tmp_path: Path) -> None
 
 def test_genicam_source_needs_no_path(tmp_path: Path) -> None:
     text = MINIMAL.replace('kind = "replay"\npath = "images"',
-                           'kind = "genicam"\ndevice = "SN123"\nframe_rate = 30\nexposure_us = 2500.5\ncti = "p.cti"')
+                           'kind = "genicam"\ndevice = "SN123"\nframe_rate = 30\nexposure_us = 2500.5\ncti = "p.cti"\n'
+                           'buffers = 32')
     recipe = load_recipe(write(tmp_path, text))
     assert recipe.source.kind is SourceKind.GENICAM and recipe.source.path is None
     assert recipe.source.device == "SN123" and recipe.source.frame_rate == 30.0
+    assert recipe.source.buffers == 32 and load_recipe(write(tmp_path, MINIMAL)).source.buffers == 16
+    source = build_source(recipe)
+    assert source.num_buffers == 32 and source.device == "SN123" and source.exposure_us == 2500.5
     assert recipe.source.cti == (tmp_path / "p.cti").resolve()
 
 
@@ -110,6 +115,7 @@ BAD = [
     ('path = "images"', 'path = "images"\nfps = -1', "[source] fps"),
     ('path = "images"', 'path = "images"\ndevice = -1', "[source] device"),
     ('path = "images"', 'path = "images"\nexposure_us = 0', "[source] exposure_us"),
+    ('path = "images"', 'path = "images"\nbuffers = 0', "[source] buffers: 0 is not allowed; use an integer >= 1"),
     ('path = "images"', 'path = "images"\npatern = "*.png"', "[source] patern: unknown key; did you mean 'pattern'"),
     ('weights = "w.safetensors"', "", "[engine] weights: missing"),
     ('weights = "w.safetensors"', 'weights = "w"\nbackend = "cuda"', "[engine] backend: 'cuda' is not allowed"),
