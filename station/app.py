@@ -92,7 +92,11 @@ def build_line(recipe: Recipe, max_frames: int | None = None, feed: ResultFeed |
 
         inspector = StreamingInspector.from_inspector(inspector)  # tile rows are inspected while the part arrives
         source.listener = inspector
-    reject_log = RejectLog(recipe.log.db, save_images=recipe.log.save_reject_images)
+    calibrated = inspector.calibration.name if inspector.calibration is not None else None
+    reject_log = RejectLog(recipe.log.db, save_images=recipe.log.save_reject_images,
+                           recipe=f"{recipe.product.name} {recipe.fingerprint()}", calibration=calibrated)
+    log.info("reject log %s: rows record recipe %r and calibration %s", recipe.log.db, reject_log.recipe,
+             calibrated or "none (uncalibrated)")
     policy = recipe.queues.frames_policy
     if (recipe.source.kind is SourceKind.REPLAY and not recipe.source.fps) or \
             (recipe.source.kind is SourceKind.LINESCAN_REPLAY and not recipe.source.line_rate_hz):

@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 import difflib
 import enum
+import hashlib
+import json
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -207,6 +209,14 @@ class Recipe:
                 value = str(Path(value).expanduser().resolve())
             section[key] = value
         return _build(raw, self.path, where)
+
+    def fingerprint(self) -> str:
+        """12 hex digits of the SHA-256 of the effective settings (overrides included, the file's own path
+        excluded): two rows with the same fingerprint were judged by the same settings."""
+        data = self.as_dict()
+        data.pop("path", None)
+        text = json.dumps(data, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data (enums as values, paths as strings), e.g. for ``--json`` output."""

@@ -11,6 +11,11 @@ that path relative to the database's folder, so the two can be moved together.
 ``labels_json`` holds the classifier stage's labels: a JSON list of class names (``[]`` without a classifier),
 or, when the stage ran on patches, ``{"labels": [...], "patches": [...]}`` with the patch grid (row, col, pixel
 origin, side, labels and scores per patch). :func:`decode_labels` reads both forms, so older rows stay valid.
+
+``recipe`` and ``calibration`` say what judged each row: the recipe's product and the fingerprint of its effective
+settings (:meth:`station.recipe.Recipe.fingerprint`), and the calibration profile version (``camera@vN``; empty
+when the line ran uncalibrated). Schema 1 files are upgraded in place when the station opens them; their old rows
+keep empty values there.
 """
 from __future__ import annotations
 
@@ -38,9 +43,10 @@ from station.records import InspectionResult, Verdict
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 COLUMNS = ("id", "time_utc", "timestamp_ns", "source", "frame_id", "file", "verdict", "defects_json",
-           "labels_json", "engine_id", "latency_ms", "image_path")
+           "labels_json", "engine_id", "latency_ms", "image_path", "recipe", "calibration")
+_ADDED_IN_2 = ("recipe", "calibration")  # schema 1 files get these columns (NULL in their old rows)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inspections (
@@ -55,7 +61,9 @@ CREATE TABLE IF NOT EXISTS inspections (
     labels_json  TEXT    NOT NULL,
     engine_id    TEXT    NOT NULL,
     latency_ms   REAL    NOT NULL,
-    image_path   TEXT                       -- relative to the database's folder
+    image_path   TEXT,                      -- relative to the database's folder
+    recipe       TEXT,                      -- product and settings fingerprint, e.g. "magnetic_tile 3f9a0c1d2e4b"
+    calibration  TEXT                       -- calibration profile version, e.g. "cam-A@v3" (NULL: uncalibrated)
 );
 CREATE INDEX IF NOT EXISTS inspections_time ON inspections (time_utc);
 CREATE INDEX IF NOT EXISTS inspections_verdict_time ON inspections (verdict, time_utc);
@@ -125,7 +133,9 @@ def _where(since: str | datetime | None, until: str | datetime | None, verdict: 
 
 def _fetch(conn: sqlite3.Connection, since: Any, until: Any, verdict: str) -> list[dict[str, Any]]:
     where, params = _where(since, until, verdict)
-    cursor = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM inspections{where} ORDER BY id", params)
+    present = {row[1] for row in conn.execute("PRAGMA table_info(inspections)")}
+    selected = ", ".join(c if c in present else f"NULL AS {c}" for c in COLUMNS)  # a schema 1 file, read-only
+    cursor = conn.execute(f"SELECT {selected} FROM inspections{where} ORDER BY id", params)
     return [dict(zip(COLUMNS, row)) for row in cursor]
 
 
@@ -171,11 +181,15 @@ def _to_png_layout(image: np.ndarray) -> np.ndarray:
 
 
 class RejectLog:
-    """Append-only SQLite log of inspections; thread-safe, one committed transaction per row."""
+    """Append-only SQLite log of inspections; thread-safe, one committed transaction per row.
 
-    def __init__(self, db_path: str | Path, save_images: bool = True) -> None:
+    ``recipe`` and ``calibration`` are written on every row (see the module's docstring)."""
+
+    def __init__(self, db_path: str | Path, save_images: bool = True, recipe: str | None = None,
+                 calibration: str | None = None) -> None:
         self.db_path = Path(db_path)
         self.save_images = save_images
+        self.recipe, self.calibration = recipe, calibration
         self.images_dir = self.db_path.parent / f"{self.db_path.stem}_images"
         self.image_errors = 0  # frames whose PNG could not be written (the row is still logged)
         self._lock = threading.Lock()
@@ -198,6 +212,13 @@ class RejectLog:
             conn.execute("PRAGMA synchronous=FULL")
             if version < SCHEMA_VERSION:
                 conn.execute("BEGIN IMMEDIATE")
+                # read again under the write lock: another station process may have upgraded it meanwhile
+                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                if version == 1:
+                    for column in _ADDED_IN_2:
+                        conn.execute(f"ALTER TABLE inspections ADD COLUMN {column} TEXT")
+                    log.info("reject log %s upgraded from schema 1 to %s (columns %s added; old rows keep them "
+                             "empty)", self.db_path, SCHEMA_VERSION, ", ".join(_ADDED_IN_2))
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -234,7 +255,8 @@ class RejectLog:
             row = (
                 format_utc(now), int(frame.timestamp_ns), frame.source, int(frame.frame_id), frame.file,
                 Verdict(result.verdict).value, json.dumps([d.to_dict() for d in result.defects]),
-                encode_labels(result), result.engine_id, float(result.latency_ms), image_path,
+                encode_labels(result), result.engine_id, float(result.latency_ms), image_path, self.recipe,
+                self.calibration,
             )
             try:
                 conn.execute("BEGIN IMMEDIATE")

@@ -275,12 +275,16 @@ def test_station_runs_calibrated_frames_and_logs_mm(root, tmp_path, capsys, one_
         image = capture(sensor, 150, rng)
         image[20:40, 20:60] = 30  # dark marks the untrained network may take for defects
         write_png(frames / f"f{i}.png", image)
-    code, text = run_station(station_recipe(tmp_path, frames, root, 'units = "mm"'), capsys)
+    recipe_path = station_recipe(tmp_path, frames, root, 'units = "mm"')
+    code, text = run_station(recipe_path, capsys)
     assert code == 0, text
     summary = json.loads(text[text.index("{"):text.rindex("}") + 1])
     assert summary["inspected"] == 2 and summary["errors"] == 0
     with sqlite3.connect(tmp_path / "log.db") as con:
         rows = [json.loads(r[0]) for r in con.execute("SELECT defects_json FROM inspections")]
+        judged_by = set(con.execute("SELECT recipe, calibration FROM inspections"))
+    # every row names the settings and the exact profile version that judged it (QA traceability)
+    assert judged_by == {(f"glass {load_recipe(recipe_path).fingerprint()}", "cam-A@v1")}
     defects = [d for row in rows for d in row]
     assert len(rows) == 2 and defects, "the low operating point from the profile should report defects"
     for d in defects:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -62,6 +63,9 @@ def test_run_records_exactly_n_rows_and_export_returns_them(tmp_path):
     assert exported.returncode == 0, exported.stderr
     records = json.loads(out.read_text())
     assert len(records) == 6 and all(r["file"].endswith(".jpg") for r in records)
+    # the shipped recipe with this run's overrides, uncalibrated (it has no [calibration] table)
+    assert {r["calibration"] for r in records} == {None} and len({r["recipe"] for r in records}) == 1
+    assert re.fullmatch(r"magnetic_tile [0-9a-f]{12}", records[0]["recipe"]), records[0]["recipe"]
     assert sum(r["verdict"] == "FAIL" for r in records) == summary["failed"]
 
 

@@ -165,3 +165,12 @@ def test_file_level_errors(tmp_path: Path) -> None:
         load_recipe(write(tmp_path, "[product]\nname = \n"))
     with pytest.raises(RecipeError, match="shipped recipes: .*magnetic_tile"):
         shipped_recipe_path("nope")
+
+
+def test_fingerprint_follows_the_effective_settings_not_the_file(tmp_path: Path) -> None:
+    first = load_recipe(write(tmp_path, MINIMAL))
+    assert first.fingerprint() == load_recipe(write(tmp_path, "# a comment\n" + MINIMAL)).fingerprint()
+    assert len(first.fingerprint()) == 12 and int(first.fingerprint(), 16) >= 0
+    stricter = first.with_overrides({"rules.score_threshold": 0.9})
+    assert stricter.fingerprint() != first.fingerprint()
+    assert stricter.with_overrides({"rules.score_threshold": None}).fingerprint() == first.fingerprint()

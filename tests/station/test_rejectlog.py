@@ -50,7 +50,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> list[datetime]:
 
 def test_wal_mode_schema_and_round_trip(tmp_path: Path, clock: list[datetime]) -> None:
     db = tmp_path / "sub" / "rejects.db"
-    with RejectLog(db) as log:
+    with RejectLog(db, recipe="magnetic_tile 0123456789ab", calibration="cam-A@v3") as log:
         pass_id = log.record(result(7, Verdict.PASS))
         fail_id = log.record(result(8, Verdict.FAIL, file=None))
         rows = log.query()
@@ -65,6 +65,7 @@ def test_wal_mode_schema_and_round_trip(tmp_path: Path, clock: list[datetime]) -
         "id": 1, "time_utc": "2024-05-01T12:00:00.123Z", "timestamp_ns": 1007, "source": "replay:test",
         "frame_id": 7, "file": "a.jpg", "verdict": "PASS", "defects_json": "[]", "labels_json": "[]",
         "engine_id": "bffn/onnxruntime", "latency_ms": 12.5, "image_path": None,
+        "recipe": "magnetic_tile 0123456789ab", "calibration": "cam-A@v3",
     }
     assert second["verdict"] == "FAIL" and second["file"] is None
     assert json.loads(second["defects_json"]) == [DEFECT.to_dict()]
@@ -122,6 +123,40 @@ def test_reopen_appends_and_closed_log_refuses(tmp_path: Path) -> None:
         log.record(result(2, Verdict.PASS))
     with RejectLog(db) as log:
         assert log.record(result(2, Verdict.PASS)) == 2
+
+
+SCHEMA_1 = """CREATE TABLE inspections (id INTEGER PRIMARY KEY, time_utc TEXT NOT NULL, timestamp_ns INTEGER NOT NULL,
+source TEXT NOT NULL, frame_id INTEGER NOT NULL, file TEXT, verdict TEXT NOT NULL CHECK (verdict IN ('PASS', 'FAIL')),
+defects_json TEXT NOT NULL, labels_json TEXT NOT NULL, engine_id TEXT NOT NULL, latency_ms REAL NOT NULL,
+image_path TEXT)"""
+
+
+def test_a_schema_1_log_is_exported_as_it_is_and_upgraded_in_place_keeping_its_rows(tmp_path: Path) -> None:
+    """A station updated on the line keeps writing to the log its predecessor (schema 1) wrote."""
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db)
+    conn.execute(SCHEMA_1)
+    conn.execute("INSERT INTO inspections VALUES (1, '2024-05-01T12:00:00.000Z', 5, 'replay:old', 3, 'x.jpg', "
+                 "'FAIL', '[]', '[]', 'bffn/torch', 9.5, NULL)")
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    out = tmp_path / "old.json"
+    assert export(db, "json", out) == 1  # read-only: not upgraded, the new fields read empty
+    (item,) = json.loads(out.read_text())
+    assert item["source"] == "replay:old" and item["recipe"] is None and item["calibration"] is None
+    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == 1
+    with RejectLog(db, recipe="screen 00aa00aa00aa", calibration=None) as log:
+        log.record(result(4, Verdict.PASS))
+        old, new = log.query()
+    assert (old["id"], old["frame_id"], old["engine_id"], old["recipe"]) == (1, 3, "bffn/torch", None)
+    assert (new["id"], new["recipe"], new["calibration"]) == (2, "screen 00aa00aa00aa", None)
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert [r[1] for r in conn.execute("PRAGMA table_info(inspections)")] == list(rejectlog.COLUMNS)
+    conn.close()
+    with RejectLog(db) as log:  # opening an upgraded file again changes nothing
+        assert len(log.query()) == 2
 
 
 def test_newer_schema_and_non_sqlite_files_are_refused(tmp_path: Path) -> None:
