@@ -77,6 +77,17 @@ def build_inspector(recipe: Recipe):
                      calibration=calibration)
 
 
+def calibration_status(recipe: Recipe, inspector) -> tuple[str, bool]:
+    """What the operator and the summary are told about calibration: ``(text, warning)``. ``warning`` is True
+    when the recipe names a profile but the line runs without it (``required = false`` and the profile missing)."""
+    loaded = getattr(inspector, "calibration", None)
+    if loaded is not None:
+        return loaded.name, False
+    if recipe.calibration is None:
+        return "none (the recipe has no [calibration])", False
+    return f"UNCALIBRATED (profile {recipe.calibration.profile!r} not found)", True
+
+
 def build_line(recipe: Recipe, max_frames: int | None = None, feed: ResultFeed | None = None, on_result=None) -> Line:
     from station.rejectlog import RejectLog
 
@@ -96,7 +107,7 @@ def build_line(recipe: Recipe, max_frames: int | None = None, feed: ResultFeed |
     reject_log = RejectLog(recipe.log.db, save_images=recipe.log.save_reject_images,
                            recipe=f"{recipe.product.name} {recipe.fingerprint()}", calibration=calibrated)
     log.info("reject log %s: rows record recipe %r and calibration %s", recipe.log.db, reject_log.recipe,
-             calibrated or "none (uncalibrated)")
+             calibration_status(recipe, inspector)[0])
     policy = recipe.queues.frames_policy
     if (recipe.source.kind is SourceKind.REPLAY and not recipe.source.fps) or \
             (recipe.source.kind is SourceKind.LINESCAN_REPLAY and not recipe.source.line_rate_hz):
@@ -121,6 +132,7 @@ class RunSummary:
     engine_id: str
     source: str
     failure: str | None = None
+    calibration: str = ""  # the profile version that judged the run, or why there was none
 
     def to_dict(self) -> dict:
         s, h = self.stats, self.stats.source
@@ -132,7 +144,7 @@ class RunSummary:
             "throughput_fps": s.throughput_fps, "latency_ms_p50": round(s.latency_ms_p50, 2),
             "latency_ms_p99": round(s.latency_ms_p99, 2), "seconds": round(self.seconds, 2),
             "camera_state": h.state.value, "engine_id": self.engine_id, "source": self.source, "db": self.db,
-            "failure": self.failure,
+            "failure": self.failure, "calibration": self.calibration,
         }
 
     def text(self) -> str:
@@ -145,6 +157,7 @@ class RunSummary:
             f"reconnects {d['reconnects']}  unreadable files {d['skipped_files']}  errors {d['errors']}",
             f"  throughput {d['throughput_fps']:.1f} frames/s  latency p50 {d['latency_ms_p50']:.0f} ms  "
             f"p99 {d['latency_ms_p99']:.0f} ms",
+            f"  calibration: {d['calibration'] or '-'}",
             f"  reject log: {d['db']}",
         ]
         if self.failure:
@@ -178,11 +191,12 @@ def run_headless(line: Line, out: TextIO | None = None, interval_s: float | None
     return line.stats()
 
 
-def run_with_panel(line: Line, title: str) -> LineStats:
+def run_with_panel(line: Line, title: str, calibration: tuple[str, bool] = ("", False)) -> LineStats:
     from ui.app import run_panel
 
     line.start()
-    run_panel(line.feed, line.stats, line.stop, title=title, mask_threshold=line.inspector.rules.score_threshold)
+    run_panel(line.feed, line.stats, line.stop, title=title, mask_threshold=line.inspector.rules.score_threshold,
+              calibration=calibration)
     line.stop()
     line.join()
     return line.stats()
@@ -193,14 +207,15 @@ def run_station(recipe: Recipe, headless: bool, max_frames: int | None, as_json:
     from ui.app import display_available
 
     line = build_line(recipe, max_frames=max_frames, on_result=on_result)
+    calibration = calibration_status(recipe, line.inspector)
     started = time.monotonic()
     if not headless and display_available():
-        stats = run_with_panel(line, title=f"Inspection station - {recipe.product.name}")
+        stats = run_with_panel(line, title=f"Inspection station - {recipe.product.name}", calibration=calibration)
     else:
         if not headless:
             log.info("no display here: running headless (pass --headless to say so)")
         stats = run_headless(line)
     summary = RunSummary(stats, time.monotonic() - started, str(Path(recipe.log.db)), line.inspector.engine_id,
-                         line.source.name, None if line.failure is None else str(line.failure))
+                         line.source.name, None if line.failure is None else str(line.failure), calibration[0])
     print(json.dumps(summary.to_dict(), indent=2) if as_json else summary.text())
     return summary

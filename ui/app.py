@@ -52,6 +52,7 @@ def run_panel(
     refresh_ms: int = 50,
     *,
     mask_threshold: float = 0.5,
+    calibration: tuple[str, bool] = ("", False),
 ) -> int:
     """Show a :class:`~ui.panel.StationPanel` and run the Qt event loop until it closes; return the exit code.
 
@@ -68,7 +69,8 @@ def run_panel(
                           "or run the station without the panel") from exc
 
     app = QApplication.instance() or QApplication(sys.argv[:1] or ["station"])
-    panel = StationPanel(feed, stats_fn, on_close=on_close, refresh_ms=refresh_ms, mask_threshold=mask_threshold)
+    panel = StationPanel(feed, stats_fn, on_close=on_close, refresh_ms=refresh_ms, mask_threshold=mask_threshold,
+                         calibration=calibration)
     panel.setWindowTitle(title)
     panel.show()
 

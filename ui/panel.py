@@ -61,6 +61,7 @@ QScrollBar:vertical { background: #26292c; width: 10px; margin: 0; }
 QScrollBar::handle:vertical { background: #5f6368; border-radius: 4px; min-height: 24px; }
 QScrollBar::add-line:vertical, QScrollBar::sub-line:vertical { height: 0; }
 QLabel#last_error { color: #f28b82; font-size: 10pt; }
+QLabel[role="warning"] { color: #f28b82; font-weight: bold; font-size: 11pt; }
 QStatusBar { color: #f28b82; }
 """
 
@@ -196,7 +197,7 @@ class StationPanel(QMainWindow):
     Public widgets (read them in tests or embed them elsewhere): ``image_view``, ``caption_label``,
     ``verdict_label``, ``defects_label``, ``labels_label`` (the classifier's labels; hidden without a classifier
     stage), ``counter_labels`` (keys: inspected, passed, failed, yield, dropped,
-    errors, throughput, latency, engine), ``camera_labels`` (keys: state, lost, incomplete, reconnects,
+    errors, throughput, latency, engine, calibration), ``camera_labels`` (keys: state, lost, incomplete, reconnects,
     last_error) and ``rejects_table``.
     """
 
@@ -209,8 +210,12 @@ class StationPanel(QMainWindow):
         parent: QWidget | None = None,
         *,
         mask_threshold: float = 0.5,
+        calibration: tuple[str, bool] = ("", False),
     ) -> None:
+        """``calibration`` is ``(text, warning)`` from :func:`station.app.calibration_status`: the profile version
+        in use, or why there is none; ``warning`` shows it in red (the recipe's profile is missing)."""
         super().__init__(parent)
+        self._calibration = calibration
         self._feed = feed
         self._stats_fn = stats_fn
         self._on_close = on_close
@@ -293,6 +298,12 @@ class StationPanel(QMainWindow):
         engine_label.setProperty("role", "name")
         line_box.layout().addWidget(engine_label, len(self.counter_labels), 0, 1, 2)
         self.counter_labels["engine"] = engine_label
+        text, warning = self._calibration
+        calibration_label = QLabel(f"Calibration: {text or '–'}", objectName="calibration")
+        calibration_label.setWordWrap(True)
+        calibration_label.setProperty("role", "warning" if warning else "name")
+        line_box.layout().addWidget(calibration_label, len(self.counter_labels), 0, 1, 2)
+        self.counter_labels["calibration"] = calibration_label
         right.addWidget(line_box)
 
         camera_box = QGroupBox("Camera")

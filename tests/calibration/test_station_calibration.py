@@ -256,8 +256,12 @@ def test_station_refuses_to_start_without_its_profile_or_on_another_camera(root,
     assert "height 240 px (profile: 120 px)" in text and "calibration flatfield --camera cam-A" in text
 
     code, text = run_station(station_recipe(tmp_path, frames, tmp_path / "empty-store", "required = false"), capsys)
-    assert code == 0 and json.loads(text[text.index("{"):text.rindex("}") + 1])["inspected"] == 2
+    summary = json.loads(text[text.index("{"):text.rindex("}") + 1])
+    assert code == 0 and summary["inspected"] == 2
     assert "running UNCALIBRATED (required = false)" in caplog.text
+    assert summary["calibration"] == "UNCALIBRATED (profile 'cam-A' not found)"  # what the panel shows in red
+    with sqlite3.connect(tmp_path / "log.db") as con:
+        assert {row[0] for row in con.execute("SELECT calibration FROM inspections")} == {None}
 
 
 @pytest.mark.slow
@@ -279,7 +283,7 @@ def test_station_runs_calibrated_frames_and_logs_mm(root, tmp_path, capsys, one_
     code, text = run_station(recipe_path, capsys)
     assert code == 0, text
     summary = json.loads(text[text.index("{"):text.rindex("}") + 1])
-    assert summary["inspected"] == 2 and summary["errors"] == 0
+    assert summary["inspected"] == 2 and summary["errors"] == 0 and summary["calibration"] == "cam-A@v1"
     with sqlite3.connect(tmp_path / "log.db") as con:
         rows = [json.loads(r[0]) for r in con.execute("SELECT defects_json FROM inspections")]
         judged_by = set(con.execute("SELECT recipe, calibration FROM inspections"))

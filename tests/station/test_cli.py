@@ -66,6 +66,7 @@ def test_run_records_exactly_n_rows_and_export_returns_them(tmp_path):
     # the shipped recipe with this run's overrides, uncalibrated (it has no [calibration] table)
     assert {r["calibration"] for r in records} == {None} and len({r["recipe"] for r in records}) == 1
     assert re.fullmatch(r"magnetic_tile [0-9a-f]{12}", records[0]["recipe"]), records[0]["recipe"]
+    assert summary["calibration"] == "none (the recipe has no [calibration])"
     assert sum(r["verdict"] == "FAIL" for r in records) == summary["failed"]
 
 

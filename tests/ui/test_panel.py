@@ -126,7 +126,8 @@ def panel(qtbot, feed: ResultFeed, stats: StatsSource):
     from ui.panel import StationPanel
 
     closes: list[int] = []
-    window = StationPanel(feed, stats, on_close=lambda: closes.append(1), refresh_ms=20)
+    window = StationPanel(feed, stats, on_close=lambda: closes.append(1), refresh_ms=20,
+                          calibration=("cam-A@v3", False))
     window.closes = closes  # type: ignore[attr-defined]
     qtbot.addWidget(window)
     window.show()
@@ -288,6 +289,33 @@ def test_large_frame_is_drawn_at_view_size(qtbot, panel, feed: ResultFeed) -> No
     panel.resize(1900, 1200)  # a bigger view re-renders the frame sharper, without counting a new frame
     qtbot.waitUntil(lambda: panel.image_view.image().width() > shown.width(), timeout=2000)
     assert panel.frames_drawn == 1
+
+
+def red_text_pixels(label) -> int:
+    """Pixels of the label drawn in a clear red (the warning colour), against the panel's dark background."""
+    image = label.grab().toImage()
+    return sum(1 for x in range(image.width()) for y in range(image.height())
+               if (c := image.pixelColor(x, y)).red() > 200 and c.green() < 170 and c.blue() < 170)
+
+
+@pytest.mark.gui
+@pytest.mark.parametrize(("calibration", "text", "red"), [
+    (("cam-A@v3", False), "Calibration: cam-A@v3", False),
+    (("UNCALIBRATED (profile 'cam-A' not found)", True), "Calibration: UNCALIBRATED (profile 'cam-A' not found)", True),
+    (("", False), "Calibration: –", False),
+])
+def test_calibration_line_names_the_profile_and_warns_in_red_without_it(qtbot, feed: ResultFeed, stats: StatsSource,
+                                                                        calibration, text: str, red: bool) -> None:
+    from ui.panel import StationPanel
+
+    window = StationPanel(feed, stats, refresh_ms=20, calibration=calibration)
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    label = window.counter_labels["calibration"]
+    assert label.text() == text and label.isVisible()
+    assert (red_text_pixels(label) > 20) is red
+    window.close()
 
 
 @pytest.mark.gui
