@@ -64,7 +64,7 @@ def _untrained_gr(folder: Path, backbone: str, size: int) -> Path:
     import torch
 
     from engines.models.gr import GR, GRConfig
-    from engines.preprocess import InputSpec
+    from inspection_core.preprocess import InputSpec
     from engines.weights import save_weights
 
     torch.manual_seed(0)
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     warm = np.repeat(image[None, : args.patch, : args.patch], MAX_BATCH, axis=0)
     classifier.score_patches(warm)
     if engine is not None:
-        from engines.preprocess import normalize_tiles
+        from inspection_core.preprocess import normalize_tiles
 
         engine.infer(normalize_tiles(np.zeros((4, engine.tile, engine.tile), np.uint8), engine.spec))
 

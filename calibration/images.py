@@ -7,6 +7,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from calibration.errors import CalibrationError
+from inspection_core import imageio
+from inspection_core.errors import ImageReadError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -35,27 +37,19 @@ def list_images(paths: str | Path | Sequence[str | Path], what: str = "images") 
 
 
 def read_image(path: Path, what: str = "image") -> np.ndarray:
-    """One 8-bit image as the station holds frames: grey ``(H, W)`` or RGB ``(H, W, 3)`` uint8."""
-    import cv2
-
+    """One 8-bit image as the station holds frames: grey ``(H, W)``, RGB ``(H, W, 3)`` or RGBA ``(H, W, 4)`` uint8,
+    read by the station's one reader (:func:`inspection_core.imageio.read_image`)."""
     try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError as exc:
-        raise CalibrationError(f"cannot read the {what} {path}: {exc}") from None
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None or image.size == 0:
+        image = imageio.read_image(path, imageio.ImageMode.UNCHANGED)
+    except ImageReadError as exc:
+        if exc.os_error is not None:
+            raise CalibrationError(f"cannot read the {what} {path}: {exc.os_error}") from None
         raise CalibrationError(f"the {what} {path} is not a decodable image (corrupt, truncated or not an image); "
-                               "capture it again or leave it out")
+                               "capture it again or leave it out") from None
     if image.dtype != np.uint8:
         raise CalibrationError(f"the {what} {path} is {image.dtype}, the station works on 8-bit images; capture in "
                                "an 8-bit pixel format (Mono8, RGB8) or convert the file")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    elif image.ndim == 3 and image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    elif image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
-    return np.ascontiguousarray(image)
+    return image
 
 
 def read_images(paths: Iterable[Path], what: str) -> list[np.ndarray]:

@@ -24,7 +24,8 @@ from typing import Sequence
 
 from calibration.errors import CalibrationError, ProfileCorrupt
 from calibration.images import list_images, read_image
-from calibration.profile import Profile, ProfileStore, file_sha256, utc_now
+from calibration.profile import Profile, ProfileStore, utc_now
+from inspection_core.hashing import file_sha256
 
 INT8_DIR = "int8"
 MANIFEST = f"{INT8_DIR}/manifest.json"

@@ -2,7 +2,7 @@
 
 The recipe's ``[calibration]`` table names the profile; :func:`load_line_calibration` reads it and says plainly
 what is missing. Each part is used when the table asks for it (``true``: the profile must hold it), ignored when
-it says ``false``, and used when present when it says nothing. The :class:`~station.inspect.Inspector` calls
+it says ``false``, and used when present when it says nothing. The :class:`~station.inspector.Inspector` calls
 :meth:`LineCalibration.prepare` on every frame (geometry check, then flat-field, before tiling); the ROI, the
 scale and the thresholds go into the decision rules (:meth:`LineCalibration.rules_for`).
 """
@@ -32,7 +32,7 @@ class LineCalibration:
 
     profile: Profile
     flatfield: FlatField | None = None
-    roi: Any = None  # station.verdict.RoiCircle | RoiRect
+    roi: Any = None  # inspection_core.verdict.RoiCircle | RoiRect
     mm_per_px: tuple[float, float] | None = None  # (x, y)
     thresholds: Mapping[str, Any] | None = None
     classifier_thresholds: Mapping[str, Any] | None = None

@@ -35,7 +35,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from calibration.errors import CalibrationError, ProfileCorrupt, ProfileMismatch, ProfileNotFound
-from engines.weights import file_sha256  # one SHA-256 routine for weights, engine folders and profiles
+from inspection_core.hashing import file_sha256  # one SHA-256 routine for weights, engine folders and profiles
 
 FORMAT = 1
 PROFILE_FILE = "profile.json"

@@ -9,8 +9,8 @@
   is the first significant step in the row (or column) mean profile of the middle half of the image.
 
 The found region is shrunk by ``margin`` pixels (negative: grown), stored in the profile as a
-:class:`station.verdict.RoiCircle` or :class:`~station.verdict.RoiRect`, and drawn over the reference image as a
-PNG for the engineer to check. ``--set cx=..,cy=..,r=..`` (or ``x=..,y=..,w=..,h=..``) replaces it by hand.
+:class:`inspection_core.verdict.RoiCircle` or :class:`~inspection_core.verdict.RoiRect`, and drawn over the
+reference image as a PNG for the engineer to check. ``--set cx=..,cy=..,r=..`` (or ``x=..,y=..,w=..,h=..``) replaces it by hand.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from dataclasses import asdict
 import numpy as np
 
 from calibration.errors import CalibrationError
-from station.verdict import RoiCircle, RoiRect
+from inspection_core.verdict import RoiCircle, RoiRect
 
 KINDS = ("lens", "screen")
 Roi = RoiCircle | RoiRect

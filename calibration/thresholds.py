@@ -29,6 +29,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from calibration.errors import CalibrationError
+from inspection_core.records import InspectionResult
+from inspection_core.verdict import DecisionRules, decide, find_defects
 
 
 # ------------------------------------------------------------------------------------------------ operating point
@@ -105,7 +107,7 @@ def load_validation(data: str | Path) -> list:
 
 
 class CalibratedInspector:
-    """The station's :class:`~station.inspect.Inspector` with a profile's flat-field (on images of the camera's
+    """The station's :class:`~station.inspector.Inspector` with a profile's flat-field (on images of the camera's
     size), computing each image's score map once (keyed by name) so a sweep over rules reuses it; quacks like an
     Inspector for :func:`engines.evaluate.evaluate_station_verdicts` (which judges with :attr:`rules`)."""
 
@@ -121,9 +123,6 @@ class CalibratedInspector:
         return self.inspector.engine_id
 
     def inspect(self, frame):
-        from station.records import InspectionResult
-        from station.verdict import decide, find_defects
-
         key = str(frame.meta.get("file", frame.frame_id))
         mask = self._masks.get(key)
         if mask is None:
@@ -157,8 +156,7 @@ def calibrate_segmentation(weights: str, data: str | Path, target_escape: float,
                            calibration=None, label: str = "defect") -> tuple[dict, list[dict]]:
     """``(section, sweep)`` for a segmentation network (see the module docstring)."""
     from engines.backends.base import load_engine
-    from station.inspect import Inspector
-    from station.verdict import DecisionRules
+    from station.inspector import Inspector
 
     target_escape = check_target(target_escape)
     if not min_areas or any(int(a) < 1 for a in min_areas):

@@ -27,10 +27,16 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from engines.backends.base import BACKENDS, Engine, cache_dir, default_threads
+from engines.backends.base import BACKENDS, cache_dir, default_threads
 from engines.errors import BackendUnavailable, EngineError
 from engines.manifest import FORMAT, check, is_engine_dir, library_versions, machine, now_iso, problems, \
     read_manifest, write_manifest
+from inspection_core import imageio
+from inspection_core.engine import Engine
+from inspection_core.errors import ImageReadError
+from inspection_core.hashing import file_sha256
+from inspection_core.preprocess import InputSpec, defect_scores, normalize_tiles, prepare_image
+from inspection_core.tiling import plan_tiles, tile_image
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -111,24 +117,24 @@ def _copy_weights(bundle, folder: Path) -> Path:
 
 
 def _entry(folder: Path, name: str) -> dict[str, str]:
-    from engines.weights import file_sha256
-
     return {"file": name, "sha256": file_sha256(folder / name)}
 
 
 # ------------------------------------------------------------------------------------------------ inputs
 
 def read_images(paths) -> list[np.ndarray]:
-    """uint8 images from files; unreadable files are named in the error."""
+    """uint8 grey or RGB images from files (alpha dropped), read by the station's one reader
+    (:func:`inspection_core.imageio.read_image`, safe for non-ASCII paths); unreadable files are named in the error."""
     import cv2
 
     images = []
     for path in paths:
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            raise EngineError(f"cannot read image {path}: missing or corrupt; remove it from the set")
-        if image.ndim == 3:
-            image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+        try:
+            image = imageio.read_image(path, imageio.ImageMode.UNCHANGED)
+        except ImageReadError:
+            raise EngineError(f"cannot read image {path}: missing or corrupt; remove it from the set") from None
+        if image.ndim == 3 and image.shape[2] == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_RGBA2RGB)
         if image.dtype != np.uint8:
             raise EngineError(f"{path} is {image.dtype}, not 8-bit; convert it to 8 bits")
         images.append(image)
@@ -188,9 +194,6 @@ def calibration_images(calibration: str, count: int) -> list[np.ndarray]:
 def network_inputs(images: list[np.ndarray], kind: str, tile: int, spec, limit: int = 0) -> np.ndarray:
     """Normalised float32 network inputs from images, prepared exactly as the station prepares them: tiles cut
     by the station's tiler (segmentation) or whole images resized to the input side (classification)."""
-    from engines.preprocess import normalize_tiles, prepare_image
-    from station.tiling import plan_tiles, tile_image
-
     if kind == "classification":
         from engines.evaluate_cls import resize_images
 
@@ -205,8 +208,6 @@ def network_inputs(images: list[np.ndarray], kind: str, tile: int, spec, limit: 
 
 
 def random_inputs(count: int, spec, tile: int, seed: int = 0) -> np.ndarray:
-    from engines.preprocess import normalize_tiles
-
     rng = np.random.default_rng(seed)
     shape = (count, tile, tile) if spec.channels == 1 else (count, tile, tile, spec.channels)
     return normalize_tiles(rng.integers(0, 256, shape, dtype=np.uint8), spec)
@@ -392,8 +393,6 @@ def reference_engine(folder_or_weights: str | Path, threads: int = 0, device: st
 def compare_outputs(got: np.ndarray, want: np.ndarray, kind: str, threshold: float = 0.5) -> dict[str, float]:
     """How far two engines' probabilities are apart, in the user's terms: the share of decisions (pixels or
     labels, defect score at ``threshold``) on which they agree, and the max / mean absolute score difference."""
-    from engines.preprocess import defect_scores
-
     if got.shape != want.shape:
         raise EngineError(f"outputs differ in shape: {got.shape} against {want.shape}")
     if kind == "segmentation":
@@ -431,7 +430,6 @@ def measure_parity(engine: Engine, weights_dir: Path, settings: BuildSettings, k
 # ------------------------------------------------------------------------------------------------ opening
 
 def _open(folder: Path, manifest: dict, threads: int = 0, device: str | None = None) -> Engine:
-    from engines.preprocess import InputSpec
     from engines.weights import resolve_weights
 
     threads = threads or default_threads()

@@ -25,7 +25,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SEGMENTATION_MODELS = ("bffn", "fcn", "unet", "deeplabv3plus", "bisenet")  # as in engines.models (kept import-free)
 CLASSIFICATION_MODELS = ("gr", "resnet50", "vgg16", "inceptionv3")
 SEG_ONLY = {"tile": None, "optimizer": None, "loss": None, "init": None, "no_sam": False, "fusion": None,
-            "sampling": None, "aux_weight": None}
+            "sampling": None, "aux_weight": None, "split": None, "defect_fraction": None, "class_balanced": False,
+            "hard_negatives": None, "mine_every": None, "init_backbone": None}
 CLS_ONLY = {"pretrain_epochs": None, "momentum": None, "weight_decay": None, "size": None, "bank_size": None,
             "in_channels": None, "no_augment": False, "label_dim": None, "no_gr": False, "linear": False,
             "alpha": None, "tau": None}
@@ -57,7 +58,11 @@ def _train(args: argparse.Namespace) -> int:
                              optimizer=args.optimizer or "rmsprop", loss=args.loss or "ce", init=args.init or "",
                              device=args.device, amp=args.amp, validate=not args.no_validate,
                              aux_weight=1.0 if args.aux_weight is None else args.aux_weight,
-                             sampling=args.sampling or "grid", model_config=_model_config(args))
+                             sampling=args.sampling or "grid", model_config=_model_config(args),
+                             split=args.split or "", init_backbone=args.init_backbone or "",
+                             defect_fraction=0.5 if args.defect_fraction is None else args.defect_fraction,
+                             class_balanced=args.class_balanced, hard_negatives=args.hard_negatives or 0.0,
+                             mine_every=args.mine_every or 1, channels_last=not args.no_channels_last)
     final = train_segmentation(settings, progress=not args.quiet)
     if main_process:
         print(json.dumps(final, indent=2))
@@ -90,6 +95,54 @@ def _train_classifier(args: argparse.Namespace) -> int:
         validate=not args.no_validate)
     final = train_classifier(settings, progress=not args.quiet)
     print(json.dumps(final, indent=2, default=str))
+    return EXIT_OK
+
+
+def _split(args: argparse.Namespace) -> int:
+    from engines.data.segmentation import load_dataset, three_way_split
+
+    samples = load_dataset(args.data)
+    keep = json.loads(Path(args.keep).read_text()) if args.keep else None
+    split = three_way_split(samples, args.validation, args.holdout, args.seed, keep=keep)
+    if args.not_train:
+        from engines.data.segmentation import IMAGE_SUFFIXES
+
+        def key(name: str) -> str:  # "MT_Crack/exp1_x.jpg" and "crack_exp1_x.jpg" -> "crack/exp1_x"
+            path = Path(name)
+            if path.parent.name.startswith("MT_"):
+                return f"{path.parent.name[3:].lower()}/{path.stem}"
+            return path.stem.replace("_", "/", 1) if "_" in path.stem else path.stem
+
+        kept_out = {key(p.name) for p in Path(args.not_train).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        leaked = [n for n in split["train"] if key(n) in kept_out or Path(n).stem in kept_out]
+        if leaked:
+            print(f"error: {len(leaked)} images of {args.not_train} fall in the training part "
+                  f"(first: {leaked[0]}); pick another --seed or --keep a split that holds them out",
+                  file=sys.stderr)
+            return EXIT_USAGE
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(split, indent=1) + "\n")
+    counts = {part: len(names) for part, names in split.items()}
+    print(json.dumps({"out": str(out), **counts}))
+    return EXIT_OK
+
+
+def _curves(args: argparse.Namespace) -> int:
+    from engines.curves import curve_points, plot_learning_curves, read_history
+
+    labels = args.labels.split(",") if args.labels else list(args.runs)
+    offsets = [int(v) for v in args.offset.split(",")] if args.offset else [0] * len(args.runs)
+    if len(labels) != len(args.runs) or len(offsets) != len(args.runs):
+        raise ValueError(f"give one label and one offset per run ({len(args.runs)} runs)")
+    plotted = []
+    for run, label, offset in zip(args.runs, labels, offsets):
+        history, per_epoch = read_history(run)
+        plotted.append((label, curve_points(history, per_epoch, offset)))
+    path = plot_learning_curves(plotted, args.out, title=args.title)
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(plotted), indent=1) + "\n")
+    print(path)
     return EXIT_OK
 
 
@@ -222,8 +275,8 @@ def _eval(args: argparse.Namespace) -> int:
     from engines.backends.base import load_engine
     from engines.data.segmentation import load_dataset
     from engines.evaluate import evaluate_station_verdicts, save_pr_curve
-    from station.inspect import Inspector
-    from station.verdict import DecisionRules
+    from station.inspector import Inspector
+    from inspection_core.verdict import DecisionRules
 
     from engines.weights import resolve_weights
 
@@ -239,9 +292,14 @@ def _eval(args: argparse.Namespace) -> int:
     engine = load_engine(args.weights, backend=args.backend, threads=args.threads)
     rules = DecisionRules(score_threshold=args.threshold, min_area_px=args.min_area)
     inspector = Inspector(engine, overlap=args.overlap, batch=args.batch, rules=rules)
+    min_areas = [int(v) for v in args.learn_min_areas.split(",") if v.strip()] if args.learn_min_areas else []
     metrics, records = evaluate_station_verdicts(inspector, samples, failures_dir=args.failures,
-                                                 max_failures=args.max_failures)
+                                                 max_failures=args.max_failures, min_areas=min_areas)
     sweep = metrics.pop("sweep")
+    rule_sweep = metrics.pop("rule_sweep", None)
+    if rule_sweep and args.split_part == "holdout" and args.split:
+        print("warning: rules learned on the held-out part are optimistic; learn them with --split-part "
+              "validation and report held-out once", file=sys.stderr)
     report = {"weights": str(args.weights), "engine_id": engine.engine_id, "data": str(args.data),
               "images": len(samples), "threshold": args.threshold, "min_area_px": args.min_area,
               "overlap": args.overlap, **metrics}
@@ -252,7 +310,9 @@ def _eval(args: argparse.Namespace) -> int:
                                           f"min area {args.min_area} px)", operating_threshold=args.threshold)
         print(f"precision-recall curve: {curve}", file=sys.stderr)
     if args.json:
-        Path(args.json).write_text(json.dumps({**report, "sweep": sweep, "images_detail": records}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({**report, "sweep": sweep, **({"rule_sweep": rule_sweep} if rule_sweep
+                                                                             else {}),
+                                               "images_detail": records}, indent=2) + "\n")
     return EXIT_OK
 
 
@@ -381,6 +441,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--sampling", choices=["grid", "random"],
                        help="grid: the tiles the station's tiler cuts (default); random: random crops")
     train.add_argument("--aux-weight", type=float, help="weight of the auxiliary losses (default: 1)")
+    train.add_argument("--split", help="a split.json with train/validation/holdout lists (`engines split`): train "
+                                       "on train, validate on validation after each epoch, never touch holdout "
+                                       "(overrides --holdout)")
+    train.add_argument("--init-backbone", metavar="WEIGHTS",
+                       help="start the ResNet backbone from any network trained here on the same ResNet depth "
+                            "(folder or shipped name, e.g. gr-neu-seg); RGB first convolutions are summed to grey. "
+                            "The source is recorded in config.json")
+    train.add_argument("--defect-fraction", type=float,
+                       help="share of crops centred on a defect (default: 0.5)")
+    train.add_argument("--class-balanced", action="store_true",
+                       help="defect crops draw a defect class uniformly, then an image of it (rare classes)")
+    train.add_argument("--hard-negatives", type=float, metavar="FRACTION",
+                       help="share of crops drawn from hard negatives: tiles of defect-free training images where "
+                            "the model fires (re-mined with the current model every --mine-every epochs)")
+    train.add_argument("--mine-every", type=int, help="epochs between hard-negative minings (default: 1)")
+    train.add_argument("--no-channels-last", action="store_true",
+                       help="keep NCHW tensors (channels-last gives the same arithmetic, faster on the CPU)")
     cls = train.add_argument_group("classifiers (gr, resnet50, vgg16, inceptionv3; paper 001)")
     cls.add_argument("--size", type=int, help="input side: patches are resized to SIZE×SIZE (default: 224)")
     cls.add_argument("--pretrain-epochs", type=int,
@@ -402,6 +479,36 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
 
+    sp = sub.add_parser("split", help="cut a data folder into train / validation / held-out, stratified by class",
+                        description="Writes a split.json with three image lists, each image-level class in the same "
+                                    "proportions. `engines train --split` trains on train and validates on "
+                                    "validation; decision rules are learned on validation; held-out is reported "
+                                    "once, at the end. With --keep, an earlier two-way split's training images "
+                                    "stay in training and its held-out images are shared between the new "
+                                    "validation and held-out parts (so weights trained on it can go on).")
+    sp.add_argument("--data", required=True, help="data folder (generic, magnetic-tile or NEU-Seg layout)")
+    sp.add_argument("--out", required=True, help="split.json to write")
+    sp.add_argument("--validation", type=float, default=0.1, help="share of images for validation (default: 0.1)")
+    sp.add_argument("--holdout", type=float, default=0.1, help="share of images held out (default: 0.1)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--keep", help="an earlier split.json whose training images stay in training")
+    sp.add_argument("--not-train", help="a folder of images (e.g. the bundled demo frames) that must not be in the "
+                                        "training part; matched by file name without its class prefix")
+    sp.set_defaults(func=_split)
+
+    cv = sub.add_parser("curves", help="plot validation F1 and pixel IoU against training steps for runs",
+                        description="Reads each run's epoch records (train.log of a run folder, even while it "
+                                    "trains, or the history in a weights folder's config.json) and draws image-level "
+                                    "F1 and pixel IoU against training steps, one line per run.")
+    cv.add_argument("runs", nargs="+", help="run folders, weights folders or shipped names")
+    cv.add_argument("--labels", help="comma-separated labels, one per run (default: the run names)")
+    cv.add_argument("--offset", help="comma-separated step offsets, one per run (a run started from another's "
+                                     "weights continues its step count)")
+    cv.add_argument("--out", required=True, help="PNG to write")
+    cv.add_argument("--title", default="")
+    cv.add_argument("--json", help="also write the plotted points here")
+    cv.set_defaults(func=_curves)
+
     ev = sub.add_parser("eval", help="judge images exactly as the station does and score the verdicts",
                         description="Tiles each image, runs the engine, stitches, applies the decision rules and "
                                     "compares the PASS/FAIL verdicts with the image-level truth (precision, recall, "
@@ -409,7 +516,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--weights", required=True, help="weights folder or shipped name")
     ev.add_argument("--data", required=True, help="data folder (generic, magnetic-tile or NEU-Seg layout)")
     ev.add_argument("--split", help="a split.json written by `engines train`: judge only one part of it")
-    ev.add_argument("--split-part", default="holdout", choices=["holdout", "train"])
+    ev.add_argument("--split-part", default="holdout", choices=["holdout", "validation", "train"])
+    ev.add_argument("--learn-min-areas", metavar="A,B,...",
+                    help="also judge every threshold of the sweep with each of these minimum areas (px) and report "
+                         "the rule with the best image-level F1 (best_rule); learn rules on --split-part "
+                         "validation, then report held-out once with them")
     ev.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"])
     ev.add_argument("--threads", type=int, default=0)
     ev.add_argument("--threshold", type=float, default=0.5,

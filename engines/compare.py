@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from inspection_core.verdict import DecisionRules
+
 log = logging.getLogger(__name__)
 
 # Variant name → (registry model, config overrides). The bffn-* rows are the paper's Table 4 ablation.
@@ -95,8 +97,7 @@ def run_compare(settings: CompareSettings, progress: bool = True) -> dict:
     from engines.data.segmentation import load_dataset, stratified_folds, stratified_split
     from engines.evaluate import evaluate_station_verdicts, save_pr_curve
     from engines.train import TrainSettings, train_segmentation
-    from station.inspect import Inspector
-    from station.verdict import DecisionRules
+    from station.inspector import Inspector
 
     models = check_models(settings.models)
     if models[0] in CLS_VARIANTS:
@@ -357,7 +358,7 @@ def _tuned_threshold(run: Path, val, settings: CompareSettings, rules) -> float:
     training part the paper sets aside for tuning), from the evaluation sweep; cached in ``validation.json``."""
     from engines.backends.base import load_engine
     from engines.evaluate import DEFAULT_SWEEP, evaluate_station_verdicts
-    from station.inspect import Inspector
+    from station.inspector import Inspector
 
     cache = run / "validation.json"
     if not cache.exists():

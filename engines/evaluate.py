@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from inspection_core.preprocess import normalize_tiles
+from inspection_core.records import Frame, Verdict
+from inspection_core.verdict import DecisionRules, find_defects
+
 
 def image_level_metrics(truth: list[bool], predicted: list[bool]) -> dict[str, float]:
     """TP, FP, FN, TN, precision, recall, F1 and FP+FN of image-level defect decisions."""
@@ -23,12 +27,12 @@ def evaluate_full_images(model, samples, spec, threshold: float = 0.5, min_area_
     import cv2
     import torch
 
-    from engines.preprocess import normalize_tiles
-    from station.verdict import DecisionRules, find_defects
 
     rules = DecisionRules(score_threshold=threshold, min_area_px=min_area_px)
+    sweep = [DecisionRules(score_threshold=float(t), min_area_px=min_area_px) for t in VALIDATION_SWEEP]
 
     truth, predicted, inter, union, total_pred, total_true = [], [], 0, 0, 0, 0
+    swept = []
     with torch.no_grad():
         for s in samples:
             h, w = s.image.shape
@@ -39,6 +43,7 @@ def evaluate_full_images(model, samples, spec, threshold: float = 0.5, min_area_
             binary = scores >= np.float32(threshold)
             truth.append(s.defective)
             predicted.append(bool(find_defects(scores, rules)))  # the station's own rule
+            swept.append([bool(find_defects(scores, r)) for r in sweep])
             inter += int((binary & s.mask).sum())
             union += int((binary | s.mask).sum())
             total_pred += int(binary.sum())
@@ -46,14 +51,20 @@ def evaluate_full_images(model, samples, spec, threshold: float = 0.5, min_area_
     metrics = image_level_metrics(truth, predicted)
     metrics["pixel_iou"] = round(inter / union, 4) if union else 1.0
     metrics["pixel_dice"] = round(2 * inter / (total_pred + total_true), 4) if total_pred + total_true else 1.0
+    if swept:  # the image-level F1 at the best threshold of a short sweep: the model's quality, not the rule's
+        table = np.asarray(swept, bool)
+        scored = [(image_level_metrics(truth, list(table[:, k]))["f1"], t) for k, t in enumerate(VALIDATION_SWEEP)]
+        best_f1, best_t = max(scored)
+        metrics["best_f1"], metrics["best_threshold"] = best_f1, best_t
     return metrics
 
 
+VALIDATION_SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 DEFAULT_SWEEP = tuple(round(t, 3) for t in np.concatenate([np.arange(0.05, 0.95, 0.05), [0.95, 0.98, 0.99]]))
 
 
 def evaluate_station_verdicts(inspector, samples, thresholds=DEFAULT_SWEEP, failures_dir=None,
-                              max_failures: int = 12) -> tuple[dict[str, float], list[dict]]:
+                              max_failures: int = 12, min_areas=()) -> tuple[dict[str, float], list[dict]]:
     """Judge every sample exactly as the station does (tiles, stitching, decision rules) and compare with the
     image-level truth. Returns the metrics and one record per image (name, truth, verdict, defects).
 
@@ -61,14 +72,19 @@ def evaluate_station_verdicts(inspector, samples, thresholds=DEFAULT_SWEEP, fail
     of ``thresholds`` (the same stitched score maps judged by the same rules with another score threshold), from
     which :func:`save_pr_curve` draws the precision–recall curve. With ``failures_dir``, the first
     ``max_failures`` missed and false-alarm images are saved there as overlays (:func:`save_failure_overlay`).
+
+    With ``min_areas``, every (threshold, minimum area) pair is judged too: ``rule_sweep`` holds them all and
+    ``best_rule`` the one with the best image-level F1 (ties: fewer FP+FN, then the higher threshold and area).
+    That is how decision rules are learned, on a validation part only.
     """
     import time
     from dataclasses import replace
 
-    from station.records import Frame, Verdict
-    from station.verdict import find_defects
 
     sweep_rules = [replace(inspector.rules, score_threshold=float(t)) for t in thresholds]
+    pairs = [(float(t), int(a)) for a in min_areas for t in thresholds]
+    pair_rules = [replace(inspector.rules, score_threshold=t, min_area_px=a, min_area_mm2=None) for t, a in pairs]
+    pair_decisions = []
     records, inter, union, n_pred, n_true = [], 0, 0, 0, 0
     decisions = []
     saved = 0
@@ -80,6 +96,7 @@ def evaluate_station_verdicts(inspector, samples, thresholds=DEFAULT_SWEEP, fail
         n_pred += int(binary.sum())
         n_true += int(s.mask.sum())
         decisions.append([bool(find_defects(result.mask, rules)) for rules in sweep_rules])
+        pair_decisions.append([bool(find_defects(result.mask, rules)) for rules in pair_rules])
         verdict = result.verdict.value
         records.append({"name": s.name, "defective": s.defective, "verdict": verdict,
                         "defects": len(result.defects), "max_score": round(float(result.mask.max()), 4)})
@@ -94,6 +111,12 @@ def evaluate_station_verdicts(inspector, samples, thresholds=DEFAULT_SWEEP, fail
     table = np.asarray(decisions, bool).reshape(len(records), len(sweep_rules))
     metrics["sweep"] = [{"threshold": float(t), **image_level_metrics(truth, list(table[:, k]))}
                         for k, t in enumerate(thresholds)]
+    if pairs:
+        table = np.asarray(pair_decisions, bool).reshape(len(records), len(pairs))
+        metrics["rule_sweep"] = [{"threshold": t, "min_area_px": a, **image_level_metrics(truth, list(table[:, k]))}
+                                 for k, (t, a) in enumerate(pairs)]
+        metrics["best_rule"] = max(metrics["rule_sweep"], key=lambda p: (p["f1"], -p["fp_fn"], p["threshold"],
+                                                                        p["min_area_px"]))
     return metrics, records
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from inspection_core.preprocess import normalize_tiles, prepare_image
+
 MODES = ("batch", "bank")
 MEASURES = ("accuracy", "precision", "recall", "f_measure")
 CAM_METHODS = ("auto", "cam", "gradcam")
@@ -78,12 +80,10 @@ def rounded(metrics: dict, digits: int = 4) -> dict:
 
 def resize_images(images, size: int, spec) -> np.ndarray:
     """Bring images (a MultiLabelSet, samples, uint8 arrays of any size, grey or RGB, or an (N, H, W[, C]) stack)
-    to the network's layout (:func:`engines.preprocess.prepare_image`) and to ``size``×``size`` with
+    to the network's layout (:func:`inspection_core.preprocess.prepare_image`) and to ``size``×``size`` with
     ``cv2.INTER_AREA``, as training does. Returns uint8 ``(N, size, size)`` (one channel) or
     ``(N, size, size, 3)``; images already at that size and layout are copied unchanged."""
     import cv2
-
-    from engines.preprocess import prepare_image
 
     shape = (size, size) if spec.channels == 1 else (size, size, 3)
     images = _images_of(images)
@@ -129,8 +129,6 @@ def predict(model, dataset_or_images, size: int, spec, mode: str = "batch", batc
     refused. Models without image-wise relations give the same scores in both modes. ``head="first"`` scores a GR
     model with its first classifier S (the FC2-module alone: what phase 1 trains) instead of the final S'."""
     import torch
-
-    from engines.preprocess import normalize_tiles
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -332,8 +330,6 @@ def class_activation_maps(model, image: np.ndarray, size: int, spec, classes=Non
     Keys are the class names when ``classes`` is given, else the class indices. A constant map is all zeros."""
     import cv2
     import torch
-
-    from engines.preprocess import normalize_tiles
 
     if method not in CAM_METHODS:
         raise ValueError(f"method must be one of {CAM_METHODS}, got {method!r}")

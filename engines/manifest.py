@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.errors import EngineError
+from inspection_core.hashing import file_sha256
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -99,8 +100,6 @@ _VERSION_KEYS = {"onnxruntime": ("onnxruntime",), "torch": ("torch",), "tensorrt
 
 def problems(folder: str | Path, manifest: dict[str, Any] | None = None, *, check_files: bool = True) -> list[str]:
     """Every reason the engine in ``folder`` cannot run here as built (empty when it can)."""
-    from engines.weights import file_sha256
-
     folder = Path(folder)
     manifest = manifest or read_manifest(folder)
     found: list[str] = []

@@ -14,7 +14,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from engines.errors import check_loss
+from inspection_core.preprocess import InputSpec, normalize_tiles
+from inspection_core.tiling import plan_tiles
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,15 @@ class TrainSettings:
     init: str = ""  # start from these weights (folder or shipped name) instead of random initialisation
     device: str = "auto"  # "auto" = CUDA when present, else CPU
     amp: bool = False  # mixed precision (float16 + gradient scaling on CUDA, bfloat16 on the CPU)
-    validate: bool = True  # score the held-out images after every epoch
+    validate: bool = True  # score the validation images after every epoch
+    split: str = ""  # a split.json ({"train", "validation", "holdout"}): train on train, validate on validation
+    init_backbone: str = ""  # start the ResNet backbone from these weights (any network trained here)
+    class_balanced: bool = False  # defect crops: a class drawn uniformly, then an image of it
+    hard_negatives: float = 0.0  # fraction of crops drawn from mined false-alarm tiles of defect-free images
+    mine_every: int = 1  # re-mine hard negatives every this many epochs
+    mine_threshold: float = 0.3  # a defect-free tile is a hard negative when its top score reaches this
+    channels_last: bool = True  # NHWC memory layout (same arithmetic, faster oneDNN convolutions on the CPU)
+    prefetch: int = 2  # batches cut ahead by a background thread (0 = in the training loop)
 
 
 OPTIMIZERS = ("rmsprop", "adam")
@@ -119,9 +131,7 @@ def train_segmentation(settings: TrainSettings, progress: bool = True, train_sam
     from engines.data.segmentation import TileSampler, load_dataset, stratified_split
     from engines.evaluate import evaluate_full_images
     from engines.models import build_model
-    from engines.preprocess import InputSpec, normalize_tiles
     from engines.weights import save_weights
-    from station.tiling import plan_tiles
 
     rank, world, local_rank = _distributed()
     device = pick_device(settings.device, local_rank)
@@ -133,25 +143,35 @@ def train_segmentation(settings: TrainSettings, progress: bool = True, train_sam
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
+    split_record = None
     if train_samples is None:
         samples = load_dataset(settings.data)
-        train_idx, held_idx = stratified_split(samples, settings.holdout, settings.seed)
-        train_samples = [samples[i] for i in train_idx]
-        held_samples = [samples[i] for i in held_idx]
+        if settings.split:
+            train_samples, held_samples, split_record = samples_from_split(samples, settings.split)
+        else:
+            train_idx, held_idx = stratified_split(samples, settings.holdout, settings.seed)
+            train_samples = [samples[i] for i in train_idx]
+            held_samples = [samples[i] for i in held_idx]
     held_samples = held_samples or []
     if main_process:
-        (out / "split.json").write_text(json.dumps(
+        (out / "split.json").write_text(json.dumps(split_record or
             {"train": [s.name for s in train_samples], "holdout": [s.name for s in held_samples]}, indent=1))
     spec = InputSpec(channels=1)
     config = {"in_channels": spec.channels, **settings.model_config}
     model = build_model(settings.model, config)
+    start_note = {}
     if settings.init:
         from engines.weights import load_model, resolve_weights
 
         start = load_model(resolve_weights(settings.init))
         model.load_state_dict(start.state_dict())
         log.info("initialised from %s", settings.init)
+    if settings.init_backbone:
+        start_note = init_backbone_from(model, settings.init_backbone)
+        log.info("backbone initialised from %s: %s", settings.init_backbone, json.dumps(start_note))
     model.to(device)
+    if settings.channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(settings.optimizer, model.parameters(), settings.lr)
     steps = settings.steps_per_epoch or max(1, sum(plan_tiles(s.image.shape, settings.tile, settings.overlap).n_tiles
                                                      for s in train_samples) // (settings.batch * world))
@@ -176,54 +196,183 @@ def train_segmentation(settings: TrainSettings, progress: bool = True, train_sam
     amp_dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if settings.amp else None
     scaler = torch.amp.GradScaler("cuda", enabled=settings.amp and device.type == "cuda")
     criterion = segmentation_loss(settings.loss)
+    step_parts = StepParts(spec, device, criterion, settings.aux_weight, optimizer, scaler, amp_dtype,
+                           settings.channels_last)
+    hard: list = []
+    best = _best_so_far(history)
     for epoch in range(start_epoch, settings.epochs):
+        t0, total = time.time(), 0.0
+        mine_seconds = 0.0
+        if settings.hard_negatives > 0 and (epoch - start_epoch) % max(1, settings.mine_every) == 0 or (
+                settings.hard_negatives > 0 and not hard):
+            hard = mine_hard_negatives(model, train_samples, settings, spec, device, amp_dtype)
+            mine_seconds = time.time() - t0
+            log.info("mined %d hard-negative tiles (top score >= %.2f) in %.0f s", len(hard),
+                     settings.mine_threshold, mine_seconds)
         sampler = TileSampler(train_samples, settings.tile, settings.defect_fraction,
                               seed=(settings.seed * 1000 + epoch) * 64 + rank,
-                              overlap=settings.overlap if settings.sampling == "grid" else None)
+                              overlap=settings.overlap if settings.sampling == "grid" else None,
+                              class_balanced=settings.class_balanced, hard_fraction=settings.hard_negatives,
+                              hard_negatives=hard)
         net.train()
-        t0, total = time.time(), 0.0
-        bar = tqdm(range(steps), desc=f"{settings.model} epoch {epoch + 1}/{settings.epochs}",
+        t_steps = time.time()
+        bar = tqdm(sampler.batches(settings.batch, steps, settings.prefetch), total=steps,
+                   desc=f"{settings.model} epoch {epoch + 1}/{settings.epochs}",
                    disable=not (progress and main_process), file=sys.stderr,
                    mininterval=1.0 if sys.stderr.isatty() else 60.0)
-        for step in bar:
-            tiles, masks = sampler.batch(settings.batch)
-            x = torch.from_numpy(normalize_tiles(tiles, spec)).to(device, non_blocking=True)
-            y = torch.from_numpy(masks).to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                outputs = net(x)
-                principal, *aux = outputs if isinstance(outputs, tuple) else (outputs,)
-                principal, aux = principal.float(), [a.float() for a in aux]
-            loss = criterion(principal, y) + settings.aux_weight * sum(criterion(a, y) for a in aux)
-            value = float(loss.detach())
-            check_loss(value, f"epoch {epoch + 1} step {step + 1}", settings.lr)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        for step, (tiles, masks) in enumerate(bar):
+            value = training_step(net, tiles, masks, step_parts, check=lambda v: check_loss(
+                v, f"epoch {epoch + 1} step {step + 1}", settings.lr))
             scheduler.step()
             total += value
             bar.set_postfix(loss=f"{value:.4f}")
+        step_seconds = time.time() - t_steps
         model.eval()
         metrics = {}
         if main_process and held_samples and settings.validate:
             metrics = evaluate_full_images(model.cpu(), held_samples, spec, min_area_px=settings.min_area_px)
             model.to(device)
-        record = {"epoch": epoch + 1, "loss": round(total / steps, 5), "seconds": round(time.time() - t0, 1),
-                  **metrics}
+        record = {"epoch": epoch + 1, "step": (epoch + 1) * steps, "loss": round(total / steps, 5),
+                  "seconds": round(time.time() - t0, 1), "train_tiles_per_s": round(steps * settings.batch
+                                                                                    / max(step_seconds, 1e-9), 2),
+                  **({"mine_seconds": round(mine_seconds, 1), "hard_tiles": len(hard)} if settings.hard_negatives
+                     else {}), **metrics}
         history.append(record)
         if main_process:
             log.info("epoch %s", json.dumps(record))
+            if metrics and _score(record) > _score(best):
+                best = record
+                save_weights(model.cpu(), out / "best", settings.model, model.config.to_dict(), spec.to_dict(),
+                             settings.tile, {"settings": asdict(settings), "epoch": epoch + 1, "validation": metrics,
+                                             "start": start_note})
+                model.to(device)
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": json.dumps(history)},
                        checkpoint.with_suffix(".tmp"))
             checkpoint.with_suffix(".tmp").replace(checkpoint)
-    model.eval().cpu()
+    model.eval().cpu().to(memory_format=torch.contiguous_format)
     if main_process:
         training = {"settings": asdict(settings), "history": history, "command": " ".join(sys.argv),
                     "train_images": len(train_samples), "holdout_images": len(held_samples), "world_size": world,
-                    "device": str(device)}
+                    "device": str(device), **({"start": start_note} if start_note else {})}
         save_weights(model, out, settings.model, model.config.to_dict(), spec.to_dict(), settings.tile, training)
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return history[-1] if history else {}
+
+
+@dataclass(frozen=True)
+class StepParts:
+    """What one training step needs besides the network and its batch (shared with ``benchmarks/train_speed.py``,
+    so the benchmark times the very step that trains)."""
+
+    spec: object
+    device: object
+    criterion: object
+    aux_weight: float
+    optimizer: object
+    scaler: object
+    amp_dtype: object = None
+    channels_last: bool = True
+
+
+def training_step(net, tiles: np.ndarray, masks: np.ndarray, parts: StepParts, check=None) -> float:
+    """One optimiser step on uint8 ``tiles`` and int64 ``masks``: the principal plus weighted auxiliary losses,
+    forward under autocast when ``amp_dtype`` is set. Returns the loss. ``check(loss)`` runs before ``backward``,
+    so a check that raises (a NaN loss) leaves the weights untouched."""
+    import torch
+
+
+    x = torch.from_numpy(normalize_tiles(tiles, parts.spec)).to(parts.device, non_blocking=True)
+    if parts.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.from_numpy(masks).to(parts.device, non_blocking=True)
+    with torch.autocast(parts.device.type, dtype=parts.amp_dtype or torch.float32, enabled=parts.amp_dtype is not None):
+        outputs = net(x)
+        principal, *aux = outputs if isinstance(outputs, tuple) else (outputs,)
+        principal, aux = principal.float(), [a.float() for a in aux]
+    loss = parts.criterion(principal, y) + parts.aux_weight * sum(parts.criterion(a, y) for a in aux)
+    value = float(loss.detach())
+    if check is not None:
+        check(value)
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.scaler.scale(loss).backward()
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+    return value
+
+
+def _score(record: dict | None) -> tuple[float, float]:
+    """How epochs are ranked for ``best/``: validation F1 at the best threshold, then pixel IoU."""
+    if not record:
+        return (-1.0, -1.0)
+    return (record.get("best_f1", record.get("f1", -1.0)), record.get("pixel_iou", -1.0))
+
+
+def _best_so_far(history: list[dict]) -> dict | None:
+    scored = [r for r in history if "f1" in r]
+    return max(scored, key=_score) if scored else None
+
+
+def samples_from_split(samples, path) -> tuple[list, list, dict]:
+    """``(train, validation, record)`` from a split file: its ``train`` list trains; ``validation`` (or, in a
+    two-way file, ``holdout``) validates. A three-way file's ``holdout`` images are used by neither."""
+    split = json.loads(Path(path).read_text())
+    by_name = {s.name: s for s in samples}
+    check = "validation" if "validation" in split else "holdout"
+    missing = [n for part in ("train", check) for n in split.get(part, []) if n not in by_name]
+    if missing:
+        raise ValueError(f"{len(missing)} images of {path} are not in the data folder (first: {missing[0]}); "
+                         "pass the --data folder the split was made from")
+    overlap = set(split.get("train", [])) & (set(split.get("validation", [])) | set(split.get("holdout", [])))
+    if overlap:
+        raise ValueError(f"{path} lists {len(overlap)} images both for training and for judging; remake the split")
+    train = [by_name[n] for n in split["train"]]
+    validation = [by_name[n] for n in split.get(check, [])]
+    return train, validation, split
+
+
+def init_backbone_from(model, source: str) -> dict:
+    """Load the ResNet backbone of the network in ``source`` (folder or shipped name) into ``model``; returns the
+    record kept in the training config."""
+    from engines.models.backbone_transfer import backbone_state, load_backbone
+    from engines.weights import load_model, resolve_weights
+
+    bundle = resolve_weights(source)
+    report = load_backbone(model, backbone_state(load_model(bundle)))
+    return {"init_backbone": str(source), "source_model": bundle.model, "source_sha256": bundle.sha256(),
+            "tensors": report["loaded"], "adapted": report["adapted"]}
+
+
+def mine_hard_negatives(model, train_samples, settings: TrainSettings, spec, device, amp_dtype=None,
+                        batch: int = 64) -> list[tuple[int, int, int, float]]:
+    """Tiles of the defect-free training images (cut where the station's tiler cuts, on the sampler's padded
+    images) whose top defect score reaches ``settings.mine_threshold``: ``(sample index, y0, x0, score)``."""
+    import torch
+
+    from engines.data.segmentation import _pad_to
+
+    t = settings.tile
+    cut = []
+    for k, s in enumerate(train_samples):
+        if s.defective or s.mask.any():
+            continue
+        image = _pad_to(s.image, t)
+        for y0, x0 in plan_tiles(image.shape, t, settings.overlap).origins_array:
+            cut.append((k, int(y0), int(x0), image))
+    found = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        for i in range(0, len(cut), batch):
+            chunk = cut[i:i + batch]
+            tiles = np.stack([img[y0:y0 + t, x0:x0 + t] for _, y0, x0, img in chunk])
+            x = torch.from_numpy(normalize_tiles(tiles, spec)).to(device)
+            if settings.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            top = (1.0 - model(x).float().softmax(1)[:, 0]).amax(dim=(1, 2)).cpu().numpy()
+            found += [(k, y0, x0, float(score)) for (k, y0, x0, _), score in zip(chunk, top)
+                      if score >= settings.mine_threshold]
+    model.train(was_training)
+    return found

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.errors import check_loss
+from inspection_core.preprocess import InputSpec, normalize_tiles
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,6 @@ def train_classifier(settings: ClsTrainSettings, progress: bool = True, train_se
     from engines.data.multilabel import MultiLabelSet, cooccurrence, load_multilabel, stratified_multilabel_split
     from engines.evaluate_cls import resize_images, rounded, score_set
     from engines.models.classifiers import multilabel_bce
-    from engines.preprocess import InputSpec, normalize_tiles
     from engines.train import pick_device
     from engines.weights import save_weights
 

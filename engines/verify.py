@@ -1,7 +1,7 @@
 """``engines verify``: run a built engine and a reference on the same real images through the station's own code
 and report what matters to the user, judged with tolerances that fit the engine's precision.
 
-Segmentation engines are compared image by image through :class:`station.inspect.Inspector` with a recipe's
+Segmentation engines are compared image by image through :class:`station.inspector.Inspector` with a recipe's
 tiling and decision rules: verdict agreement, IoU of the defect masks, and the max / mean absolute difference of
 the stitched defect scores. Classifier engines are compared patch by patch: agreement of the labels (score above
 0.5), agreement of each image's whole label set, and the score differences. Images are fed in the same batches
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from engines.build import significant
+from inspection_core.verdict import decide, find_defects
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float | None:
 
 def verify_segmentation(engine, reference, images: list[tuple[str, np.ndarray]], recipe) -> dict[str, Any]:
     """Both engines through the station's inspector with ``recipe``'s tiling and rules, image by image."""
-    from station.inspect import Inspector
-    from station.verdict import decide, find_defects
+    from station.inspector import Inspector
 
     rules = recipe.rules
     a = Inspector(engine, overlap=recipe.tiling.overlap, batch=recipe.tiling.batch, rules=rules)

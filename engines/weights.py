@@ -5,11 +5,13 @@ folder is found by path.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from inspection_core.hashing import file_sha256
+from inspection_core.preprocess import InputSpec
 
 SHIPPED = Path(__file__).parent / "weights"
 WEIGHTS_FILE = "model.safetensors"
@@ -40,17 +42,7 @@ class WeightsBundle:
         return file_sha256(self.weights_file)
 
     def input_spec(self):
-        from engines.preprocess import InputSpec
-
         return InputSpec(**self.input)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def resolve_weights(name_or_path: str | Path) -> WeightsBundle:

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from inspection_core.records import LineStats
 from station.feed import ResultFeed
 from station.pipeline import Line
 from station.recipe import QueuePolicy, Recipe, SourceKind
-from station.records import LineStats
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def _backend_device(backend: str) -> tuple[str, str]:
 def build_inspector(recipe: Recipe):
     """Load the recipe's engine and wrap it with its tiling and decision rules (and its classifier stage, if any)."""
     from engines.backends.base import load_engine
-    from station.inspect import Inspector
+    from station.inspector import Inspector
 
     from station.errors import RecipeError
 

@@ -3,8 +3,8 @@
 >>> classifier = PatchClassifier("runs/gr-tiles", patch=1024, mode="batch")     # doctest: +SKIP
 >>> labels, patches = classifier.classify(frame.image)                          # doctest: +SKIP
 
-The frame is cut into ``patch``-sided squares by the station's tiler (:func:`station.tiling.plan_tiles` and
-:func:`~station.tiling.tile_image`: the last row / column shifted back to the border, frames smaller than one
+The frame is cut into ``patch``-sided squares by the station's tiler (:func:`inspection_core.tiling.plan_tiles` and
+:func:`~inspection_core.tiling.tile_image`: the last row / column shifted back to the border, frames smaller than one
 patch padded), every patch is resized to the network's input size, and a class is present in a patch when its
 score is above ``threshold``. The part's labels are the union of its patches' labels; the patch grid (row, col,
 pixel origin and side) is the coarse location.
@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from inspection_core.preprocess import normalize_tiles
+from inspection_core.tiling import plan_tiles, tile_image
 from station.errors import RecipeError
-from station.tiling import plan_tiles, tile_image
 
 MODES = ("batch", "bank")
 MAX_BATCH = 32  # patches per forward pass; GR's relations span one chunk
@@ -85,7 +86,6 @@ class PatchClassifier:
         """Per-label probabilities ``(N, C)`` float32 of uint8 patches (any side: resized to the network's input
         as in training), scored ``batch`` at a time (in mode "batch" GR's relations span each chunk)."""
         from engines.evaluate_cls import resize_images
-        from engines.preprocess import normalize_tiles
 
         out = np.zeros((len(patches), len(self.classes)), np.float32)
         for start in range(0, len(patches), batch):

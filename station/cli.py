@@ -20,6 +20,8 @@ import logging
 import sys
 from pathlib import Path
 
+from inspection_core.errors import InspectionCoreError
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 SAMPLES = Path(__file__).parent / "samples" / "magnetic-tile"
 
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - known errors become one line that says what to do
         from engines.errors import USER_ERRORS
 
-        if isinstance(exc, (StationError, *USER_ERRORS)):
+        if isinstance(exc, (StationError, InspectionCoreError, *USER_ERRORS)):
             print(f"station: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         raise

@@ -1,5 +1,15 @@
-"""One exception hierarchy for the running line; every message says what to do next."""
+"""One exception hierarchy for the running line; every message says what to do next.
+
+Errors of the shared bottom layer that station users meet by name are imported from :mod:`inspection_core.errors`
+(one class, two names): ``station.errors.TilingError is inspection_core.errors.TilingError``. They derive from
+:class:`~inspection_core.errors.InspectionCoreError`, not from :class:`StationError`; the line and the ``station``
+command treat both bases alike.
+"""
 from __future__ import annotations
+
+from inspection_core.errors import TilingError
+
+__all__ = ["CameraLostError", "RecipeError", "RejectLogError", "SourceError", "StationError", "TilingError"]
 
 
 class StationError(Exception):
@@ -16,10 +26,6 @@ class CameraLostError(SourceError):
 
 class RecipeError(StationError):
     """A recipe file is missing, malformed, or names something that does not exist."""
-
-
-class TilingError(StationError):
-    """A tile plan or a batch of tiles does not fit the image it was made for."""
 
 
 class RejectLogError(StationError):

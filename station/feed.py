@@ -8,7 +8,7 @@ from __future__ import annotations
 import collections
 import threading
 
-from station.records import InspectionResult, Verdict
+from inspection_core.records import InspectionResult, Verdict
 
 
 class ResultFeed:

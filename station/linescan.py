@@ -44,8 +44,8 @@ from typing import Any, Mapping, Protocol
 
 import numpy as np
 
+from inspection_core.records import Frame
 from station.errors import SourceError
-from station.records import Frame
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class Part:
         return sum(b - a for a, b in self.gaps)
 
     def to_frame(self, source: str) -> Frame:
-        """The part as a :class:`~station.records.Frame` for the line: ``frame_id`` is the part index,
+        """The part as a :class:`~inspection_core.records.Frame` for the line: ``frame_id`` is the part index,
         ``timestamp_ns`` the delivery of its last line, and ``meta`` says where it lies and what is missing."""
         valid = self.line_timestamps_ns[self.line_timestamps_ns > 0]
         return Frame(image=self.image, frame_id=self.index, timestamp_ns=self.last_line_ns, source=source, meta={

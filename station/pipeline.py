@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from inspection_core.errors import InspectionCoreError
+from inspection_core.records import CameraState, InspectionResult, LineStats, SourceHealth, Verdict
 from station.errors import StationError
 from station.feed import ResultFeed
 from station.recipe import QueuePolicy
-from station.records import CameraState, InspectionResult, LineStats, SourceHealth, Verdict
 
 log = logging.getLogger(__name__)
 _END = object()  # end-of-stream marker passed down the queues
@@ -166,7 +167,8 @@ class Line:
             except BaseException as exc:  # noqa: BLE001 - a dead stage must stop the whole line, loudly
                 # Each stage's own ``finally`` passes the end marker on, so the stages after it still drain.
                 name = threading.current_thread().name
-                if isinstance(exc, StationError):  # an expected failure (camera missing...): its message suffices
+                # an expected failure (camera missing...): its message suffices
+                if isinstance(exc, (StationError, InspectionCoreError)):
                     log.error("%s stopped: %s", name, exc)
                 else:
                     log.exception("%s thread failed", name)

@@ -14,16 +14,16 @@ from __future__ import annotations
 import copy
 import difflib
 import enum
-import hashlib
 import json
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from inspection_core.hashing import text_sha256
+from inspection_core.verdict import DecisionRules, RoiCircle, RoiRect
 from station.errors import RecipeError
 from station.linescan import PartMode
-from station.verdict import DecisionRules, RoiCircle, RoiRect
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -216,7 +216,7 @@ class Recipe:
         data = self.as_dict()
         data.pop("path", None)
         text = json.dumps(data, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+        return text_sha256(text)[:12]
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data (enums as values, paths as strings), e.g. for ``--json`` output."""

@@ -38,8 +38,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from inspection_core.records import InspectionResult, Verdict
 from station.errors import RejectLogError
-from station.records import InspectionResult, Verdict
 
 log = logging.getLogger(__name__)
 

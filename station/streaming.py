@@ -10,20 +10,21 @@ the station's tiler: origins every ``tile - overlap`` lines) for each stage — 
 interface, the GR patch classifier of :mod:`station.classify` — and scores it while acquisition goes on. When the
 last line is in, only the rows that need it remain: the regular rows it completes and the tiler's last row, shifted
 back to end at the part's border (its height is known only now in trigger mode). Then the scores are stitched, and
-the verdict is decided by the same code as :class:`station.inspect.Inspector`. With a calibration profile
+the verdict is decided by the same code as :class:`station.inspector.Inspector`. With a calibration profile
 (``calibration``, as the ``Inspector`` has it) the flat-field is applied to the new lines of every block, before
 tiling, row for row as the whole part's correction would (its rounding dither follows the part's row numbers).
 
 The result is the whole-image result, not an approximation:
 
-- tiles are cut from the same rows with the same padding (each row is cut by :func:`station.tiling.tile_image`
+- tiles are cut from the same rows with the same padding (each row is cut by :func:`inspection_core.tiling.tile_image`
   with a one-row plan, whose column origins and padding are those of the whole-image plan);
 - segmentation tiles go to the engine in chunks of ``batch`` in plan order, and the classifier's patches in GR's
   chunks of :data:`station.classify.MAX_BATCH` in plan order (``mode = "batch"``: GR's relations span the same
   patches), so every network call sees the same tensors; in ``mode = "bank"`` a patch's scores do not depend on the
   others, and each row is scored as soon as it is cut;
 - the stitcher accumulates tile scores times the Hann window in plan order, exactly as
-  :func:`station.tiling.untile`, and divides the lines no later tile can reach (tests check equality to the bit).
+  :func:`inspection_core.tiling.untile`, and divides the lines no later tile can reach (tests check equality to the
+  bit).
 
 An incomplete part (lines missing, cut short...) always fails: each missing line range becomes a defect labelled
 ``"incomplete"`` spanning those rows (one spanning the whole part for the other reasons), and its scores in missing
@@ -47,10 +48,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from inspection_core.preprocess import defect_scores, normalize_tiles, prepare_image
+from inspection_core.records import Defect, Frame, InspectionResult, Verdict
+from inspection_core.tiling import blend_window, plan_tiles, tile_image
+from inspection_core.verdict import DecisionRules, decide, find_defects
 from station.errors import StationError
-from station.records import Defect, Frame, InspectionResult, Verdict
-from station.tiling import blend_window, plan_tiles, tile_image
-from station.verdict import DecisionRules, decide, find_defects
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +156,6 @@ class _Segmentation:
         self.calls: list[NetworkCall] = []
 
     def cut(self, band: np.ndarray, y: int) -> int:
-        from engines.preprocess import normalize_tiles, prepare_image
-
         t0 = time.perf_counter()
         spec = self.engine.spec
         prepared = prepare_image(band, spec)
@@ -172,8 +172,6 @@ class _Segmentation:
         return plan.n_tiles
 
     def _score(self, n: int) -> None:
-        from engines.preprocess import defect_scores
-
         chunk, self.pending = self.pending[:n], self.pending[n:]
         origins, self.pending_origins = self.pending_origins[:n], self.pending_origins[n:]
         t0 = time.perf_counter()
@@ -439,7 +437,7 @@ class StreamingInspector:
 
     @classmethod
     def from_inspector(cls, inspector, **settings: Any) -> StreamingInspector:
-        """The streaming form of a :class:`station.inspect.Inspector` (same engine, rules, classifier and
+        """The streaming form of a :class:`station.inspector.Inspector` (same engine, rules, classifier and
         calibration)."""
         return cls(inspector.engine, overlap=inspector.overlap, batch=inspector.batch, rules=inspector.rules,
                    classifier=inspector.classifier, fail_on_labels=inspector.fail_on_labels,

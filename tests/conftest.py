@@ -52,7 +52,7 @@ def untrained_bffn(tmp_path_factory) -> Path:
     import torch
 
     from engines.models.bffn import BFFN, BFFNConfig
-    from engines.preprocess import InputSpec
+    from inspection_core.preprocess import InputSpec
     from engines.weights import save_weights
 
     torch.manual_seed(0)
@@ -73,7 +73,7 @@ def save_tiny_gr(out: Path, classes, size: int = 64, seed: int = 0) -> Path:
     import torch
 
     from engines.models.gr import GR, GRConfig
-    from engines.preprocess import InputSpec
+    from inspection_core.preprocess import InputSpec
     from engines.weights import save_weights
 
     torch.manual_seed(seed)

@@ -17,8 +17,8 @@ import sys
 import threading
 from typing import Callable
 
+from inspection_core.records import LineStats
 from station.feed import ResultFeed
-from station.records import LineStats
 
 HEADLESS_PLATFORMS = frozenset({"offscreen", "minimal", "minimalegl"})
 SCREEN_PLATFORMS = frozenset({"eglfs", "linuxfb", "vkkhrdisplay", "vnc"})

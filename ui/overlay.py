@@ -19,7 +19,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from station.records import Defect
+from inspection_core.records import Defect
 
 if TYPE_CHECKING:
     from PyQt6.QtGui import QImage

@@ -6,8 +6,8 @@ import logging
 
 import numpy as np
 
-from engines.backends.base import Engine
 from engines.errors import BackendUnavailable, EngineError
+from inspection_core.engine import Engine
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16")

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from engines.data.segmentation import IMAGE_SUFFIXES, DatasetError, folds_by_group, read_grey, split_by_group
+from inspection_core import imageio
+from inspection_core.errors import ImageReadError
 
 NEU_CLASSES = ("inclusion", "patches", "scratches")  # label-map values 1, 2, 3
 MAGNETIC_TILE_CLASSES = ("blowhole", "break", "crack", "fray", "uneven")
@@ -105,19 +107,20 @@ def cooccurrence(matrix: np.ndarray) -> np.ndarray:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """uint8 grey ``(H, W)`` or RGB ``(H, W, 3)`` as stored; :class:`DatasetError` naming a corrupt file."""
-    import cv2
-
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
-        raise DatasetError(f"cannot decode image {path}: the file is corrupt or not an image")
+    """uint8 grey ``(H, W)`` or RGB ``(H, W, 3)`` as stored (alpha dropped), read by the station's one reader
+    (:func:`inspection_core.imageio.read_image`); :class:`DatasetError` naming a corrupt file."""
+    try:
+        image = imageio.read_image(path, imageio.ImageMode.UNCHANGED)
+    except ImageReadError as exc:
+        if exc.os_error is not None:
+            raise exc.os_error from None
+        raise DatasetError(f"cannot decode image {path}: the file is corrupt or not an image") from None
     if image.dtype != np.uint8:
         raise DatasetError(f"image {path} is {image.dtype}; only 8-bit images are supported")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    elif image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    if image.ndim == 3 and image.shape[2] == 4:
+        import cv2
+
+        image = cv2.cvtColor(image, cv2.COLOR_RGBA2RGB)
     return image
 
 

@@ -17,6 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from inspection_core import imageio
+from inspection_core.errors import ImageReadError
+from inspection_core.tiling import plan_tiles
+
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -41,13 +45,14 @@ class SegSample:
 
 
 def read_grey(path: Path) -> np.ndarray:
-    import cv2
-
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
-    if image is None:
-        raise DatasetError(f"cannot decode image {path}: the file is corrupt or not an image")
-    return image
+    """uint8 grey ``(H, W)`` by the station's one reader (:func:`inspection_core.imageio.read_image`);
+    :class:`DatasetError` naming a corrupt file."""
+    try:
+        return imageio.read_image(path, imageio.ImageMode.GREY)
+    except ImageReadError as exc:
+        if exc.os_error is not None:
+            raise exc.os_error from None
+        raise DatasetError(f"cannot decode image {path}: the file is corrupt or not an image") from None
 
 
 def load_magnetic_tile(root: Path) -> list[SegSample]:
@@ -114,6 +119,35 @@ def stratified_split(samples: list[SegSample], holdout: float, seed: int) -> tup
     return split_by_group([s.category for s in samples], holdout, seed, order=str)
 
 
+SPLIT_PARTS = ("train", "validation", "holdout")
+
+
+def three_way_split(samples: list[SegSample], validation: float, holdout: float, seed: int,
+                    keep: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+    """Image names in ``train``/``validation``/``holdout``, each image-level class split in the same proportions.
+
+    With ``keep`` (an earlier two-way split, ``{"train": [...], "holdout": [...]}``), its training images stay in
+    training and its held-out images are shared between validation and held-out in the ratio
+    ``validation : holdout``: weights trained on the earlier split can go on training without ever having seen
+    the new validation or held-out images."""
+    names = [s.name for s in samples]
+    if keep is not None:
+        kept_train = set(keep.get("train", []))
+        rest = [i for i, n in enumerate(names) if n not in kept_train]
+        share = holdout / (validation + holdout) if validation + holdout else 0.0
+        val_idx, held_idx = split_by_group([samples[i].category for i in rest], share, seed, order=str)
+        return {"train": sorted(n for n in names if n in kept_train),
+                "validation": sorted(names[rest[i]] for i in val_idx),
+                "holdout": sorted(names[rest[i]] for i in held_idx)}
+    if validation < 0 or holdout < 0 or validation + holdout >= 1:
+        raise ValueError(f"validation {validation} and holdout {holdout} must be >= 0 and add up to less than 1")
+    train_val, held = split_by_group([s.category for s in samples], holdout, seed, order=str)
+    inner = validation / (1.0 - holdout) if holdout < 1 else 0.0
+    fit, val = split_by_group([samples[i].category for i in train_val], inner, seed + 1, order=str)
+    return {"train": sorted(names[train_val[i]] for i in fit), "validation": sorted(names[train_val[i]] for i in val),
+            "holdout": sorted(names[i] for i in held)}
+
+
 def _groups(keys, order) -> list[list[int]]:
     """Indices of equal keys, one list per key, the keys sorted (by ``order``)."""
     by_key: dict = {}
@@ -162,7 +196,7 @@ def _pad_to(image: np.ndarray, size: int) -> np.ndarray:
 
 class TileSampler:
     """``tile``×``tile`` crops for training: with ``overlap`` given, the very tiles the station's tiler cuts
-    (:func:`station.tiling.plan_tiles`); without, random crops. Both with defect-aware sampling: a fraction ``defect_fraction``
+    (:func:`inspection_core.tiling.plan_tiles`); without, random crops. Both with defect-aware sampling: a fraction ``defect_fraction``
     of the crops is centred (with jitter) on a random defect pixel so rare, small defects are seen; the rest are
     uniform crops of uniformly chosen images (mostly defect-free background, which teaches what is normal).
 
@@ -170,26 +204,53 @@ class TileSampler:
     """
 
     def __init__(self, samples: list[SegSample], tile: int, defect_fraction: float = 0.5, seed: int = 0,
-                 augment: bool = True, overlap: int | None = None) -> None:
+                 augment: bool = True, overlap: int | None = None, class_balanced: bool = False,
+                 hard_fraction: float = 0.0, hard_negatives: list[tuple[int, int, int, float]] | None = None) -> None:
         self.samples = [SegSample(s.name, _pad_to(s.image, tile), _pad_to(s.mask.astype(np.uint8), tile), s.category)
                         for s in samples]
         self.origins = None
         if overlap is not None:  # cut where the station's tiler cuts, so training sees the tiles inference sees
-            from station.tiling import plan_tiles
-
             self.origins = [plan_tiles(s.image.shape, tile, overlap).origins_array for s in self.samples]
         self.defective = [i for i, s in enumerate(self.samples) if s.mask.any()]
+        # class-balanced: a defect crop first draws a class uniformly, then an image of it (rare cracks and fray
+        # are seen as often as the common classes)
+        by_class: dict[str, list[int]] = {}
+        for i in self.defective:
+            by_class.setdefault(str(self.samples[i].category), []).append(i)
+        self.defective_by_class = [by_class[k] for k in sorted(by_class)] if class_balanced else None
         self.tile = tile
         self.defect_fraction = defect_fraction if self.defective else 0.0
+        # hard negatives: (sample index, y0, x0, score) tiles of defect-free images where the model fired,
+        # drawn with probability proportional to the score, a fraction ``hard_fraction`` of the crops
+        self.hard = list(hard_negatives or [])
+        self.hard_fraction = hard_fraction if self.hard else 0.0
+        if self.hard:
+            weights = np.asarray([h[3] for h in self.hard], np.float64) + 1e-6
+            self.hard_p = weights / weights.sum()
         self.rng = np.random.default_rng(seed)
         self.augment = augment
 
+    def _defect_image(self) -> int:
+        rng = self.rng
+        if self.defective_by_class is not None:
+            group = self.defective_by_class[rng.integers(len(self.defective_by_class))]
+            return group[rng.integers(len(group))]
+        return self.defective[rng.integers(len(self.defective))]
+
+    def _hard_crop(self) -> tuple[np.ndarray, np.ndarray]:
+        k, y0, x0, _ = self.hard[self.rng.choice(len(self.hard), p=self.hard_p)]
+        s, t = self.samples[k], self.tile
+        image, mask = s.image[y0:y0 + t, x0:x0 + t], s.mask[y0:y0 + t, x0:x0 + t]
+        return self._augment(image, mask) if self.augment else (image.copy(), mask.copy())
+
     def crop(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.hard_fraction and self.rng.random() < self.hard_fraction:
+            return self._hard_crop()
         if self.origins is not None:
             return self.grid_crop()
         t, rng = self.tile, self.rng
         if rng.random() < self.defect_fraction:
-            s = self.samples[self.defective[rng.integers(len(self.defective))]]
+            s = self.samples[self._defect_image()]
             ys, xs = np.nonzero(s.mask)
             k = rng.integers(len(ys))
             cy, cx = ys[k] + rng.integers(-t // 3, t // 3 + 1), xs[k] + rng.integers(-t // 3, t // 3 + 1)
@@ -207,7 +268,7 @@ class TileSampler:
         tile that holds a randomly chosen defect pixel."""
         t, rng = self.tile, self.rng
         if rng.random() < self.defect_fraction:
-            k = self.defective[rng.integers(len(self.defective))]
+            k = self._defect_image()
             s, origins = self.samples[k], self.origins[k]
             ys, xs = np.nonzero(s.mask)
             j = rng.integers(len(ys))
@@ -249,6 +310,47 @@ class TileSampler:
         """``(tiles uint8 (N, t, t), masks int64 (N, t, t))``."""
         crops = [self.crop() for _ in range(size)]
         return np.stack([c[0] for c in crops]), np.stack([c[1] for c in crops]).astype(np.int64)
+
+    def batches(self, size: int, count: int, prefetch: int = 2):
+        """The next ``count`` batches, cut by a background thread ``prefetch`` batches ahead of the consumer, so
+        sampling and augmentation (NumPy and OpenCV release the GIL) overlap the training step. The batches are
+        exactly those ``count`` calls of :meth:`batch` would give, in the same order."""
+        if prefetch <= 0:
+            for _ in range(count):
+                yield self.batch(size)
+            return
+        import queue
+        import threading
+
+        ready: queue.Queue = queue.Queue(maxsize=prefetch)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for _ in range(count):
+                    item = self.batch(size)
+                    while not stop.is_set():
+                        try:
+                            ready.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+            except BaseException as error:  # handed to the consumer, raised there
+                ready.put(error)
+
+        worker = threading.Thread(target=produce, name="tile-sampler", daemon=True)
+        worker.start()
+        try:
+            for _ in range(count):
+                item = ready.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            worker.join(timeout=5)
 
 
 def stratified_folds(samples: list[SegSample], folds: int, seed: int) -> list[list[int]]:

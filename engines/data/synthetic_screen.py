@@ -25,8 +25,8 @@ with_defects=False)`` renders the identical screen without them; the two uint8 i
 ``mask > 0``. The background is rendered in blocks of lines, so a 5120×10240 screen needs little more memory than
 its uint8 image and int32 mask.
 
-:func:`patch_labels` applies the paper's rule to the tiles of a :class:`station.tiling.TilePlan`: a patch carries
-a defect's class iff it holds *more* than 20 % of that defect's area. :func:`write_screen_patches` writes the
+:func:`patch_labels` applies the paper's rule to the tiles of a :class:`inspection_core.tiling.TilePlan`: a patch
+carries a defect's class iff it holds *more* than 20 % of that defect's area. :func:`write_screen_patches` writes the
 generic multi-label patch layout::
 
     OUT/images/screen_00000_r003_c007.png   (patch of screen 0, tile row 3, tile column 7)
@@ -47,6 +47,7 @@ from typing import Iterator
 import numpy as np
 
 from engines.data.synthetic_lens import _write_png
+from inspection_core.tiling import plan_tiles
 
 SCREEN_CLASSES = ("bubble", "pinhole", "scratch", "tin_ash")
 GENERATOR = "engines.data.synthetic_screen"
@@ -457,7 +458,7 @@ def _fraction(min_fraction) -> Fraction:
 
 
 def patch_labels(sample: ScreenSample, plan, min_fraction: float = 0.2) -> list[tuple[str, ...]]:
-    """For each tile of ``plan`` (a :class:`station.tiling.TilePlan` made for ``sample.image.shape``), in plan
+    """For each tile of ``plan`` (a :class:`inspection_core.tiling.TilePlan` made for ``sample.image.shape``), in plan
     order, the classes (in :data:`SCREEN_CLASSES` order) of the defects of which the tile holds *more* than
     ``min_fraction`` of the defect's area (its pixels in ``sample.mask``). A tile with exactly 20 % of a defect,
     or less, does not carry its label."""
@@ -535,11 +536,9 @@ def _is_screen_set(root: Path) -> bool:
 def write_screen_patches(out_dir: str | Path, count_images: int, seed: int = 0, spec: ScreenSpec = ScreenSpec(),
                          tile: int = 256, overlap: int = 0) -> Path:
     """Render ``count_images`` screens (screen ``i`` uses :func:`screen_seed` ``(seed, i)``), cut each with
-    :func:`station.tiling.plan_tiles` and write the patches with their :func:`patch_labels` in the generic
+    :func:`inspection_core.tiling.plan_tiles` and write the patches with their :func:`patch_labels` in the generic
     multi-label layout; return the folder. ``out_dir`` must be new, empty, or a screen set written here before
     (which is replaced)."""
-    from station.tiling import plan_tiles
-
     if isinstance(count_images, bool) or not isinstance(count_images, (int, np.integer)) or count_images < 1:
         raise ValueError(f"count_images must be an int >= 1, got {count_images!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:

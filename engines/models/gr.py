@@ -16,7 +16,7 @@ Flow (paper Fig. 3, Eqs. (1)-(7))::
 Choices the paper leaves open are written next to the code that makes them; the main ones:
 
 * **Input channels.** ``in_channels=3`` by default (the paper's RGB ResNet stem); grey tiles are replicated to
-  three channels by :func:`engines.preprocess.prepare_image` with ``InputSpec(channels=3)``. ``in_channels=1``
+  three channels by :func:`inspection_core.preprocess.prepare_image` with ``InputSpec(channels=3)``. ``in_channels=1``
   replaces the stem convolution instead (as BFFN does).
 * **Cosine classifier scale.** Eq. (1)'s first classifier is "a cosine similarity function between feature vectors
   and weight vectors"; a cosine lies in [-1, 1], too narrow for a sigmoid/BCE, so it is multiplied by a *learnable*

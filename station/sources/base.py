@@ -1,6 +1,6 @@
 """The one interface every frame source implements, plus the health bookkeeping they share.
 
-A source is a context manager that yields :class:`~station.records.Frame` records::
+A source is a context manager that yields :class:`~inspection_core.records.Frame` records::
 
     with open_source("replay:samples/glass") as source:
         for frame in source:          # the pipeline's acquisition thread
@@ -18,7 +18,7 @@ from dataclasses import fields
 from types import TracebackType
 from typing import Any, Iterator
 
-from station.records import CameraState, Frame, SourceHealth
+from inspection_core.records import CameraState, Frame, SourceHealth
 
 logger = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 import cv2
 import numpy as np
 
+from inspection_core.records import CameraState, Frame
 from station.errors import CameraLostError, SourceError
-from station.records import CameraState, Frame
 from station.sources.base import FrameSource
 
 if TYPE_CHECKING:  # harvesters is imported lazily: `import station.sources` works without it

@@ -30,9 +30,9 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from inspection_core.records import CameraState, Frame, SourceHealth
 from station.errors import SourceError
 from station.linescan import LineBlock, PartListener, PartMode, StripAssembler
-from station.records import CameraState, Frame, SourceHealth
 from station.sources.base import FrameSource
 
 logger = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class GenICamBlocks:
 
 
 class LineScanSource(FrameSource):
-    """Parts assembled from a block source, one :class:`~station.records.Frame` per part (see the module doc).
+    """Parts assembled from a block source, one :class:`~inspection_core.records.Frame` per part (see the module doc).
 
     ``listener`` (set before the source opens, e.g. :class:`station.streaming.StreamingInspector`) is told about
     each part while it arrives. ``stats`` are the assembler's counters (missing and late blocks...).

@@ -15,8 +15,10 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 
+from inspection_core import imageio
+from inspection_core.errors import ImageReadError
+from inspection_core.records import Frame
 from station.errors import SourceError
-from station.records import Frame
 from station.sources.base import FrameSource
 
 logger = logging.getLogger(__name__)
@@ -70,21 +72,20 @@ def list_images(paths: PathLike | Sequence[PathLike], pattern: str | None = None
 
 
 def read_image(path: Path, grey: bool) -> np.ndarray:
-    """Decode one image as uint8 grey ``(H, W)`` or RGB ``(H, W, 3)``; raises ``ValueError`` with a reason.
-
-    Reads bytes with ``np.fromfile`` and decodes with ``cv2.imdecode``, so non-ASCII paths work everywhere.
+    """Decode one image as uint8 grey ``(H, W)`` or RGB ``(H, W, 3)`` with the station's one reader
+    (:func:`inspection_core.imageio.read_image`, safe for non-ASCII paths); raises ``OSError`` for a file that cannot
+    be read and ``ValueError`` with a reason (``"empty file"``, ``"not a decodable image ..."``) for one that is not
+    an image.
     """
-    data = np.fromfile(str(path), dtype=np.uint8)  # OSError for unreadable files
-    if data.size == 0:
-        raise ValueError("empty file")
-    image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR)
-    if image is None or image.size == 0:
-        raise ValueError("not a decodable image (corrupt, truncated or not an image)")
-    if image.dtype != np.uint8:  # defensive: IMREAD_GRAYSCALE/COLOR already reduce to 8 bits
-        image = cv2.convertScaleAbs(image, alpha=255.0 / max(float(image.max()), 1.0))
-    if not grey:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return np.ascontiguousarray(image)
+    try:
+        image = imageio.read_image(path, imageio.ImageMode.GREY if grey else imageio.ImageMode.COLOUR)
+    except ImageReadError as exc:
+        if exc.os_error is not None:
+            raise exc.os_error from None
+        raise ValueError(exc.reason) from None
+    if image.dtype != np.uint8:  # defensive: grey and colour reads already reduce to 8 bits
+        image = np.ascontiguousarray(cv2.convertScaleAbs(image, alpha=255.0 / max(float(image.max()), 1.0)))
+    return image
 
 
 class ReplaySource(FrameSource):

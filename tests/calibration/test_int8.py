@@ -8,7 +8,8 @@ import pytest
 
 from calibration.errors import CalibrationError, ProfileMismatch
 from calibration.int8 import add_images, calibration_cache_path, int8_images
-from calibration.profile import CameraGeometry, ProfileStore, file_sha256
+from calibration.profile import CameraGeometry, ProfileStore
+from inspection_core.hashing import file_sha256
 from tests.calibration.conftest import write_png
 
 

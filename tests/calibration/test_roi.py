@@ -9,7 +9,7 @@ from calibration.errors import CalibrationError
 from calibration.roi import find_lens_roi, find_screen_roi, parse_roi, roi_from_dict, roi_to_dict, with_margin
 from calibration.synthetic import screen_in_bezel
 from engines.data.synthetic_lens import LensSpec, make_lens
-from station.verdict import RoiCircle, RoiRect
+from inspection_core.verdict import RoiCircle, RoiRect
 from tests.calibration.conftest import write_png
 
 

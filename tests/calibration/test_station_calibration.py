@@ -18,12 +18,12 @@ from calibration.profile import CameraGeometry, ProfileStore
 from calibration.roi import roi_to_dict
 from calibration.synthetic import capture, flat_field_captures
 import station.app  # noqa: F401 - imported here, not under capsys: run_headless binds sys.stderr at import
-from engines.preprocess import InputSpec
+from inspection_core.preprocess import InputSpec
+from inspection_core.records import Frame, Verdict
+from inspection_core.verdict import DecisionRules, RoiCircle, RoiRect, find_defects
 from station.errors import RecipeError
-from station.inspect import Inspector
+from station.inspector import Inspector
 from station.recipe import Units, load_recipe
-from station.records import Frame, Verdict
-from station.verdict import DecisionRules, RoiCircle, RoiRect, find_defects
 from tests.calibration.conftest import write_png
 from tests.station.test_recipe import MINIMAL, write
 

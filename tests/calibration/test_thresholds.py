@@ -14,6 +14,10 @@ import pytest
 
 from calibration.errors import CalibrationError
 from calibration.thresholds import choose_operating_point, load_validation, with_rates
+from inspection_core.preprocess import InputSpec
+from inspection_core.records import Frame, Verdict
+from inspection_core.tiling import plan_tiles
+from inspection_core.verdict import DecisionRules
 
 SAMPLES = Path(__file__).resolve().parents[2] / "station" / "samples" / "magnetic-tile"
 
@@ -74,9 +78,7 @@ def test_truth_csv_folder_is_read_and_one_sided_sets_are_refused(validation, tmp
 @pytest.mark.slow
 def test_segmentation_thresholds_meet_the_target_as_the_station_judges(root, cli, validation, tmp_path):
     from engines.backends.base import load_engine
-    from station.inspect import Inspector
-    from station.records import Frame, Verdict
-    from station.verdict import DecisionRules
+    from station.inspector import Inspector
 
     code, out, err = cli("thresholds", "--camera", "cam-A", "--weights", "bffn-magnetic-tile", "--data", validation,
                          "--escape-rate", "0.25", "--min-area", "10,30", "--threads", "1", "--width", "640",
@@ -120,7 +122,6 @@ def test_classifier_gets_one_threshold_per_class(root, cli, tmp_path, one_torch_
     import torch
 
     from engines.models.gr import GR, GRConfig
-    from engines.preprocess import InputSpec
     from engines.weights import save_weights
 
     classes = ["scratch", "dust"]
@@ -152,7 +153,6 @@ def test_classifier_gets_one_threshold_per_class(root, cli, tmp_path, one_torch_
     from calibration.line import for_recipe
     from station.classify import PatchClassifier
     from station.recipe import load_recipe
-    from station.tiling import plan_tiles
     from tests.station.test_recipe import MINIMAL, write
 
     recipe = load_recipe(write(tmp_path, MINIMAL + f'\n[classifier]\nweights = "{weights}"\n'

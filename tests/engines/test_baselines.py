@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from engines.models import CLASSIFICATION_MODELS, MODEL_NAMES, SEGMENTATION_MODELS, build_model
 from engines.models.baselines import ARCHS, BaselineConfig
-from engines.preprocess import InputSpec
+from inspection_core.preprocess import InputSpec
 
 AUX_OUTPUTS = {"fcn": 1, "unet": 0, "deeplabv3plus": 0, "bisenet": 2}
 

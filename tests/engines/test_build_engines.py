@@ -14,8 +14,9 @@ from engines.build import BuildSettings, build, engine_folders, open_engine, par
 from engines.cli import main as engines_main
 from engines.errors import BackendUnavailable
 from engines.manifest import MANIFEST, ManifestError, library_versions, problems, read_manifest
-from engines.preprocess import normalize_tiles
-from engines.weights import file_sha256, resolve_weights
+from engines.weights import resolve_weights
+from inspection_core.hashing import file_sha256
+from inspection_core.preprocess import InputSpec, normalize_tiles
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -205,7 +206,6 @@ def test_verify_passes_against_torch_and_fails_against_other_weights(ort_folder,
     import torch
 
     from engines.models.bffn import BFFN, BFFNConfig
-    from engines.preprocess import InputSpec
     from engines.weights import save_weights
 
     torch.manual_seed(7)  # other weights: a stand-in for an engine that drifted

@@ -9,6 +9,7 @@ import pytest
 
 from engines.data.segmentation import DatasetError, TileSampler, load_dataset, stratified_split
 from engines.evaluate import image_level_metrics
+from inspection_core.tiling import plan_tiles
 
 
 def make_generic_set(root, n=8, size=(150, 170), seed=0):
@@ -136,8 +137,6 @@ def test_training_can_start_from_existing_weights(tmp_path, untrained_bffn):
 
 
 def test_grid_sampling_cuts_the_station_tilers_tiles(tmp_path):
-    from station.tiling import plan_tiles
-
     samples = load_dataset(make_generic_set(tmp_path / "set", n=6, size=(150, 170)))
     sampler = TileSampler(samples, tile=64, defect_fraction=0.5, seed=0, augment=False, overlap=16)
     cuts = {s.name: [s.image[y:y + 64, x:x + 64] for y, x in plan_tiles(s.image.shape, 64, 16).origins]

@@ -8,8 +8,8 @@ import pytest
 from engines.backends.base import load_engine
 from engines.errors import BackendUnavailable, EngineError
 from engines.export import INPUT_NAME, export_onnx
-from engines.preprocess import InputSpec, defect_scores, normalize_tiles
 from engines.weights import WeightsError, resolve_weights
+from inspection_core.preprocess import InputSpec, defect_scores, normalize_tiles
 
 
 @pytest.fixture(scope="module")

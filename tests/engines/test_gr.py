@@ -13,8 +13,8 @@ from engines.data.multilabel import cooccurrence
 from engines.models import CLASSIFICATION_MODELS, MODEL_NAMES, SEGMENTATION_MODELS, build_model
 from engines.models.gr import GR, GRConfig, compute_reference_bank, phase2_loss, supcon_loss
 from engines.export import export_onnx
-from engines.preprocess import InputSpec
 from engines.weights import load_model, resolve_weights, save_weights
+from inspection_core.preprocess import InputSpec
 
 SMALL = {"backbone": "resnet18", "num_classes": 3, "label_dim": 32, "proj_dim": 32, "in_channels": 1}
 SIDE = 64

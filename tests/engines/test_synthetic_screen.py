@@ -19,7 +19,7 @@ from engines.data.synthetic_screen import (
     stream_blocks,
     write_screen_patches,
 )
-from station.tiling import plan_tiles
+from inspection_core.tiling import plan_tiles
 
 SMALL = ScreenSpec(size=(512, 512))
 N_SEEDS = 100

@@ -15,7 +15,7 @@ from engines.backends.gpu import gpu_info
 from engines.backends.tensorrt_backend import (TensorRTEngine, available_backends, build_engine, import_tensorrt,
                                                tensorrt_version)
 from engines.errors import BackendUnavailable, EngineError
-from engines.preprocess import InputSpec
+from inspection_core.preprocess import InputSpec
 
 TRT_INSTALLED = importlib.util.find_spec("tensorrt") is not None
 no_tensorrt = pytest.mark.skipif(TRT_INSTALLED, reason="tensorrt is installed here; these tests are for its absence")

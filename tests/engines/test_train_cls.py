@@ -19,6 +19,7 @@ from engines.evaluate_cls import (class_activation_maps, evaluate_classifier, mu
                                   save_cams, save_class_figure, write_cams)
 from engines.train_cls import ClsTrainSettings, augment_batch, choose_bank, epoch_batches, train_classifier
 from engines.weights import load_model, resolve_weights
+from inspection_core.preprocess import InputSpec, normalize_tiles
 
 GR_SMALL = {"backbone": "resnet18", "label_dim": 32, "proj_dim": 32}
 SIDE = 64
@@ -292,7 +293,6 @@ def test_gr_learns_the_easy_set_and_its_cam_finds_the_square(tmp_path, monkeypat
 def test_first_head_scores_the_fc2_module_alone():
     """Phase-1 validation must judge what phase 1 trains (S), not the still-untrained GR-module (S')."""
     from engines.models import build_model
-    from engines.preprocess import InputSpec, normalize_tiles
 
     torch.manual_seed(0)
     model = build_model("gr", {"num_classes": 3, **GR_SMALL}).eval()

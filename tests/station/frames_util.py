@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 
-from station.records import Frame
+from inspection_core.records import Frame
 from station.sources import FrameSource
 
 

@@ -8,12 +8,13 @@ import time
 import numpy as np
 import pytest
 
+from inspection_core.preprocess import InputSpec
+from inspection_core.records import Frame, Verdict
+from inspection_core.tiling import plan_tiles
+from inspection_core.verdict import decide
 from station.classify import PatchClassifier
 from station.errors import RecipeError
 from station.recipe import ClassifierMode, load_recipe
-from station.records import Frame, Verdict
-from station.tiling import plan_tiles
-from station.verdict import decide
 from tests.conftest import TINY_GR_CLASSES as CLASSES
 from tests.conftest import TINY_GR_SIZE as SIZE
 from tests.station.test_recipe import MINIMAL, write
@@ -109,7 +110,6 @@ def test_wrong_model_and_missing_bank_are_clear_errors(tiny_gr, untrained_bffn, 
     with pytest.raises(RecipeError, match="'bffn' model.*not a classifier"):
         PatchClassifier(str(untrained_bffn))
     from engines.models.gr import GR, GRConfig
-    from engines.preprocess import InputSpec
     from engines.weights import save_weights
 
     model = GR(GRConfig(num_classes=2, in_channels=1, backbone="resnet18", label_dim=16, proj_dim=16)).eval()

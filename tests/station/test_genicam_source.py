@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from inspection_core.records import CameraState, Frame
 from tests.station.frames_util import take_frames
 
 from station.errors import CameraLostError, SourceError
-from station.records import CameraState, Frame
 from station.sources import GenICamSource
 from station.sources.genicam import frame_gap
 

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from engines.backends.base import load_engine
-from station.inspect import Inspector
+from inspection_core.records import Frame, Verdict
+from inspection_core.verdict import DecisionRules
+from station.inspector import Inspector
 from station.pipeline import BoundedQueue, Line
 from station.recipe import QueuePolicy
-from station.records import Frame, Verdict
 from station.rejectlog import RejectLog
 from station.sources import ReplaySource
-from station.verdict import DecisionRules
 
 SAMPLES = __import__("station.cli", fromlist=["SAMPLES"]).SAMPLES
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from inspection_core.verdict import RoiCircle, RoiRect
 from station.app import build_source
 from station.errors import RecipeError
 from station.recipe import (
@@ -14,7 +15,6 @@ from station.recipe import (
     load_recipe,
     shipped_recipe_path,
 )
-from station.verdict import RoiCircle, RoiRect
 
 MINIMAL = """
 [product]

@@ -21,9 +21,9 @@ import cv2
 import numpy as np
 import pytest
 
+from inspection_core.records import Defect, Frame, InspectionResult, Verdict
 from station import rejectlog
 from station.errors import RejectLogError
-from station.records import Defect, Frame, InspectionResult, Verdict
 from station.rejectlog import SCHEMA_VERSION, RejectLog, add_export_arguments, export, parse_time, run_export
 
 REPO = Path(__file__).resolve().parents[2]
@@ -296,7 +296,7 @@ def test_threads_share_one_log(tmp_path: Path) -> None:
 CHILD = r"""
 import sys
 import numpy as np
-from station.records import Defect, Frame, InspectionResult, Verdict
+from inspection_core.records import Defect, Frame, InspectionResult, Verdict
 from station.rejectlog import RejectLog
 
 defect = Defect("defect", (0, 0, 4, 4), 16, (2.0, 2.0), 0.8, 0.9)

@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
+from inspection_core.records import CameraState, Frame
 from tests.station.frames_util import take_frames
 
 from station.errors import SourceError
-from station.records import CameraState, Frame
 from station.sources import GenICamSource, ReplaySource, open_source
 
 

@@ -12,15 +12,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before anything imports
 import numpy as np
 import pytest
 
-from station.records import (
-    CameraState,
-    Defect,
-    Frame,
-    InspectionResult,
-    LineStats,
-    SourceHealth,
-    Verdict,
-)
+from inspection_core.records import CameraState, Defect, Frame, InspectionResult, LineStats, SourceHealth, Verdict
 
 HEIGHT, WIDTH = 300, 400
 BLOB = (slice(120, 160), slice(200, 250))  # rows, columns of the synthetic defect

@@ -7,13 +7,13 @@ import time
 import pytest
 
 from engines.backends.base import load_engine
+from inspection_core.verdict import DecisionRules
 from station.app import run_with_panel
 from station.cli import SAMPLES
-from station.inspect import Inspector
+from station.inspector import Inspector
 from station.pipeline import Line
 from station.rejectlog import RejectLog
 from station.sources import ReplaySource
-from station.verdict import DecisionRules
 
 
 @pytest.mark.gui

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from station.errors import TilingError
+from inspection_core.errors import TilingError
 
 #: Floor of the blending window, relative to its peak: keeps weight at tile borders (and so at image borders).
 WINDOW_FLOOR = 1e-3

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from station.records import Verdict
-from station.verdict import DecisionRules, RoiCircle, RoiRect, decide, find_defects
+from inspection_core.records import Verdict
+from inspection_core.verdict import DecisionRules, RoiCircle, RoiRect, decide, find_defects
 
 
 def blank(h: int = 64, w: int = 80) -> np.ndarray:

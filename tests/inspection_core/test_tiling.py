@@ -6,8 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from inspection_core.tiling import TileBatch, TilePlan, blend_window, plan_tiles, tile_image, untile
 from station.errors import TilingError
-from station.tiling import TileBatch, TilePlan, blend_window, plan_tiles, tile_image, untile
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

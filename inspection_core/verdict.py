@@ -20,7 +20,7 @@ from typing import Union
 import cv2
 import numpy as np
 
-from station.records import Defect, Verdict
+from inspection_core.records import Defect, Verdict
 
 
 @dataclass(frozen=True)

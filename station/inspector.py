@@ -19,10 +19,11 @@ import time
 
 import numpy as np
 
+from inspection_core.preprocess import defect_scores, normalize_tiles, prepare_image
+from inspection_core.records import Frame, InspectionResult
+from inspection_core.tiling import TilePlan, plan_tiles, tile_image, untile
+from inspection_core.verdict import DecisionRules, decide, find_defects
 from station.errors import StationError
-from station.records import Frame, InspectionResult
-from station.tiling import TilePlan, plan_tiles, tile_image, untile
-from station.verdict import DecisionRules, decide, find_defects
 
 
 class Inspector:
@@ -61,8 +62,6 @@ class Inspector:
 
     def score_map(self, image: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         """The stitched float32 defect-score map of one image and the stage timings (ms)."""
-        from engines.preprocess import defect_scores, normalize_tiles, prepare_image
-
         t0 = time.perf_counter()
         prepared = prepare_image(image, self.engine.spec)
         plan = self.plan(prepared.shape[:2])

@@ -1,0 +1,269 @@
+"""What issue 12 adds to training: three-way splits, class-balanced and hard-negative sampling, prefetched batches,
+backbone transfer between networks, and decision rules learned on a validation part."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import cv2
+import numpy as np
+import pytest
+
+from engines.data.segmentation import SegSample, TileSampler, load_dataset, three_way_split
+from tests.engines.test_data_train import make_generic_set
+
+
+def _samples(counts: dict, size=(96, 96), seed=0) -> list[SegSample]:
+    """Synthetic samples: ``counts`` images per class (``None`` = defect-free), a bright square on defects."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for category, n in counts.items():
+        for i in range(n):
+            image = rng.normal(100, 5, size).clip(0, 255).astype(np.uint8)
+            mask = np.zeros(size, bool)
+            if category is not None:
+                mask[30:50, 30:50] = True
+                image[mask] = 220
+            out.append(SegSample(f"{category or 'free'}/{i}.png", image, mask, category))
+    return out
+
+
+def test_three_way_split_is_stratified_disjoint_and_repeatable():
+    samples = _samples({None: 60, "crack": 20, "fray": 10})
+    split = three_way_split(samples, validation=0.2, holdout=0.2, seed=4)
+    parts = [set(split[p]) for p in ("train", "validation", "holdout")]
+    assert sum(map(len, parts)) == 90 and not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    for name in ("validation", "holdout"):
+        counts = Counter(n.split("/")[0] for n in split[name])
+        assert counts == {"free": 12, "crack": 4, "fray": 2}, (name, counts)
+    assert three_way_split(samples, 0.2, 0.2, seed=4) == split
+    assert three_way_split(samples, 0.2, 0.2, seed=5) != split
+
+
+def test_three_way_split_can_keep_an_earlier_training_part():
+    samples = _samples({None: 40, "crack": 10})
+    earlier = {"train": [s.name for s in samples[:30]] + [s.name for s in samples[40:48]],
+               "holdout": [s.name for s in samples[30:40]] + [s.name for s in samples[48:]]}
+    split = three_way_split(samples, validation=0.1, holdout=0.1, seed=0, keep=earlier)
+    assert set(split["train"]) == set(earlier["train"])
+    assert set(split["validation"]) | set(split["holdout"]) == set(earlier["holdout"])
+    assert Counter(n.split("/")[0] for n in split["validation"]) == {"free": 5, "crack": 1}
+
+
+def test_three_way_split_refuses_parts_that_leave_nothing_to_train():
+    with pytest.raises(ValueError, match="less than 1"):
+        three_way_split(_samples({None: 4}), validation=0.5, holdout=0.5, seed=0)
+
+
+def test_class_balanced_sampling_shows_a_rare_class_as_often_as_a_common_one():
+    samples = _samples({"blowhole": 30, "crack": 2})
+    rng_counts = Counter()
+    sampler = TileSampler(samples, tile=64, defect_fraction=1.0, seed=0, augment=False, class_balanced=True)
+    for _ in range(600):
+        rng_counts[samples[sampler._defect_image()].category] += 1
+    assert 0.4 < rng_counts["crack"] / 600 < 0.6, rng_counts
+    plain = TileSampler(samples, tile=64, defect_fraction=1.0, seed=0, augment=False)
+    plain_crack = sum(samples[plain._defect_image()].category == "crack" for _ in range(600)) / 600
+    assert plain_crack < 0.15, "without balancing the rare class is drawn in proportion to its images"
+
+
+def test_hard_negatives_are_drawn_at_their_fraction_and_by_score():
+    samples = _samples({None: 4, "crack": 2}, size=(128, 128))
+    samples[1].image[:64, 64:] = 255  # a bright patch the pool points at: (sample 1, y0 0, x0 64)
+    pool = [(1, 0, 64, 0.9), (2, 64, 0, 1e-9)]
+    sampler = TileSampler(samples, tile=64, defect_fraction=0.0, seed=1, augment=False, overlap=0,
+                          hard_fraction=0.5, hard_negatives=pool)
+    tiles, masks = sampler.batch(400)
+    bright = np.mean([t.mean() > 250 for t in tiles])
+    assert 0.4 < bright < 0.6, bright
+    assert not masks[[t.mean() > 250 for t in tiles]].any(), "the mined tile carries its (empty) mask"
+
+
+def test_sampler_without_the_new_options_gives_the_same_crops_as_before():
+    samples = _samples({None: 3, "crack": 3}, size=(128, 128))
+    a = TileSampler(samples, tile=64, defect_fraction=0.5, seed=3, overlap=16)
+    b = TileSampler(samples, tile=64, defect_fraction=0.5, seed=3, overlap=16, class_balanced=False,
+                    hard_fraction=0.3, hard_negatives=[])  # an empty pool draws nothing extra
+    for _ in range(3):
+        ta, ma = a.batch(8)
+        tb, mb = b.batch(8)
+        np.testing.assert_array_equal(ta, tb)
+        np.testing.assert_array_equal(ma, mb)
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_prefetched_batches_are_exactly_the_sequential_ones(prefetch):
+    samples = _samples({None: 3, "crack": 3}, size=(128, 128))
+    expected = TileSampler(samples, tile=64, seed=9, overlap=16)
+    got = list(TileSampler(samples, tile=64, seed=9, overlap=16).batches(4, 5, prefetch=prefetch))
+    assert len(got) == 5
+    for tiles, masks in got:
+        want_tiles, want_masks = expected.batch(4)
+        np.testing.assert_array_equal(tiles, want_tiles)
+        np.testing.assert_array_equal(masks, want_masks)
+
+
+def test_prefetch_hands_a_sampling_error_to_the_consumer():
+    sampler = TileSampler(_samples({"crack": 2}), tile=64, seed=0)
+
+    def broken(size):
+        raise RuntimeError("augmentation broke")
+
+    sampler.batch = broken
+    with pytest.raises(RuntimeError, match="augmentation broke"):
+        list(sampler.batches(4, 3, prefetch=2))
+
+
+def test_backbone_moves_from_an_rgb_classifier_to_a_grey_segmenter():
+    import torch
+
+    from engines.models import build_model
+    from engines.models.backbone_transfer import BackboneTransferError, backbone_state, load_backbone
+
+    torch.manual_seed(0)
+    gr = build_model("gr", {"backbone": "resnet18", "in_channels": 3, "num_classes": 3})
+    bffn = build_model("bffn", {"in_channels": 1})
+    report = load_backbone(bffn, backbone_state(gr))
+    assert report["adapted"] == ["conv1.weight"] and report["loaded"] > 100
+    torch.testing.assert_close(bffn.stem[0].weight, gr.backbone[0].weight.sum(1, keepdim=True))
+    torch.testing.assert_close(bffn.layer3[1].conv2.weight, gr.backbone[6][1].conv2.weight)
+    torch.testing.assert_close(bffn.stem[1].running_var, gr.backbone[1].running_var)
+    grey = torch.rand(1, 1, 64, 64)  # a grey image fed to all three channels: the same first-layer response
+    torch.testing.assert_close(bffn.stem[0](grey), gr.backbone[0](grey.repeat(1, 3, 1, 1)), rtol=1e-4, atol=1e-5)
+    deeper = build_model("bffn", {"in_channels": 1, "backbone": "resnet34"})
+    with pytest.raises(BackboneTransferError, match="same ResNet depth"):
+        load_backbone(deeper, backbone_state(bffn))
+    unet = build_model("unet", {"in_channels": 1})
+    load_backbone(unet, backbone_state(bffn))
+    torch.testing.assert_close(unet.net.encoder.layer4[0].conv1.weight, bffn.layer4[0].conv1.weight)
+
+
+def test_mining_returns_only_tiles_of_defect_free_images_above_the_threshold():
+    import torch
+
+    from engines.models import build_model
+    from inspection_core.preprocess import InputSpec
+    from engines.train import TrainSettings, mine_hard_negatives
+
+    torch.manual_seed(0)
+    samples = _samples({None: 2, "crack": 2}, size=(128, 160))
+    model = build_model("bffn", {"in_channels": 1})
+    settings = TrainSettings(tile=64, overlap=16, mine_threshold=0.0)
+    found = mine_hard_negatives(model, samples, settings, InputSpec(), torch.device("cpu"))
+    assert {k for k, *_ in found} == {0, 1}, "every tile of the defect-free images, none of the defective ones"
+    assert len(found) == 2 * 9  # 128x160 with tile 64, overlap 16: 3 x 3 tiles
+    assert all(0.0 <= score <= 1.0 for *_, score in found)
+    settings.mine_threshold = 1.01
+    assert mine_hard_negatives(model, samples, settings, InputSpec(), torch.device("cpu")) == []
+    assert model.training, "mining leaves the model in the mode it found it"
+
+
+@pytest.mark.slow
+def test_training_with_split_transfer_and_hard_negatives_records_everything(tmp_path, untrained_bffn):
+    from engines.train import TrainSettings, train_segmentation
+
+    data = make_generic_set(tmp_path / "set", n=8, size=(128, 128))
+    samples = load_dataset(data)
+    split = three_way_split(samples, validation=0.25, holdout=0.25, seed=0)
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    settings = TrainSettings(data=str(data), out=str(tmp_path / "run"), epochs=1, steps_per_epoch=2, batch=4,
+                             threads=2, split=str(tmp_path / "split.json"), init_backbone=str(untrained_bffn),
+                             class_balanced=True, hard_negatives=0.25, mine_threshold=0.0, amp=True)
+    final = train_segmentation(settings, progress=False)
+    assert final["hard_tiles"] > 0 and "best_f1" in final and final["train_tiles_per_s"] > 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    start = config["training"]["start"]
+    assert start["init_backbone"] == str(untrained_bffn) and start["source_model"] == "bffn" and start["tensors"] > 100
+    assert config["training"]["train_images"] == len(split["train"])
+    assert config["training"]["holdout_images"] == len(split["validation"]), "validation judges each epoch"
+    written = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert written == split, "the run keeps the three-way split it was given"
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+
+
+def test_a_split_that_trains_on_judged_images_is_refused(tmp_path):
+    from engines.train import samples_from_split
+
+    samples = _samples({None: 4, "crack": 2})
+    bad = {"train": [samples[0].name, samples[1].name], "validation": [samples[1].name], "holdout": []}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="both for training and for judging"):
+        samples_from_split(samples, tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text(json.dumps({"train": ["nope.png"], "validation": []}))
+    with pytest.raises(ValueError, match="not in the data folder"):
+        samples_from_split(samples, tmp_path / "other.json")
+
+
+def test_engines_split_keeps_named_frames_out_of_training(tmp_path, capsys):
+    from engines.cli import main
+
+    data = make_generic_set(tmp_path / "set", n=20)
+    out = tmp_path / "split.json"
+    assert main(["split", "--data", str(data), "--out", str(out), "--validation", "0.2", "--holdout", "0.2"]) == 0
+    split = json.loads(out.read_text())
+    assert {k: len(v) for k, v in split.items()} == {"train": 12, "validation": 4, "holdout": 4}
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    cv2.imwrite(str(demo / split["train"][0]), np.zeros((8, 8), np.uint8))
+    assert main(["split", "--data", str(data), "--out", str(tmp_path / "x.json"), "--not-train", str(demo)]) == 2
+    assert "fall in the training part" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_engines_eval_learns_a_rule_over_thresholds_and_areas(tmp_path, untrained_bffn, capsys):
+    from engines.cli import main
+
+    data = make_generic_set(tmp_path / "set", n=6, size=(128, 128))
+    report = tmp_path / "eval.json"
+    assert main(["eval", "--weights", str(untrained_bffn), "--data", str(data), "--learn-min-areas", "10,400",
+                 "--threads", "1", "--json", str(report)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads(report.read_text())
+    assert len(saved["rule_sweep"]) == 2 * len(saved["sweep"])
+    best = printed["best_rule"]
+    assert best["min_area_px"] in (10, 400)
+    assert best["f1"] == max(p["f1"] for p in saved["rule_sweep"])
+
+
+@pytest.mark.slow
+def test_training_speed_benchmark_runs_and_reports_every_configuration(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "speed.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_speed.py"), "--steps", "1", "--batch", "2",
+                           "--images", "4", "--check-steps", "2", "--threads", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert set(report["configs"]) == {"reference", "channels_last", "channels_last+prefetch",
+                                      "channels_last+prefetch+bf16"}
+    assert report["configs"]["reference"]["speedup_vs_reference"] == 1.0
+    assert sum(p["share"] for p in report["reference_profile"].values()) == pytest.approx(1.0, abs=0.01)
+    assert len(report["learning_check"]["curves"]["channels_last+prefetch+bf16"]) == 2
+
+
+def test_curves_read_a_running_log_and_a_finished_config(tmp_path):
+    from engines.curves import curve_points, read_history
+    from engines.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    records = [{"epoch": 1, "step": 500, "loss": 1.0, "f1": 0.5, "best_f1": 0.6, "pixel_iou": 0.1},
+               {"epoch": 2, "step": 1000, "loss": 0.9, "f1": 0.55, "best_f1": 0.7, "pixel_iou": 0.2}]
+    retried = {**records[1], "f1": 0.58}  # epoch 2 run again after a resume: the later record counts
+    (run / "train.log").write_text("".join(f"2026-01-01 00:00:00,000 INFO epoch {json.dumps(r)}\n"
+                                           for r in [*records, retried]) + "2026 INFO mined 3 tiles\n")
+    history, per_epoch = read_history(run)
+    assert per_epoch == 500 and [r["f1"] for r in history] == [0.5, 0.58]
+    points = curve_points(history, per_epoch, offset=8000)
+    assert points["step"] == [8500, 9000] and points["best_f1"] == [0.6, 0.7]
+    history, per_epoch = read_history("bffn-magnetic-tile")  # the shipped weights' own record
+    assert per_epoch == 500 and len(history) == 16
+    out = tmp_path / "curves.png"
+    assert main(["curves", "bffn-magnetic-tile", str(run), "--offset", "0,8000", "--out", str(out),
+                 "--json", str(tmp_path / "c.json")]) == 0
+    assert cv2.imread(str(out)) is not None
+    assert json.loads((tmp_path / "c.json").read_text())[str(run)]["step"] == [8500, 9000]
