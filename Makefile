@@ -29,7 +29,7 @@ demo: $(VENV)/.installed
 	$(BIN)/station demo $(DEMO_ARGS)
 
 test: $(VENV)/.installed-dev
-	$(BIN)/ruff check station engines calibration ui tests inspection_core
+	$(BIN)/ruff check station engines calibration ui tests inspection_core inspection
 	$(BIN)/lint-imports
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -7,8 +7,8 @@ report how long the verdict takes after the last line.
     .venv/bin/python benchmarks/linescan_latency.py --bffn --json out.json
 
 What runs is the station's own code: :class:`station.sources.linescan.LineScanReplay` (blocks on the wall-clock
-schedule of the line rate) → :class:`station.linescan.StripAssembler` → :class:`station.streaming.StreamingInspector`
-with the GR patch classifier (:class:`station.classify.PatchClassifier`, ONNX Runtime on the CPU by default), and optionally BFFN
+schedule of the line rate) → :class:`station.linescan.StripAssembler` → the streaming form of the one inspector
+(:class:`inspection.inspector.StreamingInspector`) with the GR patch classifier (:class:`station.classify.PatchClassifier`, ONNX Runtime on the CPU by default), and optionally BFFN
 segmentation (the shipped weights, ONNX Runtime), on the station's line (:class:`station.pipeline.Line`).
 
 GR weights: ``--weights DIR`` uses trained weights; by default an *untrained* ResNet-18 GR (4 classes, the trainer's
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     from station.pipeline import Line
     from station.recipe import QueuePolicy
     from station.sources.linescan import LineScanReplay, LineScanSource
-    from station.streaming import StreamingInspector
+    from inspection.inspector import StreamingInspector
 
     threads = args.threads or default_threads()
     torch.set_num_threads(threads)

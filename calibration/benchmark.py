@@ -18,8 +18,18 @@ from __future__ import annotations
 import numpy as np
 
 from calibration.flatfield import build_flatfield, residual_report
+from calibration.roi import find_lens_roi, find_screen_roi
 from calibration.scale import measure_scale
-from calibration.synthetic import capture, flat_field_captures, render_checkerboard, render_dot_grid, SyntheticCamera
+from calibration.synthetic import (
+    SyntheticCamera,
+    capture,
+    flat_field_captures,
+    render_checkerboard,
+    render_dot_grid,
+    screen_in_bezel,
+)
+from engines.data.synthetic_lens import LensSpec, make_lens
+from engines.data.synthetic_screen import ScreenSpec, make_screen
 
 FLATFIELD_GOAL = 10.0
 SCALE_GOAL_PCT = 0.5
@@ -30,8 +40,6 @@ def screen_flatfield_case(seed: int = 0, size: tuple[int, int] = (2048, 2048), f
                           lines: int = 512) -> dict:
     """Flat-field a synthetic line-scan screen with dark / bright references (``frames`` of ``lines`` lines) made
     from its true artefacts."""
-    from engines.data.synthetic_screen import ScreenSpec, make_screen
-
     sample = make_screen(seed, ScreenSpec(size=size, mura=(0.0, 0.0), defect_free_prob=1.0))
     w = size[1]
     # a black-level pedestal (as cameras have) keeps the dark references' noise from clipping at 0
@@ -80,10 +88,6 @@ def scale_cases(seed: int) -> list[dict]:
 def roi_cases(seed: int, count: int = 10) -> dict:
     """Largest error of the found ROI against the true geometry over ``count`` synthetic lenses (with defects on
     the glass) and screens in a bezel."""
-    from calibration.roi import find_lens_roi, find_screen_roi
-    from calibration.synthetic import screen_in_bezel
-    from engines.data.synthetic_lens import LensSpec, make_lens
-
     lens_err = 0.0
     for i in range(count):
         sample = make_lens(seed * 1000 + i, LensSpec(size=(400, 480), defect_free_prob=0.0))

@@ -28,12 +28,31 @@ import json
 import sys
 from pathlib import Path
 
+from calibration import synthetic
+from calibration.benchmark import run_benchmark
+from calibration.errors import CalibrationError
+from calibration.flatfield import build_flatfield, residual_report, save_profile_plot
+from calibration.images import list_images, read_image, read_images
+from calibration.int8 import add_images, calibration_cache_path, int8_images
+from calibration.line import load_line_calibration
+from calibration.profile import CameraGeometry, ProfileStore, iter_profiles, pixel_format_of
+from calibration.roi import check_inside, draw_roi, find_roi, parse_roi, roi_to_dict, with_margin
+from calibration.scale import draw_points, measure_scale, parse_pattern
+from calibration.thresholds import (
+    calibrate_classifier,
+    calibrate_segmentation,
+    save_operating_curve,
+    summary_lines,
+    sweep_by_area,
+)
+from engines.data.synthetic_lens import LensSpec, make_lens
+from engines.errors import USER_ERRORS
+from engines.weights import resolve_weights
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _store(args):
-    from calibration.profile import ProfileStore
-
     return ProfileStore(args.root)
 
 
@@ -46,8 +65,6 @@ def _emit(args, data: dict, lines: list[str]) -> None:
 
 def _geometry(args, image, line_scan: bool | None = None):
     """The camera geometry of a step's images, its line-scan flag inherited from an existing profile."""
-    from calibration.profile import CameraGeometry, pixel_format_of
-
     base = _store(args).latest(args.camera)
     scan = bool(args.line_scan) if getattr(args, "line_scan", False) else (base.geometry.line_scan if base else False)
     if line_scan is not None:
@@ -60,8 +77,6 @@ def _geometry(args, image, line_scan: bool | None = None):
 def _same_layout(fmt: str, image) -> bool:
     """A profile made with --pixel-format (e.g. BayerRG8, RGBa8) keeps that name for later steps whose images
     have the layout such a camera's frames have in the station."""
-    from calibration.profile import pixel_format_of
-
     grey = pixel_format_of(image) == "Mono8"
     return grey == (fmt.startswith("Mono") or fmt.startswith("Bayer"))
 
@@ -72,9 +87,6 @@ def _profile_line(profile) -> str:
 
 # ------------------------------------------------------------------------------------------------- flatfield
 def _flatfield(args) -> int:
-    from calibration.flatfield import build_flatfield, residual_report, save_profile_plot
-    from calibration.images import list_images, read_image, read_images
-
     dark_files, bright_files = list_images(args.dark, "dark captures"), list_images(args.bright, "bright captures")
     darks, brights = read_images(dark_files, "dark capture"), read_images(bright_files, "bright capture")
     geometry = _geometry(args, brights[0])
@@ -122,9 +134,6 @@ def _flatfield(args) -> int:
 
 # ----------------------------------------------------------------------------------------------------- scale
 def _scale(args) -> int:
-    from calibration.images import read_image
-    from calibration.scale import draw_points, measure_scale, parse_pattern
-
     image = read_image(Path(args.image), "target image")
     result = measure_scale(image, parse_pattern(args.pattern), args.pitch_mm, args.target)
     geometry = _geometry(args, image)
@@ -145,10 +154,6 @@ def _scale(args) -> int:
 
 # ------------------------------------------------------------------------------------------------------- roi
 def _roi(args) -> int:
-    from calibration.errors import CalibrationError
-    from calibration.images import read_image
-    from calibration.roi import (check_inside, draw_roi, find_roi, parse_roi, roi_to_dict, with_margin)
-
     if not args.set and not args.image:
         raise CalibrationError("pass --image REFERENCE (with --kind lens|screen) to find the region, or --set to "
                                "give it by hand")
@@ -192,13 +197,6 @@ def _roi(args) -> int:
 
 # ------------------------------------------------------------------------------------------------ thresholds
 def _thresholds(args) -> int:
-    from calibration.errors import CalibrationError
-    from calibration.line import load_line_calibration
-    from calibration.profile import CameraGeometry
-    from calibration.thresholds import (calibrate_classifier, calibrate_segmentation, save_operating_curve,
-                                        summary_lines, sweep_by_area)
-    from engines.weights import resolve_weights
-
     store = _store(args)
     base = store.latest(args.camera)
     geometry = None
@@ -249,8 +247,6 @@ def _thresholds(args) -> int:
 
 # ------------------------------------------------------------------------------------------------------ int8
 def _int8_add(args) -> int:
-    from calibration.int8 import add_images, calibration_cache_path, int8_images
-
     profile, added = add_images(_store(args), args.camera, args.images, any_size=args.any_size)
     files = int8_images(profile)
     _emit(args, {"profile": profile.name, "added": added, "images": [str(f) for f in files],
@@ -261,8 +257,6 @@ def _int8_add(args) -> int:
 
 
 def _int8_list(args) -> int:
-    from calibration.int8 import calibration_cache_path, int8_images
-
     profile = _store(args).load(args.profile)
     files = int8_images(profile)
     cache = calibration_cache_path(profile)
@@ -275,8 +269,6 @@ def _int8_list(args) -> int:
 
 # ------------------------------------------------------------------------------------------------ list / show
 def _list(args) -> int:
-    from calibration.profile import iter_profiles
-
     store = _store(args)
     rows = [{"profile": p.name, "created": p.created, "camera": p.geometry.describe(),
              "sections": sorted(p.sections), "step": p.history[-1]["step"] if p.history else ""}
@@ -314,8 +306,6 @@ def _show(args) -> int:
 def _synth(args) -> int:
     import cv2
 
-    from calibration import synthetic
-
     out = Path(args.out)
     if args.what == "flatfield":
         _, darks, brights, check = synthetic.flat_field_captures(args.seed, line_scan=args.line_scan)
@@ -327,7 +317,6 @@ def _synth(args) -> int:
         print(f"wrote {len(darks)} dark and {len(brights)} bright captures and check.png under {out}")
         return EXIT_OK
     out.parent.mkdir(parents=True, exist_ok=True)
-    from calibration.scale import parse_pattern
 
     width, height = parse_pattern(args.size)
     if args.what == "checkerboard":
@@ -335,8 +324,6 @@ def _synth(args) -> int:
                                               angle_deg=args.angle, shape=(height, width))
         note = f"10x7 squares of {args.pitch_mm:g} mm (pattern 9x6) at {args.mm_per_px:g} mm/px"
     elif args.what == "lens":
-        from engines.data.synthetic_lens import LensSpec, make_lens
-
         sample = make_lens(args.seed, LensSpec(size=(height, width)))
         image = sample.image
         note = f"glass centre {sample.glass_center}, radius {sample.glass_radius}"
@@ -349,8 +336,6 @@ def _synth(args) -> int:
 
 
 def _benchmark(args) -> int:
-    from calibration.benchmark import run_benchmark
-
     report = run_benchmark(seed=args.seed)
     _emit(args, report, report["lines"])
     return EXIT_OK if report["all_met"] else EXIT_FAILED
@@ -513,14 +498,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from calibration.errors import CalibrationError
 
     try:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - known errors become one line that says what to do
-        from engines.errors import USER_ERRORS
 
         if isinstance(exc, (CalibrationError, *USER_ERRORS)):
             print(f"calibration: error: {exc}", file=sys.stderr)

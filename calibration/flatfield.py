@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from calibration.errors import CalibrationError, ProfileMismatch
+from engines.evaluate import write_figure
 
 SATURATED = 250  # a bright reference whose mean is above this clips: lower the light or exposure
 
@@ -228,8 +229,6 @@ def save_profile_plot(check: np.ndarray, corrected: np.ndarray, path, title: str
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from engines.evaluate import write_figure
 
     before, after = column_profile(check), column_profile(corrected)
     nu_b, nu_a = nonuniformity(check)["column_pct"], nonuniformity(corrected)["column_pct"]

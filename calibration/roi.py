@@ -20,6 +20,7 @@ from dataclasses import asdict
 import numpy as np
 
 from calibration.errors import CalibrationError
+from calibration.images import to_grey
 from inspection_core.verdict import RoiCircle, RoiRect
 
 KINDS = ("lens", "screen")
@@ -98,8 +99,6 @@ def _fit_circle(points: np.ndarray) -> tuple[float, float, float]:
 def find_lens_roi(image: np.ndarray, rays: int = 360) -> tuple[RoiCircle, dict]:
     """The glass disc of a camera-module cover glass (bright, inside a dark ink ring) and fit facts."""
     import cv2
-
-    from calibration.images import to_grey
 
     grey = to_grey(image)
     h, w = grey.shape
@@ -183,8 +182,6 @@ def _first_step(profile: np.ndarray, start: int, direction: int, threshold: floa
 def find_screen_roi(image: np.ndarray, min_contrast: float = 4.0) -> tuple[RoiRect, dict]:
     """The active area of a screen: the rectangle around the image centre bounded by the first grey-level step
     of at least ``min_contrast`` on each side."""
-    from calibration.images import to_grey
-
     grey = to_grey(image).astype(np.float64)
     h, w = grey.shape
     band_rows = grey[h // 4: 3 * h // 4]
@@ -222,8 +219,6 @@ def draw_roi(image: np.ndarray, roi: Roi, found: Roi | None = None) -> np.ndarra
     """BGR picture of ``image`` with the region in green (outside darkened) and, when different, the region as
     found before the margin in yellow."""
     import cv2
-
-    from calibration.images import to_grey
 
     grey = to_grey(image)
     bgr = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)

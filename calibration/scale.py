@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from calibration.errors import CalibrationError
+from calibration.images import to_grey
 
 TARGETS = ("checkerboard", "dots")
 
@@ -62,8 +63,6 @@ class ScaleResult:
 def find_points(image: np.ndarray, pattern: tuple[int, int], target: str = "checkerboard") -> np.ndarray:
     """The target's points as ``(rows, cols, 2)`` float64 pixel coordinates, sub-pixel accurate."""
     import cv2
-
-    from calibration.images import to_grey
 
     if target not in TARGETS:
         raise CalibrationError(f"target {target!r} is not known; use one of {', '.join(TARGETS)}")
@@ -138,8 +137,6 @@ def measure_scale(image: np.ndarray, pattern: tuple[int, int], pitch_mm: float,
 def draw_points(image: np.ndarray, result: ScaleResult) -> np.ndarray:
     """A BGR picture of the target with the found points and the fitted scale written on it."""
     import cv2
-
-    from calibration.images import to_grey
 
     bgr = cv2.cvtColor(to_grey(image), cv2.COLOR_GRAY2BGR)
     cols, rows = result.pattern

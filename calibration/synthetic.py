@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engines.data.synthetic_screen import ScreenSpec, make_screen
+
 
 @dataclass(frozen=True, eq=False)
 class SyntheticCamera:
@@ -177,8 +179,6 @@ def screen_in_bezel(seed: int = 0, active: tuple[int, int] = (600, 400), bezel: 
     """``(image, (x, y, w, h))``: a synthetic dark screen (``active`` = (lines, pixels) of
     :func:`engines.data.synthetic_screen.make_screen`, with its defects) inside a black bezel ``bezel`` px wide,
     on a lighter conveyor ``margin`` px wide around it; the tuple is the true active-area rectangle."""
-    from engines.data.synthetic_screen import ScreenSpec, make_screen
-
     rng = np.random.default_rng([seed, 7])
     screen = make_screen(seed, ScreenSpec(size=active)).image
     ah, aw = active

@@ -6,10 +6,13 @@ below the target, the one with the fewest false rejects is chosen (ties: the low
 threshold). When no point reaches the target the step says so and stores nothing unless asked to keep the best.
 
 * Segmentation (one defect class): the operating point is the defect score threshold and the minimum defect
-  area. Every image is judged as the station judges it — the profile's flat-field and ROI applied when the image
-  has the camera's size, tiles, stitching and the decision rules — by
+  area. Every image is judged as the line judges it, by the line's own :class:`~inspection.inspector.Inspector`
+  (the profile's flat-field, tiles, stitching and the decision rules) through
   :func:`engines.evaluate.evaluate_station_verdicts` over :data:`engines.evaluate.DEFAULT_SWEEP`; the score maps are
-  computed once and reused for every minimum area.
+  computed once and reused for every minimum area (the inspector's ``reuse_scores``). With a profile that holds a
+  flat-field every validation image must have the camera's size and pixel format, as every frame on the line must
+  (an image that does not fit is refused, naming the difference); the profile's ROI applies when every image has
+  the camera's size.
 * Multi-label classifier: one threshold per class on its label score (a label is present when its score is
   above it), chosen on that class's escape rate (images with the label whose score stays at or below).
 
@@ -21,7 +24,6 @@ classifiers: ``images/`` + ``labels.csv`` + ``classes.txt``), or, for segmentati
 from __future__ import annotations
 
 import csv
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,8 +31,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from calibration.errors import CalibrationError
-from inspection_core.records import InspectionResult
-from inspection_core.verdict import DecisionRules, decide, find_defects
+from calibration.profile import pixel_format_of
+from engines.backends.base import load_engine
+from engines.data.multilabel import label_matrix, load_multilabel
+from engines.data.segmentation import DatasetError, SegSample, load_dataset, read_grey
+from engines.evaluate import DEFAULT_SWEEP, evaluate_station_verdicts, image_level_metrics, write_figure
+from engines.evaluate_cls import classifier_bundle, predict
+from engines.weights import load_model
+from inspection.inspector import Inspector
+from inspection_core.verdict import DecisionRules
 
 
 # ------------------------------------------------------------------------------------------------ operating point
@@ -66,8 +75,6 @@ def check_target(target: float) -> float:
 def load_validation(data: str | Path) -> list:
     """Segmentation validation samples (:class:`engines.data.segmentation.SegSample`): any ``engines eval``
     layout, or images with a ``truth.csv`` (``file,defective``)."""
-    from engines.data.segmentation import DatasetError, SegSample, load_dataset, read_grey
-
     root = Path(data)
     truth_file = root / "truth.csv"
     if root.is_dir() and truth_file.is_file() and not (root / "images").is_dir():
@@ -106,43 +113,10 @@ def load_validation(data: str | Path) -> list:
     return samples
 
 
-class CalibratedInspector:
-    """The station's :class:`~station.inspector.Inspector` with a profile's flat-field (on images of the camera's
-    size), computing each image's score map once (keyed by name) so a sweep over rules reuses it; quacks like an
-    Inspector for :func:`engines.evaluate.evaluate_station_verdicts` (which judges with :attr:`rules`)."""
-
-    def __init__(self, inspector, profile_calibration=None) -> None:
-        self.inspector = inspector
-        self.rules = inspector.rules
-        self.calibration = profile_calibration
-        self.calibrated = 0
-        self._masks: dict[str, np.ndarray] = {}
-
-    @property
-    def engine_id(self) -> str:
-        return self.inspector.engine_id
-
-    def inspect(self, frame):
-        key = str(frame.meta.get("file", frame.frame_id))
-        mask = self._masks.get(key)
-        if mask is None:
-            image = frame.image
-            cal = self.calibration
-            if cal is not None and cal.fits(image):
-                image = cal.correct(image)
-                self.calibrated += 1
-            mask, _ = self.inspector.score_map(image)
-            self._masks[key] = mask
-        defects = find_defects(mask, self.rules)
-        return InspectionResult(frame=frame, mask=mask, defects=defects, verdict=decide(defects),
-                                engine_id=self.engine_id, latency_ms=(time.monotonic_ns() - frame.timestamp_ns) / 1e6)
-
-
-def sweep_segmentation(inspector: CalibratedInspector, samples: Sequence, min_areas: Sequence[int],
+def sweep_segmentation(inspector: Inspector, samples: Sequence, min_areas: Sequence[int],
                        thresholds: Sequence[float] | None = None) -> list[dict]:
-    """Image-level metrics at every (score threshold, minimum area) pair, judged as the station judges."""
-    from engines.evaluate import DEFAULT_SWEEP, evaluate_station_verdicts
-
+    """Image-level metrics at every (score threshold, minimum area) pair, judged as the station judges (give an
+    inspector with ``reuse_scores=True`` so each image runs through the networks once)."""
     sweep = []
     for area in min_areas:
         inspector.rules = replace(inspector.rules, min_area_px=int(area))
@@ -151,24 +125,40 @@ def sweep_segmentation(inspector: CalibratedInspector, samples: Sequence, min_ar
     return sweep
 
 
+def check_flatfield_fits(calibration, samples: Sequence) -> None:
+    """Refuse validation images that the profile's flat-field cannot be applied to (another size or pixel
+    format than the camera's), as the line refuses such frames."""
+    misfits = [s for s in samples if not calibration.fits(s.image)]
+    if misfits:
+        first = misfits[0]
+        h, w = first.image.shape[:2]
+        others = f" (and {len(misfits) - 1} more of the {len(samples)} images)" if len(misfits) > 1 else ""
+        calibration.profile.check_fits(
+            w, h, pixel_format_of(first.image), what=f"the validation image {first.name}{others}",
+            fix=f"its flat-field applies only to the camera's frames, and the thresholds must be chosen on images "
+                f"judged as the line judges them: take the validation images with camera "
+                f"{calibration.profile.camera} ({calibration.profile.geometry.describe()})")
+
+
 def calibrate_segmentation(weights: str, data: str | Path, target_escape: float, min_areas: Sequence[int] = (30,),
                            overlap: int = 32, batch: int = 32, backend: str = "onnxruntime", threads: int = 0,
                            calibration=None, label: str = "defect") -> tuple[dict, list[dict]]:
     """``(section, sweep)`` for a segmentation network (see the module docstring)."""
-    from engines.backends.base import load_engine
-    from station.inspector import Inspector
-
     target_escape = check_target(target_escape)
     if not min_areas or any(int(a) < 1 for a in min_areas):
         raise CalibrationError(f"--min-area values must be whole pixels >= 1, got {list(min_areas)}")
     samples = load_validation(data)
+    flatfield = calibration is not None and calibration.flatfield is not None
+    if flatfield:
+        check_flatfield_fits(calibration, samples)
     engine = load_engine(weights, backend=backend, threads=threads)
     # the profile's ROI is in pixels of the camera's frames: it applies when every image has that size
     roi = calibration.roi if calibration is not None else None
     roi_applied = roi is not None and all(calibration.fits(s.image) for s in samples)
     rules = DecisionRules(score_threshold=0.5, min_area_px=int(min_areas[0]), label=label,
                           roi=roi if roi_applied else None)
-    inspector = CalibratedInspector(Inspector(engine, overlap=overlap, batch=batch, rules=rules), calibration)
+    inspector = Inspector(engine, overlap=overlap, batch=batch, rules=rules,
+                          calibration=calibration if flatfield else None, reuse_scores=True)
     sweep = sweep_segmentation(inspector, samples, sorted({int(a) for a in min_areas}))
     point, met = choose_operating_point(sweep, target_escape)
     defective = sum(s.defective for s in samples)
@@ -179,7 +169,7 @@ def calibrate_segmentation(weights: str, data: str | Path, target_escape: float,
         **{k: point[k] for k in ("precision", "recall", "f1", "escape_rate", "false_reject_rate", "tp", "fp", "fn",
                                  "tn")},
         "images": len(samples), "defective_images": defective, "good_images": len(samples) - defective,
-        "flatfield_applied_images": inspector.calibrated, "roi_applied": roi_applied,
+        "flatfield_applied_images": len(samples) if flatfield else 0, "roi_applied": roi_applied,
         "weights": str(weights), "model": engine.model, "weights_sha256": engine.weights_sha256,
         "engine_id": engine.engine_id, "overlap": overlap, "data": str(Path(data).resolve()),
     }
@@ -191,11 +181,6 @@ def calibrate_classifier(weights: str, data: str | Path, target_escape: float, m
                          thresholds: Sequence[float] | None = None) -> tuple[dict, dict[str, list[dict]]]:
     """``(section, sweeps per class)``: one label threshold per class of a multi-label classifier."""
     import torch
-
-    from engines.data.multilabel import DatasetError, label_matrix, load_multilabel
-    from engines.evaluate import DEFAULT_SWEEP, image_level_metrics
-    from engines.evaluate_cls import classifier_bundle, predict
-    from engines.weights import load_model
 
     target_escape = check_target(target_escape)
     if threads:
@@ -241,8 +226,6 @@ def save_operating_curve(sweeps: dict[str, list[dict]], chosen: dict[str, dict],
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from engines.evaluate import write_figure
 
     fig, (ax_pr, ax_rate) = plt.subplots(1, 2, figsize=(11, 4.4))
     for name, sweep in sweeps.items():

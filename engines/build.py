@@ -23,19 +23,36 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from engines.backends.base import BACKENDS, cache_dir, default_threads
+from engines.backends.common import BACKENDS, cache_dir, default_threads
+from engines.backends.onnxruntime_backend import OnnxRuntimeEngine
+from engines.backends.tensorrt_backend import TensorRTEngine, build_engine
+from engines.backends.torch_backend import TorchEngine
+from engines.data.multilabel import load_multilabel
+from engines.data.segmentation import DatasetError, load_dataset
 from engines.errors import BackendUnavailable, EngineError
-from engines.manifest import FORMAT, check, is_engine_dir, library_versions, machine, now_iso, problems, \
-    read_manifest, write_manifest
+from engines.export import INPUT_NAME, OPSET, export_onnx, model_kind
+from engines.manifest import (
+    FORMAT,
+    check,
+    is_engine_dir,
+    library_versions,
+    machine,
+    now_iso,
+    problems,
+    read_manifest,
+    write_manifest,
+)
+from engines.onnx_check import unsupported_tensorrt_ops
+from engines.weights import CONFIG_FILE, WEIGHTS_FILE, resolve_weights
 from inspection_core import imageio
 from inspection_core.engine import Engine
 from inspection_core.errors import ImageReadError
 from inspection_core.hashing import file_sha256
-from inspection_core.preprocess import InputSpec, defect_scores, normalize_tiles, prepare_image
+from inspection_core.preprocess import InputSpec, defect_scores, normalize_tiles, prepare_image, resize_to_input
 from inspection_core.tiling import plan_tiles, tile_image
 
 log = logging.getLogger(__name__)
@@ -107,8 +124,6 @@ def _check_settings(s: BuildSettings, bundle) -> None:
 
 
 def _copy_weights(bundle, folder: Path) -> Path:
-    from engines.weights import CONFIG_FILE, WEIGHTS_FILE
-
     target = folder / WEIGHTS_DIR
     target.mkdir(parents=True, exist_ok=True)
     for name in (WEIGHTS_FILE, CONFIG_FILE):
@@ -144,20 +159,14 @@ def read_images(paths) -> list[np.ndarray]:
 def named_images(data: str | Path, limit: int = 0) -> list[tuple[str, np.ndarray]]:
     """(name, uint8 image) pairs of a data folder in any layout ``engines eval`` reads, or a folder of plain
     images; ``limit`` picks that many spread evenly over the folder (0 = all)."""
-    from engines.data.segmentation import DatasetError, load_dataset
-
     data = Path(data)
     try:
         pairs = [(s.name, s.image) for s in load_dataset(data)]
     except DatasetError:
-        from engines.data.multilabel import load_multilabel
-
         try:
             pairs = [(s.name, np.asarray(s.image)) for s in load_multilabel(data).samples]
         except DatasetError:
-            from station.sources.replay import list_images
-
-            files = list_images(data)
+            files = imageio.image_files(data) if data.is_dir() else [data] if data.is_file() else []
             if not files:
                 raise EngineError(f"no images in {data}; pass a data folder (--data)") from None
             files = [files[i] for i in _spread(len(files), limit)]
@@ -177,14 +186,34 @@ def data_images(data: str | Path, count: int) -> list[np.ndarray]:
     return [image for _, image in named_images(data, count)]
 
 
+#: Where ``--calibration NAME`` finds INT8 image sets besides plain image folders: functions that take the name and
+#: return the set's image files and the calibration cache kept with it (``None`` when the set has none), raising
+#: :class:`EngineError` when the name is not a set they can read. The calibration package registers its profiles'
+#: sets (``calibration int8 add``) when :mod:`calibration.int8` is imported, as the ``engines`` command does: the
+#: engines package itself does not depend on calibration.
+INT8_SETS: list[Callable[[str], tuple[list[Path], Path | None]]] = []
+
+
+def register_int8_sets(finder: Callable[[str], tuple[list[Path], Path | None]]) -> None:
+    """Let ``--calibration`` name INT8 sets that ``finder`` reads (see :data:`INT8_SETS`)."""
+    if finder not in INT8_SETS:
+        INT8_SETS.append(finder)
+
+
+def int8_set(calibration: str) -> tuple[list[Path], Path | None]:
+    """The image files and kept calibration cache of the INT8 set ``calibration`` names (see :data:`INT8_SETS`)."""
+    if not INT8_SETS:
+        raise EngineError(f"--calibration {calibration}: not a folder of images, and no INT8 sets of calibration "
+                          "profiles are known here (import calibration.int8, as the `engines` command does)")
+    return INT8_SETS[-1](calibration)
+
+
 def calibration_images(calibration: str, count: int) -> list[np.ndarray]:
     """The int8 calibration images: a calibration profile's managed int8 set (``calibration int8``) or a folder."""
     path = Path(calibration)
     if path.is_dir() and not (path / "profile.json").exists() and not (path / "int8").exists():
         return data_images(path, count)
-    from calibration.int8 import int8_images
-
-    files = int8_images(calibration)
+    files, _ = int8_set(calibration)
     if not files:
         raise EngineError(f"calibration {calibration} holds no int8 images; add real images with "
                           "`calibration int8 add`")
@@ -195,9 +224,7 @@ def network_inputs(images: list[np.ndarray], kind: str, tile: int, spec, limit: 
     """Normalised float32 network inputs from images, prepared exactly as the station prepares them: tiles cut
     by the station's tiler (segmentation) or whole images resized to the input side (classification)."""
     if kind == "classification":
-        from engines.evaluate_cls import resize_images
-
-        batch = normalize_tiles(resize_images(images, tile, spec), spec)
+        batch = normalize_tiles(resize_to_input(images, tile, spec), spec)
     else:
         parts = []
         for image in images:
@@ -221,11 +248,7 @@ def batches(x: np.ndarray, size: int) -> Iterator[np.ndarray]:
 # ------------------------------------------------------------------------------------------------ building
 
 def _export(bundle, settings: BuildSettings, folder: Path, tile: int) -> dict[str, Any]:
-    from engines.export import OPSET, export_onnx
-
     export_onnx(bundle, folder / ONNX_FILE, tile=tile, mode=settings.mode)
-    from engines.onnx_check import unsupported_tensorrt_ops
-
     return {"opset": OPSET, "tensorrt_unsupported_ops": unsupported_tensorrt_ops(folder / ONNX_FILE)}
 
 
@@ -233,8 +256,6 @@ def _quantize_onnxruntime(folder: Path, inputs: np.ndarray, batch: int) -> str:
     """Static int8 quantisation (QDQ, per-channel weights) calibrated on ``inputs``; returns the file name."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from engines.export import INPUT_NAME
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -265,9 +286,6 @@ def _fp16_onnx(folder: Path) -> str:
 def build(settings: BuildSettings) -> dict[str, Any]:
     """Build an engine folder at ``settings.out``; return its manifest. An existing folder is replaced only once
     the new one is complete (its TensorRT timing cache is reused)."""
-    from engines.export import model_kind
-    from engines.weights import resolve_weights
-
     started = time.perf_counter()
     bundle = resolve_weights(settings.weights)
     _check_settings(settings, bundle)
@@ -304,9 +322,6 @@ def build(settings: BuildSettings) -> dict[str, Any]:
                         else _fp16_onnx(work))
                 manifest["engine"] = _entry(work, name)
         if settings.backend == "tensorrt":
-            from engines.backends.tensorrt_backend import build_engine
-            from engines.export import INPUT_NAME
-
             if out.joinpath(TIMING_CACHE).exists():
                 shutil.copy2(out / TIMING_CACHE, work / TIMING_CACHE)
             if calib is not None:
@@ -346,9 +361,9 @@ def _seed_calibration_cache(calibration: str, out: Path, target: Path) -> None:
     are immutable). TensorRT then skips the calibration pass."""
     candidates = [out / CALIBRATION_CACHE]
     try:
-        from calibration.int8 import calibration_cache_path
-
-        candidates.append(calibration_cache_path(calibration))
+        _, kept = int8_set(calibration)
+        if kept is not None:
+            candidates.append(kept)
     except Exception:  # noqa: BLE001 - a plain image folder has no profile, hence no kept cache
         pass
     for path in candidates:
@@ -382,9 +397,6 @@ def build_command(settings: BuildSettings) -> str:
 
 def reference_engine(folder_or_weights: str | Path, threads: int = 0, device: str = "cpu") -> Engine:
     """The torch fp32 reference for an engine folder (from the weights it carries) or a weights folder."""
-    from engines.backends.torch_backend import TorchEngine
-    from engines.weights import resolve_weights
-
     manifest = read_manifest(folder_or_weights) if is_engine_dir(folder_or_weights) else {}
     return TorchEngine.from_bundle(resolve_weights(folder_or_weights), threads=threads or default_threads(),
                                    device=device, mode=manifest.get("mode") or "batch")
@@ -430,8 +442,6 @@ def measure_parity(engine: Engine, weights_dir: Path, settings: BuildSettings, k
 # ------------------------------------------------------------------------------------------------ opening
 
 def _open(folder: Path, manifest: dict, threads: int = 0, device: str | None = None) -> Engine:
-    from engines.weights import resolve_weights
-
     threads = threads or default_threads()
     device = device or manifest.get("device", "cpu")
     spec = InputSpec(**manifest["input"])
@@ -439,19 +449,13 @@ def _open(folder: Path, manifest: dict, threads: int = 0, device: str | None = N
                                          manifest["precision"], manifest["kind"])
     backend = manifest["backend"]
     if backend == "onnxruntime":
-        from engines.backends.onnxruntime_backend import OnnxRuntimeEngine
-
         name = (manifest.get("engine") or manifest["onnx"])["file"]
         engine: Engine = OnnxRuntimeEngine(folder / name, model, sha, spec, tile, threads, precision, device, kind)
     elif backend == "torch":
-        from engines.backends.torch_backend import TorchEngine
-
         engine = TorchEngine.from_bundle(resolve_weights(folder / WEIGHTS_DIR), threads=threads, device=device,
                                          precision=precision, graph_batch=manifest["batch"]["opt"],
                                          mode=manifest.get("mode") or "batch")
     elif backend == "tensorrt":
-        from engines.backends.tensorrt_backend import TensorRTEngine
-
         engine = TensorRTEngine(folder / PLAN_FILE, model, sha, spec, tile, precision, device=device)
         engine.kind = kind
     else:
@@ -479,8 +483,6 @@ def engine_for_weights(weights: str | Path, backend: str = "onnxruntime", thread
                        precision: str = "fp32", mode: str = "batch", tile: int = 0) -> Engine:
     """What :func:`engines.backends.base.load_engine` does: open an engine folder, or build the weights into a
     cached engine folder once (rebuilt when its manifest no longer matches this machine) and open it."""
-    from engines.weights import resolve_weights
-
     if backend not in BACKENDS:
         raise BackendUnavailable(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
     if is_engine_dir(weights):
@@ -492,8 +494,6 @@ def engine_for_weights(weights: str | Path, backend: str = "onnxruntime", thread
                                   f"{weights}/weights --{key} {wanted} --out DIR")
         return open_engine(weights, threads=threads, device=device if device != "cpu" else None)
     bundle = resolve_weights(weights)
-    from engines.export import model_kind
-
     if model_kind(bundle.model) == "classification" and bundle.model != "gr":
         mode = "batch"
     tile = tile or bundle.tile

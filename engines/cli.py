@@ -21,6 +21,11 @@ import logging
 import sys
 from pathlib import Path
 
+# Top layer: the command wires the calibration profiles' INT8 sets into `engines build --calibration PROFILE`
+# (calibration.int8 registers them with engines.build; the engines package itself never imports calibration).
+import calibration.int8  # noqa: F401
+from station.recipe import load_recipe, shipped_recipe_path
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SEGMENTATION_MODELS = ("bffn", "fcn", "unet", "deeplabv3plus", "bisenet")  # as in engines.models (kept import-free)
 CLASSIFICATION_MODELS = ("gr", "resnet50", "vgg16", "inceptionv3")
@@ -192,11 +197,9 @@ def _build(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from engines.verify import verify
 
-    recipe = None
-    if args.recipe:
-        from station.recipe import load_recipe, shipped_recipe_path
-
-        recipe = load_recipe(args.recipe if Path(args.recipe).suffix == ".toml" else shipped_recipe_path(args.recipe))
+    # a segmentation engine is judged with a station recipe's tiling and rules (top layer: the command reads it)
+    name = args.recipe or "magnetic_tile"
+    recipe = load_recipe(name if Path(name).suffix == ".toml" else shipped_recipe_path(name))
     report = verify(args.engine, args.data, against=args.against, recipe=recipe, limit=args.limit,
                     threads=args.threads, batch=args.batch)
     shown = {k: v for k, v in report.items() if k not in ("verdicts_differing", "label_sets_differing")}
@@ -275,7 +278,7 @@ def _eval(args: argparse.Namespace) -> int:
     from engines.backends.base import load_engine
     from engines.data.segmentation import load_dataset
     from engines.evaluate import evaluate_station_verdicts, save_pr_curve
-    from station.inspector import Inspector
+    from inspection.inspector import Inspector
     from inspection_core.verdict import DecisionRules
 
     from engines.weights import resolve_weights

@@ -22,6 +22,17 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from engines.backends.base import load_engine
+from engines.benchmark import interleaved_throughput
+from engines.data.multilabel import load_multilabel, stratified_multilabel_folds, stratified_multilabel_split
+from engines.data.segmentation import load_dataset, stratified_folds, stratified_split
+from engines.errors import TrainingDiverged
+from engines.evaluate import DEFAULT_SWEEP, evaluate_station_verdicts, save_pr_curve
+from engines.evaluate_cls import evaluate_classifier, save_class_figure
+from engines.train import TrainSettings, train_segmentation
+from engines.train_cls import MIN_SIDE, ClsTrainSettings, train_classifier
+from engines.weights import load_model, resolve_weights
+from inspection.inspector import Inspector
 from inspection_core.verdict import DecisionRules
 
 log = logging.getLogger(__name__)
@@ -93,12 +104,6 @@ def _run_done(run: Path) -> bool:
 
 def run_compare(settings: CompareSettings, progress: bool = True) -> dict:
     """Train and judge every model on every fold, measure throughput, write ``compare.json`` and ``results.md``."""
-    from engines.backends.base import load_engine
-    from engines.data.segmentation import load_dataset, stratified_folds, stratified_split
-    from engines.evaluate import evaluate_station_verdicts, save_pr_curve
-    from engines.train import TrainSettings, train_segmentation
-    from station.inspector import Inspector
-
     models = check_models(settings.models)
     if models[0] in CLS_VARIANTS:
         return run_compare_classifiers(settings, progress)
@@ -159,8 +164,6 @@ def run_compare(settings: CompareSettings, progress: bool = True) -> dict:
             log.info("fold %d %s: %s", k, name, {m: row[m] for m in METRICS})
     throughput = {}
     if settings.bench_seconds > 0:
-        from engines.benchmark import interleaved_throughput
-
         first = fold_numbers[0]
         engines = {name: load_engine(out / f"fold{first}" / name, backend=settings.backend, threads=settings.threads)
                    for name in models}
@@ -184,8 +187,6 @@ class _TorchClassifier:
     :func:`engines.benchmark.interleaved_throughput` (torch on the CPU: classifiers have no ONNX engine yet)."""
 
     def __init__(self, run: Path) -> None:
-        from engines.weights import load_model, resolve_weights
-
         bundle = resolve_weights(run)
         self.model, self.spec, self.tile = load_model(bundle), bundle.input_spec(), bundle.tile
 
@@ -200,11 +201,6 @@ def run_compare_classifiers(settings: CompareSettings, progress: bool = True) ->
     """The same protocol for multi-label classifiers: every model trained on k-1 folds (10 % of them set aside as
     the held-out score) and judged on the remaining fold with the paper's class-averaged metrics (label present
     when its score > 0.5; GR scored with its batch = 32 test images, and its batch/bank agreement recorded)."""
-    from engines.data.multilabel import load_multilabel, stratified_multilabel_folds, stratified_multilabel_split
-    from engines.errors import TrainingDiverged
-    from engines.evaluate_cls import evaluate_classifier, save_class_figure
-    from engines.train_cls import ClsTrainSettings, train_classifier
-
     models = settings.models
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -258,8 +254,6 @@ def run_compare_classifiers(settings: CompareSettings, progress: bool = True) ->
             log.info("fold %d %s: %s", k, name, row)
     throughput = {}
     if settings.bench_seconds > 0:
-        from engines.benchmark import interleaved_throughput
-
         first = fold_numbers[0]
         engines = {name: _TorchClassifier(out / f"fold{first}" / name) for name in models
                    if _run_done(out / f"fold{first}" / name)}  # not the diverged ones
@@ -285,8 +279,6 @@ def equal_budget(name: str, train: dict) -> dict:
     phase (a torchvision baseline, GR without its GR-module) trains for all of it in that phase, and GR without
     the pre-training phase spends all of it in phase 2. A model that cannot take inputs as small as ``size``
     gets its smallest side instead (the table says so)."""
-    from engines.train_cls import MIN_SIDE, ClsTrainSettings
-
     model, config, extra = CLS_VARIANTS[name]
     epochs = train.get("epochs", ClsTrainSettings.epochs)
     pretrain = train.get("pretrain_epochs", ClsTrainSettings.pretrain_epochs)
@@ -356,10 +348,6 @@ def classifier_markdown(summary: dict) -> str:
 def _tuned_threshold(run: Path, val, settings: CompareSettings, rules) -> float:
     """The decision threshold with the best image-level F1 on the run's validation images (the 10 % of the
     training part the paper sets aside for tuning), from the evaluation sweep; cached in ``validation.json``."""
-    from engines.backends.base import load_engine
-    from engines.evaluate import DEFAULT_SWEEP, evaluate_station_verdicts
-    from station.inspector import Inspector
-
     cache = run / "validation.json"
     if not cache.exists():
         engine = load_engine(run, backend=settings.backend, threads=settings.threads)

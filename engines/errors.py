@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 
-from calibration.errors import CalibrationError
 from engines.data.segmentation import DatasetError
 from engines.weights import WeightsError
 
@@ -29,4 +28,6 @@ def check_loss(value: float, where: str, lr: float) -> None:
             f"tenth of it, in a new --out folder")
 
 
-USER_ERRORS = (EngineError, WeightsError, DatasetError, CalibrationError, FileNotFoundError, ValueError)
+# The errors a command reports in one line (exit 2) instead of a traceback; the station's and calibration's
+# commands add their own packages' errors to these.
+USER_ERRORS = (EngineError, WeightsError, DatasetError, FileNotFoundError, ValueError)

@@ -21,7 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from inspection_core.preprocess import normalize_tiles, prepare_image
+from engines.data.multilabel import MultiLabelSet, label_matrix, load_multilabel, read_image
+from engines.evaluate import write_figure
+from engines.weights import WeightsBundle, WeightsError, load_model, resolve_weights
+from inspection_core.preprocess import normalize_tiles, resize_to_input
 
 MODES = ("batch", "bank")
 MEASURES = ("accuracy", "precision", "recall", "f_measure")
@@ -82,24 +85,13 @@ def resize_images(images, size: int, spec) -> np.ndarray:
     """Bring images (a MultiLabelSet, samples, uint8 arrays of any size, grey or RGB, or an (N, H, W[, C]) stack)
     to the network's layout (:func:`inspection_core.preprocess.prepare_image`) and to ``size``×``size`` with
     ``cv2.INTER_AREA``, as training does. Returns uint8 ``(N, size, size)`` (one channel) or
-    ``(N, size, size, 3)``; images already at that size and layout are copied unchanged."""
-    import cv2
-
-    shape = (size, size) if spec.channels == 1 else (size, size, 3)
-    images = _images_of(images)
-    out = np.empty((len(images), *shape), np.uint8)
-    for i, image in enumerate(images):
-        image = prepare_image(np.asarray(image), spec)
-        if image.shape[:2] != (size, size):
-            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-        out[i] = image
-    return out
+    ``(N, size, size, 3)``; images already at that size and layout are copied unchanged. The resizing itself is
+    :func:`inspection_core.preprocess.resize_to_input`, the one the station's classifier stage uses."""
+    return resize_to_input(_images_of(images), size, spec)
 
 
 def _images_of(dataset_or_images) -> list:
     """The uint8 images of a MultiLabelSet, a list of samples, a list of arrays or an (N, H, W[, C]) array."""
-    from engines.data.multilabel import MultiLabelSet
-
     if isinstance(dataset_or_images, MultiLabelSet):
         return [s.image for s in dataset_or_images.samples]
     if isinstance(dataset_or_images, np.ndarray):
@@ -184,8 +176,6 @@ def score_set(model, images, truth, classes, size: int, spec, mode: str = "batch
 def classifier_bundle(weights):
     """``(bundle, classes)`` of classifier weights (a folder, shipped name or :class:`WeightsBundle`); raises
     :class:`WeightsError` when the training record has no class list (not written by the classifier trainer)."""
-    from engines.weights import WeightsBundle, WeightsError, resolve_weights
-
     bundle = weights if isinstance(weights, WeightsBundle) else resolve_weights(weights)
     classes = bundle.info.get("classes")
     if not classes:
@@ -208,9 +198,6 @@ def evaluate_classifier(weights, data, mode: str = "batch", batch: int = 32, thr
     ``agreement`` between batch and bank mode plus both modes' means; one record per image (truth, predicted
     labels, scores; for GR also the other mode's labels)."""
     import torch
-
-    from engines.data.multilabel import MultiLabelSet, label_matrix, load_multilabel
-    from engines.weights import load_model
 
     if threads:
         torch.set_num_threads(threads)
@@ -271,7 +258,6 @@ def save_class_figure(metrics: dict, path, title: str = "") -> Path:
     ax.legend(fontsize=8, loc="upper center", ncol=3)
     if title:
         ax.set_title(title, fontsize=10)
-    from engines.evaluate import write_figure
 
     return write_figure(fig, path)
 
@@ -423,9 +409,6 @@ def write_cams(weights, data, out_dir, names=None, limit: int = 12, size: int = 
     (``names`` picks images by name, else the first ``limit``); ``size`` is the network input side (0 = the weights'
     tile; a larger one gives a finer map). Each overlay is titled with its class and the network's score for it
     (GR: against its reference bank). Writes ``out_dir/<image stem>.cam.png``; returns the paths."""
-    from engines.data.multilabel import load_multilabel, read_image
-    from engines.weights import load_model
-
     bundle, classes = classifier_bundle(weights)
     data = Path(data)
     if data.is_file():

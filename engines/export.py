@@ -19,6 +19,10 @@ import warnings
 from pathlib import Path
 
 from engines.errors import EngineError
+from engines.evaluate_cls import has_bank, has_relations
+from engines.models import CLASSIFICATION_MODELS, MODEL_NAMES, SEGMENTATION_MODELS
+from engines.onnx_check import check_onnx
+from engines.weights import load_model
 
 log = logging.getLogger(__name__)
 OPSET = 17
@@ -29,8 +33,6 @@ GR_MODES = ("batch", "bank")
 
 def model_kind(model_name: str) -> str:
     """``"segmentation"`` or ``"classification"`` for a registry name."""
-    from engines.models import CLASSIFICATION_MODELS, MODEL_NAMES, SEGMENTATION_MODELS
-
     if model_name in SEGMENTATION_MODELS:
         return SEGMENTATION
     if model_name in CLASSIFICATION_MODELS:
@@ -44,8 +46,6 @@ def inference_module(model, kind: str = SEGMENTATION, mode: str = "batch"):
     import torch
 
     if kind == CLASSIFICATION:
-        from engines.evaluate_cls import has_bank, has_relations
-
         if mode not in GR_MODES:
             raise ValueError(f"mode must be one of {', '.join(GR_MODES)}, got {mode!r}")
         use_bank = mode == "bank" and has_relations(model)
@@ -91,8 +91,6 @@ def export_onnx(bundle, out: Path, tile: int | None = None, opset: int = OPSET, 
     cheaply, for networks as large as VGG-16 (a 0.5 GB export)."""
     import torch
 
-    from engines.weights import load_model
-
     kind = model_kind(bundle.model)
     tile = tile or bundle.tile
     check_tile(kind, tile)
@@ -126,6 +124,4 @@ def export_onnx(bundle, out: Path, tile: int | None = None, opset: int = OPSET, 
 
 
 def _check(path: Path, tensorrt: bool) -> dict:
-    from engines.onnx_check import check_onnx
-
     return check_onnx(path, tensorrt=tensorrt)

@@ -20,6 +20,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from engines.backends.gpu import gpu_info
+from engines.backends.tensorrt_backend import tensorrt_version
 from engines.errors import EngineError
 from inspection_core.hashing import file_sha256
 
@@ -44,7 +46,6 @@ def library_versions() -> dict[str, str | None]:
 
     versions["torch"] = torch.__version__
     versions["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
-    from engines.backends.tensorrt_backend import tensorrt_version
 
     versions["tensorrt"] = tensorrt_version()
     return versions
@@ -54,8 +55,6 @@ def machine(device: str) -> dict[str, Any]:
     """What the engine runs on: the host, and for CUDA devices the GPU (name, compute capability, driver)."""
     info: dict[str, Any] = {"host": platform.node(), "cpu": platform.processor() or platform.machine()}
     if device.startswith("cuda"):
-        from engines.backends.gpu import gpu_info
-
         info["gpu"] = gpu_info()
     else:
         info["gpu"] = None
@@ -129,8 +128,6 @@ def problems(folder: str | Path, manifest: dict[str, Any] | None = None, *, chec
             found.append(f"built for a CUDA GPU ({(manifest.get('machine', {}).get('gpu') or {}).get('name')}), "
                          "this machine has none")
         else:
-            from engines.backends.gpu import gpu_info
-
             was, now = manifest.get("machine", {}).get("gpu") or {}, gpu_info() or {}
             for key in ("name", "compute_capability"):
                 if was.get(key) != now.get(key):

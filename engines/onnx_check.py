@@ -227,11 +227,9 @@ def _raise_for_tensorrt(path: Path, opset: int, unsupported: dict[str, list[str]
     if not low <= opset <= high:
         problems.append(f"opset {opset} is outside {low}..{high}, the range every TensorRT 10 release takes")
     if problems:
-        from engines.export import OPSET
-
         raise EngineError(
             f"{path} cannot be built with TensorRT: " + ". ".join(problems) + ". "
-            f"Export with another opset (engines.export.OPSET, {OPSET} now) so that the exporter writes supported "
-            "operators, or change the layer that produces them (a custom or non-default-domain operator needs a "
-            f"TensorRT plugin). The supported list is {OPS_FILE.name}; check_onnx(..., tensorrt=False) checks "
+            f"Export with another opset (engines.export.OPSET; this graph has {opset}) so that the exporter writes "
+            "supported operators, or change the layer that produces them (a custom or non-default-domain operator "
+            f"needs a TensorRT plugin). The supported list is {OPS_FILE.name}; check_onnx(..., tensorrt=False) checks "
             "the graph alone, for ONNX Runtime.")

@@ -43,7 +43,12 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.data.multilabel import MultiLabelSet, cooccurrence, load_multilabel, stratified_multilabel_split
 from engines.errors import check_loss
+from engines.evaluate_cls import resize_images, rounded, score_set
+from engines.models import build_model
+from engines.train import pick_device
+from engines.weights import save_weights
 from inspection_core.preprocess import InputSpec, normalize_tiles
 
 log = logging.getLogger(__name__)
@@ -186,8 +191,6 @@ def _model_config(settings: ClsTrainSettings, num_classes: int) -> dict:
 
 
 def _build(settings: ClsTrainSettings, config: dict):
-    from engines.models import build_model
-
     try:
         return build_model(settings.model, config)
     except TypeError as exc:  # an option the network does not take
@@ -209,11 +212,7 @@ def train_classifier(settings: ClsTrainSettings, progress: bool = True, train_se
     import torch
     from tqdm import tqdm
 
-    from engines.data.multilabel import MultiLabelSet, cooccurrence, load_multilabel, stratified_multilabel_split
-    from engines.evaluate_cls import resize_images, rounded, score_set
     from engines.models.classifiers import multilabel_bce
-    from engines.train import pick_device
-    from engines.weights import save_weights
 
     _check_settings(settings)
     device = pick_device(settings.device)

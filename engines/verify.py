@@ -1,8 +1,9 @@
 """``engines verify``: run a built engine and a reference on the same real images through the station's own code
 and report what matters to the user, judged with tolerances that fit the engine's precision.
 
-Segmentation engines are compared image by image through :class:`station.inspector.Inspector` with a recipe's
-tiling and decision rules: verdict agreement, IoU of the defect masks, and the max / mean absolute difference of
+Segmentation engines are compared image by image through the line's own :class:`inspection.inspector.Inspector`
+with a recipe's tiling and decision rules (the ``engines`` command reads the recipe, by default the shipped
+``magnetic_tile``): verdict agreement, IoU of the defect masks, and the max / mean absolute difference of
 the stitched defect scores. Classifier engines are compared patch by patch: agreement of the labels (score above
 0.5), agreement of each image's whole label set, and the score differences. Images are fed in the same batches
 to both, so GR's image-wise relations see the same neighbours.
@@ -10,13 +11,15 @@ to both, so GR's image-wise relations see the same neighbours.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engines.build import significant
-from inspection_core.verdict import decide, find_defects
+from engines.build import batches, named_images, network_inputs, open_engine, reference_engine, significant
+from inspection.inspector import Inspector
+from inspection_core.records import Frame
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +38,17 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 def verify_segmentation(engine, reference, images: list[tuple[str, np.ndarray]], recipe) -> dict[str, Any]:
-    """Both engines through the station's inspector with ``recipe``'s tiling and rules, image by image."""
-    from station.inspector import Inspector
-
+    """Both engines through the line's inspector with ``recipe``'s tiling and rules (a station recipe, or anything
+    with ``rules`` and ``tiling.overlap`` / ``tiling.batch``), image by image."""
     rules = recipe.rules
     a = Inspector(engine, overlap=recipe.tiling.overlap, batch=recipe.tiling.batch, rules=rules)
     b = Inspector(reference, overlap=recipe.tiling.overlap, batch=recipe.tiling.batch, rules=rules)
     agree, ious, max_abs, sum_abs, pixels, differing = 0, [], 0.0, 0.0, 0, []
-    for name, image in images:
-        mask_a, _ = a.score_map(image)
-        mask_b, _ = b.score_map(image)
-        verdict_a = decide(find_defects(mask_a, rules)).value
-        verdict_b = decide(find_defects(mask_b, rules)).value
+    for i, (name, image) in enumerate(images):
+        frame = Frame(image, i + 1, time.monotonic_ns(), "verify", {"file": name})
+        result_a, result_b = a.inspect(frame), b.inspect(frame)
+        mask_a, mask_b = result_a.mask, result_b.mask
+        verdict_a, verdict_b = result_a.verdict.value, result_b.verdict.value
         agree += verdict_a == verdict_b
         if verdict_a != verdict_b:
             differing.append({"image": name, "engine": verdict_a, "reference": verdict_b})
@@ -68,8 +70,6 @@ def verify_segmentation(engine, reference, images: list[tuple[str, np.ndarray]],
 def verify_classifier(engine, reference, images: list[tuple[str, np.ndarray]], batch: int = 32,
                       threshold: float = 0.5) -> dict[str, Any]:
     """Both engines on the same batches of resized images: label and label-set agreement, score differences."""
-    from engines.build import batches, network_inputs
-
     x = network_inputs([im for _, im in images], "classification", engine.tile, engine.spec)
     got = np.concatenate([engine.infer(part) for part in batches(x, batch)])
     want = np.concatenate([reference.infer(part) for part in batches(x, batch)])
@@ -100,18 +100,17 @@ def verify(folder: str | Path, data: str | Path, against: str = "torch", recipe=
            threads: int = 0, batch: int = 32) -> dict[str, Any]:
     """Open the engine folder (manifest checked), its reference (``"torch"``: torch fp32 on the CPU from the
     weights the folder carries; or another engine folder), run both on ``data`` and return the report with the
-    tolerances applied (``passed``, ``failed``)."""
-    from engines.build import named_images, open_engine, reference_engine
-
+    tolerances applied (``passed``, ``failed``). A segmentation engine is judged with ``recipe``'s tiling and
+    decision rules (see :func:`verify_segmentation`; the ``engines`` command passes the shipped ``magnetic_tile``
+    recipe unless told otherwise)."""
     engine = open_engine(folder, threads=threads)
     reference = reference_engine(folder, threads=threads) if against == "torch" else open_engine(against, threads)
     images = named_images(data, limit)
     try:
         if engine.kind == "segmentation":
             if recipe is None:
-                from station.recipe import load_recipe, shipped_recipe_path
-
-                recipe = load_recipe(shipped_recipe_path("magnetic_tile"))
+                raise ValueError(f"{folder} holds a segmentation engine: verifying it needs a recipe's tiling and "
+                                 "decision rules (`engines verify --recipe NAME_OR_TOML`, default magnetic_tile)")
             body = verify_segmentation(engine, reference, images, recipe)
             body["rules"] = {"score_threshold": recipe.rules.score_threshold, "min_area_px": recipe.rules.min_area_px,
                              "overlap": recipe.tiling.overlap, "recipe": str(recipe.path)}

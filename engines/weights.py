@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engines.models import build_model
 from inspection_core.hashing import file_sha256
 from inspection_core.preprocess import InputSpec
 
@@ -88,8 +89,6 @@ def save_weights(model, out: Path, model_name: str, model_config: dict, input_sp
 def load_model(bundle: WeightsBundle):
     """The network in eval mode on the CPU, in float32, with its weights loaded (no pickle involved)."""
     from safetensors.torch import load_file
-
-    from engines.models import build_model
 
     model = build_model(bundle.model, bundle.model_config)
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(bundle.weights_file)).items()}

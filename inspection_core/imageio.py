@@ -14,13 +14,18 @@ Every failure is an :class:`~inspection_core.errors.ImageReadError` naming the f
 from __future__ import annotations
 
 import enum
+import fnmatch
 import os
+import re
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from inspection_core.errors import ImageReadError
 
+#: The file name endings read as images (in any case).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 #: Reason given for a file of zero bytes.
 EMPTY = "empty file"
 #: Reason given for bytes that OpenCV cannot decode.
@@ -77,3 +82,17 @@ def read_image(path: str | os.PathLike[str], mode: ImageMode | str = ImageMode.G
     elif image.ndim == 3 and image.shape[2] == 4:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
     return np.ascontiguousarray(image)
+
+
+def natural_key(path: Path) -> list[object]:
+    """Sort key that puts ``img2`` before ``img10`` (frame sequences are rarely zero-padded)."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def image_files(folder: str | os.PathLike[str], pattern: str | None = None) -> list[Path]:
+    """The image files (:data:`IMAGE_SUFFIXES`) of ``folder``, not recursive, whose names match the ``pattern``
+    glob when one is given, in natural order (:func:`natural_key`); empty when there are none."""
+    root = Path(folder).expanduser()
+    files = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+             and (pattern is None or fnmatch.fnmatch(p.name, pattern))]
+    return sorted(files, key=natural_key)

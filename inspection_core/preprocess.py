@@ -44,6 +44,23 @@ def prepare_image(image: np.ndarray, spec: InputSpec) -> np.ndarray:
     return image[:, :, :3]
 
 
+def resize_to_input(images, size: int, spec: InputSpec) -> np.ndarray:
+    """uint8 images of any size (a sequence, or an ``(N, H, W[, C])`` array) in the network's layout
+    (:func:`prepare_image`) and at ``size`` x ``size`` (``cv2.INTER_AREA``), as classifiers are trained and run:
+    ``(N, size, size)`` for one channel, ``(N, size, size, 3)`` for three. Images already at that size and layout
+    are copied unchanged."""
+    import cv2
+
+    shape = (size, size) if spec.channels == 1 else (size, size, 3)
+    out = np.empty((len(images), *shape), np.uint8)
+    for i, image in enumerate(images):
+        image = prepare_image(np.asarray(image), spec)
+        if image.shape[:2] != (size, size):
+            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+        out[i] = image
+    return out
+
+
 def normalize_tiles(tiles: np.ndarray, spec: InputSpec) -> np.ndarray:
     """uint8 tiles ``(N, t, t)`` or ``(N, t, t, C)`` → contiguous float32 ``(N, C, t, t)`` network input."""
     if tiles.ndim == 3:

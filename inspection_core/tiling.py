@@ -16,7 +16,8 @@ Rules:
 - a dimension smaller than one tile is padded up to the tile (reflect, or edge where the dimension is a single
   pixel) and :func:`untile` crops the padding off again;
 - :func:`untile` blends overlaps with a separable raised-cosine (Hann) window with a small floor, as a weighted
-  sum divided by the sum of weights, so seams do not show and image borders still get weight.
+  sum divided by the sum of weights, so seams do not show and image borders still get weight; it is a
+  :class:`Stitcher` fed every tile at once, the one the streaming inspector feeds row by row.
 """
 from __future__ import annotations
 
@@ -166,6 +167,86 @@ def blend_window(tile: int, floor: float = WINDOW_FLOOR) -> np.ndarray:
     return window
 
 
+class Stitcher:
+    """Stitches per-tile outputs into one ``float32`` image as they come, in plan order: :func:`untile` one tile at
+    a time. It is the only stitcher: :func:`untile` adds every tile and divides once; the streaming inspector
+    (:mod:`inspection.streaming`) adds each tile row while a part arrives and divides the lines no later tile can
+    reach, so both give the same bits.
+
+    Each pixel is the sum of ``tile output * window`` over the tiles covering it (added in plan order) divided by
+    the sum of their windows (:func:`blend_window`). ``lines`` sizes the output (it grows when more lines come).
+    ``sliding=True`` keeps only the lines not divided yet in the accumulators (a few tile heights), so a part of
+    any length is stitched in bounded memory.
+
+    >>> stitcher = Stitcher(tile=4, width=6, lines=4)
+    >>> stitcher.add(np.ones((4, 4), np.float32), 0, 0); stitcher.add(np.ones((4, 4), np.float32), 0, 2)
+    >>> stitcher.divide(4); stitcher.result(4).shape
+    (4, 6)
+    """
+
+    def __init__(self, tile: int, width: int, *, lines: int = 0, channels: tuple[int, ...] = (),
+                 sliding: bool = False) -> None:
+        self.tile, self.width, self.sliding = tile, width, sliding
+        self.padded_width = max(width, tile)
+        window = blend_window(tile)
+        self.window = window.reshape(window.shape + (1,) * len(channels))
+        self.channels = tuple(channels)
+        self.base = 0  # the accumulators hold lines base .. base + len - 1
+        rows = 3 * tile if sliding else max(lines, tile)
+        self.acc = np.zeros((rows, self.padded_width) + self.channels, np.float32)
+        self.weight = np.zeros((rows, self.padded_width) + (1,) * len(self.channels), np.float32)
+        self.top = 0  # one past the last line any added tile covers
+        self.final = 0  # lines 0 .. final - 1 of the output are divided
+        self.out = np.zeros((max(lines, 1), width) + self.channels, np.float32)
+
+    def add(self, tile_out: np.ndarray, y: int, x: int) -> None:
+        """Add one tile's output ``(t, t[, C])`` at origin ``(y, x)`` of the padded image (plan order)."""
+        t = self.tile
+        self._room(y + t)
+        r = y - self.base
+        self.acc[r:r + t, x:x + t] += tile_out.astype(np.float32, copy=False) * self.window
+        self.weight[r:r + t, x:x + t] += self.window
+        self.top = max(self.top, y + t)
+
+    def _room(self, line: int) -> None:
+        """Make the accumulators reach line ``line`` (exclusive)."""
+        need = line - self.base
+        if need <= self.acc.shape[0]:
+            return
+        rows = max(need, 2 * self.acc.shape[0])
+        for name in ("acc", "weight"):
+            old = getattr(self, name)
+            new = np.zeros((rows,) + old.shape[1:], np.float32)
+            new[: old.shape[0]] = old
+            setattr(self, name, new)
+
+    def divide(self, upto: int) -> None:
+        """Divide lines ``final .. upto - 1`` into the output: call it only for lines no tile still to come
+        reaches (every tile of the plan that covers them is added)."""
+        if upto <= self.final:
+            return
+        if upto > self.out.shape[0]:
+            grown = np.zeros((max(upto, 2 * self.out.shape[0]),) + self.out.shape[1:], np.float32)
+            grown[: self.final] = self.out[: self.final]
+            self.out = grown
+        a, b = self.final - self.base, upto - self.base
+        np.divide(self.acc[a:b, : self.width], self.weight[a:b, : self.width], out=self.out[self.final:upto])
+        self.final = upto
+        # sliding: drop the divided lines from the accumulators once they take up half of them
+        if self.sliding and self.final - self.base > self.acc.shape[0] // 2:
+            keep = max(0, self.top - self.final)
+            shift = self.final - self.base
+            for arr in (self.acc, self.weight):
+                arr[:keep] = arr[shift:shift + keep]
+                arr[keep:] = 0
+            self.base = self.final
+
+    def result(self, height: int) -> np.ndarray:
+        """The stitched lines ``0 .. height - 1`` (all divided); a copy when the output buffer is much larger."""
+        out = self.out[:height]
+        return out.copy() if self.out.shape[0] > height * 5 // 4 else out
+
+
 def untile(tiles: np.ndarray, plan: TilePlan, *, channels_first: bool = False) -> np.ndarray:
     """Stitch per-tile outputs back into one ``float32`` image, blending overlaps with :func:`blend_window`.
 
@@ -190,18 +271,12 @@ def untile(tiles: np.ndarray, plan: TilePlan, *, channels_first: bool = False) -
             f"got {tiles.shape[0]} tiles but the plan for {plan.image_shape} has {plan.n_tiles}; "
             "untile needs every tile of the frame, in plan order"
         )
-    extra = tiles.shape[3:]
-    window = blend_window(t)
-    if extra:
-        window = window[:, :, None]
-    ph, pw = plan.padded_shape
-    acc = np.zeros((ph, pw) + extra, dtype=np.float32)
-    weight = np.zeros((ph, pw) + (1,) * len(extra), dtype=np.float32)
-    for tile_out, (y, x) in zip(tiles, plan.origins):
-        acc[y : y + t, x : x + t] += tile_out.astype(np.float32, copy=False) * window
-        weight[y : y + t, x : x + t] += window
     h, w = plan.image_shape
-    out = acc[:h, :w] / weight[:h, :w]
+    stitcher = Stitcher(t, w, lines=h, channels=tiles.shape[3:])
+    for tile_out, (y, x) in zip(tiles, plan.origins):
+        stitcher.add(tile_out, y, x)
+    stitcher.divide(h)
+    out = stitcher.result(h)
     if channels_first:
         out = np.moveaxis(out, -1, 0)
     return np.ascontiguousarray(out, dtype=np.float32)

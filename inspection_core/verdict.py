@@ -10,12 +10,15 @@ A pixel is a defect pixel when its score is at least ``score_threshold``; the de
 of interest are grouped into 8-connected components, and components of at least ``min_area_px`` pixels are
 defects. With a scale (``mm_per_px``, from a calibration profile) every defect also gets its area in mm² and its
 size in mm, and ``min_area_mm2``, when set, replaces ``min_area_px`` as the smallest defect.
+
+A part not fully seen (a line-scan part with missing lines, or cut short) never passes: :func:`incomplete_defects`
+marks what is missing as defects labelled :data:`INCOMPLETE_LABEL`.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Union
+from typing import Sequence, Union
 
 import cv2
 import numpy as np
@@ -166,3 +169,17 @@ def decide(defects: tuple[Defect, ...] | list[Defect], labels: tuple[str, ...] |
            fail_on_labels: bool = True) -> Verdict:
     """FAIL when there is any defect, or any classifier label when ``fail_on_labels``; PASS otherwise."""
     return Verdict.FAIL if len(defects) or (fail_on_labels and len(labels)) else Verdict.PASS
+
+
+#: The label of the defects that mark a part's missing lines (or a part otherwise incomplete).
+INCOMPLETE_LABEL = "incomplete"
+
+
+def incomplete_defects(shape: tuple[int, ...], gaps: Sequence[Sequence[int]], issues: Sequence[str]) -> list[Defect]:
+    """The :data:`INCOMPLETE_LABEL` defects of a part: one per missing line range ``[a, b)`` in ``gaps``, one over
+    the whole part when there are other ``issues`` (their score is 1: a part not fully seen cannot pass)."""
+    h, w = int(shape[0]), int(shape[1])
+    spans = [(int(a), int(b)) for a, b in gaps] + ([(0, h)] if issues else [])
+    return [Defect(label=INCOMPLETE_LABEL, bbox=(0, a, w, b - a), area_px=w * (b - a),
+                   centroid=(round((w - 1) / 2, 2), round((a + b - 1) / 2, 2)), mean_score=1.0, max_score=1.0)
+            for a, b in spans if b > a]

@@ -9,22 +9,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from engines.backends.base import load_engine
+from inspection.feed import ResultFeed
+from inspection.inspector import Inspector
 from inspection_core.records import LineStats
-from station.feed import ResultFeed
+from station.classify import PatchClassifier
+from station.errors import RecipeError
+from station.line_calibration import check_source, for_recipe
 from station.pipeline import Line
 from station.recipe import QueuePolicy, Recipe, SourceKind
+from station.rejectlog import RejectLog
+from station.sources import GenICamSource, ReplaySource
+from station.sources.linescan import build_linescan_source
+from ui.app import display_available, run_panel
 
 log = logging.getLogger(__name__)
 
 
 def build_source(recipe: Recipe):
     """The frame source a recipe describes (unopened)."""
-    from station.sources import GenICamSource, ReplaySource
-
     s = recipe.source
-    if s.kind is SourceKind.LINESCAN_REPLAY or s.line_scan:  # line blocks assembled into parts (docs/LINESCAN.md)
-        from station.sources.linescan import build_linescan_source
-
+    if line_scan(recipe):  # line blocks assembled into parts (docs/LINESCAN.md)
         return build_linescan_source(s)
     if s.kind is SourceKind.REPLAY:
         return ReplaySource(s.path, loop=s.loop, fps=s.fps or None, pattern=s.pattern)
@@ -40,13 +45,14 @@ def _backend_device(backend: str) -> tuple[str, str]:
     return backend, "cuda" if backend == "tensorrt" else "cpu"
 
 
-def build_inspector(recipe: Recipe):
-    """Load the recipe's engine and wrap it with its tiling and decision rules (and its classifier stage, if any)."""
-    from engines.backends.base import load_engine
-    from station.inspector import Inspector
+def line_scan(recipe: Recipe) -> bool:
+    """True when the recipe's source delivers line-scan parts (inspected while they arrive)."""
+    return recipe.source.kind is SourceKind.LINESCAN_REPLAY or recipe.source.line_scan
 
-    from station.errors import RecipeError
 
+def build_inspector(recipe: Recipe, streaming: bool = False) -> Inspector:
+    """Load the recipe's engine and wrap it with its tiling and decision rules (and its classifier stage and
+    calibration profile, if any); ``streaming``: the streaming form, for line-scan parts."""
     engine = None
     if recipe.engine is not None:
         backend, device = _backend_device(recipe.engine.backend.value)
@@ -59,8 +65,6 @@ def build_inspector(recipe: Recipe):
     classifier = None
     c = recipe.classifier
     if c is not None:
-        from station.classify import PatchClassifier
-
         backend, device = _backend_device(c.backend.value)
         try:
             classifier = PatchClassifier(c.weights, patch=c.patch, overlap=c.overlap, threshold=c.threshold,
@@ -69,12 +73,10 @@ def build_inspector(recipe: Recipe):
         except RecipeError as exc:
             raise RecipeError(f"{recipe.path}: {exc}") from None
     # [calibration]: the camera's profile (flat-field before tiling; ROI, scale, thresholds in the rules)
-    from calibration.line import for_recipe
-
     calibration, rules = for_recipe(recipe, engine, classifier)
     return Inspector(engine, overlap=recipe.tiling.overlap, batch=recipe.tiling.batch, rules=rules,
                      classifier=classifier, fail_on_labels=c.fail_on_labels if c is not None else True,
-                     calibration=calibration)
+                     calibration=calibration, streaming=streaming)
 
 
 def calibration_status(recipe: Recipe, inspector) -> tuple[str, bool]:
@@ -89,19 +91,12 @@ def calibration_status(recipe: Recipe, inspector) -> tuple[str, bool]:
 
 
 def build_line(recipe: Recipe, max_frames: int | None = None, feed: ResultFeed | None = None, on_result=None) -> Line:
-    from station.rejectlog import RejectLog
-
     source = build_source(recipe)
-    inspector = build_inspector(recipe)
+    # line-scan parts: tile rows are inspected while the part arrives (the inspector listens to the source)
+    inspector = build_inspector(recipe, streaming=line_scan(recipe))
     if inspector.calibration is not None:  # the camera must fit the profile: refused before the line starts
-        from calibration.line import check_source
-
-        check_source(recipe, source, inspector.calibration,
-                     streaming=recipe.source.kind is SourceKind.LINESCAN_REPLAY or recipe.source.line_scan)
-    if recipe.source.kind is SourceKind.LINESCAN_REPLAY or recipe.source.line_scan:
-        from station.streaming import StreamingInspector
-
-        inspector = StreamingInspector.from_inspector(inspector)  # tile rows are inspected while the part arrives
+        check_source(recipe, source, inspector.calibration)
+    if line_scan(recipe):
         source.listener = inspector
     calibrated = inspector.calibration.name if inspector.calibration is not None else None
     reject_log = RejectLog(recipe.log.db, save_images=recipe.log.save_reject_images,
@@ -192,8 +187,6 @@ def run_headless(line: Line, out: TextIO | None = None, interval_s: float | None
 
 
 def run_with_panel(line: Line, title: str, calibration: tuple[str, bool] = ("", False)) -> LineStats:
-    from ui.app import run_panel
-
     line.start()
     run_panel(line.feed, line.stats, line.stop, title=title, mask_threshold=line.inspector.rules.score_threshold,
               calibration=calibration)
@@ -204,8 +197,6 @@ def run_with_panel(line: Line, title: str, calibration: tuple[str, bool] = ("", 
 
 def run_station(recipe: Recipe, headless: bool, max_frames: int | None, as_json: bool = False,
                 on_result=None) -> RunSummary:
-    from ui.app import display_available
-
     line = build_line(recipe, max_frames=max_frames, on_result=on_result)
     calibration = calibration_status(recipe, line.inspector)
     started = time.monotonic()

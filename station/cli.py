@@ -20,15 +20,20 @@ import logging
 import sys
 from pathlib import Path
 
+from calibration.errors import CalibrationError
+from engines.errors import USER_ERRORS
 from inspection_core.errors import InspectionCoreError
+from station.app import run_station
+from station.errors import RecipeError, SourceError, StationError
+from station.recipe import load_recipe, shipped_recipe_path
+from station.rejectlog import add_export_arguments, run_export
+from ui.app import display_available
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 SAMPLES = Path(__file__).parent / "samples" / "magnetic-tile"
 
 
 def _load_recipe(args: argparse.Namespace):
-    from station.recipe import load_recipe, shipped_recipe_path
-
     name = args.recipe
     path = Path(name) if Path(name).suffix == ".toml" or Path(name).exists() else shipped_recipe_path(name)
     recipe = load_recipe(path)
@@ -42,16 +47,12 @@ def _load_recipe(args: argparse.Namespace):
         elif kind == "linescan-replay":
             overrides.update({"source.kind": "linescan-replay", "source.path": rest or None})
         else:
-            from station.errors import SourceError
-
             raise SourceError(f"unknown --source {args.source!r}: use replay:DIR, genicam, genicam:PATH.cti or "
                               "linescan-replay[:IMAGE]")
     stage = "engine"
     if recipe.engine is None:  # a classifier-only recipe: --backend and --threads apply to the classifier
         stage = "classifier"
         if args.weights is not None:
-            from station.errors import RecipeError
-
             raise RecipeError(f"{path} has no [engine] (the classifier alone judges); use --classifier-weights")
     for key, value in (("source.pattern", args.pattern), ("source.fps", args.fps), ("log.db", args.db),
                        (f"{stage}.backend", args.backend), ("engine.weights", args.weights),
@@ -93,8 +94,6 @@ def _add_run_arguments(p: argparse.ArgumentParser, recipe_default: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from station.app import run_station
-
     if args.max_frames is not None and args.max_frames < 1:
         print("station: error: --max-frames must be at least 1", file=sys.stderr)
         return EXIT_USAGE
@@ -103,9 +102,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from station.app import run_station
-    from ui.app import display_available
-
     if args.source is None:
         args.source = f"replay:{SAMPLES}"
     headless = args.headless or not display_available()
@@ -145,8 +141,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(demo, "magnetic_tile")
     demo.set_defaults(func=_demo)
 
-    from station.rejectlog import add_export_arguments, run_export
-
     export = sub.add_parser("export", help="export the reject log for QA (CSV or JSON)")
     add_export_arguments(export)
     export.set_defaults(func=run_export)
@@ -158,16 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from station.errors import StationError
-
     try:
         return args.func(args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - known errors become one line that says what to do
-        from engines.errors import USER_ERRORS
-
-        if isinstance(exc, (StationError, InspectionCoreError, *USER_ERRORS)):
+        if isinstance(exc, (StationError, InspectionCoreError, CalibrationError, *USER_ERRORS)):
             print(f"station: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         raise

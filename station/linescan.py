@@ -30,9 +30,9 @@ Nothing is glued silently:
   being built ends incomplete; a repeated block id is a duplicate and is discarded (counted as stale);
 - every other reason a part is incomplete (cut short, camera restart...) is a sentence in ``Part.issues``.
 
-A listener (:class:`PartListener`, e.g. :class:`station.streaming.StreamingInspector`) is told when a part starts,
-after every block (with a read-only view of the part's lines so far) and when it ends, so work on a part can start
-while it is still arriving.
+A listener (:class:`PartListener`, e.g. an :class:`inspection.inspector.Inspector` with ``streaming=True``) is
+told when a part starts, after every block (with a read-only view of the part's lines so far) and when it ends, so
+work on a part can start while it is still arriving.
 """
 from __future__ import annotations
 
@@ -220,6 +220,28 @@ class AssemblerStats:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+def frame_gap(previous: int, current: int) -> int:
+    """Frames missing between two consecutive block ids, allowing for counter wrap-around.
+
+    GigE Vision block ids are 16 bit and skip 0 after a wrap; GenTL frame ids are 64 bit. A backwards jump
+    far from a counter limit is a restart of the counter (e.g. after a reconnect), not a loss.
+
+    >>> frame_gap(7, 8), frame_gap(7, 10), frame_gap(65535, 1), frame_gap(65534, 2), frame_gap(500, 1)
+    (0, 2, 0, 2, 0)
+    """
+    if current > previous:
+        return current - previous - 1
+    if current == previous:
+        return 0
+    for bits in (16, 32, 64):
+        top = (1 << bits) - 1
+        if previous <= top:
+            if previous >= top - (top >> 4):  # within the last 1/16 of the counter range: a wrap
+                return (top - previous) + max(current - 1, 0)
+            break
+    return 0
+
+
 def _is_wrap(previous: int, current: int) -> bool:
     """Whether ``current <= previous`` is a wrap of a 16-, 32- or 64-bit block counter (see ``frame_gap``)."""
     for bits in (16, 32, 64):
@@ -350,8 +372,6 @@ class StripAssembler:
         elif self._last_id is None:
             start = self._next_line
         else:
-            from station.sources.genicam import frame_gap
-
             missing_blocks = frame_gap(self._last_id, block.block_id)
             start = self._next_line + missing_blocks * self._last_block_lines
         if start > self._next_line:

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from inspection.feed import ResultFeed
 from inspection_core.errors import InspectionCoreError
 from inspection_core.records import CameraState, InspectionResult, LineStats, SourceHealth, Verdict
 from station.errors import StationError
-from station.feed import ResultFeed
 from station.recipe import QueuePolicy
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ import sys
 import threading
 from typing import Callable
 
+from inspection.feed import ResultFeed
 from inspection_core.records import LineStats
-from station.feed import ResultFeed
 
 HEADLESS_PLATFORMS = frozenset({"offscreen", "minimal", "minimalegl"})
 SCREEN_PLATFORMS = frozenset({"eglfs", "linuxfb", "vkkhrdisplay", "vnc"})

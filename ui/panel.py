@@ -30,8 +30,8 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
+from inspection.feed import ResultFeed
 from inspection_core.records import CameraState, InspectionResult, LineStats, Verdict
-from station.feed import ResultFeed
 from ui.overlay import overlay_for_display, to_qimage
 
 log = logging.getLogger(__name__)

@@ -1,25 +1,19 @@
-"""How engines are loaded by name: the backends, the engine cache, default threads.
+"""How engines are loaded by name: :func:`load_engine`, over the engine folders of :mod:`engines.build`.
 
 The interface every backend implements, :class:`~inspection_core.engine.Engine`, lives in the bottom layer
-(:mod:`inspection_core.engine`) so that inspectors depend on it without depending on the engines package.
+(:mod:`inspection_core.engine`) so that inspectors depend on it without depending on the engines package. The
+backend names, the engine cache and the default thread count are in :mod:`engines.backends.common` (re-exported
+here).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from engines.backends.common import BACKENDS, cache_dir, default_threads
+from engines.build import engine_for_weights
 from inspection_core.engine import Engine
 
-BACKENDS = ("onnxruntime", "torch", "tensorrt")
-
-
-def cache_dir() -> Path:
-    """Where exported ONNX files and built engines are kept: ``$STATION_CACHE`` or ``~/.cache/inspection-station``."""
-    return Path(os.environ.get("STATION_CACHE", Path.home() / ".cache" / "inspection-station"))
-
-
-def default_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+__all__ = ["BACKENDS", "Engine", "cache_dir", "default_threads", "load_engine"]
 
 
 def load_engine(weights: str | Path, backend: str = "onnxruntime", threads: int = 0, device: str = "cpu",
@@ -30,7 +24,5 @@ def load_engine(weights: str | Path, backend: str = "onnxruntime", threads: int 
     must then agree with ``backend`` and ``precision``. Weights are built once into an engine folder in the cache
     (:func:`cache_dir`), reused while its manifest matches, rebuilt when it does not. ``threads=0`` uses every core
     this process may run on."""
-    from engines.build import engine_for_weights
-
     return engine_for_weights(weights, backend=backend, threads=threads, device=device, precision=precision,
                               mode=mode)

@@ -21,6 +21,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from engines.backends.gpu import gpu_info
 from engines.errors import BackendUnavailable, EngineError
 from inspection_core.engine import Engine
 
@@ -346,7 +347,6 @@ def build_engine(onnx_file: str | Path, engine_file: str | Path, *, input_name: 
     _check_build_args(onnx_file, input_shape, batch, precision, workspace_mib, calibration_batches, calibration_cache)
     trt = import_tensorrt()
     _require_cuda()
-    from engines.backends.gpu import gpu_info
 
     started = time.perf_counter()
     logger = _logger(trt)
@@ -443,8 +443,6 @@ class TensorRTEngine(Engine):
                 logger.errors.append(str(exc))
                 engine = None
             if engine is None:
-                from engines.backends.gpu import gpu_info
-
                 gpu = (gpu_info(self.device.index or 0) or {}).get("name", "this GPU")
                 raise EngineError(
                     f"TensorRT {trt.__version__} on {gpu} cannot load {self.engine_file}: "

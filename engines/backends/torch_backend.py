@@ -7,6 +7,8 @@ import logging
 import numpy as np
 
 from engines.errors import BackendUnavailable, EngineError
+from engines.export import inference_module, model_kind
+from engines.weights import load_model
 from inspection_core.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -48,9 +50,6 @@ class TorchEngine(Engine):
     def from_bundle(cls, bundle, threads: int, device: str = "cpu", precision: str = "fp32", graph_batch: int = 0,
                     mode: str = "batch") -> "TorchEngine":
         import torch
-
-        from engines.export import inference_module, model_kind
-        from engines.weights import load_model
 
         if device == "cpu" and threads:
             torch.set_num_threads(threads)

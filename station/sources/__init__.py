@@ -11,11 +11,12 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+from inspection_core.imageio import IMAGE_SUFFIXES
 from station.errors import SourceError
 from station.sources.base import FrameSource
 from station.sources.genicam import ColourMode, GenICamSource
 from station.sources.linescan import GenICamBlocks, LineScanReplay, LineScanSource, replay_image
-from station.sources.replay import IMAGE_SUFFIXES, ReplaySource
+from station.sources.replay import ReplaySource
 
 __all__ = ["FrameSource", "ReplaySource", "GenICamSource", "ColourMode", "IMAGE_SUFFIXES", "open_source",
            "LineScanSource", "LineScanReplay", "GenICamBlocks"]

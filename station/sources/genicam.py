@@ -30,6 +30,7 @@ import numpy as np
 
 from inspection_core.records import CameraState, Frame
 from station.errors import CameraLostError, SourceError
+from station.linescan import frame_gap
 from station.sources.base import FrameSource
 
 if TYPE_CHECKING:  # harvesters is imported lazily: `import station.sources` works without it
@@ -83,28 +84,6 @@ def default_cti() -> Path:
         raise SourceError(f"the `genicam` package is missing, so there is no default GenTL producer; "
                           f"{INSTALL_HINT}, or pass --source genicam:/path/to/producer.cti") from exc
     return Path(genicam.__file__).parent / "viky.cti"
-
-
-def frame_gap(previous: int, current: int) -> int:
-    """Frames missing between two consecutive block ids, allowing for counter wrap-around.
-
-    GigE Vision block ids are 16 bit and skip 0 after a wrap; GenTL frame ids are 64 bit. A backwards jump
-    far from a counter limit is a restart of the counter (e.g. after a reconnect), not a loss.
-
-    >>> frame_gap(7, 8), frame_gap(7, 10), frame_gap(65535, 1), frame_gap(65534, 2), frame_gap(500, 1)
-    (0, 2, 0, 2, 0)
-    """
-    if current > previous:
-        return current - previous - 1
-    if current == previous:
-        return 0
-    for bits in (16, 32, 64):
-        top = (1 << bits) - 1
-        if previous <= top:
-            if previous >= top - (top >> 4):  # within the last 1/16 of the counter range: a wrap
-                return (top - previous) + max(current - 1, 0)
-            break
-    return 0
 
 
 def _import_harvester() -> type[Harvester]:
@@ -224,6 +203,22 @@ class GenICamSource(FrameSource):
     def _close(self) -> None:
         with self._io_lock:  # waits for a fetch slice in progress (<= _POLL_S)
             self._release(reset_harvester=True)
+
+    def geometry(self) -> tuple[int | None, int | None, str | None]:
+        """``(width, height, pixel format)`` of the camera as it is set up now, read from its node map. The camera
+        is opened for it and closed again, so ask before the line starts: a camera that cannot open raises
+        :class:`SourceError` here as it would there. ``None`` where the node map does not tell."""
+        self.open()
+        try:
+            with self._io_lock:
+                node_map = self._ia.remote_device.node_map
+                width, height = int(node_map.Width.value), int(node_map.Height.value)
+                fmt = str(node_map.PixelFormat.value) if hasattr(node_map, "PixelFormat") else self.pixel_format
+            return width, height, fmt
+        except Exception:  # noqa: BLE001 - unknown here: every frame is still checked
+            return None, None, self.pixel_format
+        finally:
+            self.close()
 
     def _claim_producer(self, cti: Path) -> None:
         key = str(cti.resolve())

@@ -30,10 +30,13 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from engines.data.synthetic_screen import ScreenSpec, make_screen
 from inspection_core.records import CameraState, Frame, SourceHealth
 from station.errors import SourceError
 from station.linescan import LineBlock, PartListener, PartMode, StripAssembler
 from station.sources.base import FrameSource
+from station.sources.genicam import GenICamSource
+from station.sources.replay import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -163,8 +166,9 @@ class GenICamBlocks:
 class LineScanSource(FrameSource):
     """Parts assembled from a block source, one :class:`~inspection_core.records.Frame` per part (see the module doc).
 
-    ``listener`` (set before the source opens, e.g. :class:`station.streaming.StreamingInspector`) is told about
-    each part while it arrives. ``stats`` are the assembler's counters (missing and late blocks...).
+    ``listener`` (set before the source opens, e.g. an :class:`inspection.inspector.Inspector` with
+    ``streaming=True``) is told about each part while it arrives. ``stats`` are the assembler's counters
+    (missing and late blocks...).
     """
 
     def __init__(self, blocks, *, part_lines: int | None = None, part_mode: PartMode | str = PartMode.FIXED,
@@ -236,8 +240,6 @@ def replay_image(path: str | Path | None = None, screen_seed: int = 0,
     """The image a line-scan replay streams and its description: a grey image file, or (without ``path``) the
     synthetic screen ``screen_seed`` of ``screen_size`` = (lines, width) from :mod:`engines.data.synthetic_screen`."""
     if path is not None:
-        from station.sources.replay import read_image
-
         path = Path(path).expanduser()
         if not path.is_file():
             raise SourceError(f"line-scan replay image {path} not found; check the path, or leave [source] path out "
@@ -246,8 +248,6 @@ def replay_image(path: str | Path | None = None, screen_seed: int = 0,
             return read_image(path, grey=True), str(path)
         except (OSError, ValueError) as exc:
             raise SourceError(f"cannot read the line-scan replay image {path}: {exc}") from None
-    from engines.data.synthetic_screen import ScreenSpec, make_screen
-
     lines, width = screen_size
     try:
         spec = ScreenSpec(size=(int(lines), int(width)))
@@ -263,8 +263,6 @@ def build_linescan_source(config: Any, listener: PartListener | None = None) -> 
     common = dict(part_mode=config.part_mode, max_part_lines=config.max_part_lines,
                   line_rate_hz=config.line_rate_hz, late_tolerance_ms=config.late_tolerance_ms, listener=listener)
     if kind == "genicam":
-        from station.sources.genicam import GenICamSource
-
         camera = GenICamSource(cti=config.cti, device=config.device, pixel_format=config.pixel_format,
                                frame_rate=config.frame_rate, exposure_us=config.exposure_us,
                                height=config.block_lines, num_buffers=config.buffers)

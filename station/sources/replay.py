@@ -4,10 +4,8 @@
 """
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
-import re
 import time
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -23,14 +21,7 @@ from station.sources.base import FrameSource
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-
 PathLike = str | os.PathLike[str]
-
-
-def _natural_key(path: Path) -> list[object]:
-    """Sort ``img2`` before ``img10`` (frame sequences are rarely zero-padded)."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
 def list_images(paths: PathLike | Sequence[PathLike], pattern: str | None = None) -> list[Path]:
@@ -43,18 +34,14 @@ def list_images(paths: PathLike | Sequence[PathLike], pattern: str | None = None
     if isinstance(paths, (str, os.PathLike)):
         root = Path(paths).expanduser()
         if root.is_dir():
-            files = [
-                p for p in root.iterdir()
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                and (pattern is None or fnmatch.fnmatch(p.name, pattern))
-            ]
+            files = imageio.image_files(root, pattern)
             if not files:
-                wanted = f"matching {pattern!r}" if pattern else "(" + ", ".join(IMAGE_SUFFIXES) + ")"
+                wanted = f"matching {pattern!r}" if pattern else "(" + ", ".join(imageio.IMAGE_SUFFIXES) + ")"
                 raise SourceError(
                     f"no image files {wanted} in {root}; put images there, point the replay at another "
                     "folder, or change the pattern"
                 )
-            return sorted(files, key=_natural_key)
+            return files
         if root.is_file():
             return [root]
         raise SourceError(

@@ -22,7 +22,7 @@ from inspection_core.preprocess import InputSpec
 from inspection_core.records import Frame, Verdict
 from inspection_core.verdict import DecisionRules, RoiCircle, RoiRect, find_defects
 from station.errors import RecipeError
-from station.inspector import Inspector
+from inspection.inspector import Inspector
 from station.recipe import Units, load_recipe
 from tests.calibration.conftest import write_png
 from tests.station.test_recipe import MINIMAL, write

@@ -78,7 +78,7 @@ def test_truth_csv_folder_is_read_and_one_sided_sets_are_refused(validation, tmp
 @pytest.mark.slow
 def test_segmentation_thresholds_meet_the_target_as_the_station_judges(root, cli, validation, tmp_path):
     from engines.backends.base import load_engine
-    from station.inspector import Inspector
+    from inspection.inspector import Inspector
 
     code, out, err = cli("thresholds", "--camera", "cam-A", "--weights", "bffn-magnetic-tile", "--data", validation,
                          "--escape-rate", "0.25", "--min-area", "10,30", "--threads", "1", "--width", "640",
@@ -150,7 +150,7 @@ def test_classifier_gets_one_threshold_per_class(root, cli, tmp_path, one_torch_
         assert c["fp"] == min(p["fp"] for p in sweeps[name] if p["escape_rate"] <= 0.34)
 
     # the station's classifier stage takes them, class by class
-    from calibration.line import for_recipe
+    from station.line_calibration import for_recipe
     from station.classify import PatchClassifier
     from station.recipe import load_recipe
     from tests.station.test_recipe import MINIMAL, write
@@ -175,3 +175,55 @@ def test_classifier_gets_one_threshold_per_class(root, cli, tmp_path, one_torch_
 
     with pytest.raises(RecipeError, match="classifier thresholds of cam-A@v1 were chosen for the weights"):
         for_recipe(recipe, None, PatchClassifier(str(other), patch=64))
+
+
+def _vignetted_validation(folder: Path, sensor, n: int = 6) -> Path:
+    """Captures of a vignetted sensor: every other one with a bright defect near a corner, truth.csv beside."""
+    from calibration.synthetic import capture
+    from tests.calibration.conftest import write_png
+
+    rng = np.random.default_rng(5)
+    rows = []
+    for i in range(n):
+        scene = np.full((120, 160), 200.0, np.float32)
+        if i % 2:
+            scene[95:108, 125:140] = 255
+        write_png(folder / f"p{i}.png", capture(sensor, 0, rng, scene=scene))
+        rows.append(f"p{i}.png,{i % 2}\n")
+    (folder / "truth.csv").write_text("file,defective\n" + "".join(rows))
+    return folder
+
+
+def test_thresholds_are_chosen_on_flat_fielded_images_as_the_line_judges_them(root, tmp_path, monkeypatch):
+    """The calibrated form of the line's Inspector: the profile's flat-field applies to every validation image
+    (uncorrected, the vignetting's bright centre would fail every part)."""
+    import calibration.thresholds as thresholds
+    from calibration.line import load_line_calibration
+    from tests.calibration.test_station_calibration import BrightSpotEngine, make_profile
+
+    sensor = make_profile(root)
+    data = _vignetted_validation(tmp_path / "val", sensor)
+    monkeypatch.setattr(thresholds, "load_engine", lambda *args, **kwargs: BrightSpotEngine())
+    section, _ = thresholds.calibrate_segmentation("stub", data, 0.0, min_areas=(20,), overlap=8, batch=16,
+                                                   calibration=load_line_calibration("cam-A", thresholds=False))
+    assert section["flatfield_applied_images"] == 6 and section["target_met"]
+    assert (section["fn"], section["fp"]) == (0, 0)
+    section, _ = thresholds.calibrate_segmentation("stub", data, 0.0, min_areas=(20,), overlap=8, batch=16,
+                                                   calibration=load_line_calibration("cam-A", flatfield=False,
+                                                                                     thresholds=False))
+    assert section["flatfield_applied_images"] == 0 and section["fp"] == 3  # every good part fails uncorrected
+
+
+def test_a_flatfield_that_does_not_fit_the_validation_images_is_refused(root, validation, monkeypatch):
+    """Images of another size than the profile's camera are refused (they used to be judged without the
+    flat-field, which is not how the line judges them)."""
+    import calibration.thresholds as thresholds
+    from calibration.errors import ProfileMismatch
+    from calibration.line import load_line_calibration
+    from tests.calibration.test_station_calibration import make_profile
+
+    make_profile(root)  # a 160x120 camera with a flat-field; the magnetic-tile images are larger
+    monkeypatch.setattr(thresholds, "load_engine", lambda *a, **k: pytest.fail("refused before any engine loads"))
+    with pytest.raises(ProfileMismatch, match=r"does not fit the validation image \S+ \(and 7 more of the 8 images\)"
+                                              r".*profile: 160 px.*take the validation images with camera cam-A"):
+        thresholds.calibrate_segmentation("stub", validation, 0.25, calibration=load_line_calibration("cam-A"))

@@ -33,7 +33,7 @@ def test_folds_are_disjoint_cover_everything_and_spread_each_category(tmp_path):
 def test_sweep_is_consistent_with_the_operating_point_and_draws_a_curve(untrained_bffn, tmp_path):
     from engines.backends.base import load_engine
     from engines.evaluate import evaluate_station_verdicts, save_pr_curve
-    from station.inspector import Inspector
+    from inspection.inspector import Inspector
 
     samples = load_dataset(make_generic_set(tmp_path / "set", n=6, size=(140, 150)))
     engine = load_engine(untrained_bffn, "onnxruntime", threads=2)

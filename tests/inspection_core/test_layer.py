@@ -9,7 +9,7 @@ import inspection_core
 from inspection_core.errors import TilingError
 from inspection_core.hashing import file_sha256, text_sha256
 
-ABOVE = {"station", "engines", "calibration", "ui"}
+ABOVE = {"inspection", "station", "engines", "calibration", "ui"}
 ALLOWED_THIRD_PARTY = {"numpy", "cv2"}
 
 

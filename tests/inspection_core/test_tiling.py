@@ -161,3 +161,25 @@ def test_tile_batch_checks_its_tiles() -> None:
     with pytest.raises(TilingError, match="tile_image"):
         TileBatch(frame_id=3, tiles=tiles[:, :8], plan=plan)
     assert isinstance(plan, TilePlan)
+
+
+@pytest.mark.parametrize("shape, tile, overlap", [((300, 211), 64, 16), ((50, 90), 64, 8), ((257, 64), 32, 0)])
+def test_stitcher_fed_row_by_row_in_bounded_memory_equals_untile_to_the_bit(shape, tile, overlap):
+    """The streaming inspector's way (a sliding Stitcher, rows added and divided as they come) and untile (every
+    tile, one divide) are one stitcher: the same bits."""
+    from inspection_core.tiling import Stitcher
+
+    plan = plan_tiles(shape, tile, overlap)
+    scores = np.random.default_rng(3).random((plan.n_tiles, tile, tile), dtype=np.float32)
+    whole = untile(scores, plan)
+    stitcher = Stitcher(tile, shape[1], lines=16, sliding=True)
+    rows = sorted({y for y, _ in plan.origins})
+    for k, row in enumerate(rows):
+        for i, (y, x) in enumerate(plan.origins):
+            if y == row:
+                stitcher.add(scores[i], y, x)
+        if k + 1 < len(rows):
+            stitcher.divide(min(rows[k + 1], shape[0]))  # no later tile reaches the lines above the next row
+    stitcher.divide(shape[0])
+    assert np.array_equal(stitcher.result(shape[0]), whole)
+    assert stitcher.acc.shape[0] < max(shape[0], 4 * tile), "only the lines not divided yet are kept"

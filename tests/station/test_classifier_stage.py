@@ -231,7 +231,7 @@ def test_export_reads_rows_without_patches(tmp_path):
 def test_panel_shows_the_labels(qtbot):
     from dataclasses import replace
 
-    from station.feed import ResultFeed
+    from inspection.feed import ResultFeed
     from tests.ui.conftest import StatsSource, make_result
     from ui.panel import StationPanel
 

@@ -10,7 +10,7 @@ import pytest
 from engines.backends.base import load_engine
 from inspection_core.records import Frame, Verdict
 from inspection_core.verdict import DecisionRules
-from station.inspector import Inspector
+from inspection.inspector import Inspector
 from station.pipeline import BoundedQueue, Line
 from station.recipe import QueuePolicy
 from station.rejectlog import RejectLog

@@ -18,13 +18,14 @@ from engines.data.synthetic_screen import ScreenSpec, make_screen
 from inspection_core.records import Frame, Verdict
 from inspection_core.verdict import DecisionRules
 from station.classify import PatchClassifier
-from station.inspector import Inspector
+from inspection.inspector import Inspector
 from station.linescan import PartMode
 from station.pipeline import Line
 from station.recipe import QueuePolicy
 from station.rejectlog import RejectLog
 from station.sources.linescan import LineScanReplay, LineScanSource
-from station.streaming import INCOMPLETE_LABEL, StreamingInspector
+from inspection.inspector import StreamingInspector
+from inspection_core.verdict import INCOMPLETE_LABEL
 from tests.conftest import save_tiny_gr
 
 CLASSES = ["bubble", "pinhole", "scratch", "tin_ash"]

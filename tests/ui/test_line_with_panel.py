@@ -10,7 +10,7 @@ from engines.backends.base import load_engine
 from inspection_core.verdict import DecisionRules
 from station.app import run_with_panel
 from station.cli import SAMPLES
-from station.inspector import Inspector
+from inspection.inspector import Inspector
 from station.pipeline import Line
 from station.rejectlog import RejectLog
 from station.sources import ReplaySource

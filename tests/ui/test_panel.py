@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from inspection_core.records import CameraState, Verdict
-from station.feed import ResultFeed
+from inspection.feed import ResultFeed
 from tests.ui.conftest import BLOB, BLOB_DEFECT, StatsSource, make_result, publish_in_thread, synthetic_image, \
     synthetic_mask
 from ui.overlay import BOX_COLOUR, overlay_for_display, overlay_mask, to_qimage

@@ -1,40 +1,39 @@
-"""Inspect a part while it is still arriving: tile rows are cut and scored as soon as their lines are in.
+"""The streaming option of the :class:`~inspection.inspector.Inspector`: a line-scan part is inspected while it is
+still arriving, tile rows cut and scored as soon as their lines are in.
 
->>> streaming = StreamingInspector.from_inspector(inspector)          # doctest: +SKIP
->>> source = LineScanSource(replay, part_lines=10240, listener=streaming)  # doctest: +SKIP
->>> Line(source, streaming, reject_log).run()                          # doctest: +SKIP
+>>> inspector = Inspector(engine, overlap=32, batch=32, rules=rules, streaming=True)      # doctest: +SKIP
+>>> source = LineScanSource(replay, part_lines=10240, listener=inspector)                  # doctest: +SKIP
+>>> Line(source, inspector, reject_log).run()                                              # doctest: +SKIP
 
 The source's assembler tells the inspector (a :class:`station.linescan.PartListener`) when a part starts, after
-every block and when the part ends. A worker thread then cuts every tile row whose lines are all in (the rows of
-the station's tiler: origins every ``tile - overlap`` lines) for each stage — BFFN segmentation through the engine
-interface, the GR patch classifier of :mod:`station.classify` — and scores it while acquisition goes on. When the
-last line is in, only the rows that need it remain: the regular rows it completes and the tiler's last row, shifted
-back to end at the part's border (its height is known only now in trigger mode). Then the scores are stitched, and
-the verdict is decided by the same code as :class:`station.inspector.Inspector`. With a calibration profile
-(``calibration``, as the ``Inspector`` has it) the flat-field is applied to the new lines of every block, before
-tiling, row for row as the whole part's correction would (its rounding dither follows the part's row numbers).
+every block and when the part ends; the inspector hands these calls to its :class:`PartStreams`. A worker thread
+then cuts every tile row whose lines are all in (the rows of the tiler: origins every ``tile - overlap`` lines) for
+each of the inspector's stages — segmentation through its engine, its classifier stage
+(:class:`inspection.classifier.ClassifierStage`) — and scores it while acquisition goes on. When the last line is
+in, only the rows that need it remain: the regular rows it completes and the tiler's last row, shifted back to end
+at the part's border (its height is known only now in trigger mode). Then the scores are stitched, and the
+inspector itself judges the part (:meth:`Inspector.judge <inspection.inspector.Inspector.judge>`), as it judges a
+whole frame. With a calibration profile the flat-field is applied to the new lines of every block, before tiling,
+row for row as the whole part's correction would (the profile's ``correct_rows``).
 
 The result is the whole-image result, not an approximation:
 
 - tiles are cut from the same rows with the same padding (each row is cut by :func:`inspection_core.tiling.tile_image`
   with a one-row plan, whose column origins and padding are those of the whole-image plan);
 - segmentation tiles go to the engine in chunks of ``batch`` in plan order, and the classifier's patches in GR's
-  chunks of :data:`station.classify.MAX_BATCH` in plan order (``mode = "batch"``: GR's relations span the same
+  chunks of :data:`inspection.classifier.MAX_BATCH` in plan order (``mode = "batch"``: GR's relations span the same
   patches), so every network call sees the same tensors; in ``mode = "bank"`` a patch's scores do not depend on the
   others, and each row is scored as soon as it is cut;
-- the stitcher accumulates tile scores times the Hann window in plan order, exactly as
-  :func:`inspection_core.tiling.untile`, and divides the lines no later tile can reach (tests check equality to the
-  bit).
+- the tile scores are stitched by :class:`inspection_core.tiling.Stitcher`, the stitcher of
+  :func:`~inspection_core.tiling.untile`, fed in plan order; the lines no later tile can reach are divided as soon
+  as the row is in (tests check equality to the bit).
 
-An incomplete part (lines missing, cut short...) always fails: each missing line range becomes a defect labelled
-``"incomplete"`` spanning those rows (one spanning the whole part for the other reasons), and its scores in missing
-rows are zeroed before defects are found, so the zero rows cannot make defects of their own. The reject log, the
-export and the panel show these like any defect.
+An incomplete part (lines missing, cut short...) always fails: see :meth:`Inspector.judge
+<inspection.inspector.Inspector.judge>`.
 
-``inspect(frame)`` makes the class a drop-in inspector for :class:`station.pipeline.Line`: for a streamed part it
-waits for the worker's result (``latency_ms`` runs from the part's last line to the verdict); any other frame, or
-a part the worker could not take (more than ``max_parts_in_flight`` unfinished), is inspected whole, on the calling
-thread, through the same code.
+For a streamed part :meth:`PartStreams.inspect` waits for the worker's result (``latency_ms`` runs from the part's
+last line to the verdict); any other frame, or a part the worker could not take (more than
+``max_parts_in_flight`` unfinished), is inspected whole, on the calling thread, by the inspector.
 """
 from __future__ import annotations
 
@@ -48,15 +47,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from inspection.classifier import MAX_BATCH
+from inspection.errors import InspectionError
 from inspection_core.preprocess import defect_scores, normalize_tiles, prepare_image
-from inspection_core.records import Defect, Frame, InspectionResult, Verdict
-from inspection_core.tiling import blend_window, plan_tiles, tile_image
-from inspection_core.verdict import DecisionRules, decide, find_defects
-from station.errors import StationError
+from inspection_core.records import Frame, InspectionResult
+from inspection_core.tiling import Stitcher, plan_tiles, tile_image
 
 log = logging.getLogger(__name__)
-
-INCOMPLETE_LABEL = "incomplete"  # the label of the defects that mark missing lines
 
 
 @dataclass(frozen=True)
@@ -133,25 +130,18 @@ class _Rows:
 
 
 class _Segmentation:
-    """Engine tiles of one part: cut, scored in chunks of ``batch`` in plan order, stitched as in ``untile``."""
+    """Engine tiles of one part: cut, scored in chunks of ``batch`` in plan order, stitched as by ``untile``."""
 
     name = "segment"
 
     def __init__(self, engine, overlap: int, batch: int, width: int, expected_lines: int | None) -> None:
         self.engine, self.batch, self.tile = engine, batch, engine.tile
         self.rows = _Rows(engine.tile, overlap)
-        self.width, self.padded_width = width, max(width, engine.tile)
         self.pending = np.empty((0, engine.spec.channels, self.tile, self.tile), np.float32)
         self.pending_origins: list[tuple[int, int]] = []
-        self.window = blend_window(self.tile)
-        # stitch accumulators hold lines base .. base + len - 1 only (a few tile heights), not the whole part
-        self.base = 0
-        self.acc = np.zeros((3 * self.tile, self.padded_width), np.float32)
-        self.weight = np.zeros_like(self.acc)
-        self.top = 0  # one past the last line any scored tile covers
-        self.final = 0  # lines 0 .. final - 1 of the mask are divided
+        # the accumulators hold the lines not divided yet only (a few tile heights), not the whole part
+        self.stitcher = Stitcher(self.tile, width, lines=expected_lines or 4096, sliding=True)
         self.last_row = -1  # origin of the last row cut
-        self.mask = np.zeros((expected_lines or 4096, width), np.float32)
         self.timings = collections.Counter()
         self.calls: list[NetworkCall] = []
 
@@ -178,49 +168,15 @@ class _Segmentation:
         scores = defect_scores(self.engine.infer(np.ascontiguousarray(chunk)))
         t1 = time.perf_counter()
         self.calls.append(NetworkCall(self.name, n, t1 - t0, time.monotonic_ns()))
-        t, window = self.tile, self.window
         for tile_out, (y, x) in zip(scores, origins):
-            self._room(y + t)
-            r = y - self.base
-            self.acc[r:r + t, x:x + t] += tile_out.astype(np.float32, copy=False) * window
-            self.weight[r:r + t, x:x + t] += window
-            self.top = max(self.top, y + t)
+            self.stitcher.add(tile_out, y, x)
         self.timings["infer"] += t1 - t0
         self.timings["stitch"] += time.perf_counter() - t1
 
-    def _room(self, line: int) -> None:
-        """Make the accumulators reach line ``line`` (exclusive)."""
-        need = line - self.base
-        if need <= self.acc.shape[0]:
-            return
-        rows = max(need, 2 * self.acc.shape[0])
-        for name in ("acc", "weight"):
-            old = getattr(self, name)
-            new = np.zeros((rows, self.padded_width), np.float32)
-            new[: old.shape[0]] = old
-            setattr(self, name, new)
-
     def _divide(self, upto: int, height: int | None = None) -> None:
-        """Divide lines ``final .. upto - 1`` (no tile still to come reaches them) into the mask."""
+        """Divide the lines up to ``upto`` (no tile still to come reaches them) into the mask."""
         t0 = time.perf_counter()
-        if height is not None:
-            upto = min(upto, height)
-        if upto > self.final:
-            if upto > self.mask.shape[0]:
-                grown = np.zeros((max(upto, 2 * self.mask.shape[0]), self.width), np.float32)
-                grown[: self.final] = self.mask[: self.final]
-                self.mask = grown
-            a, b = self.final - self.base, upto - self.base
-            self.mask[self.final:upto] = self.acc[a:b, : self.width] / self.weight[a:b, : self.width]
-            self.final = upto
-            # drop the divided lines from the accumulators once they take up half of them
-            if self.final - self.base > self.acc.shape[0] // 2:
-                keep = max(0, self.top - self.final)
-                shift = self.final - self.base
-                for arr in (self.acc, self.weight):
-                    arr[:keep] = arr[shift:shift + keep]
-                    arr[keep:] = 0
-                self.base = self.final
+        self.stitcher.divide(upto if height is None else min(upto, height))
         self.timings["stitch"] += time.perf_counter() - t0
 
     def finish(self, lines: np.ndarray) -> np.ndarray:
@@ -229,8 +185,7 @@ class _Segmentation:
         if len(self.pending):
             self._score(len(self.pending))
         self._divide(height, height)
-        mask = self.mask[:height]
-        return mask.copy() if self.mask.shape[0] > height * 5 // 4 else mask
+        return self.stitcher.result(height)
 
 
 class _Classification:
@@ -239,8 +194,6 @@ class _Classification:
     name = "classify"
 
     def __init__(self, classifier) -> None:
-        from station.classify import MAX_BATCH
-
         self.classifier, self.chunk = classifier, MAX_BATCH
         self.rows = _Rows(classifier.patch, classifier.overlap)
         self.pending: list[np.ndarray] = []
@@ -276,32 +229,21 @@ class _Classification:
         plan = plan_tiles(lines.shape, self.classifier.patch, self.classifier.overlap)
         scores = np.concatenate(self.scores) if self.scores else np.zeros((0, len(self.classifier.classes)), np.float32)
         if len(scores) != plan.n_tiles:  # a bug, not a data problem: say so rather than mislabel patches
-            raise StationError(f"streamed {len(scores)} patch scores but the plan has {plan.n_tiles} patches")
+            raise InspectionError(f"streamed {len(scores)} patch scores but the plan has {plan.n_tiles} patches")
         out = self.classifier.summarize(plan, scores)
         self.timings["classify"] += time.perf_counter() - t0
         return out
 
 
-def incomplete_defects(shape: tuple[int, ...], gaps: Sequence[Sequence[int]], issues: Sequence[str]) -> list[Defect]:
-    """The ``"incomplete"`` defects of a part: one per missing line range, one over the whole part for other
-    issues (their score is 1: a part not fully seen cannot pass)."""
-    h, w = int(shape[0]), int(shape[1])
-    spans = [(int(a), int(b)) for a, b in gaps] + ([(0, h)] if issues else [])
-    return [Defect(label=INCOMPLETE_LABEL, bbox=(0, a, w, b - a), area_px=w * (b - a),
-                   centroid=(round((w - 1) / 2, 2), round((a + b - 1) / 2, 2)), mean_score=1.0, max_score=1.0)
-            for a, b in spans if b > a]
-
-
 class _Session:
     """One part being inspected: its stages, its outcome and its report."""
 
-    def __init__(self, owner: StreamingInspector, index: int, width: int, expected_lines: int | None,
-                 streamed: bool = True) -> None:
+    def __init__(self, owner, index: int, width: int, expected_lines: int | None) -> None:
         self.owner, self.index, self.expected_lines = owner, index, expected_lines
         self.segmentation = (_Segmentation(owner.engine, owner.overlap, owner.batch, width, expected_lines)
                              if owner.engine is not None else None)
         self.classification = _Classification(owner.classifier) if owner.classifier is not None else None
-        self.report = PartReport(index=index, streamed=streamed)
+        self.report = PartReport(index=index, streamed=True)
         self.calibration = owner.calibration
         self.corrected: np.ndarray | None = None  # flat-fielded rows 0 .. corrected_upto - 1
         self.corrected_upto = 0
@@ -330,11 +272,7 @@ class _Session:
             self.corrected = grown
         a = self.corrected_upto
         if n > a:
-            # the correction's rounding dither repeats every DITHER_ROWS rows of the image: start on a period
-            from calibration.flatfield import DITHER_ROWS
-
-            a0 = a - a % DITHER_ROWS
-            self.corrected[a:n] = cal.correct(lines[a0:n])[a - a0:]
+            self.corrected[a:n] = cal.correct_rows(lines[:n], a)
             self.corrected_upto = n
         self.calibrate_s += time.perf_counter() - t0
         return self.corrected[:n]
@@ -352,36 +290,23 @@ class _Session:
         self.report.rows.append(RowTiming(stage.name, y, n, time.perf_counter() - t0, time.monotonic_ns()))
 
     def finish(self, image: np.ndarray, gaps: Sequence[Sequence[int]], issues: Sequence[str]) -> None:
-        """The rows that needed the last line, the stitch and the verdict."""
+        """The rows that needed the last line, the stitch and the decision (the inspector's own)."""
         t0 = time.perf_counter()
         self.report.backlog_ms = (time.monotonic_ns() - self.report.ended_ns) / 1e6 if self.report.ended_ns else 0.0
         raw = image
         if self.calibration is not None:  # the part must fit the camera's profile (width, pixel format)
-            from calibration.profile import pixel_format_of
-
-            fmt = pixel_format_of(raw)
-            if not self.calibration.fits(raw, fmt):
-                self.calibration.profile.check_fits(raw.shape[1], raw.shape[0], fmt, what=f"part {self.index}")
+            self.calibration.check(raw, what=f"part {self.index}")
         self.advance(raw)
         image = self._calibrated(raw)
         for stage in self.stages:  # the rows that needed the last line (the last one shifted to the border)
             for y in stage.rows.rest(image.shape[0]):
                 self._cut(stage, _band(image, y, stage.rows.tile), y)
-        owner = self.owner
         timings: collections.Counter = collections.Counter()
         if self.calibration is not None:
             timings["calibrate"] = self.calibrate_s
-        defects: list[Defect] = []
         if self.segmentation is not None:
             mask = self.segmentation.finish(image)
             timings.update(self.segmentation.timings)
-            if gaps:
-                mask = mask.copy() if not mask.flags.writeable else mask
-                for a, b in gaps:
-                    mask[a:b] = 0.0
-            t1 = time.perf_counter()
-            defects = list(find_defects(mask, owner.rules))
-            timings["verdict"] += time.perf_counter() - t1
         else:
             mask = np.zeros(image.shape[:2], np.float32)
         labels: tuple[str, ...] = ()
@@ -389,42 +314,26 @@ class _Session:
         if self.classification is not None:
             labels, patches = self.classification.finish(image)
             timings.update(self.classification.timings)
-        verdict = decide(defects, labels, owner.fail_on_labels)
-        if gaps or issues:
-            defects += incomplete_defects(image.shape, gaps, issues)
-            verdict = Verdict.FAIL
+        judged = self.owner.judge(mask, labels, gaps, issues)
         self.report.calls = sorted((c for stage in self.stages for c in stage.calls), key=lambda c: c.done_ns)
-        ms = {k: v * 1e3 for k, v in timings.items()}
-        ms["total"] = sum(ms.values())
         self.report.finish_ms = (time.perf_counter() - t0) * 1e3
-        ms["finish"] = self.report.finish_ms
-        ms["backlog"] = self.report.backlog_ms
         self.report.verdict_ns = time.monotonic_ns()
-        self.outcome = (mask, tuple(defects), verdict, labels, patches, ms)
+        self.outcome = (judged, labels, patches, {k: v * 1e3 for k, v in timings.items()})
 
 
-class StreamingInspector:
-    """Inspects line-scan parts while they arrive (see the module docstring); at least one of ``engine``
-    (segmentation) and ``classifier`` (a :class:`station.classify.PatchClassifier`) is needed.
+class PartStreams:
+    """The parts an inspector streams (see the module docstring): made by ``Inspector(..., streaming=True)``,
+    which passes the part-listener calls and :meth:`inspect` on to it, and judges with its own stages.
 
     ``max_parts_in_flight`` bounds the parts being worked on at once: a part that starts while that many are
     unfinished is not streamed (it is inspected whole when the line asks for it), so memory stays bounded when
     inspection is slower than the camera. ``reports`` keeps the last parts' :class:`PartReport`.
     """
 
-    def __init__(self, engine=None, *, overlap: int = 32, batch: int = 32, rules: DecisionRules | None = None,
-                 classifier=None, fail_on_labels: bool = True, calibration=None, max_parts_in_flight: int = 2,
-                 keep_reports: int = 16) -> None:
-        if engine is None and classifier is None:
-            raise StationError("a streaming inspector needs an engine (segmentation), a classifier, or both")
-        if batch < 1 or max_parts_in_flight < 1:
-            raise StationError(f"batch and max_parts_in_flight must be at least 1, got {batch}, "
-                               f"{max_parts_in_flight}")
-        self.engine, self.classifier = engine, classifier
-        self.overlap, self.batch = overlap, batch
-        self.rules = rules or DecisionRules()
-        self.fail_on_labels = fail_on_labels
-        self.calibration = calibration  # a calibration.line.LineCalibration (flat-field per block), or None
+    def __init__(self, owner, max_parts_in_flight: int = 2, keep_reports: int = 16) -> None:
+        if max_parts_in_flight < 1:
+            raise InspectionError(f"max_parts_in_flight must be at least 1, got {max_parts_in_flight}")
+        self.owner = owner  # the Inspector: its stages, calibration and decision
         self.max_parts_in_flight = max_parts_in_flight
         self.reports: collections.deque[PartReport] = collections.deque(maxlen=keep_reports)
         self.not_streamed = 0  # parts inspected whole because too many were in flight
@@ -433,19 +342,6 @@ class StreamingInspector:
         self._lock = threading.Lock()
         self._jobs: queue.Queue = queue.Queue()  # bounded in effect: max_parts_in_flight parts, a job per block
         self._worker: threading.Thread | None = None
-        self._engine_id = "+".join(stage.engine_id for stage in (engine, classifier) if stage is not None)
-
-    @classmethod
-    def from_inspector(cls, inspector, **settings: Any) -> StreamingInspector:
-        """The streaming form of a :class:`station.inspector.Inspector` (same engine, rules, classifier and
-        calibration)."""
-        return cls(inspector.engine, overlap=inspector.overlap, batch=inspector.batch, rules=inspector.rules,
-                   classifier=inspector.classifier, fail_on_labels=inspector.fail_on_labels,
-                   calibration=getattr(inspector, "calibration", None), **settings)
-
-    @property
-    def engine_id(self) -> str:
-        return self._engine_id
 
     # -- PartListener (called on the acquisition thread: only bookkeeping and queueing) ----------------------
     def part_started(self, index: int, width: int, expected_lines: int | None) -> None:
@@ -456,7 +352,7 @@ class StreamingInspector:
                 log.warning("part %d starts while %d parts are still being inspected: it will be inspected whole "
                             "when it is complete (inspection is slower than the camera)", index, busy)
                 return
-            self._sessions[index] = _Session(self, index, width, expected_lines)
+            self._sessions[index] = _Session(self.owner, index, width, expected_lines)
             if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(target=self._work, name="streaming-inspection", daemon=True)
                 self._worker.start()
@@ -480,7 +376,8 @@ class StreamingInspector:
 
     # -- results ---------------------------------------------------------------------------------------------
     def inspect(self, frame: Frame) -> InspectionResult:
-        """The result for ``frame``: the streamed part's (waiting for the worker), or the frame inspected whole."""
+        """The result for ``frame``: the streamed part's (waiting for the worker), or the frame inspected whole
+        by the inspector."""
         index = frame.meta.get("part")
         session = None
         if index is not None and frame.meta.get("first_line") is not None:
@@ -490,19 +387,21 @@ class StreamingInspector:
                     self._sessions.pop(older).cancelled = True
                     self.cancelled += 1
         if session is None:
-            session = _Session(self, -1 if index is None else index, frame.image.shape[1], frame.image.shape[0],
-                               streamed=False)
-            session.finish(frame.image, frame.meta.get("gaps", ()), frame.meta.get("issues", ()))
-        else:
-            session.done.wait()
+            t0 = time.perf_counter()
+            result = self.owner.inspect_whole(frame)
+            self.reports.append(PartReport(index=-1 if index is None else index, streamed=False,
+                                           finish_ms=(time.perf_counter() - t0) * 1e3,
+                                           verdict_ns=time.monotonic_ns()))
+            return result
+        session.done.wait()
         if session.error is not None:
             raise session.error
         assert session.outcome is not None
-        mask, defects, verdict, labels, patches, timings = session.outcome
+        judged, labels, patches, timings = session.outcome
         self.reports.append(session.report)
-        return InspectionResult(frame=frame, mask=mask, defects=defects, verdict=verdict, engine_id=self.engine_id,
-                                labels=labels, timings=timings, patches=patches,
-                                latency_ms=(session.report.verdict_ns - frame.timestamp_ns) / 1e6)
+        return self.owner.result(frame, judged, labels, patches, timings, verdict_ns=session.report.verdict_ns,
+                                 after_total={"finish": session.report.finish_ms,
+                                              "backlog": session.report.backlog_ms})
 
     def close(self, timeout: float | None = 5.0) -> None:
         """Stop the worker after the work already queued."""

@@ -1,0 +1,16 @@
+"""What the backends and the engine builder share: the backend names, the engine cache folder, default threads."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
+
+
+def cache_dir() -> Path:
+    """Where exported ONNX files and built engines are kept: ``$STATION_CACHE`` or ``~/.cache/inspection-station``."""
+    return Path(os.environ.get("STATION_CACHE", Path.home() / ".cache" / "inspection-station"))
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))

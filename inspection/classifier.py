@@ -1,0 +1,92 @@
+"""The classifier stage: a multi-label classifier (GR, paper 001) run on an engine over large patches of a frame.
+
+>>> stage = ClassifierStage(engine, classes=("scratch", "dust"), spec=spec, size=64, patch=1024)  # doctest: +SKIP
+>>> labels, patches = stage.classify(frame.image)                                                 # doctest: +SKIP
+
+The frame is cut into ``patch``-sided squares by the tiler (:func:`inspection_core.tiling.plan_tiles` and
+:func:`~inspection_core.tiling.tile_image`: the last row / column shifted back to the border, frames smaller than one
+patch padded), every patch is resized to the network's input side (:func:`inspection_core.preprocess.resize_to_input`,
+as in training), and a class is present in a patch when its score is above ``threshold``. The part's labels are the
+union of its patches' labels; the patch grid (row, col, pixel origin and side) is the coarse location.
+
+Batch definition: in mode ``"batch"`` the patches of one part are GR's batch (the paper's image-wise relations
+relate the patches of the same part); a part with more than :data:`MAX_BATCH` patches is scored in chunks of
+``MAX_BATCH``, and the relations then span each chunk only. In mode ``"bank"`` every patch is scored against the
+reference bank stored with the weights, so a patch's labels do not depend on the other patches of the frame.
+
+Loading the stage from weights by a recipe's ``[classifier]`` table is the station's job
+(:class:`station.classify.PatchClassifier`); this module only needs an engine that follows
+:class:`inspection_core.engine.Engine`.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from inspection_core.engine import Engine
+from inspection_core.preprocess import InputSpec, normalize_tiles, resize_to_input
+from inspection_core.tiling import TilePlan, plan_tiles, tile_image
+
+MODES = ("batch", "bank")
+MAX_BATCH = 32  # patches per forward pass; GR's relations span one chunk
+
+
+class ClassifierStage:
+    """Patches of a frame scored on ``engine`` (probabilities ``(N, C)`` per patch) and turned into labels.
+
+    ``classes`` are the engine's outputs in order, ``spec`` and ``size`` the network's input layout and side,
+    ``patch`` / ``overlap`` the patch grid on the frame, ``threshold`` one score threshold for all classes (or one
+    per class, :meth:`set_thresholds`), ``mode`` ``"batch"`` or ``"bank"`` (see the module docstring)."""
+
+    def __init__(self, engine: Engine, classes: Sequence[str], spec: InputSpec, size: int, patch: int = 1024,
+                 overlap: int = 0, threshold: float = 0.5, mode: str = "batch") -> None:
+        self.engine = engine
+        self.classes: tuple[str, ...] = tuple(str(c) for c in classes)
+        self.spec = spec
+        self.size = size
+        self.patch, self.overlap, self.threshold, self.mode = patch, overlap, float(threshold), mode
+
+    @property
+    def engine_id(self) -> str:
+        return self.engine.engine_id
+
+    def score_patches(self, patches: np.ndarray, batch: int = MAX_BATCH) -> np.ndarray:
+        """Per-label probabilities ``(N, C)`` float32 of uint8 patches (any side: resized to the network's input
+        as in training), scored ``batch`` at a time (in mode "batch" GR's relations span each chunk)."""
+        out = np.zeros((len(patches), len(self.classes)), np.float32)
+        for start in range(0, len(patches), batch):
+            x = normalize_tiles(resize_to_input(patches[start:start + batch], self.size, self.spec), self.spec)
+            out[start:start + len(x)] = self.engine.infer(x)
+        return out
+
+    def set_thresholds(self, per_class: dict[str, float]) -> None:
+        """One threshold per class (e.g. chosen by ``calibration thresholds``) instead of one for all: a class is
+        present in a patch when its score is above its own threshold."""
+        self.threshold = np.array([float(per_class[c]) for c in self.classes], np.float32)
+
+    def scores(self, image: np.ndarray) -> tuple[TilePlan, np.ndarray]:
+        """The tile plan of ``image`` and the per-patch class probabilities ``(N, C)`` float32."""
+        plan = plan_tiles(image.shape, self.patch, self.overlap)
+        return plan, self.score_patches(tile_image(image, plan))
+
+    def classify(self, image: np.ndarray) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
+        """``(labels, patches)``: the union of the patches' labels in class order, and one dict per patch
+        (row-major) with ``row``, ``col``, ``y``, ``x``, ``size``, ``labels`` and ``scores`` (class → score)."""
+        return self.summarize(*self.scores(image))
+
+    def summarize(self, plan: TilePlan, scores: np.ndarray) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
+        """:meth:`classify`'s answer from a tile plan and its patches' scores ``(N, C)`` in plan order (the
+        streaming inspector scores the patches row by row as a part arrives, then summarizes here)."""
+        ys = sorted({y for y, _ in plan.origins})
+        xs = sorted({x for _, x in plan.origins})
+        present = scores > self.threshold
+        patches = []
+        for i, (y, x) in enumerate(plan.origins):
+            patches.append({
+                "row": ys.index(y), "col": xs.index(x), "y": int(y), "x": int(x), "size": plan.tile,
+                "labels": [c for c, on in zip(self.classes, present[i]) if on],
+                "scores": {c: round(float(s), 4) for c, s in zip(self.classes, scores[i])},
+            })
+        union = present.any(axis=0) if len(present) else np.zeros(len(self.classes), bool)
+        return tuple(c for c, on in zip(self.classes, union) if on), patches
