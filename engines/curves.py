@@ -77,7 +77,7 @@ def plot_learning_curves(runs: list[tuple[str, dict]], out: str | Path, title: s
                title="pixel IoU")
     for ax in (ax_f1, ax_iou):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left")
     if title:
         fig.suptitle(title, fontsize=10)
     return write_figure(fig, out)
