@@ -1,3 +1,4 @@
+# Over 500 lines on purpose: the command's parser and handlers, one short handler per subcommand.
 """The `calibration` command: measure a camera and store the results as a versioned profile the recipe names.
 
 Examples::

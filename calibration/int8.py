@@ -8,7 +8,7 @@ Layout inside a profile version::
 
 ``calibration int8 add --camera ID IMAGES...`` writes a new profile version whose set is the previous set plus
 the new images (a file already in the set, by SHA-256, is not added twice). The engines side reads the sets through
-:func:`engines.build.int8_set`, which this module registers when imported (the ``engines`` command imports it)::
+:func:`engines.int8_sets.int8_set`, which this module registers when imported (the ``engines`` command imports it)::
 
     files = int8_images("cam-A@v4")                 # or a Profile, a version folder, or the int8 folder
     cache = calibration_cache_path("cam-A@v4")      # read it if present; write it after a calibration run
@@ -25,7 +25,7 @@ from typing import Sequence
 from calibration.errors import CalibrationError, ProfileCorrupt
 from calibration.images import list_images, read_image
 from calibration.profile import Profile, ProfileStore, utc_now
-from engines.build import register_int8_sets
+from engines.int8_sets import register_int8_sets
 from engines.errors import EngineError
 from inspection_core.hashing import file_sha256
 
@@ -83,7 +83,7 @@ def calibration_cache_path(profile_or_dir: Profile | str | Path) -> Path:
 
 def engines_int8_set(name: str) -> tuple[list[Path], Path]:
     """The INT8 set a name gives ``engines build --calibration``: its image files and its calibration cache
-    (:func:`engines.build.int8_set`); a name that is not a profile's set raises :class:`EngineError` saying why."""
+    (:func:`engines.int8_sets.int8_set`); a name that is not a profile's set raises :class:`EngineError` saying why."""
     try:
         return int8_images(name), calibration_cache_path(name)
     except CalibrationError as exc:

@@ -13,6 +13,10 @@ Building is a chain of small steps, each one checked:
 
 >>> manifest = build(BuildSettings(weights="bffn-magnetic-tile", backend="onnxruntime", out="engines-built/bffn"))
 >>> engine = open_engine("engines-built/bffn")                      # doctest: +SKIP
+
+The steps' other pieces have their own modules: the images fed to engines (:mod:`engines.inputs`), INT8 sets
+(:mod:`engines.int8_sets`), parity (:mod:`engines.parity`), opening and finding folders (:mod:`engines.folders`,
+where :func:`open_engine` lives) and the cache of engines built from plain weights (:mod:`engines.cache`).
 """
 from __future__ import annotations
 
@@ -23,43 +27,26 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
-from engines.backends.common import BACKENDS, cache_dir, default_threads
-from engines.backends.onnxruntime_backend import OnnxRuntimeEngine
-from engines.backends.tensorrt_backend import TensorRTEngine, build_engine
-from engines.backends.torch_backend import TorchEngine
-from engines.data.multilabel import load_multilabel
-from engines.data.segmentation import DatasetError, load_dataset
-from engines.errors import BackendUnavailable, EngineError
-from engines.export import INPUT_NAME, OPSET, export_onnx, model_kind
-from engines.manifest import (
-    FORMAT,
-    check,
-    is_engine_dir,
-    library_versions,
-    machine,
-    now_iso,
-    problems,
-    read_manifest,
-    write_manifest,
-)
+from engines.backends.common import BACKENDS
+from engines.backends.tensorrt_build import build_engine
+from engines.errors import BackendUnavailable
+from engines.export import INPUT_NAME, OPSET, export_onnx
+from engines.folders import CALIBRATION_CACHE, ONNX_FILE, PLAN_FILE, TIMING_CACHE, WEIGHTS_DIR, open_folder
+from engines.inputs import batches, network_inputs
+from engines.int8_sets import calibration_images, int8_set
+from engines.manifest import FORMAT, library_versions, machine, now_iso, write_manifest
+from engines.models import model_spec
 from engines.onnx_check import unsupported_tensorrt_ops
+from engines.parity import measure_parity
 from engines.weights import CONFIG_FILE, WEIGHTS_FILE, resolve_weights
-from inspection_core import imageio
-from inspection_core.engine import Engine
-from inspection_core.errors import ImageReadError
 from inspection_core.hashing import file_sha256
-from inspection_core.preprocess import InputSpec, defect_scores, normalize_tiles, prepare_image, resize_to_input
-from inspection_core.tiling import plan_tiles, tile_image
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16", "int8")
-WEIGHTS_DIR = "weights"
-ONNX_FILE, PLAN_FILE, TIMING_CACHE = "model.onnx", "model.plan", "timing.cache"
-CALIBRATION_CACHE = "int8-calibration.cache"
 DEFAULT_BATCH = (1, 32, 64)
 
 
@@ -109,6 +96,7 @@ def _check_settings(s: BuildSettings, bundle) -> None:
         raise ValueError(f"unknown precision {s.precision!r}; choose one of {', '.join(PRECISIONS)}")
     if s.model and s.model != bundle.model:
         raise ValueError(f"--model {s.model} does not match the weights {bundle.path}, which hold a {bundle.model}")
+    model_spec(bundle.model).check_side(s.tile or bundle.tile)  # the sides that would work, before any work
     device = s.resolved_device()
     if s.backend == "tensorrt" and not device.startswith("cuda"):
         raise ValueError("TensorRT engines run on an NVIDIA GPU: use --device cuda (the default for tensorrt)")
@@ -133,116 +121,6 @@ def _copy_weights(bundle, folder: Path) -> Path:
 
 def _entry(folder: Path, name: str) -> dict[str, str]:
     return {"file": name, "sha256": file_sha256(folder / name)}
-
-
-# ------------------------------------------------------------------------------------------------ inputs
-
-def read_images(paths) -> list[np.ndarray]:
-    """uint8 grey or RGB images from files (alpha dropped), read by the station's one reader
-    (:func:`inspection_core.imageio.read_image`, safe for non-ASCII paths); unreadable files are named in the error."""
-    import cv2
-
-    images = []
-    for path in paths:
-        try:
-            image = imageio.read_image(path, imageio.ImageMode.UNCHANGED)
-        except ImageReadError:
-            raise EngineError(f"cannot read image {path}: missing or corrupt; remove it from the set") from None
-        if image.ndim == 3 and image.shape[2] == 4:
-            image = cv2.cvtColor(image, cv2.COLOR_RGBA2RGB)
-        if image.dtype != np.uint8:
-            raise EngineError(f"{path} is {image.dtype}, not 8-bit; convert it to 8 bits")
-        images.append(image)
-    return images
-
-
-def named_images(data: str | Path, limit: int = 0) -> list[tuple[str, np.ndarray]]:
-    """(name, uint8 image) pairs of a data folder in any layout ``engines eval`` reads, or a folder of plain
-    images; ``limit`` picks that many spread evenly over the folder (0 = all)."""
-    data = Path(data)
-    try:
-        pairs = [(s.name, s.image) for s in load_dataset(data)]
-    except DatasetError:
-        try:
-            pairs = [(s.name, np.asarray(s.image)) for s in load_multilabel(data).samples]
-        except DatasetError:
-            files = imageio.image_files(data) if data.is_dir() else [data] if data.is_file() else []
-            if not files:
-                raise EngineError(f"no images in {data}; pass a data folder (--data)") from None
-            files = [files[i] for i in _spread(len(files), limit)]
-            return list(zip((f.name for f in files), read_images(files)))
-    return [pairs[i] for i in _spread(len(pairs), limit)]
-
-
-def _spread(n: int, limit: int) -> list[int]:
-    """``limit`` indices spread evenly over ``range(n)`` (all of them when ``limit`` is 0 or at least ``n``)."""
-    if not limit or limit >= n:
-        return list(range(n))
-    return sorted(set(np.linspace(0, n - 1, limit).round().astype(int).tolist()))
-
-
-def data_images(data: str | Path, count: int) -> list[np.ndarray]:
-    """``count`` images spread evenly over a data folder (see :func:`named_images`)."""
-    return [image for _, image in named_images(data, count)]
-
-
-#: Where ``--calibration NAME`` finds INT8 image sets besides plain image folders: functions that take the name and
-#: return the set's image files and the calibration cache kept with it (``None`` when the set has none), raising
-#: :class:`EngineError` when the name is not a set they can read. The calibration package registers its profiles'
-#: sets (``calibration int8 add``) when :mod:`calibration.int8` is imported, as the ``engines`` command does: the
-#: engines package itself does not depend on calibration.
-INT8_SETS: list[Callable[[str], tuple[list[Path], Path | None]]] = []
-
-
-def register_int8_sets(finder: Callable[[str], tuple[list[Path], Path | None]]) -> None:
-    """Let ``--calibration`` name INT8 sets that ``finder`` reads (see :data:`INT8_SETS`)."""
-    if finder not in INT8_SETS:
-        INT8_SETS.append(finder)
-
-
-def int8_set(calibration: str) -> tuple[list[Path], Path | None]:
-    """The image files and kept calibration cache of the INT8 set ``calibration`` names (see :data:`INT8_SETS`)."""
-    if not INT8_SETS:
-        raise EngineError(f"--calibration {calibration}: not a folder of images, and no INT8 sets of calibration "
-                          "profiles are known here (import calibration.int8, as the `engines` command does)")
-    return INT8_SETS[-1](calibration)
-
-
-def calibration_images(calibration: str, count: int) -> list[np.ndarray]:
-    """The int8 calibration images: a calibration profile's managed int8 set (``calibration int8``) or a folder."""
-    path = Path(calibration)
-    if path.is_dir() and not (path / "profile.json").exists() and not (path / "int8").exists():
-        return data_images(path, count)
-    files, _ = int8_set(calibration)
-    if not files:
-        raise EngineError(f"calibration {calibration} holds no int8 images; add real images with "
-                          "`calibration int8 add`")
-    return read_images([files[i] for i in _spread(len(files), count)])
-
-
-def network_inputs(images: list[np.ndarray], kind: str, tile: int, spec, limit: int = 0) -> np.ndarray:
-    """Normalised float32 network inputs from images, prepared exactly as the station prepares them: tiles cut
-    by the station's tiler (segmentation) or whole images resized to the input side (classification)."""
-    if kind == "classification":
-        batch = normalize_tiles(resize_to_input(images, tile, spec), spec)
-    else:
-        parts = []
-        for image in images:
-            prepared = prepare_image(image, spec)
-            parts.append(tile_image(prepared, plan_tiles(prepared.shape[:2], tile, 0)))
-        batch = normalize_tiles(np.concatenate(parts), spec)
-    return batch[:limit] if limit else batch
-
-
-def random_inputs(count: int, spec, tile: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    shape = (count, tile, tile) if spec.channels == 1 else (count, tile, tile, spec.channels)
-    return normalize_tiles(rng.integers(0, 256, shape, dtype=np.uint8), spec)
-
-
-def batches(x: np.ndarray, size: int) -> Iterator[np.ndarray]:
-    for start in range(0, len(x), size):
-        yield np.ascontiguousarray(x[start:start + size])
 
 
 # ------------------------------------------------------------------------------------------------ building
@@ -289,7 +167,8 @@ def build(settings: BuildSettings) -> dict[str, Any]:
     started = time.perf_counter()
     bundle = resolve_weights(settings.weights)
     _check_settings(settings, bundle)
-    kind = model_kind(bundle.model)
+    spec_of_model = model_spec(bundle.model)
+    kind = spec_of_model.task.value
     tile = settings.tile or bundle.tile
     device = settings.resolved_device()
     out = Path(settings.out)
@@ -302,7 +181,7 @@ def build(settings: BuildSettings) -> dict[str, Any]:
         spec = bundle.input_spec()
         manifest: dict[str, Any] = {
             "format": FORMAT, "model": bundle.model, "kind": kind, "model_config": bundle.model_config,
-            "mode": settings.mode if bundle.model == "gr" else None, "classes": bundle.info.get("classes"),
+            "mode": settings.mode if spec_of_model.has_modes else None, "classes": bundle.info.get("classes"),
             "input": spec.to_dict(), "tile": tile, "backend": settings.backend, "device": device,
             "precision": settings.precision,
             "batch": dict(zip(("min", "opt", "max"), settings.batch)),
@@ -340,7 +219,7 @@ def build(settings: BuildSettings) -> dict[str, Any]:
         manifest["build_command"] = build_command(settings)
         manifest["settings"] = asdict(settings)
         write_manifest(work, manifest)  # provisional, so the folder opens for the parity check
-        engine = _open(work, manifest, threads=settings.threads, device=device)
+        engine = open_folder(work, manifest, threads=settings.threads, device=device)
         try:
             manifest["parity"] = measure_parity(engine, weights_dir, settings, kind, tile, spec)
         finally:
@@ -393,135 +272,3 @@ def build_command(settings: BuildSettings) -> str:
     return shlex.join(parts)
 
 
-# ------------------------------------------------------------------------------------------------ parity
-
-def reference_engine(folder_or_weights: str | Path, threads: int = 0, device: str = "cpu") -> Engine:
-    """The torch fp32 reference for an engine folder (from the weights it carries) or a weights folder."""
-    manifest = read_manifest(folder_or_weights) if is_engine_dir(folder_or_weights) else {}
-    return TorchEngine.from_bundle(resolve_weights(folder_or_weights), threads=threads or default_threads(),
-                                   device=device, mode=manifest.get("mode") or "batch")
-
-
-def compare_outputs(got: np.ndarray, want: np.ndarray, kind: str, threshold: float = 0.5) -> dict[str, float]:
-    """How far two engines' probabilities are apart, in the user's terms: the share of decisions (pixels or
-    labels, defect score at ``threshold``) on which they agree, and the max / mean absolute score difference."""
-    if got.shape != want.shape:
-        raise EngineError(f"outputs differ in shape: {got.shape} against {want.shape}")
-    if kind == "segmentation":
-        a, b = defect_scores(got), defect_scores(want)
-    else:
-        a, b = got, want
-    diff = np.abs(a.astype(np.float64) - b)
-    return {"decision_agreement": round(float(((a >= threshold) == (b >= threshold)).mean()), 6),
-            "max_abs": significant(diff.max()), "mean_abs": significant(diff.mean())}
-
-
-def significant(x: float, digits: int = 3) -> float:
-    """``x`` to ``digits`` significant digits (score differences span 1e-9 to 1: fixed decimals would hide the
-    small ones as 0)."""
-    return float(f"{float(x):.{digits}g}")
-
-
-def measure_parity(engine: Engine, weights_dir: Path, settings: BuildSettings, kind: str, tile: int, spec) -> dict:
-    """Parity of a freshly built engine with the torch fp32 CPU reference on the same inputs."""
-    if settings.data:
-        x = network_inputs(data_images(settings.data, settings.parity_images), kind, tile, spec, limit=64)
-        source = f"{settings.data} ({settings.parity_images} images)"
-    else:
-        x = random_inputs(8, spec, tile)
-        source = "seeded random tiles (no --data given)"
-    reference = reference_engine(weights_dir, threads=settings.threads)
-    step = min(settings.batch[2], max(settings.batch[1], 1))
-    got = np.concatenate([engine.infer(b) for b in batches(x, step)])
-    want = np.concatenate([reference.infer(b) for b in batches(x, step)])
-    reference.close()
-    return {"against": "torch fp32 cpu", "inputs": int(len(x)), "source": source,
-            **compare_outputs(got, want, kind)}
-
-
-# ------------------------------------------------------------------------------------------------ opening
-
-def _open(folder: Path, manifest: dict, threads: int = 0, device: str | None = None) -> Engine:
-    threads = threads or default_threads()
-    device = device or manifest.get("device", "cpu")
-    spec = InputSpec(**manifest["input"])
-    sha, model, tile, precision, kind = (manifest["weights"]["sha256"], manifest["model"], manifest["tile"],
-                                         manifest["precision"], manifest["kind"])
-    backend = manifest["backend"]
-    if backend == "onnxruntime":
-        name = (manifest.get("engine") or manifest["onnx"])["file"]
-        engine: Engine = OnnxRuntimeEngine(folder / name, model, sha, spec, tile, threads, precision, device, kind)
-    elif backend == "torch":
-        engine = TorchEngine.from_bundle(resolve_weights(folder / WEIGHTS_DIR), threads=threads, device=device,
-                                         precision=precision, graph_batch=manifest["batch"]["opt"],
-                                         mode=manifest.get("mode") or "batch")
-    elif backend == "tensorrt":
-        engine = TensorRTEngine(folder / PLAN_FILE, model, sha, spec, tile, precision, device=device)
-        engine.kind = kind
-    else:
-        raise EngineError(f"{folder}: unknown backend {backend!r} in its manifest; rebuild it with `engines build`")
-    engine.manifest, engine.folder = manifest, Path(folder)
-    return engine
-
-
-def open_engine(folder: str | Path, threads: int = 0, device: str | None = None) -> Engine:
-    """Open a built engine folder after checking its manifest against its files, the libraries and the GPU here
-    (:class:`engines.manifest.ManifestError` names each difference and the command that rebuilds it)."""
-    folder = Path(folder)
-    manifest = check(folder)
-    return _open(folder, manifest, threads=threads, device=device)
-
-
-def cache_folder(bundle, backend: str, device: str, precision: str, tile: int, mode: str) -> Path:
-    name = f"{bundle.model}-{bundle.sha256()[:16]}-{backend}-{device.replace(':', '')}-{precision}-t{tile}"
-    if bundle.model == "gr":
-        name += f"-{mode}"
-    return cache_dir() / "engines" / name
-
-
-def engine_for_weights(weights: str | Path, backend: str = "onnxruntime", threads: int = 0, device: str = "cpu",
-                       precision: str = "fp32", mode: str = "batch", tile: int = 0) -> Engine:
-    """What :func:`engines.backends.base.load_engine` does: open an engine folder, or build the weights into a
-    cached engine folder once (rebuilt when its manifest no longer matches this machine) and open it."""
-    if backend not in BACKENDS:
-        raise BackendUnavailable(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
-    if is_engine_dir(weights):
-        manifest = read_manifest(weights)
-        for key, wanted in (("backend", backend), ("precision", precision)):
-            if manifest.get(key) != wanted:
-                raise EngineError(f"engine folder {weights} was built for {key} {manifest.get(key)}, not {wanted}; "
-                                  f"set {key} = \"{manifest.get(key)}\" or build one: engines build --weights "
-                                  f"{weights}/weights --{key} {wanted} --out DIR")
-        return open_engine(weights, threads=threads, device=device if device != "cpu" else None)
-    bundle = resolve_weights(weights)
-    if model_kind(bundle.model) == "classification" and bundle.model != "gr":
-        mode = "batch"
-    tile = tile or bundle.tile
-    folder = cache_folder(bundle, backend, device, precision, tile, mode)
-    if is_engine_dir(folder):
-        found = problems(folder)
-        if not found:
-            return _open(folder, read_manifest(folder), threads=threads, device=device)
-        log.warning("rebuilding cached engine %s: %s", folder, "; ".join(found))
-    settings = BuildSettings(weights=str(bundle.path), backend=backend, out=str(folder), precision=precision,
-                             tile=tile, device=device, mode=mode, threads=threads or default_threads())
-    log.info("building %s for %s (first use of these weights on this backend)", folder.name, bundle.path)
-    build(settings)
-    return _open(folder, read_manifest(folder), threads=threads, device=device)
-
-
-def engine_folders(roots) -> list[Path]:
-    """Engine folders directly in, or one level below, each root (the cache's ``engines/`` is always searched)."""
-    found: list[Path] = []
-    for root in [*map(Path, roots), cache_dir() / "engines"]:
-        if is_engine_dir(root):
-            found.append(root)
-        elif root.is_dir():
-            found.extend(sorted(p for p in root.iterdir() if p.is_dir() and is_engine_dir(p)))
-    seen, unique = set(), []
-    for path in found:
-        key = path.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(path)
-    return unique

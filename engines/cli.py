@@ -22,179 +22,31 @@ import sys
 from pathlib import Path
 
 # Top layer: the command wires the calibration profiles' INT8 sets into `engines build --calibration PROFILE`
-# (calibration.int8 registers them with engines.build; the engines package itself never imports calibration).
+# (calibration.int8 registers them with engines.int8_sets; the engines package itself never imports calibration).
 import calibration.int8  # noqa: F401
+from engines.commands import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    run_bench,
+    run_build,
+    run_cam,
+    run_compare,
+    run_curves,
+    run_eval,
+    run_export,
+    run_list,
+    run_split,
+    run_synth,
+    run_train,
+)
+from engines.models import CLASSIFICATION_MODELS, MODEL_NAMES, RESNETS, SCORING_MODES  # plain data, no torch
 from station.recipe import load_recipe, shipped_recipe_path
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-SEGMENTATION_MODELS = ("bffn", "fcn", "unet", "deeplabv3plus", "bisenet")  # as in engines.models (kept import-free)
-CLASSIFICATION_MODELS = ("gr", "resnet50", "vgg16", "inceptionv3")
-SEG_ONLY = {"tile": None, "optimizer": None, "loss": None, "init": None, "no_sam": False, "fusion": None,
-            "sampling": None, "aux_weight": None, "split": None, "defect_fraction": None, "class_balanced": False,
-            "hard_negatives": None, "mine_every": None, "init_backbone": None}
-CLS_ONLY = {"pretrain_epochs": None, "momentum": None, "weight_decay": None, "size": None, "bank_size": None,
-            "in_channels": None, "no_augment": False, "label_dim": None, "no_gr": False, "linear": False,
-            "alpha": None, "tau": None}
-
-
-def _train(args: argparse.Namespace) -> int:
-    from engines.train import TrainSettings, train_segmentation
-
-    import os
-
-    main_process = os.environ.get("RANK", "0") == "0"
-    if main_process:
-        log_file = Path(args.out) / "train.log"
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logging.getLogger().addHandler(handler)
-    classifier = args.model in CLASSIFICATION_MODELS
-    wrong = [f"--{k.replace('_', '-')}" for k, unset in (SEG_ONLY if classifier else CLS_ONLY).items()
-             if getattr(args, k) not in (unset,)]
-    if wrong:
-        kind = "segmentation networks" if classifier else "classifiers"
-        raise ValueError(f"{', '.join(wrong)} apply only to {kind}, not to {args.model}")
-    if classifier:
-        return _train_classifier(args)
-    settings = TrainSettings(model=args.model, data=args.data, out=args.out, epochs=args.epochs or 30,
-                             batch=args.batch or 16, lr=args.lr or 5e-4, tile=args.tile or 128, holdout=args.holdout,
-                             seed=args.seed, steps_per_epoch=args.steps_per_epoch, threads=args.threads,
-                             optimizer=args.optimizer or "rmsprop", loss=args.loss or "ce", init=args.init or "",
-                             device=args.device, amp=args.amp, validate=not args.no_validate,
-                             aux_weight=1.0 if args.aux_weight is None else args.aux_weight,
-                             sampling=args.sampling or "grid", model_config=_model_config(args),
-                             split=args.split or "", init_backbone=args.init_backbone or "",
-                             defect_fraction=0.5 if args.defect_fraction is None else args.defect_fraction,
-                             class_balanced=args.class_balanced, hard_negatives=args.hard_negatives or 0.0,
-                             mine_every=args.mine_every or 1, channels_last=not args.no_channels_last)
-    final = train_segmentation(settings, progress=not args.quiet)
-    if main_process:
-        print(json.dumps(final, indent=2))
-    return EXIT_OK
-
-
-def _train_classifier(args: argparse.Namespace) -> int:
-    from engines.train_cls import ClsTrainSettings, train_classifier
-
-    config = {}
-    if args.backbone:
-        config["backbone"] = args.backbone
-    for key, value in (("label_dim", args.label_dim), ("alpha", args.alpha), ("tau", args.tau)):
-        if value is not None:
-            config[key] = value
-    if args.no_gr:
-        config["use_gr"] = False
-    if args.linear:
-        config["cosine"] = False
-    if config and args.model != "gr":
-        raise ValueError(f"{', '.join(config)} are GR options; {args.model} takes none")
-    settings = ClsTrainSettings(
-        model=args.model, data=args.data, out=args.out, epochs=args.epochs or 40,
-        pretrain_epochs=-1 if args.pretrain_epochs is None else args.pretrain_epochs, batch=args.batch or 32,
-        lr=args.lr or 1e-3, momentum=0.9 if args.momentum is None else args.momentum,
-        weight_decay=5e-4 if args.weight_decay is None else args.weight_decay, size=args.size or 224,
-        holdout=args.holdout, seed=args.seed, threads=args.threads, device=args.device, amp=args.amp,
-        steps_per_epoch=args.steps_per_epoch, bank_size=31 if args.bank_size is None else args.bank_size,
-        model_config=config, in_channels=args.in_channels or 3, augment=not args.no_augment,
-        validate=not args.no_validate)
-    final = train_classifier(settings, progress=not args.quiet)
-    print(json.dumps(final, indent=2, default=str))
-    return EXIT_OK
-
-
-def _split(args: argparse.Namespace) -> int:
-    from engines.data.segmentation import load_dataset, three_way_split
-
-    samples = load_dataset(args.data)
-    keep = json.loads(Path(args.keep).read_text()) if args.keep else None
-    split = three_way_split(samples, args.validation, args.holdout, args.seed, keep=keep)
-    if args.not_train:
-        from engines.data.segmentation import IMAGE_SUFFIXES
-
-        def key(name: str) -> str:  # "MT_Crack/exp1_x.jpg" and "crack_exp1_x.jpg" -> "crack/exp1_x"
-            path = Path(name)
-            if path.parent.name.startswith("MT_"):
-                return f"{path.parent.name[3:].lower()}/{path.stem}"
-            return path.stem.replace("_", "/", 1) if "_" in path.stem else path.stem
-
-        kept_out = {key(p.name) for p in Path(args.not_train).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-        leaked = [n for n in split["train"] if key(n) in kept_out or Path(n).stem in kept_out]
-        if leaked:
-            print(f"error: {len(leaked)} images of {args.not_train} fall in the training part "
-                  f"(first: {leaked[0]}); pick another --seed or --keep a split that holds them out",
-                  file=sys.stderr)
-            return EXIT_USAGE
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(split, indent=1) + "\n")
-    counts = {part: len(names) for part, names in split.items()}
-    print(json.dumps({"out": str(out), **counts}))
-    return EXIT_OK
-
-
-def _curves(args: argparse.Namespace) -> int:
-    from engines.curves import curve_points, plot_learning_curves, read_history
-
-    labels = args.labels.split(",") if args.labels else list(args.runs)
-    offsets = [int(v) for v in args.offset.split(",")] if args.offset else [0] * len(args.runs)
-    if len(labels) != len(args.runs) or len(offsets) != len(args.runs):
-        raise ValueError(f"give one label and one offset per run ({len(args.runs)} runs)")
-    plotted = []
-    for run, label, offset in zip(args.runs, labels, offsets):
-        history, per_epoch = read_history(run)
-        plotted.append((label, curve_points(history, per_epoch, offset)))
-    path = plot_learning_curves(plotted, args.out, title=args.title)
-    if args.json:
-        Path(args.json).write_text(json.dumps(dict(plotted), indent=1) + "\n")
-    print(path)
-    return EXIT_OK
-
-
-def _model_config(args: argparse.Namespace) -> dict:
-    """Network options from the command line (only those given, so each network keeps its own defaults)."""
-    config = {}
-    if args.backbone:
-        config["backbone"] = args.backbone
-    if args.model in CLASSIFICATION_MODELS:
-        return {}
-    if args.model == "bffn":
-        if args.no_sam:
-            config["use_sam"] = False
-        if args.fusion:
-            config["fusion"] = args.fusion
-    elif args.no_sam or args.fusion:
-        raise ValueError("--no-sam and --fusion are BFFN's ablation switches; they do not apply to " + args.model)
-    return config
-
-
-def _export(args: argparse.Namespace) -> int:
-    from engines.export import export_onnx
-    from engines.weights import resolve_weights
-
-    bundle = resolve_weights(args.weights)
-    path = export_onnx(bundle, Path(args.out), tile=args.tile or bundle.tile, mode=args.mode)
-    print(path)
-    return EXIT_OK
-
-
-def _build(args: argparse.Namespace) -> int:
-    from engines.build import BuildSettings, build, parse_batch
-
-    settings = BuildSettings(weights=args.weights, backend=args.backend, out=args.out, precision=args.precision,
-                             batch=parse_batch(args.batch), tile=args.tile, device=args.device or "",
-                             mode=args.mode, model=args.model or "", workspace_mib=args.workspace,
-                             calibration=args.calibration or "", data=args.data or "", threads=args.threads)
-    manifest = build(settings)
-    parity = manifest["parity"]
-    print(json.dumps({"engine": args.out, "model": manifest["model"], "backend": manifest["backend"],
-                      "precision": manifest["precision"], "device": manifest["device"], "tile": manifest["tile"],
-                      "batch": manifest["batch"], "build_seconds": manifest["build_seconds"], "parity": parity},
-                     indent=2))
-    return EXIT_OK
 
 
 def _verify(args: argparse.Namespace) -> int:
+    """``engines verify``: kept here, beside the parser, because it reads a station recipe (an upward import the
+    layers contract allows for this entry point only); the other handlers are in :mod:`engines.commands`."""
     from engines.verify import verify
 
     # a segmentation engine is judged with a station recipe's tiling and rules (top layer: the command reads it)
@@ -215,193 +67,6 @@ def _verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from engines.benchmark import bench_engines
-    from engines.build import open_engine, reference_engine
-
-    def opener(folder: str):
-        if folder == "torch":
-            return lambda: reference_engine(args.engine, threads=args.threads)
-        return lambda: open_engine(folder, threads=args.threads)
-
-    names = [args.engine] + ([args.vs] if args.vs else [])
-    if len(set(names)) != len(names):
-        raise ValueError("--vs names the same engine twice; compare two different engine folders")
-    report = bench_engines({name: opener(name) for name in names}, batch=args.batch, seconds=args.seconds)
-    result = {"batch": args.batch, "seconds": args.seconds, "threads": args.threads or "all", "engines": report}
-    if args.vs:
-        a, b = report[args.engine]["tiles_per_s"], report[args.vs]["tiles_per_s"]
-        result["ratio"] = round(a / b, 3) if b else None
-    print(json.dumps(result, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return EXIT_OK
-
-
-def _list(args: argparse.Namespace) -> int:
-    from engines.build import engine_folders
-    from engines.manifest import ManifestError, problems, read_manifest
-
-    rows = []
-    for folder in engine_folders(args.roots):
-        try:
-            manifest = read_manifest(folder)
-            found = problems(folder, manifest)
-        except ManifestError as exc:
-            rows.append({"folder": str(folder), "runs_here": False, "why_not": [str(exc)]})
-            continue
-        rows.append({"folder": str(folder), "model": manifest["model"], "backend": manifest["backend"],
-                     "precision": manifest["precision"], "device": manifest["device"], "tile": manifest["tile"],
-                     "batch": manifest["batch"], "built_at": manifest.get("built_at"),
-                     "weights_sha256": manifest["weights"]["sha256"][:16], "parity": manifest.get("parity"),
-                     "runs_here": not found, "why_not": found, "rebuild": manifest.get("build_command")})
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return EXIT_OK
-    if not rows:
-        print("no engine folders found (build one with `engines build`)")
-        return EXIT_OK
-    for row in rows:
-        head = (f"{row['folder']}\n  {row.get('model', '?')} {row.get('backend', '?')} {row.get('precision', '?')} "
-                f"on {row.get('device', '?')}, tile {row.get('tile', '?')}, batch {row.get('batch', '?')}, "
-                f"built {row.get('built_at', '?')}")
-        print(head)
-        if row.get("parity"):
-            p = row["parity"]
-            print(f"  parity at build vs {p['against']}: decisions {p['decision_agreement']:.4f}, "
-                  f"max |diff| {p['max_abs']:.2e} on {p['inputs']} inputs")
-        print("  runs here: yes" if row["runs_here"] else "  runs here: NO - " + "; ".join(row["why_not"]))
-    return EXIT_OK
-
-
-def _eval(args: argparse.Namespace) -> int:
-    from engines.backends.base import load_engine
-    from engines.data.segmentation import load_dataset
-    from engines.evaluate import evaluate_station_verdicts, save_pr_curve
-    from inspection.inspector import Inspector
-    from inspection_core.verdict import DecisionRules
-
-    from engines.weights import resolve_weights
-
-    if resolve_weights(args.weights).model in CLASSIFICATION_MODELS:
-        return _eval_classifier(args)
-    samples = load_dataset(args.data)
-    if args.split:
-        split = json.loads(Path(args.split).read_text())
-        wanted = set(split[args.split_part])
-        samples = [s for s in samples if s.name in wanted]
-        if not samples:
-            raise ValueError(f"no image of {args.data} is in the {args.split_part!r} list of {args.split}")
-    engine = load_engine(args.weights, backend=args.backend, threads=args.threads)
-    rules = DecisionRules(score_threshold=args.threshold, min_area_px=args.min_area)
-    inspector = Inspector(engine, overlap=args.overlap, batch=args.batch, rules=rules)
-    min_areas = [int(v) for v in args.learn_min_areas.split(",") if v.strip()] if args.learn_min_areas else []
-    metrics, records = evaluate_station_verdicts(inspector, samples, failures_dir=args.failures,
-                                                 max_failures=args.max_failures, min_areas=min_areas)
-    sweep = metrics.pop("sweep")
-    rule_sweep = metrics.pop("rule_sweep", None)
-    if rule_sweep and args.split_part == "holdout" and args.split:
-        print("warning: rules learned on the held-out part are optimistic; learn them with --split-part "
-              "validation and report held-out once", file=sys.stderr)
-    report = {"weights": str(args.weights), "engine_id": engine.engine_id, "data": str(args.data),
-              "images": len(samples), "threshold": args.threshold, "min_area_px": args.min_area,
-              "overlap": args.overlap, **metrics}
-    print(json.dumps(report, indent=2))
-    curve = args.curve or (str(Path(args.json).with_suffix(".pr.png")) if args.json else None)
-    if curve:
-        save_pr_curve(sweep, curve, title=f"{engine.engine_id} on {args.data} ({len(samples)} images, "
-                                          f"min area {args.min_area} px)", operating_threshold=args.threshold)
-        print(f"precision-recall curve: {curve}", file=sys.stderr)
-    if args.json:
-        Path(args.json).write_text(json.dumps({**report, "sweep": sweep, **({"rule_sweep": rule_sweep} if rule_sweep
-                                                                             else {}),
-                                               "images_detail": records}, indent=2) + "\n")
-    return EXIT_OK
-
-
-def _eval_classifier(args: argparse.Namespace) -> int:
-    from engines.data.multilabel import load_multilabel
-    from engines.evaluate_cls import evaluate_classifier, rounded, save_class_figure
-    from engines.weights import resolve_weights
-
-    bundle = resolve_weights(args.weights)
-    data = load_multilabel(args.data)
-    if args.split:
-        wanted = set(json.loads(Path(args.split).read_text())[args.split_part])
-        data = data.subset([i for i, s in enumerate(data.samples) if s.name in wanted])
-        if not len(data):
-            raise ValueError(f"no image of {args.data} is in the {args.split_part!r} list of {args.split}")
-    threshold = 0.5 if args.threshold is None else args.threshold
-    report, records = evaluate_classifier(bundle, data, mode=args.mode, batch=args.batch, threads=args.threads,
-                                          threshold=threshold)
-    report["data"] = str(args.data)
-    print(json.dumps(rounded(report), indent=2, default=str))
-    figure = args.curve or (str(Path(args.json).with_suffix(".classes.png")) if args.json else None)
-    if figure:
-        save_class_figure(report, figure, title=f"{bundle.model} on {args.data} ({len(data)} images, {args.mode})")
-        print(f"per-class figure: {figure}", file=sys.stderr)
-    if args.json:
-        Path(args.json).write_text(json.dumps({**report, "images_detail": records}, indent=2, default=str) + "\n")
-    return EXIT_OK
-
-
-def _cam(args: argparse.Namespace) -> int:
-    from engines.evaluate_cls import write_cams
-
-    names = args.names.split(",") if args.names else None
-    written = write_cams(args.weights, args.data, args.out, names=names, limit=args.limit, size=args.size,
-                         method=args.method)
-    for path in written:
-        print(path)
-    return EXIT_OK if written else EXIT_FAILED
-
-
-def _compare(args: argparse.Namespace) -> int:
-    from engines.compare import CompareSettings, run_compare
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out / "compare.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.getLogger().addHandler(handler)
-    train = {"epochs": args.epochs, "batch": args.batch, "lr": args.lr, "optimizer": args.optimizer,
-             "loss": args.loss, "steps_per_epoch": args.steps_per_epoch, "threads": args.threads,
-             "validate": not args.no_validate, "device": args.device, "amp": args.amp, "size": args.size,
-             "pretrain_epochs": args.pretrain_epochs}
-    train = {k: v for k, v in train.items() if v is not None and (k, v) not in
-             {("steps_per_epoch", 0), ("threads", 0), ("validate", True), ("device", "auto"), ("amp", False)}}
-    settings = CompareSettings(data=args.data, out=args.out, models=tuple(args.models.split(",")), folds=args.folds,
-                               seed=args.seed, threshold=args.threshold, min_area_px=args.min_area,
-                               backend=args.backend, threads=args.threads, bench_batch=args.bench_batch,
-                               bench_seconds=args.bench_seconds,
-                               only_folds=tuple(int(f) for f in args.only_folds.split(",")) if args.only_folds else (),
-                               train=train, backbone=args.backbone or "")
-    summary = run_compare(settings, progress=not args.quiet)
-    print((out / "results.md").read_text())
-    print(f"figures: {out / 'compare.json'}", file=sys.stderr)
-    return EXIT_OK if summary["per_fold"] else EXIT_FAILED
-
-
-def _synth(args: argparse.Namespace) -> int:
-    if args.kind == "screen":
-        from engines.data.synthetic_screen import ScreenSpec, write_screen_patches
-
-        extra = {} if args.defect_free is None else {"defect_free_prob": args.defect_free}
-        spec = ScreenSpec(size=(args.size, args.size), **extra)
-        out = write_screen_patches(args.out, args.count, seed=args.seed, spec=spec, tile=args.tile)
-        print(f"{args.count} synthetic line-scan screens ({args.size}x{args.size}) cut into {args.tile}-px patches in "
-              f"{out} (images/, labels.csv with the 20 % rule, classes.txt, screens.json)")
-        return EXIT_OK
-    from engines.data.synthetic_lens import LensSpec, write_lens_dataset
-
-    extra = {} if args.defect_free is None else {"defect_free_prob": args.defect_free}
-    spec = LensSpec(size=(args.size, args.size), **extra)
-    out = write_lens_dataset(args.out, args.count, seed=args.seed, spec=spec)
-    print(f"{args.count} synthetic camera lenses ({args.size}x{args.size}) written to {out} "
-          f"(images/, masks/ with class ids, classes.txt, truth.csv, lenses.json)")
-    return EXIT_OK
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="engines",
@@ -415,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a segmentation network on tiles (paper settings by default)",
                            description="Train a network on tiles cut from DATA; checkpoints every epoch to "
                                        "OUT/checkpoint.pt and resumes from it when re-run with the same OUT.")
-    train.add_argument("model", choices=SEGMENTATION_MODELS + CLASSIFICATION_MODELS,
+    train.add_argument("model", choices=MODEL_NAMES,
                        help="segmentation: bffn (paper 000) or a baseline on the same ResNet-18 backbone; "
                             "multi-label classification: gr (paper 001, two phases) or a torchvision baseline")
     train.add_argument("--data", required=True, help="data folder (generic images/+masks/, magnetic-tile, or NEU-Seg)")
@@ -436,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: all)")
     train.add_argument("--init", help="start from these weights (folder or shipped name), e.g. to train the shipped "
                                       "weights further; a checkpoint in OUT takes precedence")
-    train.add_argument("--backbone", choices=["resnet18", "resnet34", "resnet50"],
+    train.add_argument("--backbone", choices=RESNETS,
                        help="backbone (default: resnet18; 34/50 for the paper's backbone ablation)")
     train.add_argument("--no-sam", action="store_true", help="BFFN without its self-attention modules (Table 4)")
     train.add_argument("--fusion", choices=["bffm", "sum", "concat"],
@@ -461,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--mine-every", type=int, help="epochs between hard-negative minings (default: 1)")
     train.add_argument("--no-channels-last", action="store_true",
                        help="keep NCHW tensors (channels-last gives the same arithmetic, faster on the CPU)")
-    cls = train.add_argument_group("classifiers (gr, resnet50, vgg16, inceptionv3; paper 001)")
+    cls = train.add_argument_group(f"classifiers ({', '.join(CLASSIFICATION_MODELS)}; paper 001)")
     cls.add_argument("--size", type=int, help="input side: patches are resized to SIZE×SIZE (default: 224)")
     cls.add_argument("--pretrain-epochs", type=int,
                      help="GR phase-1 epochs (default: as --epochs; 0 = the 'without pre-training' ablation)")
@@ -480,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="mixed precision: float16 with gradient scaling on CUDA, bfloat16 on the CPU")
     train.add_argument("--no-validate", action="store_true", help="skip the held-out score after each epoch")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.set_defaults(func=_train)
+    train.set_defaults(func=run_train)
 
     sp = sub.add_parser("split", help="cut a data folder into train / validation / held-out, stratified by class",
                         description="Writes a split.json with three image lists, each image-level class in the same "
@@ -497,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--keep", help="an earlier split.json whose training images stay in training")
     sp.add_argument("--not-train", help="a folder of images (e.g. the bundled demo frames) that must not be in the "
                                         "training part; matched by file name without its class prefix")
-    sp.set_defaults(func=_split)
+    sp.set_defaults(func=run_split)
 
     cv = sub.add_parser("curves", help="plot validation F1 and pixel IoU against training steps for runs",
                         description="Reads each run's epoch records (train.log of a run folder, even while it "
@@ -510,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--out", required=True, help="PNG to write")
     cv.add_argument("--title", default="")
     cv.add_argument("--json", help="also write the plotted points here")
-    cv.set_defaults(func=_curves)
+    cv.set_defaults(func=run_curves)
 
     ev = sub.add_parser("eval", help="judge images exactly as the station does and score the verdicts",
                         description="Tiles each image, runs the engine, stitches, applies the decision rules and "
@@ -528,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--threads", type=int, default=0)
     ev.add_argument("--threshold", type=float, default=0.5,
                     help="defect score threshold (default: 0.5; classifiers: a label is present above it)")
-    ev.add_argument("--mode", choices=["batch", "bank"], default="batch",
+    ev.add_argument("--mode", choices=SCORING_MODES, default="batch",
                     help="GR: relate each patch to its batch (the patches of one part) or to the stored reference "
                          "bank (each patch alone, deterministic); both are scored and their agreement reported")
     ev.add_argument("--min-area", type=int, default=30, help="smallest defect area in pixels (default: 30)")
@@ -540,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "precision/recall figure) to this PNG")
     ev.add_argument("--failures", help="save overlays of misjudged images (missed, false alarm) to this folder")
     ev.add_argument("--max-failures", type=int, default=12, help="at most this many overlays (default: 12)")
-    ev.set_defaults(func=_eval)
+    ev.set_defaults(func=run_eval)
 
     cmp = sub.add_parser("compare", help="train and judge several networks on the same k folds; write the tables",
                          description="The paper's protocol: every model is trained on k-1 folds and judged on the "
@@ -566,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--loss", choices=["ce", "ce+dice"], help="segmentation loss (default: ce)")
     cmp.add_argument("--size", type=int, help="classifiers: input side (default: 224)")
     cmp.add_argument("--pretrain-epochs", type=int, help="GR phase-1 epochs (default: as --epochs)")
-    cmp.add_argument("--backbone", choices=["resnet18", "resnet34", "resnet50"],
+    cmp.add_argument("--backbone", choices=RESNETS,
                      help="GR's backbone (default: resnet50, the paper's); the torchvision baselines are fixed")
     cmp.add_argument("--no-validate", action="store_true", help="skip the per-epoch validation score")
     cmp.add_argument("--device", default="auto")
@@ -580,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--bench-batch", type=int, default=32)
     cmp.add_argument("--bench-seconds", type=float, default=20.0, help="seconds of side-by-side throughput (0: skip)")
     cmp.add_argument("--quiet", action="store_true", help="no progress bars")
-    cmp.set_defaults(func=_compare)
+    cmp.set_defaults(func=run_compare)
 
     synth = sub.add_parser("synth", help="write a seeded synthetic data set (camera lenses or line-scan screens)",
                            description="lens: camera-lens cover glass for segmentation, a clear glass disc inside a black ink ring whose "
@@ -598,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--tile", type=int, default=256, help="screen: patch side in pixels (default: 256)")
     synth.add_argument("--defect-free", type=float,
                        help="probability that an image is defect-free (default: lens 0.5, screen 0.2)")
-    synth.set_defaults(func=_synth)
+    synth.set_defaults(func=run_synth)
 
     cam = sub.add_parser("cam", help="class activation maps of a classifier for chosen images (PNG)",
                          description="CAM (Zhou et al. 2016) for gr, resnet50 and inceptionv3; Grad-CAM for vgg16 "
@@ -611,15 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
     cam.add_argument("--limit", type=int, default=12, help="at most this many images (default: 12)")
     cam.add_argument("--size", type=int, default=0, help="input side (default: the weights' own)")
     cam.add_argument("--method", choices=["auto", "cam", "gradcam"], default="auto")
-    cam.set_defaults(func=_cam)
+    cam.set_defaults(func=run_cam)
 
     export = sub.add_parser("export", help="export weights to ONNX (inference only, dynamic batch)")
     export.add_argument("--weights", required=True, help="weights folder or shipped name")
     export.add_argument("--out", required=True, help="ONNX file to write")
     export.add_argument("--tile", type=int, default=0, help="tile side (default: the one the weights were trained on)")
-    export.add_argument("--mode", choices=("batch", "bank"), default="batch",
+    export.add_argument("--mode", choices=SCORING_MODES, default="batch",
                         help="GR only: relations over the batch, or against the stored reference bank")
-    export.set_defaults(func=_export)
+    export.set_defaults(func=run_export)
 
     build = sub.add_parser(
         "build", help="build an engine folder (ONNX Runtime, torch or TensorRT) with its manifest and parity check",
@@ -634,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  engines build --weights runs/gr-neu --backend onnxruntime --precision int8 "
                "--calibration cam-A --out engines-built/gr-int8")
     build.add_argument("--weights", required=True, help="weights folder (a training run) or shipped name")
-    build.add_argument("--model", choices=SEGMENTATION_MODELS + CLASSIFICATION_MODELS,
+    build.add_argument("--model", choices=MODEL_NAMES,
                        help="the network the weights must hold (a check; default: whatever they hold)")
     build.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"), default="onnxruntime")
     build.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
@@ -644,13 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "profile; torch on CUDA captures a CUDA graph for OPT)")
     build.add_argument("--tile", type=int, default=0, help="tile / patch side (default: the weights')")
     build.add_argument("--device", help="cpu or cuda[:N] (default: cuda for tensorrt, else cpu)")
-    build.add_argument("--mode", choices=("batch", "bank"), default="batch", help="GR only: scoring mode")
+    build.add_argument("--mode", choices=SCORING_MODES, default="batch", help="GR only: scoring mode")
     build.add_argument("--workspace", type=int, default=2048, help="TensorRT workspace limit in MiB")
     build.add_argument("--calibration", help="int8: a calibration profile (calibration int8 add) or image folder")
     build.add_argument("--data", help="images for the parity check at build (default: seeded random tiles)")
     build.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     build.add_argument("--out", required=True, help="engine folder to write (replaced once the new one is built)")
-    build.set_defaults(func=_build)
+    build.set_defaults(func=run_build)
 
     ver = sub.add_parser("verify", help="run an engine and the torch reference on real images; exit 1 if they "
                                         "disagree beyond the engine precision's tolerances",
@@ -677,14 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seconds", type=float, default=20.0, help="measuring time, shared by the engines")
     bench.add_argument("--threads", type=int, default=0, help="CPU threads per engine (0 = all cores)")
     bench.add_argument("--json", help="write the figures here")
-    bench.set_defaults(func=_bench)
+    bench.set_defaults(func=run_bench)
 
     lister = sub.add_parser("list", help="engine folders here (and in the cache), their manifests, and whether "
                                          "each can run on this machine")
     lister.add_argument("roots", nargs="*", default=["engines-built"],
                         help="folders to search (default: ./engines-built; the cache is always searched)")
     lister.add_argument("--json", action="store_true", help="print JSON")
-    lister.set_defaults(func=_list)
+    lister.set_defaults(func=run_list)
     return parser
 
 

@@ -30,7 +30,8 @@ from engines.errors import TrainingDiverged
 from engines.evaluate import DEFAULT_SWEEP, evaluate_station_verdicts, save_pr_curve
 from engines.evaluate_cls import evaluate_classifier, save_class_figure
 from engines.train import TrainSettings, train_segmentation
-from engines.train_cls import MIN_SIDE, ClsTrainSettings, train_classifier
+from engines.models import model_spec
+from engines.train_cls import ClsTrainSettings, train_classifier
 from engines.weights import load_model, resolve_weights
 from inspection.inspector import Inspector
 from inspection_core.verdict import DecisionRules
@@ -227,7 +228,8 @@ def run_compare_classifiers(settings: CompareSettings, progress: bool = True) ->
             diverged = run / "diverged.txt"  # a run whose loss became NaN: recorded, not retried (delete to retry)
             if not _run_done(run) and not diverged.exists():
                 log.info("fold %d/%d: training %s on %d images", k, settings.folds, name, len(fit))
-                model_config = {**({"backbone": settings.backbone} if model == "gr" and settings.backbone else {}),
+                model_config = {**({"backbone": settings.backbone}
+                                   if model_spec(model).backbones and settings.backbone else {}),
                                 **config}
                 cls_settings = replace(ClsTrainSettings(model=model, data=settings.data, out=str(run),
                                                         seed=settings.seed + k, model_config=model_config),
@@ -280,16 +282,17 @@ def equal_budget(name: str, train: dict) -> dict:
     the pre-training phase spends all of it in phase 2. A model that cannot take inputs as small as ``size``
     gets its smallest side instead (the table says so)."""
     model, config, extra = CLS_VARIANTS[name]
+    spec = model_spec(model)
     epochs = train.get("epochs", ClsTrainSettings.epochs)
     pretrain = train.get("pretrain_epochs", ClsTrainSettings.pretrain_epochs)
     budget = epochs + (epochs if pretrain == -1 else pretrain)
     settings = {**train, **extra}
-    smallest = MIN_SIDE[model]
+    smallest = spec.sides.minimum
     if settings.get("size", ClsTrainSettings.size) < smallest:  # Inception-v3's stem: 75 px at least
         log.warning("%s cannot take %d-px inputs; it is trained and judged at %d px, its smallest",
                     name, settings["size"], smallest)
         settings["size"] = smallest
-    if model != "gr" or config.get("use_gr") is False:
+    if not spec.pretrains or config.get("use_gr") is False:
         settings.update(epochs=budget, pretrain_epochs=-1)
     elif extra.get("pretrain_epochs") == 0:
         settings.update(epochs=budget)

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.data.multilabel import MultiLabelSet, label_matrix, load_multilabel, read_image
+from engines.data.multilabel import MultiLabelSet, label_matrix, load_multilabel, read_image, resize_images
 from engines.evaluate import write_figure
+from engines.models import has_bank, has_relations
 from engines.weights import WeightsBundle, WeightsError, load_model, resolve_weights
-from inspection_core.preprocess import normalize_tiles, resize_to_input
+from inspection_core.preprocess import normalize_tiles
 
 MODES = ("batch", "bank")
 MEASURES = ("accuracy", "precision", "recall", "f_measure")
@@ -78,37 +79,7 @@ def rounded(metrics: dict, digits: int = 4) -> dict:
     return metrics
 
 
-# ------------------------------------------------------------------------------------------------------ images
-
-
-def resize_images(images, size: int, spec) -> np.ndarray:
-    """Bring images (a MultiLabelSet, samples, uint8 arrays of any size, grey or RGB, or an (N, H, W[, C]) stack)
-    to the network's layout (:func:`inspection_core.preprocess.prepare_image`) and to ``size``×``size`` with
-    ``cv2.INTER_AREA``, as training does. Returns uint8 ``(N, size, size)`` (one channel) or
-    ``(N, size, size, 3)``; images already at that size and layout are copied unchanged. The resizing itself is
-    :func:`inspection_core.preprocess.resize_to_input`, the one the station's classifier stage uses."""
-    return resize_to_input(_images_of(images), size, spec)
-
-
-def _images_of(dataset_or_images) -> list:
-    """The uint8 images of a MultiLabelSet, a list of samples, a list of arrays or an (N, H, W[, C]) array."""
-    if isinstance(dataset_or_images, MultiLabelSet):
-        return [s.image for s in dataset_or_images.samples]
-    if isinstance(dataset_or_images, np.ndarray):
-        if dataset_or_images.ndim not in (3, 4):
-            raise ValueError(f"an image stack is (N, H, W) or (N, H, W, C), got shape {dataset_or_images.shape}")
-        return list(dataset_or_images)
-    return [getattr(item, "image", item) for item in dataset_or_images]
-
-
-def has_relations(model) -> bool:
-    """True for a GR model with its GR-module (image-wise relations make its scores batch-dependent)."""
-    return getattr(model, "gr", None) is not None
-
-
-def has_bank(model) -> bool:
-    bank = getattr(model, "reference_bank", None)
-    return bank is not None and bank.shape[0] > 0
+# --------------------------------------------------------------------------------------------------- scoring
 
 
 def predict(model, dataset_or_images, size: int, spec, mode: str = "batch", batch: int = 32,

@@ -19,25 +19,14 @@ import warnings
 from pathlib import Path
 
 from engines.errors import EngineError
-from engines.evaluate_cls import has_bank, has_relations
-from engines.models import CLASSIFICATION_MODELS, MODEL_NAMES, SEGMENTATION_MODELS
+from engines.models import SCORING_MODES, Task, has_bank, has_relations, model_spec
 from engines.onnx_check import check_onnx
 from engines.weights import load_model
 
 log = logging.getLogger(__name__)
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "tiles", "probabilities"
-SEGMENTATION, CLASSIFICATION = "segmentation", "classification"
-GR_MODES = ("batch", "bank")
-
-
-def model_kind(model_name: str) -> str:
-    """``"segmentation"`` or ``"classification"`` for a registry name."""
-    if model_name in SEGMENTATION_MODELS:
-        return SEGMENTATION
-    if model_name in CLASSIFICATION_MODELS:
-        return CLASSIFICATION
-    raise ValueError(f"unknown model {model_name!r}; known models: {', '.join(MODEL_NAMES)}")
+SEGMENTATION, CLASSIFICATION = Task.SEGMENTATION.value, Task.CLASSIFICATION.value
 
 
 def inference_module(model, kind: str = SEGMENTATION, mode: str = "batch"):
@@ -46,8 +35,8 @@ def inference_module(model, kind: str = SEGMENTATION, mode: str = "batch"):
     import torch
 
     if kind == CLASSIFICATION:
-        if mode not in GR_MODES:
-            raise ValueError(f"mode must be one of {', '.join(GR_MODES)}, got {mode!r}")
+        if mode not in SCORING_MODES:  # a classifier without image-wise relations scores the same in both
+            raise ValueError(f"mode must be one of {', '.join(SCORING_MODES)}, got {mode!r}")
         use_bank = mode == "bank" and has_relations(model)
         if use_bank and not has_bank(model):
             raise ValueError("mode 'bank' needs the reference bank stored with GR weights (engines train gr stores "
@@ -75,25 +64,30 @@ def inference_module(model, kind: str = SEGMENTATION, mode: str = "batch"):
     return Probabilities(model).eval()
 
 
-def check_tile(kind: str, tile: int) -> None:
-    if kind == SEGMENTATION and tile % 32:
-        raise ValueError(f"tile {tile} is not a multiple of 32 (the backbone's stride); try {tile - tile % 32 or 32}")
-    if tile < 32:
-        raise ValueError(f"tile {tile} is too small for a ResNet-style backbone; use at least 32 px")
+def check_export_side(model_name: str, tile: int) -> None:
+    """Refuse, before anything is exported, a side the network (``ValueError``) or its ONNX export
+    (:class:`EngineError`) cannot take, naming the sides that would work (the registry's capabilities)."""
+    spec = model_spec(model_name)
+    spec.check_side(tile)
+    sides = spec.onnx_sides
+    if not sides.accepts(tile):
+        raise EngineError(f"{model_name} cannot be exported to ONNX at {tile} px ({sides.why or sides.describe()}); "
+                          f"try {' or '.join(map(str, sides.nearest(tile)))}")
 
 
 def export_onnx(bundle, out: Path, tile: int | None = None, opset: int = OPSET, mode: str = "batch",
                 tensorrt_check: bool = True, with_weights: bool = True) -> Path:
     """Export ``bundle`` (a :class:`engines.weights.WeightsBundle`) to ``out``; check the graph with
     ``onnx.checker``, shape inference and (``tensorrt_check``) TensorRT's ONNX operator list. The batch dimension
-    is dynamic; the tile side is fixed (segmentation: a multiple of 32). ``mode`` applies to GR only.
+    is dynamic; the tile side is fixed, one the registry says the network's export takes (segmentation: a
+    multiple of 32; VGG-16: 224·k). ``mode`` applies to networks with scoring modes (GR) only.
     ``with_weights=False`` writes the graph alone (weights become graph inputs): the same operators, checked
     cheaply, for networks as large as VGG-16 (a 0.5 GB export)."""
     import torch
 
-    kind = model_kind(bundle.model)
+    kind = model_spec(bundle.model).task.value
     tile = tile or bundle.tile
-    check_tile(kind, tile)
+    check_export_side(bundle.model, tile)
     module = inference_module(load_model(bundle), kind, mode)
     channels = bundle.input_spec().channels
     example = torch.zeros(2, channels, tile, tile)
@@ -109,9 +103,7 @@ def export_onnx(bundle, out: Path, tile: int | None = None, opset: int = OPSET, 
                               opset_version=opset, dynamo=False, export_params=with_weights)
         except torch.onnx.errors.OnnxExporterError as exc:
             tmp.unlink(missing_ok=True)
-            hint = (" (VGG-16's adaptive 7×7 pool exports only when the feature map is a multiple of 7: input sides "
-                    "of 224, 448...)" if bundle.model == "vgg16" else "")
-            raise EngineError(f"{bundle.model} cannot be exported to ONNX at {tile} px{hint}: "
+            raise EngineError(f"{bundle.model} cannot be exported to ONNX at {tile} px: "
                               f"{str(exc).splitlines()[0]}") from None
     try:
         _check(tmp, tensorrt_check)

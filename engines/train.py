@@ -16,7 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.errors import check_loss
+from engines.training import (
+    EpochStats,
+    Phase,
+    TrainingHooks,
+    TrainingLoop,
+    distributed,
+    optimizer_step,
+    pick_device,
+)
 from inspection_core.preprocess import InputSpec, normalize_tiles
 from inspection_core.tiling import plan_tiles
 
@@ -91,30 +99,6 @@ def segmentation_loss(name: str):
     return ce_dice
 
 
-def _distributed():
-    """``(rank, world_size, local_rank)`` when launched by ``torchrun`` (``WORLD_SIZE`` > 1), else ``(0, 1, 0)``."""
-    import os
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def pick_device(name: str, local_rank: int = 0):
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            from engines.errors import BackendUnavailable
-
-            raise BackendUnavailable("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
-        return torch.device("cuda", local_rank if name == "cuda" else int(name.split(":", 1)[1]))
-    return torch.device("cpu")
-
-
 def train_segmentation(settings: TrainSettings, progress: bool = True, train_samples=None, held_samples=None) -> dict:
     """Train, checkpoint every epoch to ``out/checkpoint.pt`` (resumed automatically), validate on the held-out
     split, and write the final weights (``model.safetensors`` + ``config.json``) to ``out``.
@@ -123,17 +107,17 @@ def train_segmentation(settings: TrainSettings, progress: bool = True, train_sam
     ``settings.data`` is loaded and split by ``settings.holdout``. Under ``torchrun`` every process trains on its
     own tile stream (seeded by rank) with gradients averaged by DistributedDataParallel; rank 0 validates, logs,
     checkpoints and writes the weights. Mixed precision (``settings.amp``) is float16 with a gradient scaler on
-    CUDA and bfloat16 autocast on the CPU.
+    CUDA and bfloat16 autocast on the CPU. The epoch loop is the one shared with the classifiers
+    (:class:`engines.training.TrainingLoop`); :class:`SegmentationHooks` adds the tiles, the loss, hard-negative
+    mining, validation and ``best/``.
     """
     import torch
-    from tqdm import tqdm
 
-    from engines.data.segmentation import TileSampler, load_dataset, stratified_split
-    from engines.evaluate import evaluate_full_images
+    from engines.data.segmentation import load_dataset, stratified_split
     from engines.models import build_model
     from engines.weights import save_weights
 
-    rank, world, local_rank = _distributed()
+    rank, world, local_rank = distributed()
     device = pick_device(settings.device, local_rank)
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -172,84 +156,26 @@ def train_segmentation(settings: TrainSettings, progress: bool = True, train_sam
     model.to(device)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(settings.optimizer, model.parameters(), settings.lr)
     steps = settings.steps_per_epoch or max(1, sum(plan_tiles(s.image.shape, settings.tile, settings.overlap).n_tiles
                                                      for s in train_samples) // (settings.batch * world))
     total_steps = settings.epochs * steps
-    # Closed-form cosine decay over the whole run: resuming with more epochs stretches the curve smoothly.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)))
-    history: list[dict] = []
-    start_epoch = 0
-    checkpoint = out / "checkpoint.pt"
-    if checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.last_epoch = int(state["scheduler"].get("last_epoch", 0))  # the schedule is closed-form
-        start_epoch, history = int(state["epoch"]), json.loads(state["history"])
-        log.info("resumed from %s at epoch %d", checkpoint, start_epoch)
+
+    def cosine(optimizer):  # closed-form decay over the whole run: resuming with more epochs stretches it smoothly
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+
+    loop = TrainingLoop(model, out, device=device, amp=settings.amp, lr=settings.lr, title=settings.model,
+                        progress=progress, main_process=main_process)
+    loop.resume()
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    amp_dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if settings.amp else None
-    scaler = torch.amp.GradScaler("cuda", enabled=settings.amp and device.type == "cuda")
-    criterion = segmentation_loss(settings.loss)
-    step_parts = StepParts(spec, device, criterion, settings.aux_weight, optimizer, scaler, amp_dtype,
-                           settings.channels_last)
-    hard: list = []
-    best = _best_so_far(history)
-    for epoch in range(start_epoch, settings.epochs):
-        t0, total = time.time(), 0.0
-        mine_seconds = 0.0
-        if settings.hard_negatives > 0 and (epoch - start_epoch) % max(1, settings.mine_every) == 0 or (
-                settings.hard_negatives > 0 and not hard):
-            hard = mine_hard_negatives(model, train_samples, settings, spec, device, amp_dtype)
-            mine_seconds = time.time() - t0
-            log.info("mined %d hard-negative tiles (top score >= %.2f) in %.0f s", len(hard),
-                     settings.mine_threshold, mine_seconds)
-        sampler = TileSampler(train_samples, settings.tile, settings.defect_fraction,
-                              seed=(settings.seed * 1000 + epoch) * 64 + rank,
-                              overlap=settings.overlap if settings.sampling == "grid" else None,
-                              class_balanced=settings.class_balanced, hard_fraction=settings.hard_negatives,
-                              hard_negatives=hard)
-        net.train()
-        t_steps = time.time()
-        bar = tqdm(sampler.batches(settings.batch, steps, settings.prefetch), total=steps,
-                   desc=f"{settings.model} epoch {epoch + 1}/{settings.epochs}",
-                   disable=not (progress and main_process), file=sys.stderr,
-                   mininterval=1.0 if sys.stderr.isatty() else 60.0)
-        for step, (tiles, masks) in enumerate(bar):
-            value = training_step(net, tiles, masks, step_parts, check=lambda v: check_loss(
-                v, f"epoch {epoch + 1} step {step + 1}", settings.lr))
-            scheduler.step()
-            total += value
-            bar.set_postfix(loss=f"{value:.4f}")
-        step_seconds = time.time() - t_steps
-        model.eval()
-        metrics = {}
-        if main_process and held_samples and settings.validate:
-            metrics = evaluate_full_images(model.cpu(), held_samples, spec, min_area_px=settings.min_area_px)
-            model.to(device)
-        record = {"epoch": epoch + 1, "step": (epoch + 1) * steps, "loss": round(total / steps, 5),
-                  "seconds": round(time.time() - t0, 1), "train_tiles_per_s": round(steps * settings.batch
-                                                                                    / max(step_seconds, 1e-9), 2),
-                  **({"mine_seconds": round(mine_seconds, 1), "hard_tiles": len(hard)} if settings.hard_negatives
-                     else {}), **metrics}
-        history.append(record)
-        if main_process:
-            log.info("epoch %s", json.dumps(record))
-            if metrics and _score(record) > _score(best):
-                best = record
-                save_weights(model.cpu(), out / "best", settings.model, model.config.to_dict(), spec.to_dict(),
-                             settings.tile, {"settings": asdict(settings), "epoch": epoch + 1, "validation": metrics,
-                                             "start": start_note})
-                model.to(device)
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": json.dumps(history)},
-                       checkpoint.with_suffix(".tmp"))
-            checkpoint.with_suffix(".tmp").replace(checkpoint)
+    hooks = SegmentationHooks(settings, model, net, train_samples, held_samples, spec, steps, rank, start_note)
+    phase = Phase(1, "train", settings.epochs,
+                  make_optimizer=lambda: make_optimizer(settings.optimizer, model.parameters(), settings.lr),
+                  make_scheduler=cosine)
+    history = loop.run([phase], hooks)
     model.eval().cpu().to(memory_format=torch.contiguous_format)
     if main_process:
         training = {"settings": asdict(settings), "history": history, "command": " ".join(sys.argv),
@@ -260,6 +186,83 @@ def train_segmentation(settings: TrainSettings, progress: bool = True, train_sam
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return history[-1] if history else {}
+
+
+class SegmentationHooks(TrainingHooks):
+    """What a segmentation run adds to the shared loop: tiles from the sampler (hard negatives re-mined every
+    ``mine_every`` epochs), the principal and auxiliary losses (:func:`training_step`), validation on full images
+    (rank 0), and ``best/`` (the epoch with the best validation F1, then pixel IoU)."""
+
+    def __init__(self, settings: TrainSettings, model, net, train_samples, held_samples, spec, steps: int,
+                 rank: int, start_note: dict) -> None:
+        self.settings, self.model, self.net = settings, model, net
+        self.train_samples, self.held_samples, self.spec = train_samples, held_samples, spec
+        self.steps, self.rank, self.start_note = steps, rank, start_note
+        self.hard: list = []
+        self.mine_seconds = 0.0
+        self.start_epoch = 0
+        self.best: dict | None = None
+        self.parts: StepParts | None = None
+        self.device = self.amp_dtype = None
+
+    def start_phase(self, phase: Phase, optimizer, loop: TrainingLoop) -> None:
+        s = self.settings
+        self.device, self.amp_dtype, self.main_process = loop.device, loop.amp_dtype, loop.main_process
+        self.start_epoch = loop.done.get(phase.number, 0)
+        self.best = _best_so_far(loop.history)
+        self.parts = StepParts(self.spec, loop.device, segmentation_loss(s.loss), s.aux_weight, optimizer,
+                               loop.scaler, loop.amp_dtype, s.channels_last)
+
+    def epoch_batches(self, phase: Phase, epoch: int):
+        from engines.data.segmentation import TileSampler
+
+        s = self.settings
+        t0 = time.time()
+        self.mine_seconds = 0.0
+        if s.hard_negatives > 0 and (epoch - self.start_epoch) % max(1, s.mine_every) == 0 or (
+                s.hard_negatives > 0 and not self.hard):
+            self.hard = mine_hard_negatives(self.model, self.train_samples, s, self.spec, self.device,
+                                            self.amp_dtype)
+            self.mine_seconds = time.time() - t0
+            log.info("mined %d hard-negative tiles (top score >= %.2f) in %.0f s", len(self.hard),
+                     s.mine_threshold, self.mine_seconds)
+        sampler = TileSampler(self.train_samples, s.tile, s.defect_fraction,
+                              seed=(s.seed * 1000 + epoch) * 64 + self.rank,
+                              overlap=s.overlap if s.sampling == "grid" else None,
+                              class_balanced=s.class_balanced, hard_fraction=s.hard_negatives,
+                              hard_negatives=self.hard)
+        return sampler.batches(s.batch, self.steps, s.prefetch), self.steps
+
+    def train_mode(self) -> None:
+        self.net.train()
+
+    def step(self, batch, phase: Phase, check) -> float:
+        tiles, masks = batch
+        return training_step(self.net, tiles, masks, self.parts, check=check)
+
+    def end_epoch(self, stats: EpochStats) -> dict:
+        from engines.evaluate import evaluate_full_images
+        from engines.weights import save_weights
+
+        s, model = self.settings, self.model
+        model.eval()
+        metrics = {}
+        if self.main_process and self.held_samples and s.validate:
+            metrics = evaluate_full_images(model.cpu(), self.held_samples, self.spec, min_area_px=s.min_area_px)
+            model.to(self.device)
+        epoch = stats.epoch
+        record = {"epoch": epoch + 1, "step": (epoch + 1) * stats.steps, "loss": round(stats.loss, 5),
+                  "seconds": round(stats.seconds, 1),
+                  "train_tiles_per_s": round(stats.steps * s.batch / max(stats.step_seconds, 1e-9), 2),
+                  **({"mine_seconds": round(self.mine_seconds, 1), "hard_tiles": len(self.hard)}
+                     if s.hard_negatives else {}), **metrics}
+        if self.main_process and metrics and _score(record) > _score(self.best):
+            self.best = record
+            save_weights(model.cpu(), Path(s.out) / "best", s.model, model.config.to_dict(), self.spec.to_dict(),
+                         s.tile, {"settings": asdict(s), "epoch": epoch + 1, "validation": metrics,
+                                  "start": self.start_note})
+            model.to(self.device)
+        return record
 
 
 @dataclass(frozen=True)
@@ -283,7 +286,6 @@ def training_step(net, tiles: np.ndarray, masks: np.ndarray, parts: StepParts, c
     so a check that raises (a NaN loss) leaves the weights untouched."""
     import torch
 
-
     x = torch.from_numpy(normalize_tiles(tiles, parts.spec)).to(parts.device, non_blocking=True)
     if parts.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -293,14 +295,7 @@ def training_step(net, tiles: np.ndarray, masks: np.ndarray, parts: StepParts, c
         principal, *aux = outputs if isinstance(outputs, tuple) else (outputs,)
         principal, aux = principal.float(), [a.float() for a in aux]
     loss = parts.criterion(principal, y) + parts.aux_weight * sum(parts.criterion(a, y) for a in aux)
-    value = float(loss.detach())
-    if check is not None:
-        check(value)
-    parts.optimizer.zero_grad(set_to_none=True)
-    parts.scaler.scale(loss).backward()
-    parts.scaler.step(parts.optimizer)
-    parts.scaler.update()
-    return value
+    return optimizer_step(loss, parts.optimizer, parts.scaler, check)
 
 
 def _score(record: dict | None) -> tuple[float, float]:
@@ -351,14 +346,14 @@ def mine_hard_negatives(model, train_samples, settings: TrainSettings, spec, dev
     images) whose top defect score reaches ``settings.mine_threshold``: ``(sample index, y0, x0, score)``."""
     import torch
 
-    from engines.data.segmentation import _pad_to
+    from engines.data.segmentation import pad_to_tile
 
     t = settings.tile
     cut = []
     for k, s in enumerate(train_samples):
         if s.defective or s.mask.any():
             continue
-        image = _pad_to(s.image, t)
+        image = pad_to_tile(s.image, t)
         for y0, x0 in plan_tiles(image.shape, t, settings.overlap).origins_array:
             cut.append((k, int(y0), int(x0), image))
     found = []

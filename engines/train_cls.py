@@ -37,26 +37,28 @@ import json
 import logging
 import math
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from engines.data.multilabel import MultiLabelSet, cooccurrence, load_multilabel, stratified_multilabel_split
-from engines.errors import check_loss
-from engines.evaluate_cls import resize_images, rounded, score_set
-from engines.models import build_model
-from engines.train import pick_device
+from engines.data.multilabel import (
+    MultiLabelSet,
+    cooccurrence,
+    load_multilabel,
+    resize_images,
+    stratified_multilabel_split,
+)
+from engines.evaluate_cls import rounded, score_set
+from engines.models import CLASSIFICATION_MODELS, build_model, has_relations, model_spec
+from engines.training import EpochStats, Phase, TrainingHooks, TrainingLoop, optimizer_step, pick_device
 from engines.weights import save_weights
 from inspection_core.preprocess import InputSpec, normalize_tiles
 
 log = logging.getLogger(__name__)
 
-CLASSIFIERS = ("gr", "resnet50", "vgg16", "inceptionv3")
 ROTATE_DEGREES = 10.0  # small random angle added to the 90° turns
 BRIGHTNESS, CONTRAST, CHANNEL_GAIN = 0.2, 0.2, 0.1  # colour jitter ranges: factors in [1 - r, 1 + r]
-MIN_SIDE = {"gr": 32, "resnet50": 32, "vgg16": 32, "inceptionv3": 75}
 
 
 @dataclass
@@ -150,8 +152,8 @@ def choose_bank(matrix: np.ndarray, size: int, seed: int) -> list[int]:
 
 
 def _phases(settings: ClsTrainSettings, use_gr: bool) -> list[tuple[int, str, int]]:
-    """(phase number, name, epochs) in order."""
-    if settings.model != "gr":
+    """(phase number, name, epochs) in order: one phase, unless the network pre-trains (GR's FC2-module)."""
+    if not model_spec(settings.model).pretrains:
         return [(1, "train", settings.epochs)]
     if not use_gr:
         return [(1, "pretrain", settings.epochs)]
@@ -160,8 +162,9 @@ def _phases(settings: ClsTrainSettings, use_gr: bool) -> list[tuple[int, str, in
 
 
 def _check_settings(settings: ClsTrainSettings) -> None:
-    if settings.model not in CLASSIFIERS:
-        raise ValueError(f"unknown classifier {settings.model!r}; use one of {', '.join(CLASSIFIERS)}")
+    if settings.model not in CLASSIFICATION_MODELS:
+        raise ValueError(f"unknown classifier {settings.model!r}; use one of {', '.join(CLASSIFICATION_MODELS)}")
+    spec = model_spec(settings.model)
     for name in ("epochs", "batch", "size", "bank_size", "in_channels"):
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "epochs" else 1):
@@ -172,11 +175,11 @@ def _check_settings(settings: ClsTrainSettings) -> None:
                          f"{settings.pretrain_epochs}")
     if settings.steps_per_epoch < 0:
         raise ValueError(f"steps_per_epoch must be >= 0, got {settings.steps_per_epoch}")
-    if settings.in_channels not in (1, 3):
-        raise ValueError(f"in_channels must be 1 or 3, got {settings.in_channels}")
-    if settings.size < MIN_SIDE[settings.model]:
-        raise ValueError(f"{settings.model} needs images of at least {MIN_SIDE[settings.model]} px, got size "
-                         f"{settings.size}")
+    if settings.in_channels not in spec.channels:
+        raise ValueError(f"in_channels must be {' or '.join(map(str, sorted(spec.channels)))}, got "
+                         f"{settings.in_channels}")
+    if not spec.sides.accepts(settings.size):
+        raise ValueError(f"{settings.model} needs images of {spec.sides.describe()}, got size {settings.size}")
     if not settings.lr > 0:
         raise ValueError(f"lr must be positive, got {settings.lr}")
 
@@ -210,9 +213,7 @@ def train_classifier(settings: ClsTrainSettings, progress: bool = True, train_se
     folder, the classes, the last epoch's record and the held-out report (metrics and, for GR, batch/bank
     agreement)."""
     import torch
-    from tqdm import tqdm
 
-    from engines.models.classifiers import multilabel_bce
 
     _check_settings(settings)
     device = pick_device(settings.device)
@@ -237,7 +238,8 @@ def train_classifier(settings: ClsTrainSettings, progress: bool = True, train_se
 
     spec = InputSpec(channels=settings.in_channels)
     model = _build(settings, _model_config(settings, len(classes)))
-    use_gr = settings.model == "gr" and model.gr is not None
+    pretrains = model_spec(settings.model).pretrains
+    use_gr = has_relations(model)  # GR with its GR-module: phase 2 and the reference bank
     train_x = resize_images([s.image for s in train_set.samples], settings.size, spec)
     train_y = train_set.matrix()
     held_x = resize_images(held_set, settings.size, spec)
@@ -249,91 +251,36 @@ def train_classifier(settings: ClsTrainSettings, progress: bool = True, train_se
     phases = _phases(settings, use_gr)
     model.to(device)
 
-    def make_optimizer(phase: int):
-        params = model.fc2_parameters() if settings.model == "gr" and phase == 1 else list(model.parameters())
-        return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
-                               weight_decay=settings.weight_decay)
+    loop = TrainingLoop(model, out, device=device, amp=settings.amp, lr=settings.lr, title=settings.model,
+                        progress=progress)
 
-    def loss_of(phase: int, outputs, y):
-        if settings.model != "gr":
-            return multilabel_bce(outputs.float(), y)
-        outputs = {k: (v.float() if v is not None else None) for k, v in outputs.items()}
-        return model.phase1_loss(outputs, y) if phase == 1 else model.phase2_loss(outputs, y)
-
-    # ---------------------------------------------------------------------------------------- resume
-    history: list[dict] = []
-    done: dict[int, int] = {}  # epochs finished per phase
-    current, optimizer_state = None, None
-    checkpoint = out / "checkpoint.pt"
-    if checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    def same_run(state: dict) -> None:
         saved_classes = json.loads(state["classes"])
         if saved_classes != classes or state["model_name"] != settings.model:
-            raise ValueError(f"{checkpoint} is a {state['model_name']} run on classes {saved_classes}; this run is "
-                             f"{settings.model} on {classes}: use another --out or delete the checkpoint")
-        model.load_state_dict(state["model"])
-        current, history = int(state["phase"]), json.loads(state["history"])
-        done = {int(k): v for k, v in json.loads(state["done"]).items()}
-        optimizer_state = state["optimizer"]
-        log.info("resumed from %s: phase %d after %d epoch(s)", checkpoint, current, done.get(current, 0))
+            raise ValueError(f"{loop.checkpoint} is a {state['model_name']} run on classes {saved_classes}; this run "
+                             f"is {settings.model} on {classes}: use another --out or delete the checkpoint")
 
-    amp_dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if settings.amp else None
-    scaler = torch.amp.GradScaler("cuda", enabled=settings.amp and device.type == "cuda")
+    loop.resume(check=same_run)
+
+    def sgd(phase: int):  # a fresh SGD optimiser per phase: phase 1 trains the FC2-module alone
+        def make():
+            params = model.fc2_parameters() if pretrains and phase == 1 else list(model.parameters())
+            return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
+                                   weight_decay=settings.weight_decay)
+        return make
+
+    def init_graph() -> None:  # Algorithm 1, lines 9-10 (only when phase 2 starts: on resume it is in the weights)
+        model.init_nodes()
+        model.init_graph(counts)
+        log.info("graph initialised from the training split's co-occurrence %s", counts.tolist())
+
+    hooks = ClassifierHooks(settings, model, train_x, train_y, held_x, held_y, classes, spec, batch, steps, colour,
+                            pretrains)
+    loop.run([Phase(number, name, epochs, make_optimizer=sgd(number), title=name,
+                    on_start=init_graph if use_gr and number == 2 else None)
+              for number, name, epochs in phases], hooks)
+    history, done = loop.history, loop.done
     graph_info = None
-    for phase, name, epochs in phases:
-        if current is not None and phase < current:
-            if done.get(phase, 0) != epochs:
-                log.warning("phase %d (%s) finished after %d epoch(s) in the checkpoint; it is not repeated",
-                            phase, name, done.get(phase, 0))
-            continue
-        start_epoch = done.get(phase, 0)
-        if use_gr and phase == 2 and start_epoch == 0:
-            # Algorithm 1, lines 9-10 (only when phase 2 starts: on resume the graph is in the state dict).
-            model.init_nodes()
-            model.init_graph(counts)
-            log.info("graph initialised from the training split's co-occurrence %s", counts.tolist())
-        if start_epoch >= epochs:
-            continue
-        optimizer = make_optimizer(phase)
-        if optimizer_state is not None and current == phase:
-            optimizer.load_state_dict(optimizer_state)
-        optimizer_state, current = None, phase
-        for epoch in range(start_epoch, epochs):
-            rng = np.random.default_rng([settings.seed, phase, epoch])
-            model.train()
-            t0, total = time.time(), 0.0
-            bar = tqdm(epoch_batches(len(train_set), batch, steps, rng),
-                       desc=f"{settings.model} {name} epoch {epoch + 1}/{epochs}", disable=not progress,
-                       file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 60.0)
-            for step, idx in enumerate(bar, 1):
-                images = augment_batch(train_x[idx], rng, colour) if settings.augment else train_x[idx]
-                x = torch.from_numpy(normalize_tiles(images, spec)).to(device, non_blocking=True)
-                y = torch.from_numpy(train_y[idx]).to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    outputs = model(x)
-                loss = loss_of(phase, outputs, y)
-                value = float(loss.detach())
-                check_loss(value, f"phase {phase} epoch {epoch + 1} step {step}", settings.lr)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                total += value
-                bar.set_postfix(loss=f"{value:.4f}")
-            record = {"phase": phase, "stage": name, "epoch": epoch + 1, "loss": round(total / steps, 5),
-                      "seconds": round(time.time() - t0, 1)}
-            if settings.validate and len(held_set):
-                # Phase 1 trains the FC2-module only: score its first classifier, not the untrained GR-module.
-                report, _ = score_set(model, held_x, held_y, classes, settings.size, spec, "batch", batch,
-                                      head="first" if phase == 1 else "final")
-                record.update(rounded(report["metrics"]["mean"]))
-            history.append(record)
-            done[phase] = epoch + 1
-            log.info("epoch %s", json.dumps(record))
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "phase": phase,
-                        "done": json.dumps(done), "history": json.dumps(history), "classes": json.dumps(classes),
-                        "model_name": settings.model}, checkpoint.with_suffix(".tmp"))
-            checkpoint.with_suffix(".tmp").replace(checkpoint)
     if use_gr:
         graph_info = {"cooccurrence": counts.tolist(), "initial_edges": _row_normalised(counts).tolist()}
 
@@ -372,3 +319,57 @@ def _row_normalised(counts: np.ndarray) -> np.ndarray:
     counts = np.asarray(counts, np.float64)
     rows = counts.sum(axis=1, keepdims=True)
     return np.where(rows > 0, counts / np.maximum(rows, 1e-12), np.eye(len(counts)))
+
+
+class ClassifierHooks(TrainingHooks):
+    """What a classifier run adds to the shared loop: seeded batches of training images (augmented with the same
+    generator, so a resumed run draws what an uninterrupted one would), per-label BCE or GR's phase losses, and
+    the held-out score after every epoch (phase 1: GR's first classifier, the part it trains)."""
+
+    def __init__(self, settings: ClsTrainSettings, model, train_x, train_y, held_x, held_y, classes, spec,
+                 batch: int, steps: int, colour: bool, pretrains: bool) -> None:
+        self.settings, self.model, self.spec = settings, model, spec
+        self.train_x, self.train_y, self.held_x, self.held_y = train_x, train_y, held_x, held_y
+        self.classes, self.batch, self.steps, self.colour, self.pretrains = classes, batch, steps, colour, pretrains
+        self.rng = None
+
+    def start_phase(self, phase: Phase, optimizer, loop: TrainingLoop) -> None:
+        self.optimizer, self.scaler, self.device, self.amp_dtype = optimizer, loop.scaler, loop.device, loop.amp_dtype
+
+    def epoch_batches(self, phase: Phase, epoch: int):
+        self.rng = np.random.default_rng([self.settings.seed, phase.number, epoch])
+        return epoch_batches(len(self.train_x), self.batch, self.steps, self.rng), self.steps
+
+    def train_mode(self) -> None:
+        self.model.train()
+
+    def step(self, idx, phase: Phase, check) -> float:
+        import torch
+
+        from engines.models.classifiers import multilabel_bce
+
+        images = augment_batch(self.train_x[idx], self.rng, self.colour) if self.settings.augment else self.train_x[idx]
+        x = torch.from_numpy(normalize_tiles(images, self.spec)).to(self.device, non_blocking=True)
+        y = torch.from_numpy(self.train_y[idx]).to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            outputs = self.model(x)
+        if not self.pretrains:
+            loss = multilabel_bce(outputs.float(), y)
+        else:
+            outputs = {k: (v.float() if v is not None else None) for k, v in outputs.items()}
+            loss = self.model.phase1_loss(outputs, y) if phase.number == 1 else self.model.phase2_loss(outputs, y)
+        return optimizer_step(loss, self.optimizer, self.scaler, check)
+
+    def end_epoch(self, stats: EpochStats) -> dict:
+        record = {"phase": stats.phase.number, "stage": stats.phase.name, "epoch": stats.epoch + 1,
+                  "loss": round(stats.loss, 5), "seconds": round(stats.seconds, 1)}
+        if self.settings.validate and len(self.held_x):
+            # Phase 1 trains the FC2-module only: score its first classifier, not the untrained GR-module.
+            report, _ = score_set(self.model, self.held_x, self.held_y, self.classes, self.settings.size, self.spec,
+                                  "batch", self.batch, head="first" if stats.phase.number == 1 else "final")
+            record.update(rounded(report["metrics"]["mean"]))
+        return record
+
+    def checkpoint_extra(self) -> dict:
+        return {"classes": json.dumps(self.classes), "model_name": self.settings.model}

@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from engines.build import batches, named_images, network_inputs, open_engine, reference_engine, significant
+from engines.folders import open_engine
+from engines.inputs import batches, named_images, network_inputs
+from engines.parity import reference_engine, significant
 from inspection.inspector import Inspector
 from inspection_core.records import Frame
 

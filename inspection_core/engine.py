@@ -2,7 +2,7 @@
 
 An engine maps a normalised batch ``(N, C, t, t)`` float32 (:func:`inspection_core.preprocess.normalize_tiles`)
 to probabilities. How engines are built and loaded (ONNX Runtime, torch, TensorRT, manifests) lives above, in
-:mod:`engines.backends` and :mod:`engines.build`; this module holds only the contract the inspectors rely on.
+:mod:`engines.backends` and :mod:`engines.folders`; this module holds only the contract the inspectors rely on.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class Engine(abc.ABC):
     Pre- and post-processing live in :mod:`inspection_core.preprocess`, shared by all backends.
 
     ``manifest`` and ``folder`` are set when the engine was opened from a built engine folder
-    (:func:`engines.build.open_engine`)."""
+    (:func:`engines.folders.open_engine`)."""
 
     backend: str = ""
 

@@ -4,6 +4,10 @@ Every field of every record lives here, so a reader finds the whole data model i
 
     source ──Frame──▶ tiler ──TileBatch──▶ engine ──scores──▶ stitcher ──▶ verdict ──InspectionResult──▶ log / panel
 
+What the part ledger (the reject log) records, one row each: an :class:`InspectionResult` (PASS / FAIL), a
+:class:`NotInspected` (a part delivered but not inspected, with its :class:`NotInspectedReason`) or a
+:class:`FrameGap` (frames the source lost).
+
 Images are numpy arrays: ``uint8`` grey ``(H, W)`` or colour ``(H, W, 3)``; masks are ``float32`` defect
 scores in ``[0, 1]`` of shape ``(H, W)``.
 """
@@ -71,8 +75,97 @@ class SourceHealth:
 
 
 class Verdict(str, enum.Enum):
+    """What happened to a part. An :class:`InspectionResult` is PASS or FAIL; a part the line could not inspect is
+    a :class:`NotInspected` record, NOT_INSPECTED in the part ledger (the reject log)."""
+
     PASS = "PASS"
     FAIL = "FAIL"
+    NOT_INSPECTED = "NOT_INSPECTED"
+
+
+class NotInspectedReason(str, enum.Enum):
+    """Why a part delivered by the source was not inspected (the ``reason`` of its ledger row)."""
+
+    DROPPED = "dropped"                  # dropped by the frames queue's drop-oldest policy (the line was too slow)
+    UNREADABLE = "unreadable"            # a replayed file that cannot be read or decoded
+    INCOMPLETE = "incomplete"            # the camera delivered a short (zero-padded) buffer
+    TOO_SMALL = "too_small"              # below the recipe's [frames] minimum size
+    TOO_LARGE = "too_large"              # above the recipe's [frames] maximum size
+    INFERENCE_ERROR = "inference_error"  # the inspector raised on this frame
+    STOPPED = "stopped"                  # stopped before inspection: discarded at --max-frames, at shutdown, or
+    #                                      after the drain timeout
+
+    @property
+    def text(self) -> str:
+        """The reason in words, for messages and the panel."""
+        return _REASON_TEXT[self]
+
+
+_REASON_TEXT = {
+    NotInspectedReason.DROPPED: "dropped by the queue policy",
+    NotInspectedReason.UNREADABLE: "unreadable",
+    NotInspectedReason.INCOMPLETE: "incomplete",
+    NotInspectedReason.TOO_SMALL: "too small",
+    NotInspectedReason.TOO_LARGE: "too large",
+    NotInspectedReason.INFERENCE_ERROR: "inference error",
+    NotInspectedReason.STOPPED: "stopped before inspection",
+}
+
+
+@dataclass(frozen=True)
+class NotInspected:
+    """A part the source delivered but the line did not inspect, and why: one NOT_INSPECTED ledger row.
+
+    ``frame`` is kept when there was one (``None`` for a file that could not be read); ``detail`` says more than
+    the reason (the decoder's message, the frame's size against the limits...).
+    """
+
+    frame_id: int
+    timestamp_ns: int
+    source: str
+    reason: NotInspectedReason
+    detail: str = ""
+    file: str | None = None
+    frame: Frame | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, frame: Frame, reason: NotInspectedReason, detail: str = "") -> NotInspected:
+        """The record of ``frame`` not inspected for ``reason``."""
+        return cls(frame_id=frame.frame_id, timestamp_ns=frame.timestamp_ns, source=frame.source,
+                   reason=NotInspectedReason(reason), detail=detail, file=frame.file, frame=frame)
+
+
+class GapKind(str, enum.Enum):
+    """What a gap row stands for: frame ids the camera skipped, or an outage (camera lost until reconnected)."""
+
+    LOST_IDS = "lost_ids"
+    OUTAGE = "outage"
+
+
+@dataclass(frozen=True)
+class FrameGap:
+    """Frames the source lost, as one GAP ledger row: ids ``first_id .. last_id`` (``count`` of them, an estimate
+    for an outage: its duration times the frame rate) between ``start_ns`` and ``end_ns`` (host monotonic clock:
+    the last frame before the gap and the first after it, or when the line stopped)."""
+
+    source: str
+    kind: GapKind
+    first_id: int
+    last_id: int
+    count: int
+    start_ns: int
+    end_ns: int
+    detail: str = ""
+
+
+class LineState(str, enum.Enum):
+    """The line as the panel and the summary show it."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"   # stop requested: queued frames are being inspected and recorded
+    STOPPED = "stopped"     # ended cleanly
+    ERROR = "error"         # stopped on an error (the ledger cannot be written, free space low, a stage failed)
 
 
 @dataclass(frozen=True)
@@ -143,9 +236,14 @@ class InspectionResult:
 class LineStats:
     """Counters of the running line, as a snapshot for the panel and the final summary.
 
-    ``acquired`` frames came out of the source at ``acquisition_fps`` (first to last frame); ``dropped`` frames
-    were acquired but never inspected (a full drop-oldest queue); ``errors`` are frames that could not be
-    inspected or recorded.
+    Every part the source delivered (``acquired``, at ``acquisition_fps`` first to last) ends as exactly one of
+    ``passed``, ``failed`` or ``not_inspected`` (``not_inspected_reasons``: count per
+    :class:`NotInspectedReason` value; ``dropped`` is the ``"dropped"`` one, a full drop-oldest queue), so once the
+    line has ended ``acquired == passed + failed + not_inspected``. ``lost`` frames (estimated) never reached the
+    line: ``gaps`` ledger rows hold them. ``recorded`` rows were committed to the ledger; ``refused`` entries could
+    not be (the ledger failed: the line stopped). ``errors`` are frames the inspector raised on plus entries not
+    recorded. ``warnings`` count implausible frames (all black, saturated). With ``not_inspected_is_reject``
+    (the fail-safe default) a part not inspected counts as a reject in ``rejects`` and ``yield_pct``.
     """
 
     acquired: int = 0
@@ -160,7 +258,31 @@ class LineStats:
     latency_ms_p99: float = 0.0
     engine_id: str = ""
     source: SourceHealth = field(default_factory=SourceHealth)
+    not_inspected: int = 0
+    not_inspected_reasons: Mapping[str, int] = field(default_factory=dict)
+    lost: int = 0
+    gaps: int = 0
+    recorded: int = 0
+    refused: int = 0
+    warnings: int = 0
+    not_inspected_is_reject: bool = True
+    state: LineState = LineState.RUNNING
+    failure: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "not_inspected_reasons", _frozen_mapping(self.not_inspected_reasons))
+
+    @property
+    def rejects(self) -> int:
+        """Parts sent to the reject bin: the failed ones, plus those not inspected when they count as rejects."""
+        return self.failed + (self.not_inspected if self.not_inspected_is_reject else 0)
+
+    @property
+    def judged(self) -> int:
+        """The parts the yield is taken over."""
+        return self.passed + self.failed + (self.not_inspected if self.not_inspected_is_reject else 0)
 
     @property
     def yield_pct(self) -> float:
-        return 100.0 * self.passed / self.inspected if self.inspected else 0.0
+        """Passed parts in percent of :attr:`judged` (0 before any)."""
+        return 100.0 * self.passed / self.judged if self.judged else 0.0

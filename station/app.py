@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Callable, TextIO
 
 from engines.backends.base import load_engine
 from inspection.feed import ResultFeed
@@ -16,9 +18,10 @@ from inspection_core.records import LineStats
 from station.classify import PatchClassifier
 from station.errors import RecipeError
 from station.line_calibration import check_source, for_recipe
-from station.pipeline import Line
-from station.recipe import QueuePolicy, Recipe, SourceKind
-from station.rejectlog import RejectLog
+from station.frameguard import FrameGuard
+from station.pipeline import DEFAULT_DRAIN_TIMEOUT_S, Line
+from station.recipe import NotInspectedPolicy, QueuePolicy, Recipe, SourceKind
+from station.rejectlog import RejectLog, check_free_space, new_run_id, probe_writable
 from station.sources import GenICamSource, ReplaySource
 from station.sources.linescan import build_linescan_source
 from ui.app import display_available, run_panel
@@ -32,7 +35,8 @@ def build_source(recipe: Recipe):
     if line_scan(recipe):  # line blocks assembled into parts (docs/LINESCAN.md)
         return build_linescan_source(s)
     if s.kind is SourceKind.REPLAY:
-        return ReplaySource(s.path, loop=s.loop, fps=s.fps or None, pattern=s.pattern)
+        return ReplaySource(s.path, loop=s.loop, fps=s.fps or None, pattern=s.pattern,
+                            bit_depth=recipe.frames.bit_depth)
     return GenICamSource(cti=s.cti, device=s.device, pixel_format=s.pixel_format, frame_rate=s.frame_rate,
                          exposure_us=s.exposure_us, num_buffers=s.buffers)
 
@@ -90,7 +94,14 @@ def calibration_status(recipe: Recipe, inspector) -> tuple[str, bool]:
     return f"UNCALIBRATED (profile {recipe.calibration.profile!r} not found)", True
 
 
-def build_line(recipe: Recipe, max_frames: int | None = None, feed: ResultFeed | None = None, on_result=None) -> Line:
+def build_line(recipe: Recipe, max_frames: int | None = None, feed: ResultFeed | None = None, on_result=None, *,
+               run_id: str | None = None, drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> Line:
+    """The line a recipe describes. The ledger is checked first (free space; an existing log must be writable), so
+    a station that could not record anything refuses to start before loading any model
+    (:class:`~station.errors.LedgerError`); nothing is created when the station refuses to start."""
+    db = Path(recipe.log.db)
+    check_free_space(db.parent, recipe.station.min_free_mb)
+    probe_writable(db)
     source = build_source(recipe)
     # line-scan parts: tile rows are inspected while the part arrives (the inspector listens to the source)
     inspector = build_inspector(recipe, streaming=line_scan(recipe))
@@ -98,25 +109,36 @@ def build_line(recipe: Recipe, max_frames: int | None = None, feed: ResultFeed |
         check_source(recipe, source, inspector.calibration)
     if line_scan(recipe):
         source.listener = inspector
-    calibrated = inspector.calibration.name if inspector.calibration is not None else None
-    reject_log = RejectLog(recipe.log.db, save_images=recipe.log.save_reject_images,
-                           recipe=f"{recipe.product.name} {recipe.fingerprint()}", calibration=calibrated)
-    log.info("reject log %s: rows record recipe %r and calibration %s", recipe.log.db, reject_log.recipe,
-             calibration_status(recipe, inspector)[0])
+    counts_as_reject = recipe.station.not_inspected is NotInspectedPolicy.REJECT
+    reject_log = RejectLog(db, save_images=recipe.log.save_reject_images,
+                           recipe=f"{recipe.product.name} {recipe.fingerprint()}",
+                           calibration=inspector.calibration.name if inspector.calibration is not None else None,
+                           station_id=recipe.station.id, run_id=run_id or new_run_id(),
+                           engine_id=inspector.engine_id, not_inspected_is_reject=counts_as_reject,
+                           mask_threshold=inspector.rules.score_threshold)
+    log.info("reject log %s: station %s, run %s; rows record recipe %r and calibration %s", db,
+             reject_log.station_id, reject_log.run_id, reject_log.recipe, calibration_status(recipe, inspector)[0])
     policy = recipe.queues.frames_policy
     if (recipe.source.kind is SourceKind.REPLAY and not recipe.source.fps) or \
             (recipe.source.kind is SourceKind.LINESCAN_REPLAY and not recipe.source.line_rate_hz):
         # A replay at full speed has no real-time clock to keep: back-pressure instead of dropping files.
         policy = QueuePolicy.BLOCK
     return Line(source, inspector, reject_log, feed, frames_queue=recipe.queues.frames, frames_policy=policy,
-                results_queue=recipe.queues.results, max_frames=max_frames, on_result=on_result)
+                results_queue=recipe.queues.results, max_frames=max_frames, on_result=on_result,
+                guard=FrameGuard.from_config(recipe.frames), drain_timeout_s=drain_timeout_s,
+                min_free_mb=recipe.station.min_free_mb, not_inspected_is_reject=counts_as_reject)
 
 
 def format_progress(stats: LineStats) -> str:
     h = stats.source
-    return (f"inspected {stats.inspected}  pass {stats.passed}  fail {stats.failed}  yield {stats.yield_pct:.1f}%  "
-            f"dropped {stats.dropped}  lost {h.lost_frames}  {stats.throughput_fps:.1f} fps  "
-            f"latency p50 {stats.latency_ms_p50:.0f} ms  camera {h.state.value}")
+    return (f"inspected {stats.inspected}  pass {stats.passed}  fail {stats.failed}  "
+            f"not inspected {stats.not_inspected}  yield {stats.yield_pct:.1f}%  lost {stats.lost}  "
+            f"{stats.throughput_fps:.1f} fps  latency p50 {stats.latency_ms_p50:.0f} ms  camera {h.state.value}  "
+            f"line {stats.state.value}")
+
+
+#: Exit status of ``station run`` after a stop by each signal: the shell's 128 + signal number.
+SIGNAL_NAMES = {signal.SIGINT: "SIGINT (Ctrl-C)", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
 
 
 @dataclass
@@ -128,85 +150,162 @@ class RunSummary:
     source: str
     failure: str | None = None
     calibration: str = ""  # the profile version that judged the run, or why there was none
+    station_id: str = ""
+    run_id: str = ""
+    signal: int | None = None  # the signal that stopped the run (SIGINT, SIGTERM, SIGHUP), if any
+    stop_reason: str | None = None
+    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         s, h = self.stats, self.stats.source
         return {
+            "station_id": self.station_id, "run_id": self.run_id,
             "acquired": s.acquired, "acquisition_fps": s.acquisition_fps,
-            "inspected": s.inspected, "passed": s.passed, "failed": s.failed, "yield_pct": round(s.yield_pct, 2),
-            "dropped": s.dropped, "errors": s.errors, "lost_frames": h.lost_frames,
+            "inspected": s.inspected, "passed": s.passed, "failed": s.failed,
+            "not_inspected": s.not_inspected, "not_inspected_reasons": dict(sorted(s.not_inspected_reasons.items())),
+            "not_inspected_counts_as": "reject" if s.not_inspected_is_reject else "excluded",
+            "rejects": s.rejects, "yield_pct": round(s.yield_pct, 2),
+            "dropped": s.dropped, "errors": s.errors, "warnings": s.warnings,
+            "gap_rows": s.gaps, "gap_frames": s.lost, "lost_frames": h.lost_frames,
             "incomplete_frames": h.incomplete_frames, "reconnects": h.reconnects, "skipped_files": h.skipped_files,
+            "recorded": s.recorded, "refused": s.refused,
             "throughput_fps": s.throughput_fps, "latency_ms_p50": round(s.latency_ms_p50, 2),
             "latency_ms_p99": round(s.latency_ms_p99, 2), "seconds": round(self.seconds, 2),
-            "camera_state": h.state.value, "engine_id": self.engine_id, "source": self.source, "db": self.db,
-            "failure": self.failure, "calibration": self.calibration,
+            "camera_state": h.state.value, "line_state": s.state.value, "engine_id": self.engine_id,
+            "source": self.source, "db": self.db, "failure": self.failure, "calibration": self.calibration,
+            "signal": None if self.signal is None else signal.Signals(self.signal).name,
+            "stop_reason": self.stop_reason, **self.extra,
         }
 
     def text(self) -> str:
         d = self.to_dict()
+        reasons = ", ".join(f"{k} {v}" for k, v in d["not_inspected_reasons"].items())
         lines = [
             f"inspected {d['inspected']} frames in {d['seconds']:.1f} s from {d['source']} with {d['engine_id']}",
-            f"  pass {d['passed']}  fail {d['failed']}  yield {d['yield_pct']:.1f} %",
-            f"  source delivered {d['acquired']} frames at {d['acquisition_fps']:.1f} frames/s",
-            f"  dropped {d['dropped']}  lost {d['lost_frames']}  incomplete {d['incomplete_frames']}  "
-            f"reconnects {d['reconnects']}  unreadable files {d['skipped_files']}  errors {d['errors']}",
+            f"  station {d['station_id'] or '-'}  run {d['run_id'] or '-'}",
+            f"  source delivered {d['acquired']} parts at {d['acquisition_fps']:.1f} frames/s: pass {d['passed']}  "
+            f"fail {d['failed']}  not inspected {d['not_inspected']}" + (f" ({reasons})" if reasons else ""),
+            f"  rejects {d['rejects']} (parts not inspected {'count as rejects' if d['not_inspected_counts_as'] == 'reject' else 'are left out'})"
+            f"  yield {d['yield_pct']:.1f} %",
+            f"  lost {d['gap_frames']} frame(s) in {d['gap_rows']} gap row(s)  incomplete {d['incomplete_frames']}  "
+            f"reconnects {d['reconnects']}  unreadable files {d['skipped_files']}  errors {d['errors']}  "
+            f"implausible frames {d['warnings']}",
             f"  throughput {d['throughput_fps']:.1f} frames/s  latency p50 {d['latency_ms_p50']:.0f} ms  "
             f"p99 {d['latency_ms_p99']:.0f} ms",
             f"  calibration: {d['calibration'] or '-'}",
-            f"  reject log: {d['db']}",
+            f"  reject log: {d['db']}: {d['recorded']} row(s) recorded" + (f", {d['refused']} REFUSED" if d["refused"]
+                                                                           else ""),
         ]
+        if self.signal is not None:
+            lines.append(f"  stopped by {SIGNAL_NAMES.get(self.signal, signal.Signals(self.signal).name)}: queues "
+                         "drained")
         if self.failure:
             lines.append(f"  the line stopped on an error: {self.failure}")
         return "\n".join(lines)
 
 
-def run_headless(line: Line, out: TextIO | None = None, interval_s: float | None = None) -> LineStats:
-    """Run the line to its end (or Ctrl-C), printing a live progress line: rewritten in place on a terminal,
-    one line every few seconds otherwise. ``out`` defaults to the standard error stream at call time."""
+class StopSignals:
+    """While active (``with``), SIGINT (Ctrl-C), SIGTERM and SIGHUP stop the line as a drain; the first signal is
+    kept in ``received``; a second one cuts the drain short (queued frames get NOT_INSPECTED rows at once).
+    Only the main thread can take signals; elsewhere this does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self, stop: Callable[..., None]) -> None:
+        self._stop = stop
+        self.received: int | None = None
+        self.count = 0
+        self._previous: dict[int, object] = {}
+
+    def handle(self, signum: int, _frame: object = None) -> None:
+        self.count += 1
+        if self.received is None:
+            self.received = signum
+            self._stop(f"{signal.Signals(signum).name} received")
+        else:
+            self._stop(f"{signal.Signals(signum).name} received again", drain_timeout_s=0.0)
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self.handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+
+def run_headless(line: Line, out: TextIO | None = None, interval_s: float | None = None,
+                 signals: StopSignals | None = None) -> LineStats:
+    """Run the line to its end (or a stop signal: SIGINT, SIGTERM, SIGHUP drain it), printing a live progress line:
+    rewritten in place on a terminal, one line every few seconds otherwise. ``out`` defaults to the standard error
+    stream at call time."""
     out = out if out is not None else sys.stderr
     tty = out.isatty()
     interval = interval_s if interval_s is not None else (0.25 if tty else 5.0)
-    line.start()
+    signals = signals or StopSignals(line.stop)
+    told = 0
     last = 0.0
-    try:
-        while line.running:
-            line.join(timeout=0.05)
-            now = time.monotonic()
-            if now - last >= interval:
-                last = now
-                text = format_progress(line.stats())
-                out.write(f"\r{text}\x1b[K" if tty else text + "\n")
-                out.flush()
-    except KeyboardInterrupt:
-        out.write("\nstopping: draining queues and closing the reject log...\n")
-        line.stop()
-        line.join()
+    with signals:  # before the start: a signal at any moment from here on drains the line
+        line.start()
+        try:
+            while line.running:
+                line.join(timeout=0.05)
+                if signals.count > told:
+                    told = signals.count
+                    name = signal.Signals(signals.received).name
+                    out.write(f"\n{name}: stopping; draining queues (at most {line.drain_timeout_s:g} s) and "
+                              "closing the reject log; signal again to stop draining...\n" if told == 1 else
+                              "\nstopping now: queued frames get NOT_INSPECTED rows\n")
+                    out.flush()
+                now = time.monotonic()
+                if now - last >= interval:
+                    last = now
+                    text = format_progress(line.stats())
+                    out.write(f"\r{text}\x1b[K" if tty else text + "\n")
+                    out.flush()
+        except KeyboardInterrupt:  # outside the main thread's handler (signals not installed)
+            out.write("\nstopping: draining queues and closing the reject log...\n")
+            line.stop("interrupted")
+            line.join()
     if tty:
         out.write("\n")
     return line.stats()
 
 
-def run_with_panel(line: Line, title: str, calibration: tuple[str, bool] = ("", False)) -> LineStats:
-    line.start()
+def run_with_panel(line: Line, title: str, calibration: tuple[str, bool] = ("", False),
+                   signals: StopSignals | None = None) -> LineStats:
+    """Run the line behind the operator panel until the window closes (or a stop signal closes it)."""
+    signals = signals or StopSignals(line.stop)
+    with signals:  # until the panel takes the signals over
+        line.start()
     run_panel(line.feed, line.stats, line.stop, title=title, mask_threshold=line.inspector.rules.score_threshold,
-              calibration=calibration)
-    line.stop()
+              calibration=calibration, on_signal=lambda signum: signals.handle(signum))
+    line.stop("the panel was closed")
     line.join()
     return line.stats()
 
 
 def run_station(recipe: Recipe, headless: bool, max_frames: int | None, as_json: bool = False,
-                on_result=None) -> RunSummary:
-    line = build_line(recipe, max_frames=max_frames, on_result=on_result)
+                on_result=None, drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> RunSummary:
+    run_id = new_run_id()
+    line = build_line(recipe, max_frames=max_frames, on_result=on_result, run_id=run_id,
+                      drain_timeout_s=drain_timeout_s)
     calibration = calibration_status(recipe, line.inspector)
     started = time.monotonic()
+    signals = StopSignals(line.stop)
     if not headless and display_available():
-        stats = run_with_panel(line, title=f"Inspection station - {recipe.product.name}", calibration=calibration)
+        stats = run_with_panel(line, title=f"Inspection station - {recipe.product.name}", calibration=calibration,
+                               signals=signals)
     else:
         if not headless:
             log.info("no display here: running headless (pass --headless to say so)")
-        stats = run_headless(line)
+        stats = run_headless(line, signals=signals)
     summary = RunSummary(stats, time.monotonic() - started, str(Path(recipe.log.db)), line.inspector.engine_id,
-                         line.source.name, None if line.failure is None else str(line.failure), calibration[0])
-    print(json.dumps(summary.to_dict(), indent=2) if as_json else summary.text())
+                         line.source.name, None if line.failure is None else str(line.failure), calibration[0],
+                         station_id=recipe.station.id, run_id=run_id, signal=signals.received,
+                         stop_reason=line.stop_reason)
+    print(json.dumps(summary.to_dict(), indent=2) if as_json else summary.text(), flush=True)
     return summary

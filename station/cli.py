@@ -8,28 +8,63 @@ Examples::
     station run --source genicam --headless --max-frames 200        # viky.cti, the simulated GenTL camera
     station run --recipe screen_linescan --headless --max-frames 2 --classifier-weights runs/gr   # line-scan
     station export --db station-data/rejects.db --format csv --verdict fail --out rejects.csv
+    station export --db station-data/rejects.db --format csv --per-defect --absolute-paths --out defects.csv
 
-Exit codes: 0 done, 1 the line stopped on an error, 2 bad usage or input (missing file, bad recipe),
-130 interrupted.
+Exit codes of `station run` and `station demo`:
+  0    done (the source ended, or --max-frames was reached)
+  1    the line stopped on an error: the reject log cannot be written (disk full, read-only, I/O error, locked),
+       free space below [station] min_free_mb (at start or while running), or a stage failed
+  2    bad usage or input (missing file or folder, bad recipe)
+  130  stopped by SIGINT (Ctrl-C), after draining the queues
+  143  stopped by SIGTERM (systemctl stop, docker stop), after draining the queues
+  129  stopped by SIGHUP (the terminal closed), after draining the queues
+A stop by signal is 128 + the signal's number, as a shell reports it, so a supervisor can tell "stopped on
+request" from "the run ended" (0); the example systemd unit docs/station.service lists 143 and 129 in
+SuccessExitStatus. An error wins over a signal: 1.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import logging
+import signal
 import sys
+import textwrap
 from pathlib import Path
 
 from calibration.errors import CalibrationError
 from engines.errors import USER_ERRORS
 from inspection_core.errors import InspectionCoreError
 from station.app import run_station
-from station.errors import RecipeError, SourceError, StationError
+from station.errors import LedgerError, RecipeError, SourceError, StationError
+from station.export import add_export_arguments, run_export
+from station.pipeline import DEFAULT_DRAIN_TIMEOUT_S
 from station.recipe import load_recipe, shipped_recipe_path
-from station.rejectlog import add_export_arguments, run_export
 from ui.app import display_available
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_TERMINATED, EXIT_HANGUP = 128 + signal.SIGTERM, 128 + signal.SIGHUP  # 143, 129
+
+
+class Terminated(Exception):
+    """SIGTERM or SIGHUP before the line runs (while the recipe and models load): leave with 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _terminate_early(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
+
+
+def exit_status(failure: str | None, signum: int | None) -> int:
+    """The exit status of a run: 1 when the line stopped on an error, 128 + the signal that stopped it, else 0."""
+    if failure:
+        return EXIT_FAILED
+    if signum is not None:
+        return 128 + int(signum)
+    return EXIT_OK
 SAMPLES = Path(__file__).parent / "samples" / "magnetic-tile"
 
 
@@ -83,6 +118,11 @@ def _add_run_arguments(p: argparse.ArgumentParser, recipe_default: str) -> None:
     p.add_argument("--weights", help="weights folder or shipped name (default: the recipe's)")
     p.add_argument("--threads", type=int, help="CPU threads for the engine (0 = all cores)")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    p.add_argument("--drain-timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT_S, metavar="S",
+                   help="after a stop (Ctrl-C, SIGTERM, SIGHUP, --max-frames, the window closed) keep inspecting "
+                        "queued frames for at most S seconds (default %(default)g); the frame being inspected then "
+                        "is finished, frames still queued get NOT_INSPECTED rows ('stopped'). A second signal stops "
+                        "draining at once")
     scan = p.add_argument_group("line-scan sources (docs/LINESCAN.md)")
     scan.add_argument("--line-rate", type=float, metavar="HZ",
                       help="line-scan: lines per second (replay pace, 0 = as fast as possible; camera: its rate, to "
@@ -93,15 +133,35 @@ def _add_run_arguments(p: argparse.ArgumentParser, recipe_default: str) -> None:
                            "a recipe without [classifier] gets the stage with its default settings)")
 
 
-def _run(args: argparse.Namespace) -> int:
+def _check_run_arguments(args: argparse.Namespace) -> str | None:
     if args.max_frames is not None and args.max_frames < 1:
-        print("station: error: --max-frames must be at least 1", file=sys.stderr)
+        return "--max-frames must be at least 1"
+    if args.drain_timeout < 0:
+        return "--drain-timeout must be 0 or more seconds"
+    return None
+
+
+def _report(summary) -> int:
+    if summary.failure:
+        print(f"station: error: {summary.failure}", file=sys.stderr)
+    return exit_status(summary.failure, summary.signal)
+
+
+def _run(args: argparse.Namespace) -> int:
+    problem = _check_run_arguments(args)
+    if problem:
+        print(f"station: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    summary = run_station(_load_recipe(args), args.headless, args.max_frames, args.json)
-    return EXIT_FAILED if summary.failure else EXIT_OK
+    summary = run_station(_load_recipe(args), args.headless, args.max_frames, args.json,
+                          drain_timeout_s=args.drain_timeout)
+    return _report(summary)
 
 
 def _demo(args: argparse.Namespace) -> int:
+    problem = _check_run_arguments(args)
+    if problem:
+        print(f"station: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     if args.source is None:
         args.source = f"replay:{SAMPLES}"
     headless = args.headless or not display_available()
@@ -109,7 +169,8 @@ def _demo(args: argparse.Namespace) -> int:
         args.no_loop = True  # headless: one pass over the bundled frames, then the summary
     verdicts: dict[str, str] = {}
     summary = run_station(_load_recipe(args), headless, args.max_frames, args.json,
-                          on_result=lambda r: verdicts.__setitem__(r.frame.file or "", r.verdict.value))
+                          on_result=lambda r: verdicts.__setitem__(r.frame.file or "", r.verdict.value),
+                          drain_timeout_s=args.drain_timeout)
     truth_file = Path(args.source.partition(":")[2]) / "truth.csv"
     if truth_file.exists() and verdicts and not args.json:
         truth = {row["file"]: row["defective"] == "1" for row in csv.DictReader(truth_file.open())}
@@ -119,7 +180,7 @@ def _demo(args: argparse.Namespace) -> int:
         for f, v in sorted(judged):
             if (v == "FAIL") != truth[f]:
                 print(f"    {f}: {v}, truth {'defective' if truth[f] else 'defect-free'}")
-    return EXIT_FAILED if summary.failure else EXIT_OK
+    return _report(summary)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,9 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the line from a recipe (camera or replay → engine → verdict → log)",
-                         description="Acquisition, inference and logging run on their own threads joined by "
-                                     "bounded queues. Ctrl-C, or closing the panel, drains the queues and closes "
-                                     "the reject log cleanly.")
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description=textwrap.fill(
+                             "Acquisition, inference and logging run on their own threads joined by bounded queues. "
+                             "Every part the source delivers gets one row in the reject log (PASS, FAIL, or "
+                             "NOT_INSPECTED with the reason), and every gap of lost frames one GAP row. Ctrl-C, "
+                             "SIGTERM, SIGHUP or closing the panel drains the queues (at most --drain-timeout "
+                             "seconds) and closes the reject log cleanly. When a row cannot be written the line stops "
+                             "at once and exits 1.", 100),
+                         epilog=textwrap.fill(
+                             "Exit codes: 0 done, 1 the line stopped on an error (reject log not writable, free space "
+                             "below [station] min_free_mb...), 2 bad input, 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP (each "
+                             "after draining; 128 + the signal number). docs/RELIABILITY.md has the details, "
+                             "docs/station.service an example systemd unit.", 100))
     _add_run_arguments(run, "magnetic_tile")
     run.set_defaults(func=_run)
 
@@ -152,15 +223,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    previous = {}
+    if args.command in ("run", "demo"):  # until the line takes them over: leave with 128 + the signal
+        previous = {s: signal.signal(s, _terminate_early) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         return args.func(args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except Terminated as exc:
+        print(f"station: stopped by {exc} before the line started", file=sys.stderr)
+        return 128 + exc.signum
+    except LedgerError as exc:  # the ledger cannot be written or the disk is nearly full: the line cannot run
+        print(f"station: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 - known errors become one line that says what to do
         if isinstance(exc, (StationError, InspectionCoreError, CalibrationError, *USER_ERRORS)):
             print(f"station: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         raise
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

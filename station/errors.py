@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from inspection_core.errors import TilingError
 
-__all__ = ["CameraLostError", "RecipeError", "RejectLogError", "SourceError", "StationError", "TilingError"]
+__all__ = ["CameraLostError", "DiskSpaceError", "LedgerError", "RecipeError", "RejectLogError", "SourceError",
+           "StationError", "TilingError"]
 
 
 class StationError(Exception):
@@ -30,3 +31,12 @@ class RecipeError(StationError):
 
 class RejectLogError(StationError):
     """The reject log cannot be opened, written or exported."""
+
+
+class LedgerError(RejectLogError):
+    """The reject log (the part ledger) cannot be written: disk full, read-only file, I/O error, or locked by another
+    program beyond the timeout. The line stops on it: an inspection without a record is worth nothing."""
+
+
+class DiskSpaceError(LedgerError):
+    """Free space where the ledger lives is below the recipe's ``[station] min_free_mb``."""

@@ -1,3 +1,4 @@
+# Over 500 lines on purpose: the strip assembler's state (blocks, gaps, lateness, parts) is one unit.
 """Line-scan acquisition: blocks of lines in, parts out.
 
 A line-scan camera delivers *blocks* of lines (``LineBlock``: n lines of one image row each, a block id, a host

@@ -1,12 +1,23 @@
-"""The running line: three threads joined by bounded queues.
+"""The running line: three threads joined by bounded queues, and a part ledger that accounts for every frame.
 
     acquisition thread ──frames queue──▶ inference thread ──results queue──▶ logging thread
-      (source.__iter__)   (drop oldest      (Inspector)      (always block:    (RejectLog,
-                           or block)            │             no record lost)   counters)
+      (source.__iter__)   (drop oldest      (guards, Inspector)   (always block:    (RejectLog: one row
+                           or block)            │                  no entry lost)    per entry, counters)
                                                 └──▶ ResultFeed (latest result for the panel)
 
-Stopping (Ctrl-C, the window's close, or ``max_frames`` reached) stops the source first, then lets each
-queue drain in order, then closes the reject log: nothing already acquired and inspected is lost.
+Every frame the source delivers becomes exactly one ledger entry: an :class:`InspectionResult` (PASS / FAIL) or a
+:class:`NotInspected` with its reason: dropped by the drop-oldest queue (made on the acquisition thread the moment
+it is dropped), unreadable or lost (reported by the source itself, with :class:`FrameGap` for lost frames), too
+small / too large / incomplete (the frame guards), an inference error, or stopped before inspection (discarded at
+``max_frames``, or still queued when the drain timeout ran out). All entries go down the results queue to the
+logging thread, the only writer of the ledger.
+
+Stopping (Ctrl-C, SIGTERM, SIGHUP, the window's close, or ``max_frames`` reached) stops the source first, then
+inspects what is queued for at most the drain timeout (the frame being inspected when it runs out is finished),
+gives what is left NOT_INSPECTED rows, and closes the ledger. When a row cannot be written (disk full, read-only
+file, I/O error, database locked beyond its timeout), the line stops at once in the ERROR state: the source stops,
+nothing more is inspected, and every entry still queued is refused and named in the failure message. Below the
+free-space threshold the line stops cleanly (what is queued is still inspected and recorded), also in ERROR.
 """
 from __future__ import annotations
 
@@ -15,28 +26,36 @@ import logging
 import queue
 import threading
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
 from inspection.feed import ResultFeed
 from inspection_core.errors import InspectionCoreError
-from inspection_core.records import CameraState, InspectionResult, LineStats, SourceHealth, Verdict
-from station.errors import StationError
+from inspection_core.records import (CameraState, Frame, FrameGap, InspectionResult, LineState, LineStats,
+                                     NotInspected, NotInspectedReason, SourceHealth, Verdict)
+from station.errors import LedgerError, StationError
+from station.frameguard import FrameGuard, implausible
 from station.recipe import QueuePolicy
+from station.rejectlog import check_free_space
 
 log = logging.getLogger(__name__)
 _END = object()  # end-of-stream marker passed down the queues
+DISK_CHECK_S = 1.0  # how often the logging thread looks at the free space
+DEFAULT_DRAIN_TIMEOUT_S = 10.0
 
 
 class BoundedQueue:
     """A FIFO of at most ``maxsize`` items whose behaviour when full is explicit: ``BLOCK`` makes the producer
-    wait (back-pressure); ``DROP_OLDEST`` discards the oldest waiting item and counts it in ``dropped``."""
+    wait (back-pressure); ``DROP_OLDEST`` discards the oldest waiting item, counts it in ``dropped`` and hands it to
+    ``on_drop`` (on the producer's thread), so a dropped frame can still get its row."""
 
-    def __init__(self, maxsize: int, policy: QueuePolicy) -> None:
+    def __init__(self, maxsize: int, policy: QueuePolicy, on_drop: Callable[[Any], None] | None = None) -> None:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
         self.policy = QueuePolicy(policy)
         self.dropped = 0
+        self.on_drop = on_drop
         self._lock = threading.Lock()
 
     def put(self, item: Any, force: bool = False) -> None:
@@ -44,17 +63,21 @@ class BoundedQueue:
         if self.policy is QueuePolicy.BLOCK or force:
             self._queue.put(item)
             return
+        dropped = []
         with self._lock:
             while True:
                 try:
                     self._queue.put_nowait(item)
-                    return
+                    break
                 except queue.Full:
                     try:
-                        self._queue.get_nowait()
+                        dropped.append(self._queue.get_nowait())
                         self.dropped += 1
                     except queue.Empty:
                         pass
+        if self.on_drop is not None:
+            for old in dropped:
+                self.on_drop(old)
 
     def get(self, timeout: float | None = None) -> Any:
         return self._queue.get(timeout=timeout)
@@ -63,13 +86,28 @@ class BoundedQueue:
         return self._queue.qsize()
 
 
+def id_ranges(ids: list[int], limit: int = 12) -> str:
+    """``[1, 2, 3, 7, 9, 10]`` → ``"1-3, 7, 9-10"`` (at most ``limit`` ranges, then how many more)."""
+    ranges: list[list[int]] = []
+    for i in sorted(ids):
+        if ranges and i == ranges[-1][1] + 1:
+            ranges[-1][1] = i
+        elif not ranges or i != ranges[-1][1]:
+            ranges.append([i, i])
+    text = ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in ranges[:limit])
+    return text + (f" and {len(ranges) - limit} more range(s)" if len(ranges) > limit else "")
+
+
 class _Counters:
     """Counters shared by the threads; one lock, snapshots for readers."""
 
     def __init__(self, window: int = 256) -> None:
         self.lock = threading.Lock()
-        self.inspected = self.passed = self.failed = self.errors = self.logged = self.log_errors = 0
+        self.inspected = self.passed = self.failed = self.errors = 0
+        self.recorded = self.refused = self.refused_gaps = self.lost = self.gaps = self.warnings = 0
         self.acquired = self.first_frame_ns = self.last_frame_ns = 0
+        self.reasons: collections.Counter[str] = collections.Counter()
+        self.refused_ids: list[int] = []
         self.latencies: collections.deque[float] = collections.deque(maxlen=window)
         self.done_times: collections.deque[float] = collections.deque(maxlen=window)
 
@@ -85,29 +123,43 @@ class _Counters:
 
 
 class Line:
-    """Runs a source through an inspector into a reject log on three threads.
+    """Runs a source through an inspector into the part ledger (a :class:`~station.rejectlog.RejectLog`) on three
+    threads; see the module docstring for what becomes of every frame.
 
-    ``max_frames`` stops the line after that many frames were inspected (frames still waiting are discarded
-    and counted as dropped). ``on_result`` is called on the logging thread after each record is committed.
+    ``max_frames`` stops the line after that many frames were inspected (frames still waiting get NOT_INSPECTED
+    rows, reason ``stopped``). ``guard`` checks frame sizes before inspection (default: :class:`FrameGuard`'s
+    limits). ``drain_timeout_s`` bounds how long :meth:`stop` keeps inspecting queued frames. ``min_free_mb``: the
+    line stops cleanly when free space where the ledger lives falls below it (0: never). ``not_inspected_is_reject``
+    is how parts not inspected count in the counters (the ledger's rows say it too). ``on_result`` is called on the
+    logging thread after each inspected part's row is committed.
     """
 
     def __init__(self, source, inspector, reject_log=None, feed: ResultFeed | None = None, *,
                  frames_queue: int = 8, frames_policy: QueuePolicy = QueuePolicy.DROP_OLDEST,
-                 results_queue: int = 64, max_frames: int | None = None, on_result=None) -> None:
+                 results_queue: int = 64, max_frames: int | None = None, on_result=None,
+                 guard: FrameGuard | None = None, drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
+                 min_free_mb: float = 0.0, not_inspected_is_reject: bool = True) -> None:
         self.source = source
         self.inspector = inspector
         self.reject_log = reject_log
         self.feed = feed or ResultFeed()
         self.max_frames = max_frames
         self.on_result = on_result
-        self.frames = BoundedQueue(frames_queue, frames_policy)
+        self.guard = guard or FrameGuard()
+        self.drain_timeout_s = float(drain_timeout_s)
+        self.min_free_mb = float(min_free_mb)
+        self.not_inspected_is_reject = not_inspected_is_reject
+        self.frames = BoundedQueue(frames_queue, frames_policy, on_drop=self._dropped)
         self.results = BoundedQueue(results_queue, QueuePolicy.BLOCK)
         self.counters = _Counters()
-        self.discarded_at_stop = 0
         self._stop = threading.Event()
+        self._drain_deadline: float | None = None
+        self._ledger_failed = threading.Event()
         self._threads: list[threading.Thread] = []
         self._started = 0.0
+        self._state = LineState.STARTING
         self.failure: BaseException | None = None
+        self.stop_reason: str | None = None
 
     # -- control -------------------------------------------------------------------------------------------
     def start(self) -> "Line":
@@ -119,7 +171,11 @@ class Line:
             if self.reject_log is not None:
                 self.reject_log.close()
             raise
+        self.source.ledger_sink = self._source_event
+        if self._stop.is_set():  # stopped before it started (a signal while the source opened): end at once
+            self.source.stop()
         self._started = time.monotonic()
+        self._state = LineState.RUNNING
         self._threads = [
             threading.Thread(target=self._guard(self._acquire), name="acquisition", daemon=True),
             threading.Thread(target=self._guard(self._infer), name="inference", daemon=True),
@@ -129,10 +185,20 @@ class Line:
             thread.start()
         return self
 
-    def stop(self) -> None:
-        """Ask the line to stop: the source stops, the queues drain, the log closes. Returns at once."""
+    def stop(self, reason: str | None = None, error: BaseException | None = None,
+             drain_timeout_s: float | None = None) -> None:
+        """Ask the line to stop: the source stops, the queued frames are inspected for at most the drain timeout
+        (``drain_timeout_s``, default the line's), the log closes. Returns at once; safe to call again (a second
+        call can only shorten the drain). ``error``: the line stops on an error (state ERROR, exit status 1)."""
+        if error is not None and self.failure is None:
+            self.failure = error
+        timeout = self.drain_timeout_s if drain_timeout_s is None else float(drain_timeout_s)
+        deadline = time.monotonic() + max(0.0, timeout)
+        if self._drain_deadline is None or deadline < self._drain_deadline:
+            self._drain_deadline = deadline
         if not self._stop.is_set():
-            log.info("stopping the line: draining queues")
+            self.stop_reason = reason or (str(error) if error is not None else "stop requested")
+            log.info("stopping the line (%s): draining queues for at most %.3g s", self.stop_reason, timeout)
         self._stop.set()
         self.source.stop()
 
@@ -147,15 +213,25 @@ class Line:
     def running(self) -> bool:
         return any(t.is_alive() for t in self._threads)
 
+    @property
+    def state(self) -> LineState:
+        if self.failure is not None:
+            return LineState.ERROR
+        if self._threads and not self.running:
+            return LineState.STOPPED
+        if self._stop.is_set():
+            return LineState.DRAINING
+        return self._state
+
     def run(self) -> LineStats:
         """Start, wait until the source ends or ``max_frames`` is reached, and return the final counters.
-        Ctrl-C stops the line cleanly."""
+        Ctrl-C stops the line cleanly (a drain)."""
         self.start()
         try:
             while self.running:
                 self.join(timeout=0.2)
         except KeyboardInterrupt:
-            self.stop()
+            self.stop("interrupted")
             self.join()
         return self.stats()
 
@@ -172,30 +248,64 @@ class Line:
                     log.error("%s stopped: %s", name, exc)
                 else:
                     log.exception("%s thread failed", name)
-                self.failure = exc
-                self.stop()
+                self.stop(error=exc)
         return run
+
+    def _count_acquired(self, timestamp_ns: int) -> None:
+        with self.counters.lock:
+            self.counters.acquired += 1
+            self.counters.first_frame_ns = self.counters.first_frame_ns or timestamp_ns
+            self.counters.last_frame_ns = timestamp_ns
+
+    def _emit(self, entry: NotInspected | FrameGap, note: str | None = None) -> None:
+        """Count an entry that is not an inspection and send it to the ledger."""
+        with self.counters.lock:
+            if isinstance(entry, NotInspected):
+                self.counters.reasons[entry.reason.value] += 1
+                if entry.reason is NotInspectedReason.INFERENCE_ERROR:
+                    self.counters.errors += 1
+            else:
+                self.counters.gaps += 1
+                self.counters.lost += entry.count
+        self.results.put((entry, note))
+
+    def _source_event(self, entry: NotInspected | FrameGap) -> None:
+        """A source's report (acquisition thread): a part it could not deliver as a frame, or lost frames."""
+        if isinstance(entry, NotInspected):
+            self._count_acquired(entry.timestamp_ns)
+        self._emit(entry)
+
+    def _dropped(self, frame: Any) -> None:
+        """A frame the drop-oldest queue discarded (acquisition thread)."""
+        if isinstance(frame, Frame):
+            self._emit(NotInspected.of(frame, NotInspectedReason.DROPPED,
+                                       "the frames queue was full: the line inspects slower than the source delivers"))
 
     def _acquire(self) -> None:
         # With back-pressure no frame is ever dropped, so ``max_frames`` frames are exactly enough; a dropping
         # queue keeps acquiring until the inference thread has inspected ``max_frames`` and stops the line.
         enough = self.max_frames if self.frames.policy is QueuePolicy.BLOCK else None
-        acquired = 0
+        queued = 0
         try:
             with self.source:
                 for frame in self.source:
-                    if self._stop.is_set():
+                    self._count_acquired(frame.timestamp_ns)
+                    if self._stop.is_set():  # delivered after the stop: it still gets its row
+                        self._emit(NotInspected.of(frame, NotInspectedReason.STOPPED, self._stopped_detail()))
                         break
                     self.frames.put(frame)
-                    acquired += 1
-                    with self.counters.lock:
-                        self.counters.acquired = acquired
-                        self.counters.first_frame_ns = self.counters.first_frame_ns or frame.timestamp_ns
-                        self.counters.last_frame_ns = frame.timestamp_ns
-                    if enough is not None and acquired >= enough:
+                    queued += 1
+                    if enough is not None and queued >= enough:
                         break
         finally:
             self.frames.put(_END, force=True)
+
+    def _stopped_detail(self) -> str:
+        if self._ledger_failed.is_set():
+            return "the ledger failed: the line stopped"
+        if self.max_frames is not None and self.counters.inspected >= self.max_frames:
+            return f"discarded at --max-frames {self.max_frames}"
+        return f"the line stopped ({self.stop_reason or 'stop requested'})"
 
     def _infer(self) -> None:
         try:
@@ -203,46 +313,108 @@ class Line:
                 frame = self.frames.get()
                 if frame is _END:
                     break
-                if self.max_frames is not None and self.counters.inspected >= self.max_frames:
-                    self.discarded_at_stop += 1
+                if self._ledger_failed.is_set() or (self.max_frames is not None
+                                                    and self.counters.inspected >= self.max_frames):
+                    self._emit(NotInspected.of(frame, NotInspectedReason.STOPPED, self._stopped_detail()))
                     continue
+                if self._drain_deadline is not None and time.monotonic() > self._drain_deadline:
+                    self._emit(NotInspected.of(frame, NotInspectedReason.STOPPED,
+                                               f"still queued when the drain timeout ran out ({self.stop_reason})"))
+                    continue
+                refused = self.guard.refuse(frame)
+                if refused is not None:
+                    self._emit(refused)
+                    continue
+                warning = implausible(frame.image)
+                if warning:
+                    with self.counters.lock:
+                        self.counters.warnings += 1
+                        first = self.counters.warnings == 1
+                    (log.warning if first else log.debug)("frame %s from %s: %s", frame.frame_id, frame.source,
+                                                          warning)
                 try:
                     result = self.inspector.inspect(frame)
                 except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the line
-                    with self.counters.lock:
-                        self.counters.errors += 1
                     log.error("frame %s from %s could not be inspected: %s", frame.frame_id, frame.source, exc)
+                    self._emit(NotInspected.of(frame, NotInspectedReason.INFERENCE_ERROR,
+                                               f"{type(exc).__name__}: {exc}"), warning)
                     continue
                 self.counters.add(result)
                 self.feed.publish(result)
-                self.results.put(result)
+                self.results.put((result, warning))
                 if self.max_frames is not None and self.counters.inspected >= self.max_frames:
-                    self.stop()
+                    self.stop(f"--max-frames {self.max_frames} reached")
         finally:
             self.results.put(_END, force=True)
 
     def _record(self) -> None:
+        ledger = self.reject_log
+        next_disk_check = time.monotonic() + DISK_CHECK_S
         try:
             while True:
-                result = self.results.get()
-                if result is _END:
+                item = self.results.get()
+                if item is _END:
                     break
+                entry, note = item
+                if self._ledger_failed.is_set():
+                    self._refuse(entry)
+                    continue
                 try:
-                    if self.reject_log is not None:
-                        self.reject_log.record(result)
-                except Exception as exc:  # noqa: BLE001 - keep draining so inference never blocks forever
-                    with self.counters.lock:
-                        self.counters.log_errors += 1
-                    log.error("frame %s was inspected (%s) but could not be recorded: %s",
-                              result.frame.frame_id, result.verdict.value, exc)
+                    if ledger is not None:
+                        ledger.record(entry, note)
+                except Exception as exc:  # noqa: BLE001 - any failure to record stops the line
+                    error = exc if isinstance(exc, LedgerError) else LedgerError(
+                        f"cannot write to the reject log: {type(exc).__name__}: {exc}")
+                    self._ledger_failed.set()
+                    log.error("the line stops: %s", error)
+                    self.stop("the reject log cannot be written", error=error, drain_timeout_s=0.0)
+                    self._refuse(entry)
                     continue
                 with self.counters.lock:
-                    self.counters.logged += 1
-                if self.on_result is not None:
-                    self.on_result(result)
+                    self.counters.recorded += 1
+                if isinstance(entry, InspectionResult) and self.on_result is not None:
+                    try:
+                        self.on_result(entry)
+                    except Exception:  # noqa: BLE001 - a broken listener must not stop the ledger
+                        log.exception("on_result failed for frame %s", entry.frame.frame_id)
+                if ledger is not None and self.min_free_mb > 0 and time.monotonic() >= next_disk_check:
+                    next_disk_check = time.monotonic() + DISK_CHECK_S
+                    self._check_disk(Path(ledger.db_path).parent)
         finally:
-            if self.reject_log is not None:
-                self.reject_log.close()
+            if ledger is not None:
+                ledger.close()
+            self._report_refused()
+
+    def _check_disk(self, folder: Path) -> None:
+        if self._stop.is_set():
+            return
+        try:
+            check_free_space(folder, self.min_free_mb)
+        except LedgerError as exc:
+            log.error("the line stops cleanly: %s", exc)
+            self.stop("free space is below [station] min_free_mb", error=exc)
+
+    def _refuse(self, entry: Any) -> None:
+        with self.counters.lock:
+            self.counters.refused += 1
+            if isinstance(entry, FrameGap):
+                self.counters.refused_gaps += 1
+                self.counters.refused_ids.extend(range(entry.first_id, entry.last_id + 1))
+            else:
+                self.counters.refused_ids.append(entry.frame.frame_id if isinstance(entry, InspectionResult)
+                                                 else entry.frame_id)
+
+    def _report_refused(self) -> None:
+        """Name what the failed ledger refused, in the failure itself (the message the operator gets)."""
+        with self.counters.lock:
+            refused, gaps, ids = self.counters.refused, self.counters.refused_gaps, list(self.counters.refused_ids)
+        if not refused or not isinstance(self.failure, LedgerError):
+            return
+        what = f"{refused - gaps} part(s)" + (f" and {gaps} gap row(s)" if gaps else "")
+        text = (f"{self.failure} -- {what} refused, with no row in the ledger (frame ids {id_ranges(ids)}): treat "
+                "those parts as rejects and inspect them again")
+        log.error("%s", text)
+        self.failure = type(self.failure)(text)
 
     # -- reading -------------------------------------------------------------------------------------------
     def stats(self) -> LineStats:
@@ -250,8 +422,11 @@ class Line:
         with c.lock:
             latencies = np.asarray(c.latencies, dtype=np.float64)
             times = list(c.done_times)
-            inspected, passed, failed, errors = c.inspected, c.passed, c.failed, c.errors + c.log_errors
+            inspected, passed, failed = c.inspected, c.passed, c.failed
+            errors = c.errors + c.refused
             acquired, span_ns = c.acquired, c.last_frame_ns - c.first_frame_ns
+            reasons = dict(c.reasons)
+            lost, gaps, recorded, refused, warnings = c.lost, c.gaps, c.recorded, c.refused, c.warnings
         if len(times) >= 2 and times[-1] > times[0]:
             fps = (len(times) - 1) / (times[-1] - times[0])
         else:
@@ -264,9 +439,13 @@ class Line:
             acquired=acquired,
             acquisition_fps=round((acquired - 1) / (span_ns / 1e9), 2) if acquired > 1 and span_ns > 0 else 0.0,
             inspected=inspected, passed=passed, failed=failed, errors=errors,
-            dropped=self.frames.dropped + self.discarded_at_stop,
+            dropped=reasons.get(NotInspectedReason.DROPPED.value, 0),
             throughput_fps=round(fps, 2),
             latency_ms_p50=float(np.percentile(latencies, 50)) if latencies.size else 0.0,
             latency_ms_p99=float(np.percentile(latencies, 99)) if latencies.size else 0.0,
             engine_id=self.inspector.engine_id, source=health,
+            not_inspected=sum(reasons.values()), not_inspected_reasons=reasons, lost=lost, gaps=gaps,
+            recorded=recorded, refused=refused, warnings=warnings,
+            not_inspected_is_reject=self.not_inspected_is_reject, state=self.state,
+            failure=None if self.failure is None else str(self.failure),
         )

@@ -1,3 +1,4 @@
+# Over 500 lines on purpose: the recipe schema: every table, key, check and message in one place.
 """Product recipes: one TOML file per product, read into frozen dataclasses and checked key by key.
 
 >>> recipe = load_recipe(shipped_recipe_path("magnetic_tile"))
@@ -15,6 +16,7 @@ import copy
 import difflib
 import enum
 import json
+import socket
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -133,6 +135,46 @@ class LogConfig:
     save_reject_images: bool = True
 
 
+class NotInspectedPolicy(str, enum.Enum):
+    """How a part the line did not inspect counts: as a reject (fail-safe: it goes to the reject bin and lowers the
+    yield) or left out of the yield (it still has its NOT_INSPECTED row)."""
+
+    REJECT = "reject"
+    EXCLUDE = "exclude"
+
+
+def default_station_id() -> str:
+    """The station id rows carry when the recipe names none: this machine's host name."""
+    return socket.gethostname() or "station"
+
+
+@dataclass(frozen=True)
+class StationConfig:
+    """The ``[station]`` table: who writes the ledger and when the line refuses to run.
+
+    ``id`` goes into every ledger row (default: the host name); below ``min_free_mb`` of free space where the
+    ledger lives the station refuses to start, and stops cleanly when it gets there while running;
+    ``not_inspected`` says how a part not inspected counts (:class:`NotInspectedPolicy`)."""
+
+    id: str = field(default_factory=default_station_id)
+    min_free_mb: float = 200.0
+    not_inspected: NotInspectedPolicy = NotInspectedPolicy.REJECT
+
+
+@dataclass(frozen=True)
+class FramesConfig:
+    """The ``[frames]`` table: image guards applied before any tiling. A frame outside ``min_*`` .. ``max_*``
+    (pixels) is not inspected (its ledger row says why). ``bit_depth`` is the number of significant bits of
+    16-bit images (replayed files; a camera's pixel format says it for itself): they are scaled to 8 bits by
+    it, never truncated."""
+
+    min_width: int = 32
+    min_height: int = 32
+    max_width: int = 16384
+    max_height: int = 65536
+    bit_depth: int = 16
+
+
 @dataclass(frozen=True)
 class QueuesConfig:
     frames: int = 8  # most frames waiting for inference
@@ -181,6 +223,8 @@ class Recipe:
     queues: QueuesConfig = field(default_factory=QueuesConfig)
     classifier: ClassifierConfig | None = None  # None: no [classifier] table, no classifier stage
     calibration: CalibrationConfig | None = None  # None: no [calibration] table, the line runs uncalibrated
+    station: StationConfig = field(default_factory=StationConfig)
+    frames: FramesConfig = field(default_factory=FramesConfig)
     _raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def with_overrides(self, overrides: Mapping[str, Any] | None = None, /, **kwargs: Any) -> Recipe:
@@ -215,6 +259,7 @@ class Recipe:
         excluded): two rows with the same fingerprint were judged by the same settings."""
         data = self.as_dict()
         data.pop("path", None)
+        data.get("station", {}).pop("id", None)  # which machine runs it is not a setting of the judgement
         text = json.dumps(data, sort_keys=True, default=str)
         return text_sha256(text)[:12]
 
@@ -360,7 +405,8 @@ def _device(v: Any) -> int | str:
     return _int(0)(v) if _is_int(v) else _str(v)
 
 
-_TABLES = ("product", "source", "tiling", "engine", "rules", "log", "queues", "classifier", "calibration")
+_TABLES = ("product", "source", "tiling", "engine", "rules", "log", "queues", "classifier", "calibration", "station",
+           "frames")
 _REQUIRED_TABLES = ("product", "source")
 
 
@@ -496,9 +542,31 @@ def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
         raise RecipeError(f"{where}: [rules] min_area_mm2 needs a scale: add a [calibration] table naming a profile "
                           "with one (`calibration scale ...`), or use min_area_px")
 
+    t = table("station")
+    policy_check, policy_allowed = _enum(NotInspectedPolicy)
+    station = StationConfig(
+        id=t.get("id", None, _str, 'a non-empty string naming this station, e.g. "line-3-cam-A" (default: the host '
+                                   "name)") or default_station_id(),
+        min_free_mb=t.get("min_free_mb", 200.0, _float(0.0), "a number of megabytes >= 0 (0 = no check), e.g. 200"),
+        not_inspected=t.get("not_inspected", NotInspectedPolicy.REJECT, policy_check, policy_allowed),
+    )
+    t.finish()
+
+    t = table("frames")
+    min_width = t.get("min_width", 32, _int(1), "an integer >= 1 (pixels)")
+    min_height = t.get("min_height", 32, _int(1), "an integer >= 1 (pixels)")
+    frames = FramesConfig(
+        min_width=min_width, min_height=min_height,
+        max_width=t.get("max_width", 16384, _int(min_width), f"an integer >= min_width ({min_width})"),
+        max_height=t.get("max_height", 65536, _int(min_height), f"an integer >= min_height ({min_height})"),
+        bit_depth=t.get("bit_depth", 16, _int(8, 16), "an integer from 8 to 16 (significant bits of 16-bit images, "
+                                                     "e.g. 12)"),
+    )
+    t.finish()
+
     return Recipe(path=path, product=product, source=source, tiling=tiling, engine=engine, rules=rules,
-                  log=log, queues=queues, classifier=classifier, calibration=calibration,
-                  _raw=copy.deepcopy(dict(data)))
+                  log=log, queues=queues, classifier=classifier, calibration=calibration, station=station,
+                  frames=frames, _raw=copy.deepcopy(dict(data)))
 
 
 _LINE_SCAN_KEYS = ("block_lines", "line_rate_hz", "part_mode", "part_lines", "max_part_lines", "gap_lines",

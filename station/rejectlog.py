@@ -1,70 +1,107 @@
-"""The reject log: every inspection as one committed SQLite row, plus a PNG of each rejected frame.
+# Over 500 lines on purpose: the ledger's schema, its upgrades, writes, images and reads share one SQLite connection.
+"""The part ledger (the reject log): every part the line saw, or lost, as one committed SQLite row.
 
->>> with RejectLog("station-data/rejects.db") as log:          # doctest: +SKIP
-...     row_id = log.record(result)
+>>> with RejectLog("station-data/rejects.db", station_id="line-3", run_id=new_run_id()) as log:  # doctest: +SKIP
+...     row_id = log.record(result)          # an InspectionResult (PASS / FAIL), NotInspected or FrameGap
 ...     fails = log.query(since="2024-05-01", verdict="fail")
 
-The database is in WAL mode, so an operator can export or query while the line writes. Rejected frames are
-saved beside it as ``<db stem>_images/<YYYY-MM-DD>/<HHMMSSmmm>_<frame_id>.png`` (UTC); ``image_path`` holds
-that path relative to the database's folder, so the two can be moved together.
+Rows, by ``verdict``:
 
-``labels_json`` holds the classifier stage's labels: a JSON list of class names (``[]`` without a classifier),
-or, when the stage ran on patches, ``{"labels": [...], "patches": [...]}`` with the patch grid (row, col, pixel
-origin, side, labels and scores per patch). :func:`decode_labels` reads both forms, so older rows stay valid.
+- ``PASS`` / ``FAIL``: an inspected part (:class:`~inspection_core.records.InspectionResult`);
+- ``NOT_INSPECTED``: a part the source delivered but the line could not inspect
+  (:class:`~inspection_core.records.NotInspected`); ``reason`` says why (``dropped``, ``unreadable``, ``incomplete``,
+  ``too_small``, ``too_large``, ``inference_error``, ``stopped``) and ``detail`` says more;
+- ``GAP``: frames the source lost (:class:`~inspection_core.records.FrameGap`): ids ``frame_id .. last_frame_id``,
+  ``frame_count`` of them (an estimate for a camera outage, ``reason = "outage"``; ``"lost_ids"`` for skipped ids),
+  between ``timestamp_ns`` and ``end_timestamp_ns``.
 
-``recipe`` and ``calibration`` say what judged each row: the recipe's product and the fingerprint of its effective
-settings (:meth:`station.recipe.Recipe.fingerprint`), and the calibration profile version (``camera@vN``; empty
-when the line ran uncalibrated). Schema 1 files are upgraded in place when the station opens them; their old rows
-keep empty values there.
+``rejected`` is 1 for a part that goes to the reject bin (FAIL, and NOT_INSPECTED under the fail-safe default
+``[station] not_inspected = "reject"``), 0 for one that passes (PASS, or NOT_INSPECTED under ``"exclude"``), NULL for
+gap rows: it records the choice made for each row. ``station_id`` and ``run_id`` say which station and which
+``station run`` wrote the row; ``recipe`` and ``calibration`` what judged it (the recipe's product and settings
+fingerprint, :meth:`station.recipe.Recipe.fingerprint`, and the calibration profile version, ``camera@vN``).
+
+The database is in WAL mode, so an operator can export or query while the line writes; each row is its own
+transaction with ``synchronous=FULL``. The image of every FAIL part is saved beside it as
+``<db stem>_images/<YYYY-MM-DD>/<HHMMSSmmm>_<frame_id>.png`` (UTC) with ``..._overlay.png`` beside it (the defect
+mask in red, each defect boxed); ``image_path`` and ``overlay_path`` are relative to the database's folder, so the
+two can be moved together. Files are created with the process's umask, like any other file.
+
+``labels_json`` holds the classifier stage's labels: a JSON list of class names (``[]`` without a classifier), or,
+when the stage ran on patches, ``{"labels": [...], "patches": [...]}``; :func:`decode_labels` reads both.
+
+Schema history (``PRAGMA user_version``), upgraded in place when the station opens an older file, old rows kept:
+1 → 2 added ``recipe``, ``calibration``; 2 → 3 added the ledger columns (``station_id`` … ``overlay_path``) and the
+NOT_INSPECTED and GAP verdicts. SQLite cannot change a CHECK constraint, so 3 rebuilds the table (new table, rows
+copied, old dropped, new renamed) inside one transaction: a kill during it leaves the old file as it was. Old rows
+get ``frame_count = 1`` and ``rejected`` from their verdict.
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import enum
-import io
 import json
 import logging
 import os
 import re
+import secrets
+import shutil
 import sqlite3
-import sys
 import tempfile
 import threading
+import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import cv2
 import numpy as np
 
-from inspection_core.records import InspectionResult, Verdict
-from station.errors import RejectLogError
+from inspection_core.records import FrameGap, InspectionResult, NotInspected, Verdict
+from station.errors import DiskSpaceError, LedgerError, RejectLogError
+from ui.overlay import overlay_mask
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+GAP = "GAP"  # the verdict of a gap row
+VERDICTS = (Verdict.PASS.value, Verdict.FAIL.value, Verdict.NOT_INSPECTED.value, GAP)
 COLUMNS = ("id", "time_utc", "timestamp_ns", "source", "frame_id", "file", "verdict", "defects_json",
-           "labels_json", "engine_id", "latency_ms", "image_path", "recipe", "calibration")
-_ADDED_IN_2 = ("recipe", "calibration")  # schema 1 files get these columns (NULL in their old rows)
+           "labels_json", "engine_id", "latency_ms", "image_path", "recipe", "calibration",
+           "station_id", "run_id", "reason", "detail", "frame_count", "last_frame_id", "end_timestamp_ns", "rejected",
+           "overlay_path")
+_ADDED_IN_2 = ("recipe", "calibration")
+#: What the columns added later read as in older rows (SQL expressions over the old columns).
+_OLD_ROW_DEFAULTS = {"frame_count": "1", "rejected": "CASE verdict WHEN 'FAIL' THEN 1 ELSE 0 END"}
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS inspections (
+LedgerEntry = Union[InspectionResult, NotInspected, FrameGap]
+
+_TABLE = """
+CREATE TABLE {name} (
     id           INTEGER PRIMARY KEY,
-    time_utc     TEXT    NOT NULL,          -- when the verdict was logged, e.g. 2024-05-01T12:34:56.789Z
-    timestamp_ns INTEGER NOT NULL,          -- the frame's host monotonic timestamp
+    time_utc     TEXT    NOT NULL,          -- when the row was logged, e.g. 2024-05-01T12:34:56.789Z
+    timestamp_ns INTEGER NOT NULL,          -- the frame's host monotonic timestamp (gap: its start)
     source       TEXT    NOT NULL,
-    frame_id     INTEGER NOT NULL,
+    frame_id     INTEGER NOT NULL,          -- gap: the first lost id
     file         TEXT,
-    verdict      TEXT    NOT NULL CHECK (verdict IN ('PASS', 'FAIL')),
+    verdict      TEXT    NOT NULL CHECK (verdict IN ('PASS', 'FAIL', 'NOT_INSPECTED', 'GAP')),
     defects_json TEXT    NOT NULL,
     labels_json  TEXT    NOT NULL,
     engine_id    TEXT    NOT NULL,
     latency_ms   REAL    NOT NULL,
     image_path   TEXT,                      -- relative to the database's folder
     recipe       TEXT,                      -- product and settings fingerprint, e.g. "magnetic_tile 3f9a0c1d2e4b"
-    calibration  TEXT                       -- calibration profile version, e.g. "cam-A@v3" (NULL: uncalibrated)
-);
+    calibration  TEXT,                      -- calibration profile version, e.g. "cam-A@v3" (NULL: uncalibrated)
+    station_id   TEXT,                      -- [station] id (default: the host name); NULL in rows before schema 3
+    run_id       TEXT,                      -- one per `station run`, e.g. 20241101T080000Z-3f9a0c
+    reason       TEXT,                      -- NOT_INSPECTED: why; GAP: lost_ids or outage
+    detail       TEXT,                      -- more words: the decoder's message, a frame's size, a warning
+    frame_count  INTEGER NOT NULL DEFAULT 1,-- parts this row stands for (GAP: the estimated lost frames)
+    last_frame_id INTEGER,                  -- GAP: the last lost id
+    end_timestamp_ns INTEGER,               -- GAP: the first frame after it (or when the line stopped)
+    rejected     INTEGER,                   -- 1: to the reject bin, 0: passes, NULL: a gap
+    overlay_path TEXT                       -- FAIL: the image with its defect overlay, beside image_path
+)"""
+_INDEXES = """
 CREATE INDEX IF NOT EXISTS inspections_time ON inspections (time_utc);
 CREATE INDEX IF NOT EXISTS inspections_verdict_time ON inspections (verdict, time_utc);
 """
@@ -74,15 +111,19 @@ class VerdictFilter(str, enum.Enum):
     ALL = "all"
     PASS = "pass"
     FAIL = "fail"
-
-
-class ExportFormat(str, enum.Enum):
-    CSV = "csv"
-    JSON = "json"
+    NOT_INSPECTED = "not_inspected"
+    GAP = "gap"
+    REJECTED = "rejected"  # every row with rejected = 1: FAIL, and NOT_INSPECTED when it counts as a reject
 
 
 def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """A fresh run id: UTC start time and 6 random hex digits, e.g. ``20241101T080000Z-3f9a0c`` (sorts by time)."""
+    moment = (now or _utc_now()).astimezone(timezone.utc)
+    return f"{moment.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
 
 
 def format_utc(moment: datetime) -> str:
@@ -115,7 +156,8 @@ def _where(since: str | datetime | None, until: str | datetime | None, verdict: 
     try:
         wanted = VerdictFilter(str(getattr(verdict, "value", verdict)).lower())
     except ValueError:
-        raise RejectLogError(f"verdict {verdict!r} is not allowed; use one of fail, pass, all") from None
+        raise RejectLogError(f"verdict {verdict!r} is not allowed; use one of "
+                             f"{', '.join(v.value for v in VerdictFilter)}") from None
     clauses: list[str] = []
     params: list[Any] = []
     if since is not None:
@@ -125,7 +167,9 @@ def _where(since: str | datetime | None, until: str | datetime | None, verdict: 
         moment, date_only = parse_time(until)
         clauses.append("time_utc < ?" if date_only else "time_utc <= ?")
         params.append(format_utc(moment + timedelta(days=1) if date_only else moment))
-    if wanted is not VerdictFilter.ALL:
+    if wanted is VerdictFilter.REJECTED:
+        clauses.append(f"({_OLD_ROW_DEFAULTS['rejected']}) = 1")  # rewritten to the column below when present
+    elif wanted is not VerdictFilter.ALL:
         clauses.append("verdict = ?")
         params.append(wanted.value.upper())
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
@@ -134,7 +178,10 @@ def _where(since: str | datetime | None, until: str | datetime | None, verdict: 
 def _fetch(conn: sqlite3.Connection, since: Any, until: Any, verdict: str) -> list[dict[str, Any]]:
     where, params = _where(since, until, verdict)
     present = {row[1] for row in conn.execute("PRAGMA table_info(inspections)")}
-    selected = ", ".join(c if c in present else f"NULL AS {c}" for c in COLUMNS)  # a schema 1 file, read-only
+    if "rejected" in present:
+        where = where.replace(f"({_OLD_ROW_DEFAULTS['rejected']}) = 1", "rejected = 1")
+    # an older file, read-only: the later columns read as their defaults
+    selected = ", ".join(c if c in present else f"{_OLD_ROW_DEFAULTS.get(c, 'NULL')} AS {c}" for c in COLUMNS)
     cursor = conn.execute(f"SELECT {selected} FROM inspections{where} ORDER BY id", params)
     return [dict(zip(COLUMNS, row)) for row in cursor]
 
@@ -152,6 +199,40 @@ def _check_version(conn: sqlite3.Connection, path: Path) -> int:
         raise RejectLogError(f"{path} was written by a newer station (schema {version}; this one reads up to "
                              f"{SCHEMA_VERSION}); upgrade the station, or use another database path")
     return version
+
+
+def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
+    """Create the schema in an empty file, or bring an older one to :data:`SCHEMA_VERSION`, in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # read again under the write lock: another station process may have upgraded it meanwhile
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        present = [row[1] for row in conn.execute("PRAGMA table_info(inspections)")]
+        if version < SCHEMA_VERSION and present:
+            before = conn.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM inspections").fetchone()
+            conn.execute(_TABLE.format(name="inspections_v3"))
+            copied = [c for c in COLUMNS if c in present]
+            filled = [c for c in _OLD_ROW_DEFAULTS if c not in present]
+            conn.execute(f"INSERT INTO inspections_v3 ({', '.join(copied + filled)}) "
+                         f"SELECT {', '.join(copied + [_OLD_ROW_DEFAULTS[c] for c in filled])} "
+                         "FROM inspections ORDER BY id")
+            after = conn.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM inspections_v3").fetchone()
+            if tuple(after) != tuple(before):
+                raise sqlite3.DatabaseError(f"the copy holds {after[0]} rows, the old table {before[0]}")
+            conn.execute("DROP TABLE inspections")
+            conn.execute("ALTER TABLE inspections_v3 RENAME TO inspections")
+            log.info("reject log %s upgraded from schema %d to %d in place (%d rows kept; added %s)", path, version,
+                     SCHEMA_VERSION, before[0], ", ".join(c for c in COLUMNS if c not in present))
+        elif not present:
+            conn.execute(_TABLE.format(name="inspections"))
+        for statement in filter(str.strip, _INDEXES.split(";")):
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def encode_labels(result: InspectionResult) -> str:
@@ -180,26 +261,125 @@ def _to_png_layout(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-class RejectLog:
-    """Append-only SQLite log of inspections; thread-safe, one committed transaction per row.
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS tells it (Linux), else by setting it back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
-    ``recipe`` and ``calibration`` are written on every row (see the module's docstring)."""
+
+def write_atomically(path: Path, data: bytes, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename (a kill never leaves half a file), with the
+    permissions an ordinary ``open()`` would give (``0666`` less the umask; ``mkstemp`` alone makes ``0600``)."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.chmod(tmp_name, 0o666 & ~current_umask())
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+
+
+def free_mb(folder: str | Path) -> float:
+    """Free megabytes (10^6 bytes) available to this user on the file system holding ``folder`` (or the nearest
+    existing folder above it)."""
+    path = Path(folder).resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free / 1e6
+
+
+def check_free_space(folder: str | Path, min_free_mb: float) -> float:
+    """Free MB at ``folder``; raises :class:`DiskSpaceError` below ``min_free_mb`` (0 disables the check)."""
+    free = free_mb(folder)
+    if min_free_mb > 0 and free < min_free_mb:
+        raise DiskSpaceError(f"only {free:.0f} MB free where the reject log lives ({Path(folder).resolve()}), below "
+                             f"[station] min_free_mb = {min_free_mb:g}; free disk space there (or move the log with "
+                             "[log] db / --db), then start the station again")
+    return free
+
+
+def _why(exc: sqlite3.Error, busy_timeout_s: float) -> str:
+    """What an SQLite error means for the operator."""
+    name = str(getattr(exc, "sqlite_errorname", "") or "")
+    if name.startswith("SQLITE_FULL"):
+        return "the disk is full"
+    if name.startswith("SQLITE_READONLY"):
+        return "the database file is read-only"
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return f"another program held the database locked for more than {busy_timeout_s:g} s"
+    if name.startswith("SQLITE_IOERR"):
+        return "a disk I/O error (a full disk, a file size limit or a failing disk)"
+    return type(exc).__name__
+
+
+def probe_writable(db_path: str | Path, busy_timeout_s: float = 10.0) -> None:
+    """Raise :class:`LedgerError` now when an existing log cannot be written (read-only file or folder, locked):
+    a write that is rolled back, so nothing changes, and nothing is created when there is no file yet."""
+    path = Path(db_path)
+    if not path.is_file():
+        return
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_s)
+    except sqlite3.Error as exc:
+        raise LedgerError(f"cannot open the reject log {path}: {exc}; check the file and its folder") from None
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(f"PRAGMA user_version={version}")
+        conn.execute("ROLLBACK")
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError):
+            raise LedgerError(f"cannot write the reject log {path}: {_why(exc, busy_timeout_s)} ({exc}); make the "
+                              "file and its folder writable, free disk space, or stop the program holding it, then "
+                              "start the station again") from None
+        # not an SQLite file: RejectLog says so when it opens it
+    finally:
+        conn.close()
+
+
+class RejectLog:
+    """Append-only SQLite ledger of parts; thread-safe, one committed transaction per row.
+
+    ``recipe``, ``calibration``, ``station_id``, ``run_id`` and ``engine_id`` (for rows of parts not inspected) are
+    written on every row; ``not_inspected_is_reject`` sets ``rejected`` of NOT_INSPECTED rows; ``mask_threshold``
+    is the score the overlay images paint from. Any failure to write a row raises :class:`LedgerError`.
+    """
 
     def __init__(self, db_path: str | Path, save_images: bool = True, recipe: str | None = None,
-                 calibration: str | None = None) -> None:
+                 calibration: str | None = None, *, station_id: str | None = None, run_id: str | None = None,
+                 engine_id: str = "", not_inspected_is_reject: bool = True, mask_threshold: float = 0.5,
+                 busy_timeout_s: float = 10.0) -> None:
         self.db_path = Path(db_path)
         self.save_images = save_images
         self.recipe, self.calibration = recipe, calibration
+        self.station_id, self.run_id, self.engine_id = station_id, run_id, engine_id
+        self.not_inspected_is_reject = not_inspected_is_reject
+        self.mask_threshold = mask_threshold
+        self.busy_timeout_s = busy_timeout_s
         self.images_dir = self.db_path.parent / f"{self.db_path.stem}_images"
         self.image_errors = 0  # frames whose PNG could not be written (the row is still logged)
         self._lock = threading.Lock()
         try:
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False, timeout=10.0)
+            conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False,
+                                   timeout=busy_timeout_s)
         except (OSError, sqlite3.Error) as exc:
-            raise RejectLogError(f"cannot open the reject log {self.db_path}: {exc}; check the folder exists "
-                                 "and is writable, or choose another path") from None
-        version = _check_version(conn, self.db_path)
+            raise LedgerError(f"cannot open the reject log {self.db_path}: {exc}; check the folder exists "
+                              "and is writable, or choose another path") from None
+        _check_version(conn, self.db_path)
         try:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -210,23 +390,18 @@ class RejectLog:
             # cut or OS crash, because it fsyncs the WAL at each commit. A reject record is a quality record
             # and stations lose power; one fsync per row (about a millisecond) is cheap at line rates.
             conn.execute("PRAGMA synchronous=FULL")
-            if version < SCHEMA_VERSION:
-                conn.execute("BEGIN IMMEDIATE")
-                # read again under the write lock: another station process may have upgraded it meanwhile
-                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-                if version == 1:
-                    for column in _ADDED_IN_2:
-                        conn.execute(f"ALTER TABLE inspections ADD COLUMN {column} TEXT")
-                    log.info("reject log %s upgraded from schema 1 to %s (columns %s added; old rows keep them "
-                             "empty)", self.db_path, SCHEMA_VERSION, ", ".join(_ADDED_IN_2))
-                for statement in filter(str.strip, _SCHEMA.split(";")):
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                conn.execute("COMMIT")
+            _upgrade(conn, self.db_path)
+            # a write that is rolled back: a read-only file or folder is found now, not at the first part
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("ROLLBACK")
         except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             conn.close()
-            raise RejectLogError(f"cannot set up the reject log {self.db_path}: {exc}; check the disk and "
-                                 "that no other program holds the file") from None
+            raise LedgerError(f"cannot write the reject log {self.db_path}: {_why(exc, busy_timeout_s)} ({exc}); "
+                              "make the file and its folder writable, free disk space, or stop the program holding "
+                              "it, then start the station again") from None
         self._conn: sqlite3.Connection | None = conn
 
     def __enter__(self) -> RejectLog:
@@ -240,63 +415,98 @@ class RejectLog:
             raise RejectLogError(f"the reject log {self.db_path} is closed; open a new RejectLog")
         return self._conn
 
-    def record(self, result: InspectionResult) -> int:
-        """Log one result in its own committed transaction and return its row id.
+    # -- writing ---------------------------------------------------------------------------------------------
+    def record(self, entry: LedgerEntry, note: str | None = None) -> int:
+        """Log one ledger entry in its own committed transaction and return its row id; ``note`` goes to
+        ``detail`` (e.g. a warning about the image).
 
-        A FAIL frame's image is written first (when ``save_images``), so a row never names a missing file.
+        A FAIL part's images are written first (when ``save_images``), so a row never names a missing file.
+        Raises :class:`LedgerError` when the row cannot be written.
         """
         with self._lock:
             conn = self._connection()
             now = _utc_now()
-            frame = result.frame
-            image_path = None
-            if result.verdict is Verdict.FAIL and self.save_images:
-                image_path = self._save_image(frame.image, frame.frame_id, now)
-            row = (
-                format_utc(now), int(frame.timestamp_ns), frame.source, int(frame.frame_id), frame.file,
-                Verdict(result.verdict).value, json.dumps([d.to_dict() for d in result.defects]),
-                encode_labels(result), result.engine_id, float(result.latency_ms), image_path, self.recipe,
-                self.calibration,
-            )
+            row = self._row(entry, now, note)
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                cursor = conn.execute(f"INSERT INTO inspections ({', '.join(COLUMNS[1:])}) "
-                                      f"VALUES ({', '.join('?' * len(row))})", row)
+                cursor = conn.execute(f"INSERT INTO inspections ({', '.join(row)}) "
+                                      f"VALUES ({', '.join('?' * len(row))})", list(row.values()))
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise RejectLogError(f"cannot write to the reject log {self.db_path}: {exc}; check free disk "
-                                     "space and permissions") from None
+                try:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise LedgerError(f"cannot write to the reject log {self.db_path}: {_why(exc, self.busy_timeout_s)} "
+                                  f"({exc}); free disk space, make the file writable or stop the program locking "
+                                  "it, then start the station again") from None
             return int(cursor.lastrowid)
 
-    def _save_image(self, image: np.ndarray, frame_id: int, now: datetime) -> str | None:
-        """Write the PNG under a temporary name, fsync, then rename: a kill never leaves half a PNG."""
+    def _row(self, entry: LedgerEntry, now: datetime, note: str | None) -> dict[str, Any]:
+        common = {"time_utc": format_utc(now), "recipe": self.recipe, "calibration": self.calibration,
+                  "station_id": self.station_id, "run_id": self.run_id, "detail": note or None}
+        if isinstance(entry, InspectionResult):
+            frame = entry.frame
+            image_path = overlay_path = None
+            if entry.verdict is Verdict.FAIL and self.save_images:
+                image_path, overlay_path = self._save_images(entry, now)
+            return {**common, "timestamp_ns": int(frame.timestamp_ns), "source": frame.source,
+                    "frame_id": int(frame.frame_id), "file": frame.file, "verdict": Verdict(entry.verdict).value,
+                    "defects_json": json.dumps([d.to_dict() for d in entry.defects]),
+                    "labels_json": encode_labels(entry), "engine_id": entry.engine_id,
+                    "latency_ms": float(entry.latency_ms), "image_path": image_path, "overlay_path": overlay_path,
+                    "frame_count": 1, "rejected": int(entry.verdict is not Verdict.PASS)}
+        if isinstance(entry, NotInspected):
+            detail = "; ".join(t for t in (entry.detail, note) if t) or None
+            return {**common, "timestamp_ns": int(entry.timestamp_ns), "source": entry.source,
+                    "frame_id": int(entry.frame_id), "file": entry.file, "verdict": Verdict.NOT_INSPECTED.value,
+                    "defects_json": "[]", "labels_json": "[]", "engine_id": self.engine_id,
+                    "latency_ms": max(0.0, (time.monotonic_ns() - entry.timestamp_ns) / 1e6),
+                    "reason": entry.reason.value, "detail": detail, "frame_count": 1,
+                    "rejected": int(self.not_inspected_is_reject)}
+        if isinstance(entry, FrameGap):
+            return {**common, "timestamp_ns": int(entry.start_ns), "source": entry.source,
+                    "frame_id": int(entry.first_id), "verdict": GAP, "defects_json": "[]", "labels_json": "[]",
+                    "engine_id": self.engine_id, "latency_ms": 0.0, "reason": entry.kind.value,
+                    "detail": entry.detail or note or None, "frame_count": int(entry.count),
+                    "last_frame_id": int(entry.last_id), "end_timestamp_ns": int(entry.end_ns), "rejected": None}
+        raise TypeError(f"a ledger entry is an InspectionResult, NotInspected or FrameGap, not {type(entry).__name__}")
+
+    def _save_images(self, result: InspectionResult, now: datetime) -> tuple[str | None, str | None]:
+        """The raw image and its overlay (mask and boxes) as PNGs; ``(None, None)`` when they cannot be written
+        (counted in ``image_errors``; the row is still logged)."""
+        frame = result.frame
         folder = self.images_dir / now.strftime("%Y-%m-%d")
-        stem = f"{now.strftime('%H%M%S')}{now.microsecond // 1000:03d}_{frame_id}"
-        tmp_name = None
+        stem = f"{now.strftime('%H%M%S')}{now.microsecond // 1000:03d}_{frame.frame_id}"
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            ok, encoded = cv2.imencode(".png", _to_png_layout(image))
+            ok, encoded = cv2.imencode(".png", _to_png_layout(frame.image))
             if not ok:
-                raise ValueError(f"OpenCV cannot encode a {image.dtype} image of shape {image.shape} as PNG")
+                raise ValueError(f"OpenCV cannot encode a {frame.image.dtype} image of shape {frame.image.shape}")
             final, n = folder / f"{stem}.png", 1
             while final.exists():
                 final, n = folder / f"{stem}-{n}.png", n + 1
-            fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{final.stem}.", suffix=".tmp")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(encoded.tobytes())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp_name, final)
+            overlay = None
+            try:
+                drawn = overlay_mask(frame.image, result.mask, self.mask_threshold, result.defects)
+                ok, encoded_overlay = cv2.imencode(".png", cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+                if ok:
+                    overlay = final.with_name(f"{final.stem}_overlay.png")
+                    write_atomically(overlay, encoded_overlay.tobytes())
+            except (ValueError, cv2.error) as exc:  # an image the overlay cannot draw: the raw one still counts
+                log.warning("overlay of frame %s not drawn: %s", frame.frame_id, exc)
+            write_atomically(final, encoded.tobytes())
         except (OSError, ValueError, cv2.error) as exc:
             self.image_errors += 1
-            log.warning("reject image of frame %s not saved (%s); the inspection is still logged", frame_id, exc)
-            if tmp_name is not None and os.path.exists(tmp_name):
-                os.unlink(tmp_name)
-            return None
-        return final.relative_to(self.db_path.parent).as_posix()
+            log.warning("reject image of frame %s not saved (%s); the inspection is still logged", frame.frame_id,
+                        exc)
+            return None, None
+        relative = self.db_path.parent
+        return (final.relative_to(relative).as_posix(),
+                None if overlay is None else overlay.relative_to(relative).as_posix())
 
+    # -- reading ---------------------------------------------------------------------------------------------
     def query(self, since: str | datetime | None = None, until: str | datetime | None = None,
               verdict: str = "all") -> list[dict[str, Any]]:
         """Rows as dicts keyed by column name, oldest first; times as in :func:`parse_time`."""
@@ -310,16 +520,15 @@ class RejectLog:
                 return
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error as exc:  # a reader holding the WAL: it will be checkpointed next time
+            except sqlite3.Error as exc:  # a reader holding the WAL, or a full disk: checkpointed next time
                 log.warning("reject log checkpoint skipped: %s", exc)
             finally:
                 self._conn.close()
                 self._conn = None
 
 
-# -------------------------------------------------------------------------------------------------- export
-
-def _open_readonly(db_path: Path) -> sqlite3.Connection:
+def open_readonly(db_path: Path) -> sqlite3.Connection:
+    """A read-only connection to a reject log of any schema version (for export and tools)."""
     if not db_path.is_file():
         raise RejectLogError(f"no reject log at {db_path}; pass the database the station writes "
                              "(the recipe's [log] db, station-data/rejects.db by default)")
@@ -334,98 +543,14 @@ def _open_readonly(db_path: Path) -> sqlite3.Connection:
     return conn
 
 
-def export(db_path: str | Path, fmt: str, out_path: str | Path, since: str | datetime | None = None,
-           until: str | datetime | None = None, verdict: str = "all") -> int:
-    """Write the matching rows to ``out_path`` (``"-"`` = stdout) as CSV or JSON; return the row count.
-
-    CSV has one column per database column. JSON is an array of objects with the same keys, except that
-    ``defects_json`` / ``labels_json`` become decoded ``defects`` / ``labels`` lists, plus ``patches`` (the
-    classifier's patch grid; ``[]`` for rows without one).
-    """
-    try:
-        kind = ExportFormat(str(getattr(fmt, "value", fmt)).lower())
-    except ValueError:
-        raise RejectLogError(f"format {fmt!r} is not allowed; use csv or json") from None
+def fetch_rows(db_path: str | Path, since: str | datetime | None = None, until: str | datetime | None = None,
+               verdict: str = "all") -> list[dict[str, Any]]:
+    """The matching rows of the log at ``db_path``, read-only (the file is not upgraded)."""
     _where(since, until, verdict)  # check the filters before touching any file
-    conn = _open_readonly(Path(db_path))
+    conn = open_readonly(Path(db_path))
     try:
-        rows = _fetch(conn, since, until, verdict)
+        return _fetch(conn, since, until, verdict)
     except sqlite3.Error as exc:
         raise RejectLogError(f"cannot read {db_path}: {exc}") from None
     finally:
         conn.close()
-    buffer = io.StringIO()
-    if kind is ExportFormat.CSV:
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(COLUMNS)
-        writer.writerows([row[c] for c in COLUMNS] for row in rows)
-    else:
-        items = []
-        for row in rows:
-            item = {k: v for k, v in row.items() if not k.endswith("_json")}
-            item["defects"] = json.loads(row["defects_json"])
-            item["labels"], item["patches"] = decode_labels(row["labels_json"])
-            items.append(item)
-        json.dump(items, buffer, indent=1)
-        buffer.write("\n")
-    if str(out_path) == "-":
-        sys.stdout.write(buffer.getvalue())
-        sys.stdout.flush()
-        return len(rows)
-    out = Path(out_path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=out.parent if str(out.parent) else ".", prefix=f".{out.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(buffer.getvalue())
-        os.replace(tmp, out)
-    except OSError as exc:
-        raise RejectLogError(f"cannot write {out}: {exc}; check the folder exists and is writable") from None
-    return len(rows)
-
-
-def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options of ``station export`` to ``parser`` (a sub-command parser)."""
-    if parser.description is None:
-        parser.description = ("Export inspections from the reject log as CSV or JSON. The log may be exported "
-                              "while the station is writing it.")
-    if parser.epilog is None:
-        parser.epilog = ("Times are 'YYYY-MM-DD' or full ISO 8601 ('2024-05-01T08:00', '...Z', '...+02:00'); "
-                         "no zone means UTC; a bare --until date includes that whole day. Exit status: 0 done, "
-                         "1 the log cannot be read or the output written, 2 bad arguments or no log at --db.")
-    parser.add_argument("--db", required=True, metavar="PATH",
-                        help="the reject log database (e.g. station-data/rejects.db)")
-    parser.add_argument("--format", required=True, choices=[f.value for f in ExportFormat], dest="format",
-                        help="csv: one column per field; json: an array of objects with decoded defects and labels")
-    parser.add_argument("--since", metavar="ISO", help="only inspections at or after this time")
-    parser.add_argument("--until", metavar="ISO", help="only inspections at or before this time")
-    parser.add_argument("--verdict", default="all", type=str.lower, choices=[v.value for v in VerdictFilter],
-                        help="only failed or passed inspections (default: all)")
-    parser.add_argument("--out", required=True, metavar="FILE", help="output file, or - for standard output")
-
-
-def run_export(args: argparse.Namespace) -> int:
-    """Run ``station export`` with parsed arguments; returns the exit status."""
-    prog = "station export"
-    db = Path(args.db)
-    if not db.is_file():
-        print(f"{prog}: error: no reject log at {db}; pass --db with the database the station writes "
-              "(the recipe's [log] db, station-data/rejects.db by default)", file=sys.stderr)
-        return 2
-    try:
-        for name in ("since", "until"):
-            if getattr(args, name) is not None:
-                try:
-                    parse_time(getattr(args, name))
-                except RejectLogError as exc:
-                    raise RejectLogError(f"--{name}: {exc}") from None
-    except RejectLogError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        count = export(db, args.format, args.out, since=args.since, until=args.until, verdict=args.verdict)
-    except RejectLogError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
-    where = "standard output" if args.out == "-" else args.out
-    print(f"{prog}: {count} inspection(s) from {db} written to {where}", file=sys.stderr)
-    return 0

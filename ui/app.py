@@ -53,11 +53,13 @@ def run_panel(
     *,
     mask_threshold: float = 0.5,
     calibration: tuple[str, bool] = ("", False),
+    on_signal: Callable[[int], None] | None = None,
 ) -> int:
     """Show a :class:`~ui.panel.StationPanel` and run the Qt event loop until it closes; return the exit code.
 
-    Creates the ``QApplication`` if there is none. Closing the window (or Ctrl+C in the terminal) calls
-    ``on_close`` once so the pipeline can drain its queues.
+    Creates the ``QApplication`` if there is none. Closing the window, or SIGINT (Ctrl+C in the terminal), SIGTERM
+    or SIGHUP, calls ``on_close`` once so the pipeline can drain its queues; a signal is first passed to
+    ``on_signal`` (so the caller knows which one stopped the run).
     """
     try:
         from PyQt6.QtCore import QTimer
@@ -74,18 +76,24 @@ def run_panel(
     panel.setWindowTitle(title)
     panel.show()
 
-    # Qt's event loop keeps Python from seeing SIGINT; a short idle timer lets the handler run and close cleanly.
-    previous = None
+    # Qt's event loop keeps Python from seeing signals; a short idle timer lets the handler run and close cleanly.
+    def stop_by_signal(signum: int, _frame: object) -> None:
+        if on_signal is not None:
+            on_signal(signum)
+        panel.close()
+
+    previous: dict[int, object] = {}
     wake = QTimer()
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGINT, lambda *_: panel.close())
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            previous[signum] = signal.signal(signum, stop_by_signal)
         wake.timeout.connect(lambda: None)
         wake.start(200)
     try:
         return int(app.exec())
     finally:
         wake.stop()
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         if panel.isVisible():  # the loop was quit some other way: still tell the pipeline
             panel.close()

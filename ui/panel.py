@@ -1,3 +1,4 @@
+# Over 500 lines on purpose: the one operator window; layout, refresh and counters share its widgets.
 """The operator panel: live image with the defect overlay, verdict, line counters, camera health, recent rejects.
 
 The GUI thread only draws. A ``QTimer`` polls :meth:`ResultFeed.latest` every ``refresh_ms``; the image is
@@ -31,7 +32,7 @@ from PyQt6.QtWidgets import (
 )
 
 from inspection.feed import ResultFeed
-from inspection_core.records import CameraState, InspectionResult, LineStats, Verdict
+from inspection_core.records import CameraState, InspectionResult, LineState, LineStats, NotInspectedReason, Verdict
 from ui.overlay import overlay_for_display, to_qimage
 
 log = logging.getLogger(__name__)
@@ -191,14 +192,30 @@ def labels_where(result: InspectionResult | None) -> str:
     return "\n".join(lines)
 
 
+def not_inspected_text(stats: LineStats) -> str:
+    """The parts not inspected by reason, one a line (the tooltip of the counter)."""
+    if not stats.not_inspected:
+        return "every part delivered was inspected"
+    lines = []
+    for key, count in sorted(stats.not_inspected_reasons.items()):
+        try:
+            words = NotInspectedReason(key).text
+        except ValueError:
+            words = key
+        lines.append(f"{words}: {count:,}")
+    policy = "count as rejects" if stats.not_inspected_is_reject else "are left out of the yield"
+    return "\n".join(lines + [f"(they {policy})"])
+
+
 class StationPanel(QMainWindow):
     """Main window of the station. See the module docstring for the threading contract.
 
     Public widgets (read them in tests or embed them elsewhere): ``image_view``, ``caption_label``,
     ``verdict_label``, ``defects_label``, ``labels_label`` (the classifier's labels; hidden without a classifier
-    stage), ``counter_labels`` (keys: inspected, passed, failed, yield, dropped,
+    stage), ``counter_labels`` (keys: inspected, passed, failed, not_inspected, yield, dropped,
     errors, throughput, latency, engine, calibration), ``camera_labels`` (keys: state, lost, incomplete, reconnects,
-    last_error) and ``rejects_table``.
+    last_error), ``line_state_label`` (hidden while the line runs; the drain, the stop, or in red the error that
+    stopped the line and what to do) and ``rejects_table``.
     """
 
     def __init__(
@@ -281,6 +298,10 @@ class StationPanel(QMainWindow):
         self.labels_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.labels_label.setWordWrap(True)
         self.labels_label.setVisible(False)
+        self.line_state_label = QLabel("", objectName="line_state")
+        self.line_state_label.setWordWrap(True)
+        self.line_state_label.setVisible(False)
+        right.addWidget(self.line_state_label)
         right.addWidget(self.verdict_label)
         right.addWidget(self.defects_label)
         right.addWidget(self.labels_label)
@@ -288,7 +309,8 @@ class StationPanel(QMainWindow):
 
         line_box = QGroupBox("Line")
         self.counter_labels = _grid(line_box, [
-            ("inspected", "Inspected"), ("passed", "Pass"), ("failed", "Fail"), ("yield", "Yield"),
+            ("inspected", "Inspected"), ("passed", "Pass"), ("failed", "Fail"), ("not_inspected", "Not inspected"),
+            ("yield", "Yield"),
             ("dropped", "Dropped frames"), ("errors", "Errors"), ("throughput", "Throughput"),
             ("latency", "Latency p50 / p99"),
         ])
@@ -431,7 +453,8 @@ class StationPanel(QMainWindow):
             "inspected": f"{stats.inspected:,}",
             "passed": f"{stats.passed:,}",
             "failed": f"{stats.failed:,}",
-            "yield": f"{stats.yield_pct:.1f} %" if stats.inspected else "–",
+            "not_inspected": f"{stats.not_inspected:,}",
+            "yield": f"{stats.yield_pct:.1f} %" if stats.judged else "–",
             "dropped": f"{stats.dropped:,}",
             "errors": f"{stats.errors:,}",
             "throughput": f"{stats.throughput_fps:.1f} fps",
@@ -444,6 +467,12 @@ class StationPanel(QMainWindow):
         self.counter_labels["engine"].setToolTip(stats.engine_id or "")
         self.counter_labels["dropped"].setStyleSheet(f"color: {AMBER};" if stats.dropped else "")
         self.counter_labels["errors"].setStyleSheet(f"color: {AMBER};" if stats.errors else "")
+        self.counter_labels["not_inspected"].setStyleSheet(f"color: {AMBER};" if stats.not_inspected else "")
+        self.counter_labels["not_inspected"].setToolTip(not_inspected_text(stats))
+        self.counter_labels["yield"].setToolTip(
+            "parts not inspected count as rejects" if stats.not_inspected_is_reject else
+            "parts not inspected are left out of the yield")
+        self._show_line_state(stats)
 
         health = stats.source
         state = self.camera_labels["state"]
@@ -457,6 +486,28 @@ class StationPanel(QMainWindow):
         error.setText(f"Last error: {shorten(message, MAX_ERROR_CHARS)}" if message else "")
         error.setToolTip(message)
         error.setVisible(bool(message))
+
+    def _show_line_state(self, stats: LineStats) -> None:
+        """The banner above the verdict: hidden while the line runs, amber while it drains, red with the reason and
+        what to do when it stopped on an error."""
+        label = self.line_state_label
+        if stats.state is LineState.ERROR:
+            text = f"LINE STOPPED ON AN ERROR: {stats.failure or 'see the log'}"
+            if stats.refused and "refused" not in text:
+                text += f" ({stats.refused} part(s) refused: no row in the ledger)"
+            colour = RED
+        elif stats.state is LineState.DRAINING:
+            text, colour = "Stopping: inspecting and recording the queued frames…", AMBER
+        elif stats.state is LineState.STOPPED:
+            text, colour = "Line stopped", GREY
+        else:
+            label.setVisible(False)
+            return
+        label.setText(shorten(text, 400))
+        label.setToolTip(text)
+        label.setStyleSheet(f"QLabel {{ background: {colour}; color: white; border-radius: 6px; padding: 6px; "
+                            "font-weight: bold; }")
+        label.setVisible(True)
 
     def _show_rejects(self, rejects: list[InspectionResult]) -> None:
         if len(rejects) == len(self._rejects_shown) and all(a is b for a, b in zip(rejects, self._rejects_shown)):

@@ -1,4 +1,5 @@
-"""How engines are loaded by name: :func:`load_engine`, over the engine folders of :mod:`engines.build`.
+"""How engines are loaded by name: :func:`load_engine`, over the engine folders of :mod:`engines.folders`
+(built by :mod:`engines.build`, cached by :mod:`engines.cache`).
 
 The interface every backend implements, :class:`~inspection_core.engine.Engine`, lives in the bottom layer
 (:mod:`inspection_core.engine`) so that inspectors depend on it without depending on the engines package. The
@@ -10,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engines.backends.common import BACKENDS, cache_dir, default_threads
-from engines.build import engine_for_weights
+from engines.cache import engine_for_weights
 from inspection_core.engine import Engine
 
 __all__ = ["BACKENDS", "Engine", "cache_dir", "default_threads", "load_engine"]

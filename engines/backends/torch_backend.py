@@ -7,7 +7,8 @@ import logging
 import numpy as np
 
 from engines.errors import BackendUnavailable, EngineError
-from engines.export import inference_module, model_kind
+from engines.export import inference_module
+from engines.models import model_kind
 from engines.weights import load_model
 from inspection_core.engine import Engine
 

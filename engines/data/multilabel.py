@@ -32,6 +32,7 @@ import numpy as np
 from engines.data.segmentation import IMAGE_SUFFIXES, DatasetError, folds_by_group, read_grey, split_by_group
 from inspection_core import imageio
 from inspection_core.errors import ImageReadError
+from inspection_core.preprocess import resize_to_input
 
 NEU_CLASSES = ("inclusion", "patches", "scratches")  # label-map values 1, 2, 3
 MAGNETIC_TILE_CLASSES = ("blowhole", "break", "crack", "fray", "uneven")
@@ -304,3 +305,26 @@ def stratified_multilabel_split(samples, holdout: float, seed: int) -> tuple[lis
     if not 0.0 <= holdout < 1.0:
         raise ValueError(f"holdout must be in [0, 1), got {holdout}")
     return split_by_group(_label_sets(samples), holdout, seed)
+
+
+# ------------------------------------------------------------------------------------------- network inputs
+
+
+def resize_images(images, size: int, spec) -> np.ndarray:
+    """Bring images (a MultiLabelSet, samples, uint8 arrays of any size, grey or RGB, or an (N, H, W[, C]) stack)
+    to the network's layout (:func:`inspection_core.preprocess.prepare_image`) and to ``size``×``size`` with
+    ``cv2.INTER_AREA``, as training does. Returns uint8 ``(N, size, size)`` (one channel) or
+    ``(N, size, size, 3)``; images already at that size and layout are copied unchanged. The resizing itself is
+    :func:`inspection_core.preprocess.resize_to_input`, the one the station's classifier stage uses."""
+    return resize_to_input(_images_of(images), size, spec)
+
+
+def _images_of(dataset_or_images) -> list:
+    """The uint8 images of a MultiLabelSet, a list of samples, a list of arrays or an (N, H, W[, C]) array."""
+    if isinstance(dataset_or_images, MultiLabelSet):
+        return [s.image for s in dataset_or_images.samples]
+    if isinstance(dataset_or_images, np.ndarray):
+        if dataset_or_images.ndim not in (3, 4):
+            raise ValueError(f"an image stack is (N, H, W) or (N, H, W, C), got shape {dataset_or_images.shape}")
+        return list(dataset_or_images)
+    return [getattr(item, "image", item) for item in dataset_or_images]

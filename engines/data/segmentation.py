@@ -185,7 +185,9 @@ def folds_by_group(keys, folds: int, seed: int, order=None) -> list[list[int]]:
     return [sorted(f) for f in out]
 
 
-def _pad_to(image: np.ndarray, size: int) -> np.ndarray:
+def pad_to_tile(image: np.ndarray, size: int) -> np.ndarray:
+    """``image`` grown to at least ``size`` px on each side by reflection at the bottom and right (unchanged when
+    it is that large already): what the tile sampler and hard-negative mining cut tiles from."""
     h, w = image.shape[:2]
     if h >= size and w >= size:
         return image
@@ -206,7 +208,7 @@ class TileSampler:
     def __init__(self, samples: list[SegSample], tile: int, defect_fraction: float = 0.5, seed: int = 0,
                  augment: bool = True, overlap: int | None = None, class_balanced: bool = False,
                  hard_fraction: float = 0.0, hard_negatives: list[tuple[int, int, int, float]] | None = None) -> None:
-        self.samples = [SegSample(s.name, _pad_to(s.image, tile), _pad_to(s.mask.astype(np.uint8), tile), s.category)
+        self.samples = [SegSample(s.name, pad_to_tile(s.image, tile), pad_to_tile(s.mask.astype(np.uint8), tile), s.category)
                         for s in samples]
         self.origins = None
         if overlap is not None:  # cut where the station's tiler cuts, so training sees the tiles inference sees

@@ -1,3 +1,4 @@
+# Over 500 lines on purpose: one seeded generator (screens, patches, line blocks) whose bytes tests pin.
 """Seeded synthetic line-scan images of mobile-phone screens with exact per-defect instance masks.
 
 Modelled on the screen set of the multi-label screen-defect paper (80 line-scan images of 5120×10240 px cut into
@@ -46,7 +47,7 @@ from typing import Iterator
 
 import numpy as np
 
-from engines.data.synthetic_lens import _write_png
+from engines.data.synthetic_lens import write_png
 from inspection_core.tiling import plan_tiles
 
 SCREEN_CLASSES = ("bubble", "pinhole", "scratch", "tin_ash")
@@ -575,7 +576,7 @@ def write_screen_patches(out_dir: str | Path, count_images: int, seed: int = 0, 
         labels = patch_labels(sample, plan)
         for (y, x), lab in zip(plan.origins, labels):
             name = f"screen_{i:05d}_r{row_of[y]:03d}_c{col_of[x]:03d}.png"
-            _write_png(out / "images" / name, np.ascontiguousarray(sample.image[y:y + t, x:x + t]))
+            write_png(out / "images" / name, np.ascontiguousarray(sample.image[y:y + t, x:x + t]))
             rows.append((name, "+".join(lab)))
         screens.append({"index": i, "seed": s_i, "size": list(spec.size), "defects": sample.defects,
                         "grid": {"rows": len(ys), "cols": len(xs), "row_origins": ys, "col_origins": xs},

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.models.bffn import _backbone, conv_bn_relu
+from engines.models import MODELS
+from engines.models.blocks import BACKBONES, conv_bn_relu, resnet_backbone
 
-ARCHS = ("fcn", "unet", "deeplabv3plus", "bisenet")
-BACKBONES = ("resnet18", "resnet34", "resnet50")  # torchvision and segmentation_models_pytorch both have these
+ARCHS = tuple(name for name, spec in MODELS.items() if spec.module == __name__)  # fcn, unet, deeplabv3plus, bisenet
 
 
 def check_positive_ints(config, *fields: str) -> None:
@@ -71,7 +71,7 @@ class FCNBaseline(nn.Module):
         from torchvision.models.segmentation.fcn import FCN, FCNHead
 
         self.config = config
-        net, (_, c3, c4) = _backbone(config.backbone, config.in_channels)
+        net, (_, c3, c4) = resnet_backbone(config.backbone, config.in_channels)
         backbone = IntermediateLayerGetter(net, return_layers={"layer3": "aux", "layer4": "out"})
         self.net = FCN(backbone, FCNHead(c4, config.num_classes), FCNHead(c3, config.num_classes))
 
@@ -156,7 +156,7 @@ class BiSeNet(nn.Module):
         super().__init__()
         self.config = cfg = config
         ch = 128
-        net, (_, c3, c4) = _backbone(cfg.backbone, cfg.in_channels)
+        net, (_, c3, c4) = resnet_backbone(cfg.backbone, cfg.in_channels)
         self.spatial = nn.Sequential(conv_bn_relu(cfg.in_channels, 64, k=7, stride=2), conv_bn_relu(64, 64, stride=2),
                                      conv_bn_relu(64, ch, stride=2), conv_bn_relu(ch, ch, k=1))
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BACKBONES = ("resnet18", "resnet34", "resnet50")
+from engines.models.blocks import BACKBONES, conv_bn_relu, resnet_backbone
 FUSIONS = ("bffm", "sum", "concat")
 
 
@@ -52,14 +52,6 @@ class BFFNConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
 
 
 class ChannelLayerNorm(nn.Module):
@@ -187,16 +179,6 @@ class PlainFusion(nn.Module):
         return self.out(torch.cat([low, high], 1) if self.mode == "concat" else low + high)
 
 
-def _backbone(name: str, in_channels: int) -> tuple[nn.Module, tuple[int, int, int]]:
-    import torchvision
-
-    net = getattr(torchvision.models, name)(weights=None)
-    if in_channels != 3:
-        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    expansion = 4 if name == "resnet50" else 1
-    return net, (64 * expansion, 256 * expansion, 512 * expansion)
-
-
 class AuxHead(nn.Module):
     def __init__(self, channels: int, num_classes: int) -> None:
         super().__init__()
@@ -216,7 +198,7 @@ class BFFN(nn.Module):
     def __init__(self, config: BFFNConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config or BFFNConfig()
-        net, (c1, c3, c4) = _backbone(cfg.backbone, cfg.in_channels)
+        net, (c1, c3, c4) = resnet_backbone(cfg.backbone, cfg.in_channels)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         sam = lambda c: SelfAttentionModule(c, cfg.embed_dim, cfg.heads, cfg.attn_dropout, cfg.max_rel_pos)  # noqa: E731

@@ -24,8 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ARCHS = ("resnet50", "vgg16", "inceptionv3")
-MIN_SIDE = {"resnet50": 32, "vgg16": 32, "inceptionv3": 75}
+from engines.models import MODELS
+
+ARCHS = tuple(name for name, spec in MODELS.items() if spec.module == __name__)  # resnet50, vgg16, inceptionv3
+MIN_SIDE = {name: MODELS[name].sides.minimum for name in ARCHS}  # the registry's: Inception-v3's stem needs 75 px
 
 
 @dataclass(frozen=True)

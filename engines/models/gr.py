@@ -68,9 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.models.bffn import _backbone
-
-BACKBONES = ("resnet18", "resnet34", "resnet50")
+from engines.models.blocks import BACKBONES, resnet_backbone
 FEATURES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 
 
@@ -272,7 +270,7 @@ class GR(nn.Module):
     def __init__(self, config: GRConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config or GRConfig()
-        net, _ = _backbone(cfg.backbone, cfg.in_channels)
+        net, _ = resnet_backbone(cfg.backbone, cfg.in_channels)
         self.backbone = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool,
                                       net.layer1, net.layer2, net.layer3, net.layer4)
         # Category pooling: GAP, then "a linear layer of size C×d".

@@ -7,22 +7,28 @@ A source is a context manager that yields :class:`~inspection_core.records.Frame
             ...
     # another thread may call source.stop() at any time; the loop then ends promptly
 
-Sources never let a queue grow: they hand over one frame at a time and count what they lose.
+Sources never let a queue grow: they hand over one frame at a time and count what they lose. What they deliver but
+cannot hand over as a frame (a file that cannot be read) and what they lose (skipped frame ids, a camera outage)
+they report as ledger entries (:class:`~inspection_core.records.NotInspected`,
+:class:`~inspection_core.records.FrameGap`) to ``ledger_sink``, on the iterating thread; the line sets it, so every
+part and every lost frame gets its row in the reject log. Without a sink the entries wait in ``events``.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import fields
 from types import TracebackType
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Union
 
-from inspection_core.records import CameraState, Frame, SourceHealth
+from inspection_core.records import CameraState, Frame, FrameGap, NotInspected, SourceHealth
 
 logger = logging.getLogger(__name__)
 
 _COUNTERS = frozenset(f.name for f in fields(SourceHealth)) - {"state", "last_error"}
+SourceEvent = Union[NotInspected, FrameGap]
 
 
 class FrameSource(ABC):
@@ -40,6 +46,8 @@ class FrameSource(ABC):
         self._health: dict[str, Any] = {f.name: f.default for f in fields(SourceHealth)}
         self._stop_event = threading.Event()
         self._opened = False
+        self.ledger_sink: Callable[[SourceEvent], None] | None = None
+        self.events: collections.deque[SourceEvent] = collections.deque(maxlen=10_000)
 
     # -- public API --------------------------------------------------------------------------------
     @property
@@ -128,6 +136,14 @@ class FrameSource(ABC):
                 break
             self._count("frames")
             yield frame
+
+    def _report(self, entry: SourceEvent) -> None:
+        """Hand a part not delivered as a frame, or a gap of lost frames, to the ledger (see the module docstring)."""
+        sink = self.ledger_sink
+        if sink is not None:
+            sink(entry)
+        else:
+            self.events.append(entry)
 
     def _count(self, counter: str, n: int = 1) -> None:
         if counter not in _COUNTERS:

@@ -1,3 +1,4 @@
+# Over 500 lines on purpose: one harvesters lifecycle (settings, buffers, reconnects) on one acquirer.
 """GenICam cameras through ``harvesters`` (any GenTL producer; ``viky.cti`` from the ``genicam`` wheel by default).
 
 Rules this module keeps (they are the harvesters rules):
@@ -28,8 +29,9 @@ from typing import TYPE_CHECKING, Any, Iterator
 import cv2
 import numpy as np
 
-from inspection_core.records import CameraState, Frame
+from inspection_core.records import CameraState, Frame, FrameGap, GapKind
 from station.errors import CameraLostError, SourceError
+from station.frameguard import to_8bit
 from station.linescan import frame_gap
 from station.sources.base import FrameSource
 
@@ -74,6 +76,21 @@ _FORMATS: dict[str, tuple[int, int | None, int | None]] = {
     "BayerGB8": (1, cv2.COLOR_BayerGR2RGB, cv2.COLOR_BayerGR2GRAY),
     "BayerBG8": (1, cv2.COLOR_BayerRG2RGB, cv2.COLOR_BayerRG2GRAY),
 }
+# unpacked deep mono formats (two bytes a pixel, little-endian) -> significant bits; scaled to 8 bits by them
+_DEEP_MONO: dict[str, int] = {"Mono10": 10, "Mono12": 12, "Mono14": 14, "Mono16": 16}
+
+
+def deep_mono_to_8bit(data: np.ndarray, width: int, height: int, pixel_format: str) -> tuple[np.ndarray, bool]:
+    """A Mono10/12/14/16 buffer (uint16 values, or their bytes) as a uint8 ``(height, width)`` image scaled by the
+    format's bit depth, and whether the buffer came short (zero-padded)."""
+    bits = _DEEP_MONO[pixel_format]
+    values = data.view(np.uint16) if data.dtype == np.uint8 and data.size % 2 == 0 else data.astype(np.uint16)
+    values = values.ravel()
+    expected = width * height
+    short = values.size < expected
+    if short:
+        values = np.concatenate([values, np.zeros(expected - values.size, np.uint16)])
+    return to_8bit(values[:expected].reshape(height, width), bits), short
 
 
 def default_cti() -> Path:
@@ -122,12 +139,19 @@ class GenICamSource(FrameSource):
 
     ``device`` is an index into the producer's device list or a serial number / device id string.
     Settings that the camera lacks are logged and ignored; invalid values raise :class:`SourceError`
-    naming the node and its allowed values. ``frame_id`` is the camera's block id (it restarts after a
-    reconnect; ``meta["sequence"]`` counts frames over the life of the source). Colour frames are RGB.
+    naming the node and its allowed values. ``frame_id`` counts frames over the life of the source and keeps
+    counting across reconnects: it steps by one per frame, plus the frames lost in between (gaps in the camera's
+    block id, ``meta["block_id"]``, which restarts after a reconnect; and the estimated frames of an outage);
+    ``meta["sequence"]`` counts the frames delivered. Colour frames are RGB; Mono10/12/14/16 frames are scaled to
+    8 bits by their bit depth.
     The driver holds ``num_buffers`` frames: a consumer stalled for longer than that many frame periods makes
     the camera drop frames, which show up as gaps in ``frame_id``.
 
-    Health: ``lost_frames`` = gaps in block ids (including wrap-around); ``incomplete_frames`` = buffers the
+    Every loss is also reported to the ledger (``ledger_sink``, :class:`~inspection_core.records.FrameGap`): skipped
+    block ids as a ``lost_ids`` gap when the next frame arrives, and an outage (LOST until reconnected) as an
+    ``outage`` gap with its time span and estimated count (span × frame rate: the set one, else the measured one).
+
+    Health: ``lost_frames`` = gaps in block ids (including wrap-around) and outage estimates; ``incomplete_frames`` = buffers the
     producer reported incomplete (harvesters drops them) plus short buffers (yielded zero-padded with
     ``meta["incomplete"] = True``). With no frame for ``timeout_s`` (at least 2.5 frame periods)
     ``lost_after_timeouts`` times in a row, or a fetch error, the camera is LOST; with ``reconnect`` it is re-found (exponential back-off up to
@@ -174,6 +198,11 @@ class GenICamSource(FrameSource):
         self._ia: ImageAcquirer | None = None
         self._last_block_id: int | None = None
         self._sequence = 0
+        self._frame_id = 0  # the last frame id given (or skipped as lost)
+        self._last_frame_ns: int | None = None
+        self._period_ns: float | None = None  # measured frame period (moving average)
+        self._outage_since_ns: int | None = None  # set while the camera is lost
+        self._pending: list[FrameGap] = []  # gaps found under the driver lock, reported outside it
         self._producer_key: str | None = None
         self.device_id: str | None = None  # the connected device's id_, e.g. "VikyTL_DEV_red"
 
@@ -360,8 +389,8 @@ class GenICamSource(FrameSource):
         if not hasattr(node_map, "PixelFormat"):
             return
         current = str(node_map.PixelFormat.value)
-        if current not in _FORMATS:
-            allowed = [s for s in getattr(node_map.PixelFormat, "symbolics", ()) if s in _FORMATS]
+        if current not in _FORMATS and current not in _DEEP_MONO:
+            allowed = [s for s in getattr(node_map.PixelFormat, "symbolics", ()) if s in _FORMATS or s in _DEEP_MONO]
             raise SourceError(f"camera {self.device_id} streams {current}, which the station cannot convert to "
                               f"8-bit images; pass pixel_format= one of {allowed or sorted(_FORMATS)}")
 
@@ -371,6 +400,18 @@ class GenICamSource(FrameSource):
         timeout_s = max(self.timeout_s, 2.5 / self.frame_rate) if self.frame_rate else self.timeout_s
         timeouts = 0
         waited_since = time.monotonic()
+        try:
+            yield from self._stream(timeout_s, timeouts, waited_since)
+        finally:
+            if self._outage_since_ns is not None:  # stopped while the camera was lost: the outage up to now
+                self._report_outage(time.monotonic_ns(), "the line stopped while the camera was lost")
+            self._flush_reports()
+
+    def _flush_reports(self) -> None:
+        while self._pending:
+            self._report(self._pending.pop(0))
+
+    def _stream(self, timeout_s: float, timeouts: int, waited_since: float) -> Iterator[Frame]:
         while not self.stop_requested:
             if self._ia is None:
                 if not self._reconnect_loop():
@@ -382,6 +423,8 @@ class GenICamSource(FrameSource):
             except Exception as exc:  # noqa: BLE001 - any driver error means the device is gone
                 self._lost(f"fetch failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
                 continue
+            finally:
+                self._flush_reports()  # outside the driver lock: the ledger's queue may make us wait
             if frame is not None:
                 timeouts, waited_since = 0, time.monotonic()
                 yield frame
@@ -416,32 +459,65 @@ class GenICamSource(FrameSource):
         """Copy the image out of a driver buffer (call only inside ``with ia.fetch() as buffer``)."""
         component = buffer.payload.components[0]
         block_id = int(buffer.module.frame_id)
-        if self._last_block_id is not None:
+        timestamp_ns = time.monotonic_ns()
+        if self._outage_since_ns is not None:  # the first frame after a reconnect ends the outage
+            self._report_outage(timestamp_ns, f"camera lost, then reconnected (block ids restart at {block_id})")
+        elif self._last_block_id is not None:
             gap = frame_gap(self._last_block_id, block_id)
             if gap:
                 self._count("lost_frames", gap)
+                self._pending.append(FrameGap(source=self.name, kind=GapKind.LOST_IDS, first_id=self._frame_id + 1,
+                                      last_id=self._frame_id + gap, count=gap,
+                                      start_ns=self._last_frame_ns or timestamp_ns, end_ns=timestamp_ns,
+                                      detail=f"camera block ids {self._last_block_id + 1} .. {block_id - 1} skipped "
+                                             "(no free driver buffer, or dropped on the link)"))
+                self._frame_id += gap
         self._last_block_id = block_id
+        if self._last_frame_ns is not None:
+            interval = timestamp_ns - self._last_frame_ns
+            self._period_ns = interval if self._period_ns is None else 0.9 * self._period_ns + 0.1 * interval
+        self._last_frame_ns = timestamp_ns
         width, height, fmt = int(component.width), int(component.height), str(component.data_format)
-        channels, to_rgb, to_grey = _FORMATS.get(fmt, (0, None, None))
-        if not channels:
-            raise SourceError(f"unsupported pixel format {fmt}; pass pixel_format='Mono8'")
-        expected = width * height * channels
-        data = np.array(component.data, dtype=np.uint8, copy=True).ravel()  # the copy we keep
-        incomplete = data.size < expected
+        if fmt in _DEEP_MONO:
+            image, incomplete = deep_mono_to_8bit(np.array(component.data, copy=True), width, height, fmt)
+        else:
+            channels, to_rgb, to_grey = _FORMATS.get(fmt, (0, None, None))
+            if not channels:
+                raise SourceError(f"unsupported pixel format {fmt}; pass pixel_format='Mono8'")
+            expected = width * height * channels
+            data = np.array(component.data, dtype=np.uint8, copy=True).ravel()  # the copy we keep
+            incomplete = data.size < expected
+            if incomplete:
+                data = np.concatenate([data, np.zeros(expected - data.size, np.uint8)])
+            raw = data[:expected].reshape((height, width) if channels == 1 else (height, width, channels))
+            image = self._convert(raw, channels, to_rgb, to_grey)
         if incomplete:
             self._count("incomplete_frames")
-            data = np.concatenate([data, np.zeros(expected - data.size, np.uint8)])
-        raw = data[:expected].reshape((height, width) if channels == 1 else (height, width, channels))
-        timestamp_ns = time.monotonic_ns()
         self._sequence += 1
+        self._frame_id += 1
         return Frame(
-            image=self._convert(raw, channels, to_rgb, to_grey),
-            frame_id=block_id,
+            image=image,
+            frame_id=self._frame_id,
             timestamp_ns=timestamp_ns,
             source=self.name,
             meta={"pixel_format": fmt, "incomplete": incomplete, "sequence": self._sequence,
-                  "device": self.device_id},
+                  "device": self.device_id, "block_id": block_id},
         )
+
+    def _report_outage(self, end_ns: int, why: str) -> None:
+        """The outage that began at ``_outage_since_ns`` as one gap: its span and the frames it likely cost."""
+        start_ns, self._outage_since_ns = self._outage_since_ns, None
+        assert start_ns is not None
+        period_ns = 1e9 / self.frame_rate if self.frame_rate else self._period_ns
+        count = max(0, round((end_ns - start_ns) / period_ns) - 1) if period_ns else 0
+        if count:
+            self._count("lost_frames", count)
+        rate = f"{1e9 / period_ns:.3g} frames/s" if period_ns else "an unknown frame rate"
+        self._pending.append(FrameGap(source=self.name, kind=GapKind.OUTAGE, first_id=self._frame_id + 1,
+                              last_id=self._frame_id + count, count=count, start_ns=start_ns, end_ns=end_ns,
+                              detail=f"{why}; {(end_ns - start_ns) / 1e9:.2f} s without frames at {rate}: about "
+                                     f"{count} frame(s) lost"))
+        self._frame_id += count
 
     def _convert(self, raw: np.ndarray, channels: int, to_rgb: int | None, to_grey: int | None) -> np.ndarray:
         grey_native = channels == 1 and to_rgb is None
@@ -454,6 +530,8 @@ class GenICamSource(FrameSource):
     # -- loss and reconnect ------------------------------------------------------------------------
     def _lost(self, reason: str) -> None:
         """Mark the camera lost and drop the acquirer; raise CameraLostError when not reconnecting."""
+        if self._outage_since_ns is None:
+            self._outage_since_ns = self._last_frame_ns or time.monotonic_ns()
         self._set_state(CameraState.LOST, reason)
         with self._io_lock:
             self._release(reset_harvester=False)

@@ -15,8 +15,9 @@ import numpy as np
 
 from inspection_core import imageio
 from inspection_core.errors import ImageReadError
-from inspection_core.records import Frame
+from inspection_core.records import Frame, NotInspected, NotInspectedReason
 from station.errors import SourceError
+from station.frameguard import beyond_depth, to_8bit
 from station.sources.base import FrameSource
 
 logger = logging.getLogger(__name__)
@@ -58,19 +59,26 @@ def list_images(paths: PathLike | Sequence[PathLike], pattern: str | None = None
     return files
 
 
-def read_image(path: Path, grey: bool) -> np.ndarray:
+def read_image(path: Path, grey: bool, bit_depth: int = 16) -> np.ndarray:
     """Decode one image as uint8 grey ``(H, W)`` or RGB ``(H, W, 3)`` with the station's one reader
     (:func:`inspection_core.imageio.read_image`, safe for non-ASCII paths); raises ``OSError`` for a file that cannot
     be read and ``ValueError`` with a reason (``"empty file"``, ``"not a decodable image ..."``) for one that is not
-    an image.
+    an image. A 16-bit file is read at its depth and scaled to 8 bits by ``bit_depth``, its significant bits
+    (:func:`station.frameguard.to_8bit`: 12-bit data in a 16-bit PNG is shifted by 4, not read near-black).
     """
     try:
-        image = imageio.read_image(path, imageio.ImageMode.GREY if grey else imageio.ImageMode.COLOUR)
+        image = imageio.read_image(path, imageio.ImageMode.GREY if grey else imageio.ImageMode.COLOUR,
+                                   keep_depth=True)
     except ImageReadError as exc:
         if exc.os_error is not None:
             raise exc.os_error from None
         raise ValueError(exc.reason) from None
-    if image.dtype != np.uint8:  # defensive: grey and colour reads already reduce to 8 bits
+    if image.dtype == np.uint16:
+        if beyond_depth(image, bit_depth):
+            logger.warning("%s holds values above %d bits (max %d): they saturate; set [frames] bit_depth to the "
+                           "camera's real bit depth", path.name, bit_depth, int(image.max()))
+        return to_8bit(image, bit_depth)
+    if image.dtype != np.uint8:  # 32-bit float TIFFs and the like: scaled by their own range
         image = np.ascontiguousarray(cv2.convertScaleAbs(image, alpha=255.0 / max(float(image.max()), 1.0)))
     return image
 
@@ -78,10 +86,12 @@ def read_image(path: Path, grey: bool) -> np.ndarray:
 class ReplaySource(FrameSource):
     """Image files as frames, optionally looped and paced to a frame rate.
 
-    ``frame_id`` counts frames from 1 over the life of the source; ``meta`` is ``{"file", "path"}``.
-    Colour frames are RGB (like the camera's). Unreadable files are logged once, skipped and counted in
-    ``health().skipped_files``; they never end the replay. Pacing keeps an absolute schedule (no drift);
-    a consumer that stalls more than one frame period resets the schedule instead of causing a burst.
+    ``frame_id`` counts parts from 1 over the life of the source (a file is a part each time it is shown); ``meta``
+    is ``{"file", "path"}``. Colour frames are RGB (like the camera's); 16-bit files are scaled by ``bit_depth``.
+    An unreadable file is a part that cannot be inspected: it takes its frame id and its place in the pace, is
+    reported to the ledger as NOT_INSPECTED (``unreadable``, with the reason) each time its turn comes, logged once
+    and counted in ``health().skipped_files``; it never ends the replay. Pacing keeps an absolute schedule (no
+    drift); a consumer that stalls more than one frame period resets the schedule instead of causing a burst.
     """
 
     def __init__(
@@ -92,6 +102,7 @@ class ReplaySource(FrameSource):
         grey: bool = True,
         name: str | None = None,
         pattern: str | None = None,
+        bit_depth: int = 16,
     ) -> None:
         if fps is not None and fps <= 0:
             raise SourceError(f"replay fps must be positive, got {fps}; leave it unset to replay at full speed")
@@ -103,7 +114,8 @@ class ReplaySource(FrameSource):
         self.loop = loop
         self.fps = fps
         self.grey = grey
-        self._bad: set[Path] = set()
+        self.bit_depth = int(bit_depth)
+        self._bad: dict[Path, str] = {}
         self._next_id = 1
 
     @property
@@ -125,11 +137,7 @@ class ReplaySource(FrameSource):
             for path in self._files:
                 if self.stop_requested:
                     return
-                if path in self._bad:
-                    continue
-                image = self._read(path)
-                if image is None:
-                    continue
+                image = None if path in self._bad else self._read(path)
                 if period:
                     now = time.monotonic()
                     if now > deadline + period:  # consumer stalled: restart the schedule, no catch-up burst
@@ -137,8 +145,13 @@ class ReplaySource(FrameSource):
                     if self._stop_event.wait(max(0.0, deadline - now)):
                         return
                     deadline += period
-                shown += 1
                 frame_id, self._next_id = self._next_id, self._next_id + 1
+                if image is None:
+                    self._report(NotInspected(frame_id=frame_id, timestamp_ns=time.monotonic_ns(), source=self.name,
+                                              reason=NotInspectedReason.UNREADABLE, detail=self._bad[path],
+                                              file=path.name))
+                    continue
+                shown += 1
                 yield Frame(
                     image=image,
                     frame_id=frame_id,
@@ -156,11 +169,11 @@ class ReplaySource(FrameSource):
 
     def _read(self, path: Path) -> np.ndarray | None:
         try:
-            return read_image(path, self.grey)
+            return read_image(path, self.grey, self.bit_depth)
         except (OSError, ValueError, cv2.error) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            logger.warning("skipping %s: %s", path, reason)
-            self._bad.add(path)
+            logger.warning("skipping %s: %s (a NOT_INSPECTED part each time its turn comes)", path, reason)
+            self._bad[path] = reason
             self._count("skipped_files")
             self._set_error(f"skipped {path.name}: {reason}")
             return None

@@ -1,8 +1,7 @@
-"""Baselines (FCN, U-Net, DeepLabV3+, BiSeNet): shapes, training outputs, weights round trip, ONNX parity,
-a short overfit, and config validation."""
+"""Baselines (FCN, U-Net, DeepLabV3+, BiSeNet): shapes, training outputs, weights round trip, a short overfit,
+and config validation (ONNX export and parity: test_registry.py)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -78,28 +77,7 @@ def test_weights_round_trip_gives_identical_outputs(saved, name):
         assert torch.equal(model(x), loaded(x))
 
 
-@pytest.mark.parametrize("name", ARCHS)
-def test_onnx_export_has_dynamic_batch_and_matches_torch(saved, name, tmp_path):
-    import onnxruntime as ort
-
-    from engines.export import INPUT_NAME, export_onnx, inference_module
-    from engines.weights import resolve_weights
-
-    model, path = saved[name]
-    onnx_path = export_onnx(resolve_weights(path), tmp_path / f"{name}.onnx")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    assert session.get_inputs()[0].name == INPUT_NAME and session.get_inputs()[0].shape[0] == "batch"
-    assert len(session.get_outputs()) == 1, "auxiliary heads must not be exported"
-    reference = inference_module(model)
-    for batch in (1, 3):
-        x = torch.randn(batch, 1, 128, 128)
-        with torch.no_grad():
-            expected = reference(x).numpy()
-        (got,) = session.run(None, {INPUT_NAME: x.numpy()})
-        assert got.shape == (batch, 2, 128, 128)
-        np.testing.assert_allclose(got, expected, atol=1e-3)
+# ONNX export with a dynamic batch and its parity with torch: test_registry.py, for every registered network.
 
 
 def _square_defect_batch(n: int = 4, side: int = 64) -> tuple[torch.Tensor, torch.Tensor]:

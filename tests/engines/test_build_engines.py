@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from engines.backends.base import load_engine
-from engines.build import BuildSettings, build, engine_folders, open_engine, parse_batch, reference_engine
+from engines.build import BuildSettings, build, parse_batch
+from engines.folders import engine_folders, open_engine
+from engines.parity import reference_engine
 from engines.cli import main as engines_main
 from engines.errors import BackendUnavailable
 from engines.manifest import MANIFEST, ManifestError, library_versions, problems, read_manifest

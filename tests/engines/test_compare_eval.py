@@ -114,7 +114,8 @@ def test_torchrun_trains_with_two_processes(tmp_path):
 
 def test_mixed_precision_and_a_missing_gpu_are_handled(tmp_path):
     from engines.errors import BackendUnavailable
-    from engines.train import TrainSettings, pick_device, train_segmentation
+    from engines.train import TrainSettings, train_segmentation
+    from engines.training import pick_device
 
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():

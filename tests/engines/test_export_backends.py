@@ -84,41 +84,7 @@ def test_preprocessing_is_shared_and_checked():
     assert np.allclose(defect_scores(probs), 0.75)
 
 
-EXPORTS = [  # (registry name, config, input side, GR mode): every network the station can run, ablations included
-    ("bffn", {}, 128, "batch"), ("bffn", {"use_sam": False, "fusion": "sum"}, 128, "batch"),
-    ("bffn", {"fusion": "concat"}, 128, "batch"), ("fcn", {}, 128, "batch"), ("unet", {}, 128, "batch"),
-    ("deeplabv3plus", {}, 128, "batch"), ("bisenet", {}, 128, "batch"),
-    ("gr", {"num_classes": 3, "backbone": "resnet18", "label_dim": 16, "proj_dim": 16}, 64, "batch"),
-    ("gr", {"num_classes": 3, "backbone": "resnet18", "label_dim": 16, "proj_dim": 16}, 64, "bank"),
-    ("resnet50", {"num_classes": 3}, 64, "batch"), ("vgg16", {"num_classes": 3}, 224, "batch"),
-    ("inceptionv3", {"num_classes": 3}, 80, "batch"),
-]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name, config, side, mode", EXPORTS, ids=lambda v: v if isinstance(v, str) else None)
-def test_every_network_exports_inside_tensorrts_onnx_operator_list(name, config, side, mode, tmp_path,
-                                                                   one_torch_thread):
-    """export_onnx runs onnx.checker, strict shape inference and the TensorRT operator check on every export; the
-    report must show a dynamic batch, one output, and no operator outside the parser's list."""
-    import torch
-
-    from engines.models import build_model
-    from engines.onnx_check import check_onnx
-    from engines.weights import save_weights
-
-    torch.manual_seed(0)
-    model = build_model(name, config).eval()
-    if mode == "bank":
-        model.set_reference_bank(torch.randn(4, 3, 16))
-    channels = 1 if name in ("bffn", "fcn", "unet", "deeplabv3plus", "bisenet") else 3
-    weights = save_weights(model, tmp_path / "w", name, config, InputSpec(channels=channels).to_dict(), side, {},
-                           half=False)
-    # VGG-16 is exported without its 0.5 GB of weights: the same graph and operators, at a fraction of the cost.
-    path = export_onnx(resolve_weights(weights), tmp_path / f"{name}.onnx", mode=mode, with_weights=name != "vgg16")
-    report = check_onnx(path, tensorrt=True)
-    assert report["unsupported_tensorrt_ops"] == {}
-    assert report["inputs"][0]["shape"][0] == "batch" and len(report["outputs"]) == 1
+# Every registered network's export, checked against TensorRT's operator list and ONNX Runtime: test_registry.py.
 
 
 def test_an_export_the_exporter_cannot_make_is_explained(tmp_path, one_torch_thread):

@@ -10,7 +10,7 @@ import pytest
 
 from calibration.errors import CalibrationError
 from calibration.images import read_image as calibration_read
-from engines.build import read_images as build_read
+from engines.inputs import read_images as build_read
 from engines.data.multilabel import read_image as multilabel_read
 from engines.data.segmentation import DatasetError, read_grey
 from engines.errors import EngineError

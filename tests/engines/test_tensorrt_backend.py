@@ -10,10 +10,9 @@ import warnings
 import numpy as np
 import pytest
 
-from engines.backends import tensorrt_backend as trt_backend
 from engines.backends.gpu import gpu_info
-from engines.backends.tensorrt_backend import (TensorRTEngine, available_backends, build_engine, import_tensorrt,
-                                               tensorrt_version)
+from engines.backends.tensorrt_backend import TensorRTEngine, available_backends, import_tensorrt, tensorrt_version
+from engines.backends.tensorrt_build import atomic_write, build_engine
 from engines.errors import BackendUnavailable, EngineError
 from inspection_core.preprocess import InputSpec
 
@@ -46,7 +45,8 @@ def tiny_onnx(tmp_path_factory):
 
 
 def test_importing_the_module_does_not_import_tensorrt_or_torch():
-    code = ("import sys, engines.backends.tensorrt_backend, engines.backends.gpu, engines.onnx_check; "
+    code = ("import sys, engines.backends.tensorrt_backend, engines.backends.tensorrt_build, engines.backends.gpu, "
+            "engines.onnx_check; "
             "print(sorted(m for m in ('tensorrt', 'torch', 'onnx') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -104,8 +104,8 @@ def test_build_arguments_are_checked_before_anything_is_loaded(tiny_onnx, tmp_pa
 
 def test_engine_files_are_written_atomically(tmp_path):
     target = tmp_path / "sub" / "x.engine"
-    assert trt_backend._atomic_write(target, b"abc") == 3
-    assert trt_backend._atomic_write(target, memoryview(b"defg")) == 4
+    assert atomic_write(target, b"abc") == 3
+    assert atomic_write(target, memoryview(b"defg")) == 4
     assert target.read_bytes() == b"defg"
     assert [p.name for p in target.parent.iterdir()] == ["x.engine"]
 

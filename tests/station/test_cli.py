@@ -15,6 +15,7 @@ import cv2
 import pytest
 
 from station.cli import SAMPLES
+from tests.station.ledger_util import read_only
 
 STATION = [sys.executable, "-m", "station.cli"]
 
@@ -46,8 +47,11 @@ def test_help_reads_like_a_manual():
     out = run_station("--help").stdout
     assert "run" in out and "demo" in out and "export" in out and "Exit codes" in out
     run_help = run_station("run", "--help").stdout
-    for option in ("--recipe", "--source", "--headless", "--max-frames", "--db"):
+    for option in ("--recipe", "--source", "--headless", "--max-frames", "--db", "--drain-timeout"):
         assert option in run_help
+    words = " ".join(run_help.split())
+    assert "143 SIGTERM" in words and "129 SIGHUP" in words and "130 Ctrl-C" in words
+    assert "--per-defect" in run_station("export", "--help").stdout
 
 
 def test_run_records_exactly_n_rows_and_export_returns_them(tmp_path):
@@ -99,18 +103,112 @@ def test_killing_a_running_station_loses_no_committed_row(tmp_path):
             assert cv2.imread(str(db.parent / image_path)) is not None, f"reject image {image_path} unreadable"
 
 
-def test_ctrl_c_drains_the_queues_and_closes_the_log(tmp_path):
-    db = tmp_path / "sigint.db"
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_stop_signal_mid_run_drains_records_every_acquired_frame_and_prints_the_summary(tmp_path, signum, code):
+    """Ctrl-C, SIGTERM (systemctl stop) and SIGHUP all drain: every frame acquired before the signal has its row,
+    the summary is printed, and the exit status is 128 + the signal."""
+    db = tmp_path / "signal.db"
     proc = subprocess.Popen([*STATION, "run", "--source", f"replay:{SAMPLES}", "--fps", "20", "--headless",
-                             "--db", str(db), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--db", str(db), "--json", "--drain-timeout", "5"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     wait_for_rows(db, 3, proc)
-    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    took = time.monotonic() - sent
+    assert proc.returncode == code, err
     summary = json.loads(out)
-    assert summary["inspected"] >= 3
-    assert count_rows(db) == summary["inspected"], "every inspected frame must be in the log after Ctrl-C"
+    assert summary["signal"] == signal.Signals(signum).name and summary["line_state"] == "stopped"
+    assert summary["inspected"] >= 3 and summary["refused"] == 0 and summary["failure"] is None
+    assert summary["acquired"] == summary["passed"] + summary["failed"] + summary["not_inspected"]
+    assert count_rows(db) == summary["acquired"] + summary["gap_rows"] == summary["recorded"], \
+        "every frame acquired before the signal must have its row"
+    assert took < 5 + 30, f"the drain is bounded by --drain-timeout (took {took:.1f} s)"
     assert not Path(f"{db}-wal").exists() or Path(f"{db}-wal").stat().st_size == 0, "log closed with a checkpoint"
+
+
+def _recipe_with(tmp_path: Path, extra: str) -> Path:
+    """The shipped magnetic-tile recipe playing the bundled frames, plus ``extra`` TOML."""
+    from station.recipe import shipped_recipe_path
+
+    text = shipped_recipe_path("magnetic_tile").read_text().replace('path = "../samples/magnetic-tile"',
+                                                                     f'path = "{SAMPLES}"')
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(text + "\n" + extra)
+    return recipe
+
+
+def test_a_replay_paced_faster_than_the_line_has_one_row_per_acquired_frame(tmp_path):
+    """The issue's run: --fps 30 into a line that inspects a few frames a second; every dropped frame has its row."""
+    db = tmp_path / "paced.db"
+    done = run_station("run", "--source", f"replay:{SAMPLES}", "--fps", "30", "--max-frames", "4", "--headless",
+                       "--db", str(db), "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["inspected"] == 4 and summary["dropped"] > 0
+    assert summary["acquired"] == summary["passed"] + summary["failed"] + summary["not_inspected"]
+    assert count_rows(db) == summary["acquired"] == summary["recorded"]
+    with sqlite3.connect(db) as con:
+        reasons = dict(con.execute("SELECT reason, COUNT(*) FROM inspections WHERE verdict = 'NOT_INSPECTED' "
+                                   "GROUP BY reason").fetchall())
+        ids = {r[0] for r in con.execute("SELECT DISTINCT run_id || '|' || station_id FROM inspections")}
+    assert reasons == summary["not_inspected_reasons"] and len(ids) == 1 and summary["run_id"] in ids.pop()
+    assert summary["rejects"] == summary["failed"] + summary["not_inspected"]
+
+
+def test_a_read_only_reject_log_stops_the_station_before_it_starts_with_exit_1(tmp_path):
+    db = tmp_path / "ro.db"
+    first = run_station("run", "--source", f"replay:{SAMPLES}", "--fps", "0", "--max-frames", "1", "--headless",
+                        "--db", str(db))
+    assert first.returncode == 0, first.stderr
+    with read_only(db):
+        started = time.monotonic()
+        done = run_station("run", "--source", f"replay:{SAMPLES}", "--fps", "0", "--max-frames", "3", "--headless",
+                           "--db", str(db))
+        took = time.monotonic() - started
+    assert done.returncode == 1, done.stderr
+    assert "read-only" in done.stderr and "writable" in done.stderr and "Traceback" not in done.stderr
+    assert "inspected" not in done.stdout, "no part may be inspected without a record"
+    assert count_rows(db) == 1 and took < 60
+
+
+def test_below_the_free_space_threshold_the_station_refuses_to_start(tmp_path):
+    recipe = _recipe_with(tmp_path, "[station]\nmin_free_mb = 1e12\n")
+    done = run_station("run", "--recipe", str(recipe), "--headless", "--max-frames", "1", "--db",
+                       str(tmp_path / "x.db"))
+    assert done.returncode == 1, done.stderr
+    assert "MB free" in done.stderr and "min_free_mb" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "x.db").exists()
+
+
+def _file_size_limit(limit: int):
+    def apply() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
+    return apply
+
+
+def test_a_full_disk_stops_the_line_at_once_with_exit_1_and_names_the_refused_parts(tmp_path):
+    """A real full disk for the process: RLIMIT_FSIZE caps every file it writes at 256 kB, so the WAL fills up."""
+    warm = run_station("run", "--source", f"replay:{SAMPLES}", "--fps", "0", "--max-frames", "1", "--headless",
+                       "--db", str(tmp_path / "warm.db"))  # the engine cache is built before the limit applies
+    assert warm.returncode == 0, warm.stderr
+    db = tmp_path / "full.db"
+    done = subprocess.run([*STATION, "run", "--source", f"replay:{SAMPLES}", "--fps", "30", "--headless", "--db",
+                           str(db), "--json"], capture_output=True, text=True, timeout=300,
+                          preexec_fn=_file_size_limit(256 * 1024))
+    assert done.returncode == 1, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    assert summary["line_state"] == "error" and summary["refused"] >= 1
+    assert "disk" in summary["failure"] and "refused" in summary["failure"] and "frame ids" in summary["failure"]
+    assert "station: error:" in done.stderr and "free disk space" in done.stderr
+    assert summary["recorded"] + summary["refused"] == summary["acquired"] + summary["gap_rows"]
+    assert summary["refused"] <= 8 + 64 + 2, "acquisition must stop at once: only what was queued is refused"
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert con.execute("SELECT COUNT(*) FROM inspections").fetchone()[0] == summary["recorded"]
 
 
 @pytest.mark.camera
@@ -125,7 +223,10 @@ def test_run_against_the_simulated_camera_reports_rate_and_no_lost_frames(tmp_pa
     summary = json.loads(done.stdout)
     assert summary["inspected"] == 15 and summary["lost_frames"] == 0
     assert summary["acquisition_fps"] == pytest.approx(20.0, rel=0.2), "viky streams at 20 frames/s by default"
-    assert summary["source"].startswith("genicam:") and count_rows(tmp_path / "cam.db") == 15
+    assert summary["source"].startswith("genicam:")
+    # frames dropped by the drop-oldest queue (the CPU inspects slower than 20 frames/s) have their rows too
+    assert count_rows(tmp_path / "cam.db") == summary["acquired"] + summary["gap_rows"] == summary["recorded"]
+    assert summary["acquired"] == summary["passed"] + summary["failed"] + summary["not_inspected"]
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +254,14 @@ DEMO_AGREEMENT_GOAL = 0.75  # issue 2: "good enough that the demo's verdicts are
 def test_demo_verdicts_are_mostly_right(demo_run):
     _, agree, total, _ = demo_run
     assert total and agree / total >= DEMO_AGREEMENT_GOAL, f"{agree}/{total} verdicts agree with the ground truth"
+
+
+def test_the_example_systemd_unit_agrees_with_the_exit_codes():
+    from station.cli import EXIT_HANGUP, EXIT_TERMINATED
+
+    unit = (Path(__file__).resolve().parents[2] / "docs" / "station.service").read_text()
+    settings = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
+    assert set(settings["SuccessExitStatus"].split()) == {str(EXIT_TERMINATED), str(EXIT_HANGUP)} == {"143", "129"}
+    assert settings["KillSignal"] == "SIGTERM" and settings["RestartPreventExitStatus"] == "2"
+    drain = float(re.search(r"--drain-timeout (\d+)", unit).group(1))
+    assert float(settings["TimeoutStopSec"]) >= drain + 20, "systemd must wait for the drain before SIGKILL"

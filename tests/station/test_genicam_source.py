@@ -140,6 +140,12 @@ def test_a_slow_consumer_shows_up_as_lost_frames() -> None:
         health = source.health()
     gaps = sum(b.frame_id - a.frame_id - 1 for a, b in zip(frames, frames[1:]))
     assert gaps > 0 and health.lost_frames == gaps
+    # each gap is a ledger entry with the ids it skipped
+    assert sum(e.count for e in source.events) == gaps and all(e.kind.value == "lost_ids" for e in source.events)
+    ids = {f.frame_id for f in frames}
+    for gap in source.events:
+        assert not ids & set(range(gap.first_id, gap.last_id + 1))
+        assert gap.first_id - 1 in ids and gap.last_id + 1 in ids
 
 
 @camera
@@ -226,8 +232,18 @@ def test_reconnects_after_a_disconnect_without_ending_iteration(kind: str, caplo
     assert any("connected -> lost" in m for m in transitions)
     assert any("lost -> reconnecting" in m for m in transitions)
     assert any("reconnecting -> connected" in m for m in transitions)
-    assert frames[-1].frame_id < frames[count_at_disconnect - 1].frame_id + 10  # block ids restarted
+    assert frames[-1].meta["block_id"] < frames[count_at_disconnect - 1].meta["block_id"] + 10  # restarted
+    # ... but frame ids keep counting across the reconnect, the outage's estimated frames skipped
+    ids = [f.frame_id for f in frames]
+    assert all(b > a for a, b in zip(ids, ids[1:])), ids
     assert frames[-1].meta["sequence"] == len(frames)
+    (outage,) = [e for e in source.events if e.kind.value == "outage"]
+    after = frames[ids.index(outage.last_id + 1)] if outage.last_id + 1 in ids else None
+    assert after is not None and after.meta["block_id"] < frames[count_at_disconnect - 1].meta["block_id"]
+    assert outage.first_id == outage.last_id - outage.count + 1 and outage.end_ns > outage.start_ns
+    assert outage.count == round((outage.end_ns - outage.start_ns) / 1e9 * 50) - 1  # span x 50 frames/s
+    lost_ids = sum(e.count for e in source.events)
+    assert ids[-1] - ids[0] + 1 == len(ids) + lost_ids, "ids skip exactly the frames reported lost"
 
 
 @camera

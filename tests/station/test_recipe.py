@@ -174,3 +174,26 @@ def test_fingerprint_follows_the_effective_settings_not_the_file(tmp_path: Path)
     stricter = first.with_overrides({"rules.score_threshold": 0.9})
     assert stricter.fingerprint() != first.fingerprint()
     assert stricter.with_overrides({"rules.score_threshold": None}).fingerprint() == first.fingerprint()
+
+
+def test_station_table_defaults_to_the_host_name_and_fail_safe(tmp_path: Path) -> None:
+    import socket
+
+    from station.recipe import NotInspectedPolicy
+
+    recipe = load_recipe(write(tmp_path, MINIMAL))
+    assert recipe.station.id == socket.gethostname() and recipe.station.min_free_mb == 200.0
+    assert recipe.station.not_inspected is NotInspectedPolicy.REJECT
+    named = load_recipe(write(tmp_path, MINIMAL + '[station]\nid = "line-3"\nnot_inspected = "exclude"\n'
+                                                  "min_free_mb = 0\n", "s.toml"))
+    assert (named.station.id, named.station.not_inspected, named.station.min_free_mb) == (
+        "line-3", NotInspectedPolicy.EXCLUDE, 0.0)
+    # the station id says where a recipe runs, not how it judges: it leaves the fingerprint alone...
+    assert load_recipe(write(tmp_path, MINIMAL + '[station]\nid = "line-4"\n', "t.toml")).fingerprint() == \
+        recipe.fingerprint()
+    assert named.fingerprint() != recipe.fingerprint()  # ...but counting parts not inspected is a judgement
+    with pytest.raises(RecipeError, match=r"\[station\] not_inspected: 'maybe' is not allowed; use one of 'reject', "
+                                          r"'exclude'"):
+        load_recipe(write(tmp_path, MINIMAL + '[station]\nnot_inspected = "maybe"\n', "u.toml"))
+    with pytest.raises(RecipeError, match=r"\[frames\] max_width: 10 is not allowed; use an integer >= min_width"):
+        load_recipe(write(tmp_path, MINIMAL + "[frames]\nmax_width = 10\n", "v.toml"))

@@ -21,10 +21,14 @@ import cv2
 import numpy as np
 import pytest
 
-from inspection_core.records import Defect, Frame, InspectionResult, Verdict
+from inspection_core.records import (Defect, Frame, FrameGap, GapKind, InspectionResult, NotInspected,
+                                     NotInspectedReason, Verdict)
 from station import rejectlog
-from station.errors import RejectLogError
-from station.rejectlog import SCHEMA_VERSION, RejectLog, add_export_arguments, export, parse_time, run_export
+from station.errors import LedgerError, RejectLogError
+from station.export import add_export_arguments, export, run_export
+from station.rejectlog import SCHEMA_VERSION, RejectLog, parse_time
+
+from tests.station.ledger_util import read_only
 
 REPO = Path(__file__).resolve().parents[2]
 DEFECT = Defect(label="defect", bbox=(1, 2, 3, 4), area_px=12, centroid=(2.5, 3.5), mean_score=0.7, max_score=0.9)
@@ -65,12 +69,15 @@ def test_wal_mode_schema_and_round_trip(tmp_path: Path, clock: list[datetime]) -
         "id": 1, "time_utc": "2024-05-01T12:00:00.123Z", "timestamp_ns": 1007, "source": "replay:test",
         "frame_id": 7, "file": "a.jpg", "verdict": "PASS", "defects_json": "[]", "labels_json": "[]",
         "engine_id": "bffn/onnxruntime", "latency_ms": 12.5, "image_path": None,
-        "recipe": "magnetic_tile 0123456789ab", "calibration": "cam-A@v3",
+        "recipe": "magnetic_tile 0123456789ab", "calibration": "cam-A@v3", "station_id": None, "run_id": None,
+        "reason": None, "detail": None, "frame_count": 1, "last_frame_id": None, "end_timestamp_ns": None,
+        "rejected": 0, "overlay_path": None,
     }
     assert second["verdict"] == "FAIL" and second["file"] is None
     assert json.loads(second["defects_json"]) == [DEFECT.to_dict()]
     assert json.loads(second["labels_json"]) == ["crack"]
     assert second["image_path"] == "rejects_images/2024-05-01/120000123_8.png"
+    assert second["overlay_path"] == "rejects_images/2024-05-01/120000123_8_overlay.png" and second["rejected"] == 1
 
 
 def test_time_is_iso_utc_with_ms(tmp_path: Path) -> None:
@@ -98,8 +105,8 @@ def test_fail_saves_readable_png_and_pass_saves_none(tmp_path: Path, clock: list
     assert np.array_equal(cv2.imread(str(paths[0]), cv2.IMREAD_UNCHANGED), grey)
     back = cv2.cvtColor(cv2.imread(str(paths[1]), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     assert np.array_equal(back, rgb)
-    assert sorted(p.name for p in (db.parent / "rejects_images").rglob("*")) == ["120000123_2-1.png",
-                                                                                 "120000123_2.png", "2024-05-01"]
+    assert sorted(p.name for p in (db.parent / "rejects_images").rglob("*")) == [
+        "120000123_2-1.png", "120000123_2-1_overlay.png", "120000123_2.png", "120000123_2_overlay.png", "2024-05-01"]
     with RejectLog(tmp_path / "noimg.db", save_images=False) as log:
         log.record(result(3, Verdict.FAIL))
         assert log.query()[0]["image_path"] is None
@@ -152,7 +159,7 @@ def test_a_schema_1_log_is_exported_as_it_is_and_upgraded_in_place_keeping_its_r
     assert (old["id"], old["frame_id"], old["engine_id"], old["recipe"]) == (1, 3, "bffn/torch", None)
     assert (new["id"], new["recipe"], new["calibration"]) == (2, "screen 00aa00aa00aa", None)
     conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     assert [r[1] for r in conn.execute("PRAGMA table_info(inspections)")] == list(rejectlog.COLUMNS)
     conn.close()
     with RejectLog(db) as log:  # opening an upgraded file again changes nothing
@@ -241,8 +248,8 @@ def test_export_csv_and_json_with_filters(filled_db: Path, tmp_path: Path) -> No
 
     with pytest.raises(RejectLogError, match="use csv or json"):
         export(filled_db, "xml", tmp_path / "x.xml")
-    with pytest.raises(RejectLogError, match="use one of fail, pass, all"):
-        export(filled_db, "csv", tmp_path / "x.csv", verdict="rejected")
+    with pytest.raises(RejectLogError, match="use one of all, pass, fail, not_inspected, gap, rejected"):
+        export(filled_db, "csv", tmp_path / "x.csv", verdict="rejects")
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -255,7 +262,7 @@ def test_run_export_cli(filled_db: Path, tmp_path: Path, capsys: pytest.CaptureF
     assert run_export(_parse(["--db", str(filled_db), "--format", "json", "--verdict", "fail", "--out", "-"])) == 0
     captured = capsys.readouterr()
     assert [i["id"] for i in json.loads(captured.out)] == [2, 4, 6]
-    assert "3 inspection(s)" in captured.err
+    assert "3 row(s)" in captured.err
 
     out = tmp_path / "all.csv"
     assert run_export(_parse(["--db", str(filled_db), "--format", "csv", "--until", "2024-05-01T12:00Z",
@@ -351,3 +358,170 @@ def test_committed_rows_survive_sigkill(tmp_path: Path) -> None:
         for png in (tmp_path / "crash_images").rglob("*.png"):  # a final name is never half a PNG
             assert cv2.imread(str(png), cv2.IMREAD_UNCHANGED) is not None, png
     assert len(committed) >= 73
+
+
+# ------------------------------------------------------------------------------------------ the part ledger (3)
+
+SCHEMA_2 = """CREATE TABLE inspections (id INTEGER PRIMARY KEY, time_utc TEXT NOT NULL, timestamp_ns INTEGER NOT NULL,
+source TEXT NOT NULL, frame_id INTEGER NOT NULL, file TEXT, verdict TEXT NOT NULL CHECK (verdict IN ('PASS', 'FAIL')),
+defects_json TEXT NOT NULL, labels_json TEXT NOT NULL, engine_id TEXT NOT NULL, latency_ms REAL NOT NULL,
+image_path TEXT, recipe TEXT, calibration TEXT);
+CREATE INDEX inspections_time ON inspections (time_utc);
+CREATE INDEX inspections_verdict_time ON inspections (verdict, time_utc);"""
+
+
+def _schema_2_file(db: Path) -> None:
+    """A reject log exactly as the schema-2 station wrote it (WAL, two rows)."""
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.executescript(SCHEMA_2)
+    conn.execute("INSERT INTO inspections VALUES (1, '2024-05-01T12:00:00.000Z', 5, 'replay:old', 3, 'x.jpg', 'FAIL', "
+                 "'[]', '[]', 'bffn/torch', 9.5, 'rejects_images/x.png', 'mt 0123456789ab', 'cam-A@v2')")
+    conn.execute("INSERT INTO inspections VALUES (7, '2024-05-01T12:00:01.000Z', 6, 'replay:old', 4, 'y.jpg', 'PASS', "
+                 "'[]', '[]', 'bffn/torch', 8.0, NULL, 'mt 0123456789ab', NULL)")
+    conn.execute("PRAGMA user_version=2")
+    conn.commit()
+    conn.close()
+
+
+def test_a_schema_2_log_is_rebuilt_to_3_in_one_transaction_keeping_its_rows(tmp_path: Path) -> None:
+    db = tmp_path / "v2.db"
+    _schema_2_file(db)
+    with pytest.raises(sqlite3.IntegrityError):  # what the upgrade is for: schema 2 refuses the new verdicts
+        with sqlite3.connect(db) as conn:
+            conn.execute("INSERT INTO inspections (time_utc, timestamp_ns, source, frame_id, verdict, defects_json, "
+                         "labels_json, engine_id, latency_ms) VALUES ('t', 1, 's', 1, 'NOT_INSPECTED', '[]', '[]', "
+                         "'e', 0)")
+    (item_before,) = [r for r in json.loads(_export_json(db, tmp_path)) if r["id"] == 1]
+    assert item_before["frame_count"] == 1 and item_before["rejected"] == 1  # read-only: old rows read as defaults
+    with RejectLog(db, station_id="st-1", run_id="run-1") as log:
+        log.record(NotInspected(frame_id=9, timestamp_ns=10, source="replay:new", reason=NotInspectedReason.UNREADABLE,
+                                detail="empty file", file="z.jpg"))
+        rows = log.query()
+    assert [(r["id"], r["verdict"], r["frame_count"], r["rejected"], r["station_id"]) for r in rows] == [
+        (1, "FAIL", 1, 1, None), (7, "PASS", 1, 0, None), (8, "NOT_INSPECTED", 1, 1, "st-1")]
+    assert rows[0]["image_path"] == "rejects_images/x.png" and rows[0]["calibration"] == "cam-A@v2"
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert [r[1] for r in conn.execute("PRAGMA table_info(inspections)")] == list(rejectlog.COLUMNS)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")} == {
+        "inspections_time", "inspections_verdict_time"}
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name LIKE '%v3%'").fetchall() == []
+    with pytest.raises(sqlite3.IntegrityError):  # the new CHECK still guards the verdicts
+        conn.execute("INSERT INTO inspections (time_utc, timestamp_ns, source, frame_id, verdict, defects_json, "
+                     "labels_json, engine_id, latency_ms) VALUES ('t', 1, 's', 1, 'MAYBE', '[]', '[]', 'e', 0)")
+    conn.close()
+
+
+def _export_json(db: Path, tmp_path: Path) -> str:
+    out = tmp_path / "export.json"
+    export(db, "json", out)
+    return out.read_text()
+
+
+def test_not_inspected_and_gap_rows_carry_reason_ids_and_the_policy(tmp_path: Path) -> None:
+    db = tmp_path / "ledger.db"
+    frame = Frame(np.zeros((1, 1), np.uint8), 5, 100, "genicam:cam", {})
+    gap = FrameGap(source="genicam:cam", kind=GapKind.OUTAGE, first_id=6, last_id=45, count=40, start_ns=100,
+                   end_ns=2_000_000_100, detail="camera lost")
+    with RejectLog(db, station_id="line-3", run_id="r1", engine_id="bffn@ort", not_inspected_is_reject=True) as log:
+        log.record(NotInspected.of(frame, NotInspectedReason.TOO_SMALL, "1x1 px"))
+        log.record(gap)
+        log.record(result(46, Verdict.PASS), note="implausible frame: all black")
+    with RejectLog(db, station_id="line-3", run_id="r2", not_inspected_is_reject=False) as log:
+        log.record(NotInspected.of(frame, NotInspectedReason.DROPPED))
+        rows = log.query()
+    small, outage, passed, dropped = rows
+    assert (small["verdict"], small["reason"], small["detail"], small["rejected"], small["engine_id"]) == (
+        "NOT_INSPECTED", "too_small", "1x1 px", 1, "bffn@ort")
+    assert (outage["verdict"], outage["reason"], outage["frame_id"], outage["last_frame_id"], outage["frame_count"],
+            outage["end_timestamp_ns"], outage["rejected"]) == ("GAP", "outage", 6, 45, 40, 2_000_000_100, None)
+    assert passed["detail"] == "implausible frame: all black" and passed["rejected"] == 0
+    assert (dropped["reason"], dropped["rejected"], dropped["run_id"]) == ("dropped", 0, "r2")
+    assert {r["station_id"] for r in rows} == {"line-3"}
+    with RejectLog(db) as log:
+        assert [r["id"] for r in log.query(verdict="not_inspected")] == [1, 4]
+        assert [r["id"] for r in log.query(verdict="gap")] == [2]
+        assert [r["id"] for r in log.query(verdict="rejected")] == [1]
+
+
+def test_a_read_only_log_is_refused_when_the_station_opens_it(tmp_path: Path) -> None:
+    db = tmp_path / "ro.db"
+    with RejectLog(db) as log:
+        log.record(result(1, Verdict.PASS))
+    with read_only(db):
+        with pytest.raises(LedgerError, match="read-only.*make the file and its folder writable"):
+            RejectLog(db)
+    with RejectLog(db) as log:  # writable again: it works, nothing was lost
+        assert len(log.query()) == 1
+
+
+def test_a_log_locked_beyond_the_timeout_stops_with_a_ledger_error(tmp_path: Path) -> None:
+    db = tmp_path / "locked.db"
+    with RejectLog(db, busy_timeout_s=0.2) as log:
+        other = sqlite3.connect(db, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another program holds the write lock
+        try:
+            started = time.monotonic()
+            with pytest.raises(LedgerError, match=r"locked for more than 0.2 s"):
+                log.record(result(1, Verdict.PASS))
+            assert time.monotonic() - started < 5
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert log.record(result(2, Verdict.PASS)) == 1
+
+
+def test_images_and_exports_get_ordinary_permissions(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        db = tmp_path / "perm.db"
+        with RejectLog(db) as log:
+            log.record(result(1, Verdict.FAIL))
+            (row,) = log.query()
+        export(db, "csv", tmp_path / "out.csv")
+    finally:
+        os.umask(previous)
+    for path in (db.parent / row["image_path"], db.parent / row["overlay_path"], tmp_path / "out.csv"):
+        assert path.stat().st_mode & 0o777 == 0o644, (path, oct(path.stat().st_mode))
+
+
+def test_the_overlay_image_shows_the_mask_and_the_boxes(tmp_path: Path) -> None:
+    image = np.full((40, 60), 100, np.uint8)
+    res = result(3, Verdict.FAIL, image=image)
+    mask = np.zeros((40, 60), np.float32)
+    mask[10:20, 20:30] = 0.9
+    res = InspectionResult(res.frame, mask, (Defect("crack", (20, 10, 10, 10), 100, (25, 15), 0.9, 0.9),),
+                           Verdict.FAIL, "e")
+    with RejectLog(tmp_path / "o.db", mask_threshold=0.5) as log:
+        log.record(res)
+        (row,) = log.query()
+    raw = cv2.imread(str(tmp_path / row["image_path"]), cv2.IMREAD_UNCHANGED)
+    overlay = cv2.cvtColor(cv2.imread(str(tmp_path / row["overlay_path"]), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(raw, image) and overlay.shape == (40, 60, 3)
+    assert overlay[15, 25, 0] > overlay[15, 25, 1] + 50, "mask pixels are painted red"
+    assert overlay[9, 25].tolist() != [100, 100, 100], "the defect is boxed"
+    assert overlay[35, 5].tolist() == [100, 100, 100], "the rest is the image"
+
+
+def test_per_defect_export_has_one_row_per_defect_and_absolute_paths_on_request(tmp_path: Path) -> None:
+    db = tmp_path / "d.db"
+    two = InspectionResult(result(2, Verdict.FAIL).frame, np.zeros((24, 32), np.float32),
+                           (DEFECT, Defect("pit", (5, 6, 2, 2), 4, (6.0, 7.0), 0.6, 0.8, area_mm2=0.01,
+                                           size_mm=(0.1, 0.1))), Verdict.FAIL, "e")
+    with RejectLog(db) as log:
+        log.record(result(1, Verdict.PASS))
+        log.record(two)
+    out = tmp_path / "defects.csv"
+    assert export(db, "csv", out, per_defect=True, absolute_paths=True) == 2
+    with out.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["id"], r["defect"], r["label"], r["x"], r["area_px"]) for r in rows] == [
+        ("2", "1", "defect", "1", "12"), ("2", "2", "pit", "5", "4")]
+    assert rows[1]["area_mm2"] == "0.01" and rows[1]["width_mm"] == "0.1"
+    assert Path(rows[0]["image_path"]).is_absolute() and Path(rows[0]["image_path"]).is_file()
+    assert Path(rows[0]["overlay_path"]).is_file()
+    relative = tmp_path / "rel.csv"
+    export(db, "csv", relative, per_defect=True)
+    assert next(csv.DictReader(relative.open()))["image_path"].startswith("d_images/")

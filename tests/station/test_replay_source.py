@@ -50,7 +50,11 @@ def test_frames_in_natural_order_and_corrupt_files_skipped(image_dir: Path, capl
         health = source.health()
     names = [f.file for f in frames]
     assert names == ["img1.jpg", "img2.png", "img3.bmp", "img4.tif", "img7_mask.png", "img10.png"]
-    assert [f.frame_id for f in frames] == [1, 2, 3, 4, 5, 6]
+    # an unreadable file is a part too: it takes its frame id and is reported to the ledger as NOT_INSPECTED
+    assert [f.frame_id for f in frames] == [1, 2, 3, 4, 7, 8]
+    assert [(e.frame_id, e.file, e.reason.value) for e in source.events] == [
+        (5, "img5.jpg", "unreadable"), (6, "img6.png", "unreadable")]
+    assert "not a decodable image" in source.events[0].detail and source.events[1].detail == "empty file"
     assert [int(f.image[0, 0]) for f in frames if f.file != "img1.jpg"] == [20, 30, 40, 255, 100]
     for frame in frames:
         assert frame.image.dtype == np.uint8 and frame.image.shape == (24, 32)
@@ -100,9 +104,21 @@ def test_loop_repeats_and_counts_skips_once(image_dir: Path) -> None:
     with ReplaySource(image_dir, loop=True, pattern="img[1-5].*") as source:
         frames = _take(source, 10)
         health = source.health()
-    assert [f.frame_id for f in frames] == list(range(1, 11))
+    assert [f.frame_id for f in frames] == [1, 2, 3, 4, 6, 7, 8, 9, 11, 12]
     assert [f.file for f in frames[:8]] == ["img1.jpg", "img2.png", "img3.bmp", "img4.tif"] * 2
-    assert health.skipped_files == 1  # img5.jpg: warned and counted once, then left out of later passes
+    assert health.skipped_files == 1  # img5.jpg: warned and counted once, not read again...
+    assert [(e.frame_id, e.file) for e in source.events] == [(5, "img5.jpg"), (10, "img5.jpg")]  # ...a row a pass
+
+
+def test_16_bit_files_are_scaled_by_their_bit_depth_not_truncated(tmp_path: Path) -> None:
+    eight = np.arange(0, 256, dtype=np.uint8).reshape(16, 16)
+    assert cv2.imwrite(str(tmp_path / "a12.png"), eight.astype(np.uint16) * 16)  # 12-bit data in a 16-bit PNG
+    with ReplaySource(tmp_path, bit_depth=12) as source:
+        (frame,) = list(source)
+    assert frame.image.dtype == np.uint8 and np.array_equal(frame.image, eight)
+    with ReplaySource(tmp_path) as source:  # read as full 16-bit data it is dark, but scaled, not wrapped
+        (dark,) = list(source)
+    assert np.array_equal(dark.image, (eight.astype(np.uint16) * 16 >> 8).astype(np.uint8))
 
 
 def test_pacing_keeps_the_frame_rate(image_dir: Path) -> None:

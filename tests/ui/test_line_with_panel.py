@@ -41,6 +41,9 @@ def test_closing_the_panel_drains_the_line_into_the_log(untrained_bffn, tmp_path
     QTimer.singleShot(50, close_when_three_are_shown)
     stats = run_with_panel(line, title="test")
     assert not line.running and stats.inspected >= 3
-    with sqlite3.connect(db) as con:
-        assert con.execute("SELECT COUNT(*) FROM inspections").fetchone()[0] == stats.inspected
+    with sqlite3.connect(db) as con:  # every part the camera delivered has its row, inspected or not
+        assert con.execute("SELECT COUNT(*) FROM inspections").fetchone()[0] == stats.acquired == stats.recorded
+        assert con.execute("SELECT COUNT(*) FROM inspections WHERE verdict IN ('PASS', 'FAIL')").fetchone()[0] == \
+            stats.inspected
+    assert stats.acquired == stats.passed + stats.failed + stats.not_inspected
     assert shot.stat().st_size > 10_000

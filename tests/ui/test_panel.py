@@ -18,7 +18,9 @@ from tests.ui.conftest import BLOB, BLOB_DEFECT, StatsSource, make_result, publi
     synthetic_mask
 from ui.overlay import BOX_COLOUR, overlay_for_display, overlay_mask, to_qimage
 
-DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "panel.png"
+# The panel drawn from the invented results of test_screenshot (docs/img/panel.png is the real line, drawn by
+# benchmarks/panel_screenshot.py).
+FIXTURE_SCREENSHOT = Path(__file__).resolve().parent / "panel-fixture.png"
 
 
 # ------------------------------------------------------------------------------------------------ overlay
@@ -182,6 +184,38 @@ def test_panel_shows_fail_counters_and_reject(qtbot, panel, feed: ResultFeed, st
 
 
 @pytest.mark.gui
+def test_parts_not_inspected_are_counted_as_rejects_and_explained(qtbot, panel, stats: StatsSource) -> None:
+
+    qtbot.waitUntil(lambda: panel.counter_labels["inspected"].text() == "1,234", timeout=2000)
+    assert panel.counter_labels["not_inspected"].text() == "0" and not panel.line_state_label.isVisible()
+    stats.update(not_inspected=6, not_inspected_reasons={"dropped": 4, "unreadable": 2})
+    qtbot.waitUntil(lambda: panel.counter_labels["not_inspected"].text() == "6", timeout=2000)
+    assert panel.counter_labels["yield"].text() == "96.8 %"  # 1200 / (1200 + 34 + 6): fail-safe
+    tip = panel.counter_labels["not_inspected"].toolTip()
+    assert "dropped by the queue policy: 4" in tip and "unreadable: 2" in tip and "count as rejects" in tip
+    stats.update(not_inspected_is_reject=False)
+    qtbot.waitUntil(lambda: panel.counter_labels["yield"].text() == "97.2 %", timeout=2000)
+
+
+@pytest.mark.gui
+def test_a_line_stopped_on_an_error_says_why_in_red(qtbot, panel, stats: StatsSource, tmp_path) -> None:
+    from inspection_core.records import LineState
+
+    stats.update(state=LineState.DRAINING)
+    qtbot.waitUntil(lambda: panel.line_state_label.isVisible(), timeout=2000)
+    assert "Stopping" in panel.line_state_label.text()
+    stats.update(state=LineState.ERROR, refused=3,
+                 failure="cannot write to the reject log x.db: the disk is full; free disk space, then start again")
+    qtbot.waitUntil(lambda: "LINE STOPPED" in panel.line_state_label.text(), timeout=2000)
+    text = panel.line_state_label.toolTip()
+    assert "the disk is full" in text and "free disk space" in text and "3 part(s) refused" in text
+    red, green, blue = label_colour(panel.line_state_label)
+    assert red > 150 and green < 90 and blue < 90
+    panel.grab_png(tmp_path / "error.png")
+    assert (tmp_path / "error.png").stat().st_size > 10_000
+
+
+@pytest.mark.gui
 def test_pass_turns_indicator_green_and_keeps_rejects(qtbot, panel, feed: ResultFeed) -> None:
     feed.publish(make_result(frame_id=1))
     qtbot.waitUntil(lambda: panel.verdict_label.text() == "FAIL", timeout=2000)
@@ -330,9 +364,8 @@ def test_screenshot(qtbot, panel, feed: ResultFeed, stats: StatsSource, tmp_path
     path = tmp_path / "panel.png"
     panel.grab_png(path)
     assert path.stat().st_size > 10_000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    if os.environ.get("UPDATE_DOCS_SCREENSHOT"):  # refresh the picture in docs/ on purpose only
-        DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, DOCS_SCREENSHOT)
+    if os.environ.get("UPDATE_FIXTURE_SCREENSHOT"):  # refresh the fixture picture on purpose only
+        shutil.copyfile(path, FIXTURE_SCREENSHOT)
 
 
 # ------------------------------------------------------------------------------------------------ app

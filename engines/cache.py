@@ -1,0 +1,58 @@
+"""Plain weights built once into an engine folder in the cache (``$STATION_CACHE/engines/``), then loaded like any
+engine folder: what :func:`engines.backends.base.load_engine` does for weights that are not an engine folder."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from engines.backends.common import BACKENDS, cache_dir, default_threads
+from engines.build import BuildSettings, build
+from engines.errors import BackendUnavailable, EngineError
+from engines.folders import open_engine, open_folder
+from engines.manifest import is_engine_dir, problems, read_manifest
+from engines.models import model_spec
+from engines.weights import resolve_weights
+from inspection_core.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+def cache_folder(bundle, backend: str, device: str, precision: str, tile: int, mode: str) -> Path:
+    """The cache's engine folder for these weights built this way (the scoring mode named for a network that has
+    several, GR's batch and bank)."""
+    name = f"{bundle.model}-{bundle.sha256()[:16]}-{backend}-{device.replace(':', '')}-{precision}-t{tile}"
+    if model_spec(bundle.model).has_modes:
+        name += f"-{mode}"
+    return cache_dir() / "engines" / name
+
+
+def engine_for_weights(weights: str | Path, backend: str = "onnxruntime", threads: int = 0, device: str = "cpu",
+                       precision: str = "fp32", mode: str = "batch", tile: int = 0) -> Engine:
+    """What :func:`engines.backends.base.load_engine` does: open an engine folder, or build the weights into a
+    cached engine folder once (rebuilt when its manifest no longer matches this machine) and open it."""
+    if backend not in BACKENDS:
+        raise BackendUnavailable(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+    if is_engine_dir(weights):
+        manifest = read_manifest(weights)
+        for key, wanted in (("backend", backend), ("precision", precision)):
+            if manifest.get(key) != wanted:
+                raise EngineError(f"engine folder {weights} was built for {key} {manifest.get(key)}, not {wanted}; "
+                                  f"set {key} = \"{manifest.get(key)}\" or build one: engines build --weights "
+                                  f"{weights}/weights --{key} {wanted} --out DIR")
+        return open_engine(weights, threads=threads, device=device if device != "cpu" else None)
+    bundle = resolve_weights(weights)
+    spec = model_spec(bundle.model)
+    if not spec.has_modes:  # one way of scoring: the mode asked for makes no difference, nor a second folder
+        mode = spec.modes[0]
+    tile = tile or bundle.tile
+    folder = cache_folder(bundle, backend, device, precision, tile, mode)
+    if is_engine_dir(folder):
+        found = problems(folder)
+        if not found:
+            return open_folder(folder, read_manifest(folder), threads=threads, device=device)
+        log.warning("rebuilding cached engine %s: %s", folder, "; ".join(found))
+    settings = BuildSettings(weights=str(bundle.path), backend=backend, out=str(folder), precision=precision,
+                             tile=tile, device=device, mode=mode, threads=threads or default_threads())
+    log.info("building %s for %s (first use of these weights on this backend)", folder.name, bundle.path)
+    build(settings)
+    return open_folder(folder, read_manifest(folder), threads=threads, device=device)

@@ -1,0 +1,368 @@
+"""What each subcommand of the `engines` command does, given its parsed arguments (the parser, the manual page,
+is :mod:`engines.cli`). Every handler returns the command's exit code; heavy libraries are imported inside them,
+so the command starts fast and ``engines --help`` works without torch."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from engines.models import Task, model_spec
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+SEG_ONLY = {"tile": None, "optimizer": None, "loss": None, "init": None, "no_sam": False, "fusion": None,
+            "sampling": None, "aux_weight": None, "split": None, "defect_fraction": None, "class_balanced": False,
+            "hard_negatives": None, "mine_every": None, "init_backbone": None}
+CLS_ONLY = {"pretrain_epochs": None, "momentum": None, "weight_decay": None, "size": None, "bank_size": None,
+            "in_channels": None, "no_augment": False, "label_dim": None, "no_gr": False, "linear": False,
+            "alpha": None, "tau": None}
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from engines.train import TrainSettings, train_segmentation
+
+    import os
+
+    main_process = os.environ.get("RANK", "0") == "0"
+    if main_process:
+        log_file = Path(args.out) / "train.log"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logging.getLogger().addHandler(handler)
+    classifier = model_spec(args.model).task is Task.CLASSIFICATION
+    wrong = [f"--{k.replace('_', '-')}" for k, unset in (SEG_ONLY if classifier else CLS_ONLY).items()
+             if getattr(args, k) not in (unset,)]
+    if wrong:
+        kind = "segmentation networks" if classifier else "classifiers"
+        raise ValueError(f"{', '.join(wrong)} apply only to {kind}, not to {args.model}")
+    if classifier:
+        return _train_classifier(args)
+    settings = TrainSettings(model=args.model, data=args.data, out=args.out, epochs=args.epochs or 30,
+                             batch=args.batch or 16, lr=args.lr or 5e-4, tile=args.tile or 128, holdout=args.holdout,
+                             seed=args.seed, steps_per_epoch=args.steps_per_epoch, threads=args.threads,
+                             optimizer=args.optimizer or "rmsprop", loss=args.loss or "ce", init=args.init or "",
+                             device=args.device, amp=args.amp, validate=not args.no_validate,
+                             aux_weight=1.0 if args.aux_weight is None else args.aux_weight,
+                             sampling=args.sampling or "grid", model_config=_model_config(args),
+                             split=args.split or "", init_backbone=args.init_backbone or "",
+                             defect_fraction=0.5 if args.defect_fraction is None else args.defect_fraction,
+                             class_balanced=args.class_balanced, hard_negatives=args.hard_negatives or 0.0,
+                             mine_every=args.mine_every or 1, channels_last=not args.no_channels_last)
+    final = train_segmentation(settings, progress=not args.quiet)
+    if main_process:
+        print(json.dumps(final, indent=2))
+    return EXIT_OK
+
+
+def _train_classifier(args: argparse.Namespace) -> int:
+    from engines.train_cls import ClsTrainSettings, train_classifier
+
+    config = {}
+    if args.backbone:
+        config["backbone"] = args.backbone
+    for key, value in (("label_dim", args.label_dim), ("alpha", args.alpha), ("tau", args.tau)):
+        if value is not None:
+            config[key] = value
+    if args.no_gr:
+        config["use_gr"] = False
+    if args.linear:
+        config["cosine"] = False
+    spec = model_spec(args.model)
+    foreign = [key for key in config if key not in spec.options and not (key == "backbone" and spec.backbones)]
+    if foreign:
+        raise ValueError(f"{', '.join(foreign)} are GR options; {args.model} takes none")
+    settings = ClsTrainSettings(
+        model=args.model, data=args.data, out=args.out, epochs=args.epochs or 40,
+        pretrain_epochs=-1 if args.pretrain_epochs is None else args.pretrain_epochs, batch=args.batch or 32,
+        lr=args.lr or 1e-3, momentum=0.9 if args.momentum is None else args.momentum,
+        weight_decay=5e-4 if args.weight_decay is None else args.weight_decay, size=args.size or 224,
+        holdout=args.holdout, seed=args.seed, threads=args.threads, device=args.device, amp=args.amp,
+        steps_per_epoch=args.steps_per_epoch, bank_size=31 if args.bank_size is None else args.bank_size,
+        model_config=config, in_channels=args.in_channels or 3, augment=not args.no_augment,
+        validate=not args.no_validate)
+    final = train_classifier(settings, progress=not args.quiet)
+    print(json.dumps(final, indent=2, default=str))
+    return EXIT_OK
+
+
+def run_split(args: argparse.Namespace) -> int:
+    from engines.data.segmentation import load_dataset, three_way_split
+
+    samples = load_dataset(args.data)
+    keep = json.loads(Path(args.keep).read_text()) if args.keep else None
+    split = three_way_split(samples, args.validation, args.holdout, args.seed, keep=keep)
+    if args.not_train:
+        from engines.data.segmentation import IMAGE_SUFFIXES
+
+        def key(name: str) -> str:  # "MT_Crack/exp1_x.jpg" and "crack_exp1_x.jpg" -> "crack/exp1_x"
+            path = Path(name)
+            if path.parent.name.startswith("MT_"):
+                return f"{path.parent.name[3:].lower()}/{path.stem}"
+            return path.stem.replace("_", "/", 1) if "_" in path.stem else path.stem
+
+        kept_out = {key(p.name) for p in Path(args.not_train).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        leaked = [n for n in split["train"] if key(n) in kept_out or Path(n).stem in kept_out]
+        if leaked:
+            print(f"error: {len(leaked)} images of {args.not_train} fall in the training part "
+                  f"(first: {leaked[0]}); pick another --seed or --keep a split that holds them out",
+                  file=sys.stderr)
+            return EXIT_USAGE
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(split, indent=1) + "\n")
+    counts = {part: len(names) for part, names in split.items()}
+    print(json.dumps({"out": str(out), **counts}))
+    return EXIT_OK
+
+
+def run_curves(args: argparse.Namespace) -> int:
+    from engines.curves import curve_points, plot_learning_curves, read_history
+
+    labels = args.labels.split(",") if args.labels else list(args.runs)
+    offsets = [int(v) for v in args.offset.split(",")] if args.offset else [0] * len(args.runs)
+    if len(labels) != len(args.runs) or len(offsets) != len(args.runs):
+        raise ValueError(f"give one label and one offset per run ({len(args.runs)} runs)")
+    plotted = []
+    for run, label, offset in zip(args.runs, labels, offsets):
+        history, per_epoch = read_history(run)
+        plotted.append((label, curve_points(history, per_epoch, offset)))
+    path = plot_learning_curves(plotted, args.out, title=args.title)
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(plotted), indent=1) + "\n")
+    print(path)
+    return EXIT_OK
+
+
+def _model_config(args: argparse.Namespace) -> dict:
+    """Network options from the command line (only those given, so each network keeps its own defaults)."""
+    config = {}
+    spec = model_spec(args.model)
+    if args.backbone:
+        config["backbone"] = args.backbone
+    if spec.task is Task.CLASSIFICATION:
+        return {}
+    if args.no_sam or args.fusion:
+        if not {"use_sam", "fusion"} <= set(spec.options):
+            raise ValueError("--no-sam and --fusion are BFFN's ablation switches; they do not apply to " + args.model)
+        if args.no_sam:
+            config["use_sam"] = False
+        if args.fusion:
+            config["fusion"] = args.fusion
+    return config
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from engines.export import export_onnx
+    from engines.weights import resolve_weights
+
+    bundle = resolve_weights(args.weights)
+    path = export_onnx(bundle, Path(args.out), tile=args.tile or bundle.tile, mode=args.mode)
+    print(path)
+    return EXIT_OK
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from engines.build import BuildSettings, build, parse_batch
+
+    settings = BuildSettings(weights=args.weights, backend=args.backend, out=args.out, precision=args.precision,
+                             batch=parse_batch(args.batch), tile=args.tile, device=args.device or "",
+                             mode=args.mode, model=args.model or "", workspace_mib=args.workspace,
+                             calibration=args.calibration or "", data=args.data or "", threads=args.threads)
+    manifest = build(settings)
+    parity = manifest["parity"]
+    print(json.dumps({"engine": args.out, "model": manifest["model"], "backend": manifest["backend"],
+                      "precision": manifest["precision"], "device": manifest["device"], "tile": manifest["tile"],
+                      "batch": manifest["batch"], "build_seconds": manifest["build_seconds"], "parity": parity},
+                     indent=2))
+    return EXIT_OK
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from engines.benchmark import bench_engines
+    from engines.folders import open_engine
+    from engines.parity import reference_engine
+
+    def opener(folder: str):
+        if folder == "torch":
+            return lambda: reference_engine(args.engine, threads=args.threads)
+        return lambda: open_engine(folder, threads=args.threads)
+
+    names = [args.engine] + ([args.vs] if args.vs else [])
+    if len(set(names)) != len(names):
+        raise ValueError("--vs names the same engine twice; compare two different engine folders")
+    report = bench_engines({name: opener(name) for name in names}, batch=args.batch, seconds=args.seconds)
+    result = {"batch": args.batch, "seconds": args.seconds, "threads": args.threads or "all", "engines": report}
+    if args.vs:
+        a, b = report[args.engine]["tiles_per_s"], report[args.vs]["tiles_per_s"]
+        result["ratio"] = round(a / b, 3) if b else None
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return EXIT_OK
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from engines.folders import engine_folders
+    from engines.manifest import ManifestError, problems, read_manifest
+
+    rows = []
+    for folder in engine_folders(args.roots):
+        try:
+            manifest = read_manifest(folder)
+            found = problems(folder, manifest)
+        except ManifestError as exc:
+            rows.append({"folder": str(folder), "runs_here": False, "why_not": [str(exc)]})
+            continue
+        rows.append({"folder": str(folder), "model": manifest["model"], "backend": manifest["backend"],
+                     "precision": manifest["precision"], "device": manifest["device"], "tile": manifest["tile"],
+                     "batch": manifest["batch"], "built_at": manifest.get("built_at"),
+                     "weights_sha256": manifest["weights"]["sha256"][:16], "parity": manifest.get("parity"),
+                     "runs_here": not found, "why_not": found, "rebuild": manifest.get("build_command")})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    if not rows:
+        print("no engine folders found (build one with `engines build`)")
+        return EXIT_OK
+    for row in rows:
+        head = (f"{row['folder']}\n  {row.get('model', '?')} {row.get('backend', '?')} {row.get('precision', '?')} "
+                f"on {row.get('device', '?')}, tile {row.get('tile', '?')}, batch {row.get('batch', '?')}, "
+                f"built {row.get('built_at', '?')}")
+        print(head)
+        if row.get("parity"):
+            p = row["parity"]
+            print(f"  parity at build vs {p['against']}: decisions {p['decision_agreement']:.4f}, "
+                  f"max |diff| {p['max_abs']:.2e} on {p['inputs']} inputs")
+        print("  runs here: yes" if row["runs_here"] else "  runs here: NO - " + "; ".join(row["why_not"]))
+    return EXIT_OK
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from engines.backends.base import load_engine
+    from engines.data.segmentation import load_dataset
+    from engines.evaluate import evaluate_station_verdicts, save_pr_curve
+    from inspection.inspector import Inspector
+    from inspection_core.verdict import DecisionRules
+
+    from engines.weights import resolve_weights
+
+    if model_spec(resolve_weights(args.weights).model).task is Task.CLASSIFICATION:
+        return _eval_classifier(args)
+    samples = load_dataset(args.data)
+    if args.split:
+        split = json.loads(Path(args.split).read_text())
+        wanted = set(split[args.split_part])
+        samples = [s for s in samples if s.name in wanted]
+        if not samples:
+            raise ValueError(f"no image of {args.data} is in the {args.split_part!r} list of {args.split}")
+    engine = load_engine(args.weights, backend=args.backend, threads=args.threads)
+    rules = DecisionRules(score_threshold=args.threshold, min_area_px=args.min_area)
+    inspector = Inspector(engine, overlap=args.overlap, batch=args.batch, rules=rules)
+    min_areas = [int(v) for v in args.learn_min_areas.split(",") if v.strip()] if args.learn_min_areas else []
+    metrics, records = evaluate_station_verdicts(inspector, samples, failures_dir=args.failures,
+                                                 max_failures=args.max_failures, min_areas=min_areas)
+    sweep = metrics.pop("sweep")
+    rule_sweep = metrics.pop("rule_sweep", None)
+    if rule_sweep and args.split_part == "holdout" and args.split:
+        print("warning: rules learned on the held-out part are optimistic; learn them with --split-part "
+              "validation and report held-out once", file=sys.stderr)
+    report = {"weights": str(args.weights), "engine_id": engine.engine_id, "data": str(args.data),
+              "images": len(samples), "threshold": args.threshold, "min_area_px": args.min_area,
+              "overlap": args.overlap, **metrics}
+    print(json.dumps(report, indent=2))
+    curve = args.curve or (str(Path(args.json).with_suffix(".pr.png")) if args.json else None)
+    if curve:
+        save_pr_curve(sweep, curve, title=f"{engine.engine_id} on {args.data} ({len(samples)} images, "
+                                          f"min area {args.min_area} px)", operating_threshold=args.threshold)
+        print(f"precision-recall curve: {curve}", file=sys.stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps({**report, "sweep": sweep, **({"rule_sweep": rule_sweep} if rule_sweep
+                                                                             else {}),
+                                               "images_detail": records}, indent=2) + "\n")
+    return EXIT_OK
+
+
+def _eval_classifier(args: argparse.Namespace) -> int:
+    from engines.data.multilabel import load_multilabel
+    from engines.evaluate_cls import evaluate_classifier, rounded, save_class_figure
+    from engines.weights import resolve_weights
+
+    bundle = resolve_weights(args.weights)
+    data = load_multilabel(args.data)
+    if args.split:
+        wanted = set(json.loads(Path(args.split).read_text())[args.split_part])
+        data = data.subset([i for i, s in enumerate(data.samples) if s.name in wanted])
+        if not len(data):
+            raise ValueError(f"no image of {args.data} is in the {args.split_part!r} list of {args.split}")
+    threshold = 0.5 if args.threshold is None else args.threshold
+    report, records = evaluate_classifier(bundle, data, mode=args.mode, batch=args.batch, threads=args.threads,
+                                          threshold=threshold)
+    report["data"] = str(args.data)
+    print(json.dumps(rounded(report), indent=2, default=str))
+    figure = args.curve or (str(Path(args.json).with_suffix(".classes.png")) if args.json else None)
+    if figure:
+        save_class_figure(report, figure, title=f"{bundle.model} on {args.data} ({len(data)} images, {args.mode})")
+        print(f"per-class figure: {figure}", file=sys.stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps({**report, "images_detail": records}, indent=2, default=str) + "\n")
+    return EXIT_OK
+
+
+def run_cam(args: argparse.Namespace) -> int:
+    from engines.evaluate_cls import write_cams
+
+    names = args.names.split(",") if args.names else None
+    written = write_cams(args.weights, args.data, args.out, names=names, limit=args.limit, size=args.size,
+                         method=args.method)
+    for path in written:
+        print(path)
+    return EXIT_OK if written else EXIT_FAILED
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from engines.compare import CompareSettings, run_compare
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out / "compare.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger().addHandler(handler)
+    train = {"epochs": args.epochs, "batch": args.batch, "lr": args.lr, "optimizer": args.optimizer,
+             "loss": args.loss, "steps_per_epoch": args.steps_per_epoch, "threads": args.threads,
+             "validate": not args.no_validate, "device": args.device, "amp": args.amp, "size": args.size,
+             "pretrain_epochs": args.pretrain_epochs}
+    train = {k: v for k, v in train.items() if v is not None and (k, v) not in
+             {("steps_per_epoch", 0), ("threads", 0), ("validate", True), ("device", "auto"), ("amp", False)}}
+    settings = CompareSettings(data=args.data, out=args.out, models=tuple(args.models.split(",")), folds=args.folds,
+                               seed=args.seed, threshold=args.threshold, min_area_px=args.min_area,
+                               backend=args.backend, threads=args.threads, bench_batch=args.bench_batch,
+                               bench_seconds=args.bench_seconds,
+                               only_folds=tuple(int(f) for f in args.only_folds.split(",")) if args.only_folds else (),
+                               train=train, backbone=args.backbone or "")
+    summary = run_compare(settings, progress=not args.quiet)
+    print((out / "results.md").read_text())
+    print(f"figures: {out / 'compare.json'}", file=sys.stderr)
+    return EXIT_OK if summary["per_fold"] else EXIT_FAILED
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    if args.kind == "screen":
+        from engines.data.synthetic_screen import ScreenSpec, write_screen_patches
+
+        extra = {} if args.defect_free is None else {"defect_free_prob": args.defect_free}
+        spec = ScreenSpec(size=(args.size, args.size), **extra)
+        out = write_screen_patches(args.out, args.count, seed=args.seed, spec=spec, tile=args.tile)
+        print(f"{args.count} synthetic line-scan screens ({args.size}x{args.size}) cut into {args.tile}-px patches in "
+              f"{out} (images/, labels.csv with the 20 % rule, classes.txt, screens.json)")
+        return EXIT_OK
+    from engines.data.synthetic_lens import LensSpec, write_lens_dataset
+
+    extra = {} if args.defect_free is None else {"defect_free_prob": args.defect_free}
+    spec = LensSpec(size=(args.size, args.size), **extra)
+    out = write_lens_dataset(args.out, args.count, seed=args.seed, spec=spec)
+    print(f"{args.count} synthetic camera lenses ({args.size}x{args.size}) written to {out} "
+          f"(images/, masks/ with class ids, classes.txt, truth.csv, lenses.json)")
+    return EXIT_OK

@@ -1,0 +1,73 @@
+"""Engine folders: their layout, opening one by its manifest, and finding them.
+
+A folder holds ``manifest.json`` (:mod:`engines.manifest`), ``weights/`` (the torch reference), and the built
+artefact of its backend: ``model.onnx`` (or its quantised ``model.int8.onnx`` / ``model.fp16.onnx``) for ONNX
+Runtime, ``model.plan`` for TensorRT. Every load goes through :func:`open_engine`, which checks the manifest first.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from engines.backends.common import cache_dir, default_threads
+from engines.backends.onnxruntime_backend import OnnxRuntimeEngine
+from engines.backends.tensorrt_backend import TensorRTEngine
+from engines.backends.torch_backend import TorchEngine
+from engines.errors import EngineError
+from engines.manifest import check, is_engine_dir
+from engines.weights import resolve_weights
+from inspection_core.engine import Engine
+from inspection_core.preprocess import InputSpec
+
+WEIGHTS_DIR = "weights"
+ONNX_FILE, PLAN_FILE, TIMING_CACHE = "model.onnx", "model.plan", "timing.cache"
+CALIBRATION_CACHE = "int8-calibration.cache"
+
+
+def open_folder(folder: Path, manifest: dict, threads: int = 0, device: str | None = None) -> Engine:
+    """Open the engine in ``folder`` as ``manifest`` describes it, without checking the manifest (the build's own
+    parity check and the cache, which checks it itself, open folders this way); :func:`open_engine` checks."""
+    threads = threads or default_threads()
+    device = device or manifest.get("device", "cpu")
+    spec = InputSpec(**manifest["input"])
+    sha, model, tile, precision, kind = (manifest["weights"]["sha256"], manifest["model"], manifest["tile"],
+                                         manifest["precision"], manifest["kind"])
+    backend = manifest["backend"]
+    if backend == "onnxruntime":
+        name = (manifest.get("engine") or manifest["onnx"])["file"]
+        engine: Engine = OnnxRuntimeEngine(folder / name, model, sha, spec, tile, threads, precision, device, kind)
+    elif backend == "torch":
+        engine = TorchEngine.from_bundle(resolve_weights(folder / WEIGHTS_DIR), threads=threads, device=device,
+                                         precision=precision, graph_batch=manifest["batch"]["opt"],
+                                         mode=manifest.get("mode") or "batch")
+    elif backend == "tensorrt":
+        engine = TensorRTEngine(folder / PLAN_FILE, model, sha, spec, tile, precision, device=device)
+        engine.kind = kind
+    else:
+        raise EngineError(f"{folder}: unknown backend {backend!r} in its manifest; rebuild it with `engines build`")
+    engine.manifest, engine.folder = manifest, Path(folder)
+    return engine
+
+
+def open_engine(folder: str | Path, threads: int = 0, device: str | None = None) -> Engine:
+    """Open a built engine folder after checking its manifest against its files, the libraries and the GPU here
+    (:class:`engines.manifest.ManifestError` names each difference and the command that rebuilds it)."""
+    folder = Path(folder)
+    manifest = check(folder)
+    return open_folder(folder, manifest, threads=threads, device=device)
+
+
+def engine_folders(roots) -> list[Path]:
+    """Engine folders directly in, or one level below, each root (the cache's ``engines/`` is always searched)."""
+    found: list[Path] = []
+    for root in [*map(Path, roots), cache_dir() / "engines"]:
+        if is_engine_dir(root):
+            found.append(root)
+        elif root.is_dir():
+            found.extend(sorted(p for p in root.iterdir() if p.is_dir() and is_engine_dir(p)))
+    seen, unique = set(), []
+    for path in found:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(path)
+    return unique

@@ -1,0 +1,171 @@
+"""``station export``: the part ledger (reject log) as CSV or JSON for QA, one row per part or one per defect.
+
+>>> export("station-data/rejects.db", "csv", "fails.csv", verdict="fail")                  # doctest: +SKIP
+>>> export("station-data/rejects.db", "csv", "defects.csv", per_defect=True, absolute_paths=True)  # doctest: +SKIP
+
+The log may be exported while the station writes it (WAL); an older file is read as it is, never upgraded.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import enum
+import io
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from station.errors import RejectLogError
+from station.rejectlog import COLUMNS, VerdictFilter, decode_labels, fetch_rows, parse_time, write_atomically
+
+#: The columns of ``--per-defect``: the part's own columns, then the defect's.
+PART_COLUMNS = ("id", "time_utc", "station_id", "run_id", "source", "frame_id", "file", "verdict", "engine_id",
+                "recipe", "calibration", "image_path", "overlay_path")
+DEFECT_COLUMNS = ("defect", "label", "x", "y", "width", "height", "area_px", "centroid_x", "centroid_y", "mean_score",
+                  "max_score", "area_mm2", "width_mm", "height_mm")
+
+
+class ExportFormat(str, enum.Enum):
+    CSV = "csv"
+    JSON = "json"
+
+
+def _absolute(rows: list[dict[str, Any]], db_path: Path) -> None:
+    base = db_path.resolve().parent
+    for row in rows:
+        for key in ("image_path", "overlay_path"):
+            if row.get(key):
+                row[key] = str(base / row[key])
+
+
+def defect_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One dict per defect of the given part rows (``PART_COLUMNS`` + ``DEFECT_COLUMNS``); parts without defects
+    give none. ``defect`` numbers the defects of a part from 1."""
+    out = []
+    for row in rows:
+        for n, d in enumerate(json.loads(row["defects_json"] or "[]"), start=1):
+            x, y, w, h = (d.get("bbox") or [None] * 4)[:4]
+            cx, cy = (d.get("centroid") or [None, None])[:2]
+            wmm, hmm = (d.get("size_mm") or [None, None])[:2]
+            out.append({**{k: row.get(k) for k in PART_COLUMNS}, "defect": n, "label": d.get("label"), "x": x, "y": y,
+                        "width": w, "height": h, "area_px": d.get("area_px"), "centroid_x": cx, "centroid_y": cy,
+                        "mean_score": d.get("mean_score"), "max_score": d.get("max_score"),
+                        "area_mm2": d.get("area_mm2"), "width_mm": wmm, "height_mm": hmm})
+    return out
+
+
+def export(db_path: str | Path, fmt: str, out_path: str | Path, since: str | datetime | None = None,
+           until: str | datetime | None = None, verdict: str = "all", *, per_defect: bool = False,
+           absolute_paths: bool = False) -> int:
+    """Write the matching rows to ``out_path`` (``"-"`` = stdout) as CSV or JSON; return the number written.
+
+    CSV has one column per database column. JSON is an array of objects with the same keys, except that
+    ``defects_json`` / ``labels_json`` become decoded ``defects`` / ``labels`` lists, plus ``patches`` (the
+    classifier's patch grid; ``[]`` for rows without one). ``per_defect``: one row per defect instead
+    (:func:`defect_rows`; the count returned is of defects). ``absolute_paths``: image paths made absolute (they are
+    relative to the database's folder otherwise).
+    """
+    try:
+        kind = ExportFormat(str(getattr(fmt, "value", fmt)).lower())
+    except ValueError:
+        raise RejectLogError(f"format {fmt!r} is not allowed; use csv or json") from None
+    rows = fetch_rows(db_path, since, until, verdict)
+    if absolute_paths:
+        _absolute(rows, Path(db_path))
+    buffer = io.StringIO()
+    if per_defect:
+        items = defect_rows(rows)
+        if kind is ExportFormat.CSV:
+            writer = csv.DictWriter(buffer, PART_COLUMNS + DEFECT_COLUMNS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(items)
+        else:
+            json.dump(items, buffer, indent=1)
+            buffer.write("\n")
+        count = len(items)
+    elif kind is ExportFormat.CSV:
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        writer.writerows([row[c] for c in COLUMNS] for row in rows)
+        count = len(rows)
+    else:
+        items = []
+        for row in rows:
+            item = {k: v for k, v in row.items() if not k.endswith("_json")}
+            item["defects"] = json.loads(row["defects_json"])
+            item["labels"], item["patches"] = decode_labels(row["labels_json"])
+            items.append(item)
+        json.dump(items, buffer, indent=1)
+        buffer.write("\n")
+        count = len(rows)
+    if str(out_path) == "-":
+        sys.stdout.write(buffer.getvalue())
+        sys.stdout.flush()
+        return count
+    out = Path(out_path)
+    try:
+        write_atomically(out if out.is_absolute() else Path.cwd() / out, buffer.getvalue().encode("utf-8"),
+                         fsync=False)
+    except OSError as exc:
+        raise RejectLogError(f"cannot write {out}: {exc}; check the folder exists and is writable") from None
+    return count
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``station export`` to ``parser`` (a sub-command parser)."""
+    if parser.description is None:
+        parser.description = ("Export the part ledger (reject log) as CSV or JSON: one row per part (PASS, FAIL, "
+                              "NOT_INSPECTED with its reason) and per gap of lost frames, or one row per defect. "
+                              "The log may be exported while the station is writing it.")
+    if parser.epilog is None:
+        parser.epilog = ("Times are 'YYYY-MM-DD' or full ISO 8601 ('2024-05-01T08:00', '...Z', '...+02:00'); "
+                         "no zone means UTC; a bare --until date includes that whole day. Exit status: 0 done, "
+                         "1 the log cannot be read or the output written, 2 bad arguments or no log at --db.")
+    parser.add_argument("--db", required=True, metavar="PATH",
+                        help="the reject log database (e.g. station-data/rejects.db)")
+    parser.add_argument("--format", required=True, choices=[f.value for f in ExportFormat], dest="format",
+                        help="csv: one column per field; json: an array of objects with decoded defects and labels")
+    parser.add_argument("--since", metavar="ISO", help="only rows at or after this time")
+    parser.add_argument("--until", metavar="ISO", help="only rows at or before this time")
+    parser.add_argument("--verdict", default="all", type=str.lower, choices=[v.value for v in VerdictFilter],
+                        help="only these rows (default: all); rejected = FAIL plus NOT_INSPECTED parts counted as "
+                             "rejects")
+    parser.add_argument("--per-defect", action="store_true",
+                        help="one row per defect (the part's id, time, station, run, frame, file, image paths, then "
+                             "the defect's label, box, area, centroid and scores); parts without defects give none")
+    parser.add_argument("--absolute-paths", action="store_true",
+                        help="image_path and overlay_path as absolute paths (default: relative to the database)")
+    parser.add_argument("--out", required=True, metavar="FILE", help="output file, or - for standard output")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Run ``station export`` with parsed arguments; returns the exit status."""
+    prog = "station export"
+    db = Path(args.db)
+    if not db.is_file():
+        print(f"{prog}: error: no reject log at {db}; pass --db with the database the station writes "
+              "(the recipe's [log] db, station-data/rejects.db by default)", file=sys.stderr)
+        return 2
+    try:
+        for name in ("since", "until"):
+            if getattr(args, name) is not None:
+                try:
+                    parse_time(getattr(args, name))
+                except RejectLogError as exc:
+                    raise RejectLogError(f"--{name}: {exc}") from None
+    except RejectLogError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        count = export(db, args.format, args.out, since=args.since, until=args.until, verdict=args.verdict,
+                       per_defect=getattr(args, "per_defect", False),
+                       absolute_paths=getattr(args, "absolute_paths", False))
+    except RejectLogError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    where = "standard output" if args.out == "-" else args.out
+    what = "defect(s)" if getattr(args, "per_defect", False) else "row(s)"
+    print(f"{prog}: {count} {what} from {db} written to {where}", file=sys.stderr)
+    return 0
