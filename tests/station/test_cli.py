@@ -145,7 +145,9 @@ def test_a_replay_paced_faster_than_the_line_has_one_row_per_acquired_frame(tmp_
                        "--db", str(db), "--json")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
-    assert summary["inspected"] == 4 and summary["dropped"] > 0
+    # how many frames arrive before the 4th verdict (dropped by the queue, or stopped at --max-frames) depends on
+    # the machine's speed; what must hold is that every one of them has its NOT_INSPECTED row
+    assert summary["inspected"] == 4 and summary["not_inspected"] == summary["acquired"] - 4
     assert summary["acquired"] == summary["passed"] + summary["failed"] + summary["not_inspected"]
     assert count_rows(db) == summary["acquired"] == summary["recorded"]
     with sqlite3.connect(db) as con:
