@@ -219,8 +219,7 @@ class SegmentationHooks(TrainingHooks):
         s = self.settings
         t0 = time.time()
         self.mine_seconds = 0.0
-        if s.hard_negatives > 0 and (epoch - self.start_epoch) % max(1, s.mine_every) == 0 or (
-                s.hard_negatives > 0 and not self.hard):
+        if s.hard_negatives > 0 and (not self.hard or (epoch - self.start_epoch) % max(1, s.mine_every) == 0):
             self.hard = mine_hard_negatives(self.model, self.train_samples, s, self.spec, self.device,
                                             self.amp_dtype)
             self.mine_seconds = time.time() - t0
