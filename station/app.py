@@ -18,6 +18,7 @@ from inspection_core.records import LineStats
 from station.classify import PatchClassifier
 from station.errors import RecipeError
 from station.line_calibration import check_source, for_recipe
+from station import integrations as integrations_
 from station.frameguard import FrameGuard
 from station.pipeline import DEFAULT_DRAIN_TIMEOUT_S, Line
 from station.recipe import NotInspectedPolicy, QueuePolicy, Recipe, SourceKind
@@ -291,8 +292,12 @@ def run_with_panel(line: Line, title: str, calibration: tuple[str, bool] = ("", 
 def run_station(recipe: Recipe, headless: bool, max_frames: int | None, as_json: bool = False,
                 on_result=None, drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> RunSummary:
     run_id = new_run_id()
+    # integrations are checked before anything loads; started once the line exists (docs/INTEGRATION.md)
+    wanted = integrations_.configure(recipe, integrations_.Context(recipe, Path(recipe.log.db), recipe.station.id,
+                                                                   run_id))
     line = build_line(recipe, max_frames=max_frames, on_result=on_result, run_id=run_id,
                       drain_timeout_s=drain_timeout_s)
+    active = integrations_.start_all(wanted, line)
     calibration = calibration_status(recipe, line.inspector)
     started = time.monotonic()
     signals = StopSignals(line.stop)
@@ -303,9 +308,10 @@ def run_station(recipe: Recipe, headless: bool, max_frames: int | None, as_json:
         if not headless:
             log.info("no display here: running headless (pass --headless to say so)")
         stats = run_headless(line, signals=signals)
+    extra = {"integrations": integrations_.close_all(active)} if wanted else {}
     summary = RunSummary(stats, time.monotonic() - started, str(Path(recipe.log.db)), line.inspector.engine_id,
                          line.source.name, None if line.failure is None else str(line.failure), calibration[0],
                          station_id=recipe.station.id, run_id=run_id, signal=signals.received,
-                         stop_reason=line.stop_reason)
+                         stop_reason=line.stop_reason, extra=extra)
     print(json.dumps(summary.to_dict(), indent=2) if as_json else summary.text(), flush=True)
     return summary

@@ -38,6 +38,8 @@ from inspection_core.errors import InspectionCoreError
 from station.app import run_station
 from station.errors import LedgerError, RecipeError, SourceError, StationError
 from station.export import add_export_arguments, run_export
+from station.fleet.cli import add_fleet_commands
+from station.integrations import flag_overrides
 from station.pipeline import DEFAULT_DRAIN_TIMEOUT_S
 from station.recipe import load_recipe, shipped_recipe_path
 from ui.app import display_available
@@ -97,6 +99,7 @@ def _load_recipe(args: argparse.Namespace):
             overrides[key] = value
     if args.no_loop:
         overrides["source.loop"] = False
+    overrides.update(flag_overrides(args.opcua, args.mqtt, args.metrics, args.fleet))
     return recipe.with_overrides(overrides) if overrides else recipe
 
 
@@ -123,6 +126,13 @@ def _add_run_arguments(p: argparse.ArgumentParser, recipe_default: str) -> None:
                         "queued frames for at most S seconds (default %(default)g); the frame being inspected then "
                         "is finished, frames still queued get NOT_INSPECTED rows ('stopped'). A second signal stops "
                         "draining at once")
+    links = p.add_argument_group("integrations (docs/INTEGRATION.md); each also a recipe table, off by default")
+    links.add_argument("--opcua", metavar="opc.tcp://HOST:PORT",
+                       help="serve OPC UA for Machine Vision at this endpoint ([opcua] endpoint)")
+    links.add_argument("--mqtt", metavar="mqtt://HOST:PORT", help="publish every ledger row to this broker ([mqtt] url)")
+    links.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus /metrics here ([metrics] listen)")
+    links.add_argument("--fleet", metavar="postgresql://USER@HOST/DB",
+                       help="forward the ledger to the fleet database while running ([fleet] to)")
     scan = p.add_argument_group("line-scan sources (docs/LINESCAN.md)")
     scan.add_argument("--line-rate", type=float, metavar="HZ",
                       help="line-scan: lines per second (replay pace, 0 = as fast as possible; camera: its rate, to "
@@ -215,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export the reject log for QA (CSV or JSON)")
     add_export_arguments(export)
     export.set_defaults(func=run_export)
+    add_fleet_commands(sub)
     return parser
 
 

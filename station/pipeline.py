@@ -131,20 +131,23 @@ class Line:
     limits). ``drain_timeout_s`` bounds how long :meth:`stop` keeps inspecting queued frames. ``min_free_mb``: the
     line stops cleanly when free space where the ledger lives falls below it (0: never). ``not_inspected_is_reject``
     is how parts not inspected count in the counters (the ledger's rows say it too). ``on_result`` is called on the
-    logging thread after each inspected part's row is committed.
+    logging thread after each inspected part's row is committed. ``listeners`` (:mod:`station.integrations`) get
+    ``on_row(row, entry)`` on the logging thread after every committed ledger row (PASS, FAIL, NOT_INSPECTED, GAP):
+    the row as stored (a dict, ``id`` included) and the entry it records; they must hand it off and return at once.
     """
 
     def __init__(self, source, inspector, reject_log=None, feed: ResultFeed | None = None, *,
                  frames_queue: int = 8, frames_policy: QueuePolicy = QueuePolicy.DROP_OLDEST,
                  results_queue: int = 64, max_frames: int | None = None, on_result=None,
                  guard: FrameGuard | None = None, drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
-                 min_free_mb: float = 0.0, not_inspected_is_reject: bool = True) -> None:
+                 min_free_mb: float = 0.0, not_inspected_is_reject: bool = True, listeners=()) -> None:
         self.source = source
         self.inspector = inspector
         self.reject_log = reject_log
         self.feed = feed or ResultFeed()
         self.max_frames = max_frames
         self.on_result = on_result
+        self.listeners = list(listeners)
         self.guard = guard or FrameGuard()
         self.drain_timeout_s = float(drain_timeout_s)
         self.min_free_mb = float(min_free_mb)
@@ -360,8 +363,7 @@ class Line:
                     self._refuse(entry)
                     continue
                 try:
-                    if ledger is not None:
-                        ledger.record(entry, note)
+                    row = ledger.record_row(entry, note) if ledger is not None else None
                 except Exception as exc:  # noqa: BLE001 - any failure to record stops the line
                     error = exc if isinstance(exc, LedgerError) else LedgerError(
                         f"cannot write to the reject log: {type(exc).__name__}: {exc}")
@@ -372,6 +374,8 @@ class Line:
                     continue
                 with self.counters.lock:
                     self.counters.recorded += 1
+                if row is not None:
+                    self._tell_listeners(row, entry)
                 if isinstance(entry, InspectionResult) and self.on_result is not None:
                     try:
                         self.on_result(entry)
@@ -384,6 +388,13 @@ class Line:
             if ledger is not None:
                 ledger.close()
             self._report_refused()
+
+    def _tell_listeners(self, row: dict, entry: Any) -> None:
+        for listener in self.listeners:
+            try:
+                listener.on_row(row, entry)
+            except Exception:  # noqa: BLE001 - an integration never stops the ledger; the row is on record
+                log.exception("%s failed on ledger row %s", type(listener).__name__, row.get("id"))
 
     def _check_disk(self, folder: Path) -> None:
         if self._stop.is_set():

@@ -225,6 +225,8 @@ class Recipe:
     calibration: CalibrationConfig | None = None  # None: no [calibration] table, the line runs uncalibrated
     station: StationConfig = field(default_factory=StationConfig)
     frames: FramesConfig = field(default_factory=FramesConfig)
+    # [opcua], [mqtt], [metrics], [fleet] as given (deep copies); checked by station.integrations.configure
+    integrations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     _raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def with_overrides(self, overrides: Mapping[str, Any] | None = None, /, **kwargs: Any) -> Recipe:
@@ -260,6 +262,7 @@ class Recipe:
         data = self.as_dict()
         data.pop("path", None)
         data.get("station", {}).pop("id", None)  # which machine runs it is not a setting of the judgement
+        data.pop("integrations", None)  # nor where the verdicts are published
         text = json.dumps(data, sort_keys=True, default=str)
         return text_sha256(text)[:12]
 
@@ -405,8 +408,11 @@ def _device(v: Any) -> int | str:
     return _int(0)(v) if _is_int(v) else _str(v)
 
 
+#: The line's integrations (docs/INTEGRATION.md): kept as tables here, each checked by its own module when the line
+#: is built (:func:`station.integrations.configure`), so the recipe does not import them.
+INTEGRATION_TABLES = ("opcua", "mqtt", "metrics", "fleet")
 _TABLES = ("product", "source", "tiling", "engine", "rules", "log", "queues", "classifier", "calibration", "station",
-           "frames")
+           "frames") + INTEGRATION_TABLES
 _REQUIRED_TABLES = ("product", "source")
 
 
@@ -566,7 +572,8 @@ def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
 
     return Recipe(path=path, product=product, source=source, tiling=tiling, engine=engine, rules=rules,
                   log=log, queues=queues, classifier=classifier, calibration=calibration, station=station,
-                  frames=frames, _raw=copy.deepcopy(dict(data)))
+                  frames=frames, integrations={n: copy.deepcopy(dict(data[n])) for n in INTEGRATION_TABLES if n in data},
+                  _raw=copy.deepcopy(dict(data)))
 
 
 _LINE_SCAN_KEYS = ("block_lines", "line_rate_hz", "part_mode", "part_lines", "max_part_lines", "gap_lines",

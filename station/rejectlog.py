@@ -423,6 +423,11 @@ class RejectLog:
         A FAIL part's images are written first (when ``save_images``), so a row never names a missing file.
         Raises :class:`LedgerError` when the row cannot be written.
         """
+        return int(self.record_row(entry, note)["id"])
+
+    def record_row(self, entry: LedgerEntry, note: str | None = None) -> dict[str, Any]:
+        """:meth:`record`, returning the committed row as a dict keyed by column name (``id`` included), exactly
+        as :meth:`query` would read it back: what the line's integrations publish."""
         with self._lock:
             conn = self._connection()
             now = _utc_now()
@@ -441,7 +446,7 @@ class RejectLog:
                 raise LedgerError(f"cannot write to the reject log {self.db_path}: {_why(exc, self.busy_timeout_s)} "
                                   f"({exc}); free disk space, make the file writable or stop the program locking "
                                   "it, then start the station again") from None
-            return int(cursor.lastrowid)
+            return {"id": int(cursor.lastrowid), **{c: row.get(c) for c in COLUMNS if c != "id"}}
 
     def _row(self, entry: LedgerEntry, now: datetime, note: str | None) -> dict[str, Any]:
         common = {"time_utc": format_utc(now), "recipe": self.recipe, "calibration": self.calibration,

@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any, Callable, Iterator, Union
 
 from inspection_core.records import CameraState, Frame, FrameGap, NotInspected, SourceHealth
+from station.errors import SourceError
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,13 @@ class FrameSource(ABC):
     def stop(self) -> None:
         """Ask a running iteration (possibly in another thread) to end promptly; safe to call any time."""
         self._stop_event.set()
+
+    def fire_trigger(self) -> None:
+        """A software trigger: deliver one frame (OPC UA's StartSingleJob fires it). A camera whose recipe sets
+        ``[source.trigger] source = "Software"`` executes TriggerSoftware; a replay in triggered mode hands over its
+        next file. Sources without one raise :class:`~station.errors.SourceError`."""
+        raise SourceError(f"{self.name} has no software trigger; set [source.trigger] source = \"Software\" (camera) "
+                          "or trigger = true (replay) in the recipe")
 
     def health(self) -> SourceHealth:
         """A consistent snapshot of state and counters (safe to call from any thread)."""

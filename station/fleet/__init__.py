@@ -1,0 +1,1 @@
+"""The fleet: many stations' ledgers forwarded to one PostgreSQL database (docs/FLEET.md)."""

@@ -1,0 +1,95 @@
+"""Shipping the ledger: rows read back from the SQLite log after a durable mark.
+
+The part ledger (:mod:`station.rejectlog`) is the record; every integration that sends rows elsewhere (MQTT, the
+fleet database) ships *from* it, so a peer that goes away only delays rows. A publisher keeps, per destination, the
+id of the last row its peer acknowledged (a *mark*) in the ledger file itself, in the table ``outbox_marks``; after
+an outage, or a restart of the station or the forwarder, it reads the rows after its mark and sends them again.
+Peers deduplicate on (station id, run id, row id), so a row sent twice around a crash is stored once.
+
+>>> cursor = LedgerCursor("station-data/rejects.db", "mqtt")   # doctest: +SKIP
+>>> for row in cursor.rows_after(cursor.mark(), limit=500):    # doctest: +SKIP
+...     send(row); cursor.advance(row["id"])
+
+``outbox_marks`` is created on first use and is not part of the ``inspections`` schema (an older station ignores it).
+"""
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from station.errors import LedgerError
+from station.rejectlog import COLUMNS, format_utc
+
+_MARKS = """CREATE TABLE IF NOT EXISTS outbox_marks (
+    name        TEXT PRIMARY KEY,   -- the destination, e.g. "mqtt mqtt://broker:1883" or "fleet postgresql://..."
+    row_id      INTEGER NOT NULL,   -- the last row its peer acknowledged
+    updated_utc TEXT NOT NULL
+)"""
+
+
+class LedgerCursor:
+    """Reads ledger rows after a mark and keeps the mark durable; thread-safe, its own SQLite connection (the
+    log is in WAL mode, so reading never blocks the line's writes)."""
+
+    def __init__(self, db_path: str | Path, name: str, busy_timeout_s: float = 10.0) -> None:
+        self.db_path = Path(db_path)
+        self.name = name
+        self._lock = threading.Lock()
+        if not self.db_path.is_file():
+            raise LedgerError(f"no reject log at {self.db_path}; give the log a station run writes ([log] db)")
+        try:
+            self._conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False,
+                                         timeout=busy_timeout_s)
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute(_MARKS)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot keep the outbox mark in {self.db_path}: {exc}; the file and its folder must "
+                              "be writable") from None
+
+    def mark(self) -> int:
+        """The id of the last row the destination acknowledged (0: none yet)."""
+        with self._lock:
+            row = self._conn.execute("SELECT row_id FROM outbox_marks WHERE name = ?", (self.name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def advance(self, row_id: int) -> None:
+        """Record that the destination holds every row up to ``row_id`` (committed before it returns; a mark never
+        moves back)."""
+        now = format_utc(datetime.now(timezone.utc))
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO outbox_marks (name, row_id, updated_utc) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE "
+                "SET row_id = max(row_id, excluded.row_id), updated_utc = excluded.updated_utc",
+                (self.name, int(row_id), now))
+
+    def rows_after(self, row_id: int, limit: int = 500) -> list[dict[str, Any]]:
+        """Up to ``limit`` rows with an id above ``row_id``, oldest first, as dicts keyed by column name."""
+        present = {r[1] for r in self._conn.execute("PRAGMA table_info(inspections)")}
+        selected = ", ".join(c if c in present else f"NULL AS {c}" for c in COLUMNS)
+        with self._lock:
+            cursor = self._conn.execute(f"SELECT {selected} FROM inspections WHERE id > ? ORDER BY id LIMIT ?",
+                                        (int(row_id), int(limit)))
+            return [dict(zip(COLUMNS, r)) for r in cursor]
+
+    def last_id(self) -> int:
+        """The id of the newest row in the log (0: empty)."""
+        with self._lock:
+            return int(self._conn.execute("SELECT coalesce(max(id), 0) FROM inspections").fetchone()[0])
+
+    def lag(self) -> tuple[int, float]:
+        """``(rows, seconds)`` the destination is behind: rows after its mark, and the age of the oldest of them."""
+        mark = self.mark()
+        with self._lock:
+            count, oldest = self._conn.execute(
+                "SELECT count(*), min(time_utc) FROM inspections WHERE id > ?", (mark,)).fetchone()
+        if not count:
+            return 0, 0.0
+        then = datetime.strptime(oldest, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+        return int(count), max(0.0, (datetime.now(timezone.utc) - then).total_seconds())
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
