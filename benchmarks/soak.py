@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every", type=float, default=2.0, help="seconds between RSS samples (default: 2)")
     p.add_argument("--warmup", type=float, help="seconds left out before judging growth (default: a fifth, >= 15)")
     p.add_argument("--max-growth", type=float, default=5.0, help="allowed RSS growth in percent (default: 5)")
+    p.add_argument("--threads", type=int, help="engine CPU threads (default: the recipe's)")
     p.add_argument("--db", help="reject log (default: in a new temporary folder)")
     p.add_argument("--json", help="write the samples and figures to this file")
     args = p.parse_args(argv)
@@ -59,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     db = Path(args.db) if args.db else Path(tempfile.mkdtemp(prefix="soak-")) / "soak.db"
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, "-m", "station.cli", "run", "--source", f"replay:{SAMPLES}", "--fps",
-                             str(args.fps), "--headless", "--json", "--db", str(db)], env=env,
+                             str(args.fps), "--headless", "--json", "--db", str(db),
+                             *(["--threads", str(args.threads)] if args.threads is not None else [])], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     started = time.monotonic()
     samples: list[tuple[float, float]] = []
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     early, late = sum(judged[:fifth]) / fifth, sum(judged[-fifth:]) / fifth
     growth = 100.0 * (late - early) / early
     ok = growth < args.max_growth and proc.returncode == 128 + signal.SIGTERM and not summary.get("failure")
-    figures = {"minutes": args.minutes, "fps": args.fps, "warmup_s": warmup, "samples": len(samples),
+    figures = {"minutes": args.minutes, "fps": args.fps, "threads": args.threads, "warmup_s": warmup, "samples": len(samples),
                "rss_mb_first": samples[0][1] if samples else None, "rss_mb_after_warmup": round(early, 1),
                "rss_mb_end": round(late, 1), "rss_mb_max": max(v for _, v in samples),
                "growth_pct": round(growth, 2), "max_growth_pct": args.max_growth, "passed": ok,
