@@ -7,7 +7,7 @@ report how long the verdict takes after the last line.
     .venv/bin/python benchmarks/linescan_latency.py --bffn --json out.json
 
 What runs is the station's own code: :class:`station.sources.linescan.LineScanReplay` (blocks on the wall-clock
-schedule of the line rate) → :class:`station.linescan.StripAssembler` → the streaming form of the one inspector
+schedule of the line rate) → :class:`station.strips.StripAssembler` → the streaming form of the one inspector
 (:class:`inspection.inspector.StreamingInspector`) with the GR patch classifier (:class:`station.classify.PatchClassifier`, ONNX Runtime on the CPU by default), and optionally BFFN
 segmentation (the shipped weights, ONNX Runtime), on the station's line (:class:`station.pipeline.Line`).
 
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     patches_per_row = -(-args.width // args.patch)
     row_budget_s = args.patch / args.line_rate if args.line_rate else float("nan")
     row_s = cls_s / len(cls_rows) if cls_rows else float("nan")
-    seg_s = sum(result.timings.get(k, 0.0) for k in ("preprocess", "infer", "stitch")) / 1e3
+    seg_s = sum(result.timings.get(k, 0.0) for k in ("preprocess", "prepare", "tile", "infer", "stitch")) / 1e3
     seg_row_s = seg_s / len(seg_rows) if seg_rows else 0.0
     seg_rows_per_cls_row = (len(seg_rows) / len(cls_rows)) if cls_rows else 0.0
     work_per_row_s = row_s + seg_row_s * seg_rows_per_cls_row

@@ -66,7 +66,7 @@ class Inspector:
     <Verdict.PASS: 'PASS'>
 
     See the module docstring for the options. With ``streaming=True`` the inspector is also the line-scan source's
-    part listener (:class:`station.linescan.PartListener`); ``max_parts_in_flight`` and ``keep_reports`` are
+    part listener (:class:`station.strips.PartListener`); ``max_parts_in_flight`` and ``keep_reports`` are
     the streaming settings (:class:`inspection.streaming.PartStreams`).
     """
 
@@ -113,6 +113,7 @@ class Inspector:
         """The stitched float32 defect-score map of one image and the stage timings (ms)."""
         t0 = time.perf_counter()
         prepared = prepare_image(image, self.engine.spec)
+        t_tile = time.perf_counter()
         plan = self.plan(prepared.shape[:2])
         tiles = normalize_tiles(tile_image(prepared, plan), self.engine.spec)
         t1 = time.perf_counter()
@@ -123,7 +124,8 @@ class Inspector:
         t2 = time.perf_counter()
         mask = untile(scores, plan)
         t3 = time.perf_counter()
-        return mask, {"preprocess": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "stitch": (t3 - t2) * 1e3}
+        return mask, {"prepare": (t_tile - t0) * 1e3, "tile": (t1 - t_tile) * 1e3, "infer": (t2 - t1) * 1e3,
+                      "stitch": (t3 - t2) * 1e3}
 
     def judge(self, mask: np.ndarray, labels: Sequence[str] = (), gaps: Sequence[Sequence[int]] = (),
               issues: Sequence[str] = ()) -> tuple[np.ndarray, tuple[Defect, ...], Verdict, float]:

@@ -5,7 +5,7 @@ still arriving, tile rows cut and scored as soon as their lines are in.
 >>> source = LineScanSource(replay, part_lines=10240, listener=inspector)                  # doctest: +SKIP
 >>> Line(source, inspector, reject_log).run()                                              # doctest: +SKIP
 
-The source's assembler tells the inspector (a :class:`station.linescan.PartListener`) when a part starts, after
+The source's assembler tells the inspector (a :class:`station.strips.PartListener`) when a part starts, after
 every block and when the part ends; the inspector hands these calls to its :class:`PartStreams`. A worker thread
 then cuts every tile row whose lines are all in (the rows of the tiler: origins every ``tile - overlap`` lines) for
 each of the inspector's stages — segmentation through its engine, its classifier stage

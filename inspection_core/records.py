@@ -33,6 +33,11 @@ class Frame:
     replay); ``timestamp_ns`` is ``time.monotonic_ns()`` on the host when the frame was copied out of the
     driver (or read from disk); ``meta`` holds per-frame facts such as ``{"file": "a.jpg"}`` or
     ``{"pixel_format": "Mono8", "incomplete": False}``.
+
+    ``camera_timestamp_ns`` is the camera's own time stamp of the frame in ns on the camera's clock (chunk data
+    or the GenTL buffer's time stamp), recorded beside the host time; ``None`` when the camera gives none.
+    ``bit_depth`` is the significant bits per pixel the source read (12 for Mono12 / Mono12p, 8 for Mono8): the
+    ``uint8`` image was scaled from that depth, not from the 16 bits a deep pixel is stored in.
     """
 
     image: np.ndarray
@@ -40,6 +45,8 @@ class Frame:
     timestamp_ns: int
     source: str
     meta: Mapping[str, Any] = field(default_factory=dict)
+    camera_timestamp_ns: int | None = None
+    bit_depth: int = 8
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "meta", _frozen_mapping(self.meta))
@@ -158,6 +165,63 @@ class FrameGap:
     detail: str = ""
 
 
+@dataclass(frozen=True, eq=False)
+class LineBlock:
+    """One block of lines from a line-scan source (the strip assembler, ``station/strips.py``, makes parts of them).
+
+    ``lines`` is uint8 ``(n, width)`` (or ``(n, width, C)``); ``block_id`` the source's block counter (GenICam frame
+    id: consecutive, may wrap); ``timestamp_ns`` the host ``time.monotonic_ns()`` when the block was delivered (its
+    last line was in); ``first_line`` the camera's line counter of the first line, or None when the source has none
+    (missing lines are then counted from block ids, assuming blocks of equal size); ``line_timestamps_ns`` the time
+    each line was taken (int64, ``n`` values, same clock) when the source knows it; ``meta`` e.g.
+    ``{"part_present": True}``, ``{"incomplete": True}`` or ``{"source_gaps": "..."}`` (what the source itself
+    reported lost just before this block, in words). A malformed block raises ``ValueError``.
+    """
+
+    lines: np.ndarray
+    block_id: int
+    timestamp_ns: int
+    first_line: int | None = None
+    line_timestamps_ns: np.ndarray | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        lines = self.lines
+        if not isinstance(lines, np.ndarray) or lines.ndim not in (2, 3) or lines.dtype != np.uint8 \
+                or lines.shape[0] < 1 or lines.shape[1] < 1:
+            raise ValueError(f"a line block holds uint8 lines (n >= 1, width) or (n, width, C), got "
+                             f"{getattr(lines, 'dtype', type(lines).__name__)} {getattr(lines, 'shape', '')}")
+        stamps = self.line_timestamps_ns
+        if stamps is not None:
+            stamps = np.asarray(stamps, np.int64)
+            if stamps.shape != (lines.shape[0],):
+                raise ValueError(f"line_timestamps_ns must hold one value per line ({lines.shape[0]}), "
+                                 f"got shape {stamps.shape}")
+            object.__setattr__(self, "line_timestamps_ns", stamps)
+        object.__setattr__(self, "meta", _frozen_mapping(self.meta))
+
+    @property
+    def n_lines(self) -> int:
+        return int(self.lines.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.lines.shape[1])
+
+    def part_present(self) -> np.ndarray | None:
+        """The part-present signal, one bool per line, or None when the block carries none."""
+        value = self.meta.get("part_present")
+        if value is None:
+            return None
+        signal = np.asarray(value, dtype=bool)
+        if signal.ndim == 0:
+            return np.full(self.n_lines, bool(signal))
+        if signal.shape != (self.n_lines,):
+            raise ValueError(f"meta['part_present'] must be a bool or one bool per line ({self.n_lines}), "
+                             f"got shape {signal.shape}")
+        return signal
+
+
 class LineState(str, enum.Enum):
     """The line as the panel and the summary show it."""
 
@@ -232,6 +296,15 @@ class InspectionResult:
         object.__setattr__(self, "labels", tuple(self.labels))
 
 
+#: The stages of a frame through the line, in order (:attr:`LineStats.stage_ms`, :attr:`InspectionResult.timings`):
+#: ``acquire`` from the frame's timestamp to the start of its inspection (hand-over and queue wait), ``calibrate``
+#: (flat-field, when a profile has one), ``prepare`` (the engine's input image), ``tile`` (cut and normalise the
+#: tiles), ``infer`` (the engine), ``stitch`` (the score map), ``verdict`` (defects and the decision), ``classify``
+#: (the classifier stage, when there is one), ``log`` (the ledger row committed, images included). Line-scan parts
+#: report ``preprocess`` (prepare and tile together, row by row while the part arrives) instead.
+STAGES = ("acquire", "calibrate", "prepare", "tile", "preprocess", "infer", "stitch", "verdict", "classify", "log")
+
+
 @dataclass(frozen=True)
 class LineStats:
     """Counters of the running line, as a snapshot for the panel and the final summary.
@@ -244,6 +317,9 @@ class LineStats:
     not be (the ledger failed: the line stopped). ``errors`` are frames the inspector raised on plus entries not
     recorded. ``warnings`` count implausible frames (all black, saturated). With ``not_inspected_is_reject``
     (the fail-safe default) a part not inspected counts as a reject in ``rejects`` and ``yield_pct``.
+    ``stage_ms``: the mean time of each stage per inspected part, in ms, in the order a frame meets them
+    (:data:`STAGES`; a stage that never ran is left out). ``links``: each running integration's status by name
+    (OPC UA, MQTT, metrics, fleet: ``connected``, ``lag_rows``, ``lag_seconds``... as each reports them).
     """
 
     acquired: int = 0
@@ -268,9 +344,13 @@ class LineStats:
     not_inspected_is_reject: bool = True
     state: LineState = LineState.RUNNING
     failure: str | None = None
+    stage_ms: Mapping[str, float] = field(default_factory=dict)
+    links: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "not_inspected_reasons", _frozen_mapping(self.not_inspected_reasons))
+        object.__setattr__(self, "stage_ms", _frozen_mapping(self.stage_ms))
+        object.__setattr__(self, "links", _frozen_mapping({k: _frozen_mapping(v) for k, v in self.links.items()}))
 
     @property
     def rejects(self) -> int:

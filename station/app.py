@@ -37,9 +37,9 @@ def build_source(recipe: Recipe):
         return build_linescan_source(s)
     if s.kind is SourceKind.REPLAY:
         return ReplaySource(s.path, loop=s.loop, fps=s.fps or None, pattern=s.pattern,
-                            bit_depth=recipe.frames.bit_depth)
+                            bit_depth=recipe.frames.bit_depth, triggered=s.triggered)
     return GenICamSource(cti=s.cti, device=s.device, pixel_format=s.pixel_format, frame_rate=s.frame_rate,
-                         exposure_us=s.exposure_us, num_buffers=s.buffers)
+                         exposure_us=s.exposure_us, num_buffers=s.buffers, trigger=s.trigger, nodes=s.nodes)
 
 
 def _backend_device(backend: str) -> tuple[str, str]:
@@ -175,7 +175,7 @@ class RunSummary:
             "camera_state": h.state.value, "line_state": s.state.value, "engine_id": self.engine_id,
             "source": self.source, "db": self.db, "failure": self.failure, "calibration": self.calibration,
             "signal": None if self.signal is None else signal.Signals(self.signal).name,
-            "stop_reason": self.stop_reason, **self.extra,
+            "stop_reason": self.stop_reason, "stage_ms": dict(s.stage_ms), **self.extra,
         }
 
     def text(self) -> str:
@@ -193,10 +193,14 @@ class RunSummary:
             f"implausible frames {d['warnings']}",
             f"  throughput {d['throughput_fps']:.1f} frames/s  latency p50 {d['latency_ms_p50']:.0f} ms  "
             f"p99 {d['latency_ms_p99']:.0f} ms",
+            "  stage times (mean ms per part): " + ("  ".join(f"{k} {v:.1f}" for k, v in d["stage_ms"].items())
+                                                     or "-"),
             f"  calibration: {d['calibration'] or '-'}",
             f"  reject log: {d['db']}: {d['recorded']} row(s) recorded" + (f", {d['refused']} REFUSED" if d["refused"]
                                                                            else ""),
         ]
+        for name, status in d.get("integrations", {}).items():
+            lines.append(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in status.items() if v is not None))
         if self.signal is not None:
             lines.append(f"  stopped by {SIGNAL_NAMES.get(self.signal, signal.Signals(self.signal).name)}: queues "
                          "drained")

@@ -2,6 +2,10 @@
 
 >>> export("station-data/rejects.db", "csv", "fails.csv", verdict="fail")                  # doctest: +SKIP
 >>> export("station-data/rejects.db", "csv", "defects.csv", per_defect=True, absolute_paths=True)  # doctest: +SKIP
+>>> export("postgresql://qa@db.factory/fleet", "csv", "line3.csv", station="line-3")        # doctest: +SKIP
+
+``--db postgresql://...`` reads the fleet database (docs/FLEET.md) instead of a station's log: the same columns
+(``id`` is the station's row id), then the central ones (image size and SHA-256, where a copy went, when forwarded).
 
 The log may be exported while the station writes it (WAL); an older file is read as it is, never upgraded.
 """
@@ -17,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from station.errors import RejectLogError
+from station.errors import RejectLogError, StationError
 from station.rejectlog import COLUMNS, VerdictFilter, decode_labels, fetch_rows, parse_time, write_atomically
 
 #: The columns of ``--per-defect``: the part's own columns, then the defect's.
@@ -56,24 +60,42 @@ def defect_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def is_fleet_url(db: str | Path) -> bool:
+    """True when ``db`` names the fleet's PostgreSQL database rather than a station's SQLite log."""
+    return str(db).startswith(("postgresql://", "postgres://"))
+
+
 def export(db_path: str | Path, fmt: str, out_path: str | Path, since: str | datetime | None = None,
            until: str | datetime | None = None, verdict: str = "all", *, per_defect: bool = False,
-           absolute_paths: bool = False) -> int:
+           absolute_paths: bool = False, station: str | None = None) -> int:
     """Write the matching rows to ``out_path`` (``"-"`` = stdout) as CSV or JSON; return the number written.
 
     CSV has one column per database column. JSON is an array of objects with the same keys, except that
     ``defects_json`` / ``labels_json`` become decoded ``defects`` / ``labels`` lists, plus ``patches`` (the
     classifier's patch grid; ``[]`` for rows without one). ``per_defect``: one row per defect instead
     (:func:`defect_rows`; the count returned is of defects). ``absolute_paths``: image paths made absolute (they are
-    relative to the database's folder otherwise).
+    relative to the database's folder otherwise). ``station``: only that station's rows. ``db_path`` may be a
+    ``postgresql://`` URL of the fleet database; its rows carry the central columns after ``COLUMNS``.
     """
     try:
         kind = ExportFormat(str(getattr(fmt, "value", fmt)).lower())
     except ValueError:
         raise RejectLogError(f"format {fmt!r} is not allowed; use csv or json") from None
-    rows = fetch_rows(db_path, since, until, verdict)
-    if absolute_paths:
-        _absolute(rows, Path(db_path))
+    columns = list(COLUMNS)
+    if is_fleet_url(db_path):
+        from station.fleet.central import central_columns, fetch_central
+
+        if absolute_paths:
+            raise RejectLogError("--absolute-paths needs a station's log: fleet rows hold paths on each station "
+                                 "(image_copy says where --images copied them)")
+        rows = fetch_central(str(db_path), since, until, verdict, station)
+        columns = central_columns()
+    else:
+        rows = fetch_rows(db_path, since, until, verdict)
+        if station is not None:
+            rows = [r for r in rows if r["station_id"] == station]
+        if absolute_paths:
+            _absolute(rows, Path(db_path))
     buffer = io.StringIO()
     if per_defect:
         items = defect_rows(rows)
@@ -87,8 +109,8 @@ def export(db_path: str | Path, fmt: str, out_path: str | Path, since: str | dat
         count = len(items)
     elif kind is ExportFormat.CSV:
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(COLUMNS)
-        writer.writerows([row[c] for c in COLUMNS] for row in rows)
+        writer.writerow(columns)
+        writer.writerows([row[c] for c in columns] for row in rows)
         count = len(rows)
     else:
         items = []
@@ -124,7 +146,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                          "no zone means UTC; a bare --until date includes that whole day. Exit status: 0 done, "
                          "1 the log cannot be read or the output written, 2 bad arguments or no log at --db.")
     parser.add_argument("--db", required=True, metavar="PATH",
-                        help="the reject log database (e.g. station-data/rejects.db)")
+                        help="the reject log database (e.g. station-data/rejects.db), or the fleet database as "
+                             "postgresql://USER@HOST/DB (password from PGPASSWORD or ~/.pgpass; docs/FLEET.md)")
     parser.add_argument("--format", required=True, choices=[f.value for f in ExportFormat], dest="format",
                         help="csv: one column per field; json: an array of objects with decoded defects and labels")
     parser.add_argument("--since", metavar="ISO", help="only rows at or after this time")
@@ -132,6 +155,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verdict", default="all", type=str.lower, choices=[v.value for v in VerdictFilter],
                         help="only these rows (default: all); rejected = FAIL plus NOT_INSPECTED parts counted as "
                              "rejects")
+    parser.add_argument("--station", metavar="ID", help="only rows of this station ([station] id)")
     parser.add_argument("--per-defect", action="store_true",
                         help="one row per defect (the part's id, time, station, run, frame, file, image paths, then "
                              "the defect's label, box, area, centroid and scores); parts without defects give none")
@@ -143,8 +167,17 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 def run_export(args: argparse.Namespace) -> int:
     """Run ``station export`` with parsed arguments; returns the exit status."""
     prog = "station export"
-    db = Path(args.db)
-    if not db.is_file():
+    fleet = is_fleet_url(args.db)
+    db = args.db if fleet else Path(args.db)
+    if fleet:
+        from station.fleet.central import FleetError, check_url
+
+        try:
+            check_url(args.db, "--db")
+        except FleetError as exc:
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return 2
+    elif not db.is_file():
         print(f"{prog}: error: no reject log at {db}; pass --db with the database the station writes "
               "(the recipe's [log] db, station-data/rejects.db by default)", file=sys.stderr)
         return 2
@@ -161,8 +194,8 @@ def run_export(args: argparse.Namespace) -> int:
     try:
         count = export(db, args.format, args.out, since=args.since, until=args.until, verdict=args.verdict,
                        per_defect=getattr(args, "per_defect", False),
-                       absolute_paths=getattr(args, "absolute_paths", False))
-    except RejectLogError as exc:
+                       absolute_paths=getattr(args, "absolute_paths", False), station=getattr(args, "station", None))
+    except StationError as exc:  # RejectLogError, or FleetError from the fleet database
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     where = "standard output" if args.out == "-" else args.out

@@ -7,8 +7,10 @@ record; integrations publish from it. Every committed ledger row reaches each in
 and return at once. An integration that fails to start, or whose peer goes away, is logged and never stops the
 line nor loses a row: publishers that need every row ship from the log itself (:mod:`station.outbox`).
 
-A module providing an integration exposes ``from_table(table, where, context) -> Integration``; it checks its table
-(raising :class:`~station.errors.RecipeError` with what to fix) without connecting anywhere.
+A module providing an integration exposes ``from_table(t, context) -> Integration``: ``t`` is the table as a
+:class:`~station.recipe.TableReader` (``t.base`` is the recipe's folder), read key by key with ``t.get`` and closed
+with ``t.finish()``, so a bad key raises :class:`~station.errors.RecipeError` with what to fix, in the same words as
+the recipe's own tables; it never connects anywhere.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
-from station.recipe import INTEGRATION_TABLES, Recipe
+from station.recipe import INTEGRATION_TABLES, Recipe, TableReader
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,8 @@ def configure(recipe: Recipe, context: Context) -> list[Integration]:
         if table is None:
             continue
         module = importlib.import_module(PROVIDERS[name][0])
-        built.append(module.from_table(table, f"{recipe.path}: [{name}]", context))
+        reader = TableReader(table, str(recipe.path), name, Path(recipe.path).resolve().parent)
+        built.append(module.from_table(reader, context))
     return built
 
 

@@ -67,9 +67,9 @@ class LedgerCursor:
 
     def rows_after(self, row_id: int, limit: int = 500) -> list[dict[str, Any]]:
         """Up to ``limit`` rows with an id above ``row_id``, oldest first, as dicts keyed by column name."""
-        present = {r[1] for r in self._conn.execute("PRAGMA table_info(inspections)")}
-        selected = ", ".join(c if c in present else f"NULL AS {c}" for c in COLUMNS)
         with self._lock:
+            present = {r[1] for r in self._conn.execute("PRAGMA table_info(inspections)")}
+            selected = ", ".join(c if c in present else f"NULL AS {c}" for c in COLUMNS)
             cursor = self._conn.execute(f"SELECT {selected} FROM inspections WHERE id > ? ORDER BY id LIMIT ?",
                                         (int(row_id), int(limit)))
             return [dict(zip(COLUMNS, r)) for r in cursor]

@@ -33,7 +33,7 @@ import numpy as np
 
 from inspection.feed import ResultFeed
 from inspection_core.errors import InspectionCoreError
-from inspection_core.records import (CameraState, Frame, FrameGap, InspectionResult, LineState, LineStats,
+from inspection_core.records import (STAGES, CameraState, Frame, FrameGap, InspectionResult, LineState, LineStats,
                                      NotInspected, NotInspectedReason, SourceHealth, Verdict)
 from station.errors import LedgerError, StationError
 from station.frameguard import FrameGuard, implausible
@@ -110,9 +110,20 @@ class _Counters:
         self.refused_ids: list[int] = []
         self.latencies: collections.deque[float] = collections.deque(maxlen=window)
         self.done_times: collections.deque[float] = collections.deque(maxlen=window)
+        self.stage_sums: collections.Counter[str] = collections.Counter()  # ms per stage over inspected parts
+        self.stage_counts: collections.Counter[str] = collections.Counter()
 
-    def add(self, result: InspectionResult) -> None:
+    def add_stage(self, stage: str, ms: float) -> None:
+        """Caller holds the lock."""
+        self.stage_sums[stage] += ms
+        self.stage_counts[stage] += 1
+
+    def add(self, result: InspectionResult, acquire_ms: float) -> None:
         with self.lock:
+            self.add_stage("acquire", acquire_ms)
+            for stage, ms in result.timings.items():
+                if stage in STAGES:
+                    self.add_stage(stage, ms)
             self.inspected += 1
             if result.verdict is Verdict.PASS:
                 self.passed += 1
@@ -335,6 +346,7 @@ class Line:
                         first = self.counters.warnings == 1
                     (log.warning if first else log.debug)("frame %s from %s: %s", frame.frame_id, frame.source,
                                                           warning)
+                started_ns = time.monotonic_ns()
                 try:
                     result = self.inspector.inspect(frame)
                 except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the line
@@ -342,7 +354,7 @@ class Line:
                     self._emit(NotInspected.of(frame, NotInspectedReason.INFERENCE_ERROR,
                                                f"{type(exc).__name__}: {exc}"), warning)
                     continue
-                self.counters.add(result)
+                self.counters.add(result, max(0.0, (started_ns - frame.timestamp_ns) / 1e6))
                 self.feed.publish(result)
                 self.results.put((result, warning))
                 if self.max_frames is not None and self.counters.inspected >= self.max_frames:
@@ -362,6 +374,7 @@ class Line:
                 if self._ledger_failed.is_set():
                     self._refuse(entry)
                     continue
+                t0 = time.perf_counter()
                 try:
                     row = ledger.record_row(entry, note) if ledger is not None else None
                 except Exception as exc:  # noqa: BLE001 - any failure to record stops the line
@@ -374,6 +387,8 @@ class Line:
                     continue
                 with self.counters.lock:
                     self.counters.recorded += 1
+                    if isinstance(entry, InspectionResult) and ledger is not None:
+                        self.counters.add_stage("log", (time.perf_counter() - t0) * 1e3)
                 if row is not None:
                     self._tell_listeners(row, entry)
                 if isinstance(entry, InspectionResult) and self.on_result is not None:
@@ -438,10 +453,17 @@ class Line:
             acquired, span_ns = c.acquired, c.last_frame_ns - c.first_frame_ns
             reasons = dict(c.reasons)
             lost, gaps, recorded, refused, warnings = c.lost, c.gaps, c.recorded, c.refused, c.warnings
+            stage_ms = {s: round(c.stage_sums[s] / c.stage_counts[s], 3) for s in STAGES if c.stage_counts[s]}
         if len(times) >= 2 and times[-1] > times[0]:
             fps = (len(times) - 1) / (times[-1] - times[0])
         else:
             fps = 0.0
+        links = {}
+        for listener in self.listeners:  # each integration's own figures (lag, connected...), for panel and summary
+            try:
+                links[getattr(listener, "name", type(listener).__name__)] = dict(listener.status())
+            except Exception as exc:  # noqa: BLE001 - a status that cannot be read is shown as such
+                links[getattr(listener, "name", type(listener).__name__)] = {"error": f"{type(exc).__name__}: {exc}"}
         try:
             health = self.source.health()
         except Exception:  # noqa: BLE001 - a source that cannot report is shown as unknown, not fatal
@@ -458,5 +480,5 @@ class Line:
             not_inspected=sum(reasons.values()), not_inspected_reasons=reasons, lost=lost, gaps=gaps,
             recorded=recorded, refused=refused, warnings=warnings,
             not_inspected_is_reject=self.not_inspected_is_reject, state=self.state,
-            failure=None if self.failure is None else str(self.failure),
+            failure=None if self.failure is None else str(self.failure), stage_ms=stage_ms, links=links,
         )

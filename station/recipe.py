@@ -16,16 +16,17 @@ import copy
 import difflib
 import enum
 import json
+import re
 import socket
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Union
 
 from inspection_core.hashing import text_sha256
 from inspection_core.verdict import DecisionRules, RoiCircle, RoiRect
 from station.errors import RecipeError
-from station.linescan import PartMode
+from station.strips import PartMode
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -56,6 +57,46 @@ class ProductConfig:
     description: str = ""
 
 
+class TriggerMode(str, enum.Enum):
+    """GenICam ``TriggerMode``: ``On`` waits for a trigger per frame, ``Off`` runs free at the frame rate."""
+
+    ON = "On"
+    OFF = "Off"
+
+
+@dataclass(frozen=True)
+class TriggerConfig:
+    """The ``[source.trigger]`` table of a camera: GenICam's trigger features, written before streaming starts and
+    checked against the camera's node map then (docs/INTEGRATION.md, camera control). ``source = "Software"``
+    lets OPC UA's StartSingleJob fire ``TriggerSoftware``; ``delay_us`` is ``TriggerDelay``; ``selector`` is the
+    trigger it configures (``TriggerSelector``, where the camera has one)."""
+
+    mode: TriggerMode = TriggerMode.ON
+    source: str = "Software"
+    activation: str | None = None  # e.g. "RisingEdge" (hardware lines); None leaves the camera's setting
+    delay_us: float | None = None
+    selector: str = "FrameStart"
+
+    @property
+    def software(self) -> bool:
+        """True when the line fires the trigger itself (:meth:`station.sources.base.FrameSource.fire_trigger`)."""
+        return self.mode is TriggerMode.ON and self.source == "Software"
+
+
+#: Camera features that [source] keys (or [source.trigger]) set; [source.nodes] refuses them, so each setting has
+#: one place. Feature name -> the key that sets it.
+CAMERA_NODES_SET_BY_KEYS = {
+    "PixelFormat": "[source] pixel_format", "AcquisitionFrameRate": "[source] frame_rate",
+    "ExposureTime": "[source] exposure_us", "ExposureTimeAbs": "[source] exposure_us", "TriggerMode": "[source.trigger] mode",
+    "TriggerSource": "[source.trigger] source", "TriggerActivation": "[source.trigger] activation",
+    "TriggerDelay": "[source.trigger] delay_us", "TriggerDelayAbs": "[source.trigger] delay_us",
+    "TriggerSelector": "[source.trigger] selector", "TriggerSoftware": "[source.trigger] source = \"Software\"",
+}
+# a GenICam feature name (GenApi node names are C identifiers)
+_FEATURE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+CameraNodeValue = Union[bool, int, float, str]
+
+
 @dataclass(frozen=True)
 class SourceConfig:
     """Where frames come from. ``fps = 0`` replays as fast as the line takes frames; ``cti = None`` means the
@@ -72,6 +113,7 @@ class SourceConfig:
     frame_rate: float | None = None
     exposure_us: float | None = None
     buffers: int = 16  # genicam: driver buffers; frames arriving while all are full are lost (health counts them)
+    triggered: bool = False  # replay (`trigger = true`): the next file only when the line fires a trigger
     # line-scan (kind = "linescan-replay", or "genicam" with line_scan = true; docs/LINESCAN.md)
     line_scan: bool = False  # genicam: a line-scan camera whose frames are blocks of block_lines lines
     block_lines: int = 512  # lines per block (genicam: the camera's Height)
@@ -83,6 +125,9 @@ class SourceConfig:
     late_tolerance_ms: float = 100.0  # a block delivered later than this after its last line is reported late
     screen_seed: int = 0  # linescan-replay without path: the synthetic screen's seed
     screen_size: tuple[int, int] = (10240, 5120)  # ... and its (lines, width)
+    # genicam camera control (docs/INTEGRATION.md): the [source.trigger] and [source.nodes] sub-tables
+    trigger: TriggerConfig | None = None  # None: no [source.trigger], the camera's trigger is left as it is
+    nodes: tuple[tuple[str, CameraNodeValue], ...] = ()  # [source.nodes] in file order (selectors before what they select)
 
 
 @dataclass(frozen=True)
@@ -310,33 +355,53 @@ def load_recipe(path: str | Path) -> Recipe:
 # ---------------------------------------------------------------------------------------------- checking
 
 _PATH_KEYS = {("source", "path"), ("source", "cti"), ("calibration", "root")}
-_MISSING = object()
+#: ``TableReader.get``'s default for a key the table must have
+MISSING = object()
 
 
-class _Table:
-    """Reads the keys of one TOML table, remembering which were used so leftovers can be reported."""
+class Refused(ValueError):
+    """Raised by a check given to :meth:`TableReader.get` to say why a value is refused and what to do instead:
+    the message reads ``<value> is not allowed; <reason>`` (a plain ``ValueError`` reads ``...; use <allowed>``)."""
+
+
+class TableReader:
+    """Reads the keys of one TOML table, remembering which were used so leftovers can be reported.
+
+    Every problem is a :class:`RecipeError` of one shape, ``<where>: [<name>] <key>: <problem>; use <allowed>``;
+    the recipe's tables and the integrations' tables (:mod:`station.integrations`) are all read with it::
+
+        t = TableReader({"batch": 0}, "line.toml", "fleet", Path("."))
+        batch = t.get("batch", 500, check_int(1), "an integer >= 1")  # RecipeError: ... batch: 0 is not allowed; ...
+        t.finish()  # a key no get asked for is an unknown key, with a did-you-mean hint
+    """
 
     def __init__(self, data: Mapping[str, Any], where: str, name: str, base: Path) -> None:
-        self.where, self.name, self.base = where, name, base
+        self.where, self.name, self.base = where, name, base  # base: the folder relative paths start from
         self.data = dict(data)
         self.known: list[str] = []
 
     def fail(self, key: str, problem: str) -> RecipeError:
+        """The error to raise for ``key`` (``problem`` says what is wrong and what to do)."""
         return RecipeError(f"{self.where}: [{self.name}] {key}: {problem}")
 
     def get(self, key: str, default: Any, check: Callable[[Any], Any], allowed: str) -> Any:
+        """``check(value)`` of the key, or ``default`` when absent (:data:`MISSING`: the key is required). A check
+        refuses a value by raising ``ValueError``/``TypeError`` (or :class:`Refused` with its own reason)."""
         self.known.append(key)
-        value = self.data.get(key, _MISSING)
-        if value is _MISSING:
-            if default is _MISSING:
+        value = self.data.get(key, MISSING)
+        if value is MISSING:
+            if default is MISSING:
                 raise self.fail(key, f"missing; add {key} = {allowed}")
             return default
         try:
             return check(value)
+        except Refused as exc:
+            raise self.fail(key, f"{value!r} is not allowed; {exc}") from None
         except (TypeError, ValueError):
             raise self.fail(key, f"{value!r} is not allowed; use {allowed}") from None
 
     def finish(self) -> None:
+        """Refuse the keys no :meth:`get` asked for (misspelt or unknown)."""
         for key in self.data:
             if key not in self.known:
                 close = difflib.get_close_matches(key, self.known, n=1)
@@ -344,21 +409,25 @@ class _Table:
                 raise self.fail(key, f"unknown key; {hint}known keys: {', '.join(self.known)}")
 
 
-def _is_int(v: Any) -> bool:
+# The checks for TableReader.get: each returns the value (converted) or raises ValueError.
+
+def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _int(low: int, high: int | None = None) -> Callable[[Any], int]:
+def check_int(low: int, high: int | None = None) -> Callable[[Any], int]:
+    """An integer (not a bool) from ``low`` to ``high`` (no upper bound: None)."""
     def check(v: Any) -> int:
-        if not _is_int(v) or v < low or (high is not None and v > high):
+        if not is_int(v) or v < low or (high is not None and v > high):
             raise ValueError
         return v
     return check
 
 
-def _float(low: float, *, above: bool = False, high: float | None = None) -> Callable[[Any], float]:
+def check_float(low: float, *, above: bool = False, high: float | None = None) -> Callable[[Any], float]:
+    """A number (int or float, not NaN) >= ``low`` (> with ``above``) and <= ``high``, as a float."""
     def check(v: Any) -> float:
-        if not (_is_int(v) or isinstance(v, float)) or v != v:
+        if not (is_int(v) or isinstance(v, float)) or v != v:
             raise ValueError
         if (v <= low if above else v < low) or (high is not None and v > high):
             raise ValueError
@@ -366,25 +435,26 @@ def _float(low: float, *, above: bool = False, high: float | None = None) -> Cal
     return check
 
 
-def _str(v: Any) -> str:
+def check_str(v: Any) -> str:
+    """A string that is not blank (``check_text``: any string)."""
     if not isinstance(v, str) or not v.strip():
         raise ValueError
     return v
 
 
-def _text(v: Any) -> str:
+def check_text(v: Any) -> str:
     if not isinstance(v, str):
         raise ValueError
     return v
 
 
-def _bool(v: Any) -> bool:
+def check_bool(v: Any) -> bool:
     if not isinstance(v, bool):
         raise ValueError
     return v
 
 
-def _choice(*allowed: str) -> Callable[[Any], str]:
+def check_choice(*allowed: str) -> Callable[[Any], str]:
     def check(v: Any) -> str:
         if v not in allowed:
             raise ValueError
@@ -397,15 +467,16 @@ def _enum(cls: type[enum.Enum]) -> tuple[Callable[[Any], Any], str]:
     return (lambda v: cls(v)), allowed
 
 
-def _path(base: Path) -> Callable[[Any], Path]:
+def check_path(base: Path) -> Callable[[Any], Path]:
+    """A non-blank path, ``~`` expanded, relative ones resolved against ``base`` (the recipe's folder)."""
     def check(v: Any) -> Path:
-        p = Path(_str(v)).expanduser()
+        p = Path(check_str(v)).expanduser()
         return p if p.is_absolute() else (base / p).resolve()
     return check
 
 
 def _device(v: Any) -> int | str:
-    return _int(0)(v) if _is_int(v) else _str(v)
+    return check_int(0)(v) if is_int(v) else check_str(v)
 
 
 #: The line's integrations (docs/INTEGRATION.md): kept as tables here, each checked by its own module when the line
@@ -435,54 +506,58 @@ def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
                           "[classifier] (multi-label patches), or both")
     base = path.resolve().parent
 
-    def table(name: str) -> _Table:
-        return _Table(data.get(name, {}), where, name, base)
+    def table(name: str) -> TableReader:
+        return TableReader(data.get(name, {}), where, name, base)
 
     t = table("product")
-    product = ProductConfig(name=t.get("name", _MISSING, _str, 'a non-empty string, e.g. "magnetic_tile"'),
-                            description=t.get("description", "", _text, "a string"))
+    product = ProductConfig(name=t.get("name", MISSING, check_str, 'a non-empty string, e.g. "magnetic_tile"'),
+                            description=t.get("description", "", check_text, "a string"))
     t.finish()
 
     t = table("source")
     kind_check, kind_allowed = _enum(SourceKind)
-    kind = t.get("kind", _MISSING, kind_check, kind_allowed)
-    path_default = _MISSING if kind is SourceKind.REPLAY else None
+    kind = t.get("kind", MISSING, kind_check, kind_allowed)
+    path_default = MISSING if kind is SourceKind.REPLAY else None
     source = SourceConfig(
         kind=kind,
-        path=t.get("path", path_default, _path(base),
+        path=t.get("path", path_default, check_path(base),
                    'the folder of images to replay, e.g. "../samples/magnetic-tile" (relative to the recipe)'),
-        pattern=t.get("pattern", "*", _str, 'a glob pattern such as "*.jpg" or "*.png"'),
-        loop=t.get("loop", True, _bool, "true or false"),
-        fps=t.get("fps", 0.0, _float(0.0), "a number >= 0 (0 = as fast as the line takes frames)"),
-        cti=t.get("cti", None, _path(base), "the path of a GenTL producer (.cti file)"),
+        pattern=t.get("pattern", "*", check_str, 'a glob pattern such as "*.jpg" or "*.png"'),
+        loop=t.get("loop", True, check_bool, "true or false"),
+        fps=t.get("fps", 0.0, check_float(0.0), "a number >= 0 (0 = as fast as the line takes frames)"),
+        cti=t.get("cti", None, check_path(base), "the path of a GenTL producer (.cti file)"),
         device=t.get("device", 0, _device, "a device index >= 0 or a device id / serial number string"),
-        pixel_format=t.get("pixel_format", "Mono8", _str, 'a GenICam pixel format name such as "Mono8"'),
-        frame_rate=t.get("frame_rate", None, _float(0.0, above=True), "a number of frames per second > 0"),
-        exposure_us=t.get("exposure_us", None, _float(0.0, above=True), "an exposure time in microseconds > 0"),
-        buffers=t.get("buffers", 16, _int(1), "an integer >= 1 (driver buffers, e.g. 16)"),
+        pixel_format=t.get("pixel_format", "Mono8", check_str, 'a GenICam pixel format name such as "Mono8"'),
+        frame_rate=t.get("frame_rate", None, check_float(0.0, above=True), "a number of frames per second > 0"),
+        exposure_us=t.get("exposure_us", None, check_float(0.0, above=True), "an exposure time in microseconds > 0"),
+        buffers=t.get("buffers", 16, check_int(1), "an integer >= 1 (driver buffers, e.g. 16)"),
+        triggered=(t.get("trigger", False, check_bool, "true or false (replay: hand over the next file only when the "
+                         "line fires a trigger, e.g. OPC UA StartSingleJob)")
+                   if kind is SourceKind.REPLAY and not isinstance(t.data.get("trigger"), dict) else False),
         **_line_scan_keys(t, kind),
+        **_camera_control(t, kind),
     )
     t.finish()
 
     t = table("tiling")
-    tile = t.get("tile", 128, _int(1), "an integer >= 1, e.g. 128 or 256")
-    overlap = t.get("overlap", 32, _int(0, tile - 1), f"an integer from 0 to {tile - 1} (less than tile = {tile})")
-    tiling = TilingConfig(tile=tile, overlap=overlap, batch=t.get("batch", 32, _int(1), "an integer >= 1"))
+    tile = t.get("tile", 128, check_int(1), "an integer >= 1, e.g. 128 or 256")
+    overlap = t.get("overlap", 32, check_int(0, tile - 1), f"an integer from 0 to {tile - 1} (less than tile = {tile})")
+    tiling = TilingConfig(tile=tile, overlap=overlap, batch=t.get("batch", 32, check_int(1), "an integer >= 1"))
     t.finish()
 
     engine = None
     backend_check, backend_allowed = _enum(Backend)
-    precision_check, precision_allowed = _choice("fp32", "fp16", "int8"), '"fp32", "fp16" or "int8"'
+    precision_check, precision_allowed = check_choice("fp32", "fp16", "int8"), '"fp32", "fp16" or "int8"'
     if "engine" in data:
         engine = _engine(table("engine"), backend_check, backend_allowed, precision_check, precision_allowed)
 
     t = table("rules")
     rules = DecisionRules(
-        score_threshold=t.get("score_threshold", 0.5, _float(0.0, above=True, high=1.0), "a number in (0, 1]"),
-        min_area_px=t.get("min_area_px", 30, _int(1), "an integer >= 1 (pixels)"),
+        score_threshold=t.get("score_threshold", 0.5, check_float(0.0, above=True, high=1.0), "a number in (0, 1]"),
+        min_area_px=t.get("min_area_px", 30, check_int(1), "an integer >= 1 (pixels)"),
         roi=_roi(t),
-        label=t.get("label", "defect", _str, 'a non-empty string, e.g. "defect"'),
-        min_area_mm2=t.get("min_area_mm2", None, _float(0.0, above=True),
+        label=t.get("label", "defect", check_str, 'a non-empty string, e.g. "defect"'),
+        min_area_mm2=t.get("min_area_mm2", None, check_float(0.0, above=True),
                            "a number of mm² > 0 (needs a scale in the [calibration] profile)"),
     )
     if "min_area_mm2" in t.data and "min_area_px" in t.data:
@@ -492,18 +567,18 @@ def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
 
     t = table("log")
     log = LogConfig(
-        db=t.get("db", LogConfig.db, lambda v: Path(_str(v)).expanduser(),
+        db=t.get("db", LogConfig.db, lambda v: Path(check_str(v)).expanduser(),
                  'a file path, e.g. "station-data/rejects.db"'),
-        save_reject_images=t.get("save_reject_images", True, _bool, "true or false"),
+        save_reject_images=t.get("save_reject_images", True, check_bool, "true or false"),
     )
     t.finish()
 
     t = table("queues")
     policy_check, policy_allowed = _enum(QueuePolicy)
     queues = QueuesConfig(
-        frames=t.get("frames", 8, _int(1), "an integer >= 1"),
+        frames=t.get("frames", 8, check_int(1), "an integer >= 1"),
         frames_policy=t.get("frames_policy", QueuePolicy.DROP_OLDEST, policy_check, policy_allowed),
-        results=t.get("results", 64, _int(1), "an integer >= 1"),
+        results=t.get("results", 64, check_int(1), "an integer >= 1"),
     )
     t.finish()
 
@@ -511,16 +586,16 @@ def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
     if "classifier" in data:
         t = table("classifier")
         mode_check, mode_allowed = _enum(ClassifierMode)
-        weights = t.get("weights", _MISSING, _str, 'a classifier weights folder or shipped name, e.g. "runs/gr"')
-        patch = t.get("patch", 1024, _int(1), "an integer >= 1 (patch side in pixels), e.g. 1024")
+        weights = t.get("weights", MISSING, check_str, 'a classifier weights folder or shipped name, e.g. "runs/gr"')
+        patch = t.get("patch", 1024, check_int(1), "an integer >= 1 (patch side in pixels), e.g. 1024")
         classifier = ClassifierConfig(
             weights=weights,
             patch=patch,
-            overlap=t.get("overlap", 0, _int(0, patch - 1), f"an integer from 0 to {patch - 1} (less than patch)"),
-            threshold=t.get("threshold", 0.5, _float(0.0, high=1.0), "a number in [0, 1] (label when score > it)"),
+            overlap=t.get("overlap", 0, check_int(0, patch - 1), f"an integer from 0 to {patch - 1} (less than patch)"),
+            threshold=t.get("threshold", 0.5, check_float(0.0, high=1.0), "a number in [0, 1] (label when score > it)"),
             mode=t.get("mode", ClassifierMode.BATCH, mode_check, mode_allowed),
-            fail_on_labels=t.get("fail_on_labels", True, _bool, "true or false"),
-            threads=t.get("threads", 0, _int(0), "an integer >= 0 (0 = all cores)"),
+            fail_on_labels=t.get("fail_on_labels", True, check_bool, "true or false"),
+            threads=t.get("threads", 0, check_int(0), "an integer >= 0 (0 = all cores)"),
             backend=t.get("backend", Backend.ONNXRUNTIME, backend_check, backend_allowed),
             precision=t.get("precision", "fp32", precision_check, precision_allowed),
         )
@@ -531,13 +606,13 @@ def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
         t = table("calibration")
         units_check, units_allowed = _enum(Units)
         calibration = CalibrationConfig(
-            profile=t.get("profile", _MISSING, _str, 'a camera id or "camera@vN", e.g. "cam-A" (its latest version)'),
-            root=t.get("root", None, lambda v: Path(_str(v)).expanduser(),
+            profile=t.get("profile", MISSING, check_str, 'a camera id or "camera@vN", e.g. "cam-A" (its latest version)'),
+            root=t.get("root", None, lambda v: Path(check_str(v)).expanduser(),
                        'the profile store folder, e.g. "calibration-profiles" (relative to the working directory)'),
-            required=t.get("required", True, _bool, "true or false"),
-            flatfield=t.get("flatfield", None, _bool, "true or false (absent: when the profile has one)"),
-            roi=t.get("roi", None, _bool, "true or false (absent: when the profile has one)"),
-            thresholds=t.get("thresholds", None, _bool, "true or false (absent: when the profile has them)"),
+            required=t.get("required", True, check_bool, "true or false"),
+            flatfield=t.get("flatfield", None, check_bool, "true or false (absent: when the profile has one)"),
+            roi=t.get("roi", None, check_bool, "true or false (absent: when the profile has one)"),
+            thresholds=t.get("thresholds", None, check_bool, "true or false (absent: when the profile has them)"),
             units=t.get("units", Units.AUTO, units_check, units_allowed),
         )
         t.finish()
@@ -551,21 +626,21 @@ def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
     t = table("station")
     policy_check, policy_allowed = _enum(NotInspectedPolicy)
     station = StationConfig(
-        id=t.get("id", None, _str, 'a non-empty string naming this station, e.g. "line-3-cam-A" (default: the host '
+        id=t.get("id", None, check_str, 'a non-empty string naming this station, e.g. "line-3-cam-A" (default: the host '
                                    "name)") or default_station_id(),
-        min_free_mb=t.get("min_free_mb", 200.0, _float(0.0), "a number of megabytes >= 0 (0 = no check), e.g. 200"),
+        min_free_mb=t.get("min_free_mb", 200.0, check_float(0.0), "a number of megabytes >= 0 (0 = no check), e.g. 200"),
         not_inspected=t.get("not_inspected", NotInspectedPolicy.REJECT, policy_check, policy_allowed),
     )
     t.finish()
 
     t = table("frames")
-    min_width = t.get("min_width", 32, _int(1), "an integer >= 1 (pixels)")
-    min_height = t.get("min_height", 32, _int(1), "an integer >= 1 (pixels)")
+    min_width = t.get("min_width", 32, check_int(1), "an integer >= 1 (pixels)")
+    min_height = t.get("min_height", 32, check_int(1), "an integer >= 1 (pixels)")
     frames = FramesConfig(
         min_width=min_width, min_height=min_height,
-        max_width=t.get("max_width", 16384, _int(min_width), f"an integer >= min_width ({min_width})"),
-        max_height=t.get("max_height", 65536, _int(min_height), f"an integer >= min_height ({min_height})"),
-        bit_depth=t.get("bit_depth", 16, _int(8, 16), "an integer from 8 to 16 (significant bits of 16-bit images, "
+        max_width=t.get("max_width", 16384, check_int(min_width), f"an integer >= min_width ({min_width})"),
+        max_height=t.get("max_height", 65536, check_int(min_height), f"an integer >= min_height ({min_height})"),
+        bit_depth=t.get("bit_depth", 16, check_int(8, 16), "an integer from 8 to 16 (significant bits of 16-bit images, "
                                                      "e.g. 12)"),
     )
     t.finish()
@@ -580,9 +655,9 @@ _LINE_SCAN_KEYS = ("block_lines", "line_rate_hz", "part_mode", "part_lines", "ma
                    "late_tolerance_ms", "screen_seed", "screen_size")
 
 
-def _line_scan_keys(t: _Table, kind: SourceKind) -> dict[str, Any]:
+def _line_scan_keys(t: TableReader, kind: SourceKind) -> dict[str, Any]:
     """The line-scan keys of [source]; they are refused for sources that are not line-scan."""
-    line_scan = t.get("line_scan", False, _bool, "true or false (genicam: the camera is a line-scan camera)")
+    line_scan = t.get("line_scan", False, check_bool, "true or false (genicam: the camera is a line-scan camera)")
     if line_scan and kind is not SourceKind.GENICAM:
         raise t.fail("line_scan", f'only for kind = "genicam"; kind = "{kind.value}" '
                      + ("is line-scan already" if kind is SourceKind.LINESCAN_REPLAY else "is not a camera"))
@@ -596,22 +671,22 @@ def _line_scan_keys(t: _Table, kind: SourceKind) -> dict[str, Any]:
         return {}
 
     def size(v: Any) -> tuple[int, int]:
-        if not (isinstance(v, list) and len(v) == 2 and all(_is_int(x) and 128 <= x <= 65536 for x in v)):
+        if not (isinstance(v, list) and len(v) == 2 and all(is_int(x) and 128 <= x <= 65536 for x in v)):
             raise ValueError
         return int(v[0]), int(v[1])
 
     out = dict(
         line_scan=line_scan,
-        block_lines=t.get("block_lines", 512, _int(1), "an integer >= 1 (lines per block)"),
-        line_rate_hz=t.get("line_rate_hz", 0.0, _float(0.0),
+        block_lines=t.get("block_lines", 512, check_int(1), "an integer >= 1 (lines per block)"),
+        line_rate_hz=t.get("line_rate_hz", 0.0, check_float(0.0),
                            "a number of lines per second >= 0 (0 = replay as fast as possible / rate unknown)"),
         part_mode=t.get("part_mode", PartMode.FIXED, lambda v: PartMode(v),
                         '"fixed" (part_lines lines a part) or "trigger" (part-present signal)'),
-        part_lines=t.get("part_lines", None, _int(1), "an integer >= 1 (lines a part)"),
-        max_part_lines=t.get("max_part_lines", 65536, _int(1), "an integer >= 1 (longest part in trigger mode)"),
-        gap_lines=t.get("gap_lines", 0, _int(0), "an integer >= 0 (replay: lines without a part before each pass)"),
-        late_tolerance_ms=t.get("late_tolerance_ms", 100.0, _float(0.0, above=True), "a number of ms > 0"),
-        screen_seed=t.get("screen_seed", 0, _int(0), "an integer >= 0"),
+        part_lines=t.get("part_lines", None, check_int(1), "an integer >= 1 (lines a part)"),
+        max_part_lines=t.get("max_part_lines", 65536, check_int(1), "an integer >= 1 (longest part in trigger mode)"),
+        gap_lines=t.get("gap_lines", 0, check_int(0), "an integer >= 0 (replay: lines without a part before each pass)"),
+        late_tolerance_ms=t.get("late_tolerance_ms", 100.0, check_float(0.0, above=True), "a number of ms > 0"),
+        screen_seed=t.get("screen_seed", 0, check_int(0), "an integer >= 0"),
         screen_size=t.get("screen_size", (10240, 5120), size,
                           "[lines, width], each an integer from 128 to 65536, e.g. [10240, 5120]"),
     )
@@ -640,13 +715,76 @@ def _line_scan_keys(t: _Table, kind: SourceKind) -> dict[str, Any]:
     return out
 
 
-def _engine(t: _Table, backend_check, backend_allowed: str, precision_check, precision_allowed: str) -> EngineConfig:
+def _camera_control(t: TableReader, kind: SourceKind) -> dict[str, Any]:
+    """The camera-control sub-tables of [source]: ``[source.trigger]`` and ``[source.nodes]`` (cameras only; their
+    values are checked against the camera's node map when the source opens)."""
+    out: dict[str, Any] = {}
+    trigger, nodes = t.data.get("trigger", MISSING), t.data.get("nodes", MISSING)
+    for key, value in (("trigger", trigger), ("nodes", nodes)):
+        if value is MISSING or (key == "trigger" and not isinstance(value, dict) and kind is not SourceKind.GENICAM):
+            continue  # a replay's `trigger = true` is read with the replay keys
+        if kind is not SourceKind.GENICAM:
+            raise t.fail(key, f'[source.{key}] is for cameras (kind = "genicam"); kind = "{kind.value}" has no '
+                              "GenICam node map" + ("; a replay is triggered with trigger = true" if key == "trigger"
+                                                    else ""))
+        if not isinstance(value, dict):
+            example = 'mode = "On", source = "Software"' if key == "trigger" else 'Gain = 6.0, BlackLevel = 2'
+            raise t.fail(key, f"must be a table: [source.{key}] followed by lines such as {example}")
+        t.known.append(key)
+    if kind is SourceKind.GENICAM:  # named in the hints for a misspelt sub-table
+        t.known += [key for key in ("trigger", "nodes") if key not in t.known]
+    if isinstance(trigger, dict) and kind is SourceKind.GENICAM:
+        s = TableReader(trigger, t.where, "source.trigger", t.base)
+        mode_check, mode_allowed = _enum(TriggerMode)
+        out["trigger"] = TriggerConfig(
+            mode=s.get("mode", TriggerMode.ON, mode_check, mode_allowed),
+            source=s.get("source", "Software", _feature_value,
+                         '"Software" (fired by the line, e.g. OPC UA StartSingleJob) or a camera input such as '
+                         '"Line1" (checked against the camera\'s TriggerSource entries when it opens)'),
+            activation=s.get("activation", None, _feature_value,
+                             'a TriggerActivation entry such as "RisingEdge", "FallingEdge", "AnyEdge", "LevelHigh"'),
+            delay_us=s.get("delay_us", None, check_float(0.0), "a delay in microseconds >= 0 (TriggerDelay)"),
+            selector=s.get("selector", "FrameStart", _feature_value,
+                           'a TriggerSelector entry, e.g. "FrameStart" (one trigger, one frame)'),
+        )
+        s.finish()
+    if isinstance(nodes, dict) and kind is SourceKind.GENICAM:
+        out["nodes"] = tuple((name, _camera_node(t, name, value)) for name, value in nodes.items())
+    return out
+
+
+def _feature_value(v: Any) -> str:
+    """An enumeration entry name (``"Line1"``, ``"RisingEdge"``): a GenICam name, checked on the camera later."""
+    if not isinstance(v, str) or not _FEATURE_NAME.fullmatch(v):
+        raise ValueError
+    return v
+
+
+def _camera_node(t: TableReader, name: str, value: Any) -> CameraNodeValue:
+    """One ``[source.nodes]`` line: a GenICam feature name and a plain value (the camera checks the rest)."""
+    where = f"nodes.{name}"
+    if not _FEATURE_NAME.fullmatch(name):
+        raise t.fail(where, "is not a GenICam feature name; use the camera's feature name as its node map spells "
+                            "it, e.g. Gain or BlackLevelSelector")
+    if name in CAMERA_NODES_SET_BY_KEYS:
+        raise t.fail(where, f"is set by {CAMERA_NODES_SET_BY_KEYS[name]}; set it there, not in [source.nodes]")
+    close = difflib.get_close_matches(name, list(CAMERA_NODES_SET_BY_KEYS), n=1, cutoff=0.85)
+    if close:
+        raise t.fail(where, f"looks like {close[0]}, which {CAMERA_NODES_SET_BY_KEYS[close[0]]} sets; set it there "
+                            "(feature names are case-sensitive)")
+    if not isinstance(value, (bool, int, float, str)) or (isinstance(value, float) and value != value):
+        raise t.fail(where, f"{value!r} is not allowed; use a number, true/false, or the name of an entry "
+                            f'(e.g. {name} = "Continuous")')
+    return value
+
+
+def _engine(t: TableReader, backend_check, backend_allowed: str, precision_check, precision_allowed: str) -> EngineConfig:
     engine = EngineConfig(
-        model=t.get("model", "bffn", _str, 'a model name from the engines registry, e.g. "bffn"'),
-        weights=t.get("weights", _MISSING, _str,
+        model=t.get("model", "bffn", check_str, 'a model name from the engines registry, e.g. "bffn"'),
+        weights=t.get("weights", MISSING, check_str,
                       'a weights folder, a shipped weights name or an engine folder, e.g. "bffn-magnetic-tile"'),
         backend=t.get("backend", Backend.ONNXRUNTIME, backend_check, backend_allowed),
-        threads=t.get("threads", 0, _int(0), "an integer >= 0 (0 = all cores)"),
+        threads=t.get("threads", 0, check_int(0), "an integer >= 0 (0 = all cores)"),
         precision=t.get("precision", "fp32", precision_check, precision_allowed),
     )
     t.finish()
@@ -656,7 +794,7 @@ def _engine(t: _Table, backend_check, backend_allowed: str, precision_check, pre
 _ROI_ALLOWED = '"none", {x = , y = , w = , h = } (a rectangle) or {cx = , cy = , r = } (a circle)'
 
 
-def _roi(t: _Table) -> RoiRect | RoiCircle | None:
+def _roi(t: TableReader) -> RoiRect | RoiCircle | None:
     """``roi = "none"``, ``{x=, y=, w=, h=}`` or ``{cx=, cy=, r=}``; key errors are named ``roi.<key>``."""
     value = t.get("roi", "none", lambda v: v if v == "none" or isinstance(v, dict) else _fail(), _ROI_ALLOWED)
     if value == "none":
@@ -664,16 +802,16 @@ def _roi(t: _Table) -> RoiRect | RoiCircle | None:
     keys = set(value)
     if keys == {"x", "y", "w", "h"}:
         for k in ("x", "y"):
-            if not _is_int(value[k]):
+            if not is_int(value[k]):
                 raise t.fail(f"roi.{k}", f"{value[k]!r} is not allowed; use an integer (pixels)")
         for k in ("w", "h"):
-            if not _is_int(value[k]) or value[k] < 1:
+            if not is_int(value[k]) or value[k] < 1:
                 raise t.fail(f"roi.{k}", f"{value[k]!r} is not allowed; use an integer >= 1 (pixels)")
         return RoiRect(**value)
     if keys == {"cx", "cy", "r"}:
         for k in ("cx", "cy", "r"):
             v = value[k]
-            if not (_is_int(v) or isinstance(v, float)) or (k == "r" and not v > 0):
+            if not (is_int(v) or isinstance(v, float)) or (k == "r" and not v > 0):
                 need = "a number > 0" if k == "r" else "a number (pixels)"
                 raise t.fail(f"roi.{k}", f"{v!r} is not allowed; use {need}")
         return RoiCircle(cx=float(value["cx"]), cy=float(value["cy"]), r=float(value["r"]))

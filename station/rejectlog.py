@@ -30,11 +30,16 @@ two can be moved together. Files are created with the process's umask, like any 
 ``labels_json`` holds the classifier stage's labels: a JSON list of class names (``[]`` without a classifier), or,
 when the stage ran on patches, ``{"labels": [...], "patches": [...]}``; :func:`decode_labels` reads both.
 
+``camera_timestamp_ns`` is the camera's own time stamp of the frame (chunk data or the GenTL buffer's time stamp, on
+the camera's clock: :attr:`~inspection_core.records.Frame.camera_timestamp_ns`), beside the host's ``timestamp_ns``;
+NULL when the camera gives none (replays, viky.cti), for gap rows, and in rows written before schema 4.
+
 Schema history (``PRAGMA user_version``), upgraded in place when the station opens an older file, old rows kept:
 1 → 2 added ``recipe``, ``calibration``; 2 → 3 added the ledger columns (``station_id`` … ``overlay_path``) and the
-NOT_INSPECTED and GAP verdicts. SQLite cannot change a CHECK constraint, so 3 rebuilds the table (new table, rows
-copied, old dropped, new renamed) inside one transaction: a kill during it leaves the old file as it was. Old rows
-get ``frame_count = 1`` and ``rejected`` from their verdict.
+NOT_INSPECTED and GAP verdicts; 3 → 4 added ``camera_timestamp_ns``. SQLite cannot change a CHECK constraint, so a
+file older than 3 is rebuilt (new table, rows copied, old dropped, new renamed) inside one transaction: a kill during
+it leaves the old file as it was. Old rows get ``frame_count = 1`` and ``rejected`` from their verdict. 3 → 4 only
+adds a column (``ALTER TABLE ... ADD COLUMN``, in the same kind of transaction), so a large ledger is not copied.
 """
 from __future__ import annotations
 
@@ -62,14 +67,16 @@ from ui.overlay import overlay_mask
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 GAP = "GAP"  # the verdict of a gap row
 VERDICTS = (Verdict.PASS.value, Verdict.FAIL.value, Verdict.NOT_INSPECTED.value, GAP)
 COLUMNS = ("id", "time_utc", "timestamp_ns", "source", "frame_id", "file", "verdict", "defects_json",
            "labels_json", "engine_id", "latency_ms", "image_path", "recipe", "calibration",
            "station_id", "run_id", "reason", "detail", "frame_count", "last_frame_id", "end_timestamp_ns", "rejected",
-           "overlay_path")
+           "overlay_path", "camera_timestamp_ns")
 _ADDED_IN_2 = ("recipe", "calibration")
+#: Columns added after schema 3 (no CHECK constraint changed): added to a schema-3 table in place, with their types.
+_ADDED_AFTER_3 = {"camera_timestamp_ns": "INTEGER"}
 #: What the columns added later read as in older rows (SQL expressions over the old columns).
 _OLD_ROW_DEFAULTS = {"frame_count": "1", "rejected": "CASE verdict WHEN 'FAIL' THEN 1 ELSE 0 END"}
 
@@ -99,7 +106,8 @@ CREATE TABLE {name} (
     last_frame_id INTEGER,                  -- GAP: the last lost id
     end_timestamp_ns INTEGER,               -- GAP: the first frame after it (or when the line stopped)
     rejected     INTEGER,                   -- 1: to the reject bin, 0: passes, NULL: a gap
-    overlay_path TEXT                       -- FAIL: the image with its defect overlay, beside image_path
+    overlay_path TEXT,                      -- FAIL: the image with its defect overlay, beside image_path
+    camera_timestamp_ns INTEGER             -- the camera's own time stamp (ns, camera clock); NULL: none given
 )"""
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS inspections_time ON inspections (time_utc);
@@ -208,19 +216,26 @@ def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
         # read again under the write lock: another station process may have upgraded it meanwhile
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         present = [row[1] for row in conn.execute("PRAGMA table_info(inspections)")]
-        if version < SCHEMA_VERSION and present:
+        if 3 <= version < SCHEMA_VERSION and present:  # columns added, no constraint changed: no copy needed
+            before = conn.execute("SELECT COUNT(*) FROM inspections").fetchone()
+            for column, kind in _ADDED_AFTER_3.items():
+                if column not in present:
+                    conn.execute(f"ALTER TABLE inspections ADD COLUMN {column} {kind}")
+            log.info("reject log %s upgraded from schema %d to %d in place (%d rows kept; added %s)", path, version,
+                     SCHEMA_VERSION, before[0], ", ".join(c for c in COLUMNS if c not in present))
+        elif version < SCHEMA_VERSION and present:
             before = conn.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM inspections").fetchone()
-            conn.execute(_TABLE.format(name="inspections_v3"))
+            conn.execute(_TABLE.format(name="inspections_new"))
             copied = [c for c in COLUMNS if c in present]
             filled = [c for c in _OLD_ROW_DEFAULTS if c not in present]
-            conn.execute(f"INSERT INTO inspections_v3 ({', '.join(copied + filled)}) "
+            conn.execute(f"INSERT INTO inspections_new ({', '.join(copied + filled)}) "
                          f"SELECT {', '.join(copied + [_OLD_ROW_DEFAULTS[c] for c in filled])} "
                          "FROM inspections ORDER BY id")
-            after = conn.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM inspections_v3").fetchone()
+            after = conn.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM inspections_new").fetchone()
             if tuple(after) != tuple(before):
                 raise sqlite3.DatabaseError(f"the copy holds {after[0]} rows, the old table {before[0]}")
             conn.execute("DROP TABLE inspections")
-            conn.execute("ALTER TABLE inspections_v3 RENAME TO inspections")
+            conn.execute("ALTER TABLE inspections_new RENAME TO inspections")
             log.info("reject log %s upgraded from schema %d to %d in place (%d rows kept; added %s)", path, version,
                      SCHEMA_VERSION, before[0], ", ".join(c for c in COLUMNS if c not in present))
         elif not present:
@@ -233,6 +248,13 @@ def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _camera_ns(frame: Any) -> int | None:
+    """The camera's time stamp of a frame (None: no frame, the camera gave none, or a value beyond SQLite's 64-bit
+    integers, which must never cost the row)."""
+    value = getattr(frame, "camera_timestamp_ns", None)
+    return int(value) if value is not None and 0 <= int(value) < 2**63 else None
 
 
 def encode_labels(result: InspectionResult) -> str:
@@ -457,6 +479,7 @@ class RejectLog:
             if entry.verdict is Verdict.FAIL and self.save_images:
                 image_path, overlay_path = self._save_images(entry, now)
             return {**common, "timestamp_ns": int(frame.timestamp_ns), "source": frame.source,
+                    "camera_timestamp_ns": _camera_ns(frame),
                     "frame_id": int(frame.frame_id), "file": frame.file, "verdict": Verdict(entry.verdict).value,
                     "defects_json": json.dumps([d.to_dict() for d in entry.defects]),
                     "labels_json": encode_labels(entry), "engine_id": entry.engine_id,
@@ -465,6 +488,7 @@ class RejectLog:
         if isinstance(entry, NotInspected):
             detail = "; ".join(t for t in (entry.detail, note) if t) or None
             return {**common, "timestamp_ns": int(entry.timestamp_ns), "source": entry.source,
+                    "camera_timestamp_ns": _camera_ns(entry.frame),
                     "frame_id": int(entry.frame_id), "file": entry.file, "verdict": Verdict.NOT_INSPECTED.value,
                     "defects_json": "[]", "labels_json": "[]", "engine_id": self.engine_id,
                     "latency_ms": max(0.0, (time.monotonic_ns() - entry.timestamp_ns) / 1e6),

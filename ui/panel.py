@@ -192,6 +192,41 @@ def labels_where(result: InspectionResult | None) -> str:
     return "\n".join(lines)
 
 
+def stages_text(stats: LineStats) -> str:
+    """The mean time per part of each stage, e.g. ``Stage times (ms): acquire 12 · infer 180 · log 3``."""
+    if not stats.stage_ms:
+        return "Stage times: –"
+    return "Stage times (ms): " + " · ".join(f"{k} {v:.0f}" if v >= 10 else f"{k} {v:.1f}"
+                                             for k, v in stats.stage_ms.items())
+
+
+#: A link whose rows wait longer than this is shown in amber.
+LINK_LAG_WARN_S = 30.0
+
+
+def links_text(stats: LineStats) -> tuple[str, bool]:
+    """The integrations in one line, e.g. ``Links: mqtt connected, up to date · fleet DISCONNECTED, 120 rows behind
+    (42 s)``, and whether one needs a look (disconnected, or rows waiting longer than :data:`LINK_LAG_WARN_S`)."""
+    parts, warn = [], False
+    for name, status in stats.links.items():
+        words = []
+        if "error" in status:
+            words.append(f"status unavailable ({status['error']})")
+            warn = True
+        if status.get("connected") is not None:
+            words.append("connected" if status["connected"] else "DISCONNECTED")
+            warn = warn or not status["connected"]
+        if status.get("serving") is not None:
+            words.append("serving" if status["serving"] else "NOT SERVING")
+            warn = warn or not status["serving"]
+        if "lag_rows" in status:
+            rows, seconds = int(status["lag_rows"]), float(status.get("lag_seconds") or 0.0)
+            words.append(f"{rows:,} rows behind ({seconds:.0f} s)" if rows else "up to date")
+            warn = warn or (rows > 0 and seconds > LINK_LAG_WARN_S)
+        parts.append(f"{name} " + ", ".join(words) if words else name)
+    return ("Links: " + " · ".join(parts) if parts else ""), warn
+
+
 def not_inspected_text(stats: LineStats) -> str:
     """The parts not inspected by reason, one a line (the tooltip of the counter)."""
     if not stats.not_inspected:
@@ -326,6 +361,17 @@ class StationPanel(QMainWindow):
         calibration_label.setProperty("role", "warning" if warning else "name")
         line_box.layout().addWidget(calibration_label, len(self.counter_labels), 0, 1, 2)
         self.counter_labels["calibration"] = calibration_label
+        stages_label = QLabel("Stage times: –", objectName="stages")  # where a part's time goes, mean ms
+        stages_label.setWordWrap(True)
+        stages_label.setProperty("role", "name")
+        line_box.layout().addWidget(stages_label, len(self.counter_labels), 0, 1, 2)
+        self.counter_labels["stages"] = stages_label
+        links_label = QLabel("", objectName="links")  # the integrations: OPC UA, MQTT, metrics, fleet lag
+        links_label.setWordWrap(True)
+        links_label.setProperty("role", "name")
+        links_label.setVisible(False)
+        line_box.layout().addWidget(links_label, len(self.counter_labels), 0, 1, 2)
+        self.counter_labels["links"] = links_label
         right.addWidget(line_box)
 
         camera_box = QGroupBox("Camera")
@@ -461,12 +507,16 @@ class StationPanel(QMainWindow):
             "latency": f"{stats.latency_ms_p50:.1f} / {stats.latency_ms_p99:.1f} ms",
             # one line per stage (segmentation, classifier): "model-sha@backend-precision"
             "engine": "Engine: " + "\n".join((stats.engine_id or "–").split("+")),
+            "stages": stages_text(stats),
+            "links": links_text(stats)[0],
         }
         for key, text in values.items():
             self.counter_labels[key].setText(text)
         self.counter_labels["engine"].setToolTip(stats.engine_id or "")
         self.counter_labels["dropped"].setStyleSheet(f"color: {AMBER};" if stats.dropped else "")
         self.counter_labels["errors"].setStyleSheet(f"color: {AMBER};" if stats.errors else "")
+        self.counter_labels["links"].setVisible(bool(stats.links))
+        self.counter_labels["links"].setStyleSheet(f"color: {AMBER};" if links_text(stats)[1] else "")
         self.counter_labels["not_inspected"].setStyleSheet(f"color: {AMBER};" if stats.not_inspected else "")
         self.counter_labels["not_inspected"].setToolTip(not_inspected_text(stats))
         self.counter_labels["yield"].setToolTip(

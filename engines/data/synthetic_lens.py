@@ -19,32 +19,24 @@ uint8 images differ exactly on the labelled pixels.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from statistics import NormalDist
 
 import numpy as np
+
+from engines.data.synthetic_common import (SCALE, SHIFT, bbox_of, check_int, check_range, claim_pixels, clipped_box,
+                                           defect_plan, fixed_point, item_seed, normal_noise, offsets, prepare_folder,
+                                           write_csv, write_png)
 
 DEFECT_CLASSES = ("scratch", "foreign_object", "white_spot", "dust", "dirt", "collapsing_edge")
 GENERATOR = "engines.data.synthetic_lens"
 #: BGR overlay colour per class id (index 0 unused).
 CLASS_COLOURS = ((0, 0, 0), (0, 0, 255), (0, 200, 255), (255, 0, 255), (255, 255, 0), (0, 255, 0), (255, 96, 0))
 _EDGE = DEFECT_CLASSES.index("collapsing_edge")
-_SHIFT = 3  # cv2 sub-pixel bits
-_SCALE = 1 << _SHIFT
-
-
-def _check_range(name: str, value, lo: float, hi: float, integer: bool = False) -> None:
-    ok = isinstance(value, tuple) and len(value) == 2 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-    if ok and integer:
-        ok = all(isinstance(v, int) for v in value)
-    if not ok or not lo <= value[0] <= value[1] <= hi:
-        raise ValueError(f"LensSpec.{name} must be a ({'int' if integer else 'number'}) pair lo <= hi within "
-                         f"[{lo}, {hi}], got {value!r}")
+_check_range = partial(check_range, "LensSpec")
 
 
 def _check_fraction(name: str, value) -> None:
@@ -150,9 +142,7 @@ class _Geometry:
 
     def box(self, px: float, py: float, half: float) -> tuple[int, int, int, int]:
         """(y0, y1, x0, x1) of a square around (px, py), clipped to the image."""
-        x0, x1 = max(0, int(math.floor(px - half))), min(self.w, int(math.ceil(px + half)) + 1)
-        y0, y1 = max(0, int(math.floor(py - half))), min(self.h, int(math.ceil(py + half)) + 1)
-        return y0, y1, x0, x1
+        return clipped_box(self.h, self.w, px, py, half, half)
 
     def theta(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         return np.arctan2(np.broadcast_to(self.y[y0:y1], (y1 - y0, x1 - x0)),
@@ -164,14 +154,6 @@ class _Geometry:
         return self.cx + rho * math.cos(ang), self.cy + rho * math.sin(ang)
 
 
-# 256 equiprobable quantiles of N(0, 1): normal noise from random bytes, ~4x faster than standard_normal
-_NORMAL_LUT = np.array([NormalDist().inv_cdf((i + 0.5) / 256) for i in range(256)], np.float32)
-
-
-def _normal(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
-    return _NORMAL_LUT[np.frombuffer(rng.bytes(shape[0] * shape[1]), np.uint8)].reshape(shape)
-
-
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], knots: int) -> np.ndarray:
     """Low-frequency noise in [0, 1] of ``shape`` from a ``knots``×``knots`` random grid."""
     import cv2
@@ -181,10 +163,6 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], knots: int) 
         small = cv2.resize(small, (min(shape[1], 64), min(shape[0], 64)), interpolation=cv2.INTER_CUBIC)
         return np.clip(cv2.resize(small, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR), 0, 1)
     return np.clip(cv2.resize(small, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC), 0, 1)
-
-
-def _pts(points: np.ndarray, x0: int, y0: int) -> np.ndarray:
-    return np.rint((points - (x0, y0)) * _SCALE).astype(np.int32).reshape(-1, 1, 2)
 
 
 # --------------------------------------------------------------------------------------------- background
@@ -224,7 +202,7 @@ def _render_background(rng: np.random.Generator, spec: LensSpec, g: _Geometry) -
     # ink: dark print grain + mottling + the defect-like normal texture (never labelled)
     ink = np.float32(rng.uniform(*spec.ink_level)) + (_smooth_field(rng, shape, 9) - np.float32(0.5)) * np.float32(
         rng.uniform(2, 8))
-    grain = cv2.resize(_normal(rng, ((shape[0] + 1) // 2, (shape[1] + 1) // 2)), (shape[1], shape[0]),
+    grain = cv2.resize(normal_noise(rng, ((shape[0] + 1) // 2, (shape[1] + 1) // 2)), (shape[1], shape[0]),
                        interpolation=cv2.INTER_LINEAR)
     ink += grain * np.float32(rng.uniform(2.0, 4.0))
     # ring-shaped reflections: a bright chamfer just outside the glass and 1-3 broad bands, angularly modulated
@@ -238,28 +216,28 @@ def _render_background(rng: np.random.Generator, spec: LensSpec, g: _Geometry) -
     # streaks (short concentric arcs, radial strokes) and fine bright speckles, like scratches / dust / spots
     marks = np.zeros(shape, np.uint8)
     ox, oy = g.cx - x0, g.cy - y0
-    centre = (int(round(ox * _SCALE)), int(round(oy * _SCALE)))
+    centre = (int(round(ox * SCALE)), int(round(oy * SCALE)))
     for _ in range(int(rng.integers(4, 16))):
         rho = rng.uniform(radius + 3, outer - 2)
         colour = int(rng.integers(12, 55))
         if rng.random() < 0.65:
             start = rng.uniform(0, 360)
-            cv2.ellipse(marks, centre, (int(rho * _SCALE), int(rho * _SCALE)), 0, start,
-                        start + rng.uniform(4, 40), colour, 1, cv2.LINE_AA, _SHIFT)
+            cv2.ellipse(marks, centre, (int(rho * SCALE), int(rho * SCALE)), 0, start,
+                        start + rng.uniform(4, 40), colour, 1, cv2.LINE_AA, SHIFT)
         else:
             ang, length = rng.uniform(0, 2 * math.pi), rng.uniform(4, 18)
             a = np.array([[ox + rho * math.cos(ang), oy + rho * math.sin(ang)]])
             b = a + length * np.array([[math.cos(ang + rng.normal(0, 0.4)), math.sin(ang + rng.normal(0, 0.4))]])
-            cv2.polylines(marks, [_pts(np.vstack([a, b]), 0, 0)], False, colour, 1, cv2.LINE_AA, _SHIFT)
+            cv2.polylines(marks, [fixed_point(np.vstack([a, b]), 0, 0)], False, colour, 1, cv2.LINE_AA, SHIFT)
     n = int(math.pi * (outer ** 2 - radius ** 2) * rng.uniform(0.0008, 0.003))
     rho = np.sqrt(rng.uniform((radius + 2.5) ** 2, (outer - 1.5) ** 2, n))
     ang = rng.uniform(0, 2 * math.pi, n)
-    xs = np.rint((ox + rho * np.cos(ang)) * _SCALE).astype(int).tolist()
-    ys = np.rint((oy + rho * np.sin(ang)) * _SCALE).astype(int).tolist()
-    rad = np.rint(rng.uniform(0.5, 1.8, n) * _SCALE).astype(int).tolist()
+    xs = np.rint((ox + rho * np.cos(ang)) * SCALE).astype(int).tolist()
+    ys = np.rint((oy + rho * np.sin(ang)) * SCALE).astype(int).tolist()
+    rad = np.rint(rng.uniform(0.5, 1.8, n) * SCALE).astype(int).tolist()
     colour = rng.integers(15, 110, n).tolist()
     for i in range(n):
-        cv2.circle(marks, (xs[i], ys[i]), rad[i], colour[i], -1, cv2.LINE_AA, _SHIFT)
+        cv2.circle(marks, (xs[i], ys[i]), rad[i], colour[i], -1, cv2.LINE_AA, SHIFT)
     ink += cv2.GaussianBlur(marks, (0, 0), 0.5).astype(np.float32)
 
     # bright bevel of the housing next to the ink, then composite housing <- ink <- glass with soft edges
@@ -295,7 +273,7 @@ def _scratch(rng, g, img):
     y0, y1, x0, x1 = g.box(*pts.mean(0), np.abs(pts - pts.mean(0)).max() + 5)
     canvas = np.zeros((y1 - y0, x1 - x0), np.uint8)
     thickness = int(rng.choice([1, 1, 1, 2, 2, 3]))
-    cv2.polylines(canvas, [_pts(pts, x0, y0)], False, 255, thickness, cv2.LINE_AA, _SHIFT)
+    cv2.polylines(canvas, [fixed_point(pts, x0, y0)], False, 255, thickness, cv2.LINE_AA, SHIFT)
     alpha = canvas.astype(np.float32) / 255
     alpha *= 0.45 + 0.55 * _smooth_field(rng, alpha.shape, int(rng.integers(3, 7)))  # uneven depth
     sign = 1.0 if rng.random() < 0.6 else -1.0
@@ -314,7 +292,7 @@ def _foreign_object(rng, g, img):
         pts = np.stack([px + radii * np.cos(ang), py + radii * np.sin(ang)], 1)
         y0, y1, x0, x1 = g.box(px, py, 1.7 * r0 + 4)
         canvas = np.zeros((y1 - y0, x1 - x0), np.uint8)
-        cv2.fillPoly(canvas, [_pts(pts, x0, y0)], 255, cv2.LINE_AA, _SHIFT)
+        cv2.fillPoly(canvas, [fixed_point(pts, x0, y0)], 255, cv2.LINE_AA, SHIFT)
         canvas = cv2.GaussianBlur(canvas, (0, 0), 0.6)
         alpha = canvas.astype(np.float32) / 255 * (0.75 + 0.25 * _smooth_field(rng, canvas.shape, 4))
     else:  # fibre: a wiggly random walk
@@ -324,7 +302,7 @@ def _foreign_object(rng, g, img):
         pts = np.array([px, py]) + np.cumsum(steps, 0)
         y0, y1, x0, x1 = g.box(*pts.mean(0), np.abs(pts - pts.mean(0)).max() + 5)
         canvas = np.zeros((y1 - y0, x1 - x0), np.uint8)
-        cv2.polylines(canvas, [_pts(pts, x0, y0)], False, 255, int(rng.integers(1, 3)), cv2.LINE_AA, _SHIFT)
+        cv2.polylines(canvas, [fixed_point(pts, x0, y0)], False, 255, int(rng.integers(1, 3)), cv2.LINE_AA, SHIFT)
         alpha = canvas.astype(np.float32) / 255
     return y0, x0, -alpha, (40.0, 110.0)
 
@@ -364,8 +342,7 @@ def _dirt(rng, g, img):
     b = a * rng.uniform(0.45, 1.0)
     rot = rng.uniform(0, math.pi)
     y0, y1, x0, x1 = g.box(px, py, a + 2)
-    xs = np.arange(x0, x1, dtype=np.float32)[None, :] - np.float32(px)
-    ys = np.arange(y0, y1, dtype=np.float32)[:, None] - np.float32(py)
+    xs, ys = offsets(y0, y1, x0, x1, px, py)
     c, s = np.float32(math.cos(rot)), np.float32(math.sin(rot))
     e2 = ((xs * c + ys * s) / np.float32(a)) ** 2 + ((-xs * s + ys * c) / np.float32(b)) ** 2
     e2 = e2 * (0.6 + 0.8 * _smooth_field(rng, e2.shape, 5))  # ragged outline
@@ -400,15 +377,10 @@ def _collapsing_edge(rng, g, img):
 _RENDERERS = (_scratch, _foreign_object, _white_spot, _dust, _dirt, _collapsing_edge)
 
 
-def _bbox(ys: np.ndarray, xs: np.ndarray) -> list[int]:
-    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
-
-
 def make_lens(seed: int, spec: LensSpec = LensSpec(), *, with_defects: bool = True) -> LensSample:
     """Render lens ``seed`` (an int >= 0). Same seed and spec give byte-identical arrays; ``with_defects=False``
     gives the same lens (geometry, texture, noise) without its defects and with an all-zero mask."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    check_int("seed", seed, 0)
     if not isinstance(spec, LensSpec):
         raise TypeError(f"spec must be a LensSpec, got {type(spec).__name__}")
     rng = np.random.default_rng(int(seed))
@@ -420,11 +392,9 @@ def make_lens(seed: int, spec: LensSpec = LensSpec(), *, with_defects: bool = Tr
     outer = radius + rng.uniform(*spec.ink_width) * short
     g = _Geometry(h, w, cx, cy, radius, outer)
     img = _render_background(rng, spec, g)
-    noise = _normal(rng, (h, w)) * np.float32(rng.uniform(*spec.noise_sigma))
+    noise = normal_noise(rng, (h, w)) * np.float32(rng.uniform(*spec.noise_sigma))
     # everything above is the defect-free lens; defect draws come after so they cannot disturb it
-    defective = rng.random() >= spec.defect_free_prob
-    n_defects = int(rng.integers(spec.defect_count[0], spec.defect_count[1] + 1)) if defective else 0
-    weights = np.asarray(spec.class_weights, float) / sum(spec.class_weights)
+    n_defects, weights = defect_plan(rng, spec)
 
     instance = np.zeros((h, w), np.int16)  # 1-based index into drawn
     bare = img.copy() if n_defects and with_defects else img
@@ -451,13 +421,13 @@ def make_lens(seed: int, spec: LensSpec = LensSpec(), *, with_defects: bool = Tr
             n_px = int(labelled.sum())
             if n_px < spec.min_defect_area:
                 continue
-            taken = np.bincount(instance[y0:y1, x0:x1][labelled], minlength=len(drawn) + 1)[1:]
-            if any(a - t < spec.min_defect_area for a, t in zip(areas, taken)):
+            claimed = claim_pixels(areas, instance[y0:y1, x0:x1], labelled, n_px, spec.min_defect_area)
+            if claimed is None:
                 continue
             change[~labelled] = 0
             patch += change
             instance[y0:y1, x0:x1][labelled] = len(drawn) + 1
-            areas = [a - int(t) for a, t in zip(areas, taken)] + [n_px]
+            areas = claimed
             vals = change[labelled]
             ys, xs = np.nonzero(labelled)
             drawn.append({
@@ -478,7 +448,7 @@ def make_lens(seed: int, spec: LensSpec = LensSpec(), *, with_defects: bool = Tr
         bounds = np.searchsorted(flat, np.arange(1, len(drawn) + 2))
         for k, d in enumerate(drawn):
             ys, xs = np.divmod(order[bounds[k]:bounds[k + 1]], w)
-            defects.append({"class": d["class"], "class_id": d["class_id"], "bbox": _bbox(ys, xs),
+            defects.append({"class": d["class"], "class_id": d["class_id"], "bbox": bbox_of(ys, xs),
                             "area": int(ys.size), **{key: d[key] for key in d if key not in ("class", "class_id")}})
     return LensSample(int(seed), image, mask, defects, (round(cx, 3), round(cy, 3)), round(radius, 3),
                       round(outer, 3))
@@ -496,19 +466,7 @@ def overlay(sample: LensSample, alpha: float = 0.55) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ data set
-def lens_seed(seed: int, index: int) -> int:
-    """Seed of image ``index`` in the data set written with ``seed``."""
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
-
-
-def write_png(path: Path, array: np.ndarray) -> None:
-    """Write a grey (or BGR) uint8 array as a PNG, safe for non-ASCII paths (the data sets' writer)."""
-    import cv2
-
-    ok, buf = cv2.imencode(".png", array)
-    if not ok:
-        raise OSError(f"cannot encode {path}")
-    buf.tofile(str(path))
+lens_seed = item_seed  # seed of image ``index`` in the data set written with ``seed``
 
 
 def _lens_files_only(folder: Path) -> bool:
@@ -530,22 +488,10 @@ def _is_lens_set(root: Path) -> bool:
 def write_lens_dataset(out_dir: str | Path, count: int, seed: int = 0, spec: LensSpec = LensSpec()) -> Path:
     """Write ``count`` lenses (image ``i`` uses :func:`lens_seed` ``(seed, i)``) in the generic layout and return
     the folder. ``out_dir`` must be new, empty, or a lens set written here before (which is replaced)."""
-    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
-        raise ValueError(f"count must be an int >= 1, got {count!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not _is_lens_set(out):
-            raise ValueError(f"{out} is not empty and is not a synthetic lens set written by {GENERATOR}; "
-                             "refusing to write into it — give a new or empty folder")
-        for sub in ("images", "masks"):
-            for p in (out / sub).glob("lens_*.png") if (out / sub).is_dir() else ():
-                p.unlink()
-        for name in ("classes.txt", "truth.csv", "lenses.json"):
-            (out / name).unlink(missing_ok=True)
+    check_int("count", count, 1)
+    check_int("seed", seed, 0)
+    out = prepare_folder(out_dir, _is_lens_set, "synthetic lens set", GENERATOR,
+                         [("images", "lens_*.png"), ("masks", "lens_*.png")], ("classes.txt", "truth.csv", "lenses.json"))
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(exist_ok=True)
 
@@ -561,10 +507,7 @@ def write_lens_dataset(out_dir: str | Path, count: int, seed: int = 0, spec: Len
                         "glass_radius": sample.glass_radius, "ink_outer_radius": sample.ink_outer_radius,
                         "defects": sample.defects})
     (out / "classes.txt").write_text("".join(f"{c}\n" for c in DEFECT_CLASSES), encoding="utf-8")
-    with open(out / "truth.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(("file", "defective", "classes"))
-        writer.writerows(truth)
+    write_csv(out / "truth.csv", ("file", "defective", "classes"), truth)
     meta = {"generator": GENERATOR, "seed": int(seed), "count": int(count), "spec": asdict(spec),
             "classes": list(DEFECT_CLASSES), "images": records}
     (out / "lenses.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")

@@ -1,4 +1,4 @@
-# Over 500 lines on purpose: one seeded generator (screens, patches, line blocks) whose bytes tests pin.
+# Over 500 lines on purpose: one seeded generator (screens and their patch sets) whose bytes tests pin.
 """Seeded synthetic line-scan images of mobile-phone screens with exact per-defect instance masks.
 
 Modelled on the screen set of the multi-label screen-defect paper (80 line-scan images of 5120×10240 px cut into
@@ -36,46 +36,34 @@ generic multi-label patch layout::
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
-from statistics import NormalDist
-from typing import Iterator
 
 import numpy as np
 
-from engines.data.synthetic_lens import write_png
+from engines.data.synthetic_common import (NORMAL_LUT, SHIFT, bbox_of, check_int, check_range, claim_pixels,
+                                           clipped_box, defect_plan, fixed_point, is_number, item_seed, normal_noise,
+                                           offsets, prepare_folder, write_csv, write_png)
 from inspection_core.tiling import plan_tiles
 
 SCREEN_CLASSES = ("bubble", "pinhole", "scratch", "tin_ash")
 GENERATOR = "engines.data.synthetic_screen"
 #: BGR drawing colour per class (same order as :data:`SCREEN_CLASSES`).
 CLASS_COLOURS = ((255, 160, 0), (0, 0, 255), (0, 220, 255), (255, 0, 255))
-_SHIFT = 3  # cv2 sub-pixel bits
-_SCALE = 1 << _SHIFT
 _BLOCK = 256  # lines rendered at a time
 _CUTOFF = 0.05  # shape values below this fraction of the peak are not drawn at all
 _CORE = 0.2  # the contrast is set over the pixels at or above this fraction of the peak
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _check_range(name: str, value, lo: float, hi: float, integer: bool = False) -> None:
-    ok = isinstance(value, tuple) and len(value) == 2 and all(_is_number(v) for v in value)
-    if ok and integer:
-        ok = all(isinstance(v, int) for v in value)
-    if not ok or not lo <= value[0] <= value[1] <= hi:
-        raise ValueError(f"ScreenSpec.{name} must be a ({'int' if integer else 'number'}) pair lo <= hi within "
-                         f"[{lo}, {hi}], got {value!r}")
+_check_range = partial(check_range, "ScreenSpec")
 
 
 def _check_number(name: str, value, lo: float, hi: float) -> None:
-    if not _is_number(value) or not lo <= value <= hi:
+    if not is_number(value) or not lo <= value <= hi:
         raise ValueError(f"ScreenSpec.{name} must be a number in [{lo}, {hi}], got {value!r}")
 
 
@@ -126,7 +114,7 @@ class ScreenSpec:
         _check_number("low_contrast_fraction", self.low_contrast_fraction, 0, 1)
         _check_range("low_contrast_range", self.low_contrast_range, 0.5, 30)
         w = self.class_weights
-        if not (isinstance(w, tuple) and len(w) == len(SCREEN_CLASSES) and all(_is_number(v) and v >= 0 for v in w)
+        if not (isinstance(w, tuple) and len(w) == len(SCREEN_CLASSES) and all(is_number(v) and v >= 0 for v in w)
                 and sum(w) > 0):
             raise ValueError(f"ScreenSpec.class_weights must be {len(SCREEN_CLASSES)} non-negative numbers "
                              f"(for {', '.join(SCREEN_CLASSES)}) with a positive sum, got {w!r}")
@@ -171,28 +159,12 @@ class ScreenSample:
         return [c for c in SCREEN_CLASSES if c in present]
 
 
-# 256 equiprobable quantiles of N(0, 1): normal noise from random bytes, ~4x faster than standard_normal
-_NORMAL_LUT = np.array([NormalDist().inv_cdf((i + 0.5) / 256) for i in range(256)], np.float32)
-
-
 def _smooth_1d(rng: np.random.Generator, n: int, knots: int) -> np.ndarray:
     """Low-frequency noise in about [-1, 1] along ``n`` samples from ``knots`` random values (cubic)."""
     import cv2
 
     small = rng.uniform(-1, 1, (knots, 1)).astype(np.float32)
     return cv2.resize(small, (1, n), interpolation=cv2.INTER_CUBIC)[:, 0]
-
-
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], knots: int) -> np.ndarray:
-    """Low-frequency noise in [0, 1] of ``shape`` from a ``knots``×``knots`` random grid."""
-    import cv2
-
-    small = rng.random((knots, knots)).astype(np.float32)
-    return np.clip(cv2.resize(small, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC), 0, 1)
-
-
-def _pts(points: np.ndarray, x0: int, y0: int) -> np.ndarray:
-    return np.rint((points - (x0, y0)) * _SCALE).astype(np.int32).reshape(-1, 1, 2)
 
 
 # --------------------------------------------------------------------------------------------- background
@@ -238,7 +210,7 @@ def _render_background(rng: np.random.Generator, spec: ScreenSpec) -> tuple[np.n
     rows *= np.float32(mura / math.sqrt(rank))
     col_gain, col_offset = _column_artefacts(rng, w, spec.column_striping)
     line_gain = _line_drift(rng, h, spec.line_drift)
-    lut = _NORMAL_LUT * np.float32(rng.uniform(*spec.noise_sigma))
+    lut = NORMAL_LUT * np.float32(rng.uniform(*spec.noise_sigma))
     # raw = line_gain * col_gain * (level + rows @ cols) + offset + noise as one rank-4 product per block:
     # (lg * [level, rows]) @ ([1; cols] * cg)
     left = np.concatenate([np.full((h, 1), level, np.float32), rows], 1) * line_gain[:, None]
@@ -249,7 +221,7 @@ def _render_background(rng: np.random.Generator, spec: ScreenSpec) -> tuple[np.n
         y1 = min(h, y0 + _BLOCK)
         raw = left[y0:y1] @ right
         raw += offset
-        raw += lut[np.frombuffer(rng.bytes((y1 - y0) * w), np.uint8).reshape(y1 - y0, w)]
+        raw += normal_noise(rng, (y1 - y0, w), lut)
         np.clip(raw, 0, 255, out=raw)
         image[y0:y1] = raw  # truncation of values >= 0: floor(x + 0.5)
     return image, _Background(col_gain, col_offset, line_gain)
@@ -259,27 +231,16 @@ def _render_background(rng: np.random.Generator, spec: ScreenSpec) -> tuple[np.n
 # Each renderer returns (y0, x0, shape, contrast range, polarity): ``shape`` is a float32 patch of peak |value|
 # about 1; it is scaled so that its core (>= _CORE of the peak) changes the scene by a mean drawn from the range
 # (or the low-contrast one).
-def _box(h: int, w: int, px: float, py: float, half_x: float, half_y: float) -> tuple[int, int, int, int]:
-    x0, x1 = max(0, int(math.floor(px - half_x))), min(w, int(math.ceil(px + half_x)) + 1)
-    y0, y1 = max(0, int(math.floor(py - half_y))), min(h, int(math.ceil(py + half_y)) + 1)
-    return y0, y1, x0, x1
-
-
-def _grid(y0: int, y1: int, x0: int, x1: int, px: float, py: float) -> tuple[np.ndarray, np.ndarray]:
-    return (np.arange(x0, x1, dtype=np.float32)[None, :] - np.float32(px),
-            np.arange(y0, y1, dtype=np.float32)[:, None] - np.float32(py))
-
-
 def _bubble(rng, spec, h, w):
     a = rng.uniform(*spec.bubble_radius)
     b = a * rng.uniform(0.6, 1.0)
     rot = rng.uniform(0, math.pi)
     px, py = rng.uniform(0, w), rng.uniform(0, h)
     rim_w = rng.uniform(0.9, 1.8) + 0.02 * a
-    y0, y1, x0, x1 = _box(h, w, px, py, a + 4 * rim_w + 2, a + 4 * rim_w + 2)
+    y0, y1, x0, x1 = clipped_box(h, w, px, py, a + 4 * rim_w + 2, a + 4 * rim_w + 2)
     if y1 - y0 < 2 or x1 - x0 < 2:
         return None
-    xs, ys = _grid(y0, y1, x0, x1, px, py)
+    xs, ys = offsets(y0, y1, x0, x1, px, py)
     c, s = np.float32(math.cos(rot)), np.float32(math.sin(rot))
     u, v = xs * c + ys * s, -xs * s + ys * c
     rho = np.sqrt(u * u + v * v)
@@ -304,8 +265,8 @@ def _bubble(rng, spec, h, w):
 def _pinhole(rng, spec, h, w):
     rad = rng.uniform(*spec.pinhole_diameter) / 2
     px, py = rng.uniform(0, w), rng.uniform(0, h)
-    y0, y1, x0, x1 = _box(h, w, px, py, rad + 3, rad + 3)
-    xs, ys = _grid(y0, y1, x0, x1, px, py)
+    y0, y1, x0, x1 = clipped_box(h, w, px, py, rad + 3, rad + 3)
+    xs, ys = offsets(y0, y1, x0, x1, px, py)
     r = np.sqrt(xs * xs + ys * ys)
     disc = np.float32(1) / (1 + np.exp(np.minimum((r - np.float32(rad)) / np.float32(0.35), 30)))
     shape = disc * (np.float32(0.75) + np.float32(0.25) * np.clip(1 - r / np.float32(rad), 0, 1))
@@ -337,11 +298,11 @@ def _scratch(rng, spec, h, w):
     along *= np.clip(np.minimum(tt, 1 - tt) / np.float32(rng.uniform(0.03, 0.15)), 0.15, 1)
     if rng.random() < 0.3:
         along *= np.clip(_smooth_1d(rng, len(pts), int(np.clip(length / 25, 4, 30))) * 4 + 1, 0, 1)
-    seg = _pts(pts, x0, y0)
+    seg = fixed_point(pts, x0, y0)
     for i in range(len(pts) - 1):
         level = int(round(255 * min(1.0, max(0.0, float(along[i] + along[i + 1]) / 2))))
         if level:
-            cv2.line(canvas, tuple(seg[i, 0]), tuple(seg[i + 1, 0]), level, thickness, cv2.LINE_AA, _SHIFT)
+            cv2.line(canvas, tuple(seg[i, 0]), tuple(seg[i + 1, 0]), level, thickness, cv2.LINE_AA, SHIFT)
     shape = canvas.astype(np.float32) * np.float32(1 / 255)
     sign = 1.0 if rng.random() < 0.85 else -1.0
     return y0, x0, shape * np.float32(sign), (10.0, 55.0), {"length": round(float(length), 1)}
@@ -353,7 +314,7 @@ def _tin_ash(rng, spec, h, w):
     spread = rng.uniform(*spec.tin_ash_spread)
     n = int(rng.integers(spec.tin_ash_specks[0], spec.tin_ash_specks[1] + 1))
     px, py = rng.uniform(0, w), rng.uniform(0, h)
-    y0, y1, x0, x1 = _box(h, w, px, py, spread + 5, spread + 5)
+    y0, y1, x0, x1 = clipped_box(h, w, px, py, spread + 5, spread + 5)
     if y1 - y0 < 2 or x1 - x0 < 2:
         return None
     canvas = np.zeros((y1 - y0, x1 - x0), np.uint8)
@@ -365,7 +326,7 @@ def _tin_ash(rng, spec, h, w):
         a = np.sort(rng.uniform(0, 2 * math.pi, k))
         rr = rad * rng.uniform(0.5, 1.4, k)
         poly = np.stack([px + ox + rr * np.cos(a), py + oy + rr * np.sin(a)], 1)
-        cv2.fillPoly(canvas, [_pts(poly, x0, y0)], int(255 * lev), cv2.LINE_AA, _SHIFT)
+        cv2.fillPoly(canvas, [fixed_point(poly, x0, y0)], int(255 * lev), cv2.LINE_AA, SHIFT)
     shape = cv2.GaussianBlur(canvas, (0, 0), 0.5).astype(np.float32) * np.float32(1 / 255)
     sign = 1.0 if rng.random() < 0.8 else -1.0
     return y0, x0, shape * np.float32(sign), (6.0, 22.0), {"specks": n, "spread": round(float(spread), 1)}
@@ -374,25 +335,20 @@ def _tin_ash(rng, spec, h, w):
 _RENDERERS = (_bubble, _pinhole, _scratch, _tin_ash)
 
 
-def screen_seed(seed: int, index: int) -> int:
-    """Seed of screen ``index`` in the patch set written with ``seed``."""
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
+screen_seed = item_seed  # seed of screen ``index`` in the patch set written with ``seed``
 
 
 def make_screen(seed: int, spec: ScreenSpec = ScreenSpec(), with_defects: bool = True) -> ScreenSample:
     """Render screen ``seed`` (an int >= 0). Same seed and spec give byte-identical arrays; ``with_defects=False``
     gives the same screen (level, artefacts, noise) without its defects and with an all-zero mask."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    check_int("seed", seed, 0)
     if not isinstance(spec, ScreenSpec):
         raise TypeError(f"spec must be a ScreenSpec, got {type(spec).__name__}")
     rng = np.random.default_rng(int(seed))
     h, w = spec.size
     image, bg = _render_background(rng, spec)
     # everything above is the defect-free screen; defect draws come after so they cannot disturb it
-    defective = rng.random() >= spec.defect_free_prob
-    n_defects = int(rng.integers(spec.defect_count[0], spec.defect_count[1] + 1)) if defective else 0
-    weights = np.asarray(spec.class_weights, float) / sum(spec.class_weights)
+    n_defects, weights = defect_plan(rng, spec)
     mask = np.zeros((h, w), np.int32)
     bare = image.copy() if n_defects and with_defects else image
     drawn: list[dict] = []
@@ -423,12 +379,12 @@ def make_screen(seed: int, spec: ScreenSpec = ScreenSpec(), with_defects: bool =
             n_px = int(labelled.sum())
             if n_px < spec.min_defect_area:
                 continue
-            taken = np.bincount(mask[y0:y1, x0:x1][labelled], minlength=len(drawn) + 1)[1:]
-            if any(a - t < spec.min_defect_area for a, t in zip(areas, taken)):
+            claimed = claim_pixels(areas, mask[y0:y1, x0:x1], labelled, n_px, spec.min_defect_area)
+            if claimed is None:
                 continue
             cur[labelled] = new[labelled]
             mask[y0:y1, x0:x1][labelled] = len(drawn) + 1
-            areas = [a - int(t) for a, t in zip(areas, taken)] + [n_px]
+            areas = claimed
             boxes.append((y0, y1, x0, x1))
             drawn.append({"class": SCREEN_CLASSES[cls], "class_id": cls + 1, "low_contrast": low, **extra})
             break
@@ -440,8 +396,7 @@ def make_screen(seed: int, spec: ScreenSpec = ScreenSpec(), with_defects: bool =
         vals = image[y0:y1, x0:x1][own].astype(np.int16) - bare[y0:y1, x0:x1][own]
         defects.append({
             "class": d["class"], "class_id": d["class_id"],
-            "bbox": [int(xs.min()) + x0, int(ys.min()) + y0, int(xs.max() - xs.min() + 1),
-                     int(ys.max() - ys.min() + 1)],
+            "bbox": bbox_of(ys, xs, x0, y0),
             "area": int(ys.size),
             "center": [round(float(xs.mean()) + x0, 1), round(float(ys.mean()) + y0, 1)],
             "contrast": round(float(np.abs(vals).mean()), 2), "peak_contrast": int(np.abs(vals).max()),
@@ -453,7 +408,7 @@ def make_screen(seed: int, spec: ScreenSpec = ScreenSpec(), with_defects: bool =
 
 # ------------------------------------------------------------------------------------------------ patches
 def _fraction(min_fraction) -> Fraction:
-    if not _is_number(min_fraction) or not 0 <= min_fraction < 1:
+    if not is_number(min_fraction) or not 0 <= min_fraction < 1:
         raise ValueError(f"min_fraction must be a number in [0, 1), got {min_fraction!r}")
     return Fraction(repr(float(min_fraction)))  # 0.2 -> exactly 1/5, so "<= 20 %" is decided in integers
 
@@ -488,39 +443,6 @@ def patch_labels(sample: ScreenSample, plan, min_fraction: float = 0.2) -> list[
     return [tuple(SCREEN_CLASSES[c] for c in sorted(s)) for s in found]
 
 
-# ------------------------------------------------------------------------------------------------ streaming
-@dataclass(frozen=True, eq=False)
-class LineBlock:
-    """Block number ``index`` of a line-scan replay: ``lines`` is a view of image lines ``start .. stop - 1`` of
-    an image of ``total`` lines."""
-
-    index: int
-    start: int
-    lines: np.ndarray
-    total: int
-
-    @property
-    def stop(self) -> int:
-        return self.start + self.lines.shape[0]
-
-    @property
-    def last(self) -> bool:
-        """Whether this block ends the image."""
-        return self.stop >= self.total
-
-
-def stream_blocks(image: np.ndarray, block_lines: int) -> Iterator[LineBlock]:
-    """Yield consecutive blocks of ``block_lines`` image lines (the last one may be shorter), top to bottom, as a
-    line-scan camera would deliver them; ``np.concatenate([b.lines for b in blocks])`` is the image again."""
-    if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
-        raise ValueError(f"image must be a numpy array (H, W) or (H, W, C), got {getattr(image, 'shape', image)!r}")
-    if isinstance(block_lines, bool) or not isinstance(block_lines, (int, np.integer)) or block_lines < 1:
-        raise ValueError(f"block_lines must be an int >= 1, got {block_lines!r}")
-    step, total = int(block_lines), image.shape[0]
-    for index, start in enumerate(range(0, total, step)):
-        yield LineBlock(index, start, image[start:start + step], total)
-
-
 # ------------------------------------------------------------------------------------------------ data set
 def _is_screen_set(root: Path) -> bool:
     try:
@@ -540,29 +462,17 @@ def write_screen_patches(out_dir: str | Path, count_images: int, seed: int = 0, 
     :func:`inspection_core.tiling.plan_tiles` and write the patches with their :func:`patch_labels` in the generic
     multi-label layout; return the folder. ``out_dir`` must be new, empty, or a screen set written here before
     (which is replaced)."""
-    if isinstance(count_images, bool) or not isinstance(count_images, (int, np.integer)) or count_images < 1:
-        raise ValueError(f"count_images must be an int >= 1, got {count_images!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    check_int("count_images", count_images, 1)
+    check_int("seed", seed, 0)
     if not isinstance(spec, ScreenSpec):
         raise TypeError(f"spec must be a ScreenSpec, got {type(spec).__name__}")
-    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 1:
-        raise ValueError(f"tile must be an int >= 1, got {tile!r}")
+    check_int("tile", tile, 1)
     if tile > min(spec.size):
         raise ValueError(f"tile {tile} is larger than the screen {spec.size[0]}x{spec.size[1]}: use a tile of at "
                          f"most {min(spec.size)} px or a larger ScreenSpec.size")
     plan = plan_tiles(spec.size, int(tile), int(overlap))  # raises TilingError on a bad overlap
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not _is_screen_set(out):
-            raise ValueError(f"{out} is not empty and is not a synthetic screen patch set written by {GENERATOR}; "
-                             "refusing to write into it — give a new or empty folder")
-        for p in (out / "images").glob("screen_*.png") if (out / "images").is_dir() else ():
-            p.unlink()
-        for name in ("labels.csv", "classes.txt", "screens.json"):
-            (out / name).unlink(missing_ok=True)
+    out = prepare_folder(out_dir, _is_screen_set, "synthetic screen patch set", GENERATOR,
+                         [("images", "screen_*.png")], ("labels.csv", "classes.txt", "screens.json"))
     (out / "images").mkdir(parents=True, exist_ok=True)
 
     ys = sorted({y for y, _ in plan.origins})
@@ -582,10 +492,7 @@ def write_screen_patches(out_dir: str | Path, count_images: int, seed: int = 0, 
                         "grid": {"rows": len(ys), "cols": len(xs), "row_origins": ys, "col_origins": xs},
                         "defective_patches": sum(1 for lab in labels if lab)})
     (out / "classes.txt").write_text("".join(f"{c}\n" for c in SCREEN_CLASSES), encoding="utf-8")
-    with open(out / "labels.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(("file", "labels"))
-        writer.writerows(rows)
+    write_csv(out / "labels.csv", ("file", "labels"), rows)
     meta = {"generator": GENERATOR, "seed": int(seed), "count": int(count_images), "tile": t,
             "overlap": plan.overlap, "min_fraction": 0.2, "spec": asdict(spec), "classes": list(SCREEN_CLASSES),
             "screens": screens}

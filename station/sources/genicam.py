@@ -24,7 +24,7 @@ import time
 import warnings
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import cv2
 import numpy as np
@@ -32,8 +32,11 @@ import numpy as np
 from inspection_core.records import CameraState, Frame, FrameGap, GapKind
 from station.errors import CameraLostError, SourceError
 from station.frameguard import to_8bit
-from station.linescan import frame_gap
+from station.recipe import CAMERA_NODES_SET_BY_KEYS, TriggerConfig, TriggerMode
 from station.sources.base import FrameSource
+from station.sources.genicam_nodes import CameraClock, apply_trigger, fire_software_trigger, write_feature
+from station.sources.genicam_nodes import node_limits as _node_limits
+from station.strips import frame_gap
 
 if TYPE_CHECKING:  # harvesters is imported lazily: `import station.sources` works without it
     from harvesters.core import Harvester, ImageAcquirer
@@ -41,6 +44,7 @@ if TYPE_CHECKING:  # harvesters is imported lazily: `import station.sources` wor
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.1  # longest a fetch blocks before the stop flag is checked again
+_TRIGGERED_POLL_S = 0.02  # ... when triggered: a software trigger waits for the driver lock at most this long
 _FIRST_BACKOFF_S = 0.25
 
 # GenTL producers can be opened once per process (a second Harvester on the same .cti sees no devices),
@@ -76,13 +80,16 @@ _FORMATS: dict[str, tuple[int, int | None, int | None]] = {
     "BayerGB8": (1, cv2.COLOR_BayerGR2RGB, cv2.COLOR_BayerGR2GRAY),
     "BayerBG8": (1, cv2.COLOR_BayerRG2RGB, cv2.COLOR_BayerRG2GRAY),
 }
-# unpacked deep mono formats (two bytes a pixel, little-endian) -> significant bits; scaled to 8 bits by them
-_DEEP_MONO: dict[str, int] = {"Mono10": 10, "Mono12": 12, "Mono14": 14, "Mono16": 16}
+# deep mono formats -> significant bits; scaled to 8 bits by them. Unpacked ones come as two bytes a pixel
+# (little-endian); the packed ones (PFNC Mono10p/Mono12p/Mono14p, GigE Vision Mono10Packed/Mono12Packed) are unpacked
+# to uint16 values by harvesters (harvesters.util.pfnc) before they get here.
+_DEEP_MONO: dict[str, int] = {"Mono10": 10, "Mono12": 12, "Mono14": 14, "Mono16": 16, "Mono10p": 10,
+                              "Mono10Packed": 10, "Mono12p": 12, "Mono12Packed": 12, "Mono14p": 14}
 
 
 def deep_mono_to_8bit(data: np.ndarray, width: int, height: int, pixel_format: str) -> tuple[np.ndarray, bool]:
-    """A Mono10/12/14/16 buffer (uint16 values, or their bytes) as a uint8 ``(height, width)`` image scaled by the
-    format's bit depth, and whether the buffer came short (zero-padded)."""
+    """A deep mono buffer (uint16 values, or the bytes of unpacked ones) as a uint8 ``(height, width)`` image scaled
+    by the format's bit depth (``_DEEP_MONO``), and whether the buffer came short (zero-padded)."""
     bits = _DEEP_MONO[pixel_format]
     values = data.view(np.uint16) if data.dtype == np.uint8 and data.size % 2 == 0 else data.astype(np.uint16)
     values = values.ravel()
@@ -113,27 +120,6 @@ def _import_harvester() -> type[Harvester]:
     return Harvester
 
 
-def _node_limits(node: Any) -> str:
-    """The values a node accepts, for error messages."""
-    try:
-        symbolics = node.symbolics
-    except AttributeError:
-        pass
-    else:
-        return "one of " + ", ".join(map(str, symbolics))
-    try:
-        text = f"{node.min} .. {node.max}"
-    except Exception:  # noqa: BLE001 - limits are only for the message
-        return "a valid value (limits unknown)"
-    inc = getattr(node, "inc", None)
-    try:
-        if inc is not None and float(inc) not in (0.0, 1.0):
-            text += f" in steps of {inc}"
-    except Exception:  # noqa: BLE001
-        pass
-    return text
-
-
 class GenICamSource(FrameSource):
     """Frames from a GenICam camera (GenTL producer ``cti``, default ``viky.cti``).
 
@@ -142,8 +128,17 @@ class GenICamSource(FrameSource):
     naming the node and its allowed values. ``frame_id`` counts frames over the life of the source and keeps
     counting across reconnects: it steps by one per frame, plus the frames lost in between (gaps in the camera's
     block id, ``meta["block_id"]``, which restarts after a reconnect; and the estimated frames of an outage);
-    ``meta["sequence"]`` counts the frames delivered. Colour frames are RGB; Mono10/12/14/16 frames are scaled to
-    8 bits by their bit depth.
+    ``meta["sequence"]`` counts the frames delivered. Colour frames are RGB; Mono10/12/14/16 frames and the packed
+    Mono10p/Mono12p/Mono14p/Mono10Packed/Mono12Packed are scaled to 8 bits by their bit depth, which the frame
+    carries (``Frame.bit_depth``), and ``Frame.camera_timestamp_ns`` is the camera's own time stamp where it gives one
+    (:class:`~station.sources.genicam_nodes.CameraClock`; ``meta["camera_timestamp"]`` says from where).
+
+    Camera control (docs/INTEGRATION.md): ``nodes`` (``[source.nodes]``) are GenICam features written in order, and
+    ``trigger`` (``[source.trigger]``) the trigger set-up, both after the other settings and before streaming starts,
+    checked against the camera's node map (a :class:`SourceError` names the feature and what the camera allows).
+    They are never written while streaming: :meth:`set_node` refuses while the source is open. With a software
+    trigger, :meth:`fire_trigger` executes ``TriggerSoftware``; a triggered camera that delivers nothing is not
+    "lost" unless a software trigger went unanswered for ``timeout_s``.
     The driver holds ``num_buffers`` frames: a consumer stalled for longer than that many frame periods makes
     the camera drop frames, which show up as gaps in ``frame_id``.
 
@@ -174,6 +169,8 @@ class GenICamSource(FrameSource):
         colour: ColourMode | str = ColourMode.AUTO,
         num_buffers: int = 16,
         lost_after_timeouts: int = 2,
+        trigger: TriggerConfig | None = None,
+        nodes: Mapping[str, Any] | Iterable[tuple[str, Any]] = (),
     ) -> None:
         super().__init__(name or f"genicam:{device}")
         self._fixed_name = name is not None
@@ -193,6 +190,13 @@ class GenICamSource(FrameSource):
             raise SourceError(f"colour must be one of {[m.value for m in ColourMode]}, got {colour!r}") from None
         self.num_buffers = int(num_buffers)
         self.lost_after_timeouts = max(1, int(lost_after_timeouts))
+        self.trigger = trigger
+        self.nodes: list[tuple[str, Any]] = []
+        for node_name, value in (nodes.items() if isinstance(nodes, Mapping) else nodes):
+            self._store_node(str(node_name), value)
+        self._clock = CameraClock()
+        self._trigger_waiting = threading.Event()  # a software trigger wants the driver lock: fetches step aside
+        self._unanswered_triggers = 0  # software triggers fired and not yet answered by a frame
         self._io_lock = threading.RLock()  # serialises every call into harvesters
         self._harvester: Harvester | None = None
         self._ia: ImageAcquirer | None = None
@@ -249,6 +253,54 @@ class GenICamSource(FrameSource):
         finally:
             self.close()
 
+    # -- camera control ----------------------------------------------------------------------------
+    @property
+    def triggered(self) -> bool:
+        """True when frames come on a trigger (``[source.trigger] mode = "On"``), not at the frame rate."""
+        return self.trigger is not None and self.trigger.mode is TriggerMode.ON
+
+    def set_node(self, name: str, value: Any) -> None:
+        """Set GenICam feature ``name`` to ``value`` for the next :meth:`open` (replacing an earlier value; checked
+        against the camera then). Refused while the source is open: features are never written while streaming."""
+        if self.is_open:
+            raise SourceError(f"{self.name} is streaming: {name} = {value!r} is not written while streaming; stop the "
+                              "line (close the source), change [source.nodes], and start it again")
+        self._store_node(name, value)
+
+    def node_value(self, name: str) -> Any:
+        """The current value of feature ``name`` on the open camera (reading is allowed while streaming)."""
+        with self._io_lock:
+            if self._ia is None:
+                raise SourceError(f"{self.name} is not connected; open it before reading {name}")
+            node_map = self._ia.remote_device.node_map
+            if not node_map.has_node(name):
+                raise SourceError(f"camera {self.device_id} has no feature {name!r}")
+            return getattr(node_map, name).value
+
+    def fire_trigger(self) -> None:
+        """Execute ``TriggerSoftware``: the camera takes one frame, which iteration then yields (OPC UA's
+        StartSingleJob). Needs ``[source.trigger] mode = "On", source = "Software"`` and an open source."""
+        if self.trigger is None or not self.trigger.software:
+            now = ("no [source.trigger]" if self.trigger is None else
+                   f'[source.trigger] mode = "{self.trigger.mode.value}", source = "{self.trigger.source}"')
+            raise SourceError(f'{self.name} has no software trigger ({now}); set [source.trigger] mode = "On", '
+                              'source = "Software" in the recipe')
+        self._trigger_waiting.set()  # the acquisition thread lets go of the driver lock after its current slice
+        try:
+            with self._io_lock:
+                if self._ia is None:
+                    raise SourceError(f"{self.name} is not streaming (not opened, or the camera is lost); the "
+                                      "trigger was not fired")
+                fire_software_trigger(self._ia.remote_device.node_map, device=self.device_id)
+                self._unanswered_triggers += 1
+        finally:
+            self._trigger_waiting.clear()
+
+    def _store_node(self, name: str, value: Any) -> None:
+        if name in CAMERA_NODES_SET_BY_KEYS:
+            raise SourceError(f"{name} is set by {CAMERA_NODES_SET_BY_KEYS[name]}, not as a node; set it there")
+        self.nodes = [(n, v) for n, v in self.nodes if n != name] + [(name, value)]
+
     def _claim_producer(self, cti: Path) -> None:
         key = str(cti.resolve())
         with _PRODUCERS_LOCK:
@@ -304,6 +356,13 @@ class GenICamSource(FrameSource):
             self._name = f"genicam:{self.device_id}"
         self._apply_settings(ia)
         self._check_pixel_format(ia)
+        node_map = ia.remote_device.node_map
+        for node_name, value in self.nodes:  # [source.nodes], in the recipe's order
+            write_feature(node_map, node_name, value, device=self.device_id, origin=f"[source.nodes] {node_name}")
+        if self.trigger is not None:
+            apply_trigger(node_map, self.trigger, device=self.device_id)
+        self._clock = CameraClock()  # which time stamp this connection gives is found on its first frame
+        self._unanswered_triggers = 0
         from harvesters.core import Callback
 
         source = self
@@ -429,6 +488,9 @@ class GenICamSource(FrameSource):
                 timeouts, waited_since = 0, time.monotonic()
                 yield frame
                 continue
+            if self.triggered and not self._unanswered_triggers:  # waiting for a trigger is not a lost camera
+                timeouts, waited_since = 0, time.monotonic()
+                continue
             if time.monotonic() - waited_since >= timeout_s:
                 timeouts += 1
                 waited_since = time.monotonic()
@@ -442,12 +504,15 @@ class GenICamSource(FrameSource):
         """One short fetch slice; the frame (copied out of the driver buffer) or None on a timeout."""
         from genicam.gentl import TimeoutException
 
+        if self._trigger_waiting.is_set():  # let fire_trigger() have the driver lock (Python locks are not fair)
+            time.sleep(0.001)
+            return None
         with self._io_lock:
             ia = self._ia
             if ia is None or self.stop_requested:
                 return None
             try:
-                buffer = ia.fetch(timeout=min(_POLL_S, self.timeout_s))
+                buffer = ia.fetch(timeout=min(_TRIGGERED_POLL_S if self.triggered else _POLL_S, self.timeout_s))
             except TimeoutException:
                 return None
             if buffer is None:  # harvesters discarded a buffer it could not describe
@@ -460,6 +525,8 @@ class GenICamSource(FrameSource):
         component = buffer.payload.components[0]
         block_id = int(buffer.module.frame_id)
         timestamp_ns = time.monotonic_ns()
+        camera_ns, clock = self._clock.read(buffer, self._ia.remote_device.node_map if self._ia is not None else None)
+        self._unanswered_triggers = max(0, self._unanswered_triggers - 1)
         if self._outage_since_ns is not None:  # the first frame after a reconnect ends the outage
             self._report_outage(timestamp_ns, f"camera lost, then reconnected (block ids restart at {block_id})")
         elif self._last_block_id is not None:
@@ -478,6 +545,7 @@ class GenICamSource(FrameSource):
             self._period_ns = interval if self._period_ns is None else 0.9 * self._period_ns + 0.1 * interval
         self._last_frame_ns = timestamp_ns
         width, height, fmt = int(component.width), int(component.height), str(component.data_format)
+        bit_depth = _DEEP_MONO.get(fmt, 8)
         if fmt in _DEEP_MONO:
             image, incomplete = deep_mono_to_8bit(np.array(component.data, copy=True), width, height, fmt)
         else:
@@ -501,14 +569,17 @@ class GenICamSource(FrameSource):
             timestamp_ns=timestamp_ns,
             source=self.name,
             meta={"pixel_format": fmt, "incomplete": incomplete, "sequence": self._sequence,
-                  "device": self.device_id, "block_id": block_id},
+                  "device": self.device_id, "block_id": block_id, "camera_timestamp": clock},
+            camera_timestamp_ns=camera_ns,
+            bit_depth=bit_depth,
         )
 
     def _report_outage(self, end_ns: int, why: str) -> None:
         """The outage that began at ``_outage_since_ns`` as one gap: its span and the frames it likely cost."""
         start_ns, self._outage_since_ns = self._outage_since_ns, None
         assert start_ns is not None
-        period_ns = 1e9 / self.frame_rate if self.frame_rate else self._period_ns
+        # a triggered camera has no frame rate to estimate from: its frames come when the line asks
+        period_ns = None if self.triggered else 1e9 / self.frame_rate if self.frame_rate else self._period_ns
         count = max(0, round((end_ns - start_ns) / period_ns) - 1) if period_ns else 0
         if count:
             self._count("lost_frames", count)

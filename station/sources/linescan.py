@@ -16,9 +16,14 @@
   the camera's Height to the block length): frame ids are the block sequence, so a gap in frame ids is a missing
   block, and a frame the camera delivered short is a block of missing lines.
 - :class:`LineScanSource` is the :class:`~station.sources.base.FrameSource` the line runs: it feeds the blocks to a
-  :class:`~station.linescan.StripAssembler` and yields each part as a frame. A listener (the streaming inspector)
+  :class:`~station.strips.StripAssembler` and yields each part as a frame. A listener (the streaming inspector)
   sees the part while it is still arriving. Health: ``frames`` are parts, ``lost_frames`` missing blocks,
   ``incomplete_frames`` incomplete parts.
+
+The part ledger (``ledger_sink``, see :mod:`station.sources.base`): every run of missing lines (lost blocks, a block
+delivered incomplete, a camera outage) is a :class:`~inspection_core.records.FrameGap` in part ids (parts lost
+entirely are its ``count``); a part cut into by missing lines is delivered and fails as incomplete; a part still
+arriving when the source stops is :class:`~inspection_core.records.NotInspected` ``stopped``.
 """
 from __future__ import annotations
 
@@ -31,9 +36,10 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 
 from engines.data.synthetic_screen import ScreenSpec, make_screen
-from inspection_core.records import CameraState, Frame, SourceHealth
+from inspection_core.records import (CameraState, Frame, GapKind, LineBlock, NotInspected, NotInspectedReason,
+                                     SourceHealth)
 from station.errors import SourceError
-from station.linescan import LineBlock, PartListener, PartMode, StripAssembler
+from station.strips import PartListener, PartMode, StripAssembler
 from station.sources.base import FrameSource
 from station.sources.genicam import GenICamSource
 from station.sources.replay import read_image
@@ -139,11 +145,17 @@ class LineScanReplay:
 
 
 class GenICamBlocks:
-    """Frames of a GenICam camera as line blocks: one frame is one block (Height lines), ids from frame ids."""
+    """Frames of a GenICam camera as line blocks: one frame is one block (Height lines), ids from frame ids.
+
+    What the camera source reports lost (skipped block ids, an outage: its :class:`FrameGap` records, in block ids)
+    rides on the next block as ``meta["source_gaps"]`` (in words) and ``meta["source_outage"]``; the assembler
+    turns the gap it sees in the block ids into the ledger's gap record, in part ids, with that text."""
 
     def __init__(self, camera) -> None:  # a GenICamSource
         self.camera = camera
         self.name = camera.name
+        self._reported: list = []  # the camera's gap records since the last block
+        camera.ledger_sink = self._reported.append
 
     def open(self) -> None:
         self.camera.open()
@@ -159,8 +171,12 @@ class GenICamBlocks:
 
     def __iter__(self) -> Iterator[LineBlock]:
         for frame in self.camera:
-            yield LineBlock(lines=frame.image, block_id=frame.frame_id, timestamp_ns=frame.timestamp_ns,
-                            meta={"incomplete": bool(frame.meta.get("incomplete", False))})
+            meta = {"incomplete": bool(frame.meta.get("incomplete", False))}
+            if self._reported:
+                reported, self._reported[:] = list(self._reported), []
+                meta["source_gaps"] = "; ".join(getattr(r, "detail", "") or type(r).__name__ for r in reported)
+                meta["source_outage"] = any(getattr(r, "kind", None) is GapKind.OUTAGE for r in reported)
+            yield LineBlock(lines=frame.image, block_id=frame.frame_id, timestamp_ns=frame.timestamp_ns, meta=meta)
 
 
 class LineScanSource(FrameSource):
@@ -186,7 +202,7 @@ class LineScanSource(FrameSource):
         return self.assembler.stats
 
     def _open(self) -> None:
-        self.assembler = StripAssembler(**self._settings, listener=self.listener)
+        self.assembler = StripAssembler(**self._settings, listener=self.listener, source=self.name)
         if hasattr(self.blocks, "open"):
             self.blocks.open()
 
@@ -214,10 +230,23 @@ class LineScanSource(FrameSource):
                     self._sync()
                     yield part.to_frame(self.name)
         finally:
-            assembler.abandon()  # a part still being built when the source stops is never inspected
+            # a part still arriving when the source stops is never inspected: it gets a NOT_INSPECTED row
+            partial = assembler.abandon()
             self._sync()
+            if partial is not None:
+                index, received, lines, delivered_ns = partial
+                self._report(NotInspected(
+                    frame_id=index, timestamp_ns=delivered_ns, source=self.name, reason=NotInspectedReason.STOPPED,
+                    detail=f"the source stopped while part {index} was arriving ({received} of its first {lines} "
+                           "lines received)"))
 
     def _sync(self) -> None:
+        """Copy the assembler's counters into the health snapshot, and hand its gap records to the ledger."""
+        for gap in self.assembler.take_gaps():
+            self._report(gap)
+        self._sync_health()
+
+    def _sync_health(self) -> None:
         s = self.assembler.stats
         with self._health_lock:
             self._health["lost_frames"] = s.missing_blocks
@@ -265,7 +294,8 @@ def build_linescan_source(config: Any, listener: PartListener | None = None) -> 
     if kind == "genicam":
         camera = GenICamSource(cti=config.cti, device=config.device, pixel_format=config.pixel_format,
                                frame_rate=config.frame_rate, exposure_us=config.exposure_us,
-                               height=config.block_lines, num_buffers=config.buffers)
+                               height=config.block_lines, num_buffers=config.buffers, trigger=config.trigger,
+                               nodes=config.nodes)
         return LineScanSource(GenICamBlocks(camera), part_lines=config.part_lines, **common)
     image, what = replay_image(config.path, config.screen_seed, tuple(config.screen_size))
     replay = LineScanReplay(image, block_lines=config.block_lines, line_rate_hz=config.line_rate_hz,

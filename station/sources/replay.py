@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -92,6 +93,11 @@ class ReplaySource(FrameSource):
     reported to the ledger as NOT_INSPECTED (``unreadable``, with the reason) each time its turn comes, logged once
     and counted in ``health().skipped_files``; it never ends the replay. Pacing keeps an absolute schedule (no
     drift); a consumer that stalls more than one frame period resets the schedule instead of causing a burst.
+
+    ``triggered``: each file waits for a software trigger (:meth:`fire_trigger`, e.g. OPC UA's StartSingleJob): one
+    trigger, one part (a good frame or an unreadable file's NOT_INSPECTED row), no pacing. Triggers fired while a file
+    is being read are counted, none is lost. :meth:`set_triggered` switches the mode while the replay runs (OPC UA's
+    StartContinuous lets the files flow, Stop holds them again).
     """
 
     def __init__(
@@ -103,6 +109,7 @@ class ReplaySource(FrameSource):
         name: str | None = None,
         pattern: str | None = None,
         bit_depth: int = 16,
+        triggered: bool = False,
     ) -> None:
         if fps is not None and fps <= 0:
             raise SourceError(f"replay fps must be positive, got {fps}; leave it unset to replay at full speed")
@@ -117,6 +124,42 @@ class ReplaySource(FrameSource):
         self.bit_depth = int(bit_depth)
         self._bad: dict[Path, str] = {}
         self._next_id = 1
+        self._trigger = threading.Condition()
+        self._triggered = bool(triggered)
+        self._pending_triggers = 0
+
+    @property
+    def triggered(self) -> bool:
+        """True while each file waits for :meth:`fire_trigger`."""
+        return self._triggered
+
+    def set_triggered(self, on: bool) -> None:
+        """Switch triggered mode on (files wait for triggers; pending ones are dropped) or off (files flow at the
+        replay's pace); safe from any thread while the replay runs."""
+        with self._trigger:
+            self._triggered = bool(on)
+            self._pending_triggers = 0
+            self._trigger.notify_all()
+
+    def fire_trigger(self) -> None:
+        """Hand over the next file (a part); raises :class:`SourceError` when the replay is not in triggered mode."""
+        with self._trigger:
+            if not self._triggered:
+                raise SourceError(f"{self.name} is not in triggered mode: its files flow by themselves; set "
+                                  "[source] trigger = true, or [opcua] control = \"plc\" to drive it over OPC UA")
+            self._pending_triggers += 1
+            self._trigger.notify_all()
+
+    def _await_trigger(self) -> bool:
+        """In triggered mode, wait for a trigger (True) or a stop (False); at once True otherwise."""
+        with self._trigger:
+            while self._triggered and self._pending_triggers == 0:
+                if self.stop_requested:
+                    return False
+                self._trigger.wait(0.05)  # a stop() elsewhere is seen within 50 ms
+            if self._triggered:
+                self._pending_triggers -= 1
+            return not self.stop_requested
 
     @property
     def files(self) -> list[Path]:
@@ -137,8 +180,11 @@ class ReplaySource(FrameSource):
             for path in self._files:
                 if self.stop_requested:
                     return
+                triggered = self._triggered
+                if triggered and not self._await_trigger():
+                    return
                 image = None if path in self._bad else self._read(path)
-                if period:
+                if period and not triggered:
                     now = time.monotonic()
                     if now > deadline + period:  # consumer stalled: restart the schedule, no catch-up burst
                         deadline = now

@@ -1,5 +1,6 @@
 """Synthetic line-scan screens: determinism, exact instance masks, class coverage, low contrast, the paper's 20 %
-patch-label rule, the written patch set, line-block streaming and the column / line artefacts."""
+patch-label rule, the written patch set and the column / line artefacts (streaming a screen as line blocks
+is the station's line-scan replay: tests/station/test_linescan.py)."""
 from __future__ import annotations
 
 import csv
@@ -16,10 +17,10 @@ from engines.data.synthetic_screen import (
     make_screen,
     patch_labels,
     screen_seed,
-    stream_blocks,
     write_screen_patches,
 )
 from inspection_core.tiling import plan_tiles
+from tests.engines.test_synthetic_lens import sample_digest
 
 SMALL = ScreenSpec(size=(512, 512))
 N_SEEDS = 100
@@ -53,6 +54,19 @@ def test_same_seed_is_byte_identical_and_seeds_differ():
     wide = ScreenSpec(size=(200, 640))
     assert make_screen(3, wide).image.shape == (200, 640)
     assert ScreenSpec().size == (2048, 2048)
+
+
+def test_seeds_keep_their_pinned_bytes():
+    """Pinned before the generators' shared helpers moved to engines/data/synthetic_common.py."""
+    spec = ScreenSpec(size=(384, 256))
+    got = {}
+    for seed in range(4):
+        sample = make_screen(seed, spec)
+        got[seed] = sample_digest(sample, sample.column_gain, sample.column_offset, sample.line_gain)
+    assert got == {0: "3d5e61456c3157bd", 1: "7aae82ad9b8e7f91", 2: "cf1840187c7f2118", 3: "c1861a8f85f21685"}
+    assert {d["class"] for d in make_screen(0, spec).defects} | {d["class"] for s in range(1, 4)
+                                                                  for d in make_screen(s, spec).defects} \
+        == set(SCREEN_CLASSES)
 
 
 def test_masks_are_exact_instances(screens):
@@ -184,19 +198,6 @@ def test_rewriting_is_identical_and_foreign_folders_are_refused(tmp_path):
     with pytest.raises(ValueError, match="larger than the screen"):
         write_screen_patches(tmp_path / "d", 1, spec=spec, tile=512)
     assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
-
-
-def test_stream_blocks_reassemble_the_image_with_a_partial_last_block():
-    image = make_screen(2, ScreenSpec(size=(300, 160))).image
-    blocks = list(stream_blocks(image, 64))
-    assert [b.start for b in blocks] == [0, 64, 128, 192, 256]
-    assert [b.lines.shape[0] for b in blocks] == [64, 64, 64, 64, 44]
-    assert [b.index for b in blocks] == list(range(5)) and [b.last for b in blocks] == [False] * 4 + [True]
-    assert all(b.stop == b.start + len(b.lines) and b.total == 300 for b in blocks)
-    assert np.array_equal(np.concatenate([b.lines for b in blocks]), image)
-    assert len(list(stream_blocks(image, 1000))) == 1
-    with pytest.raises(ValueError, match="block_lines"):
-        next(stream_blocks(image, 0))
 
 
 def test_column_striping_and_line_drift_follow_their_strength():

@@ -309,3 +309,94 @@ def test_second_source_on_the_same_producer_is_refused_clearly() -> None:
         assert first.health().state is CameraState.CONNECTED
     with GenICamSource(device=1) as second:  # free again once the first is closed
         _take(second, 1)
+
+
+# -- camera control: [source.nodes], [source.trigger], deep formats, time stamps (viky.cti as far as it goes) --------
+def test_a_node_set_by_a_recipe_key_is_refused_as_a_node() -> None:
+    with pytest.raises(SourceError, match=r"PixelFormat is set by \[source\] pixel_format"):
+        GenICamSource(nodes={"PixelFormat": "Mono8"})
+
+
+def test_a_software_trigger_needs_an_open_triggered_source() -> None:
+    from station.recipe import TriggerConfig
+
+    with pytest.raises(SourceError, match=r"has no software trigger \(no \[source.trigger\]\)"):
+        GenICamSource().fire_trigger()
+    with pytest.raises(SourceError, match="is not streaming"):
+        GenICamSource(trigger=TriggerConfig(source="Software")).fire_trigger()
+
+
+@camera
+@needs_viky
+def test_recipe_nodes_are_written_in_order_before_streaming() -> None:
+    nodes = {"BouncingBallSize": 30, "ChunkModeActive": True, "ChunkSelector": "Scan3dData", "ChunkEnable": True}
+    with GenICamSource(frame_rate=100, nodes=nodes) as source:
+        frames = _take(source, 3)
+        assert source.node_value("BouncingBallSize") == 30 and source.node_value("ChunkSelector") == "Scan3dData"
+    assert len(frames) == 3
+
+
+@camera
+@needs_viky
+def test_nodes_are_never_written_while_streaming() -> None:
+    source = GenICamSource(frame_rate=100, nodes={"BouncingBallSize": 30})
+    with source:
+        _take(source, 1)
+        with pytest.raises(SourceError, match=r"is streaming: BouncingBallSize = 12 is not written while streaming; "
+                                              r"stop the line"):
+            source.set_node("BouncingBallSize", 12)
+        assert source.node_value("BouncingBallSize") == 30  # the camera was not touched
+        assert source.nodes == [("BouncingBallSize", 30)]
+    source.set_node("BouncingBallSize", 12)  # closed: taken for the next open
+    with source:
+        assert source.node_value("BouncingBallSize") == 12 and len(_take(source, 1)) == 1
+
+
+@camera
+@needs_viky
+@pytest.mark.parametrize(("nodes", "message"), [
+    ({"BouncingBallSise": 3}, r"\[source.nodes\] BouncingBallSise: camera VikyTL_DEV_red has no feature "
+                              r"'BouncingBallSise'; did you mean BouncingBallSize\?"),
+    ({"BouncingBallSize": 99}, r"refuses BouncingBallSize = 99 \(out of range\); allowed: 1 .. 40"),
+    ({"ChunkSelector": "Timestamp"}, r"refuses ChunkSelector = 'Timestamp' \(not one of its entries\); allowed: one "
+                                     r"of NrBounces, Scan3dData"),
+    ({"PayloadSize": 5}, r"PayloadSize is read-only on camera VikyTL_DEV_red"),
+    ({"AcquisitionStart": True}, r"AcquisitionStart is a command on camera VikyTL_DEV_red, not a setting"),
+])
+def test_a_bad_node_names_the_node_and_its_allowed_values(nodes: dict, message: str) -> None:
+    source = GenICamSource(nodes=nodes)
+    with pytest.raises(SourceError, match=message):
+        source.open()
+    assert source.health().state is CameraState.STOPPED and not source.is_open
+
+
+@camera
+@needs_viky
+def test_viky_has_no_trigger_so_a_trigger_table_is_refused_and_off_runs_free() -> None:
+    from station.recipe import TriggerConfig, TriggerMode
+
+    with pytest.raises(SourceError, match=r"VikyTL_DEV_red has no TriggerMode feature, so it cannot be triggered"):
+        GenICamSource(trigger=TriggerConfig(source="Software")).open()
+    with GenICamSource(frame_rate=100, trigger=TriggerConfig(mode=TriggerMode.OFF)) as source:
+        assert len(_take(source, 2)) == 2 and not source.triggered
+        with pytest.raises(SourceError, match=r'mode = "Off", source = "Software"'):
+            source.fire_trigger()
+
+
+@camera
+@needs_viky
+@pytest.mark.parametrize("fmt", ["Mono8", "RGBa8"])
+def test_frames_carry_their_bit_depth_and_no_camera_time_where_the_camera_gives_none(fmt: str) -> None:
+    """viky.cti gives no buffer time stamps (GenTL: not available) and no ChunkTimestamp: the host time only."""
+    with GenICamSource(pixel_format=fmt, frame_rate=100) as source:
+        frames = _take(source, 3)
+    assert {(f.bit_depth, f.camera_timestamp_ns, f.meta["camera_timestamp"]) for f in frames} == {(8, None, None)}
+    assert all(f.timestamp_ns > 0 for f in frames)
+
+
+@camera
+@needs_viky
+@pytest.mark.parametrize("fmt", ["Mono12", "Mono12p", "Mono16"])
+def test_viky_offers_no_deep_formats_and_says_which_it_has(fmt: str) -> None:
+    with pytest.raises(SourceError, match=rf"PixelFormat='{fmt}'.*allowed: one of RGBa8, Mono8"):
+        GenICamSource(pixel_format=fmt).open()

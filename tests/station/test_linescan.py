@@ -1,5 +1,6 @@
-"""Line-scan acquisition: the strip assembler (fixed and trigger parts, missing / late / repeated blocks, restarts),
-the replay's block schedule, viky.cti frames as blocks, and the [source] keys of line-scan recipes."""
+"""Line-scan acquisition: the strip assembler (fixed and trigger parts, missing / late / repeated blocks, restarts,
+the gap records every run of missing lines leaves for the part ledger), the replay's block schedule, viky.cti frames
+as blocks, and the [source] keys of line-scan recipes."""
 from __future__ import annotations
 
 import time
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 
 from station.errors import RecipeError, SourceError
-from station.linescan import EndReason, LineBlock, PartMode, StripAssembler
+from inspection_core.records import FrameGap, GapKind, LineBlock, NotInspected, NotInspectedReason
+from station.strips import EndReason, PartMode, StripAssembler
 from station.recipe import SourceKind, load_recipe, shipped_recipe_path
 from station.sources import open_source
 from station.sources.linescan import GenICamBlocks, LineScanReplay, LineScanSource
@@ -84,6 +86,10 @@ def test_a_missing_block_is_zero_rows_listed_in_gaps_never_glued(line_counter):
     assert assembler.stats.missing_blocks == 1 and assembler.stats.missing_lines == 64
     frame = second.to_frame("test")
     assert frame.meta["incomplete"] and frame.meta["gaps"] == [[64, 128]] and frame.frame_id == 2
+    (gap,) = assembler.take_gaps()  # for the ledger: part 2 has its own (FAIL) row, so nothing is counted lost
+    assert (gap.kind, gap.first_id, gap.last_id, gap.count) == (GapKind.LOST_IDS, 2, 1, 0)
+    assert "lines 320 .. 383 (64 lines" in gap.detail and "part 2 keeps them as zero rows" in gap.detail
+    assert gap.start_ns <= gap.end_ns and assembler.take_gaps() == []
 
 
 def test_a_part_lost_entirely_is_counted_and_the_next_parts_keep_their_place():
@@ -93,6 +99,41 @@ def test_a_part_lost_entirely_is_counted_and_the_next_parts_keep_their_place():
     assert [p.index for p in parts] == [1, 3, 4] and all(p.complete for p in parts)
     assert [p.first_line for p in parts] == [0, 512, 768]
     assert assembler.stats.lost_parts == 1 and assembler.stats.missing_blocks == 4
+    (gap,) = assembler.take_gaps()
+    assert (gap.first_id, gap.last_id, gap.count) == (2, 2, 1) and "blocks 5 .. 8 lost" in gap.detail
+    assert "part 2 lost entirely" in gap.detail
+
+
+def test_gap_records_cover_the_part_ids_exactly_once():
+    """Parts emitted plus the gap records' id ranges are 1 .. N, each once, whatever is lost."""
+    img = image(512)
+    # parts of 128 lines in blocks of 48: losses inside parts, across a part border, and whole parts
+    replay = LineScanReplay(img, block_lines=48, passes=3, drop_blocks={2, 5, 6, 7, 8, 9, 13, 25, 26, 27, 28, 29},
+                            line_counter=False)
+    assembler = StripAssembler(part_lines=128, source="scan")
+    parts = [p for block in replay for p in assembler.feed(block)] + assembler.flush()
+    gaps = assembler.take_gaps()
+    assert all(g.source == "scan" and g.last_id >= g.first_id - 1 for g in gaps)
+    covered = [p.index for p in parts] + [i for g in gaps for i in range(g.first_id, g.last_id + 1)]
+    assert sorted(covered) == list(range(1, max(covered) + 1)), covered
+    assert sum(g.count for g in gaps) == assembler.stats.lost_parts >= 2
+    assert len(gaps) == 4 and all(p.gaps or p.complete for p in parts)
+    assert "lines 96 .. 143" in gaps[0].detail and "parts 1 and 2 keep them as zero rows" in gaps[0].detail
+
+
+def test_an_incomplete_block_and_a_trigger_gap_are_gap_records():
+    lines = np.full((10, 8), 7, np.uint8)
+    assembler = StripAssembler(part_lines=30)
+    for k in range(1, 4):
+        assembler.feed(LineBlock(lines, k, k, meta={"incomplete": k == 2}))
+    (gap,) = assembler.take_gaps()
+    assert (gap.first_id, gap.last_id, gap.count) == (1, 0, 0) and "block 2 delivered incomplete" in gap.detail
+    img = image(300)
+    replay = LineScanReplay(img, block_lines=50, passes=2, gap_lines=50, drop_blocks={3}, line_counter=False)
+    parts, assembler = parts_of(replay, mode="trigger")
+    (gap,) = assembler.take_gaps()
+    assert (gap.first_id, gap.last_id, gap.count) == (2, 1, 0), "the next part's id, an empty range: nothing counted"
+    assert "a part may have passed among them unseen" in gap.detail and [p.index for p in parts] == [1, 2, 3]
 
 
 def test_the_stream_ending_inside_a_part_yields_it_short_and_incomplete():
@@ -169,6 +210,31 @@ def test_trigger_mode_without_a_signal_says_what_to_do():
         assembler.feed(LineBlock(np.zeros((4, 4), np.uint8), 1, 1))
 
 
+def test_what_the_camera_source_reported_lost_is_in_the_gap_record():
+    lines = np.full((10, 8), 7, np.uint8)
+    assembler = StripAssembler(part_lines=20)
+    assembler.feed(LineBlock(lines, 1, 1))
+    outage = {"source_gaps": "camera lost, then reconnected", "source_outage": True}
+    assembler.feed(LineBlock(lines, 5, 2, meta=outage))  # blocks 2..4 missing: part 2 lost, part 1 cut
+    assembler.feed(LineBlock(lines, 6, 3, meta={"source_gaps": "camera block ids 9 .. 9 skipped"}))
+    cut, unseen = assembler.take_gaps()
+    assert (cut.kind, cut.first_id, cut.last_id, cut.count) == (GapKind.OUTAGE, 2, 2, 1)
+    assert "blocks 2 .. 4 lost" in cut.detail and "(the source: camera lost, then reconnected)" in cut.detail
+    assert "part 1 keeps them as zero rows" in cut.detail
+    assert (unseen.kind, unseen.first_id, unseen.last_id, unseen.count) == (GapKind.LOST_IDS, 3, 2, 0)
+    assert "camera block ids 9 .. 9 skipped" in unseen.detail
+
+
+def test_malformed_blocks_say_what_is_wrong():
+    with pytest.raises(ValueError, match="uint8 lines"):
+        LineBlock(np.zeros((4, 4), np.float32), 1, 1)
+    with pytest.raises(ValueError, match="one value per line"):
+        LineBlock(np.zeros((4, 4), np.uint8), 1, 1, line_timestamps_ns=np.arange(3))
+    bad_signal = LineBlock(np.zeros((4, 4), np.uint8), 7, 1, meta={"part_present": [True, False]})
+    with pytest.raises(SourceError, match=r"line block 7: meta\['part_present'\] must be a bool or one bool per line"):
+        StripAssembler(mode="trigger").feed(bad_signal)
+
+
 # ------------------------------------------------------------------------------------------- late blocks
 def test_a_delayed_block_is_listed_late_and_its_data_kept():
     img = image(512)
@@ -216,6 +282,19 @@ def test_replay_as_fast_as_possible_and_bad_settings():
         LineScanReplay(image(100), block_lines=0)
     with pytest.raises(SourceError, match="uint8"):
         LineScanReplay(np.zeros((10, 10), np.float32))
+
+
+def test_a_part_still_arriving_when_the_source_stops_is_not_inspected_stopped():
+    source = LineScanSource(LineScanReplay(image(512), block_lines=100), part_lines=256, name="scan")
+    with source:
+        frames = iter(source)
+        first = next(frames)  # block 3 (lines 200 .. 299) ended part 1 and began part 2
+        source.stop()
+        assert list(frames) == []
+    (entry,) = source.events  # no ledger sink: the entries wait in ``events``
+    assert first.frame_id == 1 and isinstance(entry, NotInspected)
+    assert (entry.frame_id, entry.reason, entry.source) == (2, NotInspectedReason.STOPPED, "scan")
+    assert "44 of its first 44 lines" in entry.detail
 
 
 def test_open_source_streams_a_synthetic_screen_as_parts():
@@ -284,6 +363,10 @@ def test_viky_frames_lost_by_a_slow_host_are_missing_blocks_in_the_part():
         for a, b in frame.meta["gaps"]:
             assert not frame.image[a:b].any()
     assert stats.missing_blocks >= len(gaps) and health.lost_frames == stats.missing_blocks
+    records = [e for e in source.events if isinstance(e, FrameGap)]  # what the ledger would get, in part ids
+    assert records and all(g.source == source.name and "lost" in g.detail for g in records)
+    assert any("the source: camera block ids" in g.detail for g in records), "the camera's own words ride along"
+    assert not camera_.events, "the camera's gap records (in block ids) go to the line-scan source, not the ledger"
 
 
 # ------------------------------------------------------------------------------------------------- recipes

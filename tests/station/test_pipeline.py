@@ -59,7 +59,7 @@ def test_inspector_turns_a_frame_into_a_result_with_a_full_size_mask(inspector):
     assert result.mask.shape == (200, 300) and result.mask.dtype == np.float32
     assert 0.0 <= result.mask.min() and result.mask.max() <= 1.0
     assert result.verdict in (Verdict.PASS, Verdict.FAIL) and result.engine_id.startswith("bffn-")
-    assert set(result.timings) >= {"preprocess", "infer", "stitch", "verdict", "total"}
+    assert set(result.timings) >= {"prepare", "tile", "infer", "stitch", "verdict", "total"}
 
 
 def test_inspector_refuses_a_non_8_bit_frame_with_a_hint(inspector):
@@ -76,6 +76,10 @@ def test_line_records_exactly_max_frames_rows(inspector, tmp_path):
     assert len(rows(db)) == 7
     assert [r[0] for r in rows(db)] == list(range(1, 8))
     assert line.feed.latest()[0] == 7
+    # where a part's time goes, in the order it meets the stages
+    assert list(stats.stage_ms) == ["acquire", "prepare", "tile", "infer", "stitch", "verdict", "log"]
+    assert all(ms >= 0 for ms in stats.stage_ms.values()) and stats.stage_ms["infer"] > 0
+    assert stats.stage_ms["log"] > 0  # every row is committed with an fsync
 
 
 def test_a_replay_faster_than_the_line_gets_exactly_one_row_per_acquired_frame(inspector, tmp_path):

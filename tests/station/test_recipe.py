@@ -9,9 +9,14 @@ from inspection_core.verdict import RoiCircle, RoiRect
 from station.app import build_source
 from station.errors import RecipeError
 from station.recipe import (
+    MISSING,
     Backend,
     QueuePolicy,
+    Refused,
     SourceKind,
+    TableReader,
+    check_int,
+    check_path,
     load_recipe,
     shipped_recipe_path,
 )
@@ -197,3 +202,139 @@ def test_station_table_defaults_to_the_host_name_and_fail_safe(tmp_path: Path) -
         load_recipe(write(tmp_path, MINIMAL + '[station]\nnot_inspected = "maybe"\n', "u.toml"))
     with pytest.raises(RecipeError, match=r"\[frames\] max_width: 10 is not allowed; use an integer >= min_width"):
         load_recipe(write(tmp_path, MINIMAL + "[frames]\nmax_width = 10\n", "v.toml"))
+
+
+# -- camera control: [source.trigger] and [source.nodes] --------------------------------------------------------------
+CAMERA = MINIMAL.replace('kind = "replay"\npath = "images"', 'kind = "genicam"')
+
+
+def test_camera_trigger_and_nodes_tables(tmp_path: Path) -> None:
+    from station.recipe import TriggerConfig, TriggerMode
+
+    recipe = load_recipe(write(tmp_path, CAMERA + """
+[source.trigger]
+mode = "On"
+source = "Line1"
+activation = "RisingEdge"
+delay_us = 250
+
+[source.nodes]
+LineSelector = "Line1"
+LineDebouncerTime = 10.5
+ChunkModeActive = true
+BinningHorizontal = 2
+DeviceUserID = "cam-A"
+"""))
+    assert recipe.source.trigger == TriggerConfig(mode=TriggerMode.ON, source="Line1", activation="RisingEdge",
+                                                  delay_us=250.0, selector="FrameStart")
+    assert recipe.source.nodes == (("LineSelector", "Line1"), ("LineDebouncerTime", 10.5), ("ChunkModeActive", True),
+                                   ("BinningHorizontal", 2), ("DeviceUserID", "cam-A"))  # the file's order
+    software = load_recipe(write(tmp_path, CAMERA + "[source.trigger]\n", "s.toml")).source.trigger
+    assert software == TriggerConfig() and software.software and software.mode is TriggerMode.ON
+    plain = load_recipe(write(tmp_path, CAMERA, "p.toml"))
+    assert plain.source.trigger is None and plain.source.nodes == ()
+    # camera settings are part of how parts are judged: they change the fingerprint
+    assert recipe.fingerprint() != plain.fingerprint()
+    assert load_recipe(write(tmp_path, CAMERA + "[source.nodes]\nGain = 3\n", "g.toml")).fingerprint() != \
+        load_recipe(write(tmp_path, CAMERA + "[source.nodes]\nGain = 4\n", "h.toml")).fingerprint()
+
+
+CAMERA_BAD = [
+    ("[source.trigger]\nmdoe = \"On\"\n", "[source.trigger] mdoe: unknown key; did you mean 'mode'? known keys: mode, "
+                                          "source, activation, delay_us, selector"),
+    ("[source.trigger]\nmode = \"on\"\n", "[source.trigger] mode: 'on' is not allowed; use one of 'On', 'Off'"),
+    ("[source.trigger]\nmode = true\n", "[source.trigger] mode: True is not allowed; use one of 'On', 'Off'"),
+    ("[source.trigger]\nsource = \"Line 1\"\n", "[source.trigger] source: 'Line 1' is not allowed; use \"Software\""),
+    ("[source.trigger]\ndelay_us = -5\n", "[source.trigger] delay_us: -5 is not allowed; use a delay in microseconds"),
+    ("[source.trigger]\nactivation = 1\n", "[source.trigger] activation: 1 is not allowed; use a TriggerActivation"),
+    ("[source.triger]\nmode = \"On\"\n", "[source] triger: unknown key; did you mean 'trigger'?"),
+    ("[source.node]\nGain = 1\n", "[source] node: unknown key; did you mean 'nodes'?"),
+    ("[source.nodes]\nPixelFormat = \"Mono12\"\n", "[source] nodes.PixelFormat: is set by [source] pixel_format; set "
+                                                   "it there, not in [source.nodes]"),
+    ("[source.nodes]\nTriggerMode = \"On\"\n", "[source] nodes.TriggerMode: is set by [source.trigger] mode"),
+    ("[source.nodes]\nExposuretime = 5\n", "[source] nodes.Exposuretime: looks like ExposureTime, which [source] "
+                                           "exposure_us sets"),
+    ("[source.nodes]\n\"Gain Raw\" = 5\n", "[source] nodes.Gain Raw: is not a GenICam feature name"),
+    ("[source.nodes]\nGain = [1, 2]\n", "[source] nodes.Gain: [1, 2] is not allowed; use a number, true/false, or the "
+                                        "name of an entry"),
+    ("[source.nodes]\nGain = nan\n", "[source] nodes.Gain: nan is not allowed"),
+]
+
+
+@pytest.mark.parametrize(("extra", "fragment"), CAMERA_BAD, ids=[b[1][:40] for b in CAMERA_BAD])
+def test_camera_table_errors_name_the_table_and_key(tmp_path: Path, extra: str, fragment: str) -> None:
+    path = write(tmp_path, CAMERA + extra)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert str(info.value).startswith(f"{path}: ") and fragment in str(info.value), str(info.value)
+
+
+def test_camera_tables_are_for_cameras(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match=r'\[source\] trigger: \[source.trigger\] is for cameras \(kind = "genicam"\); '
+                                          r'kind = "replay" has no GenICam node map; a replay is triggered with '
+                                          r"trigger = true"):
+        load_recipe(write(tmp_path, MINIMAL + '[source.trigger]\nmode = "On"\n'))
+    with pytest.raises(RecipeError, match=r"\[source\] nodes: \[source.nodes\] is for cameras"):
+        load_recipe(write(tmp_path, MINIMAL + "[source.nodes]\nGain = 1\n"))
+    with pytest.raises(RecipeError, match=r"\[source\] trigger: must be a table: \[source.trigger\] followed by"):
+        load_recipe(write(tmp_path, CAMERA.replace('kind = "genicam"', 'kind = "genicam"\ntrigger = true')))
+
+
+def test_the_shipped_recipe_documents_the_camera_tables(tmp_path: Path) -> None:
+    """The shipped (replay) recipe's commented camera block, uncommented in a camera recipe, loads as documented."""
+    lines = shipped_recipe_path("magnetic_tile").read_text().splitlines()
+    first = lines.index(next(line for line in lines if line.startswith("# [source.trigger]")))
+    block = []
+    for line in lines[first:]:
+        if not line.startswith("# "):
+            break
+        block.append(line[2:])
+    recipe = load_recipe(write(tmp_path, CAMERA + "\n".join(block) + "\n"))
+    assert recipe.source.trigger is not None and recipe.source.trigger.source == "Line1"
+    assert recipe.source.trigger.activation == "RisingEdge" and recipe.source.trigger.delay_us == 0.0
+    assert [name for name, _ in recipe.source.nodes][:3] == ["ChunkModeActive", "ChunkSelector", "ChunkEnable"]
+
+
+def test_the_table_reader_the_integrations_share_says_what_to_fix_in_one_shape(tmp_path):
+    def reader(**data):
+        return TableReader(data, "line.toml", "fleet", tmp_path)
+
+    with pytest.raises(RecipeError, match=r"^line.toml: \[fleet\] to: missing; add to = \"postgresql://\.\.\.\"$"):
+        reader().get("to", MISSING, str, '"postgresql://..."')
+    with pytest.raises(RecipeError, match=r"^line.toml: \[fleet\] batch: 0 is not allowed; use an integer >= 1$"):
+        reader(batch=0).get("batch", 500, check_int(1), "an integer >= 1")
+
+    def no_password(v):
+        if "@" in v:
+            raise Refused("the URL holds a password; use PGPASSWORD")
+        return v
+
+    with pytest.raises(RecipeError, match=r"^line.toml: \[fleet\] to: 'u:pw@h' is not allowed; the URL holds a "
+                                          "password; use PGPASSWORD$"):
+        reader(to="u:pw@h").get("to", MISSING, no_password, "a URL")
+    t = reader(batch=7, imags="x")
+    assert t.get("batch", 500, check_int(1), "an integer >= 1") == 7
+    assert t.get("images", None, check_path(tmp_path), "a folder") is None
+    with pytest.raises(RecipeError, match=r"^line.toml: \[fleet\] imags: unknown key; did you mean 'images'\? "
+                                          "known keys: batch, images$"):
+        t.finish()
+    t = reader(images="img")
+    assert t.get("images", None, check_path(tmp_path), "a folder") == tmp_path / "img"
+    t.finish()
+
+
+def test_a_replay_can_wait_for_triggers_and_a_camera_table_is_refused_for_it(tmp_path):
+    text = shipped_recipe_path("magnetic_tile").read_text(encoding="utf-8")
+    samples = shipped_recipe_path("magnetic_tile").parent.parent / "samples" / "magnetic-tile"
+    text = text.replace('path = "../samples/magnetic-tile"', f'path = "{samples.as_posix()}"')
+    path = tmp_path / "r.toml"
+    path.write_text(text.replace("fps = 10.0", "fps = 10.0\ntrigger = true"), encoding="utf-8")
+    recipe = load_recipe(path)
+    assert recipe.source.triggered and build_source(recipe).triggered
+    assert not load_recipe(shipped_recipe_path("magnetic_tile")).source.triggered
+    path.write_text(text.replace("fps = 10.0", 'fps = 10.0\ntrigger = "yes"'), encoding="utf-8")
+    with pytest.raises(RecipeError, match=r"\[source\] trigger: 'yes' is not allowed; use true or false"):
+        load_recipe(path)
+    path.write_text(text + '\n[source.trigger]\nmode = "On"\n', encoding="utf-8")
+    with pytest.raises(RecipeError, match=r"is for cameras"):
+        load_recipe(path)

@@ -71,7 +71,7 @@ def test_wal_mode_schema_and_round_trip(tmp_path: Path, clock: list[datetime]) -
         "engine_id": "bffn/onnxruntime", "latency_ms": 12.5, "image_path": None,
         "recipe": "magnetic_tile 0123456789ab", "calibration": "cam-A@v3", "station_id": None, "run_id": None,
         "reason": None, "detail": None, "frame_count": 1, "last_frame_id": None, "end_timestamp_ns": None,
-        "rejected": 0, "overlay_path": None,
+        "rejected": 0, "overlay_path": None, "camera_timestamp_ns": None,
     }
     assert second["verdict"] == "FAIL" and second["file"] is None
     assert json.loads(second["defects_json"]) == [DEFECT.to_dict()]
@@ -159,7 +159,7 @@ def test_a_schema_1_log_is_exported_as_it_is_and_upgraded_in_place_keeping_its_r
     assert (old["id"], old["frame_id"], old["engine_id"], old["recipe"]) == (1, 3, "bffn/torch", None)
     assert (new["id"], new["recipe"], new["calibration"]) == (2, "screen 00aa00aa00aa", None)
     conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert [r[1] for r in conn.execute("PRAGMA table_info(inspections)")] == list(rejectlog.COLUMNS)
     conn.close()
     with RejectLog(db) as log:  # opening an upgraded file again changes nothing
@@ -402,12 +402,13 @@ def test_a_schema_2_log_is_rebuilt_to_3_in_one_transaction_keeping_its_rows(tmp_
         (1, "FAIL", 1, 1, None), (7, "PASS", 1, 0, None), (8, "NOT_INSPECTED", 1, 1, "st-1")]
     assert rows[0]["image_path"] == "rejects_images/x.png" and rows[0]["calibration"] == "cam-A@v2"
     conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert [r[1] for r in conn.execute("PRAGMA table_info(inspections)")] == list(rejectlog.COLUMNS)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")} == {
         "inspections_time", "inspections_verdict_time"}
-    assert conn.execute("SELECT name FROM sqlite_master WHERE name LIKE '%v3%'").fetchall() == []
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'inspections_%' AND type = 'table'"
+                        ).fetchall() == []
     with pytest.raises(sqlite3.IntegrityError):  # the new CHECK still guards the verdicts
         conn.execute("INSERT INTO inspections (time_utc, timestamp_ns, source, frame_id, verdict, defects_json, "
                      "labels_json, engine_id, latency_ms) VALUES ('t', 1, 's', 1, 'MAYBE', '[]', '[]', 'e', 0)")
@@ -525,3 +526,73 @@ def test_per_defect_export_has_one_row_per_defect_and_absolute_paths_on_request(
     relative = tmp_path / "rel.csv"
     export(db, "csv", relative, per_defect=True)
     assert next(csv.DictReader(relative.open()))["image_path"].startswith("d_images/")
+
+
+# ------------------------------------------------------------------------------- the camera's time stamp (4)
+
+SCHEMA_3 = """CREATE TABLE inspections (
+    id INTEGER PRIMARY KEY, time_utc TEXT NOT NULL, timestamp_ns INTEGER NOT NULL, source TEXT NOT NULL,
+    frame_id INTEGER NOT NULL, file TEXT,
+    verdict TEXT NOT NULL CHECK (verdict IN ('PASS', 'FAIL', 'NOT_INSPECTED', 'GAP')),
+    defects_json TEXT NOT NULL, labels_json TEXT NOT NULL, engine_id TEXT NOT NULL, latency_ms REAL NOT NULL,
+    image_path TEXT, recipe TEXT, calibration TEXT, station_id TEXT, run_id TEXT, reason TEXT, detail TEXT,
+    frame_count INTEGER NOT NULL DEFAULT 1, last_frame_id INTEGER, end_timestamp_ns INTEGER, rejected INTEGER,
+    overlay_path TEXT);
+CREATE INDEX inspections_time ON inspections (time_utc);
+CREATE INDEX inspections_verdict_time ON inspections (verdict, time_utc);"""
+
+
+def _camera_result(frame_id: int, camera_ns: int | None) -> InspectionResult:
+    frame = Frame(image=np.full((24, 32), 9, np.uint8), frame_id=frame_id, timestamp_ns=5_000 + frame_id,
+                  source="genicam:cam-A", camera_timestamp_ns=camera_ns, bit_depth=12)
+    return InspectionResult(frame=frame, mask=np.zeros((24, 32), np.float32), defects=(), verdict=Verdict.PASS,
+                            engine_id="bffn/onnxruntime", labels=(), latency_ms=3.0)
+
+
+def test_a_schema_3_log_gains_the_camera_timestamp_column_in_place(tmp_path: Path) -> None:
+    """3 -> 4 adds one column without copying the table (same root page), keeps every row, reads NULL in old rows."""
+    db = tmp_path / "v3.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.executescript(SCHEMA_3)
+    conn.execute("INSERT INTO inspections (id, time_utc, timestamp_ns, source, frame_id, verdict, defects_json, "
+                 "labels_json, engine_id, latency_ms, station_id, rejected) VALUES (1, '2024-05-01T12:00:00.000Z', 5, "
+                 "'genicam:cam-A', 3, 'PASS', '[]', '[]', 'bffn/torch', 9.5, 'st-1', 0)")
+    conn.execute("INSERT INTO inspections (id, time_utc, timestamp_ns, source, frame_id, verdict, defects_json, "
+                 "labels_json, engine_id, latency_ms, reason, frame_count, last_frame_id, end_timestamp_ns) VALUES "
+                 "(4, '2024-05-01T12:00:01.000Z', 6, 'genicam:cam-A', 4, 'GAP', '[]', '[]', 'bffn/torch', 0, "
+                 "'lost_ids', 2, 5, 7)")
+    conn.execute("PRAGMA user_version=3")
+    conn.commit()
+    root_before = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'inspections'").fetchone()[0]
+    conn.close()
+    (old_read,) = [r for r in rejectlog.fetch_rows(db) if r["id"] == 1]  # read-only: not upgraded, reads NULL
+    assert old_read["camera_timestamp_ns"] is None
+    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == 3
+    with RejectLog(db, station_id="st-1", run_id="run-2") as log:
+        row = log.record_row(_camera_result(6, 1_700_000_000_123_456_789))
+        log.record(NotInspected.of(_camera_result(7, 1_700_000_000_223_456_789).frame, NotInspectedReason.INCOMPLETE))
+        log.record(_camera_result(8, None))
+        rows = log.query()
+    assert row["camera_timestamp_ns"] == 1_700_000_000_123_456_789 and row["id"] == 5
+    assert [(r["id"], r["verdict"], r["camera_timestamp_ns"]) for r in rows] == [
+        (1, "PASS", None), (4, "GAP", None), (5, "PASS", 1_700_000_000_123_456_789),
+        (6, "NOT_INSPECTED", 1_700_000_000_223_456_789), (7, "PASS", None)]
+    assert rows[1]["frame_count"] == 2 and rows[1]["last_frame_id"] == 5 and rows[0]["station_id"] == "st-1"
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert [r[1] for r in conn.execute("PRAGMA table_info(inspections)")] == list(rejectlog.COLUMNS)
+    assert conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'inspections'").fetchone()[0] == root_before
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+    with RejectLog(db) as log:  # opening an upgraded file again changes nothing
+        assert len(log.query()) == 5
+
+
+def test_a_camera_timestamp_beyond_sqlite_integers_never_costs_the_row(tmp_path: Path) -> None:
+    with RejectLog(tmp_path / "r.db") as log:
+        log.record(_camera_result(1, 2**64 - 1))  # an unsigned 64-bit camera clock near its end
+        log.record(_camera_result(2, 0))
+        log.record(FrameGap(source="genicam:cam-A", kind=GapKind.LOST_IDS, first_id=3, last_id=3, count=1,
+                            start_ns=1, end_ns=2))
+        assert [r["camera_timestamp_ns"] for r in log.query()] == [None, 0, None]

@@ -19,7 +19,7 @@ from inspection_core.records import Frame, Verdict
 from inspection_core.verdict import DecisionRules
 from station.classify import PatchClassifier
 from inspection.inspector import Inspector
-from station.linescan import PartMode
+from station.strips import PartMode
 from station.pipeline import Line
 from station.recipe import QueuePolicy
 from station.rejectlog import RejectLog
@@ -161,7 +161,7 @@ def test_tile_rows_are_scored_while_the_part_is_still_arriving(tiny_gr):
 
 
 def test_a_part_that_could_not_be_streamed_is_inspected_whole(tiny_gr):
-    from station.linescan import StripAssembler
+    from station.strips import StripAssembler
 
     img = screen(256, 128, seed=5)
     streaming = StreamingInspector(classifier=classifier(tiny_gr, patch=128, overlap=0), max_parts_in_flight=1)
@@ -192,22 +192,51 @@ def test_an_incomplete_part_fails_with_its_missing_rows_as_defects(engine, tiny_
     assert not result.mask[64:128].any() and result.mask[:64].any()
 
 
-def test_line_records_streamed_parts_and_an_incomplete_one_in_sqlite(tiny_gr, tmp_path):
+def test_line_records_streamed_parts_an_incomplete_one_and_the_gaps_in_sqlite(tiny_gr, tmp_path):
     img = screen(256, 128, seed=7)
     gr = classifier(tiny_gr, patch=128, overlap=0)
     gr.threshold = 1.0  # no label: only the missing block can fail a part
     streaming = StreamingInspector(classifier=gr)
-    replay = LineScanReplay(img, block_lines=64, passes=3, drop_blocks={5})  # part 2, rows 64..127
+    # block 5 = part 2's rows 64..127; blocks 8..11 = all of part 3
+    replay = LineScanReplay(img, block_lines=64, passes=4, drop_blocks={5, 8, 9, 10, 11})
     source = LineScanSource(replay, part_lines=256, listener=streaming)
     db = tmp_path / "scan.db"
     stats = Line(source, streaming, RejectLog(db), frames_policy=QueuePolicy.BLOCK).run()
     assert (stats.inspected, stats.passed, stats.failed, stats.errors) == (3, 2, 1, 0)
-    assert stats.source.lost_frames == 1 and stats.source.incomplete_frames == 1
+    assert stats.acquired == stats.passed + stats.failed + stats.not_inspected == 3
+    assert (stats.gaps, stats.lost) == (2, 1), "two runs of missing lines, one part lost entirely"
+    assert stats.source.lost_frames == 5 and stats.source.incomplete_frames == 1
     with sqlite3.connect(db) as con:
-        rows = con.execute("SELECT frame_id, verdict, defects_json FROM inspections ORDER BY id").fetchall()
-    assert [(r[0], r[1]) for r in rows] == [(1, "PASS"), (2, "FAIL"), (3, "PASS")]
+        rows = con.execute("SELECT frame_id, verdict, defects_json FROM inspections WHERE verdict != 'GAP' "
+                           "ORDER BY frame_id").fetchall()
+        gaps = con.execute("SELECT frame_id, last_frame_id, frame_count, reason, detail, source, rejected "
+                           "FROM inspections WHERE verdict = 'GAP' ORDER BY frame_id").fetchall()
+    assert [(r[0], r[1]) for r in rows] == [(1, "PASS"), (2, "FAIL"), (4, "PASS")]
     (missing,) = json.loads(rows[1][2])
     assert missing["label"] == INCOMPLETE_LABEL and missing["bbox"] == [0, 64, 128, 64]
+    (cut, lost) = gaps
+    assert cut[:4] == (2, 1, 0, "lost_ids") and "part 2 keeps them as zero rows" in cut[4]
+    assert lost[:4] == (3, 3, 1, "lost_ids") and "part 3 lost entirely" in lost[4]
+    assert all(g[5] == source.name and g[6] is None for g in gaps)
+    ids = [r[0] for r in rows] + [i for g in gaps for i in range(g[0], g[1] + 1)]
+    assert sorted(ids) == [1, 2, 3, 4], "every part id is in the ledger exactly once"
+
+
+def test_a_part_still_arriving_at_max_frames_gets_a_stopped_row(tiny_gr, tmp_path):
+    gr = classifier(tiny_gr, patch=128, overlap=0)
+    streaming = StreamingInspector(classifier=gr)
+    # blocks of 100 lines, parts of 256: block 3 ends part 1 and brings part 2's first 44 lines
+    source = LineScanSource(LineScanReplay(screen(512, 128, seed=9), block_lines=100), part_lines=256,
+                            listener=streaming)
+    db = tmp_path / "stop.db"
+    stats = Line(source, streaming, RejectLog(db), frames_policy=QueuePolicy.BLOCK, max_frames=1).run()
+    assert (stats.acquired, stats.inspected, stats.not_inspected) == (2, 1, 1)
+    assert dict(stats.not_inspected_reasons) == {"stopped": 1}
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT frame_id, verdict, reason, detail, rejected FROM inspections ORDER BY frame_id"
+                           ).fetchall()
+    assert [r[:3] for r in rows[1:]] == [(2, "NOT_INSPECTED", "stopped")] and rows[0][1] in ("PASS", "FAIL")
+    assert "while part 2 was arriving (44 of" in rows[1][3] and rows[1][4] == 1
 
 
 # --------------------------------------------------------------------------------------- station run, end to end

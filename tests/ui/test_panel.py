@@ -423,3 +423,29 @@ def test_run_panel_runs_loop_until_closed(qapp, feed: ResultFeed, stats: StatsSo
     assert code == 0
     assert seen == ["Line 3 - cover glass", "FAIL"]
     assert closes == [1]
+
+
+@pytest.mark.gui
+def test_panel_shows_where_a_parts_time_goes(qtbot, panel, stats: StatsSource) -> None:
+    qtbot.waitUntil(lambda: panel.counter_labels["inspected"].text() == "1,234", timeout=2000)
+    assert panel.counter_labels["stages"].text() == "Stage times: –"
+    stats.update(stage_ms={"acquire": 41.5, "prepare": 1.25, "tile": 2.0, "infer": 180.4, "stitch": 0.5,
+                           "verdict": 3.0, "log": 4.0})
+    qtbot.waitUntil(lambda: "infer 180" in panel.counter_labels["stages"].text(), timeout=2000)
+    assert panel.counter_labels["stages"].text() == ("Stage times (ms): acquire 42 · prepare 1.2 · tile 2.0 · "
+                                                     "infer 180 · stitch 0.5 · verdict 3.0 · log 4.0")
+
+
+@pytest.mark.gui
+def test_panel_shows_the_links_and_warns_when_rows_wait(qtbot, panel, stats: StatsSource) -> None:
+    qtbot.waitUntil(lambda: panel.counter_labels["inspected"].text() == "1,234", timeout=2000)
+    assert not panel.counter_labels["links"].isVisible()  # no integration: no line
+    stats.update(links={"mqtt": {"connected": True, "lag_rows": 0, "lag_seconds": 0.0},
+                        "fleet": {"connected": False, "lag_rows": 1200, "lag_seconds": 95.0}})
+    qtbot.waitUntil(lambda: panel.counter_labels["links"].isVisible(), timeout=2000)
+    assert panel.counter_labels["links"].text() == ("Links: mqtt connected, up to date · fleet DISCONNECTED, "
+                                                    "1,200 rows behind (95 s)")
+    assert "color" in panel.counter_labels["links"].styleSheet()
+    stats.update(links={"mqtt": {"connected": True, "lag_rows": 3, "lag_seconds": 0.2}})
+    qtbot.waitUntil(lambda: "3 rows behind" in panel.counter_labels["links"].text(), timeout=2000)
+    assert panel.counter_labels["links"].styleSheet() == ""  # a few rows in flight are normal

@@ -1,9 +1,10 @@
 # Over 500 lines on purpose: the strip assembler's state (blocks, gaps, lateness, parts) is one unit.
-"""Line-scan acquisition: blocks of lines in, parts out.
+"""Line-scan strips: blocks of lines in, parts out (the sources that deliver the blocks are in
+:mod:`station.sources.linescan`).
 
-A line-scan camera delivers *blocks* of lines (``LineBlock``: n lines of one image row each, a block id, a host
-timestamp, optional line counter, per-line timestamps and metadata such as the part-present signal), not frames.
-:class:`StripAssembler` turns that stream into :class:`Part` records, in one of two modes:
+A line-scan camera delivers *blocks* of lines (:class:`~inspection_core.records.LineBlock`: n lines of one image row
+each, a block id, a host timestamp, optional line counter, per-line timestamps and metadata such as the part-present
+signal), not frames. :class:`StripAssembler` turns that stream into :class:`Part` records, in one of two modes:
 
 - ``PartMode.FIXED``: every ``part_lines`` lines of the stream make a part (lines are counted from the first line
   the assembler saw, so a lost block never shifts the parts that follow);
@@ -31,6 +32,13 @@ Nothing is glued silently:
   being built ends incomplete; a repeated block id is a duplicate and is discarded (counted as stale);
 - every other reason a part is incomplete (cut short, camera restart...) is a sentence in ``Part.issues``.
 
+Every run of missing lines is also a :class:`~inspection_core.records.FrameGap` for the part ledger (a GAP row;
+:meth:`StripAssembler.take_gaps`), in part ids: ``count`` is the parts lost entirely (fixed mode), whose ids are
+``first_id .. last_id``; a run that only cut into parts (which are emitted incomplete and fail) or that lies where
+the part-present signal is unknown (trigger mode: a part may have passed unseen, it cannot be counted) has
+``count = 0`` and the empty range ``first_id .. first_id - 1``, ``first_id`` being the part it touched (fixed mode)
+or the next part (trigger mode). The detail says which lines, blocks and parts.
+
 A listener (:class:`PartListener`, e.g. an :class:`inspection.inspector.Inspector` with ``streaming=True``) is
 told when a part starts, after every block (with a read-only view of the part's lines so far) and when it ends, so
 work on a part can start while it is still arriving.
@@ -39,13 +47,12 @@ from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import dataclass, field, fields
-from types import MappingProxyType
-from typing import Any, Mapping, Protocol
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
 
 import numpy as np
 
-from inspection_core.records import Frame
+from inspection_core.records import Frame, FrameGap, GapKind, LineBlock
 from station.errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -70,62 +77,6 @@ class EndReason(str, enum.Enum):
     STREAM_END = "stream_end"  # the stream ended (or was stopped) inside the part
     GAP = "gap"  # trigger mode: lines went missing while the part was open
     RESTART = "restart"  # the camera's counters restarted or the line width changed
-
-
-@dataclass(frozen=True, eq=False)
-class LineBlock:
-    """One block of lines from a line-scan source.
-
-    ``lines`` is uint8 ``(n, width)`` (or ``(n, width, C)``); ``block_id`` the source's block counter (GenICam frame
-    id: consecutive, may wrap); ``timestamp_ns`` the host ``time.monotonic_ns()`` when the block was delivered (its
-    last line was in); ``first_line`` the camera's line counter of the first line, or None when the source has none
-    (missing lines are then counted from block ids, assuming blocks of equal size); ``line_timestamps_ns`` the time
-    each line was taken (int64, ``n`` values, same clock) when the source knows it; ``meta`` e.g.
-    ``{"part_present": True}`` or ``{"incomplete": True}``.
-    """
-
-    lines: np.ndarray
-    block_id: int
-    timestamp_ns: int
-    first_line: int | None = None
-    line_timestamps_ns: np.ndarray | None = None
-    meta: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        lines = self.lines
-        if not isinstance(lines, np.ndarray) or lines.ndim not in (2, 3) or lines.dtype != np.uint8 \
-                or lines.shape[0] < 1 or lines.shape[1] < 1:
-            raise SourceError(f"a line block holds uint8 lines (n >= 1, width) or (n, width, C), got "
-                              f"{getattr(lines, 'dtype', type(lines).__name__)} {getattr(lines, 'shape', '')}")
-        stamps = self.line_timestamps_ns
-        if stamps is not None:
-            stamps = np.asarray(stamps, np.int64)
-            if stamps.shape != (lines.shape[0],):
-                raise SourceError(f"line_timestamps_ns must hold one value per line ({lines.shape[0]}), "
-                                  f"got shape {stamps.shape}")
-            object.__setattr__(self, "line_timestamps_ns", stamps)
-        object.__setattr__(self, "meta", MappingProxyType(dict(self.meta or {})))
-
-    @property
-    def n_lines(self) -> int:
-        return int(self.lines.shape[0])
-
-    @property
-    def width(self) -> int:
-        return int(self.lines.shape[1])
-
-    def part_present(self) -> np.ndarray | None:
-        """The part-present signal, one bool per line, or None when the block carries none."""
-        value = self.meta.get("part_present")
-        if value is None:
-            return None
-        signal = np.asarray(value, dtype=bool)
-        if signal.ndim == 0:
-            return np.full(self.n_lines, bool(signal))
-        if signal.shape != (self.n_lines,):
-            raise SourceError(f"meta['part_present'] must be a bool or one bool per line ({self.n_lines}), "
-                              f"got shape {signal.shape}")
-        return signal
 
 
 @dataclass(frozen=True, eq=False)
@@ -305,12 +256,13 @@ class StripAssembler:
     ``part_lines`` (fixed mode) is the length of a part; ``max_part_lines`` (trigger mode) cuts a part whose
     signal stays high too long (it is marked incomplete, and no new part starts until the signal falls);
     ``line_rate_hz`` (0 = unknown) estimates line times and judges lateness when blocks carry no per-line times;
-    ``late_tolerance_ms`` is how late a block may be delivered before it is reported.
+    ``late_tolerance_ms`` is how late a block may be delivered before it is reported; ``source`` names the source
+    in the gap records (:meth:`take_gaps`).
     """
 
     def __init__(self, part_lines: int | None = None, mode: PartMode | str = PartMode.FIXED, *,
                  max_part_lines: int = 65536, line_rate_hz: float = 0.0, late_tolerance_ms: float = 100.0,
-                 listener: PartListener | None = None) -> None:
+                 listener: PartListener | None = None, source: str = "linescan") -> None:
         self.mode = PartMode(mode)
         if self.mode is PartMode.FIXED:
             if isinstance(part_lines, bool) or not isinstance(part_lines, int) or part_lines < 1:
@@ -325,9 +277,12 @@ class StripAssembler:
         self.line_period_ns = 1e9 / line_rate_hz if line_rate_hz else 0.0
         self.late_tolerance_ns = late_tolerance_ms * 1e6
         self.listener = listener
+        self.source = source
         self.stats = AssemblerStats()
         self._part: _Building | None = None
         self._index = 0  # last part index handed out
+        self._lost: list[int] = []  # ids of parts lost entirely, not yet in a gap record
+        self._gaps: list[FrameGap] = []  # gap records not yet taken
         self._reset_stream()
 
     def _reset_stream(self) -> None:
@@ -361,6 +316,7 @@ class StripAssembler:
                 log.warning("line-scan stream: %s; the part being built ends incomplete", why)
                 self.stats.restarts += 1
                 done += self._close(EndReason.RESTART, why)
+                self._gap_of_lost(f"{why}: none of its lines was received", block.timestamp_ns)
                 self._reset_stream()
         if self._last_id is None:
             self._width = shape
@@ -381,7 +337,18 @@ class StripAssembler:
             self.stats.missing_blocks += max(1, round(missing / max(1, self._last_block_lines or block.n_lines)))
             log.warning("line-scan stream: %d lines missing (lines %d..%d) before block %d", missing,
                         self._next_line, start - 1, block.block_id)
-            done += self._missing(self._next_line, start)
+            a = self._next_line
+            done += self._missing(a, start)
+            blocks = (f"blocks {self._last_id + 1} .. {block.block_id - 1} lost" if block.block_id > self._last_id + 1
+                      else f"lost between blocks {self._last_id} and {block.block_id}")
+            self._gap(a, start, blocks, block, self._last_ts or block.timestamp_ns)
+        elif block.meta.get("source_gaps"):  # the source lost something that cost no line we can count: say so
+            k = self._fixed_part(start)[0] if self.mode is PartMode.FIXED else self._index + 1
+            self._gaps.append(FrameGap(
+                source=self.source, kind=GapKind.OUTAGE if block.meta.get("source_outage") else GapKind.LOST_IDS,
+                first_id=k, last_id=k - 1, count=0, start_ns=int(self._last_ts or block.timestamp_ns),
+                end_ns=int(block.timestamp_ns), detail=f"no line missing by the block count before block "
+                                                      f"{block.block_id} (the source: {block.meta['source_gaps']})"))
         n = block.n_lines
         stamps = self._line_times(block)
         lateness_ns = self._lateness(block, start, stamps)
@@ -397,11 +364,13 @@ class StripAssembler:
             self.stats.incomplete_blocks += 1
             log.warning("line-scan block %d was delivered incomplete: its %d lines count as missing",
                         block.block_id, n)
-            done += self._missing(start, start + n, block.part_present(), block.timestamp_ns)
+            done += self._missing(start, start + n, self._signal(block), block.timestamp_ns)
+            self._gap(start, start + n, f"block {block.block_id} delivered incomplete", block, block.timestamp_ns)
         else:
             done += self._received(block, start, stamps, lateness_ns / 1e6 if late else None)
         self._last_id, self._last_block_lines, self._last_ts = block.block_id, n, block.timestamp_ns
         self._next_line = start + n
+        self._gap_of_lost("none of its lines was received", block.timestamp_ns)  # a guard: none are left here
         return done
 
     def flush(self) -> list[Part]:
@@ -412,13 +381,80 @@ class StripAssembler:
             why = f"the stream ended after {self._part.filled} of the part's {self.part_lines} lines"
         else:
             why = "the stream ended while the part-present signal was high"
-        return self._close(EndReason.STREAM_END, why)
+        done = self._close(EndReason.STREAM_END, why)
+        self._gap_of_lost("the stream ended: none of its lines was received", self._last_ts)
+        return done
 
-    def abandon(self) -> None:
-        """Drop the part being built without emitting it (the source was stopped); the listener is told."""
+    def abandon(self) -> tuple[int, int, int, int] | None:
+        """Drop the part being built without emitting it (the source was stopped); the listener is told. Returns
+        ``(index, lines received, lines so far, delivery time of its last block)`` of a part that had received
+        lines (it passed the camera, at least in part, and is not inspected), else None."""
         building, self._part = self._part, None
-        if building is not None and self.listener is not None:
+        if building is None:
+            return None
+        if self.listener is not None:
             self.listener.part_discarded(building.index)
+        if building.received == 0:  # only missing lines: a lost part
+            self.stats.lost_parts += 1
+            self._lost.append(building.index)
+            self._gap_of_lost("the source stopped while it was arriving: none of its lines was received",
+                              self._last_ts)
+            return None
+        return building.index, building.received, building.filled, building.last_line_ns
+
+    def take_gaps(self) -> list[FrameGap]:
+        """The gap records made since the last call (see the module docstring), oldest first."""
+        gaps, self._gaps = self._gaps, []
+        return gaps
+
+    # -- gaps ----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _signal(block: LineBlock) -> np.ndarray | None:
+        try:
+            return block.part_present()
+        except ValueError as exc:
+            raise SourceError(f"line block {block.block_id}: {exc}") from None
+
+    def _take_lost(self) -> tuple[int, int, int]:
+        """``(first id, last id, count)`` of the parts lost entirely since the last gap record."""
+        lost, self._lost = self._lost, []
+        return (min(lost), max(lost), len(lost)) if lost else (0, -1, 0)
+
+    def _gap(self, a: int, b: int, what: str, block: LineBlock, start_ns: int) -> None:
+        """The gap record of missing stream lines ``a .. b - 1`` (``what``: how they went missing), found at
+        ``block``."""
+        first, last, count = self._take_lost()
+        lines = f"lines {a} .. {b - 1} ({b - a} lines; {what})"
+        if self.mode is PartMode.FIXED:
+            touched = sorted({self._fixed_part(a)[0], self._fixed_part(b - 1)[0]} - set(range(first, last + 1)))
+            said = []
+            if count:
+                said.append(f"part{'s' if count > 1 else ''} {first}{f' .. {last}' if count > 1 else ''} lost entirely")
+            if touched:
+                said.append(f"part {touched[0]} keeps them as zero rows and fails as incomplete" if len(touched) == 1
+                            else f"parts {' and '.join(map(str, touched))} keep them as zero rows and fail as "
+                                 "incomplete")
+            if not count:
+                first, last = touched[0], touched[0] - 1
+        else:
+            first, last = self._index + 1, self._index
+            said = ["the part-present signal there is unknown: a part may have passed among them unseen (not "
+                    "counted); a part they cut, or that follows them, fails as incomplete"]
+        note = block.meta.get("source_gaps")
+        kind = GapKind.OUTAGE if block.meta.get("source_outage") else GapKind.LOST_IDS
+        detail = f"{lines}: {'; '.join(said)}" + (f" (the source: {note})" if note else "")
+        self._gaps.append(FrameGap(source=self.source, kind=kind, first_id=first, last_id=last, count=count,
+                                   start_ns=int(start_ns), end_ns=int(block.timestamp_ns), detail=detail))
+
+    def _gap_of_lost(self, why: str, end_ns: int) -> None:
+        """A gap record for parts lost entirely outside a run of missing lines (cut by a restart, the stream's end
+        or a stop with nothing received), if any."""
+        first, last, count = self._take_lost()
+        if count:
+            ids = f"part {first}" if count == 1 else f"parts {first} .. {last}"
+            self._gaps.append(FrameGap(source=self.source, kind=GapKind.LOST_IDS, first_id=first, last_id=last,
+                                       count=count, start_ns=int(self._last_ts or end_ns), end_ns=int(end_ns),
+                                       detail=f"{ids} lost entirely: {why}"))
 
     # -- timing --------------------------------------------------------------------------------------------
     def _line_times(self, block: LineBlock) -> np.ndarray:
@@ -460,8 +496,9 @@ class StripAssembler:
             return []
         if issue:
             building.issues.append(issue)
-        if building.received == 0:  # nothing but missing lines: nothing to inspect
+        if building.received == 0:  # nothing but missing lines: nothing to inspect, a gap record
             self.stats.lost_parts += 1
+            self._lost.append(building.index)
             if self.listener is not None:
                 self.listener.part_discarded(building.index)
             return []
@@ -501,6 +538,7 @@ class StripAssembler:
                     if a == first and stop == end:  # whole parts are missing: count them and skip ahead
                         lost = (b - first) // self.part_lines
                         self.stats.lost_parts += lost
+                        self._lost.extend(range(index, index + lost))
                         self._index = max(self._index, index + lost - 1)
                         a = first + lost * self.part_lines
                         continue
@@ -546,7 +584,7 @@ class StripAssembler:
                 if start + i == end:
                     done += self._close(EndReason.LENGTH)
             return done
-        signal = block.part_present()
+        signal = self._signal(block)
         if signal is None:
             raise SourceError(f"trigger mode needs a part-present signal in every block's metadata "
                               f"(meta['part_present']); block {block.block_id} has none - use fixed-length parts "

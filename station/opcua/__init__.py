@@ -1,0 +1,227 @@
+"""OPC UA for Machine Vision (OPC 40100-1): the station as a vision system a PLC drives over OPC UA.
+
+The recipe's ``[opcua]`` table (or ``station run --opcua opc.tcp://HOST:PORT``) starts an asyncua server on its own
+thread and asyncio loop, serving the standard's namespace ``http://opcfoundation.org/UA/MachineVision`` from the
+published NodeSet (``station/opcua_nodeset/``): a ``VisionSystem`` object with its state machine, the methods a PLC
+calls, JobStarted / Ready / ResultReady events (one ResultReady for every ledger row) and the last result.
+
+    [opcua]
+    endpoint = "opc.tcp://0.0.0.0:4840"   # where the server listens
+    control = "plc"                       # "plc": the PLC triggers each part; "observe": the line runs by itself
+    users_file = "/etc/station/opcua-users.toml"
+    recipes = ["../recipes/other_product.toml"]   # what PrepareRecipe may switch to, beside the shipped recipes
+    security = ["none", "sign", "sign_encrypt"]  # the endpoints offered (Basic256Sha256 for sign / sign_encrypt)
+    pki = "station-data/opcua-pki"        # the server's certificate and key, made on first start
+    allow_anonymous = true                # anonymous sessions may browse, read and subscribe (never call)
+
+The users file holds ``name = "scrypt$<salt>$<hash>"`` lines under ``[users]`` (``python -m station.opcua
+hash-password NAME`` prints one); ``STATION_OPCUA_USER`` / ``STATION_OPCUA_PASSWORD`` in the environment add one
+user. Passwords are never taken from the command line. docs/INTEGRATION.md has the PLC sequence and the settings.
+"""
+from __future__ import annotations
+
+import enum
+import getpass
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlparse
+
+from station.errors import RecipeError
+from station.recipe import TableReader
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "http://opcfoundation.org/UA/MachineVision"
+NODESET = Path(__file__).resolve().parent.parent / "opcua_nodeset" / "Opc.Ua.MachineVision.NodeSet2.xml"
+USER_ENV, PASSWORD_ENV = "STATION_OPCUA_USER", "STATION_OPCUA_PASSWORD"
+DEFAULT_ENDPOINT = "opc.tcp://0.0.0.0:4840"
+
+
+class Control(str, enum.Enum):
+    """Who runs the line: the PLC (each part on StartSingleJob, or StartContinuous) or the line itself."""
+
+    PLC = "plc"
+    OBSERVE = "observe"
+
+
+class Security(str, enum.Enum):
+    """An endpoint the server offers: no security, Basic256Sha256 Sign, or Basic256Sha256 Sign & Encrypt."""
+
+    NONE = "none"
+    SIGN = "sign"
+    SIGN_ENCRYPT = "sign_encrypt"
+
+
+# -- users -------------------------------------------------------------------------------------------------------
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """The users-file form of a password: ``scrypt$<salt hex>$<hash hex>``."""
+    salt = salt or secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2 ** 14, r=8, p=1, dklen=32)
+    return f"scrypt${salt.hex()}${digest.hex()}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    """True when ``password`` matches a :func:`hash_password` value (constant-time comparison)."""
+    try:
+        kind, salt, digest = stored.split("$")
+        if kind != "scrypt":
+            return False
+        return hmac.compare_digest(hash_password(password, bytes.fromhex(salt)).split("$")[2], digest)
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Users:
+    """Who may call methods: ``hashed`` from the users file, plus one plain user from the environment."""
+
+    hashed: Mapping[str, str] = field(default_factory=dict)
+    env_user: str | None = None
+    env_password: str | None = field(default=None, repr=False)
+
+    def check(self, name: str | None, password: str | None) -> bool:
+        if not name or password is None:
+            return False
+        if self.env_user is not None and name == self.env_user and self.env_password is not None:
+            if hmac.compare_digest(password.encode(), self.env_password.encode()):
+                return True
+        stored = self.hashed.get(name)
+        return stored is not None and check_password(password, stored)
+
+    def __bool__(self) -> bool:
+        return bool(self.hashed) or (self.env_user is not None and self.env_password is not None)
+
+
+def read_users(path: Path | None, where: str) -> Users:
+    """The users file (if any) and the environment's user; raises :class:`RecipeError` for a bad file."""
+    hashed: dict[str, str] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RecipeError(f"{where} users_file: {path} not found; create it with lines from `python -m "
+                              "station.opcua hash-password NAME` under [users]") from None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise RecipeError(f"{where} users_file: cannot read {path} ({exc}); it is TOML: [users] then "
+                              'name = "scrypt$..." lines') from None
+        users = data.get("users")
+        if not isinstance(users, dict) or not users:
+            raise RecipeError(f"{where} users_file: {path} has no [users] table; add [users] and name = \"scrypt$...\""
+                              " lines (python -m station.opcua hash-password NAME prints one)")
+        for name, value in users.items():
+            if not isinstance(value, str) or not value.startswith("scrypt$") or value.count("$") != 2:
+                raise RecipeError(f"{where} users_file: {path}: user {name!r} needs a hashed password "
+                                  "\"scrypt$<salt>$<hash>\" (python -m station.opcua hash-password NAME), never plain "
+                                  "text")
+            hashed[str(name)] = value
+    return Users(hashed, os.environ.get(USER_ENV) or None, os.environ.get(PASSWORD_ENV))
+
+
+# -- the [opcua] table -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OpcUaConfig:
+    """The checked ``[opcua]`` table (see the module docstring for each key)."""
+
+    endpoint: str
+    host: str
+    port: int
+    control: Control
+    users: Users
+    recipes: tuple[Path, ...]
+    security: tuple[Security, ...]
+    pki: Path
+    allow_anonymous: bool
+
+
+KEYS = ("endpoint", "control", "users_file", "recipes", "security", "pki", "allow_anonymous")
+
+
+def parse_table(table: Mapping[str, Any], where: str, recipe_dir: Path, db_path: Path) -> OpcUaConfig:
+    """Check every key of ``[opcua]``; raises :class:`RecipeError` naming the key and what is allowed."""
+    unknown = [k for k in table if k not in KEYS]
+    if unknown:
+        raise RecipeError(f"{where} {unknown[0]}: unknown key; known keys: {', '.join(KEYS)}")
+
+    def fail(key: str, allowed: str) -> RecipeError:
+        return RecipeError(f"{where} {key}: {table[key]!r} is not allowed; use {allowed}")
+
+    endpoint = table.get("endpoint", DEFAULT_ENDPOINT)
+    url = urlparse(endpoint) if isinstance(endpoint, str) else None
+    try:
+        port = url.port if url is not None else None
+    except ValueError:
+        port = None
+    if url is None or url.scheme != "opc.tcp" or not url.hostname or port is None:
+        raise RecipeError(f"{where} endpoint: {endpoint!r} is not allowed; use opc.tcp://HOST:PORT, e.g. "
+                          f"{DEFAULT_ENDPOINT} (all interfaces) or opc.tcp://127.0.0.1:4840")
+    try:
+        control = Control(table.get("control", Control.PLC.value))
+    except ValueError:
+        raise fail("control", '"plc" (the PLC triggers parts) or "observe" (the line runs by itself)') from None
+    users_file = table.get("users_file")
+    if users_file is not None and (not isinstance(users_file, str) or not users_file.strip()):
+        raise fail("users_file", 'the path of a TOML file with a [users] table, e.g. "/etc/station/opcua-users.toml"')
+    users_path = None if users_file is None else (recipe_dir / Path(users_file).expanduser()).resolve()
+    users = read_users(users_path, where)
+    recipes = table.get("recipes", [])
+    if not isinstance(recipes, list) or not all(isinstance(r, str) and r.strip() for r in recipes):
+        raise fail("recipes", 'a list of recipe files, e.g. ["other_product.toml"] (relative to this recipe)')
+    recipe_paths = tuple((recipe_dir / Path(r).expanduser()).resolve() for r in recipes)
+    for path in recipe_paths:
+        if not path.is_file():
+            raise RecipeError(f"{where} recipes: {path} not found; list recipe files that exist (relative paths start "
+                              f"at {recipe_dir})")
+    security = table.get("security", [s.value for s in Security])
+    try:
+        if not isinstance(security, list) or not security:
+            raise ValueError
+        policies = tuple(dict.fromkeys(Security(s) for s in security))
+    except ValueError:
+        raise fail("security", 'a non-empty list of "none", "sign", "sign_encrypt" (Basic256Sha256)') from None
+    pki = table.get("pki")
+    if pki is not None and (not isinstance(pki, str) or not pki.strip()):
+        raise fail("pki", 'a folder for the server certificate and key, e.g. "station-data/opcua-pki"')
+    anonymous = table.get("allow_anonymous", True)
+    if not isinstance(anonymous, bool):
+        raise fail("allow_anonymous", "true (anonymous sessions may browse and read) or false")
+    if control is Control.PLC and not users:
+        raise RecipeError(f"{where} users_file: missing; with control = \"plc\" a PLC must log in to call methods: "
+                          f"set users_file (lines from `python -m station.opcua hash-password NAME`) or the "
+                          f"environment variables {USER_ENV} and {PASSWORD_ENV}, or set control = \"observe\"")
+    return OpcUaConfig(endpoint=endpoint, host=url.hostname, port=port, control=control, users=users,
+                       recipes=recipe_paths, security=policies,
+                       pki=Path(pki).expanduser() if pki is not None else db_path.parent / "opcua-pki",
+                       allow_anonymous=anonymous)
+
+
+def from_table(t: TableReader, context: Any):
+    """The OPC UA integration the ``[opcua]`` table asks for (checked, not started); see
+    :mod:`station.integrations`."""
+    from station.opcua.integration import OpcUaIntegration
+
+    config = parse_table(t.data, f"{t.where}: [{t.name}]", t.base, Path(context.db_path))
+    return OpcUaIntegration(config, context)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m station.opcua hash-password NAME``: read a password (twice, not echoed) and print the users-file
+    line."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "hash-password":
+        print("usage: python -m station.opcua hash-password NAME   (prints a line for the [users] table of the "
+              "users_file)", file=sys.stderr)
+        return 2
+    password = getpass.getpass(f"password for {args[1]}: ")
+    if not password or password != getpass.getpass("again: "):
+        print("the passwords are empty or differ; nothing printed", file=sys.stderr)
+        return 1
+    print(f'{args[1]} = "{hash_password(password)}"')
+    return 0

@@ -1,0 +1,503 @@
+"""The asyncua server behind :mod:`station.opcua`: the MachineVision address space, its state machine, methods,
+events and results. Everything here runs on the OPC UA thread's asyncio loop; the line's threads are only touched
+through ``source.fire_trigger`` / ``set_triggered`` and by replacing ``line.inspector`` between frames.
+
+States (``VisionStateMachine`` / ``AutomaticModeStateMachine`` CurrentState) mapped onto the line:
+
+- Preoperational: the server is up, automatic mode not selected (after Reset);
+- Initialized: automatic mode, no recipe prepared (after UnprepareRecipe);
+- Ready: a recipe prepared, no job running: the line waits for a trigger (``control = "plc"``);
+- SingleExecution: StartSingleJob fired one trigger; back to Ready with its ResultReady;
+- ContinuousExecution: frames flow (StartContinuous; always so with ``control = "observe"``);
+- Error: the line stopped on an error, or a trigger could not be fired; Halted: the line stopped (Halt, or its end).
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import socket
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from asyncua import Server, ua
+
+from station.opcua import NAMESPACE, NODESET, Control, OpcUaConfig, Security
+from station.opcua.recipes import RecipeBook, RecipeChanges, ledger_label
+from station.opcua.results import RESULT_FIELDS, inherit_struct_definitions, result_record
+from station.opcua.security import SECURITY_POLICIES, StationRules, StationUsers, check_port, ensure_certificate
+
+log = logging.getLogger(__name__)
+
+STATION_NS = "urn:inspection-station:opcua"
+#: NodeIds of the published NodeSet (OPC 40100-1, NodeIds.csv), in its namespace
+VISION_SYSTEM_TYPE, RESULT_TYPE = 1003, 2002
+JOB_STARTED_EVENT, READY_EVENT, RESULT_READY_EVENT, RECIPE_PREPARED_EVENT = 1013, 1023, 1024, 1022
+TOP_STATES = {"Preoperational": 5028, "Operational": 5031, "Error": 5030, "Halted": 5029}
+AUTO_STATES = {"Initialized": 5056, "Ready": 5057, "SingleExecution": 5058, "ContinuousExecution": 5059}
+_EO = ua.VariantType.ExtensionObject
+
+
+class Refused(Exception):
+    """A method the state or the arguments do not allow: answered with ``status``, the text logged and shown in
+    ``Station/LastError``."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+
+
+class VisionSystemServer:
+    """The server for one line; :meth:`start` and :meth:`stop` on the loop, :meth:`push_row` from any thread."""
+
+    def __init__(self, config: OpcUaConfig, context: Any, line: Any) -> None:
+        self.config, self.context, self.line = config, context, line
+        self.book = RecipeBook(context.recipe, config.recipes)
+        self.changes: RecipeChanges | None = None
+        self.server: Server | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.rows: asyncio.Queue = asyncio.Queue()
+        self.state = "Preoperational"
+        self.prepared = False
+        self.pending: collections.deque[str] = collections.deque()  # single jobs waiting for their row
+        self.continuous_job: str | None = None
+        self.job_ids = itertools.count(1)
+        self.parts_seen = 0
+        self.published = 0
+        self.switching = False
+        self.last_result: dict[str, Any] | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._trigger_loop: asyncio.Task | None = None
+        self._stopping: asyncio.Task | None = None
+
+    # -- start / stop ----------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Build the address space and listen; raises (OSError when the port is taken) with nothing left running."""
+        self.loop = asyncio.get_running_loop()
+        cfg = self.config
+        check_port(cfg)  # before the seconds of NodeSet import: a taken port fails at once
+        server = Server(user_manager=StationUsers(cfg))
+        await server.init()
+        server.set_endpoint(cfg.endpoint)
+        station_id = self.context.station_id or "station"
+        server.set_server_name(f"Inspection station {station_id}")
+        app_uri = f"urn:inspection-station:{station_id}"
+        await server.set_application_uri(app_uri)
+        if any(s is not Security.NONE for s in cfg.security):
+            key, cert = await ensure_certificate(cfg.pki, app_uri, socket.gethostname())
+            await server.load_certificate(str(cert))
+            await server.load_private_key(str(key))
+        server.set_security_policy([SECURITY_POLICIES[s] for s in cfg.security], permission_ruleset=StationRules())
+        tokens = [ua.UserNameIdentityToken] + ([ua.AnonymousIdentityToken] if cfg.allow_anonymous else [])
+        server.set_identity_tokens(tokens)
+        await server.import_xml(str(NODESET))
+        self.mv = await server.get_namespace_index(NAMESPACE)
+        self.st = await server.register_namespace(STATION_NS)
+        await inherit_struct_definitions(server, self.mv)
+        await server.load_data_type_definitions()
+        self.server = server
+        await self._build_nodes()
+        self.changes = RecipeChanges(self.context.db_path)
+        await server.start()  # binds the port: an OSError here leaves the line running without OPC UA
+        self._tasks = [asyncio.create_task(self._consume_rows()), asyncio.create_task(self._watch_line())]
+        log.info("OPC UA server at %s (namespace %s, control = %s, security %s)", cfg.endpoint, NAMESPACE,
+                 cfg.control.value, ", ".join(s.value for s in cfg.security))
+        if cfg.control is Control.PLC:
+            if hasattr(self.line.source, "set_triggered"):
+                self.line.source.set_triggered(True)
+            await self._select_automatic()
+            self.prepared = True
+            await self._set_state("Ready")
+        else:
+            await self._set_state("ContinuousExecution")
+            self.continuous_job = f"observe-{self.context.run_id}"
+
+    async def stop(self) -> None:
+        """Publish the rows still queued (a bounded wait), then stop serving."""
+        consumer, *others = self._tasks or [None]
+        for task in others + ([self._trigger_loop] if self._trigger_loop else []):
+            task.cancel()
+        if consumer is not None:
+            self.rows.put_nowait(None)
+            try:
+                await asyncio.wait_for(consumer, 10.0)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                log.warning("OPC UA: %d ledger row(s) not published before the server stopped", self.rows.qsize())
+        if self.server is not None:
+            await self.server.stop()
+        if self.changes is not None:
+            self.changes.close()
+
+    def push_row(self, row: dict, inspect_ms: float | None) -> None:
+        """A committed ledger row (any thread): queued for the loop, never waits."""
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.rows.put_nowait, (row, inspect_ms))
+
+    # -- address space ---------------------------------------------------------------------------------------
+    async def _build_nodes(self) -> None:
+        server, mv, st = self.server, self.mv, self.st
+        vision = await server.nodes.objects.add_object(st, "VisionSystem", ua.NodeId(VISION_SYSTEM_TYPE, mv))
+        self.vision = vision
+        vsm = await vision.get_child(f"{mv}:VisionStateMachine")
+        auto = await vsm.get_child(f"{mv}:AutomaticModeStateMachine")
+        self.top_state = await vsm.get_child("0:CurrentState")
+        self.auto_state = await auto.get_child("0:CurrentState")
+        recipes = await vision.get_child(f"{mv}:RecipeManagement")
+        results = await vision.get_child(f"{mv}:ResultManagement")
+        methods: dict[Any, Callable] = {
+            (vsm, "SelectModeAutomatic"): self.m_select_mode_automatic, (vsm, "Reset"): self.m_reset,
+            (vsm, "Halt"): self.m_halt, (auto, "StartSingleJob"): self.m_start_single_job,
+            (auto, "StartContinuous"): self.m_start_continuous, (auto, "Stop"): self.m_stop,
+            (auto, "Abort"): self.m_abort, (recipes, "PrepareRecipe"): self.m_prepare_recipe,
+            (recipes, "UnprepareRecipe"): self.m_unprepare_recipe, (results, "GetResultById"): self.m_get_result,
+        }
+        for (parent, name), handler in methods.items():
+            server.link_method(await parent.get_child(f"{mv}:{name}"), self._guarded(name, handler))
+        from asyncua.common.instantiate_util import instantiate
+
+        folder = await results.get_child(f"{mv}:Results")
+        self.result_var = (await instantiate(folder, server.get_node(ua.NodeId(RESULT_TYPE, mv)),
+                                             bname=ua.QualifiedName("LastResult", st), idx=st))[0]
+        part = await vision.add_object(st, "LastPart")
+        self.part_vars = {}
+        for name, kind, value in (("RowId", ua.VariantType.Int64, 0), ("JobId", ua.VariantType.String, ""),
+                                  ("PartId", ua.VariantType.String, ""), ("FrameId", ua.VariantType.Int64, 0),
+                                  ("File", ua.VariantType.String, ""), ("Verdict", ua.VariantType.String, ""),
+                                  ("Reason", ua.VariantType.String, ""), ("DefectCount", ua.VariantType.Int32, 0),
+                                  ("DefectClasses", ua.VariantType.String, []),
+                                  ("Recipe", ua.VariantType.String, ""),
+                                  ("CreationTime", ua.VariantType.DateTime, datetime.now(timezone.utc)),
+                                  ("LatencyMs", ua.VariantType.Double, 0.0),
+                                  ("InspectionMs", ua.VariantType.Double, 0.0),
+                                  ("ResultCount", ua.VariantType.UInt64, 0)):
+            self.part_vars[name] = await part.add_variable(st, name, ua.Variant(value, kind))
+        info = await vision.add_object(st, "Station")
+        self.info_vars = {}
+        for name, value in (("StationId", self.context.station_id or ""), ("RunId", self.context.run_id or ""),
+                            ("Control", self.config.control.value), ("ActiveRecipe", self.book.active_id),
+                            ("ActiveRecipeFingerprint", self.book.active.fingerprint()),
+                            ("KnownRecipes", self.book.ids()), ("LastError", ""), ("State", self.state)):
+            self.info_vars[name] = await info.add_variable(st, name, ua.Variant(value, ua.VariantType.String))
+        self.events = {}
+        for name, type_id in (("JobStarted", JOB_STARTED_EVENT), ("Ready", READY_EVENT),
+                              ("ResultReady", RESULT_READY_EVENT), ("RecipePrepared", RECIPE_PREPARED_EVENT)):
+            gen = await server.get_event_generator(ua.NodeId(type_id, mv), server.nodes.server)
+            gen.event.SourceNode = vision.nodeid
+            gen.event.SourceName = "VisionSystem"
+            self.events[name] = gen
+
+    def _guarded(self, name: str, handler: Callable) -> Callable:
+        async def call(parent: ua.NodeId, *args: ua.Variant):
+            try:
+                return await handler(*[a.Value for a in args])
+            except Refused as exc:
+                log.warning("OPC UA %s refused: %s", name, exc)
+                await self._write(self.info_vars["LastError"], f"{name}: {exc}", ua.VariantType.String)
+                return ua.StatusCode(exc.status)
+        return call
+
+    async def _write(self, node: Any, value: Any, kind: ua.VariantType) -> None:
+        await self.server.write_attribute_value(node.nodeid, ua.DataValue(ua.Variant(value, kind)))
+
+    # -- the state machine -----------------------------------------------------------------------------------
+    async def _set_state(self, state: str) -> None:
+        self.state = state
+        top = state if state in TOP_STATES else "Operational"
+        await self._write(self.top_state, ua.LocalizedText(top), ua.VariantType.LocalizedText)
+        await self._write(await self.top_state.get_child("0:Id"), ua.NodeId(TOP_STATES[top], self.mv),
+                          ua.VariantType.NodeId)
+        auto = state if state in AUTO_STATES else ""
+        await self._write(self.auto_state, ua.LocalizedText(auto), ua.VariantType.LocalizedText)
+        await self._write(await self.auto_state.get_child("0:Id"),
+                          ua.NodeId(AUTO_STATES[auto], self.mv) if auto else ua.NodeId(), ua.VariantType.NodeId)
+        await self._write(self.info_vars["State"], state, ua.VariantType.String)
+
+    def _expect(self, *states: str) -> None:
+        if self.state not in states:
+            raise Refused(ua.StatusCodes.BadInvalidState, f"the vision system is {self.state}; allowed only in "
+                                                          f"{' or '.join(states)}")
+
+    def _plc(self) -> None:
+        if self.config.control is not Control.PLC:
+            raise Refused(ua.StatusCodes.BadInvalidState, 'control = "observe": the line runs by itself and OPC UA '
+                                                          'only reports; set [opcua] control = "plc" to drive it')
+
+    def _not_switching(self) -> None:
+        if self.switching:
+            raise Refused(ua.StatusCodes.BadInvalidState, "a recipe is being prepared; start the job after its "
+                                                          "RecipePrepared event")
+
+    def in_flight(self) -> int:
+        """Parts the source delivered (or single jobs fired) whose ledger row has not arrived yet."""
+        return max(0, self.line.counters.acquired - self.parts_seen) + len(self.pending)
+
+    async def _select_automatic(self) -> None:
+        await self._set_state("Initialized")
+
+    async def m_select_mode_automatic(self):
+        self._plc()
+        self._expect("Preoperational")
+        await self._select_automatic()
+        if self.prepared:
+            await self._set_state("Ready")
+        return [ua.Variant(0, ua.VariantType.Int32)]
+
+    async def m_reset(self, *_args):
+        self._expect("Error", "Halted", "Preoperational", "Initialized", "Ready")
+        if self.line.failure is not None or (self.line._threads and not self.line.running):
+            raise Refused(ua.StatusCodes.BadInvalidState, "the line has stopped"
+                          + (f" on an error ({self.line.failure})" if self.line.failure else "")
+                          + "; start the station again")
+        await self._set_state("Preoperational")
+        return [ua.Variant(0, ua.VariantType.Int32)]
+
+    async def m_halt(self, *_args):
+        self.line.stop("halted over OPC UA")
+        self.pending.clear()
+        await self._set_state("Halted")
+        return [ua.Variant(0, ua.VariantType.Int32)]
+
+    async def m_start_single_job(self, meas_id=None, part_id=None, recipe_id=None, product_id=None, *_rest):
+        self._plc()
+        self._expect("Ready")
+        self._not_switching()
+        self._check_recipe_arg(recipe_id)
+        job = f"{self.context.run_id}-{next(self.job_ids)}"
+        self.pending.append(job)
+        await self._set_state("SingleExecution")
+        await self._event("JobStarted", job)
+        try:
+            await asyncio.to_thread(self.line.source.fire_trigger)
+        except Exception as exc:  # noqa: BLE001 - told to the PLC, the line goes on
+            self.pending.remove(job)
+            await self._set_state("Error")
+            raise Refused(ua.StatusCodes.BadNotSupported, f"the trigger could not be fired: {exc}") from None
+        return [ua.Variant(job, ua.VariantType.String), ua.Variant(0, ua.VariantType.Int32)]
+
+    async def m_start_continuous(self, meas_id=None, part_id=None, recipe_id=None, product_id=None, *_rest):
+        self._plc()
+        self._expect("Ready")
+        self._not_switching()
+        self._check_recipe_arg(recipe_id)
+        job = f"{self.context.run_id}-{next(self.job_ids)}"
+        self.continuous_job = job
+        await self._set_state("ContinuousExecution")
+        await self._event("JobStarted", job)
+        source = self.line.source
+        if hasattr(source, "set_triggered"):
+            source.set_triggered(False)
+        else:  # a camera on software trigger: the next trigger as soon as the last part has its row
+            self._trigger_loop = asyncio.create_task(self._keep_triggering())
+        return [ua.Variant(job, ua.VariantType.String), ua.Variant(0, ua.VariantType.Int32)]
+
+    async def _keep_triggering(self) -> None:
+        while self.state == "ContinuousExecution":
+            if self.in_flight() == 0:
+                await asyncio.to_thread(self.line.source.fire_trigger)
+            await asyncio.sleep(0.002)
+
+    async def m_stop(self, *_args):
+        """Hold the frames and answer at once; Ready (state and event) follows when the parts under way have their
+        rows, so the call never outlasts a client's request timeout."""
+        self._plc()
+        self._expect("SingleExecution", "ContinuousExecution")
+        if self._stopping is None or self._stopping.done():
+            self._stopping = asyncio.create_task(self._halt_flow(wait=True))
+        return [ua.Variant(0, ua.VariantType.Int32)]
+
+    async def m_abort(self, *_args):
+        self._plc()
+        self._expect("SingleExecution", "ContinuousExecution")
+        await self._halt_flow(wait=False)
+        return [ua.Variant(0, ua.VariantType.Int32)]
+
+    async def _halt_flow(self, wait: bool) -> None:
+        """Stop the frames (the replay holds its next file, the trigger loop ends) and go Ready; ``wait``: after
+        the parts under way have their rows (at most the line's drain timeout)."""
+        job = self.continuous_job or (self.pending[0] if self.pending else "")
+        if self._trigger_loop is not None:
+            self._trigger_loop.cancel()
+            self._trigger_loop = None
+        if hasattr(self.line.source, "set_triggered"):
+            self.line.source.set_triggered(True)
+        if not wait:
+            self.pending.clear()
+            if self._stopping is not None:
+                self._stopping.cancel()
+        deadline = self.loop.time() + self.line.drain_timeout_s
+        while wait and self.in_flight() and self.loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if self.state not in ("SingleExecution", "ContinuousExecution"):
+            return  # halted or failed meanwhile
+        self.continuous_job = None
+        self.pending.clear()
+        await self._set_state("Ready")
+        await self._event("Ready", job)
+
+    def _check_recipe_arg(self, recipe_id: Any) -> None:
+        wanted = getattr(recipe_id, "Id", None)
+        if wanted and wanted != self.book.active_id:
+            raise Refused(ua.StatusCodes.BadInvalidArgument, f"recipe {wanted!r} is not the prepared one "
+                                                             f"({self.book.active_id!r}); call PrepareRecipe first")
+
+    # -- recipes ---------------------------------------------------------------------------------------------
+    def _internal_id(self) -> Any:
+        fingerprint = self.book.active.fingerprint()
+        return ua.RecipeIdInternalDataType(Id=self.book.active_id, Version=fingerprint,
+                                           Hash=bytes.fromhex(fingerprint), HashAlgorithm="sha256/48")
+
+    async def m_prepare_recipe(self, external_id=None, internal_id=None, *_rest):
+        self._plc()
+        self._expect("Initialized", "Ready")
+        wanted = getattr(external_id, "Id", None) or getattr(internal_id, "Id", None)
+        if not wanted:
+            raise Refused(ua.StatusCodes.BadInvalidArgument, "ExternalId.Id must name a recipe; known: "
+                                                             + ", ".join(self.book.ids()))
+        if wanted not in self.book.paths:
+            raise Refused(ua.StatusCodes.BadNotFound, f"no recipe {wanted!r} known; known: "
+                                                      + ", ".join(self.book.ids()))
+        if self.switching:
+            raise Refused(ua.StatusCodes.BadInvalidState, "a recipe is being prepared; wait for its RecipePrepared "
+                                                          "event")
+        if wanted == self.book.active_id:
+            self.prepared = True
+            await self._set_state("Ready")
+            await self._recipe_prepared()
+            return [ua.Variant(self._internal_id()), ua.Variant(True, ua.VariantType.Boolean),
+                    ua.Variant(0, ua.VariantType.Int32)]
+        from station.app import line_scan
+
+        if line_scan(self.book.active):
+            raise Refused(ua.StatusCodes.BadNotSupported, "recipes of line-scan lines are switched by restarting "
+                                                          "the station")
+        if self.in_flight():
+            raise Refused(ua.StatusCodes.BadInvalidState, f"{self.in_flight()} part(s) are still being inspected; "
+                                                          "wait for their ResultReady, then prepare the recipe")
+        # loading a model takes seconds: IsCompleted = false now, RecipePrepared (and Ready) when it is active
+        self.switching = True
+        self._tasks.append(asyncio.create_task(self._switch(wanted)))
+        return [ua.Variant(self._internal_id()), ua.Variant(False, ua.VariantType.Boolean),
+                ua.Variant(0, ua.VariantType.Int32)]
+
+    async def _recipe_prepared(self) -> None:
+        gen = self.events["RecipePrepared"]
+        internal = self._internal_id()
+        gen.event.add_property("ExternalId", ua.RecipeIdExternalDataType(Id=internal.Id), _EO)
+        gen.event.add_property("InternalId", internal, _EO)
+        await gen.trigger(message=f"recipe {internal.Id} {internal.Version} prepared")
+
+    async def _switch(self, recipe_id: str) -> None:
+        """Prepare ``recipe_id`` off the loop and make it active between two frames; a recipe that does not load
+        leaves the active one in place (LastError says why)."""
+        try:
+            try:
+                prepared = await asyncio.to_thread(self.book.prepare, recipe_id)
+            except Exception as exc:  # noqa: BLE001 - a recipe that does not load leaves the active one in place
+                raise Refused(ua.StatusCodes.BadConfigurationError,
+                              f"recipe {recipe_id!r} was not activated: {exc}") from None
+            if self.in_flight() or self.state not in ("Initialized", "Ready"):
+                raise Refused(ua.StatusCodes.BadInvalidState, f"recipe {recipe_id!r} was not activated: a job "
+                                                              "started while it was prepared; prepare it when idle")
+            old = self.book.active
+            ledger = self.line.reject_log
+            await asyncio.to_thread(self.changes.record, station_id=self.context.station_id,
+                                    run_id=self.context.run_id, old=old, new=prepared.recipe,
+                                    new_path=self.book.paths[recipe_id], via="opcua PrepareRecipe")
+            self.line.inspector = prepared.inspector  # between frames: nothing is in flight
+            if ledger is not None:
+                ledger.recipe = ledger_label(prepared.recipe)
+                ledger.engine_id = prepared.inspector.engine_id
+                ledger.mask_threshold = prepared.inspector.rules.score_threshold
+                calibration = getattr(prepared.inspector, "calibration", None)
+                ledger.calibration = calibration.name if calibration is not None else None
+            self.book.active, self.book.active_id = prepared.recipe, recipe_id
+            log.info("recipe %s active (was %s), recorded in %s recipe_changes", ledger_label(prepared.recipe),
+                     ledger_label(old), self.context.db_path)
+            await self._write(self.info_vars["ActiveRecipe"], recipe_id, ua.VariantType.String)
+            await self._write(self.info_vars["ActiveRecipeFingerprint"], prepared.recipe.fingerprint(),
+                              ua.VariantType.String)
+            self.prepared = True
+            await self._set_state("Ready")
+            await self._recipe_prepared()
+        except Refused as exc:
+            log.error("OPC UA PrepareRecipe: %s", exc)
+            await self._write(self.info_vars["LastError"], f"PrepareRecipe: {exc}", ua.VariantType.String)
+        except Exception:  # noqa: BLE001 - the server goes on with the active recipe
+            log.exception("OPC UA PrepareRecipe %s failed", recipe_id)
+        finally:
+            self.switching = False
+
+    async def m_unprepare_recipe(self, external_id=None, internal_id=None, *_rest):
+        self._plc()
+        self._expect("Ready")
+        self._not_switching()
+        self.prepared = False
+        await self._set_state("Initialized")
+        return [ua.Variant(self._internal_id()), ua.Variant(0, ua.VariantType.Int32)]
+
+    async def m_get_result(self, result_id=None, _timeout=None, *_rest):
+        try:
+            row = await asyncio.to_thread(self.changes.row, int(str(result_id)))
+        except ValueError:
+            row = None
+        if row is None:
+            raise Refused(ua.StatusCodes.BadNotFound, f"no ledger row {result_id!r}; result ids are row ids")
+        return [ua.Variant(0, ua.VariantType.UInt32), ua.Variant(result_record(row, "", None)),
+                ua.Variant(0, ua.VariantType.Int32)]
+
+    # -- results ---------------------------------------------------------------------------------------------
+    async def _event(self, name: str, job: str, message: str | None = None) -> None:
+        gen = self.events[name]
+        gen.event.add_property("JobId", job, ua.VariantType.String)
+        await gen.trigger(message=message or f"{name} {job}")
+
+    async def _consume_rows(self) -> None:
+        """Publish rows in ledger order until the end marker (None) that :meth:`stop` queues."""
+        while (item := await self.rows.get()) is not None:
+            row, inspect_ms = item
+            try:
+                await self._publish(row, inspect_ms)
+            except Exception:  # noqa: BLE001 - a result that cannot be published never stops the next ones
+                log.exception("OPC UA: ledger row %s not published", row.get("id"))
+
+    async def _publish(self, row: dict, inspect_ms: float | None) -> None:
+        """One ledger row: LastResult, LastPart, a ResultReady event, and the end of its single job."""
+        if row["verdict"] != "GAP":
+            self.parts_seen += 1
+        if self.pending:
+            job = self.pending.popleft()
+        else:
+            job = self.continuous_job or ""
+        result = result_record(row, job, inspect_ms)
+        self.published += 1
+        await self._write(self.result_var, result, ua.VariantType.ExtensionObject)
+        values = {"RowId": int(row["id"]), "JobId": job, "PartId": result.PartId.Id, "FrameId": int(row["frame_id"]),
+                  "File": row.get("file") or "", "Verdict": row["verdict"], "Reason": row.get("reason") or "",
+                  "DefectCount": result.ResultContent[1].Value, "DefectClasses": result.ResultContent[2].Value,
+                  "Recipe": row.get("recipe") or "", "CreationTime": result.CreationTime,
+                  "LatencyMs": float(row.get("latency_ms") or 0.0),
+                  "InspectionMs": float(inspect_ms) if inspect_ms is not None else 0.0,
+                  "ResultCount": self.published}
+        for name, value in values.items():
+            kind = (await self.part_vars[name].read_data_value()).Value.VariantType
+            await self._write(self.part_vars[name], value, kind)
+        self.last_result = values
+        gen = self.events["ResultReady"]
+        for name, kind in RESULT_FIELDS.items():
+            value = getattr(result, name)
+            gen.event.add_property(name, value.Id if name in ("ResultId", "JobId") else value, kind)  # String
+        await gen.trigger(message=f"{row['verdict']} {result.PartId.Id} (row {row['id']})")
+        if self.state == "SingleExecution" and not self.pending:
+            await self._set_state("Ready")
+            await self._event("Ready", job)
+
+    async def _watch_line(self) -> None:
+        """Error when the line stops on an error, Halted when it ends."""
+        while True:
+            await asyncio.sleep(0.2)
+            state = getattr(self.line.state, "value", str(self.line.state))
+            if state == "error" and self.state not in ("Error",):
+                await self._set_state("Error")
+            elif state in ("stopped", "draining") and self.state not in ("Halted", "Error"):
+                await self._set_state("Halted")
