@@ -8,7 +8,9 @@ Building is a chain of small steps, each one checked:
    list; quantise it (onnxruntime int8, static, calibrated on real images) or convert it (onnxruntime fp16, CUDA);
 3. build the TensorRT plan (tensorrt: FP16/INT8 flags, optimization profile, timing cache kept in ``DIR``);
 4. open what was built and measure its parity with the torch fp32 reference on real tiles (``--data``) or, when no
-   data is given, on a seeded random batch;
+   data is given, on a seeded random batch; an int8 segmentation engine is instead judged on real images through the
+   station's inspector (verdicts, mask IoU; :mod:`engines.verify`) and refused, naming the layers that drifted most,
+   when it misses the int8 tolerances (the recipe of calibration tiles and float exclusions: :mod:`engines.quantize`);
 5. write ``manifest.json`` and move the folder into place (a failed build never leaves a half-written folder).
 
 >>> manifest = build(BuildSettings(weights="bffn-magnetic-tile", backend="onnxruntime", out="engines-built/bffn"))
@@ -33,15 +35,17 @@ import numpy as np
 
 from engines.backends.common import BACKENDS
 from engines.backends.tensorrt_build import build_engine
-from engines.errors import BackendUnavailable
 from engines.export import INPUT_NAME, OPSET, export_onnx
 from engines.folders import CALIBRATION_CACHE, ONNX_FILE, PLAN_FILE, TIMING_CACHE, WEIGHTS_DIR, open_folder
-from engines.inputs import batches, network_inputs
+from engines.errors import BackendUnavailable, EngineError
+from engines.inputs import batches, named_images, network_inputs, spread
 from engines.int8_sets import calibration_images, int8_set
 from engines.manifest import FORMAT, library_versions, machine, now_iso, write_manifest
 from engines.models import model_spec
 from engines.onnx_check import unsupported_tensorrt_ops
-from engines.parity import measure_parity
+from engines.parity import measure_parity, reference_engine
+from engines.quantize import DEFAULT_EXCLUDE, calibration_tiles, group_nodes, layer_sensitivity, quantize, top_layers
+from engines.verify import TOLERANCES, judge, verify_segmentation
 from engines.weights import CONFIG_FILE, WEIGHTS_FILE, resolve_weights
 from inspection_core.hashing import file_sha256
 
@@ -71,6 +75,7 @@ class BuildSettings:
     data: str = ""
     parity_images: int = 8
     threads: int = 0
+    int8_exclude: tuple[str, ...] = DEFAULT_EXCLUDE
 
     def resolved_device(self) -> str:
         return self.device or ("cuda" if self.backend == "tensorrt" else "cpu")
@@ -130,26 +135,68 @@ def _export(bundle, settings: BuildSettings, folder: Path, tile: int) -> dict[st
     return {"opset": OPSET, "tensorrt_unsupported_ops": unsupported_tensorrt_ops(folder / ONNX_FILE)}
 
 
-def _quantize_onnxruntime(folder: Path, inputs: np.ndarray, batch: int) -> str:
-    """Static int8 quantisation (QDQ, per-channel weights) calibrated on ``inputs``; returns the file name."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+INT8_FILE = "model.int8.onnx"
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(batches(inputs, batch))
 
-        def get_next(self):
-            x = next(self.it, None)
-            return None if x is None else {INPUT_NAME: x}
+def _quantize_onnxruntime(folder: Path, inputs: np.ndarray, batch: int, groups) -> tuple[str, dict[str, Any]]:
+    """Static int8 quantisation (:func:`engines.quantize.quantize`) with ``groups`` kept in floating point;
+    returns the file name and the exclusions made."""
+    excluded = group_nodes(folder / ONNX_FILE, groups)
+    quantize(folder / ONNX_FILE, folder / INT8_FILE, inputs, batch, [n for names in excluded.values() for n in names])
+    return INT8_FILE, {"groups": list(groups), "nodes": excluded}
 
-    prepared = folder / "model.prep.onnx"
-    quant_pre_process(str(folder / ONNX_FILE), str(prepared), skip_symbolic_shape=True)
-    name = "model.int8.onnx"
-    quantize_static(str(prepared), str(folder / name), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    prepared.unlink()
-    return name
+
+class _Rules:
+    """Decision rules and tiling for the int8 parity check when the caller gives no recipe: the defaults of
+    :class:`inspection_core.verdict.DecisionRules` on the shipped recipe's tiling (overlap 32)."""
+
+    def __init__(self, batch: int) -> None:
+        from types import SimpleNamespace
+
+        from inspection_core.verdict import DecisionRules
+
+        self.rules = DecisionRules()
+        self.tiling = SimpleNamespace(overlap=32, batch=batch)
+        self.path = "default decision rules (score >= 0.5, 30 px), overlap 32"
+
+
+def _int8_parity(engine, weights_dir: Path, settings: BuildSettings, kind: str, tile: int, spec, folder: Path,
+                 recipe, tolerances: dict[str, float] | None) -> dict[str, Any]:
+    """Judge a freshly built int8 segmentation engine against torch fp32 on real images (``--data``, else the
+    calibration images) through the station's inspector; raise :class:`EngineError`, naming the layers that
+    drifted most, when it misses ``tolerances`` (default: :data:`engines.verify.TOLERANCES` ``["int8"]``)."""
+    recipe = recipe or _Rules(settings.batch[1])
+    count = max(settings.parity_images, 1)
+    if settings.data:
+        images, source = named_images(settings.data, count), settings.data
+    else:
+        chosen = calibration_images(settings.calibration, settings.calibration_images)
+        chosen = [chosen[i] for i in spread(len(chosen), count)]
+        images, source = [(f"calibration-{i}", im) for i, im in enumerate(chosen)], settings.calibration
+    reference = reference_engine(weights_dir, threads=settings.threads)
+    try:
+        report = verify_segmentation(engine, reference, images, recipe)
+    finally:
+        reference.close()
+    tol = {**TOLERANCES["int8"], **(tolerances or {})}
+    failed = judge(report, "int8", tol)
+    layers: list[dict[str, Any]] = []
+    if (folder / INT8_FILE).exists():
+        x = network_inputs([im for _, im in images], kind, tile, spec, limit=32)
+        layers = layer_sensitivity(folder / ONNX_FILE, folder / INT8_FILE, x, threads=settings.threads or 1)
+    parity = {"against": "torch fp32 cpu", "source": f"{source} ({len(images)} images, station inspector)",
+              **{k: v for k, v in report.items() if k != "verdicts_differing"},
+              "verdicts_differing": report["verdicts_differing"][:20],
+              "rules": str(getattr(recipe, "path", "recipe")), "tolerances": tol, "layers": layers[:10]}
+    if failed:
+        where = f" The layers that diverged most: {top_layers(layers)}." if layers else ""
+        raise EngineError(
+            f"int8 engine not written: against torch fp32 on {len(images)} images of {source}, through the "
+            f"station's inspector, it misses the int8 tolerances: {'; '.join(failed)}.{where} What to do: calibrate "
+            "on more or other images that include defects (--calibration DIR, a data folder with masks gives a mix "
+            "of defect and defect-free tiles), keep those layers in floating point (BuildSettings.int8_exclude, "
+            "groups in engines.quantize.GROUPS), or build fp32 (--precision fp32)")
+    return parity
 
 
 def _fp16_onnx(folder: Path) -> str:
@@ -161,9 +208,12 @@ def _fp16_onnx(folder: Path) -> str:
     return name
 
 
-def build(settings: BuildSettings) -> dict[str, Any]:
+def build(settings: BuildSettings, recipe=None, tolerances: dict[str, float] | None = None) -> dict[str, Any]:
     """Build an engine folder at ``settings.out``; return its manifest. An existing folder is replaced only once
-    the new one is complete (its TensorRT timing cache is reused)."""
+    the new one is complete (its TensorRT timing cache is reused). An int8 segmentation engine is judged with
+    ``recipe``'s tiling and decision rules (a station recipe or anything with ``rules``, ``tiling.overlap`` and
+    ``tiling.batch``; default :class:`_Rules`) against ``tolerances`` (default: the int8 ones of
+    :data:`engines.verify.TOLERANCES`), and not written when it misses them."""
     started = time.perf_counter()
     bundle = resolve_weights(settings.weights)
     _check_settings(settings, bundle)
@@ -190,15 +240,18 @@ def build(settings: BuildSettings) -> dict[str, Any]:
         }
         calib = None
         if settings.precision == "int8":
-            calib = network_inputs(calibration_images(settings.calibration, settings.calibration_images), kind,
-                                   tile, spec, limit=max(settings.batch[1] * 8, 64))
-            manifest["int8_calibration"] = {"source": settings.calibration, "inputs": int(len(calib))}
+            calib, manifest["int8_calibration"] = calibration_tiles(
+                settings.calibration, settings.calibration_images, kind, tile, spec,
+                limit=max(settings.batch[1] * 8, 64))
         if settings.backend in ("onnxruntime", "tensorrt"):
             report = _export(bundle, settings, work, tile)
             manifest["onnx"] = {**_entry(work, ONNX_FILE), **report}
             if settings.backend == "onnxruntime" and settings.precision != "fp32":
-                name = (_quantize_onnxruntime(work, calib, settings.batch[1]) if settings.precision == "int8"
-                        else _fp16_onnx(work))
+                if settings.precision == "int8":
+                    name, manifest["int8_excluded"] = _quantize_onnxruntime(work, calib, settings.batch[1],
+                                                                            settings.int8_exclude)
+                else:
+                    name = _fp16_onnx(work)
                 manifest["engine"] = _entry(work, name)
         if settings.backend == "tensorrt":
             if out.joinpath(TIMING_CACHE).exists():
@@ -221,7 +274,11 @@ def build(settings: BuildSettings) -> dict[str, Any]:
         write_manifest(work, manifest)  # provisional, so the folder opens for the parity check
         engine = open_folder(work, manifest, threads=settings.threads, device=device)
         try:
-            manifest["parity"] = measure_parity(engine, weights_dir, settings, kind, tile, spec)
+            if settings.precision == "int8" and kind == "segmentation":
+                manifest["parity"] = _int8_parity(engine, weights_dir, settings, kind, tile, spec, work, recipe,
+                                                  tolerances)
+            else:
+                manifest["parity"] = measure_parity(engine, weights_dir, settings, kind, tile, spec)
         finally:
             engine.close()
         manifest["build_seconds"] = round(time.perf_counter() - started, 1)

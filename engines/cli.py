@@ -44,14 +44,24 @@ from engines.models import CLASSIFICATION_MODELS, MODEL_NAMES, RESNETS, SCORING_
 from station.recipe import load_recipe, shipped_recipe_path
 
 
+def _recipe(args: argparse.Namespace):
+    """The station recipe whose tiling and rules judge verdicts (``--recipe``, default the shipped magnetic_tile)."""
+    name = args.recipe or "magnetic_tile"
+    return load_recipe(name if Path(name).suffix == ".toml" else shipped_recipe_path(name))
+
+
+def _build(args: argparse.Namespace) -> int:
+    """``engines build``: here for the same reason as :func:`_verify` (an int8 build is judged by a recipe's rules)."""
+    return run_build(args, recipe=_recipe(args) if args.precision == "int8" else None)
+
+
 def _verify(args: argparse.Namespace) -> int:
     """``engines verify``: kept here, beside the parser, because it reads a station recipe (an upward import the
     layers contract allows for this entry point only); the other handlers are in :mod:`engines.commands`."""
     from engines.verify import verify
 
     # a segmentation engine is judged with a station recipe's tiling and rules (top layer: the command reads it)
-    name = args.recipe or "magnetic_tile"
-    recipe = load_recipe(name if Path(name).suffix == ".toml" else shipped_recipe_path(name))
+    recipe = _recipe(args)
     report = verify(args.engine, args.data, against=args.against, recipe=recipe, limit=args.limit,
                     threads=args.threads, batch=args.batch)
     shown = {k: v for k, v in report.items() if k not in ("verdicts_differing", "label_sets_differing")}
@@ -312,10 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--mode", choices=SCORING_MODES, default="batch", help="GR only: scoring mode")
     build.add_argument("--workspace", type=int, default=2048, help="TensorRT workspace limit in MiB")
     build.add_argument("--calibration", help="int8: a calibration profile (calibration int8 add) or image folder")
-    build.add_argument("--data", help="images for the parity check at build (default: seeded random tiles)")
+    build.add_argument("--data", help="images for the parity check at build (default: seeded random tiles; int8: "
+                                      "the calibration images)")
+    build.add_argument("--recipe", help="int8: recipe whose tiling and rules judge the verdicts the build must keep "
+                                        "(default: magnetic_tile); below the int8 tolerances nothing is written")
     build.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     build.add_argument("--out", required=True, help="engine folder to write (replaced once the new one is built)")
-    build.set_defaults(func=run_build)
+    build.set_defaults(func=_build)
 
     ver = sub.add_parser("verify", help="run an engine and the torch reference on real images; exit 1 if they "
                                         "disagree beyond the engine precision's tolerances",

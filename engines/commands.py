@@ -164,14 +164,14 @@ def run_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def run_build(args: argparse.Namespace) -> int:
+def run_build(args: argparse.Namespace, recipe=None) -> int:
     from engines.build import BuildSettings, build, parse_batch
 
     settings = BuildSettings(weights=args.weights, backend=args.backend, out=args.out, precision=args.precision,
                              batch=parse_batch(args.batch), tile=args.tile, device=args.device or "",
                              mode=args.mode, model=args.model or "", workspace_mib=args.workspace,
                              calibration=args.calibration or "", data=args.data or "", threads=args.threads)
-    manifest = build(settings)
+    manifest = build(settings, recipe=recipe)
     parity = manifest["parity"]
     print(json.dumps({"engine": args.out, "model": manifest["model"], "backend": manifest["backend"],
                       "precision": manifest["precision"], "device": manifest["device"], "tile": manifest["tile"],

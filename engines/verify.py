@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 TOLERANCES: dict[str, dict[str, float]] = {
     "fp32": {"verdict_agreement": 1.0, "label_agreement": 1.0, "min_mask_iou": 0.98, "mean_abs": 1e-4},
     "fp16": {"verdict_agreement": 0.995, "label_agreement": 0.995, "min_mask_iou": 0.90, "mean_abs": 5e-3},
-    "int8": {"verdict_agreement": 0.98, "label_agreement": 0.98, "min_mask_iou": 0.70, "mean_abs": 3e-2},
+    # int8 (issue 17): verdicts as fp16's, masks judged by their mean IoU; a lone speck under the min-area rule makes
+    # one image's IoU 0 without changing its verdict, so the minimum is not judged (docs/int8.md)
+    "int8": {"verdict_agreement": 0.995, "label_agreement": 0.98, "min_mask_iou": 0.0, "mean_mask_iou": 0.90,
+             "mean_abs": 3e-2},
 }
 
 
@@ -84,15 +87,18 @@ def verify_classifier(engine, reference, images: list[tuple[str, np.ndarray]], b
             "max_abs": significant(diff.max()), "mean_abs": significant(diff.mean())}
 
 
-def judge(report: dict[str, Any], precision: str) -> list[str]:
-    """The tolerances of ``precision`` that ``report`` misses (empty when it passes)."""
-    tol = TOLERANCES[precision]
+def judge(report: dict[str, Any], precision: str, tolerances: dict[str, float] | None = None) -> list[str]:
+    """The tolerances of ``precision`` (or ``tolerances``, e.g. a build's stricter ones) that ``report`` misses
+    (empty when it passes)."""
+    tol = tolerances or TOLERANCES[precision]
     failed = []
     for key in ("verdict_agreement", "label_agreement"):
         if key in report and report[key] < tol[key]:
             failed.append(f"{key} {report[key]:.4f} < {tol[key]}")
     if report.get("min_mask_iou") is not None and report["min_mask_iou"] < tol["min_mask_iou"]:
         failed.append(f"min_mask_iou {report['min_mask_iou']:.4f} < {tol['min_mask_iou']}")
+    if report.get("mean_mask_iou") is not None and report["mean_mask_iou"] < tol.get("mean_mask_iou", 0.0):
+        failed.append(f"mean_mask_iou {report['mean_mask_iou']:.4f} < {tol['mean_mask_iou']}")
     if report["mean_abs"] > tol["mean_abs"]:
         failed.append(f"mean_abs {report['mean_abs']:.2e} > {tol['mean_abs']:.0e}")
     return failed

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from station.errors import RejectLogError, StationError
-from station.rejectlog import COLUMNS, VerdictFilter, decode_labels, fetch_rows, parse_time, write_atomically
+from station.rejectlog import COLUMNS, VerdictFilter, check_times, decode_labels, fetch_rows, write_atomically
 
 #: The columns of ``--per-defect``: the part's own columns, then the defect's.
 PART_COLUMNS = ("id", "time_utc", "station_id", "run_id", "source", "frame_id", "file", "verdict", "engine_id",
@@ -182,12 +182,7 @@ def run_export(args: argparse.Namespace) -> int:
               "(the recipe's [log] db, station-data/rejects.db by default)", file=sys.stderr)
         return 2
     try:
-        for name in ("since", "until"):
-            if getattr(args, name) is not None:
-                try:
-                    parse_time(getattr(args, name))
-                except RejectLogError as exc:
-                    raise RejectLogError(f"--{name}: {exc}") from None
+        check_times(args.since, args.until)
     except RejectLogError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -30,6 +30,18 @@ _MARKS = """CREATE TABLE IF NOT EXISTS outbox_marks (
 )"""
 
 
+def connect_beside(db_path: Path, ddl: str, purpose: str, busy_timeout_s: float = 10.0) -> sqlite3.Connection:
+    """A connection of its own to an existing ledger file, for a table kept beside ``inspections`` (``ddl``: its
+    ``CREATE TABLE IF NOT EXISTS``); ``purpose`` names it in the :class:`LedgerError` when the file cannot take it."""
+    try:
+        conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(ddl)
+    except sqlite3.Error as exc:
+        raise LedgerError(f"cannot {purpose} in {db_path}: {exc}; the file and its folder must be writable") from None
+    return conn
+
+
 class LedgerCursor:
     """Reads ledger rows after a mark and keeps the mark durable; thread-safe, its own SQLite connection (the
     log is in WAL mode, so reading never blocks the line's writes)."""
@@ -40,14 +52,7 @@ class LedgerCursor:
         self._lock = threading.Lock()
         if not self.db_path.is_file():
             raise LedgerError(f"no reject log at {self.db_path}; give the log a station run writes ([log] db)")
-        try:
-            self._conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False,
-                                         timeout=busy_timeout_s)
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.execute(_MARKS)
-        except sqlite3.Error as exc:
-            raise LedgerError(f"cannot keep the outbox mark in {self.db_path}: {exc}; the file and its folder must "
-                              "be writable") from None
+        self._conn = connect_beside(self.db_path, _MARKS, "keep the outbox mark", busy_timeout_s)
 
     def mark(self) -> int:
         """The id of the last row the destination acknowledged (0: none yet)."""

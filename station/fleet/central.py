@@ -10,12 +10,12 @@ password from ``PGPASSWORD`` or the ``.pgpass`` file (``PGPASSFILE``), as ``psql
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta
+from datetime import datetime
 from importlib import resources
 from typing import Any
 
 from station.errors import StationError
-from station.rejectlog import COLUMNS, VerdictFilter, format_utc, parse_time
+from station.rejectlog import COLUMNS, RejectLogError, format_utc, row_filter
 
 #: Columns of the central ``parts`` table that a station's ledger row does not have (exported after COLUMNS).
 CENTRAL_EXTRA = ("image_size", "image_sha256", "image_copy", "overlay_size", "overlay_sha256", "camera_timestamp_ns",
@@ -145,28 +145,9 @@ def central_where(since: str | datetime | None = None, until: str | datetime | N
                   station: str | None = None) -> tuple[str, list[Any]]:
     """SQL filter over ``parts``, as :func:`station.rejectlog.fetch_rows` filters a local log, plus a station."""
     try:
-        wanted = VerdictFilter(str(getattr(verdict, "value", verdict)).lower())
-    except ValueError:
-        raise FleetError(f"verdict {verdict!r} is not allowed; use one of "
-                         f"{', '.join(v.value for v in VerdictFilter)}") from None
-    clauses: list[str] = []
-    params: list[Any] = []
-    if since is not None:
-        clauses.append("time_utc >= %s")
-        params.append(parse_time(since)[0])
-    if until is not None:
-        moment, date_only = parse_time(until)
-        clauses.append("time_utc < %s" if date_only else "time_utc <= %s")
-        params.append(moment + timedelta(days=1) if date_only else moment)
-    if wanted is VerdictFilter.REJECTED:
-        clauses.append("rejected = 1")
-    elif wanted is not VerdictFilter.ALL:
-        clauses.append("verdict = %s")
-        params.append(wanted.value.upper())
-    if station is not None:
-        clauses.append("station_id = %s")
-        params.append(station)
-    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+        return row_filter(since, until, verdict, station, mark="%s", time_param=lambda moment: moment)
+    except RejectLogError as exc:
+        raise FleetError(str(exc)) from None
 
 
 def central_columns() -> list[str]:

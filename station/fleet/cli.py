@@ -20,7 +20,7 @@ from pathlib import Path
 
 from station.errors import LedgerError
 from station.fleet.central import FleetError, apply_migrations, check_url
-from station.rejectlog import parse_time
+from station.rejectlog import check_times
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _URL_HELP = "the fleet database, postgresql://USER@HOST[:PORT]/DB; the password comes from PGPASSWORD or ~/.pgpass"
@@ -171,12 +171,10 @@ def run_report(args: argparse.Namespace) -> int:
     try:
         check_url(args.to)
         shifts = parse_shifts(args.shifts)
-        for name in ("since", "until"):
-            if getattr(args, name) is not None:
-                try:
-                    parse_time(getattr(args, name))
-                except RejectLogError as exc:
-                    raise FleetError(f"--{name}: {exc}") from None
+        try:
+            check_times(args.since, args.until)
+        except RejectLogError as exc:
+            raise FleetError(str(exc)) from None
         if args.format == "png" and not args.out:
             raise FleetError("--format png needs --out FILE.png")
     except FleetError as exc:

@@ -35,7 +35,7 @@ from typing import Any, Mapping
 from urllib.parse import urlparse
 
 from station.errors import RecipeError
-from station.recipe import TableReader
+from station.recipe import Refused, TableReader, check_bool, check_path, check_str
 
 log = logging.getLogger(__name__)
 
@@ -144,60 +144,58 @@ class OpcUaConfig:
 KEYS = ("endpoint", "control", "users_file", "recipes", "security", "pki", "allow_anonymous")
 
 
-def parse_table(table: Mapping[str, Any], where: str, recipe_dir: Path, db_path: Path) -> OpcUaConfig:
-    """Check every key of ``[opcua]``; raises :class:`RecipeError` naming the key and what is allowed."""
-    unknown = [k for k in table if k not in KEYS]
-    if unknown:
-        raise RecipeError(f"{where} {unknown[0]}: unknown key; known keys: {', '.join(KEYS)}")
-
-    def fail(key: str, allowed: str) -> RecipeError:
-        return RecipeError(f"{where} {key}: {table[key]!r} is not allowed; use {allowed}")
-
-    endpoint = table.get("endpoint", DEFAULT_ENDPOINT)
-    url = urlparse(endpoint) if isinstance(endpoint, str) else None
+def _endpoint(value: Any) -> tuple[str, str, int]:
+    url = urlparse(check_str(value))
     try:
-        port = url.port if url is not None else None
+        port = url.port
     except ValueError:
         port = None
-    if url is None or url.scheme != "opc.tcp" or not url.hostname or port is None:
-        raise RecipeError(f"{where} endpoint: {endpoint!r} is not allowed; use opc.tcp://HOST:PORT, e.g. "
-                          f"{DEFAULT_ENDPOINT} (all interfaces) or opc.tcp://127.0.0.1:4840")
-    try:
-        control = Control(table.get("control", Control.PLC.value))
-    except ValueError:
-        raise fail("control", '"plc" (the PLC triggers parts) or "observe" (the line runs by itself)') from None
-    users_file = table.get("users_file")
-    if users_file is not None and (not isinstance(users_file, str) or not users_file.strip()):
-        raise fail("users_file", 'the path of a TOML file with a [users] table, e.g. "/etc/station/opcua-users.toml"')
-    users_path = None if users_file is None else (recipe_dir / Path(users_file).expanduser()).resolve()
-    users = read_users(users_path, where)
-    recipes = table.get("recipes", [])
-    if not isinstance(recipes, list) or not all(isinstance(r, str) and r.strip() for r in recipes):
-        raise fail("recipes", 'a list of recipe files, e.g. ["other_product.toml"] (relative to this recipe)')
-    recipe_paths = tuple((recipe_dir / Path(r).expanduser()).resolve() for r in recipes)
-    for path in recipe_paths:
-        if not path.is_file():
-            raise RecipeError(f"{where} recipes: {path} not found; list recipe files that exist (relative paths start "
-                              f"at {recipe_dir})")
-    security = table.get("security", [s.value for s in Security])
-    try:
-        if not isinstance(security, list) or not security:
+    if url.scheme != "opc.tcp" or not url.hostname or port is None:
+        raise ValueError
+    return value, url.hostname, port
+
+
+def _recipe_files(base: Path) -> Any:
+    def check(value: Any) -> tuple[Path, ...]:
+        if not isinstance(value, list):
             raise ValueError
-        policies = tuple(dict.fromkeys(Security(s) for s in security))
-    except ValueError:
-        raise fail("security", 'a non-empty list of "none", "sign", "sign_encrypt" (Basic256Sha256)') from None
-    pki = table.get("pki")
-    if pki is not None and (not isinstance(pki, str) or not pki.strip()):
-        raise fail("pki", 'a folder for the server certificate and key, e.g. "station-data/opcua-pki"')
-    anonymous = table.get("allow_anonymous", True)
-    if not isinstance(anonymous, bool):
-        raise fail("allow_anonymous", "true (anonymous sessions may browse and read) or false")
+        paths = tuple(check_path(base)(r) for r in value)
+        for path in paths:
+            if not path.is_file():
+                raise Refused(f"{path} not found; list recipe files that exist (relative paths start at {base})")
+        return paths
+    return check
+
+
+def _policies(value: Any) -> tuple[Security, ...]:
+    if not isinstance(value, list) or not value:
+        raise ValueError
+    return tuple(dict.fromkeys(Security(s) for s in value))
+
+
+def parse_table(t: TableReader, db_path: Path) -> OpcUaConfig:
+    """Check every key of ``[opcua]``; raises :class:`RecipeError` naming the key and what is allowed."""
+    endpoint, host, port = t.get("endpoint", _endpoint(DEFAULT_ENDPOINT), _endpoint,
+                                 f"opc.tcp://HOST:PORT, e.g. {DEFAULT_ENDPOINT} (all interfaces) or "
+                                 "opc.tcp://127.0.0.1:4840")
+    control = t.get("control", Control.PLC, Control,
+                    '"plc" (the PLC triggers parts) or "observe" (the line runs by itself)')
+    users_path = t.get("users_file", None, check_path(t.base),
+                       'the path of a TOML file with a [users] table, e.g. "/etc/station/opcua-users.toml"')
+    users = read_users(users_path, f"{t.where}: [{t.name}]")
+    recipes = t.get("recipes", (), _recipe_files(t.base),
+                    'a list of recipe files, e.g. ["other_product.toml"] (relative to this recipe)')
+    policies = t.get("security", tuple(Security), _policies,
+                     'a non-empty list of "none", "sign", "sign_encrypt" (Basic256Sha256)')
+    pki = t.get("pki", None, check_str, 'a folder for the server certificate and key, e.g. "station-data/opcua-pki"')
+    anonymous = t.get("allow_anonymous", True, check_bool, "true (anonymous sessions may browse and read) or false")
+    t.finish()
     if control is Control.PLC and not users:
-        raise RecipeError(f"{where} users_file: missing; with control = \"plc\" a PLC must log in to call methods: "
-                          f"set users_file (lines from `python -m station.opcua hash-password NAME`) or the "
-                          f"environment variables {USER_ENV} and {PASSWORD_ENV}, or set control = \"observe\"")
-    return OpcUaConfig(endpoint=endpoint, host=url.hostname, port=port, control=control, users=users,
-                       recipes=recipe_paths, security=policies,
+        raise t.fail("users_file", f'missing; with control = "plc" a PLC must log in to call methods: set users_file '
+                                   f"(lines from `python -m station.opcua hash-password NAME`) or the environment "
+                                   f'variables {USER_ENV} and {PASSWORD_ENV}, or set control = "observe"')
+    return OpcUaConfig(endpoint=endpoint, host=host, port=port, control=control, users=users, recipes=recipes,
+                       security=policies,
                        pki=Path(pki).expanduser() if pki is not None else db_path.parent / "opcua-pki",
                        allow_anonymous=anonymous)
 
@@ -207,7 +205,7 @@ def from_table(t: TableReader, context: Any):
     :mod:`station.integrations`."""
     from station.opcua.integration import OpcUaIntegration
 
-    config = parse_table(t.data, f"{t.where}: [{t.name}]", t.base, Path(context.db_path))
+    config = parse_table(t, Path(context.db_path))
     return OpcUaIntegration(config, context)
 
 

@@ -11,14 +11,14 @@ SQLite file (created on first use, beside ``inspections``), and the ledger's row
 """
 from __future__ import annotations
 
-import sqlite3
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from station.errors import LedgerError, RecipeError
+from station.errors import RecipeError
+from station.outbox import connect_beside
 from station.recipe import RECIPES_DIR, Recipe, load_recipe
 from station.rejectlog import format_utc
 
@@ -87,14 +87,7 @@ class RecipeChanges:
     def __init__(self, db_path: Path, busy_timeout_s: float = 10.0) -> None:
         self.db_path = Path(db_path)
         self._lock = threading.Lock()
-        try:
-            self._conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False,
-                                         timeout=busy_timeout_s)
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.execute(_CHANGES)
-        except sqlite3.Error as exc:
-            raise LedgerError(f"cannot record recipe changes in {self.db_path}: {exc}; the file and its folder must "
-                              "be writable") from None
+        self._conn = connect_beside(self.db_path, _CHANGES, "record recipe changes", busy_timeout_s)
 
     def record(self, *, station_id: str | None, run_id: str | None, old: Recipe, new: Recipe, new_path: Path,
                via: str) -> int:

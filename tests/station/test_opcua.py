@@ -23,6 +23,7 @@ from station import integrations  # noqa: E402
 from station.app import build_line  # noqa: E402
 from station.errors import RecipeError, SourceError  # noqa: E402
 from station.opcua import NAMESPACE, check_password, hash_password, parse_table  # noqa: E402
+from station.recipe import TableReader  # noqa: E402
 from station.opcua.server import STATION_NS  # noqa: E402
 from station.recipe import load_recipe, shipped_recipe_path  # noqa: E402
 from station.rejectlog import new_run_id  # noqa: E402
@@ -173,25 +174,25 @@ def test_table_is_checked_key_by_key(tmp_path, monkeypatch):
     monkeypatch.delenv("STATION_OPCUA_USER", raising=False)
     monkeypatch.delenv("STATION_OPCUA_PASSWORD", raising=False)
     db = tmp_path / "rejects.db"
-    with pytest.raises(RecipeError, match=r"\[opcua\] endpont: unknown key; known keys: endpoint, control"):
-        parse_table({"endpont": "x"}, "r.toml: [opcua]", tmp_path, db)
+    with pytest.raises(RecipeError, match=r"r\.toml: \[opcua\] endpont: unknown key; did you mean 'endpoint'\? known keys: endpoint, control"):
+        parse_table(TableReader({"endpont": "x"}, "r.toml", "opcua", tmp_path), db)
     with pytest.raises(RecipeError, match="endpoint: 'http://x:1' is not allowed; use opc.tcp://HOST:PORT"):
-        parse_table({"endpoint": "http://x:1", "control": "observe"}, "r.toml: [opcua]", tmp_path, db)
+        parse_table(TableReader({"endpoint": "http://x:1", "control": "observe"}, "r.toml", "opcua", tmp_path), db)
     with pytest.raises(RecipeError, match='control: .* use "plc" .* or "observe"'):
-        parse_table({"control": "auto"}, "r.toml: [opcua]", tmp_path, db)
+        parse_table(TableReader({"control": "auto"}, "r.toml", "opcua", tmp_path), db)
     with pytest.raises(RecipeError, match="users_file: missing; .*STATION_OPCUA_USER"):
-        parse_table({"endpoint": "opc.tcp://127.0.0.1:4840"}, "r.toml: [opcua]", tmp_path, db)
+        parse_table(TableReader({"endpoint": "opc.tcp://127.0.0.1:4840"}, "r.toml", "opcua", tmp_path), db)
     plain = tmp_path / "users.toml"
     plain.write_text('[users]\nplc = "secret"\n')
     with pytest.raises(RecipeError, match="needs a hashed password"):
-        parse_table({"users_file": str(plain)}, "r.toml: [opcua]", tmp_path, db)
+        parse_table(TableReader({"users_file": str(plain)}, "r.toml", "opcua", tmp_path), db)
     with pytest.raises(RecipeError, match="security: .*sign_encrypt"):
-        parse_table({"security": ["tls"], "control": "observe"}, "r.toml: [opcua]", tmp_path, db)
+        parse_table(TableReader({"security": ["tls"], "control": "observe"}, "r.toml", "opcua", tmp_path), db)
     with pytest.raises(RecipeError, match="recipes: .*missing.toml not found"):
-        parse_table({"recipes": ["missing.toml"], "control": "observe"}, "r.toml: [opcua]", tmp_path, db)
+        parse_table(TableReader({"recipes": ["missing.toml"], "control": "observe"}, "r.toml", "opcua", tmp_path), db)
     monkeypatch.setenv("STATION_OPCUA_USER", "plc")
     monkeypatch.setenv("STATION_OPCUA_PASSWORD", "pw")
-    config = parse_table({}, "r.toml: [opcua]", tmp_path, db)
+    config = parse_table(TableReader({}, "r.toml", "opcua", tmp_path), db)
     assert (config.port, config.control.value, config.pki) == (4840, "plc", tmp_path / "opcua-pki")
     assert config.users.check("plc", "pw") and not config.users.check("plc", "nope")
     assert check_password("pw", hash_password("pw")) and not check_password("px", hash_password("pw"))
