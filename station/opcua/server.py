@@ -1,3 +1,4 @@
+# Over 500 lines on purpose: one address space (the VisionSystem, its state machine, methods and events) and its asyncua glue.
 """The asyncua server behind :mod:`station.opcua`: the MachineVision address space, its state machine, methods,
 events and results. Everything here runs on the OPC UA thread's asyncio loop; the line's threads are only touched
 through ``source.fire_trigger`` / ``set_triggered`` and by replacing ``line.inspector`` between frames.
