@@ -18,7 +18,7 @@ import textwrap
 import threading
 from pathlib import Path
 
-from station.errors import LedgerError
+from station.errors import LedgerError, RejectLogError
 from station.fleet.central import FleetError, apply_migrations, check_url
 from station.rejectlog import check_times
 
@@ -164,7 +164,6 @@ def run_init(args: argparse.Namespace) -> int:
 
 def run_report(args: argparse.Namespace) -> int:
     """``station fleet report``; returns the exit status."""
-    from station.errors import RejectLogError
     from station.fleet.report import fleet_report, parse_shifts, render
 
     prog = "station fleet report"

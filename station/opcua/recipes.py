@@ -17,10 +17,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from station.app import build_inspector  # the builder `station run` uses
 from station.errors import RecipeError
 from station.outbox import connect_beside
 from station.recipe import RECIPES_DIR, Recipe, load_recipe
-from station.rejectlog import format_utc
+from station.rejectlog import COLUMNS, format_utc
 
 _CHANGES = """CREATE TABLE IF NOT EXISTS recipe_changes (
     id              INTEGER PRIMARY KEY,
@@ -69,8 +70,6 @@ class RecipeBook:
     def prepare(self, recipe_id: str, streaming: bool = False) -> Prepared:
         """Load, check and build ``recipe_id`` (seconds: run it off the server's loop); raises
         :class:`RecipeError` for an unknown id or a recipe that does not load."""
-        from station.app import build_inspector  # the top layer's builder, the same as ``station run`` uses
-
         path = self.paths.get(recipe_id)
         if path is None:
             raise RecipeError(f"no recipe {recipe_id!r} known to this station; known: {', '.join(self.ids())} "
@@ -103,8 +102,6 @@ class RecipeChanges:
 
     def row(self, row_id: int) -> dict[str, Any] | None:
         """An ``inspections`` row by id (for GetResultById), or None."""
-        from station.rejectlog import COLUMNS
-
         with self._lock:
             found = self._conn.execute(f"SELECT {', '.join(COLUMNS)} FROM inspections WHERE id = ?",
                                        (int(row_id),)).fetchone()

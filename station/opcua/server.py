@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from asyncua import Server, ua
 
+from station.app import line_scan
 from station.opcua import NAMESPACE, NODESET, Control, OpcUaConfig, Security
 from station.opcua.recipes import RecipeBook, RecipeChanges, ledger_label
 from station.opcua.results import RESULT_FIELDS, inherit_struct_definitions, result_record
@@ -367,8 +368,6 @@ class VisionSystemServer:
             await self._recipe_prepared()
             return [ua.Variant(self._internal_id()), ua.Variant(True, ua.VariantType.Boolean),
                     ua.Variant(0, ua.VariantType.Int32)]
-        from station.app import line_scan
-
         if line_scan(self.book.active):
             raise Refused(ua.StatusCodes.BadNotSupported, "recipes of line-scan lines are switched by restarting "
                                                           "the station")

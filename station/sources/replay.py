@@ -191,6 +191,8 @@ class ReplaySource(FrameSource):
                     if self._stop_event.wait(max(0.0, deadline - now)):
                         return
                     deadline += period
+                if not triggered and self._triggered and not self._await_trigger():
+                    return  # switched to triggered mode (a PLC's Stop) while this file was read: it waits its trigger
                 frame_id, self._next_id = self._next_id, self._next_id + 1
                 if image is None:
                     self._report(NotInspected(frame_id=frame_id, timestamp_ns=time.monotonic_ns(), source=self.name,

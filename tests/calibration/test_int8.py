@@ -73,7 +73,8 @@ def test_engines_build_int8_reads_the_profiles_set(store, tmp_path, tiny_gr, one
     profile, _ = add_images(store, "cam-A", shots(tmp_path / "a", 4))
     manifest = build(BuildSettings(weights=str(tiny_gr), backend="onnxruntime", precision="int8",
                                    calibration=profile.name, out=str(tmp_path / "gr-int8"), threads=1))
-    assert manifest["int8_calibration"] == {"source": "cam-A@v2", "inputs": 4}
+    # a profile's set has no masks: its tiles are taken as they come (no defect/defect-free mix to report)
+    assert manifest["int8_calibration"] == {"source": "cam-A@v2", "inputs": 4, "defect_tiles": None}
     assert manifest["engine"]["file"] == "model.int8.onnx" and manifest["parity"]["max_abs"] < 0.2
     from engines.cli import main
 
