@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -34,6 +33,7 @@ from station.recipe import TableReader
 from station.rejectlog import COLUMNS, RejectLog, fetch_rows
 
 from tests.station.pg_util import PgServer, start_server
+from tests.station.waiting import wait_until
 
 psycopg = pytest.importorskip("psycopg", reason="the fleet needs psycopg 3: pip install 'psycopg[binary]'")
 
@@ -134,14 +134,6 @@ def blocking_row(pg: PgServer, db: str, local_db: Path, row_id: int):
             conn.rollback()
         with contextlib.suppress(psycopg.Error):
             conn.close()
-
-
-def wait_for(condition, timeout_s: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def forwarder_waits_on_lock(pg: PgServer, db: str) -> bool:
@@ -273,11 +265,11 @@ def test_server_killed_mid_batch_and_restarted_two_stations_export_the_union(
         threads = [threading.Thread(target=f.run, args=(stop, w, 0.05, 0.05, 0.3)) for f, w in zip(forwarders, wakes)]
         for t in threads:
             t.start()
-        wait_for(lambda: forwarders[0].cursor.mark() == 140 and forwarder_waits_on_lock(pg, fleet),
+        wait_until(lambda: forwarders[0].cursor.mark() == 140 and forwarder_waits_on_lock(pg, fleet),
                  what="station a to stop inside the batch of rows 141-160")
         pg.stop("immediate")  # the server dies with a batch half inserted and the blocking transaction open
     try:
-        wait_for(lambda: forwarders[0].last_error is not None, what="the forwarder to notice the server is away")
+        wait_until(lambda: forwarders[0].last_error is not None, what="the forwarder to notice the server is away")
         assert forwarders[0].cursor.mark() == 140  # the half batch never committed: the mark did not move
         with RejectLog(a, station_id="line-a", run_id="run-line-a") as log:  # the line goes on meanwhile
             add_rows(log, 200, 30, monkeypatch)
@@ -288,7 +280,7 @@ def test_server_killed_mid_batch_and_restarted_two_stations_export_the_union(
         pg.start()
     for w in wakes:
         w.set()
-    wait_for(lambda: all(f.lag()[0] == 0 for f in forwarders), what="both stations to catch up")
+    wait_until(lambda: all(f.lag()[0] == 0 for f in forwarders), what="both stations to catch up")
     stop.set()
     for t in threads:
         t.join(10)
@@ -326,7 +318,7 @@ def test_forwarder_killed_with_sigkill_mid_batch_then_restarted(pg: PgServer, fl
         proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             cursor = LedgerCursor(db, "probe")
-            wait_for(lambda: forwarder_waits_on_lock(pg, fleet) or proc.poll() is not None,
+            wait_until(lambda: forwarder_waits_on_lock(pg, fleet) or proc.poll() is not None,
                      what="the forwarder to stop inside the batch of rows 141-160")
             assert proc.poll() is None, proc.communicate()
         finally:
@@ -359,7 +351,7 @@ def test_the_fleet_table_forwards_inside_a_run_and_reports_lag(pg: PgServer, fle
             monkeypatch.setattr(rejectlog, "_utc_now", lambda i=i: datetime.now(timezone.utc))
             row = log.record_row(entry(i))
             integration.on_row(row, None)  # the line's listeners call this after each committed row
-        wait_for(lambda: integration.status()["lag_rows"] == 0, what="the thread to forward (woken by on_row)")
+        wait_until(lambda: integration.status()["lag_rows"] == 0, what="the thread to forward (woken by on_row)")
         status = integration.status()
         assert status["lag_seconds"] == 0 and status["sent"] == 40 and status["mark"] == 40
         integration.close()
@@ -379,7 +371,7 @@ def test_lag_while_the_server_is_unreachable(tmp_path: Path, monkeypatch: pytest
     stop = threading.Event()
     t = threading.Thread(target=f.run, args=(stop, None, 0.05, 0.01, 0.05))
     t.start()
-    wait_for(lambda: f.last_error is not None, what="a failed try")
+    wait_until(lambda: f.last_error is not None, what="a failed try")
     stop.set()
     t.join(5)
     assert not t.is_alive() and f.cursor.mark() == 0
@@ -428,10 +420,10 @@ def test_station_forward_runs_until_sigterm_and_copies_images(pg: PgServer, flee
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     probe = Forwarder(db, url)
     try:
-        wait_for(lambda: probe.lag()[0] == 0 or proc.poll() is not None, what="the forwarder to catch up")
+        wait_until(lambda: probe.lag()[0] == 0 or proc.poll() is not None, what="the forwarder to catch up")
         with RejectLog(db, station_id="line-s", run_id="run-line-s") as log:  # a row logged later is picked up
             add_rows(log, 20, 1, monkeypatch)
-        wait_for(lambda: probe.lag()[0] == 0 or proc.poll() is not None, what="the new row")
+        wait_until(lambda: probe.lag()[0] == 0 or proc.poll() is not None, what="the new row")
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)

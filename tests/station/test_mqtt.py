@@ -12,7 +12,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -25,24 +24,11 @@ from station.pipeline import Line
 from station.recipe import QueuePolicy, TableReader, load_recipe, shipped_recipe_path
 from station.rejectlog import RejectLog
 from station.sources import ReplaySource
+from tests.station.waiting import free_port, wait_until
 
 SAMPLES = __import__("station.cli", fromlist=["SAMPLES"]).SAMPLES
 AMQTT = Path(sys.executable).with_name("amqtt")
 STATION = "st-1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(check, timeout: float = 20.0, what: str = "the condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout} s")
-        time.sleep(0.05)
 
 
 class Broker:

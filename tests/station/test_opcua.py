@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import logging
 import shutil
-import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -28,18 +27,13 @@ from station.opcua.server import STATION_NS  # noqa: E402
 from station.recipe import load_recipe, shipped_recipe_path  # noqa: E402
 from station.rejectlog import new_run_id  # noqa: E402
 from station.sources import ReplaySource  # noqa: E402
+from tests.station.waiting import free_port  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[2] / "station" / "samples" / "magnetic-tile"
 SMALL = ("blowhole_exp4_num_54308.jpg", "free_exp1_num_69803.jpg", "free_exp6_num_55020.jpg")  # the fastest three
 USER, PASSWORD = "plc", "line-3-secret"
 STRICT_THRESHOLD = 0.9
 CAUSE = ua.Variant(0, ua.VariantType.Int32)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rows(db: Path, where: str = "", params: tuple = ()) -> list[dict]:
