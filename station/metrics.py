@@ -156,15 +156,9 @@ class _LineCollector:
                                  labels=["integration"])
         seconds = GaugeMetricFamily("station_integration_lag_seconds", "Age of the oldest row not delivered yet",
                                     labels=["integration"])
-        for other in list(line.listeners):
-            if other is self.owner:
+        for name, status in stats.links.items():  # every integration's status, read once by line.stats()
+            if name == self.owner.name or "error" in status:  # a status that could not be read is left out
                 continue
-            try:
-                status = other.status()
-            except Exception:  # noqa: BLE001 - a broken integration must not break the scrape
-                log.debug("%s has no status", getattr(other, "name", other), exc_info=True)
-                continue
-            name = str(getattr(other, "name", type(other).__name__))
             if "lag_rows" in status:
                 rows.add_metric([name], float(status["lag_rows"]))
             if "lag_seconds" in status:

@@ -495,6 +495,7 @@ class StationPanel(QMainWindow):
                                         "font-size: 12pt;")
 
     def _show_stats(self, stats: LineStats) -> None:
+        links, links_warn = links_text(stats)
         values = {
             "inspected": f"{stats.inspected:,}",
             "passed": f"{stats.passed:,}",
@@ -508,7 +509,7 @@ class StationPanel(QMainWindow):
             # one line per stage (segmentation, classifier): "model-sha@backend-precision"
             "engine": "Engine: " + "\n".join((stats.engine_id or "–").split("+")),
             "stages": stages_text(stats),
-            "links": links_text(stats)[0],
+            "links": links,
         }
         for key, text in values.items():
             self.counter_labels[key].setText(text)
@@ -516,7 +517,7 @@ class StationPanel(QMainWindow):
         self.counter_labels["dropped"].setStyleSheet(f"color: {AMBER};" if stats.dropped else "")
         self.counter_labels["errors"].setStyleSheet(f"color: {AMBER};" if stats.errors else "")
         self.counter_labels["links"].setVisible(bool(stats.links))
-        self.counter_labels["links"].setStyleSheet(f"color: {AMBER};" if links_text(stats)[1] else "")
+        self.counter_labels["links"].setStyleSheet(f"color: {AMBER};" if links_warn else "")
         self.counter_labels["not_inspected"].setStyleSheet(f"color: {AMBER};" if stats.not_inspected else "")
         self.counter_labels["not_inspected"].setToolTip(not_inspected_text(stats))
         self.counter_labels["yield"].setToolTip(
