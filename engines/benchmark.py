@@ -103,6 +103,9 @@ def bench_engines(openers: dict, batch: int = 32, seconds: float = 10.0) -> dict
         for name, opener in openers.items():
             engines[name], memory[name] = load_measured(opener, batch)
         speed = interleaved_throughput(engines, batch=batch, seconds=seconds)
+        # a guarded int8 engine's speed depends on what it sees: say how much of this (random) input went to fp32
+        guarded = {name: e.guard_share() for name, e in engines.items() if getattr(e, "guard_share", None)
+                   and e.guard_share() is not None}
     finally:
         for engine in engines.values():
             engine.close()
@@ -111,4 +114,8 @@ def bench_engines(openers: dict, batch: int = 32, seconds: float = 10.0) -> dict
     for name in openers:
         report[name] = {**speed[name], "memory": memory[name],
                         "ratio_to_first": round(speed[name]["tiles_per_s"] / first, 3) if first else None}
+        if name in guarded:
+            report[name]["int8_guard_rescored"] = round(guarded[name], 4)
+            report[name]["note"] = ("int8 guard: its speed depends on the images (random tiles here); measure it on "
+                                    "real ones with `engines verify --against FP32`, which times both in turns")
     return report

@@ -6,11 +6,14 @@ Building is a chain of small steps, each one checked:
 1. resolve the weights and copy them into ``DIR/weights`` (the torch reference travels with the engine);
 2. export ONNX (onnxruntime, tensorrt), checked against ``onnx.checker``, shape inference and TensorRT's operator
    list; quantise it (onnxruntime int8, static, calibrated on real images) or convert it (onnxruntime fp16, CUDA);
+   an onnxruntime int8 segmentation engine gets its guard (the fp32 graph scores again the tiles whose int8 scores
+   come near the recipe's threshold; :class:`engines.backends.onnxruntime_backend.Int8Guard`);
 3. build the TensorRT plan (tensorrt: FP16/INT8 flags, optimization profile, timing cache kept in ``DIR``);
 4. open what was built and measure its parity with the torch fp32 reference on real tiles (``--data``) or, when no
-   data is given, on a seeded random batch; an int8 segmentation engine is instead judged on real images through the
-   station's inspector (verdicts, mask IoU; :mod:`engines.verify`) and refused, naming the layers that drifted most,
-   when it misses the int8 tolerances (the recipe of calibration tiles and float exclusions: :mod:`engines.quantize`);
+   data is given, on a seeded random batch; an int8 engine is instead judged on real images (a segmentation engine
+   through the station's inspector: verdicts, mask IoU; a classifier on its labels; :mod:`engines.verify`) and
+   refused, naming the layers that drifted most, when it misses the int8 tolerances (the recipe of calibration
+   tiles, float exclusions and the guard: :mod:`engines.quantize`);
 5. write ``manifest.json`` and move the folder into place (a failed build never leaves a half-written folder).
 
 >>> manifest = build(BuildSettings(weights="bffn-magnetic-tile", backend="onnxruntime", out="engines-built/bffn"))
@@ -44,8 +47,9 @@ from engines.manifest import FORMAT, library_versions, machine, now_iso, write_m
 from engines.models import model_spec
 from engines.onnx_check import unsupported_tensorrt_ops
 from engines.parity import measure_parity, reference_engine
-from engines.quantize import DEFAULT_EXCLUDE, calibration_tiles, group_nodes, layer_sensitivity, quantize, top_layers
-from engines.verify import TOLERANCES, judge, verify_segmentation
+from engines.quantize import (DEFAULT_EXCLUDE, calibration_tiles, group_nodes, guard_for, layer_sensitivity, peak_drift,
+                              quantize, top_layers)
+from engines.verify import TOLERANCES, judge, verify_classifier, verify_segmentation
 from engines.weights import CONFIG_FILE, WEIGHTS_FILE, resolve_weights
 from inspection_core.hashing import file_sha256
 
@@ -76,6 +80,7 @@ class BuildSettings:
     parity_images: int = 8
     threads: int = 0
     int8_exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    int8_guard: bool = True
 
     def resolved_device(self) -> str:
         return self.device or ("cuda" if self.backend == "tensorrt" else "cpu")
@@ -162,9 +167,10 @@ class _Rules:
 
 def _int8_parity(engine, weights_dir: Path, settings: BuildSettings, kind: str, tile: int, spec, folder: Path,
                  recipe, tolerances: dict[str, float] | None) -> dict[str, Any]:
-    """Judge a freshly built int8 segmentation engine against torch fp32 on real images (``--data``, else the
-    calibration images) through the station's inspector; raise :class:`EngineError`, naming the layers that
-    drifted most, when it misses ``tolerances`` (default: :data:`engines.verify.TOLERANCES` ``["int8"]``)."""
+    """Judge a freshly built int8 engine against torch fp32 on real images (``--data``, else the calibration
+    images): a segmentation engine through the station's inspector (verdicts, masks), a classifier on its labels
+    (:mod:`engines.verify`); raise :class:`EngineError`, naming the layers that drifted most, when it misses
+    ``tolerances`` (default: :data:`engines.verify.TOLERANCES` ``["int8"]``)."""
     recipe = recipe or _Rules(settings.batch[1])
     count = max(settings.parity_images, 1)
     if settings.data:
@@ -175,7 +181,10 @@ def _int8_parity(engine, weights_dir: Path, settings: BuildSettings, kind: str, 
         images, source = [(f"calibration-{i}", im) for i, im in enumerate(chosen)], settings.calibration
     reference = reference_engine(weights_dir, threads=settings.threads)
     try:
-        report = verify_segmentation(engine, reference, images, recipe)
+        if kind == "segmentation":
+            report, judged_by = verify_segmentation(engine, reference, images, recipe), "the station's inspector"
+        else:
+            report, judged_by = verify_classifier(engine, reference, images, batch=settings.batch[1]), "its labels"
     finally:
         reference.close()
     tol = {**TOLERANCES["int8"], **(tolerances or {})}
@@ -184,18 +193,20 @@ def _int8_parity(engine, weights_dir: Path, settings: BuildSettings, kind: str, 
     if (folder / INT8_FILE).exists():
         x = network_inputs([im for _, im in images], kind, tile, spec, limit=32)
         layers = layer_sensitivity(folder / ONNX_FILE, folder / INT8_FILE, x, threads=settings.threads or 1)
-    parity = {"against": "torch fp32 cpu", "source": f"{source} ({len(images)} images, station inspector)",
-              **{k: v for k, v in report.items() if k != "verdicts_differing"},
-              "verdicts_differing": report["verdicts_differing"][:20],
-              "rules": str(getattr(recipe, "path", "recipe")), "tolerances": tol, "layers": layers[:10]}
+    parity = {"against": "torch fp32 cpu", "source": f"{source} ({len(images)} images, judged by {judged_by})",
+              **{k: v[:20] if isinstance(v, list) else v for k, v in report.items()},
+              "tolerances": tol, "layers": layers[:10]}
+    if kind == "segmentation":
+        parity["rules"] = str(getattr(recipe, "path", "recipe"))
     if failed:
         where = f" The layers that diverged most: {top_layers(layers)}." if layers else ""
+        with_masks = ", a data folder with masks gives a mix of defect and defect-free tiles" if kind == \
+            "segmentation" else ""
         raise EngineError(
-            f"int8 engine not written: against torch fp32 on {len(images)} images of {source}, through the "
-            f"station's inspector, it misses the int8 tolerances: {'; '.join(failed)}.{where} What to do: calibrate "
-            "on more or other images that include defects (--calibration DIR, a data folder with masks gives a mix "
-            "of defect and defect-free tiles), keep those layers in floating point (BuildSettings.int8_exclude, "
-            "groups in engines.quantize.GROUPS), or build fp32 (--precision fp32)")
+            f"int8 engine not written: against torch fp32 on {len(images)} images of {source}, judged by "
+            f"{judged_by}, it misses the int8 tolerances: {'; '.join(failed)}.{where} What to do: calibrate on more "
+            f"or other images that include defects (--calibration DIR{with_masks}), keep those layers in floating "
+            "point (--int8-float GROUPS, groups in engines.quantize.GROUPS), or build fp32 (--precision fp32)")
     return parity
 
 
@@ -250,6 +261,11 @@ def build(settings: BuildSettings, recipe=None, tolerances: dict[str, float] | N
                 if settings.precision == "int8":
                     name, manifest["int8_excluded"] = _quantize_onnxruntime(work, calib, settings.batch[1],
                                                                             settings.int8_exclude)
+                    if settings.int8_guard and kind == "segmentation":
+                        threshold = (recipe or _Rules(settings.batch[1])).rules.score_threshold
+                        drift = peak_drift(work / ONNX_FILE, work / name, calib, threads=settings.threads or 1)
+                        manifest["int8_guard"] = {"fallback": ONNX_FILE, **guard_for(threshold, drift),
+                                                  "drift_tiles": int(len(calib))}
                 else:
                     name = _fp16_onnx(work)
                 manifest["engine"] = _entry(work, name)
@@ -274,7 +290,7 @@ def build(settings: BuildSettings, recipe=None, tolerances: dict[str, float] | N
         write_manifest(work, manifest)  # provisional, so the folder opens for the parity check
         engine = open_folder(work, manifest, threads=settings.threads, device=device)
         try:
-            if settings.precision == "int8" and kind == "segmentation":
+            if settings.precision == "int8":
                 manifest["parity"] = _int8_parity(engine, weights_dir, settings, kind, tile, spec, work, recipe,
                                                   tolerances)
             else:

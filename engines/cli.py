@@ -41,6 +41,7 @@ from engines.commands import (
     run_train,
 )
 from engines.models import CLASSIFICATION_MODELS, MODEL_NAMES, RESNETS, SCORING_MODES  # plain data, no torch
+from engines.quantize import DEFAULT_EXCLUDE, GROUPS  # plain data, no onnx
 from station.recipe import load_recipe, shipped_recipe_path
 
 
@@ -326,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
                                       "the calibration images)")
     build.add_argument("--recipe", help="int8: recipe whose tiling and rules judge the verdicts the build must keep "
                                         "(default: magnetic_tile); below the int8 tolerances nothing is written")
+    build.add_argument("--int8-float", metavar="GROUPS",
+                       help="int8, onnxruntime: comma-separated operator groups kept in floating point (default: "
+                            f"{','.join(DEFAULT_EXCLUDE)}; choose from {', '.join(GROUPS)}; 'none' quantises all)")
+    build.add_argument("--no-int8-guard", action="store_true",
+                       help="int8 segmentation, onnxruntime: no guard; by default tiles whose int8 defect scores "
+                            "come near the recipe's threshold are scored again by the fp32 graph (docs/INT8.md)")
     build.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     build.add_argument("--out", required=True, help="engine folder to write (replaced once the new one is built)")
     build.set_defaults(func=_build)

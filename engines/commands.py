@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from engines.models import Task, model_spec
+from engines.quantize import DEFAULT_EXCLUDE, GROUPS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SEG_ONLY = {"tile": None, "optimizer": None, "loss": None, "init": None, "no_sam": False, "fusion": None,
@@ -164,13 +165,26 @@ def run_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def int8_groups(text: str | None) -> tuple[str, ...]:
+    """``--int8-float``: the operator groups kept in floating point (None: the default ones; ``none``: no group)."""
+    if text is None:
+        return DEFAULT_EXCLUDE
+    groups = tuple(g.strip() for g in text.split(",") if g.strip() and g.strip() != "none")
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        raise ValueError(f"--int8-float: unknown group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)} "
+                         "(or none)")
+    return groups
+
+
 def run_build(args: argparse.Namespace, recipe=None) -> int:
     from engines.build import BuildSettings, build, parse_batch
 
     settings = BuildSettings(weights=args.weights, backend=args.backend, out=args.out, precision=args.precision,
                              batch=parse_batch(args.batch), tile=args.tile, device=args.device or "",
                              mode=args.mode, model=args.model or "", workspace_mib=args.workspace,
-                             calibration=args.calibration or "", data=args.data or "", threads=args.threads)
+                             calibration=args.calibration or "", data=args.data or "", threads=args.threads,
+                             int8_exclude=int8_groups(args.int8_float), int8_guard=not args.no_int8_guard)
     manifest = build(settings, recipe=recipe)
     parity = manifest["parity"]
     print(json.dumps({"engine": args.out, "model": manifest["model"], "backend": manifest["backend"],

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engines.backends.common import cache_dir, default_threads
-from engines.backends.onnxruntime_backend import OnnxRuntimeEngine
+from engines.backends.onnxruntime_backend import Int8Guard, OnnxRuntimeEngine
 from engines.backends.tensorrt_backend import TensorRTEngine
 from engines.backends.torch_backend import TorchEngine
 from engines.errors import EngineError
@@ -34,7 +34,11 @@ def open_folder(folder: Path, manifest: dict, threads: int = 0, device: str | No
     backend = manifest["backend"]
     if backend == "onnxruntime":
         name = (manifest.get("engine") or manifest["onnx"])["file"]
-        engine: Engine = OnnxRuntimeEngine(folder / name, model, sha, spec, tile, threads, precision, device, kind)
+        guarded = manifest.get("int8_guard")
+        guard = Int8Guard(folder / guarded["fallback"], guarded["below"], guarded["threshold"],
+                          guarded["margin"]) if guarded else None
+        engine: Engine = OnnxRuntimeEngine(folder / name, model, sha, spec, tile, threads, precision, device, kind,
+                                           guard=guard)
     elif backend == "torch":
         engine = TorchEngine.from_bundle(resolve_weights(folder / WEIGHTS_DIR), threads=threads, device=device,
                                          precision=precision, graph_batch=manifest["batch"]["opt"],

@@ -9,7 +9,10 @@ each layer of an INT8 graph drifts from the fp32 one.
 * **Exclusions** keep operator groups in floating point (:data:`GROUPS`, found by node name in the exported graph):
   BFFN's self-attention, its sigmoid gates, its final classifier and the backbone's entry convolutions (the stem
   and the strided shortcuts, which layer sensitivity ranks first). Which groups stay float by default
-  (:data:`DEFAULT_EXCLUDE`) was measured group by group on the shipped weights (docs/int8.md).
+  (:data:`DEFAULT_EXCLUDE`) was measured group by group on the shipped weights (docs/INT8.md).
+* **The guard** (:func:`peak_drift`, :func:`guard_for`): how far a tile's highest int8 score can drift from the fp32
+  one, and from it the scores below which a guarded engine keeps int8's result
+  (:class:`engines.backends.onnxruntime_backend.Int8Guard`).
 * **Layer sensitivity** (:func:`layer_sensitivity`) runs the fp32 and the INT8 graph on the same tiles with every
   node's output exposed, and reports each node's relative error and the error it adds to its inputs' error: the
   layers to exclude when an INT8 build is refused.
@@ -26,7 +29,7 @@ from engines.data.segmentation import DatasetError, load_dataset
 from engines.export import INPUT_NAME
 from engines.inputs import batches, network_inputs, spread
 from engines.int8_sets import calibration_images
-from inspection_core.preprocess import normalize_tiles, prepare_image
+from inspection_core.preprocess import defect_scores, normalize_tiles, prepare_image
 from inspection_core.tiling import plan_tiles, tile_image
 
 #: Share of defect tiles among the calibration tiles when the calibration folder has masks.
@@ -43,8 +46,10 @@ GROUPS: dict[str, str] = {
     # the backbone's first convolution and its strided shortcuts: the layers that add most error (sensitivity)
     "entry_convs": r"^Conv:/net/(stem/stem\.0|layer\d/layer\d\.0/downsample/downsample\.0)/Conv$",
 }
-#: The groups kept in floating point unless told otherwise (measured: docs/int8.md).
-DEFAULT_EXCLUDE: tuple[str, ...] = ("attention", "gates", "classifier", "entry_convs")
+#: The groups kept in floating point unless told otherwise (measured: docs/INT8.md). With the guard (the default
+#: for segmentation engines) the fp32 graph scores every tile near the threshold, so what these groups still buy is a
+#: smaller drift, hence a smaller guard margin; ``entry_convs`` halves the drift again but costs a tenth of the speed.
+DEFAULT_EXCLUDE: tuple[str, ...] = ("attention", "gates", "classifier")
 
 #: Operators whose outputs carry no activations worth comparing (shapes, indices, constants).
 _SHAPE_OPS = {"Constant", "Shape", "Gather", "Unsqueeze", "Squeeze", "Cast", "Slice", "Concat", "Reshape", "Split",
@@ -139,6 +144,38 @@ def quantize(src: Path, dst: Path, inputs: np.ndarray, batch: int, exclude: list
                         CalibrationMethod.MinMax, extra_options={"CalibPercentile": 99.999})
     finally:
         prepared.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------------ the guard
+
+#: The smallest distance between the decision threshold and the int8 scores a guarded engine keeps.
+MIN_GUARD_MARGIN = 0.1
+
+
+def peak_drift(fp32_path: str | Path, int8_path: str | Path, inputs: np.ndarray, threads: int = 1,
+               batch: int = 16) -> float:
+    """The largest difference, over ``inputs``, between a tile's highest defect score in the int8 graph and in
+    the fp32 graph: how far the int8 graph can misjudge whether a tile holds anything."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    sessions = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
+                for p in (fp32_path, int8_path)]
+    worst = 0.0
+    for x in batches(inputs, batch):
+        a, b = (defect_scores(s.run(None, {INPUT_NAME: x})[0]).reshape(len(x), -1).max(axis=1) for s in sessions)
+        worst = max(worst, float(np.abs(a - b).max()))
+    return worst
+
+
+def guard_for(threshold: float, drift: float) -> dict[str, float]:
+    """The guard of an int8 engine judged at ``threshold`` whose tile peaks drifted up to ``drift``: int8 scores
+    are kept only ``margin`` (twice the drift, at least :data:`MIN_GUARD_MARGIN`, in steps of 0.05) below it."""
+    margin = max(MIN_GUARD_MARGIN, float(np.ceil(2 * drift / 0.05 - 1e-9)) * 0.05)
+    return {"below": round(max(threshold - margin, 0.0), 4), "threshold": threshold, "margin": round(margin, 4),
+            "drift_max": round(drift, 5)}
 
 
 # ------------------------------------------------------------------------------------------------ layer sensitivity

@@ -49,9 +49,15 @@ def verify_segmentation(engine, reference, images: list[tuple[str, np.ndarray]],
     a = Inspector(engine, overlap=recipe.tiling.overlap, batch=recipe.tiling.batch, rules=rules)
     b = Inspector(reference, overlap=recipe.tiling.overlap, batch=recipe.tiling.batch, rules=rules)
     agree, ious, max_abs, sum_abs, pixels, differing = 0, [], 0.0, 0.0, 0, []
+    seconds = [0.0, 0.0]  # inspecting with the engine, with the reference: in turns, each first every other image
     for i, (name, image) in enumerate(images):
         frame = Frame(image, i + 1, time.monotonic_ns(), "verify", {"file": name})
-        result_a, result_b = a.inspect(frame), b.inspect(frame)
+        results = [None, None]
+        for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+            t0 = time.perf_counter()
+            results[k] = (a, b)[k].inspect(frame)
+            seconds[k] += time.perf_counter() - t0
+        result_a, result_b = results
         mask_a, mask_b = result_a.mask, result_b.mask
         verdict_a, verdict_b = result_a.verdict.value, result_b.verdict.value
         agree += verdict_a == verdict_b
@@ -69,7 +75,16 @@ def verify_segmentation(engine, reference, images: list[tuple[str, np.ndarray]],
             "images_with_defect_pixels": len(ious),
             "mean_mask_iou": round(float(np.mean(ious)), 6) if ious else None,
             "min_mask_iou": round(float(np.min(ious)), 6) if ious else None,
-            "max_abs": significant(max_abs), "mean_abs": significant(sum_abs / max(pixels, 1))}
+            "max_abs": significant(max_abs), "mean_abs": significant(sum_abs / max(pixels, 1)),
+            "seconds": {"engine": round(seconds[0], 3), "reference": round(seconds[1], 3),
+                        "speedup": round(seconds[1] / seconds[0], 3) if seconds[0] else None},
+            "guard_share": _guard_share(engine)}
+
+
+def _guard_share(engine) -> float | None:
+    """The share of tiles an int8 engine's guard sent to its fp32 graph (None: the engine has no guard)."""
+    share = getattr(engine, "guard_share", None)
+    return None if share is None or share() is None else round(share(), 5)
 
 
 def verify_classifier(engine, reference, images: list[tuple[str, np.ndarray]], batch: int = 32,

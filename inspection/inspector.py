@@ -78,6 +78,10 @@ class Inspector:
             raise InspectionError(f"batch must be at least 1 tile, got {batch}")
         if engine is None and classifier is None:
             raise InspectionError("an inspector needs a segmentation engine, a classifier, or both")
+        check = getattr(engine, "threshold_problem", None)  # Engine's; objects with only infer() have no limit
+        problem = check(rules.score_threshold) if check is not None else None
+        if problem:
+            raise InspectionError(f"{engine.engine_id} cannot judge at score >= {rules.score_threshold}: {problem}")
         self.engine = engine  # None: no segmentation stage (the classifier alone judges)
         self.overlap = overlap
         self.batch = batch

@@ -50,5 +50,10 @@ class Engine(abc.ABC):
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities for a normalised batch."""
 
+    def threshold_problem(self, threshold: float) -> str | None:
+        """Why this engine's scores cannot be judged at the decision ``threshold``, or None (an int8 engine's guard
+        is built for one threshold: :class:`engines.backends.onnxruntime_backend.Int8Guard`)."""
+        return None
+
     def close(self) -> None:
         """Release sessions and device memory."""

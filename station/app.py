@@ -199,6 +199,9 @@ class RunSummary:
             f"  reject log: {d['db']}: {d['recorded']} row(s) recorded" + (f", {d['refused']} REFUSED" if d["refused"]
                                                                            else ""),
         ]
+        if "int8_guard_rescored" in d:
+            lines.append(f"  int8 guard: {100 * d['int8_guard_rescored']:.1f} % of tiles came near the threshold and "
+                         "were scored again in fp32")
         for name, status in d.get("integrations", {}).items():
             lines.append(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in status.items() if v is not None))
         if self.signal is not None:
@@ -313,6 +316,9 @@ def run_station(recipe: Recipe, headless: bool, max_frames: int | None, as_json:
             log.info("no display here: running headless (pass --headless to say so)")
         stats = run_headless(line, signals=signals)
     extra = {"integrations": integrations_.close_all(active)} if wanted else {}
+    share = getattr(line.inspector.engine, "guard_share", lambda: None)()
+    if share is not None:  # an int8 engine with its guard: how much of the work went to the fp32 graph
+        extra["int8_guard_rescored"] = round(share, 4)
     summary = RunSummary(stats, time.monotonic() - started, str(Path(recipe.log.db)), line.inspector.engine_id,
                          line.source.name, None if line.failure is None else str(line.failure), calibration[0],
                          station_id=recipe.station.id, run_id=run_id, signal=signals.received,

@@ -14,7 +14,7 @@ from engines.build import BuildSettings, build, parse_batch
 from engines.folders import engine_folders, open_engine
 from engines.parity import reference_engine
 from engines.cli import main as engines_main
-from engines.errors import BackendUnavailable
+from engines.errors import BackendUnavailable, EngineError
 from engines.manifest import MANIFEST, ManifestError, library_versions, problems, read_manifest
 from engines.weights import resolve_weights
 from inspection_core.hashing import file_sha256
@@ -175,6 +175,14 @@ def test_onnxruntime_int8_is_calibrated_on_real_images(tiny_gr, lens_data, tmp_p
     ops = {n.op_type for n in onnx.load(str(out / "model.int8.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert 0 < m["parity"]["max_abs"] < 0.2 and m["parity"]["source"].startswith(str(lens_data))
+    assert "judged by its labels" in m["parity"]["source"] and m["parity"]["label_agreement"] >= 0.98
+    assert m["parity"]["tolerances"]["label_agreement"] == 0.98 and "int8_guard" not in m, "no guard: no score map"
+    refused = tmp_path / "gr-int8-refused"
+    with pytest.raises(EngineError, match=r"int8 engine not written.*judged by its labels.*label_agreement .* < 1.01"):
+        build(BuildSettings(weights=str(tiny_gr), backend="onnxruntime", precision="int8", out=str(refused),
+                            calibration=str(lens_data / "images"), data=str(lens_data), threads=1),
+              tolerances={"label_agreement": 1.01})
+    assert not refused.exists()
 
 
 def test_load_engine_builds_once_into_the_cache_and_rebuilds_when_stale(untrained_bffn):

@@ -5,16 +5,26 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from engines.backends.onnxruntime_backend import Int8Guard, OnnxRuntimeEngine
 from engines.build import BuildSettings, build
+from engines.cli import build_parser
+from engines.commands import int8_groups
 from engines.errors import EngineError
+from engines.folders import open_engine
 from engines.inputs import network_inputs, read_images
 from engines.manifest import MANIFEST
-from engines.quantize import calibration_tiles, group_nodes, layer_sensitivity
-from inspection_core.preprocess import InputSpec
+from engines.quantize import (DEFAULT_EXCLUDE, MIN_GUARD_MARGIN, calibration_tiles, group_nodes, guard_for,
+                              layer_sensitivity)
+from engines.verify import verify_segmentation
+from inspection.errors import InspectionError
+from inspection.inspector import Inspector
+from inspection_core.preprocess import InputSpec, defect_scores
+from inspection_core.verdict import DecisionRules
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "station" / "samples" / "magnetic-tile"  # real magnetic-tile frames, no masks
@@ -52,8 +62,9 @@ def test_accepted_int8_build_records_its_exclusions_and_inspector_parity(int8_fo
     out, m = int8_folder
     assert json.loads((out / MANIFEST).read_text())["parity"] == json.loads(json.dumps(m["parity"]))
     excluded = m["int8_excluded"]
-    assert excluded["groups"] == ["attention", "gates", "classifier", "entry_convs"]
-    assert "/net/stem/stem.0/Conv" in excluded["nodes"]["entry_convs"]
+    assert excluded["groups"] == ["attention", "gates", "classifier"]
+    entry = group_nodes(out / "model.onnx", ["entry_convs"])["entry_convs"]
+    assert "/net/stem/stem.0/Conv" in entry and len(entry) == 4, "the stem and the three strided shortcuts"
     assert "/net/sam4/attn/Softmax" in excluded["nodes"]["attention"]
     assert {"/net/fusion/Sigmoid", "/net/fusion/se/se.4/Sigmoid"} <= set(excluded["nodes"]["gates"])
     assert excluded["nodes"]["classifier"] == ["/net/classifier/Conv", "/net/Resize_1", "/Softmax"]
@@ -67,7 +78,7 @@ def test_accepted_int8_build_records_its_exclusions_and_inspector_parity(int8_fo
     assert node["/net/decoder/decoder.1/decoder.1.0/Conv"].input[1] in dequantized, "the rest is quantised"
     parity = m["parity"]
     assert parity["images"] == 2 and 0.0 <= parity["verdict_agreement"] <= 1.0
-    assert "station inspector" in parity["source"] and parity["tolerances"]["verdict_agreement"] == 0.0
+    assert "judged by the station's inspector" in parity["source"] and parity["tolerances"]["verdict_agreement"] == 0.0
     assert parity["layers"] and all(r["node"].startswith("/") for r in parity["layers"])
     assert m["int8_calibration"]["inputs"] == 39, "the 4 frames cut by the station's tiler (overlap 32)"
 
@@ -93,7 +104,7 @@ def test_layer_sensitivity_reports_each_node(int8_folder):
     assert conv["op"] == "Conv+Relu", "the Relu folded into the quantisation is reported with its conv"
     assert conv["quantized"] and conv["rel_error"] > 0, "a quantised conv drifts"
     assert not by_node["/net/classifier/Conv"]["quantized"]
-    assert not by_node["/net/layer2/layer2.0/downsample/downsample.0/Conv"]["quantized"], "entry_convs stay float"
+    assert by_node["/net/layer2/layer2.0/downsample/downsample.0/Conv"]["quantized"], "entry_convs: int8 by default"
     assert all(set(r) == {"node", "op", "rel_error", "added", "quantized"} for r in rows)
     assert [r["added"] for r in rows] == sorted((r["added"] for r in rows), reverse=True)
     same = layer_sensitivity(out / "model.onnx", out / "model.onnx", x[:2])
@@ -103,3 +114,131 @@ def test_layer_sensitivity_reports_each_node(int8_folder):
 def test_unknown_exclusion_group_names_the_known_ones(int8_folder):
     with pytest.raises(ValueError, match="unknown int8 exclusion group.*attention, gates, classifier"):
         group_nodes(int8_folder[0] / "model.onnx", ["attention", "heads"])
+
+
+# ------------------------------------------------------------------------------------------------ the guard
+
+def _tiles(count: int = 16) -> np.ndarray:
+    return network_inputs(read_images(sorted(SAMPLES.glob("*.jpg"))[:4]), "segmentation", 128, InputSpec(),
+                          limit=count)
+
+
+def _guarded(folder: Path, below: float) -> OnnxRuntimeEngine:
+    return OnnxRuntimeEngine(folder / "model.int8.onnx", "bffn", "0" * 64, InputSpec(), 128, 1, "int8",
+                             guard=Int8Guard(folder / "model.onnx", below, threshold=below + 0.1, margin=0.1))
+
+
+def test_guarded_build_records_its_guard_and_opens_with_it(int8_folder):
+    out, m = int8_folder
+    guard = m["int8_guard"]
+    assert guard["fallback"] == "model.onnx" and guard["threshold"] == 0.5, "no recipe: the default rules' 0.5"
+    assert guard["margin"] >= MIN_GUARD_MARGIN and guard["margin"] >= 2 * guard["drift_max"] - 1e-9
+    assert guard["below"] == pytest.approx(guard["threshold"] - guard["margin"])
+    assert guard["drift_tiles"] == m["int8_calibration"]["inputs"]
+    engine = open_engine(out, threads=1)
+    assert engine.guard == Int8Guard(out / "model.onnx", guard["below"], 0.5, guard["margin"])
+    assert engine.engine_id.endswith("@onnxruntime-int8-guarded")
+    assert m["parity"]["guard_share"] is not None and 0.0 <= m["parity"]["guard_share"] <= 1.0
+
+
+def test_guard_rescores_in_fp32_exactly_the_tiles_that_come_near_the_threshold(int8_folder):
+    out, _ = int8_folder
+    x = _tiles()
+    fp32 = OnnxRuntimeEngine(out / "model.onnx", "bffn", "0" * 64, InputSpec(), 128, 1)
+    bare = OnnxRuntimeEngine(out / "model.int8.onnx", "bffn", "0" * 64, InputSpec(), 128, 1, "int8")
+    want, raw = fp32.infer(x), bare.infer(x)
+    peaks = defect_scores(raw).reshape(len(x), -1).max(axis=1)
+    below = float(np.median(peaks))  # half the tiles come near it: those get the fp32 scores
+    near = peaks >= below
+    assert 0 < near.sum() < len(x)
+    engine = _guarded(out, below)
+    got = engine.infer(x)
+    np.testing.assert_array_equal(got[near], want[near])
+    np.testing.assert_array_equal(got[~near], raw[~near])
+    assert not np.array_equal(raw[near], want[near]), "int8 alone drifts: the guard made the difference"
+    assert engine.guard_share() == pytest.approx(near.mean())
+    assert bare.guard_share() is None and bare.threshold_problem(0.1) is None
+
+
+def test_guard_at_zero_makes_the_int8_engine_judge_as_fp32_through_the_inspector(int8_folder):
+    out, _ = int8_folder
+    images = [(p.name, im) for p, im in zip(sorted(SAMPLES.glob("*.jpg"))[:2],
+                                            read_images(sorted(SAMPLES.glob("*.jpg"))[:2]))]
+    recipe = SimpleNamespace(rules=DecisionRules(score_threshold=0.5), tiling=SimpleNamespace(overlap=32, batch=8))
+    fp32 = OnnxRuntimeEngine(out / "model.onnx", "bffn", "0" * 64, InputSpec(), 128, 1)
+    report = verify_segmentation(_guarded(out, 0.0), fp32, images, recipe)
+    assert report["verdict_agreement"] == 1.0 and report["max_abs"] == 0.0 and report["guard_share"] == 1.0
+    assert report["seconds"]["engine"] > 0 and report["seconds"]["reference"] > 0 and report["seconds"]["speedup"]
+
+
+def test_inspector_refuses_a_guarded_engine_at_a_threshold_its_guard_was_not_built_for(int8_folder):
+    out, m = int8_folder
+    engine = open_engine(out, threads=1)
+    Inspector(engine, overlap=32, batch=8, rules=DecisionRules(score_threshold=0.6))  # higher: still safe
+    with pytest.raises(InspectionError, match=r"cannot judge at score >= 0.45.*int8 guard keeps int8 scores below "
+                                              r".*built for a decision threshold of 0.50.*--recipe"):
+        Inspector(engine, overlap=32, batch=8, rules=DecisionRules(score_threshold=0.45))
+
+
+def test_guard_margin_is_twice_the_drift_in_steps_and_never_below_the_minimum():
+    assert guard_for(0.55, 0.01) == {"below": 0.45, "threshold": 0.55, "margin": 0.1, "drift_max": 0.01}
+    assert guard_for(0.55, 0.055)["margin"] == pytest.approx(0.15)
+    assert guard_for(0.55, 0.075)["margin"] == pytest.approx(0.15)
+    assert guard_for(0.3, 0.2)["below"] == 0.0
+
+
+def test_int8_float_groups_from_the_command_line():
+    assert int8_groups(None) == DEFAULT_EXCLUDE
+    assert int8_groups("none") == ()
+    assert int8_groups("attention, classifier") == ("attention", "classifier")
+    with pytest.raises(ValueError, match="unknown group.*heads.*choose from attention"):
+        int8_groups("attention,heads")
+    args = build_parser().parse_args(["build", "--weights", "w", "--out", "o", "--no-int8-guard",
+                                      "--int8-float", "none"])
+    assert args.no_int8_guard and args.int8_float == "none"
+
+
+def _station_recipe(tmp_path: Path, engine_folder: Path, threshold: float) -> Path:
+    from station.recipe import shipped_recipe_path
+
+    text = shipped_recipe_path("magnetic_tile").read_text()
+    text = text.replace('path = "../samples/magnetic-tile"', f'path = "{SAMPLES}"').replace("loop = true", "loop = false")
+    text = text.replace('weights = "bffn-magnetic-tile"', f'weights = "{engine_folder}"')
+    text = text.replace('precision = "fp32"', 'precision = "int8"').replace("threads = 0 ", "threads = 1 ")
+    text = text.replace("score_threshold = 0.55", f"score_threshold = {threshold}")
+    text = text.replace('db = "station-data/rejects.db"', f'db = "{tmp_path / "rejects.db"}"')
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(text)
+    return recipe
+
+
+def test_station_runs_a_guarded_int8_engine_and_says_how_much_went_to_fp32(int8_folder, tmp_path):
+    """The line on a guarded int8 engine folder: every row names the guarded engine, the summary the share of
+    tiles scored again in fp32; a recipe whose threshold the guard was not built for is refused before any frame."""
+    import sqlite3
+
+    from station.app import build_inspector, run_station
+    from station.recipe import load_recipe
+
+    out, _ = int8_folder
+    summary = run_station(load_recipe(_station_recipe(tmp_path, out, 0.55)), headless=True, max_frames=3)
+    assert summary.stats.inspected == 3
+    shown = summary.to_dict()
+    assert 0.0 <= shown["int8_guard_rescored"] <= 1.0 and "int8 guard:" in summary.text()
+    with sqlite3.connect(tmp_path / "rejects.db") as con:
+        engines_ = {r[0] for r in con.execute("SELECT DISTINCT engine_id FROM inspections")}
+    assert len(engines_) == 1 and engines_.pop().endswith("@onnxruntime-int8-guarded")
+    low = load_recipe(_station_recipe(tmp_path / "low", out, 0.4) if (tmp_path / "low").mkdir() is None else None)
+    with pytest.raises(InspectionError, match="cannot judge at score >= 0.4.*Rebuild it with `engines build"):
+        build_inspector(low)
+
+
+def test_bench_says_how_much_a_guarded_engine_sent_to_fp32(int8_folder):
+    from engines.benchmark import bench_engines
+
+    out, _ = int8_folder
+    report = bench_engines({"int8": lambda: open_engine(out, threads=1),
+                            "fp32": lambda: OnnxRuntimeEngine(out / "model.onnx", "bffn", "0" * 64, InputSpec(), 128,
+                                                              1)}, batch=2, seconds=0.1)
+    assert 0.0 <= report["int8"]["int8_guard_rescored"] <= 1.0 and "engines verify" in report["int8"]["note"]
+    assert "int8_guard_rescored" not in report["fp32"]
