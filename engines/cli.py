@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start the ResNet backbone from any network trained here on the same ResNet depth "
                             "(folder or shipped name, e.g. gr-neu-seg); RGB first convolutions are summed to grey. "
                             "The source is recorded in config.json")
+    train.add_argument("--backbone-lr", type=float, metavar="FRACTION",
+                       help="the ResNet backbone's learning rate as a fraction of --lr (default 1; e.g. 0.1 with "
+                            "--init-backbone, so the transferred features change slowly)")
     train.add_argument("--defect-fraction", type=float,
                        help="share of crops centred on a defect (default: 0.5)")
     train.add_argument("--class-balanced", action="store_true",

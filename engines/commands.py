@@ -15,7 +15,7 @@ from engines.quantize import DEFAULT_EXCLUDE, GROUPS
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SEG_ONLY = {"tile": None, "optimizer": None, "loss": None, "init": None, "no_sam": False, "fusion": None,
             "sampling": None, "aux_weight": None, "split": None, "defect_fraction": None, "class_balanced": False,
-            "hard_negatives": None, "mine_every": None, "init_backbone": None}
+            "hard_negatives": None, "mine_every": None, "init_backbone": None, "backbone_lr": None}
 CLS_ONLY = {"pretrain_epochs": None, "momentum": None, "weight_decay": None, "size": None, "bank_size": None,
             "in_channels": None, "no_augment": False, "label_dim": None, "no_gr": False, "linear": False,
             "alpha": None, "tau": None}
@@ -49,6 +49,7 @@ def run_train(args: argparse.Namespace) -> int:
                              aux_weight=1.0 if args.aux_weight is None else args.aux_weight,
                              sampling=args.sampling or "grid", model_config=_model_config(args),
                              split=args.split or "", init_backbone=args.init_backbone or "",
+                             backbone_lr=1.0 if args.backbone_lr is None else args.backbone_lr,
                              defect_fraction=0.5 if args.defect_fraction is None else args.defect_fraction,
                              class_balanced=args.class_balanced, hard_negatives=args.hard_negatives or 0.0,
                              mine_every=args.mine_every or 1, channels_last=not args.no_channels_last)

@@ -58,6 +58,7 @@ class TrainSettings:
     validate: bool = True  # score the validation images after every epoch
     split: str = ""  # a split.json ({"train", "validation", "holdout"}): train on train, validate on validation
     init_backbone: str = ""  # start the ResNet backbone from these weights (any network trained here)
+    backbone_lr: float = 1.0  # the backbone's learning rate as a fraction of lr (e.g. 0.1 for a transferred start)
     class_balanced: bool = False  # defect crops: a class drawn uniformly, then an image of it
     hard_negatives: float = 0.0  # fraction of crops drawn from mined false-alarm tiles of defect-free images
     mine_every: int = 1  # re-mine hard negatives every this many epochs
@@ -70,8 +71,28 @@ OPTIMIZERS = ("rmsprop", "adam")
 LOSSES = ("ce", "ce+dice")
 
 
+def parameter_groups(model, backbone_lr: float) -> list[dict]:
+    """``model``'s parameters for the optimizer: one group, or the ResNet backbone's apart at ``backbone_lr`` times
+    the learning rate (the ``lr_scale`` each group's learning rate is multiplied by)."""
+    from engines.models.backbone_transfer import backbone_parameters
+
+    if backbone_lr == 1.0:
+        return [{"params": list(model.parameters()), "lr_scale": 1.0}]
+    names = backbone_parameters(model)
+    if not names:
+        raise ValueError(f"--backbone-lr: {type(model).__name__} has no ResNet backbone")
+    named = list(model.named_parameters())
+    return [{"params": [p for n, p in named if n in names], "lr_scale": backbone_lr},
+            {"params": [p for n, p in named if n not in names], "lr_scale": 1.0}]
+
+
 def make_optimizer(name: str, parameters, lr: float):
+    """``parameters``: parameters, or groups from :func:`parameter_groups` (each at ``lr`` × its ``lr_scale``)."""
     import torch
+
+    parameters = list(parameters)
+    if parameters and isinstance(parameters[0], dict):
+        parameters = [{**g, "lr": lr * g.pop("lr_scale", 1.0)} for g in (dict(g) for g in parameters)]
 
     if name == "rmsprop":
         return torch.optim.RMSprop(parameters, lr=lr)
@@ -173,7 +194,8 @@ def train_segmentation(settings: TrainSettings, progress: bool = True, train_sam
             model, device_ids=[device.index] if device.type == "cuda" else None)
     hooks = SegmentationHooks(settings, model, net, train_samples, held_samples, spec, steps, rank, start_note)
     phase = Phase(1, "train", settings.epochs,
-                  make_optimizer=lambda: make_optimizer(settings.optimizer, model.parameters(), settings.lr),
+                  make_optimizer=lambda: make_optimizer(settings.optimizer,
+                                                        parameter_groups(model, settings.backbone_lr), settings.lr),
                   make_scheduler=cosine)
     history = loop.run([phase], hooks)
     model.eval().cpu().to(memory_format=torch.contiguous_format)

@@ -104,3 +104,11 @@ def load_backbone(model, source: dict) -> dict:
         for key, value in updates.items():
             target[key].copy_(value)
     return {"loaded": len(updates), "adapted": adapted, "skipped": skipped}
+
+
+def backbone_parameters(model) -> set[str]:
+    """The names of ``model``'s parameters that belong to its ResNet backbone (for a learning rate of their own,
+    ``engines train --backbone-lr``); empty when it has none."""
+    state = model.state_dict()
+    prefixes = [p for p in (_prefix_in(state, c) for c in _PREFIXES) if p is not None]
+    return {name for name, _ in model.named_parameters() if name.startswith(tuple(prefixes))} if prefixes else set()

@@ -138,6 +138,30 @@ def test_backbone_moves_from_an_rgb_classifier_to_a_grey_segmenter():
     torch.testing.assert_close(unet.net.encoder.layer4[0].conv1.weight, bffn.layer4[0].conv1.weight)
 
 
+def test_backbone_learning_rate_of_its_own():
+    import torch
+
+    from engines.models import build_model
+    from engines.train import make_optimizer, parameter_groups
+
+    bffn = build_model("bffn", {"in_channels": 1})
+    groups = parameter_groups(bffn, 0.1)
+    backbone = {id(p) for p in groups[0]["params"]}
+    assert id(bffn.stem[0].weight) in backbone and id(bffn.layer4[1].conv2.weight) in backbone
+    assert id(bffn.classifier.weight) not in backbone and id(bffn.classifier.weight) in {
+        id(p) for p in groups[1]["params"]}
+    assert sum(len(g["params"]) for g in groups) == len(list(bffn.parameters())), "every parameter, once"
+    optimizer = make_optimizer("adam", groups, 1e-3)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-4, 1e-3])
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
+    optimizer.step()  # no gradients: nothing moves, but the schedule may now step
+    schedule.step()
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([5e-5, 5e-4]), "the decay scales both"
+    assert len(parameter_groups(bffn, 1.0)) == 1
+    with pytest.raises(ValueError, match="--backbone-lr: .* has no ResNet backbone"):
+        parameter_groups(torch.nn.Linear(2, 2), 0.1)
+
+
 def test_mining_returns_only_tiles_of_defect_free_images_above_the_threshold():
     import torch
 
@@ -168,7 +192,7 @@ def test_training_with_split_transfer_and_hard_negatives_records_everything(tmp_
     (tmp_path / "split.json").write_text(json.dumps(split))
     settings = TrainSettings(data=str(data), out=str(tmp_path / "run"), epochs=1, steps_per_epoch=2, batch=4,
                              threads=2, split=str(tmp_path / "split.json"), init_backbone=str(untrained_bffn),
-                             class_balanced=True, hard_negatives=0.25, mine_threshold=0.0, amp=True)
+                             backbone_lr=0.1, class_balanced=True, hard_negatives=0.25, mine_threshold=0.0, amp=True)
     final = train_segmentation(settings, progress=False)
     assert final["hard_tiles"] > 0 and "best_f1" in final and final["train_tiles_per_s"] > 0
     config = json.loads((tmp_path / "run" / "config.json").read_text())
