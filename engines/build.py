@@ -342,6 +342,10 @@ def build_command(settings: BuildSettings) -> str:
                                  ("--data", settings.data, ""), ("--workspace", settings.workspace_mib, 2048)):
         if value != default:
             parts += [flag, str(value)]
+    if settings.precision == "int8" and tuple(settings.int8_exclude) != DEFAULT_EXCLUDE:
+        parts += ["--int8-float", ",".join(settings.int8_exclude) or "none"]
+    if settings.precision == "int8" and not settings.int8_guard:
+        parts.append("--no-int8-guard")
     return shlex.join(parts)
 
 

@@ -242,3 +242,14 @@ def test_bench_says_how_much_a_guarded_engine_sent_to_fp32(int8_folder):
                                                               1)}, batch=2, seconds=0.1)
     assert 0.0 <= report["int8"]["int8_guard_rescored"] <= 1.0 and "engines verify" in report["int8"]["note"]
     assert "int8_guard_rescored" not in report["fp32"]
+
+
+def test_build_command_records_the_int8_choices():
+    from engines.build import build_command
+
+    plain = build_command(BuildSettings(weights="w", precision="int8", calibration="c", out="o"))
+    assert "--int8-float" not in plain and "--no-int8-guard" not in plain
+    chosen = build_command(BuildSettings(weights="w", precision="int8", calibration="c", out="o", int8_exclude=(),
+                                         int8_guard=False))
+    assert chosen.endswith("--int8-float none --no-int8-guard")
+    assert build_parser().parse_args(chosen.split()[1:]).int8_float == "none"
