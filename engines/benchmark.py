@@ -104,8 +104,8 @@ def bench_engines(openers: dict, batch: int = 32, seconds: float = 10.0) -> dict
             engines[name], memory[name] = load_measured(opener, batch)
         speed = interleaved_throughput(engines, batch=batch, seconds=seconds)
         # a guarded int8 engine's speed depends on what it sees: say how much of this (random) input went to fp32
-        guarded = {name: e.guard_share() for name, e in engines.items() if getattr(e, "guard_share", None)
-                   and e.guard_share() is not None}
+        shares = {name: e.guard_share() for name, e in engines.items()}
+        guarded = {name: share for name, share in shares.items() if share is not None}
     finally:
         for engine in engines.values():
             engine.close()

@@ -70,7 +70,7 @@ def verify_segmentation(engine, reference, images: list[tuple[str, np.ndarray]],
         max_abs = max(max_abs, float(diff.max()))
         sum_abs += float(diff.sum())
         pixels += diff.size
-    n = len(images)
+    n, share = len(images), engine.guard_share()
     return {"images": n, "verdict_agreement": round(agree / n, 6), "verdicts_differing": differing,
             "images_with_defect_pixels": len(ious),
             "mean_mask_iou": round(float(np.mean(ious)), 6) if ious else None,
@@ -78,13 +78,7 @@ def verify_segmentation(engine, reference, images: list[tuple[str, np.ndarray]],
             "max_abs": significant(max_abs), "mean_abs": significant(sum_abs / max(pixels, 1)),
             "seconds": {"engine": round(seconds[0], 3), "reference": round(seconds[1], 3),
                         "speedup": round(seconds[1] / seconds[0], 3) if seconds[0] else None},
-            "guard_share": _guard_share(engine)}
-
-
-def _guard_share(engine) -> float | None:
-    """The share of tiles an int8 engine's guard sent to its fp32 graph (None: the engine has no guard)."""
-    share = getattr(engine, "guard_share", None)
-    return None if share is None or share() is None else round(share(), 5)
+            "guard_share": None if share is None else round(share, 5)}
 
 
 def verify_classifier(engine, reference, images: list[tuple[str, np.ndarray]], batch: int = 32,

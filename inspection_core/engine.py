@@ -55,5 +55,9 @@ class Engine(abc.ABC):
         is built for one threshold: :class:`engines.backends.onnxruntime_backend.Int8Guard`)."""
         return None
 
+    def guard_share(self) -> float | None:
+        """The share of tiles an int8 engine's guard sent to its fp32 graph so far; None for engines without one."""
+        return None
+
     def close(self) -> None:
         """Release sessions and device memory."""

@@ -316,7 +316,8 @@ def run_station(recipe: Recipe, headless: bool, max_frames: int | None, as_json:
             log.info("no display here: running headless (pass --headless to say so)")
         stats = run_headless(line, signals=signals)
     extra = {"integrations": integrations_.close_all(active)} if wanted else {}
-    share = getattr(line.inspector.engine, "guard_share", lambda: None)()
+    engine = line.inspector.engine  # None: the classifier alone judges
+    share = engine.guard_share() if engine is not None else None
     if share is not None:  # an int8 engine with its guard: how much of the work went to the fp32 graph
         extra["int8_guard_rescored"] = round(share, 4)
     summary = RunSummary(stats, time.monotonic() - started, str(Path(recipe.log.db)), line.inspector.engine_id,

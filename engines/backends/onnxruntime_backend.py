@@ -113,7 +113,6 @@ class OnnxRuntimeEngine(Engine):
         return self.guard.problem(threshold) if self.guard is not None else None
 
     def guard_share(self) -> float | None:
-        """The share of tiles the guard has sent to the fp32 graph so far (None: no guard)."""
         if self.guard is None:
             return None
         return self.tiles_rescored / self.tiles_scored if self.tiles_scored else 0.0
