@@ -152,17 +152,22 @@ def quantize(src: Path, dst: Path, inputs: np.ndarray, batch: int, exclude: list
 MIN_GUARD_MARGIN = 0.1
 
 
-def peak_drift(fp32_path: str | Path, int8_path: str | Path, inputs: np.ndarray, threads: int = 1,
-               batch: int = 16) -> float:
-    """The largest difference, over ``inputs``, between a tile's highest defect score in the int8 graph and in
-    the fp32 graph: how far the int8 graph can misjudge whether a tile holds anything."""
+def _cpu_session(model: str | Path | bytes, threads: int):
+    """An ONNX Runtime CPU session on ``model`` (a file or serialised bytes) with ``threads`` intra-op threads."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    sessions = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
-                for p in (fp32_path, int8_path)]
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def peak_drift(fp32_path: str | Path, int8_path: str | Path, inputs: np.ndarray, threads: int = 1,
+               batch: int = 16) -> float:
+    """The largest difference, over ``inputs``, between a tile's highest defect score in the int8 graph and in
+    the fp32 graph: how far the int8 graph can misjudge whether a tile holds anything."""
+    sessions = [_cpu_session(p, threads) for p in (fp32_path, int8_path)]
     worst = 0.0
     for x in batches(inputs, batch):
         a, b = (defect_scores(s.run(None, {INPUT_NAME: x})[0]).reshape(len(x), -1).max(axis=1) for s in sessions)
@@ -198,7 +203,6 @@ def layer_sensitivity(fp32_path: str | Path, int8_path: str | Path, inputs: np.n
     i.e. what the node itself adds), sorted by ``added``, largest first. Nodes kept in floating point show the
     error they receive, not add."""
     import onnx
-    import onnxruntime as ort
 
     graph = onnx.load(str(fp32_path), load_external_data=False).graph
     q_graph = onnx.load(str(int8_path), load_external_data=False).graph
@@ -211,11 +215,8 @@ def layer_sensitivity(fp32_path: str | Path, int8_path: str | Path, inputs: np.n
     nodes = [n for n in graph.node if n.op_type not in _SHAPE_OPS and n.output and n.output[0] in q_outputs]
     names = [n.output[0] for n in nodes]
     q_names = [read_as.get(name, name) for name in names]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
     sums = {name: [0.0, 0.0] for name in names}
-    sessions = [ort.InferenceSession(_exposed(Path(p), exposed), options, providers=["CPUExecutionProvider"])
+    sessions = [_cpu_session(_exposed(Path(p), exposed), threads)
                 for p, exposed in ((fp32_path, names), (int8_path, q_names))]
     for x in batches(inputs, batch):
         want = dict(zip(names, sessions[0].run(names, {INPUT_NAME: x})))
