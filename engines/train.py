@@ -71,28 +71,24 @@ OPTIMIZERS = ("rmsprop", "adam")
 LOSSES = ("ce", "ce+dice")
 
 
-def parameter_groups(model, backbone_lr: float) -> list[dict]:
-    """``model``'s parameters for the optimizer: one group, or the ResNet backbone's apart at ``backbone_lr`` times
-    the learning rate (the ``lr_scale`` each group's learning rate is multiplied by)."""
+def parameter_groups(model, lr: float, backbone_lr: float) -> list[dict]:
+    """``model``'s parameters for the optimizer at learning rate ``lr``: one group, or the ResNet backbone's apart
+    at ``backbone_lr`` × ``lr``."""
     from engines.models.backbone_transfer import backbone_parameters
 
     if backbone_lr == 1.0:
-        return [{"params": list(model.parameters()), "lr_scale": 1.0}]
+        return [{"params": list(model.parameters()), "lr": lr}]
     names = backbone_parameters(model)
     if not names:
         raise ValueError(f"--backbone-lr: {type(model).__name__} has no ResNet backbone")
     named = list(model.named_parameters())
-    return [{"params": [p for n, p in named if n in names], "lr_scale": backbone_lr},
-            {"params": [p for n, p in named if n not in names], "lr_scale": 1.0}]
+    return [{"params": [p for n, p in named if n in names], "lr": lr * backbone_lr},
+            {"params": [p for n, p in named if n not in names], "lr": lr}]
 
 
 def make_optimizer(name: str, parameters, lr: float):
-    """``parameters``: parameters, or groups from :func:`parameter_groups` (each at ``lr`` × its ``lr_scale``)."""
+    """``parameters``: parameters, or groups that carry their own ``lr`` (:func:`parameter_groups`)."""
     import torch
-
-    parameters = list(parameters)
-    if parameters and isinstance(parameters[0], dict):
-        parameters = [{**g, "lr": lr * g.pop("lr_scale", 1.0)} for g in (dict(g) for g in parameters)]
 
     if name == "rmsprop":
         return torch.optim.RMSprop(parameters, lr=lr)
@@ -195,7 +191,8 @@ def train_segmentation(settings: TrainSettings, progress: bool = True, train_sam
     hooks = SegmentationHooks(settings, model, net, train_samples, held_samples, spec, steps, rank, start_note)
     phase = Phase(1, "train", settings.epochs,
                   make_optimizer=lambda: make_optimizer(settings.optimizer,
-                                                        parameter_groups(model, settings.backbone_lr), settings.lr),
+                                                        parameter_groups(model, settings.lr, settings.backbone_lr),
+                                                        settings.lr),
                   make_scheduler=cosine)
     history = loop.run([phase], hooks)
     model.eval().cpu().to(memory_format=torch.contiguous_format)

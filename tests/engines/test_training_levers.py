@@ -145,7 +145,7 @@ def test_backbone_learning_rate_of_its_own():
     from engines.train import make_optimizer, parameter_groups
 
     bffn = build_model("bffn", {"in_channels": 1})
-    groups = parameter_groups(bffn, 0.1)
+    groups = parameter_groups(bffn, 1e-3, 0.1)
     backbone = {id(p) for p in groups[0]["params"]}
     assert id(bffn.stem[0].weight) in backbone and id(bffn.layer4[1].conv2.weight) in backbone
     assert id(bffn.classifier.weight) not in backbone and id(bffn.classifier.weight) in {
@@ -157,9 +157,9 @@ def test_backbone_learning_rate_of_its_own():
     optimizer.step()  # no gradients: nothing moves, but the schedule may now step
     schedule.step()
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([5e-5, 5e-4]), "the decay scales both"
-    assert len(parameter_groups(bffn, 1.0)) == 1
+    assert len(parameter_groups(bffn, 1e-3, 1.0)) == 1
     with pytest.raises(ValueError, match="--backbone-lr: .* has no ResNet backbone"):
-        parameter_groups(torch.nn.Linear(2, 2), 0.1)
+        parameter_groups(torch.nn.Linear(2, 2), 1e-3, 0.1)
 
 
 def test_mining_returns_only_tiles_of_defect_free_images_above_the_threshold():
