@@ -260,12 +260,17 @@ class VisionSystemServer:
         await self._set_state("Halted")
         return [ua.Variant(0, ua.VariantType.Int32)]
 
-    async def m_start_single_job(self, meas_id=None, part_id=None, recipe_id=None, product_id=None, *_rest):
+    def _new_job(self, recipe_id) -> str:
+        """The id of a job a PLC may start now (the line Ready under PLC control, no recipe switch under way,
+        ``recipe_id`` empty or the prepared recipe's); :class:`Refused` otherwise."""
         self._plc()
         self._expect("Ready")
         self._not_switching()
         self._check_recipe_arg(recipe_id)
-        job = f"{self.context.run_id}-{next(self.job_ids)}"
+        return f"{self.context.run_id}-{next(self.job_ids)}"
+
+    async def m_start_single_job(self, meas_id=None, part_id=None, recipe_id=None, product_id=None, *_rest):
+        job = self._new_job(recipe_id)
         self.pending.append(job)
         await self._set_state("SingleExecution")
         await self._event("JobStarted", job)
@@ -278,11 +283,7 @@ class VisionSystemServer:
         return [ua.Variant(job, ua.VariantType.String), ua.Variant(0, ua.VariantType.Int32)]
 
     async def m_start_continuous(self, meas_id=None, part_id=None, recipe_id=None, product_id=None, *_rest):
-        self._plc()
-        self._expect("Ready")
-        self._not_switching()
-        self._check_recipe_arg(recipe_id)
-        job = f"{self.context.run_id}-{next(self.job_ids)}"
+        job = self._new_job(recipe_id)
         self.continuous_job = job
         await self._set_state("ContinuousExecution")
         await self._event("JobStarted", job)
