@@ -104,6 +104,11 @@ class Inspector:
     def plan(self, shape: tuple[int, int]) -> TilePlan:
         return plan_tiles(shape, self.engine.tile, self.overlap)
 
+    def cut(self, prepared: np.ndarray) -> tuple[TilePlan, np.ndarray]:
+        """The tile plan of a prepared image and its tiles, normalised for the engine."""
+        plan = self.plan(prepared.shape[:2])
+        return plan, normalize_tiles(tile_image(prepared, plan), self.engine.spec)
+
     def calibrate(self, frame: Frame) -> tuple[np.ndarray, dict[str, float]]:
         """The image the stages get (checked against the profile and flat-fielded when there is one) and the
         ``calibrate`` timing (ms)."""
@@ -118,8 +123,7 @@ class Inspector:
         t0 = time.perf_counter()
         prepared = prepare_image(image, self.engine.spec)
         t_tile = time.perf_counter()
-        plan = self.plan(prepared.shape[:2])
-        tiles = normalize_tiles(tile_image(prepared, plan), self.engine.spec)
+        plan, tiles = self.cut(prepared)
         t1 = time.perf_counter()
         scores = np.empty((len(tiles), self.engine.tile, self.engine.tile), np.float32)
         for start in range(0, len(tiles), self.batch):
