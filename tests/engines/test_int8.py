@@ -228,7 +228,8 @@ def test_station_runs_a_guarded_int8_engine_and_says_how_much_went_to_fp32(int8_
     with sqlite3.connect(tmp_path / "rejects.db") as con:
         engines_ = {r[0] for r in con.execute("SELECT DISTINCT engine_id FROM inspections")}
     assert len(engines_) == 1 and engines_.pop().endswith("@onnxruntime-int8-guarded")
-    low = load_recipe(_station_recipe(tmp_path / "low", out, 0.4) if (tmp_path / "low").mkdir() is None else None)
+    (tmp_path / "low").mkdir()
+    low = load_recipe(_station_recipe(tmp_path / "low", out, 0.4))
     with pytest.raises(InspectionError, match="cannot judge at score >= 0.4.*Rebuild it with `engines build"):
         build_inspector(low)
 
