@@ -115,9 +115,14 @@ def evaluate_station_verdicts(inspector, samples, thresholds=DEFAULT_SWEEP, fail
         table = np.asarray(pair_decisions, bool).reshape(len(records), len(pairs))
         metrics["rule_sweep"] = [{"threshold": t, "min_area_px": a, **image_level_metrics(truth, list(table[:, k]))}
                                  for k, (t, a) in enumerate(pairs)]
-        metrics["best_rule"] = max(metrics["rule_sweep"], key=lambda p: (p["f1"], -p["fp_fn"], p["threshold"],
-                                                                        p["min_area_px"]))
+        metrics["best_rule"] = best_rule(metrics["rule_sweep"])
     return metrics, records
+
+
+def best_rule(rule_sweep: list[dict]) -> dict:
+    """The point of a (threshold, minimum area) sweep with the best image-level F1; ties: fewer FP+FN, then the
+    higher threshold and area. How a decision rule is learned, on a validation part only."""
+    return max(rule_sweep, key=lambda p: (p["f1"], -p["fp_fn"], p["threshold"], p["min_area_px"]))
 
 
 def save_pr_curve(sweep: list[dict], path, title: str = "", operating_threshold: float | None = None):
