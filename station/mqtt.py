@@ -33,7 +33,8 @@ from urllib.parse import urlsplit
 from inspection_core.records import LineState
 from station.errors import RecipeError
 from station.outbox import LedgerCursor
-from station.recipe import MISSING, Refused, TableReader, check_bool, check_float, check_int, check_path, check_str
+from station.recipe import (MISSING, Refused, TableReader, check_bool, check_choice, check_float, check_int,
+                            check_path, check_str)
 from station.rejectlog import decode_labels, format_utc
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class MqttConfig:
     inflight: int = 100
     flush_timeout_s: float = 5.0
     reconnect_max_s: float = 10.0
+    history: str = "all"         # first contact with this broker: "all" rows of the log, or only "new" ones
 
 
 _KEYS = {
@@ -82,6 +84,8 @@ _KEYS = {
     "inflight": "an integer from 1 to 10000 (rows sent and awaiting the broker's acknowledgement at once)",
     "flush_timeout_s": "a number of seconds >= 0 (how long closing waits for the broker to take what is pending)",
     "reconnect_max_s": "a number of seconds >= 1 (longest wait between two tries to reach the broker)",
+    "history": '"all" (the first contact with this broker sends every row already in the log) or "new" (it starts '
+               'after the newest row; the rows before are never sent there)',
 }
 
 
@@ -129,6 +133,7 @@ def parse_table(t: TableReader, station_id: str) -> MqttConfig:
         inflight=t.get("inflight", 100, check_int(1, 10000), _KEYS["inflight"]),
         flush_timeout_s=t.get("flush_timeout_s", 5.0, check_float(0.0), _KEYS["flush_timeout_s"]),
         reconnect_max_s=t.get("reconnect_max_s", 10.0, check_float(1.0), _KEYS["reconnect_max_s"]),
+        history=t.get("history", "all", check_choice("all", "new"), _KEYS["history"]),
     )
     t.finish()
     return config
@@ -229,8 +234,11 @@ class MqttPublisher:
             self._cursor.close()
             self._cursor = None
             raise
-        self._mark = self._sent_upto = self._cursor.mark()
         c = self.config
+        if c.history == "new" and (skipped := self._cursor.start_at_newest()) is not None:
+            log.info("first contact with %s: history = \"new\", so the rows already in the reject log (ids up to %d) "
+                     "are not sent there", self.destination, skipped)
+        self._mark = self._sent_upto = self._cursor.mark()
         backlog = self._cursor.last_id() - self._mark
         log.info("publishing to %s on %s (%d row(s) of the reject log after mark %d to send)", c.url,
                  self.results_topic, max(0, backlog), self._mark)

@@ -60,6 +60,20 @@ class LedgerCursor:
             row = self._conn.execute("SELECT row_id FROM outbox_marks WHERE name = ?", (self.name,)).fetchone()
         return int(row[0]) if row else 0
 
+    def start_at_newest(self) -> int | None:
+        """A destination's first contact that skips the log's history: its mark is set on the newest row, in one
+        statement, only when it has no mark yet. Returns that row id, or ``None`` when a mark already existed (then
+        nothing changes: rows after a mark are never skipped)."""
+        now = format_utc(datetime.now(timezone.utc))
+        with self._lock:
+            done = self._conn.execute(
+                "INSERT OR IGNORE INTO outbox_marks (name, row_id, updated_utc) "
+                "SELECT ?, coalesce(max(id), 0), ? FROM inspections", (self.name, now))
+            if not done.rowcount:
+                return None
+            return int(self._conn.execute("SELECT row_id FROM outbox_marks WHERE name = ?",
+                                          (self.name,)).fetchone()[0])
+
     def advance(self, row_id: int) -> None:
         """Record that the destination holds every row up to ``row_id`` (committed before it returns; a mark never
         moves back)."""

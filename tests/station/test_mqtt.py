@@ -227,6 +227,7 @@ def mark_of(db: Path) -> int:
     ({"url": "mqtt://broker", "ca": "ca.pem"}, "TLS files need an mqtts:// url"),
     ({"url": "mqtts://broker", "ca": "nowhere.pem"}, "nowhere.pem is not a file"),
     ({"url": "mqtt://broker", "insecure": True}, "only for an mqtts:// url"),
+    ({"url": "mqtt://broker", "history": "none"}, r'history: .none. is not allowed; use "all" \(the first contact'),
 ])
 def test_the_table_is_checked_with_a_message_that_says_what_to_fix(tmp_path, table, message):
     os.environ.pop("STATION_TEST_UNSET_PW", None)
@@ -241,6 +242,7 @@ def test_a_good_table_gets_its_defaults_and_tls_files_resolve_beside_the_recipe(
                                       "password_env": "STATION_MQTT_PASSWORD"}, "r.toml", "mqtt", tmp_path), "line-3")
     assert (config.host, config.port, config.tls, config.ca) == ("broker.local", 8883, True, tmp_path / "ca.pem")
     assert config.client_id == "station-line-3" and config.prefix == "inspection" and config.inflight == 100
+    assert config.history == "all", "by default a first contact sends the whole log: nothing is skipped unasked"
     plain = parse_table(TableReader({"url": "mqtt://10.0.0.5"}, "r.toml", "mqtt", tmp_path), "line-3")
     assert (plain.port, plain.tls, plain.url) == (1883, False, "mqtt://10.0.0.5:1883")
     with pytest.raises(RecipeError, match=r"r.toml: \[station\] id: 'line/3' cannot be part of an MQTT topic"):
@@ -381,6 +383,38 @@ def test_a_dead_broker_never_stops_the_line_and_a_restarted_publisher_resumes_fr
         sub.close()
     finally:
         broker.kill()
+
+
+def test_history_new_starts_a_first_contact_after_the_log_it_found_and_never_skips_rows_after_a_mark(
+        broker, recipe, inspector, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="station.mqtt")
+    db = tmp_path / "log.db"
+
+    def write(run_id: str, n: int) -> None:
+        with RejectLog(db, station_id=STATION, run_id=run_id) as log_:
+            for i in range(n):
+                log_.record(NotInspected(frame_id=i + 1, timestamp_ns=1, source="cam",
+                                         reason=NotInspectedReason.UNREADABLE, detail="x", file=f"{i}.jpg"))
+
+    write("old", 5)  # a year of history, as far as this broker is concerned
+    sub = Subscriber(broker.port, f"inspection/{STATION}/results")
+    line = make_line(inspector, db)
+    first = publisher(recipe, db, broker.port, history="new")
+    first.start(line)
+    assert "history = \"new\", so the rows already in the reject log (ids up to 5) are not sent" in caplog.text
+    write("run-1", 2)
+    wait_until(lambda: len(sub.results()) >= 2, 20, "the new rows")
+    first.close()
+    assert [m["id"] for m in sub.results()] == [6, 7] and {m["run_id"] for m in sub.results()} == {"run-1"}
+    assert mark_of(db) == 7
+    write("between", 1)  # logged while no publisher ran: after the mark, so it must go out
+    second = publisher(recipe, db, broker.port, run_id="run-2", history="new")
+    second.start(line)
+    wait_until(lambda: len(sub.results()) >= 3, 20, "the row after the mark")
+    second.close()
+    assert [m["id"] for m in sub.results()] == [6, 7, 8], "a destination with a mark skips nothing"
+    assert caplog.text.count("history = \"new\"") == 1
+    sub.close()
 
 
 @pytest.mark.slow
