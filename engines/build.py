@@ -38,10 +38,11 @@ import numpy as np
 
 from engines.backends.common import BACKENDS
 from engines.backends.tensorrt_build import build_engine
+from engines.data.segmentation import spread
 from engines.export import INPUT_NAME, OPSET, export_onnx
 from engines.folders import CALIBRATION_CACHE, ONNX_FILE, PLAN_FILE, TIMING_CACHE, WEIGHTS_DIR, open_folder
 from engines.errors import BackendUnavailable, EngineError
-from engines.inputs import batches, named_images, network_inputs, spread
+from engines.inputs import batches, named_images, network_inputs
 from engines.int8_sets import calibration_images, int8_set
 from engines.manifest import FORMAT, library_versions, machine, now_iso, write_manifest
 from engines.models import model_spec

@@ -9,7 +9,7 @@ from typing import Iterator
 import numpy as np
 
 from engines.data.multilabel import load_multilabel
-from engines.data.segmentation import DatasetError, load_dataset
+from engines.data.segmentation import DatasetError, load_dataset, spread
 from engines.errors import EngineError
 from inspection_core import imageio
 from inspection_core.errors import ImageReadError
@@ -41,7 +41,7 @@ def named_images(data: str | Path, limit: int = 0) -> list[tuple[str, np.ndarray
     images; ``limit`` picks that many spread evenly over the folder (0 = all)."""
     data = Path(data)
     try:
-        pairs = [(s.name, s.image) for s in load_dataset(data)]
+        return [(s.name, s.image) for s in load_dataset(data, limit)]  # reads only the images it picks
     except DatasetError:
         try:
             pairs = [(s.name, np.asarray(s.image)) for s in load_multilabel(data).samples]
@@ -52,13 +52,6 @@ def named_images(data: str | Path, limit: int = 0) -> list[tuple[str, np.ndarray
             files = [files[i] for i in spread(len(files), limit)]
             return list(zip((f.name for f in files), read_images(files)))
     return [pairs[i] for i in spread(len(pairs), limit)]
-
-
-def spread(n: int, limit: int) -> list[int]:
-    """``limit`` indices spread evenly over ``range(n)`` (all of them when ``limit`` is 0 or at least ``n``)."""
-    if not limit or limit >= n:
-        return list(range(n))
-    return sorted(set(np.linspace(0, n - 1, limit).round().astype(int).tolist()))
 
 
 def data_images(data: str | Path, count: int) -> list[np.ndarray]:

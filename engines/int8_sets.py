@@ -7,8 +7,9 @@ from typing import Callable
 
 import numpy as np
 
+from engines.data.segmentation import spread
 from engines.errors import EngineError
-from engines.inputs import data_images, read_images, spread
+from engines.inputs import data_images, read_images
 
 
 #: Where ``--calibration NAME`` finds INT8 image sets besides plain image folders: functions that take the name and

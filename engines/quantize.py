@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from engines.data.segmentation import DatasetError, load_dataset
+from engines.data.segmentation import DatasetError, load_dataset, spread
 from engines.export import INPUT_NAME
-from engines.inputs import batches, network_inputs, spread
+from engines.inputs import batches, network_inputs
 from engines.int8_sets import calibration_images
 from inspection_core.preprocess import defect_scores, normalize_tiles, prepare_image
 from inspection_core.tiling import plan_tiles, tile_image

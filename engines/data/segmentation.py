@@ -55,23 +55,39 @@ def read_grey(path: Path) -> np.ndarray:
         raise DatasetError(f"cannot decode image {path}: the file is corrupt or not an image") from None
 
 
-def load_magnetic_tile(root: Path) -> list[SegSample]:
-    """``MT_<Class>/NAME.jpg`` with mask ``NAME.png`` (defect where > 127); MT_Free is defect-free."""
+def spread(n: int, limit: int) -> list[int]:
+    """``limit`` indices spread evenly over ``range(n)`` (all of them when ``limit`` is 0 or at least ``n``)."""
+    if not limit or limit >= n:
+        return list(range(n))
+    return sorted(set(np.linspace(0, n - 1, limit).round().astype(int).tolist()))
+
+
+def _picked(items: list, limit: int) -> list:
+    return [items[i] for i in spread(len(items), limit)]
+
+
+def load_magnetic_tile(root: Path, limit: int = 0) -> list[SegSample]:
+    """``MT_<Class>/NAME.jpg`` with mask ``NAME.png`` (defect where > 127); MT_Free is defect-free. ``limit``: that
+    many images spread evenly over the folder, and only those are read (0 = all)."""
+    listed = [(folder, image_path)
+              for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("MT_"))
+              for image_path in sorted(folder.glob("*.jpg"))]
     samples = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("MT_")):
+    for folder, image_path in _picked(listed, limit):
         category = None if folder.name == "MT_Free" else folder.name[3:].lower()
-        for image_path in sorted(folder.glob("*.jpg")):
-            mask_path = image_path.with_suffix(".png")
-            image = read_grey(image_path)
-            mask = read_grey(mask_path) > 127 if mask_path.exists() else np.zeros(image.shape, bool)
-            samples.append(SegSample(f"{folder.name}/{image_path.name}", image, mask, category))
+        mask_path = image_path.with_suffix(".png")
+        image = read_grey(image_path)
+        mask = read_grey(mask_path) > 127 if mask_path.exists() else np.zeros(image.shape, bool)
+        samples.append(SegSample(f"{folder.name}/{image_path.name}", image, mask, category))
     return samples
 
 
-def load_generic(root: Path) -> list[SegSample]:
-    """``images/*`` with ``masks/<stem>.png``; a missing mask means defect-free."""
+def load_generic(root: Path, limit: int = 0) -> list[SegSample]:
+    """``images/*`` with ``masks/<stem>.png``; a missing mask means defect-free. ``limit`` as in
+    :func:`load_magnetic_tile`."""
     samples = []
-    for image_path in sorted(p for p in (root / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+    listed = sorted(p for p in (root / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    for image_path in _picked(listed, limit):
         image = read_grey(image_path)
         mask_path = root / "masks" / f"{image_path.stem}.png"
         mask = read_grey(mask_path) > 0 if mask_path.exists() else np.zeros(image.shape, bool)
@@ -81,11 +97,12 @@ def load_generic(root: Path) -> list[SegSample]:
     return samples
 
 
-def load_neu_seg(root: Path) -> list[SegSample]:
-    """NEU-Seg: ``images/training/*.jpg`` with label maps ``annotations/training/*.png`` (1..3 = classes)."""
+def load_neu_seg(root: Path, limit: int = 0) -> list[SegSample]:
+    """NEU-Seg: ``images/training/*.jpg`` with label maps ``annotations/training/*.png`` (1..3 = classes).
+    ``limit`` as in :func:`load_magnetic_tile`."""
     names = {1: "inclusion", 2: "patches", 3: "scratches"}
     samples = []
-    for image_path in sorted((root / "images" / "training").glob("*.jpg")):
+    for image_path in _picked(sorted((root / "images" / "training").glob("*.jpg")), limit):
         labels = read_grey(root / "annotations" / "training" / f"{image_path.stem}.png")
         present = sorted(int(v) for v in np.unique(labels) if v in names)
         category = "+".join(names[v] for v in present) or None
@@ -93,17 +110,18 @@ def load_neu_seg(root: Path) -> list[SegSample]:
     return samples
 
 
-def load_dataset(root: str | Path) -> list[SegSample]:
-    """Load any supported layout; raise :class:`DatasetError` that says which layouts exist."""
+def load_dataset(root: str | Path, limit: int = 0) -> list[SegSample]:
+    """Load any supported layout; raise :class:`DatasetError` that says which layouts exist. ``limit``: that many
+    images spread evenly over the folder, and only those are read (0 = all)."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"data folder {root} does not exist")
     if any(root.glob("MT_*")):
-        samples = load_magnetic_tile(root)
+        samples = load_magnetic_tile(root, limit)
     elif (root / "annotations").is_dir():
-        samples = load_neu_seg(root)
+        samples = load_neu_seg(root, limit)
     elif (root / "images").is_dir():
-        samples = load_generic(root)
+        samples = load_generic(root, limit)
     else:
         raise DatasetError(
             f"{root} is not a known data layout: use DIR/images/* with DIR/masks/<stem>.png, "

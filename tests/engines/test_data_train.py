@@ -59,6 +59,24 @@ def test_corrupt_image_is_named(tmp_path):
         load_dataset(root)
 
 
+def test_a_limit_reads_only_the_images_it_picks_spread_over_the_folder(tmp_path):
+    from engines.inputs import named_images
+
+    root = make_generic_set(tmp_path / "set", n=8)
+    (root / "images" / "img3.png").write_bytes(b"\x89PNG garbage")  # not among the 3 picked: never read
+    assert [s.name for s in load_dataset(root, limit=3)] == ["img0.png", "img4.png", "img7.png"]
+    assert [name for name, _ in named_images(root, 3)] == ["img0.png", "img4.png", "img7.png"]
+    with pytest.raises(DatasetError, match="img3.png"):
+        load_dataset(root)
+
+
+def test_a_limit_on_the_magnetic_tile_layout_picks_across_its_classes(magnetic_tile):
+    picked = load_dataset(magnetic_tile, limit=5)  # the real layout: first and last of the sorted listing, and between
+    everything = load_dataset(magnetic_tile)
+    assert [s.name for s in picked] == [everything[i].name for i in (0, 235, 470, 704, 939)]
+    assert all(np.array_equal(a.mask, everything[i].mask) for a, i in zip(picked, (0, 235, 470, 704, 939)))
+
+
 def test_stratified_split_keeps_class_proportions(tmp_path):
     samples = load_dataset(make_generic_set(tmp_path / "set", n=20))
     train, held = stratified_split(samples, 0.2, seed=3)
