@@ -158,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--amp", action="store_true",
                        help="mixed precision: float16 with gradient scaling on CUDA, bfloat16 on the CPU")
     train.add_argument("--no-validate", action="store_true", help="skip the held-out score after each epoch")
+    train.add_argument("--validate-as", choices=["quick", "station"],
+                       help="how each epoch is validated (segmentation): quick = whole images at 0.5 and 20 px "
+                            "(default; a trend line); station = as the station judges, tiles, stitching and the "
+                            "rule these images teach (its F1 picks best/; slower: about a station eval per epoch)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=run_train)
 

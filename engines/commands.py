@@ -15,7 +15,7 @@ from engines.quantize import DEFAULT_EXCLUDE, GROUPS
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SEG_ONLY = {"tile": None, "optimizer": None, "loss": None, "init": None, "no_sam": False, "fusion": None,
             "sampling": None, "aux_weight": None, "split": None, "defect_fraction": None, "class_balanced": False,
-            "hard_negatives": None, "mine_every": None, "init_backbone": None, "backbone_lr": None}
+            "hard_negatives": None, "mine_every": None, "init_backbone": None, "backbone_lr": None, "validate_as": None}
 CLS_ONLY = {"pretrain_epochs": None, "momentum": None, "weight_decay": None, "size": None, "bank_size": None,
             "in_channels": None, "no_augment": False, "label_dim": None, "no_gr": False, "linear": False,
             "alpha": None, "tau": None}
@@ -46,6 +46,7 @@ def run_train(args: argparse.Namespace) -> int:
                              seed=args.seed, steps_per_epoch=args.steps_per_epoch, threads=args.threads,
                              optimizer=args.optimizer or "rmsprop", loss=args.loss or "ce", init=args.init or "",
                              device=args.device, amp=args.amp, validate=not args.no_validate,
+                             validate_as=args.validate_as or "quick",
                              aux_weight=1.0 if args.aux_weight is None else args.aux_weight,
                              sampling=args.sampling or "grid", model_config=_model_config(args),
                              split=args.split or "", init_backbone=args.init_backbone or "",

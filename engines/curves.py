@@ -52,7 +52,8 @@ def curve_points(history: list[dict], steps_per_epoch: int, offset: int = 0) -> 
     rows = [r for r in history if "f1" in r]
     return {"step": [offset + int(r.get("step", r["epoch"] * steps_per_epoch)) for r in rows],
             "f1": [r["f1"] for r in rows], "best_f1": [r.get("best_f1") for r in rows],
-            "pixel_iou": [r.get("pixel_iou") for r in rows]}
+            "pixel_iou": [r.get("pixel_iou") for r in rows],
+            "station": bool(rows) and all(r.get("judged") == "station" for r in rows)}
 
 
 def plot_learning_curves(runs: list[tuple[str, dict]], out: str | Path, title: str = "") -> Path:
@@ -66,10 +67,12 @@ def plot_learning_curves(runs: list[tuple[str, dict]], out: str | Path, title: s
 
     fig, (ax_f1, ax_iou) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label, points in runs:
-        line, = ax_f1.plot(points["step"], points["f1"], "o-", ms=3, label=f"{label}: F1 at threshold 0.5")
+        judged = " (station-judged)" if points.get("station") else ""
+        line, = ax_f1.plot(points["step"], points["f1"], "o-", ms=3, label=f"{label}: F1 at threshold 0.5{judged}")
         if any(v is not None for v in points["best_f1"]):
+            best = "its learned rule" if points.get("station") else "its best threshold"
             ax_f1.plot(points["step"], [v if v is not None else float("nan") for v in points["best_f1"]], "s--",
-                       ms=3, color=line.get_color(), alpha=0.7, label=f"{label}: F1 at its best threshold")
+                       ms=3, color=line.get_color(), alpha=0.7, label=f"{label}: F1 of {best}")
         ax_iou.plot(points["step"], points["pixel_iou"], "o-", ms=3, color=line.get_color(), label=label)
     ax_f1.set(xlabel="training steps (batches of 16 tiles)", ylabel="image-level F1 (validation)", ylim=(0, 1.02),
               title="image-level F1")

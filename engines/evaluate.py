@@ -59,7 +59,32 @@ def evaluate_full_images(model, samples, spec, threshold: float = 0.5, min_area_
     return metrics
 
 
+def evaluate_as_station(model, model_name: str, samples, spec, tile: int, overlap: int, threshold: float = 0.5,
+                        min_area_px: int = 20, min_areas=None) -> dict[str, float]:
+    """Judge ``samples`` during training exactly as the station judges them: the live network (torch, eval mode, on
+    the CPU) behind the station's :class:`~inspection.inspector.Inspector` (its tiles, stitching and decision
+    rules), through :func:`evaluate_station_verdicts`. Returns the image-level metrics at ``threshold`` /
+    ``min_area_px``, pixel IoU and Dice at ``threshold``, and the rule these images teach (:func:`best_rule` over
+    :data:`DEFAULT_SWEEP` x ``min_areas``): ``best_f1``, ``best_threshold``, ``best_min_area_px``, ``best_fp_fn`` -
+    the same figures ``engines eval --learn-min-areas`` gives for the saved weights."""
+    from engines.backends.torch_backend import TorchEngine
+    from engines.export import inference_module
+    from inspection.inspector import Inspector
+
+    engine = TorchEngine(inference_module(model), model_name, "training", spec, tile)
+    inspector = Inspector(engine, overlap=overlap, batch=32,
+                          rules=DecisionRules(score_threshold=threshold, min_area_px=min_area_px))
+    metrics, _ = evaluate_station_verdicts(inspector, samples, min_areas=min_areas or RULE_MIN_AREAS)
+    metrics.pop("sweep")
+    metrics.pop("rule_sweep")
+    rule = metrics.pop("best_rule")
+    return {**metrics, "best_f1": rule["f1"], "best_threshold": rule["threshold"],
+            "best_min_area_px": rule["min_area_px"], "best_fp_fn": rule["fp_fn"], "judged": "station"}
+
+
 VALIDATION_SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+#: The minimum areas a decision rule is learned over (with :data:`DEFAULT_SWEEP`'s thresholds).
+RULE_MIN_AREAS = (10, 20, 30, 50, 80, 120, 200)
 DEFAULT_SWEEP = tuple(round(t, 3) for t in np.concatenate([np.arange(0.05, 0.95, 0.05), [0.95, 0.98, 0.99]]))
 
 

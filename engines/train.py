@@ -56,6 +56,7 @@ class TrainSettings:
     device: str = "auto"  # "auto" = CUDA when present, else CPU
     amp: bool = False  # mixed precision (float16 + gradient scaling on CUDA, bfloat16 on the CPU)
     validate: bool = True  # score the validation images after every epoch
+    validate_as: str = "quick"  # "quick": whole images at 0.5 / min_area_px; "station": tiles, stitching, rules
     split: str = ""  # a split.json ({"train", "validation", "holdout"}): train on train, validate on validation
     init_backbone: str = ""  # start the ResNet backbone from these weights (any network trained here)
     backbone_lr: float = 1.0  # the backbone's learning rate as a fraction of lr (e.g. 0.1 for a transferred start)
@@ -259,14 +260,20 @@ class SegmentationHooks(TrainingHooks):
         return training_step(self.net, tiles, masks, self.parts, check=check)
 
     def end_epoch(self, stats: EpochStats) -> dict:
-        from engines.evaluate import evaluate_full_images
+        from engines.evaluate import evaluate_as_station, evaluate_full_images
         from engines.weights import save_weights
 
         s, model = self.settings, self.model
         model.eval()
         metrics = {}
         if self.main_process and self.held_samples and s.validate:
-            metrics = evaluate_full_images(model.cpu(), self.held_samples, self.spec, min_area_px=s.min_area_px)
+            t0 = time.time()
+            if s.validate_as == "station":
+                metrics = evaluate_as_station(model.cpu(), s.model, self.held_samples, self.spec, s.tile, s.overlap,
+                                              min_area_px=s.min_area_px)
+            else:
+                metrics = evaluate_full_images(model.cpu(), self.held_samples, self.spec, min_area_px=s.min_area_px)
+            metrics["validate_seconds"] = round(time.time() - t0, 1)
             model.to(self.device)
         epoch = stats.epoch
         record = {"epoch": epoch + 1, "step": (epoch + 1) * stats.steps, "loss": round(stats.loss, 5),

@@ -284,6 +284,8 @@ def test_curves_read_a_running_log_and_a_finished_config(tmp_path):
     assert per_epoch == 500 and [r["f1"] for r in history] == [0.5, 0.58]
     points = curve_points(history, per_epoch, offset=8000)
     assert points["step"] == [8500, 9000] and points["best_f1"] == [0.6, 0.7]
+    assert points["station"] is False  # quick checks: labelled as such on the plot
+    assert curve_points([{**r, "judged": "station"} for r in history], per_epoch)["station"] is True
     history, per_epoch = read_history("bffn-magnetic-tile")  # the shipped weights' own record
     assert per_epoch == 500 and len(history) >= 1 and "f1" in history[-1]
     out = tmp_path / "curves.png"
@@ -291,3 +293,42 @@ def test_curves_read_a_running_log_and_a_finished_config(tmp_path):
                  "--json", str(tmp_path / "c.json")]) == 0
     assert cv2.imread(str(out)) is not None
     assert json.loads((tmp_path / "c.json").read_text())[str(run)]["step"] == [8500, 9000]
+
+
+@pytest.mark.slow
+def test_station_validation_during_training_is_what_engines_eval_says_of_the_same_weights(tmp_path, capsys):
+    from engines.cli import main
+    from engines.data.segmentation import load_dataset
+    from engines.evaluate import RULE_MIN_AREAS, evaluate_as_station
+    from engines.train import TrainSettings, train_segmentation
+    from engines.weights import load_model, resolve_weights
+
+    data = make_generic_set(tmp_path / "set", n=8, size=(128, 128))
+    names = sorted(p.name for p in (data / "images").iterdir())
+    split = tmp_path / "split.json"  # img0..img7, every other one defective: both parts hold both kinds
+    split.write_text(json.dumps({"train": names[:4], "validation": names[4:], "holdout": []}))
+    run = tmp_path / "run"
+    final = train_segmentation(TrainSettings(data=str(data), out=str(run), epochs=1, steps_per_epoch=2, batch=4,
+                                             split=str(split), threads=2, optimizer="adam", lr=1e-3,
+                                             validate_as="station"), progress=False)
+    assert final["judged"] == "station" and final["tp"] + final["fp"] + final["fn"] + final["tn"] == 4
+    assert final["best_min_area_px"] in RULE_MIN_AREAS and 0 <= final["best_f1"] <= 1
+    best = json.loads((run / "best" / "config.json").read_text())["training"]["validation"]
+    assert best["best_f1"] == final["best_f1"], "best/ is chosen by the station-judged figures"
+
+    # the same judgement of the saved weights, in process and by `engines eval`: the same figures
+    bundle = resolve_weights(run)
+    samples = [s for s in load_dataset(data) if s.name in names[4:]]
+    here = evaluate_as_station(load_model(bundle).eval(), "bffn", samples, bundle.input_spec(), 128, 32)
+    report = tmp_path / "eval.json"
+    assert main(["eval", "--weights", str(run), "--data", str(data), "--split", str(split), "--split-part",
+                 "validation", "--backend", "torch", "--threshold", "0.5", "--min-area", "20", "--overlap", "32",
+                 "--learn-min-areas", ",".join(map(str, RULE_MIN_AREAS)), "--threads", "2", "--json",
+                 str(report)]) == 0
+    capsys.readouterr()
+    judged = json.loads(report.read_text())
+    learned = max(judged["rule_sweep"], key=lambda p: (p["f1"], -p["fp_fn"], p["threshold"], p["min_area_px"]))
+    assert (here["best_f1"], here["best_threshold"], here["best_min_area_px"]) == \
+           (learned["f1"], learned["threshold"], learned["min_area_px"])
+    assert (here["f1"], here["fp"], here["fn"], here["pixel_iou"]) == \
+           (judged["f1"], judged["fp"], judged["fn"], judged["pixel_iou"])
