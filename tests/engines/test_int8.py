@@ -3,6 +3,7 @@ layer sensitivity, and a build that refuses to write an engine that misses the i
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -205,7 +206,8 @@ def _station_recipe(tmp_path: Path, engine_folder: Path, threshold: float) -> Pa
     text = text.replace('path = "../samples/magnetic-tile"', f'path = "{SAMPLES}"').replace("loop = true", "loop = false")
     text = text.replace('weights = "bffn-magnetic-tile"', f'weights = "{engine_folder}"')
     text = text.replace('precision = "fp32"', 'precision = "int8"').replace("threads = 0 ", "threads = 1 ")
-    text = text.replace("score_threshold = 0.55", f"score_threshold = {threshold}")
+    text, n = re.subn(r"(?m)^score_threshold = [0-9.]+", f"score_threshold = {threshold}", text)
+    assert n == 1, "the shipped recipe's [rules] score_threshold line moved: update this helper"
     text = text.replace('db = "station-data/rejects.db"', f'db = "{tmp_path / "rejects.db"}"')
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(text)

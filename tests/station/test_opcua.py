@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import shutil
 import sqlite3
 import time
@@ -55,7 +56,9 @@ class Station:
         users.write_text(f'[users]\n{USER} = "{hash_password(PASSWORD)}"\n')
         strict = root / "strict.toml"
         text = shipped_recipe_path("magnetic_tile").read_text()
-        strict.write_text(text.replace("score_threshold = 0.55", f"score_threshold = {STRICT_THRESHOLD}")
+        text, n = re.subn(r"(?m)^score_threshold = [0-9.]+", f"score_threshold = {STRICT_THRESHOLD}", text)
+        assert n == 1, "the shipped recipe's [rules] score_threshold line moved: update this fixture"
+        strict.write_text(text
                           .replace('path = "../samples/magnetic-tile"', f'path = "{SAMPLES.as_posix()}"')
                           .replace("threads = 0", "threads = 1"))
         self.port = free_port()
