@@ -153,7 +153,7 @@ def levers(maps: dict, masks: dict, truth: dict, first: str, weights: list[str])
         report[name] = {"validation": rule,
                         "holdout": judge_rule(hold, truth["holdout"], rule["threshold"], rule["min_area_px"])}
     plain = report[f"plain {first}"]["validation"]
-    val, hold = mean_of([(first, "none")], "validation"), mean_of([(first, "none")], "holdout")
+    val, hold = maps[(first, "none")]["validation"], maps[(first, "none")]["holdout"]
     rule = learn_component_rule(val, masks["validation"], truth["validation"], plain["threshold"])
     report[f"components {first}"] = (
         {"validation": rule, "holdout": judge_component_rule(rule, hold, masks["holdout"], truth["holdout"])}
