@@ -12,6 +12,8 @@ Examples::
     engines bench engines-built/bffn-ort --vs engines-built/bffn-torch --batch 32 --seconds 30
     engines list
     engines eval --weights bffn-magnetic-tile --data ../shared/data/magnetic-tile --json eval.json
+    engines accept --weights runs/bffn-mt --against bffn-magnetic-tile --data ../shared/data/magnetic-tile \
+        --split engines/weights/bffn-magnetic-tile/split.json --out runs/accept-mt
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from engines.commands import (
     run_cam,
     run_compare,
     run_curves,
+    run_accept,
     run_eval,
     run_export,
     run_list,
@@ -224,6 +227,44 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--failures", help="save overlays of misjudged images (missed, false alarm) to this folder")
     ev.add_argument("--max-failures", type=int, default=12, help="at most this many overlays (default: 12)")
     ev.set_defaults(func=run_eval)
+
+    acc = sub.add_parser(
+        "accept", help="learn the decision rule on a split's validation part, judge held-out once, check the goals",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Decide about segmentation weights honestly, as the station judges (tiles, stitching, rules):\n"
+                    "  1. learn the rule (score threshold x minimum area) on the split's validation part only;\n"
+                    "  2. with --against, learn the reference's own rule there too: does the candidate beat it?\n"
+                    "  3. judge the held-out part once with the learned rule;\n"
+                    "  4. check the held-out figures against the goals (F1, false alarms on defect-free images,\n"
+                    "     pixel IoU, recall of every defect class with enough held-out images).\n"
+                    "OUT gets validation.json, holdout.json (the `engines eval --json` reports) and acceptance.json.\n"
+                    "Exit codes: 0 accepted, 1 a goal not met (or the reference not beaten), 2 bad input.",
+        epilog="example:\n  engines accept --weights runs/bffn-tr2/best --against bffn-magnetic-tile \\\n"
+               "      --data ../shared/data/magnetic-tile --split engines/weights/bffn-magnetic-tile/split.json \\\n"
+               "      --out runs/accept-tr2")
+    acc.add_argument("--weights", required=True, help="candidate weights folder or shipped name")
+    acc.add_argument("--data", required=True, help="data folder (generic, magnetic-tile or NEU-Seg layout)")
+    acc.add_argument("--split", required=True, help="a split.json with validation and holdout lists (`engines split`)")
+    acc.add_argument("--out", required=True, help="folder for the reports")
+    acc.add_argument("--against", metavar="WEIGHTS",
+                     help="reference weights (e.g. the shipped ones): also learn their rule on validation and "
+                          "accept the candidate only if its validation F1 is higher (or equal with fewer errors)")
+    acc.add_argument("--learn-min-areas", metavar="A,B,...",
+                     help="minimum areas (px) the rule is learned over, with every threshold of the sweep "
+                          "(default: 10,20,30,50,80,120,200)")
+    acc.add_argument("--goal-f1", type=float, default=0.95, help="held-out image-level F1 at least (default: 0.95)")
+    acc.add_argument("--goal-false-alarms", type=float, default=0.05,
+                     help="held-out defect-free images judged FAIL, at most this share (default: 0.05)")
+    acc.add_argument("--goal-iou", type=float, default=0.5, help="held-out pixel IoU at least (default: 0.5)")
+    acc.add_argument("--goal-class-recall", type=float, default=0.90,
+                     help="held-out recall of each defect class at least (default: 0.90) ...")
+    acc.add_argument("--class-min-images", type=int, default=10,
+                     help="... for classes with at least this many held-out images (default: 10)")
+    acc.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"])
+    acc.add_argument("--threads", type=int, default=0)
+    acc.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (default: 32)")
+    acc.add_argument("--batch", type=int, default=32)
+    acc.set_defaults(func=run_accept)
 
     cmp = sub.add_parser("compare", help="train and judge several networks on the same k folds; write the tables",
                          description="The paper's protocol: every model is trained on k-1 folds and judged on the "

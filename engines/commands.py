@@ -256,49 +256,136 @@ def run_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def run_eval(args: argparse.Namespace) -> int:
+def _split_part(samples, split_path: str, part: str, data: str) -> list:
+    """The samples named in one part (train / validation / holdout) of a split.json."""
+    split = json.loads(Path(split_path).read_text())
+    if part not in split:
+        raise ValueError(f"{split_path} has no {part!r} list (parts: {', '.join(sorted(split))}); write a three-way "
+                         f"split with `engines split`")
+    wanted = set(split[part])
+    picked = [s for s in samples if s.name in wanted]
+    if not picked:
+        raise ValueError(f"no image of {data} is in the {part!r} list of {split_path}")
+    return picked
+
+
+def _judge_segmentation(weights: str, samples, args: argparse.Namespace, threshold: float, min_area: int,
+                        min_areas=(), failures=None) -> tuple[dict, list, list | None, list]:
+    """Judge ``samples`` with ``weights`` exactly as the station does (`engines eval`'s core): the report, the
+    threshold sweep, the (threshold, minimum area) sweep when ``min_areas`` is given, and the per-image records."""
     from engines.backends.base import load_engine
-    from engines.data.segmentation import load_dataset
-    from engines.evaluate import evaluate_station_verdicts, save_pr_curve
+    from engines.evaluate import evaluate_station_verdicts
     from inspection.inspector import Inspector
     from inspection_core.verdict import DecisionRules
 
+    engine = load_engine(weights, backend=args.backend, threads=args.threads)
+    rules = DecisionRules(score_threshold=threshold, min_area_px=min_area)
+    inspector = Inspector(engine, overlap=args.overlap, batch=args.batch, rules=rules)
+    metrics, records = evaluate_station_verdicts(inspector, samples, failures_dir=failures,
+                                                 max_failures=getattr(args, "max_failures", 12), min_areas=min_areas)
+    sweep = metrics.pop("sweep")
+    rule_sweep = metrics.pop("rule_sweep", None)
+    report = {"weights": str(weights), "engine_id": engine.engine_id, "data": str(args.data),
+              "images": len(samples), "threshold": threshold, "min_area_px": min_area, "overlap": args.overlap,
+              **metrics}
+    return report, sweep, rule_sweep, records
+
+
+def _write_report(path, report: dict, sweep: list, rule_sweep, records: list) -> None:
+    Path(path).write_text(json.dumps({**report, "sweep": sweep, **({"rule_sweep": rule_sweep} if rule_sweep else {}),
+                                      "images_detail": records}, indent=2) + "\n")
+
+
+def _min_areas(text: str | None) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()] if text else []
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from engines.data.segmentation import load_dataset
+    from engines.evaluate import save_pr_curve
     from engines.weights import resolve_weights
 
     if model_spec(resolve_weights(args.weights).model).task is Task.CLASSIFICATION:
         return _eval_classifier(args)
     samples = load_dataset(args.data)
     if args.split:
-        split = json.loads(Path(args.split).read_text())
-        wanted = set(split[args.split_part])
-        samples = [s for s in samples if s.name in wanted]
-        if not samples:
-            raise ValueError(f"no image of {args.data} is in the {args.split_part!r} list of {args.split}")
-    engine = load_engine(args.weights, backend=args.backend, threads=args.threads)
-    rules = DecisionRules(score_threshold=args.threshold, min_area_px=args.min_area)
-    inspector = Inspector(engine, overlap=args.overlap, batch=args.batch, rules=rules)
-    min_areas = [int(v) for v in args.learn_min_areas.split(",") if v.strip()] if args.learn_min_areas else []
-    metrics, records = evaluate_station_verdicts(inspector, samples, failures_dir=args.failures,
-                                                 max_failures=args.max_failures, min_areas=min_areas)
-    sweep = metrics.pop("sweep")
-    rule_sweep = metrics.pop("rule_sweep", None)
+        samples = _split_part(samples, args.split, args.split_part, args.data)
+    report, sweep, rule_sweep, records = _judge_segmentation(args.weights, samples, args, args.threshold,
+                                                             args.min_area, _min_areas(args.learn_min_areas),
+                                                             failures=args.failures)
     if rule_sweep and args.split_part == "holdout" and args.split:
         print("warning: rules learned on the held-out part are optimistic; learn them with --split-part "
-              "validation and report held-out once", file=sys.stderr)
-    report = {"weights": str(args.weights), "engine_id": engine.engine_id, "data": str(args.data),
-              "images": len(samples), "threshold": args.threshold, "min_area_px": args.min_area,
-              "overlap": args.overlap, **metrics}
+              "validation and report held-out once (`engines accept` does both)", file=sys.stderr)
     print(json.dumps(report, indent=2))
     curve = args.curve or (str(Path(args.json).with_suffix(".pr.png")) if args.json else None)
     if curve:
-        save_pr_curve(sweep, curve, title=f"{engine.engine_id} on {args.data} ({len(samples)} images, "
+        save_pr_curve(sweep, curve, title=f"{report['engine_id']} on {args.data} ({len(samples)} images, "
                                           f"min area {args.min_area} px)", operating_threshold=args.threshold)
         print(f"precision-recall curve: {curve}", file=sys.stderr)
     if args.json:
-        Path(args.json).write_text(json.dumps({**report, "sweep": sweep, **({"rule_sweep": rule_sweep} if rule_sweep
-                                                                             else {}),
-                                               "images_detail": records}, indent=2) + "\n")
+        _write_report(args.json, report, sweep, rule_sweep, records)
     return EXIT_OK
+
+
+def run_accept(args: argparse.Namespace) -> int:
+    from engines.acceptance import Goals, beats, class_recall, held_out_goals
+    from engines.data.segmentation import load_dataset
+    from engines.evaluate import RULE_MIN_AREAS
+    from engines.weights import resolve_weights
+
+    for weights in filter(None, (args.weights, args.against)):
+        if model_spec(resolve_weights(weights).model).task is Task.CLASSIFICATION:
+            raise ValueError(f"{weights} is a classifier; `engines accept` judges segmentation networks "
+                             f"(classifiers: `engines eval`, `calibration thresholds`)")
+    samples = load_dataset(args.data)
+    validation = _split_part(samples, args.split, "validation", args.data)
+    holdout = _split_part(samples, args.split, "holdout", args.data)
+    min_areas = _min_areas(args.learn_min_areas) or list(RULE_MIN_AREAS)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"weights": str(args.weights), "data": str(args.data), "split": str(args.split),
+                     "min_areas_px": min_areas}
+
+    def learn(weights: str, name: str) -> dict:
+        report, sweep, rule_sweep, records = _judge_segmentation(weights, validation, args, 0.5, 20, min_areas)
+        _write_report(out / name, report, sweep, rule_sweep, records)
+        rule = report["best_rule"]
+        print(f"{weights}: rule learned on {len(validation)} validation images: threshold {rule['threshold']}, "
+              f"min area {rule['min_area_px']} px -> F1 {rule['f1']} (FP {rule['fp']}, FN {rule['fn']})",
+              file=sys.stderr)
+        return rule
+
+    rule = learn(args.weights, "validation.json")
+    summary["rule"] = {"threshold": rule["threshold"], "min_area_px": rule["min_area_px"]}
+    summary["validation"] = rule
+    ok = True
+    if args.against:
+        reference = learn(args.against, "validation-reference.json")
+        summary["reference"] = {"weights": str(args.against), "validation": reference,
+                                "beaten": beats(rule, reference)}
+        ok = summary["reference"]["beaten"]
+    report, sweep, _, records = _judge_segmentation(args.weights, holdout, args, rule["threshold"],
+                                                    rule["min_area_px"])
+    _write_report(out / "holdout.json", report, sweep, None, records)
+    clean = report["fp"] + report["tn"]
+    summary["holdout"] = {**{k: report[k] for k in ("images", "tp", "fp", "fn", "tn", "precision", "recall", "f1",
+                                                    "fp_fn", "pixel_iou", "pixel_dice")},
+                          "false_alarms": round(report["fp"] / clean, 4) if clean else 0.0,
+                          "class_recall": class_recall(records)}
+    goals = Goals(f1=args.goal_f1, false_alarms=args.goal_false_alarms, pixel_iou=args.goal_iou,
+                  class_recall=args.goal_class_recall, class_min_images=args.class_min_images)
+    summary["goals"] = held_out_goals(report, records, goals)
+    summary["accepted"] = ok = ok and all(g["met"] for g in summary["goals"])
+    (out / "acceptance.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    for g in summary["goals"]:
+        bound = f">= {g['at_least']}" if "at_least" in g else f"<= {g['at_most']}"
+        print(f"{'met    ' if g['met'] else 'NOT MET'} {g['goal']}: {g['value']} (goal {bound})", file=sys.stderr)
+    if args.against:
+        print(f"{'beats' if summary['reference']['beaten'] else 'does NOT beat'} {args.against} on validation",
+              file=sys.stderr)
+    print(f"{'accepted' if ok else 'NOT accepted'}; reports in {out}", file=sys.stderr)
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def _eval_classifier(args: argparse.Namespace) -> int:

@@ -123,7 +123,7 @@ def evaluate_station_verdicts(inspector, samples, thresholds=DEFAULT_SWEEP, fail
         decisions.append([bool(find_defects(result.mask, rules)) for rules in sweep_rules])
         pair_decisions.append([bool(find_defects(result.mask, rules)) for rules in pair_rules])
         verdict = result.verdict.value
-        records.append({"name": s.name, "defective": s.defective, "verdict": verdict,
+        records.append({"name": s.name, "defective": s.defective, "category": s.category, "verdict": verdict,
                         "defects": len(result.defects), "max_score": round(float(result.mask.max()), 4)})
         failed = s.defective != (verdict == Verdict.FAIL.value)
         if failures_dir is not None and failed and saved < max_failures:

@@ -1,0 +1,60 @@
+"""Acceptance of segmentation weights, decided honestly: the decision rule is learned on the validation part of a
+split only, then the held-out part is judged once with it, exactly as the station judges (tiles, stitching, the
+rules of :mod:`inspection_core.verdict`), and the figures are checked against the line's goals.
+
+``engines accept`` is the command; :func:`held_out_goals` is the goal check, on the held-out records alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Goals:
+    """What the line asks of a segmentation network on images nobody trained or tuned on (issue 12's goals)."""
+
+    f1: float = 0.95  # image-level F1
+    false_alarms: float = 0.05  # at most this share of defect-free images judged FAIL
+    pixel_iou: float = 0.5
+    class_recall: float = 0.90  # recall of each defect class ...
+    class_min_images: int = 10  # ... that has at least this many held-out images
+
+
+def class_recall(records: list[dict]) -> dict[str, dict]:
+    """Per defect class: held-out images, how many were judged FAIL, and the recall (records of
+    :func:`engines.evaluate.evaluate_station_verdicts`, which carry each image's ``category``)."""
+    table: dict[str, dict] = {}
+    for r in records:
+        if r.get("category") is None:
+            continue
+        row = table.setdefault(r["category"], {"images": 0, "found": 0})
+        row["images"] += 1
+        row["found"] += r["verdict"] == "FAIL"
+    for row in table.values():
+        row["recall"] = round(row["found"] / row["images"], 4)
+    return dict(sorted(table.items()))
+
+
+def held_out_goals(metrics: dict, records: list[dict], goals: Goals) -> list[dict]:
+    """Each goal with its measured value and whether it is met. ``metrics`` are the image-level metrics and pixel
+    IoU of the held-out part; ``records`` its per-image records."""
+    clean = metrics["fp"] + metrics["tn"]
+    false_alarms = metrics["fp"] / clean if clean else 0.0
+    checks = [
+        {"goal": "image-level F1", "at_least": goals.f1, "value": metrics["f1"], "met": metrics["f1"] >= goals.f1},
+        {"goal": "false alarms on defect-free images", "at_most": goals.false_alarms,
+         "value": round(false_alarms, 4), "met": false_alarms <= goals.false_alarms},
+        {"goal": "pixel IoU", "at_least": goals.pixel_iou, "value": metrics["pixel_iou"],
+         "met": metrics["pixel_iou"] >= goals.pixel_iou},
+    ]
+    for name, row in class_recall(records).items():
+        if row["images"] >= goals.class_min_images:
+            checks.append({"goal": f"recall of {name} ({row['images']} images)", "at_least": goals.class_recall,
+                           "value": row["recall"], "met": row["recall"] >= goals.class_recall})
+    return checks
+
+
+def beats(candidate: dict, reference: dict) -> bool:
+    """Whether a candidate's learned validation rule beats a reference's: higher F1, or the same F1 with fewer
+    errors (how shipped weights are replaced)."""
+    return (candidate["f1"], -candidate["fp_fn"]) > (reference["f1"], -reference["fp_fn"])

@@ -1,0 +1,121 @@
+"""`engines accept`: the rule is learned on validation only, held-out is judged once with it, and the goals are
+checked on held-out records."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from engines.acceptance import Goals, beats, class_recall, held_out_goals
+from engines.evaluate import image_level_metrics
+from tests.engines.test_data_train import make_generic_set
+
+ENGINES = [sys.executable, "-m", "engines.cli"]
+
+
+def _records(rows):
+    return [{"name": f"i{k}", "defective": c is not None, "category": c, "verdict": v} for k, (c, v) in enumerate(rows)]
+
+
+def test_goals_count_false_alarms_on_clean_images_and_recall_per_class_with_enough_images():
+    rows = ([("crack", "FAIL")] * 9 + [("crack", "PASS")] * 2      # crack: 11 images, recall 9/11 = 0.818
+            + [("fray", "FAIL")] * 3 + [("fray", "PASS")]          # fray: 4 images, too few to be a goal
+            + [(None, "FAIL")] * 2 + [(None, "PASS")] * 38)        # 2 false alarms on 40 clean images: 5 %
+    records = _records(rows)
+    metrics = image_level_metrics([r["defective"] for r in records], [r["verdict"] == "FAIL" for r in records])
+    metrics["pixel_iou"] = 0.61
+    table = class_recall(records)
+    assert table == {"crack": {"images": 11, "found": 9, "recall": 0.8182},
+                     "fray": {"images": 4, "found": 3, "recall": 0.75}}
+    checks = {g["goal"]: g for g in held_out_goals(metrics, records, Goals())}
+    assert checks["false alarms on defect-free images"]["value"] == 0.05
+    assert checks["false alarms on defect-free images"]["met"]  # 5 % is within "at most 5 %"
+    assert checks["pixel IoU"]["met"]
+    assert not checks["recall of crack (11 images)"]["met"]
+    assert not any("fray" in name for name in checks)
+    assert checks["image-level F1"]["value"] == metrics["f1"] and not checks["image-level F1"]["met"]
+    loose = held_out_goals(metrics, records, Goals(f1=0.8, false_alarms=0.04, class_recall=0.8, class_min_images=4))
+    assert {g["goal"]: g["met"] for g in loose} == {
+        "image-level F1": True, "false alarms on defect-free images": False, "pixel IoU": True,
+        "recall of crack (11 images)": True, "recall of fray (4 images)": False}
+
+
+def test_a_candidate_beats_a_reference_only_with_higher_f1_or_the_same_f1_and_fewer_errors():
+    ref = {"f1": 0.885, "fp_fn": 6}
+    assert beats({"f1": 0.9, "fp_fn": 9}, ref)
+    assert beats({"f1": 0.885, "fp_fn": 5}, ref)
+    assert not beats({"f1": 0.885, "fp_fn": 6}, ref)
+    assert not beats({"f1": 0.88, "fp_fn": 6}, ref)
+
+
+def _split(tmp_path, data):
+    names = sorted(p.name for p in (data / "images").iterdir())
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": names[:2], "validation": names[2:6], "holdout": names[6:]}))
+    return split
+
+
+def test_accept_judges_held_out_once_with_the_rule_validation_taught(untrained_bffn, tmp_path):
+    data = make_generic_set(tmp_path / "set", n=10, size=(140, 150))
+    split = _split(tmp_path, data)
+    out = tmp_path / "accept"
+    loose = ["--goal-f1", "0", "--goal-false-alarms", "1", "--goal-iou", "0", "--goal-class-recall", "0"]
+    done = subprocess.run([*ENGINES, "accept", "--weights", str(untrained_bffn), "--data", str(data), "--split",
+                           str(split), "--out", str(out), "--learn-min-areas", "10,40", "--threads", "2", *loose],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "acceptance.json").read_text())
+    validation = json.loads((out / "validation.json").read_text())
+    assert validation["images"] == 4 and {r["name"] for r in validation["images_detail"]} == set(
+        json.loads(split.read_text())["validation"])
+    assert summary["validation"] == validation["best_rule"]
+    assert {p["min_area_px"] for p in validation["rule_sweep"]} == {10, 40}
+    rule = summary["rule"]
+    assert rule == {"threshold": validation["best_rule"]["threshold"],
+                    "min_area_px": validation["best_rule"]["min_area_px"]}
+    assert summary["accepted"] is True and all(g["met"] for g in summary["goals"])
+
+    # held-out: exactly `engines eval` on the held-out part with the learned rule
+    report = tmp_path / "holdout.json"
+    ev = subprocess.run([*ENGINES, "eval", "--weights", str(untrained_bffn), "--data", str(data), "--split",
+                         str(split), "--split-part", "holdout", "--threshold", str(rule["threshold"]),
+                         "--min-area", str(rule["min_area_px"]), "--threads", "2", "--json", str(report)],
+                        capture_output=True, text=True, timeout=300)
+    assert ev.returncode == 0, ev.stderr
+    expected = json.loads(report.read_text())
+    assert expected["images"] == summary["holdout"]["images"] == 4
+    for key in ("tp", "fp", "fn", "tn", "f1", "pixel_iou"):
+        assert summary["holdout"][key] == expected[key], key
+    found = sum(r["verdict"] == "FAIL" for r in expected["images_detail"] if r["defective"])
+    assert summary["holdout"]["class_recall"]["defect"]["found"] == found
+
+
+def test_accept_exits_1_when_a_goal_is_missed_or_the_reference_is_not_beaten(untrained_bffn, tmp_path):
+    data = make_generic_set(tmp_path / "set", n=10, size=(140, 150))
+    split = _split(tmp_path, data)
+    out = tmp_path / "accept"
+    loose = ["--goal-f1", "0", "--goal-false-alarms", "1", "--goal-iou", "0", "--goal-class-recall", "0"]
+    # the same weights as the reference: equal F1 and errors, so not beaten, whatever the goals
+    done = subprocess.run([*ENGINES, "accept", "--weights", str(untrained_bffn), "--against", str(untrained_bffn),
+                           "--data", str(data), "--split", str(split), "--out", str(out), "--learn-min-areas", "20",
+                           "--threads", "2", *loose], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    summary = json.loads((out / "acceptance.json").read_text())
+    assert summary["reference"]["beaten"] is False and summary["accepted"] is False
+    assert summary["reference"]["validation"] == summary["validation"]
+    assert "does NOT beat" in done.stderr and "Traceback" not in done.stderr
+
+    strict = subprocess.run([*ENGINES, "accept", "--weights", str(untrained_bffn), "--data", str(data), "--split",
+                             str(split), "--out", str(tmp_path / "strict"), "--learn-min-areas", "20",
+                             "--threads", "2", "--goal-f1", "1.01"], capture_output=True, text=True, timeout=300)
+    assert strict.returncode == 1 and "NOT MET image-level F1" in strict.stderr
+
+
+def test_accept_refuses_a_split_without_a_validation_part(untrained_bffn, tmp_path):
+    data = make_generic_set(tmp_path / "set", n=4, size=(140, 150))
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["img0.png"], "holdout": ["img1.png"]}))
+    done = subprocess.run([*ENGINES, "accept", "--weights", str(untrained_bffn), "--data", str(data), "--split",
+                           str(split), "--out", str(tmp_path / "a")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "no 'validation' list" in done.stderr and "engines split" in done.stderr
+    assert not (tmp_path / "a" / "acceptance.json").exists()
