@@ -9,7 +9,7 @@ from typing import Iterator
 import numpy as np
 
 from engines.data.multilabel import load_multilabel
-from engines.data.segmentation import DatasetError, load_dataset, spread
+from engines.data.segmentation import DatasetError, load_dataset, picked
 from engines.errors import EngineError
 from inspection_core import imageio
 from inspection_core.errors import ImageReadError
@@ -44,14 +44,13 @@ def named_images(data: str | Path, limit: int = 0) -> list[tuple[str, np.ndarray
         return [(s.name, s.image) for s in load_dataset(data, limit)]  # reads only the images it picks
     except DatasetError:
         try:
-            pairs = [(s.name, np.asarray(s.image)) for s in load_multilabel(data).samples]
+            return [(s.name, np.asarray(s.image)) for s in load_multilabel(data, limit).samples]
         except DatasetError:
             files = imageio.image_files(data) if data.is_dir() else [data] if data.is_file() else []
             if not files:
                 raise EngineError(f"no images in {data}; pass a data folder (--data)") from None
-            files = [files[i] for i in spread(len(files), limit)]
+            files = picked(files, limit)
             return list(zip((f.name for f in files), read_images(files)))
-    return [pairs[i] for i in spread(len(pairs), limit)]
 
 
 def data_images(data: str | Path, count: int) -> list[np.ndarray]:

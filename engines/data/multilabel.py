@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.data.segmentation import IMAGE_SUFFIXES, DatasetError, folds_by_group, read_grey, split_by_group
+from engines.data.segmentation import IMAGE_SUFFIXES, DatasetError, folds_by_group, picked, read_grey, split_by_group
 from inspection_core import imageio
 from inspection_core.errors import ImageReadError
 from inspection_core.preprocess import resize_to_input
@@ -145,8 +145,9 @@ def read_classes(path: Path) -> tuple[str, ...]:
     return names
 
 
-def load_generic_multilabel(root: Path) -> MultiLabelSet:
-    """``images/*`` + ``labels.csv`` + ``classes.txt`` (see the module docstring)."""
+def load_generic_multilabel(root: Path, limit: int = 0) -> MultiLabelSet:
+    """``images/*`` + ``labels.csv`` + ``classes.txt`` (see the module docstring). The whole table is checked;
+    with ``limit``, only that many images, spread evenly over it, are read (0 = all)."""
     root = Path(root)
     images_dir, labels_path = root / "images", root / "labels.csv"
     if not images_dir.is_dir():
@@ -183,7 +184,7 @@ def load_generic_multilabel(root: Path) -> MultiLabelSet:
     if unlabelled:
         raise DatasetError(f"{len(unlabelled)} image(s) in {images_dir} have no row in {labels_path} (give "
                            f"defect-free images an empty label field): {unlabelled[:5]}")
-    samples = [MLSample(name, read_image(images_dir / name), rows[name]) for name in sorted(rows)]
+    samples = [MLSample(name, read_image(images_dir / name), rows[name]) for name in picked(sorted(rows), limit)]
     return MultiLabelSet(samples, classes)
 
 
@@ -225,11 +226,12 @@ def neu_seg_labels(root: Path) -> list[tuple[str, tuple[str, ...]]]:
     return out
 
 
-def load_neu_seg_multilabel(root: Path) -> MultiLabelSet:
-    """NEU-Seg with the classes present in each label map as the image's labels; images read grey."""
+def load_neu_seg_multilabel(root: Path, limit: int = 0) -> MultiLabelSet:
+    """NEU-Seg with the classes present in each label map as the image's labels; images read grey (``limit``: as
+    in :func:`load_generic_multilabel`)."""
     root = Path(root)
     samples = [MLSample(name, read_grey(root / "images" / "training" / name), labels)
-               for name, labels in neu_seg_labels(root)]
+               for name, labels in picked(neu_seg_labels(root), limit)]
     return MultiLabelSet(samples, NEU_CLASSES)
 
 
@@ -243,27 +245,29 @@ def magnetic_tile_labels(root: Path) -> list[tuple[str, tuple[str, ...]]]:
     return out
 
 
-def load_magnetic_tile_multilabel(root: Path) -> MultiLabelSet:
+def load_magnetic_tile_multilabel(root: Path, limit: int = 0) -> MultiLabelSet:
     """Magnetic tile: one label per defective image (its folder), none for ``MT_Free``; images read grey. The class
-    list is the five known classes plus any other ``MT_*`` folder found (sorted)."""
+    list is the five known classes plus any other ``MT_*`` folder found (sorted), whatever ``limit`` picks."""
     root = Path(root)
     pairs = magnetic_tile_labels(root)
     found = {label for _, labels in pairs for label in labels}
     classes = MAGNETIC_TILE_CLASSES + tuple(sorted(found - set(MAGNETIC_TILE_CLASSES)))
-    return MultiLabelSet([MLSample(name, read_grey(root / name), labels) for name, labels in pairs], classes)
+    return MultiLabelSet([MLSample(name, read_grey(root / name), labels) for name, labels in picked(pairs, limit)],
+                         classes)
 
 
-def load_multilabel(root: str | Path) -> MultiLabelSet:
-    """Load any supported layout; :class:`DatasetError` says which layouts exist."""
+def load_multilabel(root: str | Path, limit: int = 0) -> MultiLabelSet:
+    """Load any supported layout; :class:`DatasetError` says which layouts exist. ``limit``: read only that many
+    images, spread evenly over the folder (0 = all)."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"data folder {root} does not exist")
     if any(p.is_dir() for p in root.glob("MT_*")):
-        dataset = load_magnetic_tile_multilabel(root)
+        dataset = load_magnetic_tile_multilabel(root, limit)
     elif (root / "annotations").is_dir():
-        dataset = load_neu_seg_multilabel(root)
+        dataset = load_neu_seg_multilabel(root, limit)
     elif (root / "labels.csv").is_file() or (root / "images").is_dir():
-        dataset = load_generic_multilabel(root)
+        dataset = load_generic_multilabel(root, limit)
     else:
         raise DatasetError(
             f"{root} is not a known multi-label layout: use DIR/images/* with DIR/labels.csv (file,labels) and "

@@ -62,7 +62,7 @@ def spread(n: int, limit: int) -> list[int]:
     return sorted(set(np.linspace(0, n - 1, limit).round().astype(int).tolist()))
 
 
-def _picked(items: list, limit: int) -> list:
+def picked(items: list, limit: int) -> list:
     return [items[i] for i in spread(len(items), limit)]
 
 
@@ -73,7 +73,7 @@ def load_magnetic_tile(root: Path, limit: int = 0) -> list[SegSample]:
               for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("MT_"))
               for image_path in sorted(folder.glob("*.jpg"))]
     samples = []
-    for folder, image_path in _picked(listed, limit):
+    for folder, image_path in picked(listed, limit):
         category = None if folder.name == "MT_Free" else folder.name[3:].lower()
         mask_path = image_path.with_suffix(".png")
         image = read_grey(image_path)
@@ -87,7 +87,7 @@ def load_generic(root: Path, limit: int = 0) -> list[SegSample]:
     :func:`load_magnetic_tile`."""
     samples = []
     listed = sorted(p for p in (root / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    for image_path in _picked(listed, limit):
+    for image_path in picked(listed, limit):
         image = read_grey(image_path)
         mask_path = root / "masks" / f"{image_path.stem}.png"
         mask = read_grey(mask_path) > 0 if mask_path.exists() else np.zeros(image.shape, bool)
@@ -102,7 +102,7 @@ def load_neu_seg(root: Path, limit: int = 0) -> list[SegSample]:
     ``limit`` as in :func:`load_magnetic_tile`."""
     names = {1: "inclusion", 2: "patches", 3: "scratches"}
     samples = []
-    for image_path in _picked(sorted((root / "images" / "training").glob("*.jpg")), limit):
+    for image_path in picked(sorted((root / "images" / "training").glob("*.jpg")), limit):
         labels = read_grey(root / "annotations" / "training" / f"{image_path.stem}.png")
         present = sorted(int(v) for v in np.unique(labels) if v in names)
         category = "+".join(names[v] for v in present) or None

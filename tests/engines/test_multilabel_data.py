@@ -70,6 +70,23 @@ def test_generic_format_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded.matrix(), [[1, 0, 1], [0, 0, 0], [0, 1, 0]])
 
 
+def test_a_limit_reads_only_the_images_it_picks_but_checks_the_whole_table(tmp_path):
+    from engines.inputs import named_images
+
+    rows = [(f"p{i}.png", "scratch" if i % 2 else "") for i in range(7)]
+    root = _generic(tmp_path / "set", rows)
+    (root / "images" / "p1.png").write_bytes(b"not an image")  # outside the pick of 3: indices 0, 3 and 6
+    picked = load_multilabel(root, limit=3)
+    assert [s.name for s in picked.samples] == ["p0.png", "p3.png", "p6.png"]
+    assert [s.labels for s in picked.samples] == [(), ("scratch",), ()]
+    assert [name for name, _ in named_images(root, 3)] == ["p0.png", "p3.png", "p6.png"]
+    with pytest.raises(DatasetError, match="p1.png"):
+        load_multilabel(root)  # without a limit the corrupt image is read, and named
+    (root / "labels.csv").write_text((root / "labels.csv").read_text() + "ghost.png,scratch\n")
+    with pytest.raises(DatasetError, match="ghost.png"):
+        load_multilabel(root, limit=3)  # the table is checked whole, whatever the pick
+
+
 def test_generic_format_accepts_both_separators_and_blank_for_defect_free(tmp_path):
     root = _generic(tmp_path, [("x.png", "scratch; pinhole"), ("y.png", "bubble+scratch"), ("z.png", "")])
     labels = {s.name: s.labels for s in load_multilabel(root).samples}
