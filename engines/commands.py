@@ -381,6 +381,11 @@ def run_accept(args: argparse.Namespace) -> int:
     for g in summary["goals"]:
         bound = f">= {g['at_least']}" if "at_least" in g else f"<= {g['at_most']}"
         print(f"{'met    ' if g['met'] else 'NOT MET'} {g['goal']}: {g['value']} (goal {bound})", file=sys.stderr)
+    counts = {name: row["images"] for name, row in summary["holdout"]["class_recall"].items()}
+    if counts and max(counts.values()) < goals.class_min_images:
+        largest = max(counts, key=counts.get)
+        print(f"n/a     recall per class: no class has {goals.class_min_images} held-out images (the largest, "
+              f"{largest}, has {counts[largest]})", file=sys.stderr)
     if args.against:
         print(f"{'beats' if summary['reference']['beaten'] else 'does NOT beat'} {args.against} on validation",
               file=sys.stderr)

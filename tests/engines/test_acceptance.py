@@ -109,6 +109,7 @@ def test_accept_exits_1_when_a_goal_is_missed_or_the_reference_is_not_beaten(unt
                              str(split), "--out", str(tmp_path / "strict"), "--learn-min-areas", "20",
                              "--threads", "2", "--goal-f1", "1.01"], capture_output=True, text=True, timeout=300)
     assert strict.returncode == 1 and "NOT MET image-level F1" in strict.stderr
+    assert "no class has 10 held-out images (the largest, defect, has 2)" in strict.stderr
 
 
 def test_accept_refuses_a_split_without_a_validation_part(untrained_bffn, tmp_path):
