@@ -65,7 +65,7 @@ def plot_learning_curves(runs: list[tuple[str, dict]], out: str | Path, title: s
 
     from engines.evaluate import write_figure
 
-    fig, (ax_f1, ax_iou) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_f1, ax_iou) = plt.subplots(1, 2, figsize=(11, 4.2 + 0.3 * len(runs)))
     for label, points in runs:
         judged = " (station-judged)" if points.get("station") else ""
         line, = ax_f1.plot(points["step"], points["f1"], "o-", ms=3, label=f"{label}: F1 at threshold 0.5{judged}")
@@ -78,9 +78,9 @@ def plot_learning_curves(runs: list[tuple[str, dict]], out: str | Path, title: s
               title="image-level F1")
     ax_iou.set(xlabel="training steps (batches of 16 tiles)", ylabel="pixel IoU (validation)", ylim=(0, 1.02),
                title="pixel IoU")
-    for ax in (ax_f1, ax_iou):
+    for ax in (ax_f1, ax_iou):  # legends below the panels, so they never hide the curves' tops
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     return write_figure(fig, out)

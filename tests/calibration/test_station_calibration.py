@@ -277,7 +277,7 @@ def test_station_runs_calibrated_frames_and_logs_mm(root, tmp_path, capsys, one_
     frames = tmp_path / "frames"
     for i in range(2):
         image = capture(sensor, 150, rng)
-        image[20:40, 20:60] = 30  # dark marks the untrained network may take for defects
+        image[50:70, 65:95] = 30  # a dark mark inside the region of interest, which the network takes for a defect
         write_png(frames / f"f{i}.png", image)
     recipe_path = station_recipe(tmp_path, frames, root, 'units = "mm"')
     code, text = run_station(recipe_path, capsys)

@@ -51,7 +51,7 @@ def test_shipped_example_loads() -> None:
     assert (recipe.engine.model, recipe.engine.weights, recipe.engine.backend) == ("bffn", "bffn-magnetic-tile",
                                                                                    Backend.ONNXRUNTIME)
     assert recipe.engine.threads == 0
-    assert (recipe.rules.score_threshold, recipe.rules.min_area_px, recipe.rules.roi) == (0.55, 20, None)
+    assert (recipe.rules.score_threshold, recipe.rules.min_area_px, recipe.rules.roi) == (0.95, 30, None)
     assert recipe.log.db == Path("station-data/rejects.db") and recipe.log.save_reject_images
     assert (recipe.queues.frames, recipe.queues.frames_policy, recipe.queues.results) == (8, QueuePolicy.DROP_OLDEST, 64)
     assert recipe.as_dict()["engine"]["backend"] == "onnxruntime"
