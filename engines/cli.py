@@ -81,6 +81,14 @@ def _verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _judging_options(parser: argparse.ArgumentParser) -> None:
+    """How `engines eval` and `engines accept` run the station's inspection: backend, threads, tiling, batch."""
+    parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"])
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (default: 32)")
+    parser.add_argument("--batch", type=int, default=32)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="engines",
@@ -210,16 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also judge every threshold of the sweep with each of these minimum areas (px) and report "
                          "the rule with the best image-level F1 (best_rule); learn rules on --split-part "
                          "validation, then report held-out once with them")
-    ev.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"])
-    ev.add_argument("--threads", type=int, default=0)
+    _judging_options(ev)
     ev.add_argument("--threshold", type=float, default=0.5,
                     help="defect score threshold (default: 0.5; classifiers: a label is present above it)")
     ev.add_argument("--mode", choices=SCORING_MODES, default="batch",
                     help="GR: relate each patch to its batch (the patches of one part) or to the stored reference "
                          "bank (each patch alone, deterministic); both are scored and their agreement reported")
     ev.add_argument("--min-area", type=int, default=30, help="smallest defect area in pixels (default: 30)")
-    ev.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (default: 32)")
-    ev.add_argument("--batch", type=int, default=32)
     ev.add_argument("--json", help="also write the report, with every image's verdict and the threshold sweep, to "
                                    "this file (and the precision-recall curve beside it, FILE.pr.png)")
     ev.add_argument("--curve", help="write the image-level precision-recall curve (classifiers: the per-class "
@@ -260,10 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="held-out recall of each defect class at least (default: 0.90) ...")
     acc.add_argument("--class-min-images", type=int, default=10,
                      help="... for classes with at least this many held-out images (default: 10)")
-    acc.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"])
-    acc.add_argument("--threads", type=int, default=0)
-    acc.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (default: 32)")
-    acc.add_argument("--batch", type=int, default=32)
+    _judging_options(acc)
     acc.set_defaults(func=run_accept)
 
     cmp = sub.add_parser("compare", help="train and judge several networks on the same k folds; write the tables",
