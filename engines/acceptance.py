@@ -7,6 +7,7 @@ rules of :mod:`inspection_core.verdict`), and the figures are checked against th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import comb
 
 
 @dataclass(frozen=True)
@@ -58,3 +59,20 @@ def beats(candidate: dict, reference: dict) -> bool:
     """Whether a candidate's learned validation rule beats a reference's: higher F1, or the same F1 with fewer
     errors (how shipped weights are replaced)."""
     return (candidate["f1"], -candidate["fp_fn"]) > (reference["f1"], -reference["fp_fn"])
+
+
+def paired_comparison(candidate: list[dict], reference: list[dict]) -> dict:
+    """The two weights' verdicts on the same images, each under its own learned rule (``best_rule_verdict`` of the
+    validation records): how many images the candidate judges right where the reference is wrong (``fixed``), the
+    reverse (``broken``), and the exact two-sided McNemar p-value of that split. A small validation part often
+    separates weights by one or two images; p says whether such a difference is more than chance."""
+    truth = {r["name"]: r["defective"] for r in reference}
+    ref = {r["name"]: (r["best_rule_verdict"] == "FAIL") == r["defective"] for r in reference}
+    cand = {r["name"]: (r["best_rule_verdict"] == "FAIL") == r["defective"] for r in candidate}
+    if set(cand) != set(ref):
+        raise ValueError("the candidate and the reference were judged on different images")
+    fixed = sum(cand[n] and not ref[n] for n in truth)
+    broken = sum(ref[n] and not cand[n] for n in truth)
+    n = fixed + broken
+    p = min(1.0, 2 * sum(comb(n, k) for k in range(min(fixed, broken) + 1)) / 2 ** n) if n else 1.0
+    return {"images": len(truth), "fixed": fixed, "broken": broken, "p_value": round(p, 4)}

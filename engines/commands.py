@@ -328,7 +328,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_accept(args: argparse.Namespace) -> int:
-    from engines.acceptance import Goals, beats, class_recall, held_out_goals
+    from engines.acceptance import Goals, beats, class_recall, held_out_goals, paired_comparison
     from engines.data.segmentation import load_dataset
     from engines.evaluate import RULE_MIN_AREAS
     from engines.weights import resolve_weights
@@ -346,23 +346,24 @@ def run_accept(args: argparse.Namespace) -> int:
     summary: dict = {"weights": str(args.weights), "data": str(args.data), "split": str(args.split),
                      "min_areas_px": min_areas}
 
-    def learn(weights: str, name: str) -> dict:
+    def learn(weights: str, name: str) -> tuple[dict, list[dict]]:
         report, sweep, rule_sweep, records = _judge_segmentation(weights, validation, args, 0.5, 20, min_areas)
         _write_report(out / name, report, sweep, rule_sweep, records)
         rule = report["best_rule"]
         print(f"{weights}: rule learned on {len(validation)} validation images: threshold {rule['threshold']}, "
               f"min area {rule['min_area_px']} px -> F1 {rule['f1']} (FP {rule['fp']}, FN {rule['fn']})",
               file=sys.stderr)
-        return rule
+        return rule, records
 
-    rule = learn(args.weights, "validation.json")
+    rule, judged = learn(args.weights, "validation.json")
     summary["rule"] = {"threshold": rule["threshold"], "min_area_px": rule["min_area_px"]}
     summary["validation"] = rule
     ok = True
     if args.against:
-        reference = learn(args.against, "validation-reference.json")
+        reference, reference_judged = learn(args.against, "validation-reference.json")
         summary["reference"] = {"weights": str(args.against), "validation": reference,
-                                "beaten": beats(rule, reference)}
+                                "beaten": beats(rule, reference),
+                                "paired": paired_comparison(judged, reference_judged)}
         ok = summary["reference"]["beaten"]
     report, sweep, _, records = _judge_segmentation(args.weights, holdout, args, rule["threshold"],
                                                     rule["min_area_px"])
@@ -387,8 +388,11 @@ def run_accept(args: argparse.Namespace) -> int:
         print(f"n/a     recall per class: no class has {goals.class_min_images} held-out images (the largest, "
               f"{largest}, has {counts[largest]})", file=sys.stderr)
     if args.against:
-        print(f"{'beats' if summary['reference']['beaten'] else 'does NOT beat'} {args.against} on validation",
-              file=sys.stderr)
+        paired = summary["reference"]["paired"]
+        print(f"{'beats' if summary['reference']['beaten'] else 'does NOT beat'} {args.against} on validation; "
+              f"image by image it sets {paired['fixed']} right that the reference gets wrong and {paired['broken']} "
+              f"wrong that the reference gets right (exact McNemar p = {paired['p_value']}"
+              f"{'; within chance' if paired['p_value'] >= 0.05 else ''})", file=sys.stderr)
     print(f"{'accepted' if ok else 'NOT accepted'}; reports in {out}", file=sys.stderr)
     return EXIT_OK if ok else EXIT_FAILED
 

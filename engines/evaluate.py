@@ -140,7 +140,10 @@ def evaluate_station_verdicts(inspector, samples, thresholds=DEFAULT_SWEEP, fail
         table = np.asarray(pair_decisions, bool).reshape(len(records), len(pairs))
         metrics["rule_sweep"] = [{"threshold": t, "min_area_px": a, **image_level_metrics(truth, list(table[:, k]))}
                                  for k, (t, a) in enumerate(pairs)]
-        metrics["best_rule"] = best_rule(metrics["rule_sweep"])
+        metrics["best_rule"] = best = best_rule(metrics["rule_sweep"])
+        column = table[:, pairs.index((best["threshold"], best["min_area_px"]))]
+        for record, fails in zip(records, column):  # each image's verdict under the learned rule
+            record["best_rule_verdict"] = Verdict.FAIL.value if fails else Verdict.PASS.value
     return metrics, records
 
 

@@ -6,7 +6,9 @@ import json
 import subprocess
 import sys
 
-from engines.acceptance import Goals, beats, class_recall, held_out_goals
+import pytest
+
+from engines.acceptance import Goals, beats, class_recall, held_out_goals, paired_comparison
 from engines.evaluate import image_level_metrics
 from tests.engines.test_data_train import make_generic_set
 
@@ -48,6 +50,24 @@ def test_a_candidate_beats_a_reference_only_with_higher_f1_or_the_same_f1_and_fe
     assert not beats({"f1": 0.88, "fp_fn": 6}, ref)
 
 
+def _judged(pairs):
+    """Records of images judged under a learned rule: (truth defective, verdict) pairs."""
+    return [{"name": f"i{k}", "defective": d, "best_rule_verdict": v} for k, (d, v) in enumerate(pairs)]
+
+
+def test_paired_comparison_counts_images_set_right_and_wrong_and_gives_the_exact_mcnemar_p():
+    reference = _judged([(True, "PASS")] * 6 + [(False, "PASS")] * 10 + [(True, "FAIL")] * 4)
+    candidate = _judged([(True, "FAIL")] * 6 + [(False, "PASS")] * 10 + [(True, "FAIL")] * 4)
+    assert paired_comparison(candidate, reference) == {"images": 20, "fixed": 6, "broken": 0, "p_value": 0.0312}
+    # one image better on balance (3 fixed, 2 broken) is chance: p = 1
+    candidate = _judged([(True, "FAIL")] * 3 + [(True, "PASS")] * 3 + [(False, "FAIL")] * 2 + [(False, "PASS")] * 8
+                        + [(True, "FAIL")] * 4)
+    assert paired_comparison(candidate, reference) == {"images": 20, "fixed": 3, "broken": 2, "p_value": 1.0}
+    assert paired_comparison(reference, reference)["p_value"] == 1.0
+    with pytest.raises(ValueError, match="different images"):
+        paired_comparison(candidate[:-1], reference)
+
+
 def _split(tmp_path, data):
     names = sorted(p.name for p in (data / "images").iterdir())
     split = tmp_path / "split.json"
@@ -70,6 +90,10 @@ def test_accept_judges_held_out_once_with_the_rule_validation_taught(untrained_b
         json.loads(split.read_text())["validation"])
     assert summary["validation"] == validation["best_rule"]
     assert {p["min_area_px"] for p in validation["rule_sweep"]} == {10, 40}
+    best = validation["best_rule"]  # each image's verdict under the learned rule adds up to the rule's counts
+    detail = validation["images_detail"]
+    assert sum(r["defective"] and r["best_rule_verdict"] == "FAIL" for r in detail) == best["tp"]
+    assert sum(not r["defective"] and r["best_rule_verdict"] == "FAIL" for r in detail) == best["fp"]
     rule = summary["rule"]
     assert rule == {"threshold": validation["best_rule"]["threshold"],
                     "min_area_px": validation["best_rule"]["min_area_px"]}
@@ -103,6 +127,7 @@ def test_accept_exits_1_when_a_goal_is_missed_or_the_reference_is_not_beaten(unt
     summary = json.loads((out / "acceptance.json").read_text())
     assert summary["reference"]["beaten"] is False and summary["accepted"] is False
     assert summary["reference"]["validation"] == summary["validation"]
+    assert summary["reference"]["paired"] == {"images": 4, "fixed": 0, "broken": 0, "p_value": 1.0}
     assert "does NOT beat" in done.stderr and "Traceback" not in done.stderr
 
     strict = subprocess.run([*ENGINES, "accept", "--weights", str(untrained_bffn), "--data", str(data), "--split",
