@@ -36,11 +36,16 @@ def class_recall(records: list[dict]) -> dict[str, dict]:
     return dict(sorted(table.items()))
 
 
+def false_alarm_rate(metrics: dict) -> float:
+    """The share of defect-free images judged FAIL, from image-level metrics (FP and TN)."""
+    clean = metrics["fp"] + metrics["tn"]
+    return metrics["fp"] / clean if clean else 0.0
+
+
 def held_out_goals(metrics: dict, records: list[dict], goals: Goals) -> list[dict]:
     """Each goal with its measured value and whether it is met. ``metrics`` are the image-level metrics and pixel
     IoU of the held-out part; ``records`` its per-image records."""
-    clean = metrics["fp"] + metrics["tn"]
-    false_alarms = metrics["fp"] / clean if clean else 0.0
+    false_alarms = false_alarm_rate(metrics)
     checks = [
         {"goal": "image-level F1", "at_least": goals.f1, "value": metrics["f1"], "met": metrics["f1"] >= goals.f1},
         {"goal": "false alarms on defect-free images", "at_most": goals.false_alarms,
@@ -66,13 +71,12 @@ def paired_comparison(candidate: list[dict], reference: list[dict]) -> dict:
     validation records): how many images the candidate judges right where the reference is wrong (``fixed``), the
     reverse (``broken``), and the exact two-sided McNemar p-value of that split. A small validation part often
     separates weights by one or two images; p says whether such a difference is more than chance."""
-    truth = {r["name"]: r["defective"] for r in reference}
     ref = {r["name"]: (r["best_rule_verdict"] == "FAIL") == r["defective"] for r in reference}
     cand = {r["name"]: (r["best_rule_verdict"] == "FAIL") == r["defective"] for r in candidate}
     if set(cand) != set(ref):
         raise ValueError("the candidate and the reference were judged on different images")
-    fixed = sum(cand[n] and not ref[n] for n in truth)
-    broken = sum(ref[n] and not cand[n] for n in truth)
+    fixed = sum(cand[n] and not ref[n] for n in ref)
+    broken = sum(ref[n] and not cand[n] for n in ref)
     n = fixed + broken
     p = min(1.0, 2 * sum(comb(n, k) for k in range(min(fixed, broken) + 1)) / 2 ** n) if n else 1.0
-    return {"images": len(truth), "fixed": fixed, "broken": broken, "p_value": round(p, 4)}
+    return {"images": len(ref), "fixed": fixed, "broken": broken, "p_value": round(p, 4)}

@@ -270,7 +270,7 @@ def _split_part(samples, split_path: str, part: str, data: str) -> list:
 
 
 def _judge_segmentation(weights: str, samples, args: argparse.Namespace, threshold: float, min_area: int,
-                        min_areas=(), failures=None) -> tuple[dict, list, list | None, list]:
+                        min_areas=(), failures=None, max_failures: int = 12) -> tuple[dict, list, list | None, list]:
     """Judge ``samples`` with ``weights`` exactly as the station does (`engines eval`'s core): the report, the
     threshold sweep, the (threshold, minimum area) sweep when ``min_areas`` is given, and the per-image records."""
     from engines.backends.base import load_engine
@@ -282,7 +282,7 @@ def _judge_segmentation(weights: str, samples, args: argparse.Namespace, thresho
     rules = DecisionRules(score_threshold=threshold, min_area_px=min_area)
     inspector = Inspector(engine, overlap=args.overlap, batch=args.batch, rules=rules)
     metrics, records = evaluate_station_verdicts(inspector, samples, failures_dir=failures,
-                                                 max_failures=getattr(args, "max_failures", 12), min_areas=min_areas)
+                                                 max_failures=max_failures, min_areas=min_areas)
     sweep = metrics.pop("sweep")
     rule_sweep = metrics.pop("rule_sweep", None)
     report = {"weights": str(weights), "engine_id": engine.engine_id, "data": str(args.data),
@@ -312,7 +312,7 @@ def run_eval(args: argparse.Namespace) -> int:
         samples = _split_part(samples, args.split, args.split_part, args.data)
     report, sweep, rule_sweep, records = _judge_segmentation(args.weights, samples, args, args.threshold,
                                                              args.min_area, _min_areas(args.learn_min_areas),
-                                                             failures=args.failures)
+                                                             failures=args.failures, max_failures=args.max_failures)
     if rule_sweep and args.split_part == "holdout" and args.split:
         print("warning: rules learned on the held-out part are optimistic; learn them with --split-part "
               "validation and report held-out once (`engines accept` does both)", file=sys.stderr)
@@ -328,7 +328,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_accept(args: argparse.Namespace) -> int:
-    from engines.acceptance import Goals, beats, class_recall, held_out_goals, paired_comparison
+    from engines.acceptance import Goals, beats, class_recall, false_alarm_rate, held_out_goals, paired_comparison
     from engines.data.segmentation import load_dataset
     from engines.evaluate import RULE_MIN_AREAS
     from engines.weights import resolve_weights
@@ -368,10 +368,9 @@ def run_accept(args: argparse.Namespace) -> int:
     report, sweep, _, records = _judge_segmentation(args.weights, holdout, args, rule["threshold"],
                                                     rule["min_area_px"])
     _write_report(out / "holdout.json", report, sweep, None, records)
-    clean = report["fp"] + report["tn"]
     summary["holdout"] = {**{k: report[k] for k in ("images", "tp", "fp", "fn", "tn", "precision", "recall", "f1",
                                                     "fp_fn", "pixel_iou", "pixel_dice")},
-                          "false_alarms": round(report["fp"] / clean, 4) if clean else 0.0,
+                          "false_alarms": round(false_alarm_rate(report), 4),
                           "class_recall": class_recall(records)}
     goals = Goals(f1=args.goal_f1, false_alarms=args.goal_false_alarms, pixel_iou=args.goal_iou,
                   class_recall=args.goal_class_recall, class_min_images=args.class_min_images)
