@@ -9,7 +9,10 @@ Each configuration runs :func:`engines.train.training_step` — the step `engine
 * ``reference``: as landed before issue 12: float32, NCHW, tiles cut in the loop;
 * ``channels_last``: NHWC tensors (the same arithmetic);
 * ``channels_last+prefetch``: and the batches cut by a background thread (the same batches);
-* ``channels_last+prefetch+bf16``: and the forward under bfloat16 autocast (``--amp``; this CPU has AVX512-BF16);
+* ``channels_last+prefetch+fused``: and Adam on torch's fused kernel (the same update, up to float rounding;
+  ``engines.train.make_optimizer`` since 2026-12-01);
+* ``channels_last+prefetch+fused+bf16``: and the forward under bfloat16 autocast (``--amp``; this CPU has
+  AVX512-BF16): what ``engines train --amp`` runs;
 * ``... batch x2``: the same with twice the tiles per step, which is *not* the same learning per step (given for
   scale: per-tile throughput still rises with the batch on these cores).
 
@@ -30,13 +33,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 CONFIGS = {
-    "reference": {"channels_last": False, "prefetch": 0, "amp": False},
-    "channels_last": {"channels_last": True, "prefetch": 0, "amp": False},
-    "channels_last+prefetch": {"channels_last": True, "prefetch": 2, "amp": False},
-    "channels_last+prefetch+bf16": {"channels_last": True, "prefetch": 2, "amp": True},
+    "reference": {"channels_last": False, "prefetch": 0, "amp": False, "fused": False},
+    "channels_last": {"channels_last": True, "prefetch": 0, "amp": False, "fused": False},
+    "channels_last+prefetch": {"channels_last": True, "prefetch": 2, "amp": False, "fused": False},
+    "channels_last+prefetch+fused": {"channels_last": True, "prefetch": 2, "amp": False, "fused": True},
+    "channels_last+prefetch+fused+bf16": {"channels_last": True, "prefetch": 2, "amp": True, "fused": True},
     # twice the tiles per step: not the same learning per step (fewer, larger steps; the lr would be scaled)
-    "channels_last+prefetch+bf16 batch x2": {"channels_last": True, "prefetch": 2, "amp": True, "batch_scale": 2},
+    "channels_last+prefetch+fused+bf16 batch x2": {"channels_last": True, "prefetch": 2, "amp": True, "fused": True,
+                                                   "batch_scale": 2},
 }
+EXACT = "channels_last+prefetch+fused"  # the fastest step that learns what the reference step learns
 
 
 def load_samples(limit: int):
@@ -62,13 +68,13 @@ def make_runner(name: str, options: dict, samples, batch: int, seed: int):
     from engines.data.segmentation import TileSampler
     from engines.models import build_model
     from inspection_core.preprocess import InputSpec
-    from engines.train import StepParts, segmentation_loss, training_step
+    from engines.train import StepParts, make_optimizer, segmentation_loss, training_step
 
     torch.manual_seed(seed)
     model = build_model("bffn", {"in_channels": 1}).train()
     if options["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = make_optimizer("adam", model.parameters(), 1e-3, fused=options["fused"])
     parts = StepParts(InputSpec(), torch.device("cpu"), segmentation_loss("ce"), 1.0, optimizer,
                       torch.amp.GradScaler("cuda", enabled=False), torch.bfloat16 if options["amp"] else None,
                       options["channels_last"])
@@ -91,18 +97,19 @@ def make_runner(name: str, options: dict, samples, batch: int, seed: int):
     return run, times, model
 
 
-def profile_step(samples, batch: int) -> dict:
-    """Seconds per reference step in forward, backward and optimizer, and per batch in sampling."""
+def profile_step(samples, batch: int, fused: bool = False) -> dict:
+    """Seconds per float32 NCHW step in forward, backward and optimizer (the for-loop Adam of the reference, or the
+    fused one), and per batch in sampling."""
     import torch
 
     from engines.data.segmentation import TileSampler
     from engines.models import build_model
     from inspection_core.preprocess import InputSpec, normalize_tiles
-    from engines.train import segmentation_loss
+    from engines.train import make_optimizer, segmentation_loss
 
     torch.manual_seed(0)
     model = build_model("bffn", {"in_channels": 1}).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = make_optimizer("adam", model.parameters(), 1e-3, fused=fused)
     criterion = segmentation_loss("ce")
     sampler = TileSampler(samples, 128, 0.5, seed=0, overlap=32)
     parts = {"sampling+augmentation": 0.0, "normalise": 0.0, "forward": 0.0, "loss": 0.0, "backward": 0.0,
@@ -134,7 +141,7 @@ def profile_step(samples, batch: int) -> dict:
 def learning_check(samples, batch: int, steps: int) -> dict:
     """float32 against bf16 autocast from one initial network on the same batches: both loss curves."""
     curves = {}
-    for name in ("channels_last+prefetch", "channels_last+prefetch+bf16"):
+    for name in (EXACT, EXACT + "+bf16"):
         run, _, _ = make_runner(name, CONFIGS[name], samples, batch, seed=11)
         curves[name] = [round(run(), 5) for _ in range(steps)]
     a, b = curves.values()
@@ -182,15 +189,17 @@ def main(argv=None) -> int:
                       "step_ms": round(1000 * sum(times["step"]) / args.steps, 1)}
     report = {"machine": f"{torch.get_num_threads()} torch threads, torch {torch.__version__}", "data": source,
               "batch": args.batch, "steps_each": args.steps, "configs": rows,
-              "reference_profile": profile_step(samples, args.batch)}
+              "reference_profile": profile_step(samples, args.batch),
+              "fused_adam_profile": profile_step(samples, args.batch, fused=True)}
     if args.check_steps:
         report["learning_check"] = learning_check(samples, args.batch, args.check_steps)
-    print(f"{'configuration':38s} {'tiles/s':>8s} {'× reference':>12s} {'sampling wait ms':>17s} {'step ms':>8s}")
+    print(f"{'configuration':44s} {'tiles/s':>8s} {'× reference':>12s} {'sampling wait ms':>17s} {'step ms':>8s}")
     for name, r in rows.items():
-        print(f"{name:38s} {r['tiles_per_s']:8.2f} {r['speedup_vs_reference']:12.2f} {r['sampling_wait_ms']:17.2f} "
+        print(f"{name:44s} {r['tiles_per_s']:8.2f} {r['speedup_vs_reference']:12.2f} {r['sampling_wait_ms']:17.2f} "
               f"{r['step_ms']:8.1f}")
-    print("reference step, where the time goes: " + ", ".join(
-        f"{k} {v['share']:.0%}" for k, v in report["reference_profile"].items()))
+    for key, title in (("reference_profile", "reference step"), ("fused_adam_profile", "with the fused Adam")):
+        print(f"{title}, where the time goes: " + ", ".join(
+            f"{k} {v['share']:.0%} ({1000 * v['seconds']:.0f} ms)" for k, v in report[key].items()))
     if args.check_steps:
         c = report["learning_check"]
         print(f"learning check, {c['steps']} steps on the same batches: smoothed loss float32 "

@@ -87,15 +87,27 @@ def parameter_groups(model, lr: float, backbone_lr: float) -> list[dict]:
             {"params": [p for n, p in named if n not in names], "lr": lr}]
 
 
-def make_optimizer(name: str, parameters, lr: float):
-    """``parameters``: parameters, or groups that carry their own ``lr`` (:func:`parameter_groups`)."""
+def make_optimizer(name: str, parameters, lr: float, fused: bool = True):
+    """``parameters``: parameters, or groups that carry their own ``lr`` (:func:`parameter_groups`).
+
+    Adam runs torch's fused kernel (one pass over each tensor instead of a dozen elementwise ops): the same update,
+    up to float rounding, at about a fifth of the optimiser's time on these CPUs (docs/BENCHMARKS.md). RMSprop has
+    no fused kernel in torch. ``fused=False`` gives the for-loop Adam of the trainer as first landed."""
     import torch
 
+    parameters = list(parameters)
     if name == "rmsprop":
         return torch.optim.RMSprop(parameters, lr=lr)
     if name == "adam":
-        return torch.optim.Adam(parameters, lr=lr)
+        return torch.optim.Adam(parameters, lr=lr, fused=fused and _fusable(parameters))
     raise ValueError(f"unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}")
+
+
+def _fusable(parameters: list) -> bool:
+    """torch's fused optimisers take floating-point tensors on the CPU or CUDA only."""
+    tensors = [t for g in parameters for t in g["params"]] if parameters and isinstance(parameters[0], dict) \
+        else parameters
+    return all(t.is_floating_point() and t.device.type in ("cpu", "cuda") for t in tensors)
 
 
 def segmentation_loss(name: str):

@@ -78,6 +78,16 @@ def optimizer_step(loss, optimizer, scaler, check: Callable[[float], None] | Non
     return value
 
 
+def load_optimizer_state(optimizer, state: dict) -> None:
+    """Resume ``optimizer`` from a checkpoint's ``state``, keeping this optimiser's kernel (``fused``, ``foreach``):
+    torch would otherwise take the checkpoint's, so a run checkpointed before Adam was fused would resume on the
+    slower for-loop kernel. The moments and step counts are the same either way."""
+    kernels = ("fused", "foreach")
+    groups = [{**saved, **{k: group[k] for k in kernels if k in group}}
+              for saved, group in zip(state["param_groups"], optimizer.param_groups)]
+    optimizer.load_state_dict({**state, "param_groups": groups})
+
+
 @dataclass
 class Phase:
     """One training phase: its number and name, its epochs, and how its optimiser (and, optionally, a scheduler
@@ -196,7 +206,7 @@ class TrainingLoop:
             optimizer = phase.make_optimizer()
             scheduler = phase.make_scheduler(optimizer) if phase.make_scheduler is not None else None
             if self._saved is not None and self.current == phase.number:
-                optimizer.load_state_dict(self._saved["optimizer"])
+                load_optimizer_state(optimizer, self._saved["optimizer"])
                 if scheduler is not None and self._saved["scheduler"] is not None:
                     # closed-form schedules: the position is all that is needed (more epochs stretch the curve)
                     scheduler.last_epoch = int(self._saved["scheduler"].get("last_epoch", 0))

@@ -162,6 +162,62 @@ def test_backbone_learning_rate_of_its_own():
         parameter_groups(torch.nn.Linear(2, 2), 1e-3, 0.1)
 
 
+def test_fused_adam_takes_the_steps_of_the_for_loop_adam_and_resumes_its_state():
+    """The trainer's Adam is torch's fused kernel (a faster step, docs/BENCHMARKS.md); given the same gradients it
+    must take the for-loop Adam's steps, and resume from a checkpoint the for-loop Adam wrote. (The gradients are
+    shared because two backward passes on 2 threads differ in their last bits, which Adam's normalisation blows up
+    on near-zero gradients.)"""
+    import copy
+    import io
+
+    import torch
+
+    from engines.models import build_model
+    from engines.train import make_optimizer, parameter_groups, segmentation_loss
+    from engines.training import load_optimizer_state
+
+    torch.manual_seed(3)
+    start = build_model("bffn", {"in_channels": 1}).train()
+    x, y = torch.randn(2, 1, 64, 64), (torch.rand(2, 64, 64) > 0.9).long()
+    criterion = segmentation_loss("ce+dice")
+    nets = {kind: copy.deepcopy(start) for kind in ("loop", "fused", "resumed")}
+    opts = {kind: make_optimizer("adam", parameter_groups(net, 1e-3, 0.1), 1e-3, fused=kind != "loop")
+            for kind, net in nets.items()}
+    assert opts["fused"].defaults["fused"] and not opts["loop"].defaults["fused"]
+
+    def step(kinds):
+        """One backward on the for-loop net; its gradients go to every net in ``kinds``, which then steps."""
+        loop = nets["loop"]
+        loop.zero_grad(set_to_none=True)
+        principal, *aux = loop(x)
+        (criterion(principal, y) + sum(criterion(a, y) for a in aux)).backward()
+        grads = [p.grad.clone() for p in loop.parameters()]
+        for kind in kinds:
+            for p, g in zip(nets[kind].parameters(), grads):
+                p.grad = g.clone()
+            opts[kind].step()
+
+    for _ in range(2):
+        step(["loop", "fused"])
+    # a run checkpointed by the for-loop Adam and resumed the way `engines train` resumes, on the fused kernel
+    checkpoint = io.BytesIO()
+    torch.save({"model": nets["loop"].state_dict(), "optimizer": opts["loop"].state_dict()}, checkpoint)
+    checkpoint.seek(0)
+    saved = torch.load(checkpoint)
+    nets["resumed"].load_state_dict(saved["model"])
+    load_optimizer_state(opts["resumed"], saved["optimizer"])
+    assert opts["resumed"].param_groups[0]["fused"], "the resumed run keeps the fused kernel"
+    step(["loop", "fused", "resumed"])
+    with torch.no_grad():
+        reference = dict(nets["loop"].named_parameters())
+        moved = max(float((p - q).abs().max()) for p, q in zip(reference.values(), start.parameters()))
+        assert moved > 1e-3, "three Adam steps at 1e-3 must move the weights"
+        for kind in ("fused", "resumed"):
+            gap = max(float((p - reference[n]).abs().max()) for n, p in nets[kind].named_parameters())
+            assert gap < 1e-6, (kind, gap)
+    assert not make_optimizer("rmsprop", start.parameters(), 1e-3).defaults.get("fused")
+
+
 def test_mining_returns_only_tiles_of_defect_free_images_above_the_threshold():
     import torch
 
@@ -263,10 +319,12 @@ def test_training_speed_benchmark_runs_and_reports_every_configuration(tmp_path)
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
     assert set(report["configs"]) == {"reference", "channels_last", "channels_last+prefetch",
-                                      "channels_last+prefetch+bf16", "channels_last+prefetch+bf16 batch x2"}
+                                      "channels_last+prefetch+fused", "channels_last+prefetch+fused+bf16",
+                                      "channels_last+prefetch+fused+bf16 batch x2"}
     assert report["configs"]["reference"]["speedup_vs_reference"] == 1.0
-    assert sum(p["share"] for p in report["reference_profile"].values()) == pytest.approx(1.0, abs=0.01)
-    assert len(report["learning_check"]["curves"]["channels_last+prefetch+bf16"]) == 2
+    for profile in ("reference_profile", "fused_adam_profile"):
+        assert sum(p["share"] for p in report[profile].values()) == pytest.approx(1.0, abs=0.01)
+    assert len(report["learning_check"]["curves"]["channels_last+prefetch+fused+bf16"]) == 2
 
 
 def test_curves_read_a_running_log_and_a_finished_config(tmp_path):
