@@ -91,7 +91,7 @@ def make_optimizer(name: str, parameters, lr: float, fused: bool = True):
     """``parameters``: parameters, or groups that carry their own ``lr`` (:func:`parameter_groups`).
 
     Adam runs torch's fused kernel (one pass over each tensor instead of a dozen elementwise ops): the same update,
-    up to float rounding, at about a fifth of the optimiser's time on these CPUs (docs/BENCHMARKS.md). RMSprop has
+    up to float rounding, in about a third of the optimiser's time on these CPUs (docs/BENCHMARKS.md). RMSprop has
     no fused kernel in torch. ``fused=False`` gives the for-loop Adam of the trainer as first landed."""
     import torch
 
