@@ -15,7 +15,8 @@ from engines.quantize import DEFAULT_EXCLUDE, GROUPS
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SEG_ONLY = {"tile": None, "optimizer": None, "loss": None, "init": None, "no_sam": False, "fusion": None,
             "sampling": None, "aux_weight": None, "split": None, "defect_fraction": None, "class_balanced": False,
-            "hard_negatives": None, "mine_every": None, "init_backbone": None, "backbone_lr": None, "validate_as": None}
+            "hard_negatives": None, "mine_every": None, "init_backbone": None, "backbone_lr": None, "validate_as": None,
+            "gain_target": None, "border": None, "photometric": None, "edge_fraction": None, "paste_fraction": None}
 CLS_ONLY = {"pretrain_epochs": None, "momentum": None, "weight_decay": None, "size": None, "bank_size": None,
             "in_channels": None, "no_augment": False, "label_dim": None, "no_gr": False, "linear": False,
             "alpha": None, "tau": None}
@@ -53,7 +54,10 @@ def run_train(args: argparse.Namespace) -> int:
                              backbone_lr=1.0 if args.backbone_lr is None else args.backbone_lr,
                              defect_fraction=0.5 if args.defect_fraction is None else args.defect_fraction,
                              class_balanced=args.class_balanced, hard_negatives=args.hard_negatives or 0.0,
-                             mine_every=args.mine_every or 1, channels_last=not args.no_channels_last)
+                             mine_every=args.mine_every or 1, channels_last=not args.no_channels_last,
+                             gain_target=args.gain_target or 0.0, border=args.border or 0,
+                             photometric=args.photometric or "jitter", edge_fraction=args.edge_fraction or 0.0,
+                             paste_fraction=args.paste_fraction or 0.0)
     final = train_segmentation(settings, progress=not args.quiet)
     if main_process:
         print(json.dumps(final, indent=2))
@@ -92,32 +96,53 @@ def _train_classifier(args: argparse.Namespace) -> int:
 
 
 def run_split(args: argparse.Namespace) -> int:
-    from engines.data.segmentation import load_dataset, three_way_split
+    from engines.data.segmentation import IMAGE_SUFFIXES, leaked_parts, load_dataset, three_way_split
 
     samples = load_dataset(args.data)
+    if args.keep and args.group_by == "part":
+        print("error: --keep continues an earlier split by file; add --group-by file, or drop --keep for a split "
+              "by part", file=sys.stderr)
+        return EXIT_USAGE
     keep = json.loads(Path(args.keep).read_text()) if args.keep else None
-    split = three_way_split(samples, args.validation, args.holdout, args.seed, keep=keep)
+
+    def key(name: str) -> str:  # "MT_Crack/exp1_x.jpg" and "crack_exp1_x.jpg" -> "crack/exp1_x"
+        path = Path(name)
+        if path.parent.name.startswith("MT_"):
+            return f"{path.parent.name[3:].lower()}/{path.stem}"
+        return path.stem.replace("_", "/", 1) if "_" in path.stem else path.stem
+
+    kept_out: set[str] = set()
     if args.not_train:
-        from engines.data.segmentation import IMAGE_SUFFIXES
-
-        def key(name: str) -> str:  # "MT_Crack/exp1_x.jpg" and "crack_exp1_x.jpg" -> "crack/exp1_x"
-            path = Path(name)
-            if path.parent.name.startswith("MT_"):
-                return f"{path.parent.name[3:].lower()}/{path.stem}"
-            return path.stem.replace("_", "/", 1) if "_" in path.stem else path.stem
-
         kept_out = {key(p.name) for p in Path(args.not_train).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-        leaked = [n for n in split["train"] if key(n) in kept_out or Path(n).stem in kept_out]
-        if leaked:
-            print(f"error: {len(leaked)} images of {args.not_train} fall in the training part "
-                  f"(first: {leaked[0]}); pick another --seed or --keep a split that holds them out",
-                  file=sys.stderr)
-            return EXIT_USAGE
+    not_train = {s.name for s in samples if key(s.name) in kept_out or Path(s.name).stem in kept_out}
+    grouping = None
+    if args.group_by == "part":
+        from engines.data.parts import part_ids
+
+        grouping = part_ids(samples, max_gap=args.max_gap, min_similarity=args.min_similarity)
+    split = three_way_split(samples, args.validation, args.holdout, args.seed, keep=keep,
+                            parts=grouping.ids if grouping else None, not_train=not_train)
+    leaked = [n for n in split["train"] if n in not_train]
+    if leaked:
+        print(f"error: {len(leaked)} images of {args.not_train} fall in the training part "
+              f"(first: {leaked[0]}); pick another --seed or --keep a split that holds them out",
+              file=sys.stderr)
+        return EXIT_USAGE
+    record: dict = dict(split)
+    summary: dict = {"out": args.out, **{side: len(names) for side, names in split.items()}}
+    if grouping is not None:
+        part_of = dict(zip((s.name for s in samples), grouping.ids))
+        record.update(group_by="part", parts=part_of)
+        summary.update(parts=grouping.parts, joined_by_name=grouping.by_name, joined_by_image=grouping.by_image,
+                       similarity_within_runs=round(grouping.similar_within, 3),
+                       similarity_across_runs_p99=round(grouping.similar_across, 3),
+                       leaked=leaked_parts(split, part_of))
+    else:
+        record["group_by"] = "file"
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(split, indent=1) + "\n")
-    counts = {part: len(names) for part, names in split.items()}
-    print(json.dumps({"out": str(out), **counts}))
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    print(json.dumps(summary))
     return EXIT_OK
 
 
@@ -273,6 +298,7 @@ def _judge_segmentation(weights: str, samples, args: argparse.Namespace, thresho
                         min_areas=(), failures=None, max_failures: int = 12) -> tuple[dict, list, list | None, list]:
     """Judge ``samples`` with ``weights`` exactly as the station does (`engines eval`'s core): the report, the
     threshold sweep, the (threshold, minimum area) sweep when ``min_areas`` is given, and the per-image records."""
+    from engines.acceptance import breakdown
     from engines.backends.base import load_engine
     from engines.evaluate import evaluate_station_verdicts
     from inspection.inspector import Inspector
@@ -288,6 +314,11 @@ def _judge_segmentation(weights: str, samples, args: argparse.Namespace, thresho
     report = {"weights": str(weights), "engine_id": engine.engine_id, "data": str(args.data),
               "images": len(samples), "threshold": threshold, "min_area_px": min_area, "overlap": args.overlap,
               **metrics}
+    # where the errors are: recall and false alarms per lighting, recall at the image edge and inside it
+    for key, name in (("exposure", "by_exposure"), ("at_edge", "edge_recall")):
+        table = breakdown(records, key)
+        if table:
+            report[name] = table
     return report, sweep, rule_sweep, records
 
 
@@ -328,7 +359,14 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_accept(args: argparse.Namespace) -> int:
-    from engines.acceptance import Goals, beats, class_recall, false_alarm_rate, held_out_goals, paired_comparison
+    from engines.acceptance import (
+        Goals,
+        beats,
+        class_recall,
+        false_alarm_rate,
+        held_out_goals,
+        paired_comparison,
+    )
     from engines.data.segmentation import load_dataset
     from engines.evaluate import RULE_MIN_AREAS
     from engines.weights import resolve_weights
@@ -371,9 +409,11 @@ def run_accept(args: argparse.Namespace) -> int:
     summary["holdout"] = {**{k: report[k] for k in ("images", "tp", "fp", "fn", "tn", "precision", "recall", "f1",
                                                     "fp_fn", "pixel_iou", "pixel_dice")},
                           "false_alarms": round(false_alarm_rate(report), 4),
-                          "class_recall": class_recall(records)}
+                          "class_recall": class_recall(records),
+                          **{k: report[k] for k in ("by_exposure", "edge_recall") if k in report}}
     goals = Goals(f1=args.goal_f1, false_alarms=args.goal_false_alarms, pixel_iou=args.goal_iou,
-                  class_recall=args.goal_class_recall, class_min_images=args.class_min_images)
+                  class_recall=args.goal_class_recall, class_min_images=args.class_min_images,
+                  exposure_spread=args.goal_exposure_spread)
     summary["goals"] = held_out_goals(report, records, goals)
     summary["accepted"] = ok = ok and all(g["met"] for g in summary["goals"])
     (out / "acceptance.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from inspection_core.preprocess import normalize_tiles
+from engines.data.parts import exposure_of
+from inspection_core.preprocess import add_border, crop_border, normalize_tiles, prepare_image
 from inspection_core.records import Frame, Verdict
 from inspection_core.verdict import DecisionRules, find_defects
 
@@ -35,11 +36,13 @@ def evaluate_full_images(model, samples, spec, threshold: float = 0.5, min_area_
     swept = []
     with torch.no_grad():
         for s in samples:
-            h, w = s.image.shape
+            image = add_border(prepare_image(s.image, spec), spec)  # as the station prepares a frame
+            h, w = image.shape
             ph, pw = -h % 32, -w % 32
-            image = cv2.copyMakeBorder(s.image, 0, ph, 0, pw, cv2.BORDER_REFLECT_101)
+            image = cv2.copyMakeBorder(image, 0, ph, 0, pw, cv2.BORDER_REFLECT_101)
             x = torch.from_numpy(normalize_tiles(image[None], spec))
-            scores = np.ascontiguousarray(1.0 - model(x).softmax(1)[0, 0, :h, :w].numpy(), dtype=np.float32)
+            scores = crop_border(1.0 - model(x).softmax(1)[0, 0, :h, :w].numpy(), spec)
+            scores = np.ascontiguousarray(scores, dtype=np.float32)
             binary = scores >= np.float32(threshold)
             truth.append(s.defective)
             predicted.append(bool(find_defects(scores, rules)))  # the station's own rule
@@ -124,7 +127,8 @@ def evaluate_station_verdicts(inspector, samples, thresholds=DEFAULT_SWEEP, fail
         pair_decisions.append([bool(find_defects(result.mask, rules)) for rules in pair_rules])
         verdict = result.verdict.value
         records.append({"name": s.name, "defective": s.defective, "category": s.category, "verdict": verdict,
-                        "defects": len(result.defects), "max_score": round(float(result.mask.max()), 4)})
+                        "defects": len(result.defects), "max_score": round(float(result.mask.max()), 4),
+                        "exposure": exposure_of(s.name), "at_edge": at_edge(s.mask) if s.defective else None})
         failed = s.defective != (verdict == Verdict.FAIL.value)
         if failures_dir is not None and failed and saved < max_failures:
             save_failure_overlay(s, result, inspector.rules.score_threshold, failures_dir)
@@ -145,6 +149,11 @@ def evaluate_station_verdicts(inspector, samples, thresholds=DEFAULT_SWEEP, fail
         for record, fails in zip(records, column):  # each image's verdict under the learned rule
             record["best_rule_verdict"] = Verdict.FAIL.value if fails else Verdict.PASS.value
     return metrics, records
+
+
+def at_edge(mask: np.ndarray, px: int = 8) -> bool:
+    """Whether a defect mask reaches within ``px`` pixels of the image's edge (a break is a chipped edge)."""
+    return bool(mask[:px].any() or mask[-px:].any() or mask[:, :px].any() or mask[:, -px:].any())
 
 
 def best_rule(rule_sweep: list[dict]) -> dict:

@@ -25,7 +25,7 @@ from engines.training import (
     optimizer_step,
     pick_device,
 )
-from inspection_core.preprocess import InputSpec, normalize_tiles
+from inspection_core.preprocess import InputSpec, normalize_tiles, whole_frame
 from inspection_core.tiling import plan_tiles
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,11 @@ class TrainSettings:
     mine_threshold: float = 0.3  # a defect-free tile is a hard negative when its top score reaches this
     channels_last: bool = True  # NHWC memory layout (same arithmetic, faster oneDNN convolutions on the CPU)
     prefetch: int = 2  # batches cut ahead by a background thread (0 = in the training loop)
+    gain_target: float = 0.0  # InputSpec.gain_target: each image scaled so its median grey is this (0 = off)
+    border: int = 0  # InputSpec.border: mirrored context (px) on every side of an image before it is tiled
+    photometric: str = "jitter"  # "jitter": contrast x0.8-1.2, +-20 grey; "exposure": gain and gamma of the lightings
+    edge_fraction: float = 0.0  # share of defect crops drawn at defect pixels near the image edge
+    paste_fraction: float = 0.0  # share of plain crops of defect-free images that get a pasted real defect
 
 
 OPTIMIZERS = ("rmsprop", "adam")
@@ -162,7 +167,11 @@ def train_segmentation(settings: TrainSettings, progress: bool = True, train_sam
     if main_process:
         (out / "split.json").write_text(json.dumps(split_record or
             {"train": [s.name for s in train_samples], "holdout": [s.name for s in held_samples]}, indent=1))
-    spec = InputSpec(channels=1)
+    spec = InputSpec(channels=1, gain_target=settings.gain_target, border=settings.border)
+    if whole_frame(spec):  # training cuts its tiles from frames prepared as the line prepares them
+        from engines.data.segmentation import prepared_sample
+
+        train_samples = [prepared_sample(s, spec) for s in train_samples]
     config = {"in_channels": spec.channels, **settings.model_config}
     model = build_model(settings.model, config)
     start_note = {}
@@ -253,7 +262,8 @@ class SegmentationHooks(TrainingHooks):
                               seed=(s.seed * 1000 + epoch) * 64 + self.rank,
                               overlap=s.overlap if s.sampling == "grid" else None,
                               class_balanced=s.class_balanced, hard_fraction=s.hard_negatives,
-                              hard_negatives=self.hard)
+                              hard_negatives=self.hard, photometric=s.photometric, border=s.border,
+                              edge_fraction=s.edge_fraction, paste_fraction=s.paste_fraction)
         return sampler.batches(s.batch, self.steps, s.prefetch), self.steps
 
     def train_mode(self) -> None:

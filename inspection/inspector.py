@@ -27,6 +27,7 @@ worker thread of its own), and the tools run the very same code, so all of them 
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from typing import Any, Protocol, Sequence
 
@@ -35,10 +36,19 @@ import numpy as np
 from inspection.errors import InspectionError
 from inspection.streaming import PartStreams
 from inspection_core.engine import Engine
-from inspection_core.preprocess import defect_scores, normalize_tiles, prepare_image
+from inspection_core.preprocess import (
+    add_border,
+    crop_border,
+    defect_scores,
+    normalize_tiles,
+    prepare_image,
+    whole_frame,
+)
 from inspection_core.records import Defect, Frame, InspectionResult, Verdict
 from inspection_core.tiling import TilePlan, plan_tiles, tile_image, untile
 from inspection_core.verdict import DecisionRules, decide, find_defects, incomplete_defects
+
+log = logging.getLogger(__name__)
 
 
 class FrameCalibration(Protocol):
@@ -89,6 +99,12 @@ class Inspector:
         self.classifier = classifier  # a ClassifierStage, or None for no classifier stage
         self.fail_on_labels = fail_on_labels
         self.calibration = calibration  # None: frames are used as they come
+        spec = getattr(engine, "spec", None)
+        if streaming and spec is not None and whole_frame(spec):
+            # a frame-wide gain and mirrored borders need the whole part: it is judged when it has arrived
+            log.warning("%s prepares whole frames (gain_target %s, border %s px): line-scan parts are inspected "
+                        "when complete, not streamed row by row", engine.engine_id, spec.gain_target, spec.border)
+            streaming = False
         self.streams = PartStreams(self, max_parts_in_flight, keep_reports) if streaming else None
         self._scores: dict[Any, tuple] | None = {} if reuse_scores else None
 
@@ -121,7 +137,8 @@ class Inspector:
     def score_map(self, image: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         """The stitched float32 defect-score map of one image and the stage timings (ms)."""
         t0 = time.perf_counter()
-        prepared = prepare_image(image, self.engine.spec)
+        spec = self.engine.spec
+        prepared = add_border(prepare_image(image, spec), spec)
         t_tile = time.perf_counter()
         plan, tiles = self.cut(prepared)
         t1 = time.perf_counter()
@@ -130,7 +147,7 @@ class Inspector:
             chunk = tiles[start:start + self.batch]
             scores[start:start + len(chunk)] = defect_scores(self.engine.infer(chunk))
         t2 = time.perf_counter()
-        mask = untile(scores, plan)
+        mask = crop_border(untile(scores, plan), spec)
         t3 = time.perf_counter()
         return mask, {"prepare": (t_tile - t0) * 1e3, "tile": (t1 - t_tile) * 1e3, "infer": (t2 - t1) * 1e3,
                       "stitch": (t3 - t2) * 1e3}

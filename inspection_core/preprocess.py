@@ -9,14 +9,67 @@ import numpy as np
 
 @dataclass(frozen=True)
 class InputSpec:
-    """How raw uint8 pixels become the network's input: ``(x / 255 - mean) / std`` per channel."""
+    """How raw uint8 pixels become the network's input: ``(x / 255 - mean) / std`` per channel.
+
+    It travels with the weights (``config.json``'s ``input``), so training, ``engines eval`` and the line prepare a
+    frame the same way:
+
+    - ``gain_target`` > 0: each frame is scaled by one gain so that its median grey level becomes this value
+      (:func:`apply_gain`): a lamp that ages or a camera gain that changes scales a frame's grey levels, and
+      this takes the scale out before the network sees it (0: frames as they come);
+    - ``border`` > 0: the frame gets this many pixels of mirrored context on every side before it is tiled
+      (:func:`add_border`), and the stitched score map loses them again (:func:`crop_border`), so a defect at
+      the top or left edge sits inside a tile with context, as one at the bottom or right does.
+    """
 
     channels: int = 1
     mean: float = 0.5
     std: float = 0.25
+    gain_target: float = 0.0
+    border: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.gain_target <= 255:
+            raise ValueError(f"gain_target must be a grey level in 0..255 (0 = off), got {self.gain_target}")
+        if self.border < 0:
+            raise ValueError(f"border must be >= 0 pixels, got {self.border}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def whole_frame(spec: InputSpec) -> bool:
+    """Whether preparing a frame needs all of it (a frame-wide gain, or mirrored context at its edges): such
+    weights cannot be streamed a tile row at a time."""
+    return bool(spec.gain_target or spec.border)
+
+
+def apply_gain(image: np.ndarray, target: float) -> np.ndarray:
+    """uint8 ``image`` scaled by the one gain that moves its median grey level to ``target`` (clipped to 0..255);
+    unchanged when ``target`` is 0. A black frame (median 0) is left as it is."""
+    if not target:
+        return image
+    median = float(np.median(image[::4, ::4])) if image.size >= 64 else float(np.median(image))
+    if median <= 0:
+        return image
+    lut = np.clip(np.arange(256, dtype=np.float32) * np.float32(target / median) + 0.5, 0, 255).astype(np.uint8)
+    return lut[image]
+
+
+def add_border(image: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """``image`` with ``spec.border`` pixels of mirrored context on every side (``BORDER_REFLECT_101``: the edge
+    row is not repeated); unchanged when ``border`` is 0. A single row or column is repeated."""
+    b = spec.border
+    if not b:
+        return image
+    widths = [(b, b), (b, b)] + [(0, 0)] * (image.ndim - 2)
+    return np.pad(image, widths, mode="reflect" if min(image.shape[:2]) > 1 else "edge")
+
+
+def crop_border(stitched: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """The part of a map stitched from a bordered image (:func:`add_border`) that covers the frame itself."""
+    b = spec.border
+    return stitched[b:stitched.shape[0] - b, b:stitched.shape[1] - b] if b else stitched
 
 
 def to_grey(image: np.ndarray) -> np.ndarray:
@@ -34,14 +87,15 @@ def to_grey(image: np.ndarray) -> np.ndarray:
 
 
 def prepare_image(image: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """Bring a frame to the channel layout the network wants (grey ``(H, W)`` or RGB ``(H, W, 3)``), uint8."""
+    """Bring a frame to the channel layout the network wants (grey ``(H, W)`` or RGB ``(H, W, 3)``), uint8, at
+    the spec's gain (:func:`apply_gain`)."""
     if image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 image, got {image.dtype}; convert or rescale the source to 8 bits")
     if spec.channels == 1:
-        return to_grey(image)
+        return apply_gain(to_grey(image), spec.gain_target)
     if image.ndim == 2:
-        return np.repeat(image[:, :, None], 3, axis=2)
-    return image[:, :, :3]
+        return apply_gain(np.repeat(image[:, :, None], 3, axis=2), spec.gain_target)
+    return apply_gain(image[:, :, :3], spec.gain_target)
 
 
 def resize_to_input(images, size: int, spec: InputSpec) -> np.ndarray:

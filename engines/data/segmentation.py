@@ -141,7 +141,8 @@ SPLIT_PARTS = ("train", "validation", "holdout")
 
 
 def three_way_split(samples: list[SegSample], validation: float, holdout: float, seed: int,
-                    keep: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+                    keep: dict[str, list[str]] | None = None, parts: list[str] | None = None,
+                    not_train: set[str] | frozenset = frozenset()) -> dict[str, list[str]]:
     """Image names in ``train``/``validation``/``holdout``, each image-level class split in the same proportions.
 
     With ``keep`` (an earlier two-way split, ``{"train": [...], "holdout": [...]}``), its training images stay in
@@ -149,6 +150,8 @@ def three_way_split(samples: list[SegSample], validation: float, holdout: float,
     ``validation : holdout``: weights trained on the earlier split can go on training without ever having seen
     the new validation or held-out images."""
     names = [s.name for s in samples]
+    if parts is not None:
+        return _three_way_by_part(samples, parts, validation, holdout, seed, not_train)
     if keep is not None:
         kept_train = set(keep.get("train", []))
         rest = [i for i, n in enumerate(names) if n not in kept_train]
@@ -164,6 +167,47 @@ def three_way_split(samples: list[SegSample], validation: float, holdout: float,
     fit, val = split_by_group([samples[i].category for i in train_val], inner, seed + 1, order=str)
     return {"train": sorted(names[train_val[i]] for i in fit), "validation": sorted(names[train_val[i]] for i in val),
             "holdout": sorted(names[i] for i in held)}
+
+
+def _three_way_by_part(samples: list[SegSample], parts: list[str], validation: float, holdout: float, seed: int,
+                       not_train: set[str] | frozenset) -> dict[str, list[str]]:
+    """``three_way_split`` over whole parts (``parts[i]``: sample i's part, :func:`engines.data.parts.part_ids`):
+    each class's parts shuffled (seeded) and dealt one by one to the side furthest below its share of the class's
+    images, so every image of a part lands on one side and the image shares stay near ``validation``/``holdout``.
+    Parts holding an image named in ``not_train`` are dealt first, to validation or held-out only (even past
+    their shares)."""
+    if validation < 0 or holdout < 0 or validation + holdout >= 1:
+        raise ValueError(f"validation {validation} and holdout {holdout} must be >= 0 and add up to less than 1")
+    members: dict[str, list[int]] = {}
+    for i, part in enumerate(parts):
+        members.setdefault(part, []).append(i)
+    by_class: dict[str, list[str]] = {}
+    for part in sorted(members):
+        by_class.setdefault(str(samples[members[part][0]].category), []).append(part)
+    rng = random.Random(seed)
+    out: dict[str, list[str]] = {"train": [], "validation": [], "holdout": []}
+    for category in sorted(by_class):
+        order = by_class[category][:]
+        rng.shuffle(order)
+        pinned = [p for p in order if any(samples[i].name in not_train for i in members[p])]
+        order = pinned + [p for p in order if p not in pinned]
+        total = sum(len(members[p]) for p in order)
+        target = {"holdout": holdout * total, "validation": validation * total, "train": (1 - holdout - validation) * total}
+        count = dict.fromkeys(target, 0)
+        for part in order:  # each part to the side furthest below its share of this class's images
+            sides = ("holdout", "validation") if part in pinned else ("holdout", "validation", "train")
+            side = max(sides, key=lambda d: (target[d] - count[d]) / max(target[d], 1e-9) if target[d] else -1e9)
+            count[side] += len(members[part])
+            out[side] += [samples[i].name for i in members[part]]
+    return {side: sorted(names) for side, names in out.items()}
+
+
+def leaked_parts(split: dict[str, list[str]], part_of: dict[str, str]) -> dict[str, int]:
+    """How many images of each judging part (validation, holdout) share their physical part with a training
+    image: the leak a split by file has."""
+    trained = {part_of[n] for n in split.get("train", []) if n in part_of}
+    return {side: sum(part_of.get(n) in trained for n in split.get(side, []))
+            for side in ("validation", "holdout") if side in split}
 
 
 def _groups(keys, order) -> list[list[int]]:
@@ -214,18 +258,52 @@ def pad_to_tile(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.copyMakeBorder(image, 0, max(0, size - h), 0, max(0, size - w), cv2.BORDER_REFLECT_101)
 
 
+def prepared_sample(sample: SegSample, spec) -> SegSample:
+    """``sample`` as the station prepares a frame for its tiler (:func:`inspection_core.preprocess.prepare_image`
+    at the spec's gain, then :func:`~inspection_core.preprocess.add_border`), its mask mirrored alike: what
+    training cuts tiles from, so it sees the tiles the line sees."""
+    from inspection_core.preprocess import add_border, prepare_image
+
+    image = add_border(prepare_image(sample.image, spec), spec)
+    mask = add_border(sample.mask.astype(np.uint8), spec).astype(bool)
+    return SegSample(sample.name, image, mask, sample.category)
+
+
+#: A defect pixel this close to the frame's edge (px) is an edge defect (breaks are chipped edges).
+EDGE_PX = 8
+#: Exposure augmentation: gain drawn log-uniformly in this range (the magnetic-tile lightings span about x0.43 to
+#: x2.3 around their middle one: median image mean 66 at exp1, 152 at exp6, the standard deviation in proportion),
+#: and a gamma in this range.
+EXPOSURE_GAIN = (0.45, 2.2)
+EXPOSURE_GAMMA = (0.8, 1.25)
+
+
 class TileSampler:
     """``tile``×``tile`` crops for training: with ``overlap`` given, the very tiles the station's tiler cuts
     (:func:`inspection_core.tiling.plan_tiles`); without, random crops. Both with defect-aware sampling: a fraction ``defect_fraction``
     of the crops is centred (with jitter) on a random defect pixel so rare, small defects are seen; the rest are
     uniform crops of uniformly chosen images (mostly defect-free background, which teaches what is normal).
 
-    Augmentations a line needs: flips, 90° rotations, small rotations, brightness/contrast jitter, blur, noise.
+    Augmentations a line needs: flips, 90° rotations, small rotations, brightness/contrast jitter (or, with
+    ``photometric="exposure"``, a gain and gamma spanning the data's lightings, :data:`EXPOSURE_GAIN`), blur, noise.
+
+    Levers for what a line misses:
+
+    - ``border``: the samples carry that many px of mirrored context (:func:`prepared_sample`); ``edge_fraction``
+      of the defect crops is then centred on a defect pixel within :data:`EDGE_PX` of the frame's own edge
+      (images that have one), so defects at the rim (breaks) are seen as often as that;
+    - ``paste_fraction``: that share of the plain crops that fall on a defect-free image gets a real defect region
+      of a training image pasted in (flipped, rotated, its grey level matched, its edge blended), classes drawn
+      uniformly so rare ones are pasted as often as common ones; the mask follows.
     """
 
     def __init__(self, samples: list[SegSample], tile: int, defect_fraction: float = 0.5, seed: int = 0,
                  augment: bool = True, overlap: int | None = None, class_balanced: bool = False,
-                 hard_fraction: float = 0.0, hard_negatives: list[tuple[int, int, int, float]] | None = None) -> None:
+                 hard_fraction: float = 0.0, hard_negatives: list[tuple[int, int, int, float]] | None = None,
+                 photometric: str = "jitter", border: int = 0, edge_fraction: float = 0.0,
+                 paste_fraction: float = 0.0) -> None:
+        if photometric not in ("jitter", "exposure"):
+            raise ValueError(f"photometric must be 'jitter' or 'exposure', got {photometric!r}")
         self.samples = [SegSample(s.name, pad_to_tile(s.image, tile), pad_to_tile(s.mask.astype(np.uint8), tile), s.category)
                         for s in samples]
         self.origins = None
@@ -249,6 +327,29 @@ class TileSampler:
             self.hard_p = weights / weights.sum()
         self.rng = np.random.default_rng(seed)
         self.augment = augment
+        self.photometric = photometric
+        self.border = border
+        # edge defects: defect pixels within EDGE_PX of the frame itself (inside its mirrored border)
+        self.edge_pixels: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if edge_fraction > 0:
+            for i in self.defective:
+                ys, xs = _edge_defect_pixels(samples[i].mask, border)
+                if len(ys):
+                    self.edge_pixels[i] = (ys, xs)
+        self.edge_fraction = edge_fraction if self.edge_pixels else 0.0
+        self.pastes = _defect_regions(samples, self.defective, border, tile) if paste_fraction > 0 else []
+        self.paste_fraction = paste_fraction if self.pastes else 0.0
+
+    def _defect_pixel(self, k: int) -> tuple[int, int]:
+        """A defect pixel of sample ``k``: near the frame's edge with probability ``edge_fraction`` (when it has
+        such pixels), else any."""
+        rng = self.rng
+        if self.edge_fraction and k in self.edge_pixels and rng.random() < self.edge_fraction:
+            ys, xs = self.edge_pixels[k]
+        else:
+            ys, xs = np.nonzero(self.samples[k].mask)
+        j = rng.integers(len(ys))
+        return int(ys[j]), int(xs[j])
 
     def _defect_image(self) -> int:
         rng = self.rng
@@ -270,18 +371,52 @@ class TileSampler:
             return self.grid_crop()
         t, rng = self.tile, self.rng
         if rng.random() < self.defect_fraction:
-            s = self.samples[self._defect_image()]
-            ys, xs = np.nonzero(s.mask)
-            k = rng.integers(len(ys))
-            cy, cx = ys[k] + rng.integers(-t // 3, t // 3 + 1), xs[k] + rng.integers(-t // 3, t // 3 + 1)
+            k = self._defect_image()
+            s = self.samples[k]
+            py, px = self._defect_pixel(k)
+            cy, cx = py + rng.integers(-t // 3, t // 3 + 1), px + rng.integers(-t // 3, t // 3 + 1)
         else:
             s = self.samples[rng.integers(len(self.samples))]
             cy, cx = rng.integers(s.image.shape[0]), rng.integers(s.image.shape[1])
         h, w = s.image.shape
         y0 = int(np.clip(cy - t // 2, 0, h - t))
         x0 = int(np.clip(cx - t // 2, 0, w - t))
+        return self._finish(s, y0, x0)
+
+    def _finish(self, s: SegSample, y0: int, x0: int) -> tuple[np.ndarray, np.ndarray]:
+        """The crop at ``(y0, x0)`` of ``s``: a defect pasted in when it is a plain crop of a defect-free image
+        (``paste_fraction``), then augmented."""
+        t = self.tile
         image, mask = s.image[y0:y0 + t, x0:x0 + t], s.mask[y0:y0 + t, x0:x0 + t]
+        if self.paste_fraction and not s.defective and self.rng.random() < self.paste_fraction:
+            image, mask = self._paste(image, mask)
         return self._augment(image, mask) if self.augment else (image.copy(), mask.copy())
+
+    def _paste(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``image`` with one real defect region pasted at a random place (see the class doc)."""
+        import cv2
+
+        rng, t = self.rng, self.tile
+        by_class = self.pastes
+        patches = by_class[rng.integers(len(by_class))]
+        patch, region = patches[rng.integers(len(patches))]
+        if rng.random() < 0.5:
+            patch, region = patch[:, ::-1], region[:, ::-1]
+        k = int(rng.integers(4))
+        patch, region = np.rot90(patch, k), np.rot90(region, k)
+        ph, pw = patch.shape
+        y, x = int(rng.integers(0, t - ph + 1)), int(rng.integers(0, t - pw + 1))
+        out = image.astype(np.float32)  # a copy
+        target = out[y:y + ph, x:x + pw]
+        around = ~region
+        src_level = float(patch[around].mean()) if around.any() else float(patch.mean())
+        gain = (float(target.mean()) + 1.0) / (src_level + 1.0)  # the patch's surface at the new place's grey
+        alpha = cv2.GaussianBlur(region.astype(np.float32), (0, 0), 1.5)
+        alpha = np.maximum(alpha, region.astype(np.float32))
+        out[y:y + ph, x:x + pw] = alpha * np.clip(patch.astype(np.float32) * gain, 0, 255) + (1 - alpha) * target
+        new_mask = mask.copy()
+        new_mask[y:y + ph, x:x + pw] |= region.astype(new_mask.dtype)
+        return np.clip(out + 0.5, 0, 255).astype(np.uint8), new_mask
 
     def grid_crop(self) -> tuple[np.ndarray, np.ndarray]:
         """One of the tiles the station's tiler cuts: a random tile of a random image, or (defect-aware) a random
@@ -290,17 +425,15 @@ class TileSampler:
         if rng.random() < self.defect_fraction:
             k = self._defect_image()
             s, origins = self.samples[k], self.origins[k]
-            ys, xs = np.nonzero(s.mask)
-            j = rng.integers(len(ys))
-            inside = np.nonzero((origins[:, 0] <= ys[j]) & (ys[j] < origins[:, 0] + t)
-                                & (origins[:, 1] <= xs[j]) & (xs[j] < origins[:, 1] + t))[0]
+            py, px = self._defect_pixel(k)
+            inside = np.nonzero((origins[:, 0] <= py) & (py < origins[:, 0] + t)
+                                & (origins[:, 1] <= px) & (px < origins[:, 1] + t))[0]
             y0, x0 = origins[inside[rng.integers(len(inside))]]
         else:
             k = rng.integers(len(self.samples))
             s, origins = self.samples[k], self.origins[k]
             y0, x0 = origins[rng.integers(len(origins))]
-        image, mask = s.image[y0:y0 + t, x0:x0 + t], s.mask[y0:y0 + t, x0:x0 + t]
-        return self._augment(image, mask) if self.augment else (image.copy(), mask.copy())
+        return self._finish(s, int(y0), int(x0))
 
     def _augment(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import cv2
@@ -319,7 +452,12 @@ class TileSampler:
             image = cv2.warpAffine(image, m, (self.tile, self.tile), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
             mask = cv2.warpAffine(mask, m, (self.tile, self.tile), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT_101)
         out = image.astype(np.float32)
-        out = (out - out.mean()) * rng.uniform(0.8, 1.2) + out.mean() + rng.uniform(-20, 20)
+        if self.photometric == "exposure":  # another lighting: one gain and a gamma for the whole tile
+            gain = float(np.exp(rng.uniform(*np.log(EXPOSURE_GAIN))))
+            gamma = float(np.exp(rng.uniform(*np.log(EXPOSURE_GAMMA))))
+            out = 255.0 * (out / 255.0) ** gamma * gain
+        else:
+            out = (out - out.mean()) * rng.uniform(0.8, 1.2) + out.mean() + rng.uniform(-20, 20)
         if rng.random() < 0.2:
             out = cv2.GaussianBlur(out, (0, 0), float(rng.uniform(0.5, 1.2)))
         if rng.random() < 0.3:
@@ -371,6 +509,46 @@ class TileSampler:
         finally:
             stop.set()
             worker.join(timeout=5)
+
+
+def _edge_defect_pixels(mask: np.ndarray, border: int) -> tuple[np.ndarray, np.ndarray]:
+    """Defect pixels of a (bordered) mask that lie in the frame itself within :data:`EDGE_PX` of its edge, in the
+    bordered mask's coordinates."""
+    h, w = mask.shape[0] - 2 * border, mask.shape[1] - 2 * border
+    ys, xs = np.nonzero(mask[border:border + h, border:border + w])
+    near = np.minimum(np.minimum(ys, h - 1 - ys), np.minimum(xs, w - 1 - xs)) < EDGE_PX
+    return ys[near] + border, xs[near] + border
+
+
+def _defect_regions(samples: list[SegSample], defective: list[int], border: int, tile: int):
+    """The defect regions to paste, one list per class: ``(image patch uint8, region bool)`` for each connected
+    defect of each defective sample, cut from its frame (not its mirrored border) with 4 px of surface around it,
+    and no larger than ``tile`` (a larger defect is cut to a tile around its centre)."""
+    import cv2
+
+    by_class: dict[str, list] = {}
+    for i in defective:
+        s = samples[i]
+        h, w = s.mask.shape[0] - 2 * border, s.mask.shape[1] - 2 * border
+        frame = s.image[border:border + h, border:border + w]
+        defect = s.mask[border:border + h, border:border + w].astype(np.uint8)
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(defect, connectivity=8)
+        for c in range(1, count):
+            x, y, bw, bh, area = (int(v) for v in stats[c])
+            if area < 4:
+                continue
+            y0, x0 = max(0, y - 4), max(0, x - 4)
+            y1, x1 = min(h, y + bh + 4), min(w, x + bw + 4)
+            if y1 - y0 > tile:
+                y0 = max(0, min(h - tile, (y0 + y1) // 2 - tile // 2))
+                y1 = y0 + min(tile, h)
+            if x1 - x0 > tile:
+                x0 = max(0, min(w - tile, (x0 + x1) // 2 - tile // 2))
+                x1 = x0 + min(tile, w)
+            region = labels[y0:y1, x0:x1] == c
+            if region.any():
+                by_class.setdefault(str(s.category), []).append((frame[y0:y1, x0:x1].copy(), region))
+    return [by_class[k] for k in sorted(by_class)]
 
 
 def stratified_folds(samples: list[SegSample], folds: int, seed: int) -> list[list[int]]:

@@ -279,14 +279,20 @@ def test_engines_split_keeps_named_frames_out_of_training(tmp_path, capsys):
 
     data = make_generic_set(tmp_path / "set", n=20)
     out = tmp_path / "split.json"
-    assert main(["split", "--data", str(data), "--out", str(out), "--validation", "0.2", "--holdout", "0.2"]) == 0
+    assert main(["split", "--data", str(data), "--out", str(out), "--validation", "0.2", "--holdout", "0.2",
+                 "--group-by", "file"]) == 0
     split = json.loads(out.read_text())
+    assert split.pop("group_by") == "file"
     assert {k: len(v) for k, v in split.items()} == {"train": 12, "validation": 4, "holdout": 4}
     demo = tmp_path / "demo"
     demo.mkdir()
     cv2.imwrite(str(demo / split["train"][0]), np.zeros((8, 8), np.uint8))
-    assert main(["split", "--data", str(data), "--out", str(tmp_path / "x.json"), "--not-train", str(demo)]) == 2
+    assert main(["split", "--data", str(data), "--out", str(tmp_path / "x.json"), "--not-train", str(demo),
+                 "--group-by", "file"]) == 2
     assert "fall in the training part" in capsys.readouterr().err
+    # by part (the default), the named frame's part is dealt to validation or held-out instead
+    assert main(["split", "--data", str(data), "--out", str(tmp_path / "y.json"), "--not-train", str(demo)]) == 0
+    assert split["train"][0] not in json.loads((tmp_path / "y.json").read_text())["train"]
 
 
 @pytest.mark.slow

@@ -183,3 +183,34 @@ def test_stitcher_fed_row_by_row_in_bounded_memory_equals_untile_to_the_bit(shap
     stitcher.divide(shape[0])
     assert np.array_equal(stitcher.result(shape[0]), whole)
     assert stitcher.acc.shape[0] < max(shape[0], 4 * tile), "only the lines not divided yet are kept"
+
+
+def test_blend_window_is_symmetric_and_a_hann_bump_of_its_own_formula() -> None:
+    """Issue 26: a window shifted by half a pixel stitched every overlap off-centre and no test saw it."""
+    t = 16
+    w = blend_window(t)
+    np.testing.assert_array_equal(w, w[::-1, :])
+    np.testing.assert_array_equal(w, w[:, ::-1])
+    np.testing.assert_array_equal(w, w.T)
+    i = np.arange(t)
+    one = 1e-3 + (1 - 1e-3) * np.sin(np.pi * (i + 0.5) / t) ** 2
+    np.testing.assert_allclose(w, np.outer(one, one), rtol=1e-6)
+
+
+def test_stitch_of_different_overlapping_tiles_is_their_window_weighted_blend() -> None:
+    """Two tiles that disagree in their overlap: every pixel is sum(tile * window) / sum(window), by hand."""
+    t, overlap = 8, 4
+    plan = plan_tiles((8, 12), t, overlap)
+    assert plan.origins == ((0, 0), (0, 4))
+    rng = np.random.default_rng(5)
+    left, right = rng.random((t, t)).astype(np.float32), rng.random((t, t)).astype(np.float32)
+    out = untile(np.stack([left, right]), plan)
+    w = blend_window(t).astype(np.float64)
+    expected = np.zeros((8, 12))
+    weight = np.zeros((8, 12))
+    expected[:, 0:8] += left * w
+    weight[:, 0:8] += w
+    expected[:, 4:12] += right * w
+    weight[:, 4:12] += w
+    np.testing.assert_allclose(out, expected / weight, rtol=1e-5)
+    assert not np.allclose(out[:, 4:8], (left[:, 4:8] + right[:, 0:4]) / 2, atol=1e-3), "weighted, not averaged"

@@ -596,3 +596,17 @@ def test_a_camera_timestamp_beyond_sqlite_integers_never_costs_the_row(tmp_path:
         log.record(FrameGap(source="genicam:cam-A", kind=GapKind.LOST_IDS, first_id=3, last_id=3, count=1,
                             start_ns=1, end_ns=2))
         assert [r["camera_timestamp_ns"] for r in log.query()] == [None, 0, None]
+
+
+@pytest.mark.parametrize("is_reject", [True, False])
+def test_not_inspected_rows_carry_the_rejected_flag_the_policy_sets(tmp_path: Path, is_reject: bool) -> None:
+    """Issue 26: the fail-safe flag of NOT_INSPECTED rows had no direct test. PASS 0, FAIL 1, NOT_INSPECTED by the
+    recipe's policy (1 under the fail-safe default "reject", 0 under "exclude")."""
+    gap = NotInspected(frame_id=3, timestamp_ns=5, source="replay:test", reason=NotInspectedReason.DROPPED)
+    with RejectLog(tmp_path / "log.db", save_images=False, not_inspected_is_reject=is_reject) as ledger:
+        ledger.record(result(1, Verdict.PASS))
+        ledger.record(result(2, Verdict.FAIL))
+        ledger.record(gap)
+        rows = {r["frame_id"]: r for r in ledger.query()}
+    assert rows[1]["rejected"] == 0 and rows[2]["rejected"] == 1
+    assert rows[3]["verdict"] == "NOT_INSPECTED" and rows[3]["rejected"] == int(is_reject)
