@@ -311,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--out", required=True, help="folder for the runs, compare.json and results.md")
     cmp.add_argument("--folds", type=int, default=4, help="number of folds (default: 4, as in the paper)")
     cmp.add_argument("--only-folds", help="comma-separated fold numbers to run now (default: all)")
+    cmp.add_argument("--group-by", choices=["part", "file"], default="part",
+                     help="segmentation: part (default) keeps every view of a physical part (a tile's exposures) in "
+                          "one fold, and in one side of each fold's validation cut, as `engines split` does; file: "
+                          "each image alone")
     cmp.add_argument("--models", default="bffn,fcn,unet,deeplabv3plus,bisenet",
                      help="comma-separated models; ablations: bffn-nosam, bffn-sum, bffn-concat, bffn-nosam-sum "
                           "(default: bffn,fcn,unet,deeplabv3plus,bisenet); or classifiers on multi-label data: "

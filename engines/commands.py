@@ -492,7 +492,7 @@ def run_compare(args: argparse.Namespace) -> int:
                                backend=args.backend, threads=args.threads, bench_batch=args.bench_batch,
                                bench_seconds=args.bench_seconds,
                                only_folds=tuple(int(f) for f in args.only_folds.split(",")) if args.only_folds else (),
-                               train=train, backbone=args.backbone or "")
+                               train=train, backbone=args.backbone or "", group_by=args.group_by)
     summary = run_compare(settings, progress=not args.quiet)
     print((out / "results.md").read_text())
     print(f"figures: {out / 'compare.json'}", file=sys.stderr)

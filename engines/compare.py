@@ -25,7 +25,7 @@ from pathlib import Path
 from engines.backends.base import load_engine
 from engines.benchmark import interleaved_throughput
 from engines.data.multilabel import load_multilabel, stratified_multilabel_folds, stratified_multilabel_split
-from engines.data.segmentation import load_dataset, stratified_folds, stratified_split
+from engines.data.segmentation import load_dataset, stratified_folds, stratified_split, three_way_split
 from engines.errors import TrainingDiverged
 from engines.evaluate import DEFAULT_SWEEP, evaluate_station_verdicts, save_pr_curve
 from engines.evaluate_cls import evaluate_classifier, save_class_figure
@@ -84,6 +84,7 @@ class CompareSettings:
     bench_batch: int = 32
     bench_seconds: float = 20.0
     only_folds: tuple[int, ...] = ()  # run a subset of the folds (1-based); the table says how many it holds
+    group_by: str = "part"  # "part": every view of a physical part in one fold (engines.data.parts); "file"
     backbone: str = ""  # classifiers: GR's backbone (resnet18 for CPU work; the paper's resnet50 by default)
     train: dict = field(default_factory=dict)  # TrainSettings overrides (epochs, steps_per_epoch, optimizer, ...)
 
@@ -111,20 +112,35 @@ def run_compare(settings: CompareSettings, progress: bool = True) -> dict:
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     samples = load_dataset(settings.data)
-    folds = stratified_folds(samples, settings.folds, settings.seed)
+    parts = None
+    if settings.group_by == "part":
+        from engines.data.parts import part_ids
+
+        parts = part_ids(samples).ids
+    folds = stratified_folds(samples, settings.folds, settings.seed, parts=parts)
     fold_numbers = settings.only_folds or tuple(range(1, settings.folds + 1))
     bad = [f for f in fold_numbers if not 1 <= f <= settings.folds]
     if bad:
         raise ValueError(f"fold(s) {bad} do not exist; folds are numbered 1..{settings.folds}")
-    (out / "folds.json").write_text(json.dumps([[samples[i].name for i in f] for f in folds], indent=1))
+    named = [[samples[i].name for i in f] for f in folds]
+    folds_file = out / "folds.json"
+    if folds_file.exists() and json.loads(folds_file.read_text()) != named:
+        raise ValueError(f"{folds_file} holds other folds (an earlier run with another --group-by, --folds or "
+                         "--seed); resume it with the same options or choose a new --out")
+    folds_file.write_text(json.dumps(named, indent=1))
     rules = DecisionRules(score_threshold=settings.threshold, min_area_px=settings.min_area_px)
     results: dict[str, list[dict]] = {m: [] for m in models}
     for k in fold_numbers:
         test = [samples[i] for i in folds[k - 1]]
         rest_idx = [i for j, f in enumerate(folds) if j != k - 1 for i in f]
         rest = [samples[i] for i in rest_idx]
-        fit_idx, val_idx = stratified_split(rest, settings.validation, settings.seed + k)
-        fit, val = [rest[i] for i in fit_idx], [rest[i] for i in val_idx]
+        if parts is None:
+            fit_idx, val_idx = stratified_split(rest, settings.validation, settings.seed + k)
+            fit, val = [rest[i] for i in fit_idx], [rest[i] for i in val_idx]
+        else:  # the validation part of the training folds is cut by part too
+            inner = three_way_split(rest, settings.validation, 0.0, settings.seed + k, parts=[parts[i] for i in rest_idx])
+            chosen = set(inner["validation"])
+            fit, val = [s for s in rest if s.name not in chosen], [s for s in rest if s.name in chosen]
         for name in models:
             model, overrides = VARIANTS[name]
             run = out / f"fold{k}" / name

@@ -551,11 +551,32 @@ def _defect_regions(samples: list[SegSample], defective: list[int], border: int,
     return [by_class[k] for k in sorted(by_class)]
 
 
-def stratified_folds(samples: list[SegSample], folds: int, seed: int) -> list[list[int]]:
+def stratified_folds(samples: list[SegSample], folds: int, seed: int,
+                     parts: list[str] | None = None) -> list[list[int]]:
     """Indices of ``folds`` disjoint test folds covering every sample once, each image-level category spread
-    evenly over the folds (the paper's k-fold protocol: fold k is the test set, the rest trains)."""
+    evenly over the folds (the paper's k-fold protocol: fold k is the test set, the rest trains). With ``parts``
+    (:func:`engines.data.parts.part_ids`), whole parts are dealt: each class's parts, shuffled (seeded), each to
+    the fold holding the fewest images of that class so far, so no part is on both sides of any fold."""
     if folds < 2:
         raise ValueError(f"folds must be at least 2, got {folds}")
     if folds > len(samples):
         raise ValueError(f"cannot cut {len(samples)} images into {folds} folds")
-    return folds_by_group([s.category for s in samples], folds, seed, order=str)
+    if parts is None:
+        return folds_by_group([s.category for s in samples], folds, seed, order=str)
+    members: dict[str, list[int]] = {}
+    for i, part in enumerate(parts):
+        members.setdefault(part, []).append(i)
+    by_class: dict[str, list[str]] = {}
+    for part in sorted(members):
+        by_class.setdefault(str(samples[members[part][0]].category), []).append(part)
+    rng = random.Random(seed)
+    out: list[list[int]] = [[] for _ in range(folds)]
+    for category in sorted(by_class):
+        order = by_class[category][:]
+        rng.shuffle(order)
+        count = [0] * folds
+        for part in order:
+            k = min(range(folds), key=lambda f: (count[f], len(out[f])))
+            count[k] += len(members[part])
+            out[k] += members[part]
+    return [sorted(f) for f in out]

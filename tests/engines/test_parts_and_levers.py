@@ -329,3 +329,21 @@ def test_training_with_the_levers_records_its_input_and_the_station_prepares_fra
     assert main(["eval", "--weights", str(run), "--data", str(data), "--threads", "1", "--json", str(report)]) == 0
     records = json.loads(report.read_text())
     assert records["images"] == len(samples)
+
+
+def test_k_folds_by_part_never_put_one_part_on_both_sides():
+    from engines.data.segmentation import stratified_folds
+
+    samples = _tiles([("crack", [(e, 1000 * p + 20 * e) for e in range(1, 4)]) for p in range(8)]
+                     + [("free", [(e, 500_000 + 1000 * p + 20 * e) for e in range(1, 3)]) for p in range(12)])
+    parts = part_ids(samples).ids
+    folds = stratified_folds(samples, 4, seed=0, parts=parts)
+    assert sorted(i for f in folds for i in f) == list(range(len(samples)))
+    fold_of = {i: k for k, f in enumerate(folds) for i in f}
+    for part in set(parts):
+        assert len({fold_of[i] for i, p in enumerate(parts) if p == part}) == 1
+    crack = [sum(samples[i].category == "crack" for i in f) for f in folds]
+    assert crack == [6, 6, 6, 6], "each class's images spread evenly over the folds"
+    by_file = stratified_folds(samples, 4, seed=0)
+    split_parts = sum(len({k for k, f in enumerate(by_file) for i in f if parts[i] == part}) > 1 for part in set(parts))
+    assert split_parts > 5, "folds by file put one part's exposures in several folds"
