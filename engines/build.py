@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import shutil
 import time
@@ -211,6 +212,68 @@ def _int8_parity(engine, weights_dir: Path, settings: BuildSettings, kind: str, 
     return parity
 
 
+_WORK_FOLDER = re.compile(r"\..+\.building-(\d+)")
+
+
+def remove_stale_builds(folder: str | Path) -> list[Path]:
+    """Remove the work folders (``.NAME.building-PID``) that builds killed before they finished left in ``folder``,
+    and return them: those whose process is gone, or whose PID now belongs to a process started after the folder was
+    last written (a PID used again: a container restarted, a machine rebooted). A live build's folder is left alone.
+
+    >>> remove_stale_builds(cache_dir() / "engines")          # doctest: +SKIP
+    [PosixPath('.../.bffn-860977ab297d2382-onnxruntime-cpu-fp32-t128.building-4242')]
+    """
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        found = _WORK_FOLDER.fullmatch(path.name)
+        if found is None or not path.is_dir() or path.is_symlink() or _builder_alive(int(found.group(1)), path):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            log.info("removed %s, left by a build that was killed before it finished", path)
+            removed.append(path)
+    return removed
+
+
+def _builder_alive(pid: int, work: Path) -> bool:
+    """True when process ``pid`` runs and may own ``work`` (it started before the folder was last written)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        pass
+    except OSError:
+        return False
+    started = _process_start(pid)
+    if started is None:  # no /proc: trust the PID
+        return True
+    try:
+        written = work.stat().st_mtime
+    except OSError:
+        return False
+    return started <= written + 1.0  # 1 s of slack for clock ticks and file system time stamps
+
+
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), from ``/proc`` (Linux); None where unknown. A zombie
+    (ended, not yet reaped) counts as started now: it owns nothing any more."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (name) ": state is field 3, starttime field 22
+        if fields[0] == "Z":
+            return float("inf")
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
 def _fp16_onnx(folder: Path) -> str:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -235,6 +298,7 @@ def build(settings: BuildSettings, recipe=None, tolerances: dict[str, float] | N
     device = settings.resolved_device()
     out = Path(settings.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_builds(out.parent)  # what builds killed before they finished left here (kill -9, power cut)
     work = out.parent / f".{out.name}.building-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()

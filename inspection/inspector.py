@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -49,6 +49,9 @@ from inspection_core.tiling import TilePlan, plan_tiles, tile_image, untile
 from inspection_core.verdict import DecisionRules, decide, find_defects, incomplete_defects
 
 log = logging.getLogger(__name__)
+
+#: ``checkpoint(tiles_done, tiles_total)``, called between batches; it raises to stop the inspection.
+Checkpoint = Callable[[int, int], None]
 
 
 class FrameCalibration(Protocol):
@@ -134,8 +137,19 @@ class Inspector:
         image = self.calibration.prepare(frame)  # ProfileMismatch when the frame does not fit the profile
         return image, {"calibrate": (time.perf_counter() - t0) * 1e3}
 
-    def score_map(self, image: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
-        """The stitched float32 defect-score map of one image and the stage timings (ms)."""
+    def tile_count(self, shape: tuple[int, ...]) -> int:
+        """How many tiles the engine scores for a frame of ``shape`` (mirrored borders included); 0 without a
+        segmentation engine. Known before any work, so a line can refuse a frame it cannot afford."""
+        if self.engine is None:
+            return 0
+        b = getattr(self.engine.spec, "border", 0) or 0
+        return self.plan((int(shape[0]) + 2 * b, int(shape[1]) + 2 * b)).n_tiles
+
+    def score_map(self, image: np.ndarray, checkpoint: Checkpoint | None = None) -> tuple[np.ndarray, dict[str, float]]:
+        """The stitched float32 defect-score map of one image and the stage timings (ms). ``checkpoint(done,
+        total)`` is called before each batch with the tiles scored so far and in all; it stops the work by raising
+        (a line's stop or time limit), the exception going to the caller: a frame's inference can be cancelled
+        between batches."""
         t0 = time.perf_counter()
         spec = self.engine.spec
         prepared = add_border(prepare_image(image, spec), spec)
@@ -144,6 +158,8 @@ class Inspector:
         t1 = time.perf_counter()
         scores = np.empty((len(tiles), self.engine.tile, self.engine.tile), np.float32)
         for start in range(0, len(tiles), self.batch):
+            if checkpoint is not None:
+                checkpoint(start, len(tiles))
             chunk = tiles[start:start + self.batch]
             scores[start:start + len(chunk)] = defect_scores(self.engine.infer(chunk))
         t2 = time.perf_counter()
@@ -190,21 +206,23 @@ class Inspector:
                                 latency_ms=(done_ns - frame.timestamp_ns) / 1e6)
 
     # -- frames ---------------------------------------------------------------------------------------------
-    def inspect(self, frame: Frame) -> InspectionResult:
+    def inspect(self, frame: Frame, checkpoint: Checkpoint | None = None) -> InspectionResult:
         """The result for ``frame``. With ``streaming``, a line-scan part streamed while it arrived gets the
-        result its rows were scored for (waiting for the worker); every other frame is inspected whole here."""
+        result its rows were scored for (waiting for the worker); every other frame is inspected whole here.
+        ``checkpoint``: see :meth:`score_map` (frames inspected whole only)."""
         if self.streams is not None:
             return self.streams.inspect(frame)
-        return self.inspect_whole(frame)
+        return self.inspect_whole(frame, checkpoint)
 
-    def inspect_whole(self, frame: Frame) -> InspectionResult:
-        """``frame`` inspected at once: calibrate, score map, classifier, decision."""
+    def inspect_whole(self, frame: Frame, checkpoint: Checkpoint | None = None) -> InspectionResult:
+        """``frame`` inspected at once: calibrate, score map, classifier, decision. ``checkpoint``: see
+        :meth:`score_map`."""
         key = frame.meta.get("file", frame.frame_id) if self._scores is not None else None
         stored = self._scores.get(key) if self._scores is not None else None
         if stored is None:
             image, timings = self.calibrate(frame)
             if self.engine is not None:
-                mask, stage_ms = self.score_map(image)
+                mask, stage_ms = self.score_map(image, checkpoint)
                 timings.update(stage_ms)
             else:
                 mask = np.zeros(image.shape[:2], np.float32)

@@ -98,9 +98,13 @@ class NotInspectedReason(str, enum.Enum):
     INCOMPLETE = "incomplete"            # the camera delivered a short (zero-padded) buffer
     TOO_SMALL = "too_small"              # below the recipe's [frames] minimum size
     TOO_LARGE = "too_large"              # above the recipe's [frames] maximum size
+    IMPLAUSIBLE = "implausible"          # all black, saturated, or deep data read at the wrong bit depth
+    TOO_SLOW = "too_slow"                # more tiles than the line can afford ([frames] max_inspect_s)
     INFERENCE_ERROR = "inference_error"  # the inspector raised on this frame
+    INTERRUPTED = "interrupted"          # acquired by a run that ended without a verdict for it (kill -9, crash,
+    #                                      power cut); recorded by the next start on the same log
     STOPPED = "stopped"                  # stopped before inspection: discarded at --max-frames, at shutdown, or
-    #                                      after the drain timeout
+    #                                      after the drain timeout (also mid-inference, between batches)
 
     @property
     def text(self) -> str:
@@ -114,7 +118,10 @@ _REASON_TEXT = {
     NotInspectedReason.INCOMPLETE: "incomplete",
     NotInspectedReason.TOO_SMALL: "too small",
     NotInspectedReason.TOO_LARGE: "too large",
+    NotInspectedReason.IMPLAUSIBLE: "implausible frame",
+    NotInspectedReason.TOO_SLOW: "too slow to inspect",
     NotInspectedReason.INFERENCE_ERROR: "inference error",
+    NotInspectedReason.INTERRUPTED: "interrupted (the station ended without a verdict)",
     NotInspectedReason.STOPPED: "stopped before inspection",
 }
 
@@ -320,6 +327,9 @@ class LineStats:
     ``stage_ms``: the mean time of each stage per inspected part, in ms, in the order a frame meets them
     (:data:`STAGES`; a stage that never ran is left out). ``links``: each running integration's status by name
     (OPC UA, MQTT, metrics, fleet: ``connected``, ``lag_rows``, ``lag_seconds``... as each reports them).
+    ``unclean_end``: what this start found on its log of earlier runs that ended without closing it (killed, crashed,
+    a power cut), in words, or None; ``interrupted_parts``: the parts they left without a verdict, recorded at this
+    start as NOT_INSPECTED ``interrupted`` rows (not counted in ``acquired``: they belong to those runs).
     """
 
     acquired: int = 0
@@ -346,6 +356,8 @@ class LineStats:
     failure: str | None = None
     stage_ms: Mapping[str, float] = field(default_factory=dict)
     links: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    unclean_end: str | None = None
+    interrupted_parts: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "not_inspected_reasons", _frozen_mapping(self.not_inspected_reasons))

@@ -22,7 +22,8 @@ from station import integrations as integrations_
 from station.frameguard import FrameGuard
 from station.pipeline import DEFAULT_DRAIN_TIMEOUT_S, Line
 from station.recipe import NotInspectedPolicy, QueuePolicy, Recipe, SourceKind
-from station.rejectlog import RejectLog, check_free_space, new_run_id, probe_writable
+from station.ledgerlock import LedgerLock, check_db_path
+from station.rejectlog import RejectLog, check_free_space, new_run_id, probe_writable, recover_interrupted
 from station.sources import GenICamSource, ReplaySource
 from station.sources.linescan import build_linescan_source
 from ui.app import display_available, run_panel
@@ -97,12 +98,38 @@ def calibration_status(recipe: Recipe, inspector) -> tuple[str, bool]:
 
 def build_line(recipe: Recipe, max_frames: int | None = None, feed: ResultFeed | None = None, on_result=None, *,
                run_id: str | None = None, drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> Line:
-    """The line a recipe describes. The ledger is checked first (free space; an existing log must be writable), so
-    a station that could not record anything refuses to start before loading any model
-    (:class:`~station.errors.LedgerError`); nothing is created when the station refuses to start."""
+    """The line a recipe describes. The ledger is checked first, so a station that could not record anything refuses
+    to start before loading any model: a folder given as the log (:class:`~station.errors.RejectLogError`, bad
+    input), free space, another station writing the same log (its lock, :mod:`station.ledgerlock`:
+    :class:`~station.errors.LedgerInUseError`, bad input), an existing log that cannot be written
+    (:class:`~station.errors.LedgerError`); nothing but the lock file beside the log is created when the station
+    refuses to start. The lock is held until the log closes. Then the parts an earlier run left without a verdict (a
+    kill -9, a crash) get their NOT_INSPECTED ``interrupted`` rows (:mod:`station.journal`, ``unclean_end`` of the
+    stats), and the line journals every part it acquires."""
     db = Path(recipe.log.db)
+    check_db_path(db)
     check_free_space(db.parent, recipe.station.min_free_mb)
-    probe_writable(db)
+    run_id = run_id or new_run_id()
+    lock = LedgerLock(db).acquire(run_id, recipe.station.id)
+    line = None
+    try:
+        probe_writable(db)
+        unclean = recover_interrupted(db, run_id)  # the parts a killed run left without a verdict
+        line = _assemble_line(recipe, db, max_frames, feed, on_result, run_id, drain_timeout_s)
+        line.reject_log.lock = lock  # released when the log closes
+        line.reject_log.unclean_end = unclean
+        line.reject_log.start_run()
+    except BaseException:
+        if line is not None:
+            line.reject_log.close()
+        lock.release()
+        raise
+    return line
+
+
+def _assemble_line(recipe: Recipe, db: Path, max_frames: int | None, feed: ResultFeed | None, on_result,
+                   run_id: str, drain_timeout_s: float) -> Line:
+    """:func:`build_line` once the ledger is checked and locked: the source, the inspector, the log and the line."""
     source = build_source(recipe)
     # line-scan parts: tile rows are inspected while the part arrives (the inspector listens to the source)
     inspector = build_inspector(recipe, streaming=line_scan(recipe))
@@ -156,6 +183,9 @@ class RunSummary:
     signal: int | None = None  # the signal that stopped the run (SIGINT, SIGTERM, SIGHUP), if any
     stop_reason: str | None = None
     extra: dict = field(default_factory=dict)
+    #: earlier runs on this log that ended without closing it, and the parts recorded ``interrupted`` at this start
+    #: (:meth:`station.journal.UncleanEnd.to_dict`); None when the previous run ended cleanly
+    unclean_end: dict | None = None
 
     def to_dict(self) -> dict:
         s, h = self.stats, self.stats.source
@@ -175,7 +205,8 @@ class RunSummary:
             "camera_state": h.state.value, "line_state": s.state.value, "engine_id": self.engine_id,
             "source": self.source, "db": self.db, "failure": self.failure, "calibration": self.calibration,
             "signal": None if self.signal is None else signal.Signals(self.signal).name,
-            "stop_reason": self.stop_reason, "stage_ms": dict(s.stage_ms), **self.extra,
+            "stop_reason": self.stop_reason, "stage_ms": dict(s.stage_ms), "unclean_end": self.unclean_end,
+            **self.extra,
         }
 
     def text(self) -> str:
@@ -199,6 +230,8 @@ class RunSummary:
             f"  reject log: {d['db']}: {d['recorded']} row(s) recorded" + (f", {d['refused']} REFUSED" if d["refused"]
                                                                            else ""),
         ]
+        if d.get("max_frames"):
+            lines.insert(3, max_frames_note(d))
         if "int8_guard_rescored" in d:
             lines.append(f"  int8 guard: {100 * d['int8_guard_rescored']:.1f} % of tiles came near the threshold and "
                          "were scored again in fp32")
@@ -209,7 +242,29 @@ class RunSummary:
                          "drained")
         if self.failure:
             lines.append(f"  the line stopped on an error: {self.failure}")
+        if self.unclean_end:
+            lines.append(f"  UNCLEAN END before this run: {self.unclean_end['message']}")
         return "\n".join(lines)
+
+
+def max_frames_note(d: dict) -> str:
+    """The summary's line on ``--max-frames N`` (``d``: :meth:`RunSummary.to_dict`): the source delivers N parts,
+    and what became of those that were not inspected is said plainly."""
+    n, acquired, inspected = d["max_frames"], d["acquired"], d["inspected"]
+    if d["signal"] or d["failure"]:
+        delivered = f"the run was stopped after {acquired} of {n} part(s)"
+    elif acquired < n:
+        delivered = f"the source ended after {acquired} of {n} part(s)"
+    else:
+        delivered = f"the source stopped after delivering {n} part(s)"
+    not_inspected = acquired - inspected
+    if not not_inspected:
+        return f"  --max-frames {n}: {delivered}; all inspected"
+    reasons = ", ".join(f"{k} {v}" for k, v in d["not_inspected_reasons"].items())
+    counted = ("count as rejects, so the yield is over all of them" if d["not_inspected_counts_as"] == "reject"
+               else "are left out of the yield")
+    return (f"  --max-frames {n}: {delivered}; {inspected} inspected, {not_inspected} not inspected ({reasons}): "
+            f"they {counted}")
 
 
 class StopSignals:
@@ -316,6 +371,8 @@ def run_station(recipe: Recipe, headless: bool, max_frames: int | None, as_json:
             log.info("no display here: running headless (pass --headless to say so)")
         stats = run_headless(line, signals=signals)
     extra = {"integrations": integrations_.close_all(active)} if wanted else {}
+    if max_frames is not None:  # the summary says what became of the N parts (max_frames_note)
+        extra["max_frames"] = max_frames
     engine = line.inspector.engine  # None: the classifier alone judges
     share = engine.guard_share() if engine is not None else None
     if share is not None:  # an int8 engine with its guard: how much of the work went to the fp32 graph
@@ -323,6 +380,8 @@ def run_station(recipe: Recipe, headless: bool, max_frames: int | None, as_json:
     summary = RunSummary(stats, time.monotonic() - started, str(Path(recipe.log.db)), line.inspector.engine_id,
                          line.source.name, None if line.failure is None else str(line.failure), calibration[0],
                          station_id=recipe.station.id, run_id=run_id, signal=signals.received,
-                         stop_reason=line.stop_reason, extra=extra)
+                         stop_reason=line.stop_reason, extra=extra,
+                         unclean_end=None if line.reject_log.unclean_end is None else
+                         line.reject_log.unclean_end.to_dict())
     print(json.dumps(summary.to_dict(), indent=2) if as_json else summary.text(), flush=True)
     return summary

@@ -14,7 +14,8 @@ Exit codes of `station run` and `station demo`:
   0    done (the source ended, or --max-frames was reached)
   1    the line stopped on an error: the reject log cannot be written (disk full, read-only, I/O error, locked),
        free space below [station] min_free_mb (at start or while running), or a stage failed
-  2    bad usage or input (missing file or folder, bad recipe)
+  2    bad usage or input (missing file or folder, bad recipe, a folder given as --db, another station already
+       writing the same reject log), said before any model is loaded
   130  stopped by SIGINT (Ctrl-C), after draining the queues
   143  stopped by SIGTERM (systemctl stop, docker stop), after draining the queues
   129  stopped by SIGHUP (the terminal closed), after draining the queues
@@ -114,7 +115,10 @@ def _add_run_arguments(p: argparse.ArgumentParser, recipe_default: str) -> None:
     p.add_argument("--fps", type=float, help="replay: frames per second (0 = as fast as the line takes them)")
     p.add_argument("--no-loop", action="store_true", help="replay: stop after the last file")
     p.add_argument("--headless", action="store_true", help="no panel: a live progress line and a final summary")
-    p.add_argument("--max-frames", type=int, help="stop after inspecting this many frames")
+    p.add_argument("--max-frames", type=int, metavar="N",
+                   help="inspect N parts: the source stops after delivering N frames and the line ends when they are "
+                        "settled; the summary says what became of any not inspected (dropped by a paced source's "
+                        "queue, implausible...)")
     p.add_argument("--db", help="reject log SQLite file (default: the recipe's [log] db)")
     p.add_argument("--backend", choices=["onnxruntime", "torch", "torch-cuda", "tensorrt"],
                    help="inference backend (default: the recipe's; onnxruntime runs everywhere)")
@@ -123,9 +127,9 @@ def _add_run_arguments(p: argparse.ArgumentParser, recipe_default: str) -> None:
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.add_argument("--drain-timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT_S, metavar="S",
                    help="after a stop (Ctrl-C, SIGTERM, SIGHUP, --max-frames, the window closed) keep inspecting "
-                        "queued frames for at most S seconds (default %(default)g); the frame being inspected then "
-                        "is finished, frames still queued get NOT_INSPECTED rows ('stopped'). A second signal stops "
-                        "draining at once")
+                        "queued frames for at most S seconds (default %(default)g); then the frame being inspected "
+                        "is cancelled between two batches and it and the frames still queued get NOT_INSPECTED rows "
+                        "('stopped'). A second signal stops draining at once")
     links = p.add_argument_group("integrations (docs/INTEGRATION.md); each also a recipe table, off by default")
     links.add_argument("--opcua", metavar="opc.tcp://HOST:PORT",
                        help="serve OPC UA for Machine Vision at this endpoint ([opcua] endpoint)")

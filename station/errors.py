@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from inspection_core.errors import TilingError
 
-__all__ = ["CameraLostError", "DiskSpaceError", "LedgerError", "RecipeError", "RejectLogError", "SourceError",
-           "StationError", "TilingError"]
+__all__ = ["CameraLostError", "DiskSpaceError", "EvidenceError", "LedgerError", "LedgerInUseError", "RecipeError",
+           "RejectLogError", "SourceError", "StationError", "TilingError"]
 
 
 class StationError(Exception):
@@ -40,3 +40,18 @@ class LedgerError(RejectLogError):
 
 class DiskSpaceError(LedgerError):
     """Free space where the ledger lives is below the recipe's ``[station] min_free_mb``."""
+
+
+class EvidenceError(LedgerError):
+    """A FAIL part's row is committed, but its evidence (the reject image and its overlay) could not be written: a
+    full disk, a read-only or missing folder. The row's ``detail`` names the error; ``row`` is the committed row.
+    The line stops on it as on a row that cannot be written."""
+
+    def __init__(self, message: str, row: dict | None = None) -> None:
+        super().__init__(message)
+        self.row = row
+
+
+class LedgerInUseError(RejectLogError):
+    """Another ``station run`` holds the reject log (its lock file beside it): two stations must never write one log.
+    Bad input (exit status 2), not a failure of the line."""

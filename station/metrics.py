@@ -12,6 +12,9 @@ Read from the line when Prometheus scrapes:
 
 - ``station_frames_acquired_total``, ``station_frames_dropped_total``, ``station_frames_lost_total``;
 - ``station_camera_up`` (1 while the source is connected), ``station_line_state{state=...}`` (1 for the current);
+- ``station_unclean_end`` (1 when this start found that an earlier run on its reject log ended without closing it,
+  killed or crashed, or left parts without a verdict) and ``station_interrupted_parts_total`` (those parts, recorded
+  NOT_INSPECTED ``interrupted`` at this start; :mod:`station.journal`);
 - ``station_integration_lag_rows{integration=...}`` / ``..._lag_seconds``: how far each other integration that
   reports a lag (MQTT, the fleet forwarder) is behind the log;
 - ``station_info``: station id, run id, engine id, recipe (product and fingerprint) and source.
@@ -148,6 +151,10 @@ class _LineCollector:
             yield CounterMetricFamily(f"station_frames_{name}", text, value=value)
         yield GaugeMetricFamily("station_camera_up", "1 while the source is connected, else 0",
                                 value=int(stats.source.state is CameraState.CONNECTED))
+        yield GaugeMetricFamily("station_unclean_end", "1 when an earlier run on this reject log ended without closing "
+                                "it (killed, crashed) or left parts without a verdict", value=int(bool(stats.unclean_end)))
+        yield CounterMetricFamily("station_interrupted_parts", "Parts earlier runs left without a verdict, recorded "
+                                  "NOT_INSPECTED (interrupted) at this start", value=stats.interrupted_parts)
         state = GaugeMetricFamily("station_line_state", "1 for the line's current state", labels=["state"])
         for each in LineState:
             state.add_metric([each.value], int(stats.state is each))

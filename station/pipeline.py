@@ -8,14 +8,16 @@
 Every frame the source delivers becomes exactly one ledger entry: an :class:`InspectionResult` (PASS / FAIL) or a
 :class:`NotInspected` with its reason: dropped by the drop-oldest queue (made on the acquisition thread the moment
 it is dropped), unreadable or lost (reported by the source itself, with :class:`FrameGap` for lost frames), too
-small / too large / incomplete (the frame guards), an inference error, or stopped before inspection (discarded at
-``max_frames``, or still queued when the drain timeout ran out). All entries go down the results queue to the
+small / too large / incomplete / implausible / too slow (the frame guards; an implausible frame is NOT_INSPECTED,
+FAIL or only noted as ``[frames] implausible`` says), an inference error, or stopped (still queued, or still being
+inspected, when the drain timeout ran out). All entries go down the results queue to the
 logging thread, the only writer of the ledger.
 
-Stopping (Ctrl-C, SIGTERM, SIGHUP, the window's close, or ``max_frames`` reached) stops the source first, then
-inspects what is queued for at most the drain timeout (the frame being inspected when it runs out is finished),
-gives what is left NOT_INSPECTED rows, and closes the ledger. When a row cannot be written (disk full, read-only
-file, I/O error, database locked beyond its timeout), the line stops at once in the ERROR state: the source stops,
+Stopping (Ctrl-C, SIGTERM, SIGHUP, the window's close) stops the source first, then inspects what is queued for
+at most the drain timeout (the frame being inspected when it runs out is cancelled between two batches), gives
+what is left NOT_INSPECTED rows, and closes the ledger. When a row cannot be written (disk full, read-only
+file, I/O error, database locked beyond its timeout), nor a FAIL's reject image (its row, committed, says so), nor
+the in-flight journal of acquired parts (:mod:`station.journal`), the line stops at once in the ERROR state: the source stops,
 nothing more is inspected, and every entry still queued is refused and named in the failure message. Below the
 free-space threshold the line stops cleanly (what is queued is still inspected and recorded), also in ERROR.
 """
@@ -35,15 +37,25 @@ from inspection.feed import ResultFeed
 from inspection_core.errors import InspectionCoreError
 from inspection_core.records import (STAGES, CameraState, Frame, FrameGap, InspectionResult, LineState, LineStats,
                                      NotInspected, NotInspectedReason, SourceHealth, Verdict)
-from station.errors import LedgerError, StationError
-from station.frameguard import FrameGuard, implausible
-from station.recipe import QueuePolicy
+from station.errors import EvidenceError, LedgerError, StationError
+from station.frameguard import FrameGuard, implausible_failure
+from station.recipe import ImplausiblePolicy, QueuePolicy
 from station.rejectlog import check_free_space
 
 log = logging.getLogger(__name__)
 _END = object()  # end-of-stream marker passed down the queues
 DISK_CHECK_S = 1.0  # how often the logging thread looks at the free space
 DEFAULT_DRAIN_TIMEOUT_S = 10.0
+TILE_TIME_WEIGHT = 0.3  # weight of the newest frame in the measured time per tile (an exponential average)
+
+
+class _NotInspectedNow(Exception):
+    """Raised by the inference thread's checkpoint between two batches: the frame's inference stops and it gets
+    ``entry``, its NOT_INSPECTED record (``stopped`` at the drain timeout, ``too_slow`` on its first batch)."""
+
+    def __init__(self, entry: NotInspected) -> None:
+        super().__init__(entry.detail)
+        self.entry = entry
 
 
 class BoundedQueue:
@@ -137,9 +149,11 @@ class Line:
     """Runs a source through an inspector into the part ledger (a :class:`~station.rejectlog.RejectLog`) on three
     threads; see the module docstring for what becomes of every frame.
 
-    ``max_frames`` stops the line after that many frames were inspected (frames still waiting get NOT_INSPECTED
-    rows, reason ``stopped``). ``guard`` checks frame sizes before inspection (default: :class:`FrameGuard`'s
-    limits). ``drain_timeout_s`` bounds how long :meth:`stop` keeps inspecting queued frames. ``min_free_mb``: the
+    ``max_frames`` is N parts: the source stops after delivering that many frames (a dropping queue may still drop
+    some of them; each has its row), and the line ends when they are settled. ``guard`` checks frame sizes,
+    plausibility and the time a frame's tiles would take before inspection (default: :class:`FrameGuard`'s
+    limits). ``drain_timeout_s`` bounds how long :meth:`stop` keeps inspecting queued frames; the frame being
+    inspected when it runs out is cancelled between two batches (``stopped``). ``min_free_mb``: the
     line stops cleanly when free space where the ledger lives falls below it (0: never). ``not_inspected_is_reject``
     is how parts not inspected count in the counters (the ledger's rows say it too). ``on_result`` is called on the
     logging thread after each inspected part's row is committed. ``listeners`` (:mod:`station.integrations`) get
@@ -168,6 +182,7 @@ class Line:
         self.counters = _Counters()
         self._stop = threading.Event()
         self._drain_deadline: float | None = None
+        self._tile_s: float | None = None  # seconds per tile measured on this line (inference thread)
         self._ledger_failed = threading.Event()
         self._threads: list[threading.Thread] = []
         self._started = 0.0
@@ -271,6 +286,21 @@ class Line:
             self.counters.first_frame_ns = self.counters.first_frame_ns or timestamp_ns
             self.counters.last_frame_ns = timestamp_ns
 
+    def _journal(self, frame: Frame) -> None:
+        """Note an acquired part in the ledger's in-flight journal (:mod:`station.journal`); when that cannot be
+        written the line stops as on a row that cannot be (the part then gets a ``stopped`` entry, refused)."""
+        note = getattr(self.reject_log, "note_acquired", None)
+        if note is None or self._ledger_failed.is_set():
+            return
+        try:
+            note(frame)
+        except Exception as exc:  # noqa: BLE001 - any failure to write the ledger stops the line
+            error = exc if isinstance(exc, LedgerError) else LedgerError(
+                f"cannot write to the reject log: {type(exc).__name__}: {exc}")
+            self._ledger_failed.set()
+            log.error("the line stops: %s", error)
+            self.stop("the reject log cannot be written", error=error, drain_timeout_s=0.0)
+
     def _emit(self, entry: NotInspected | FrameGap, note: str | None = None) -> None:
         """Count an entry that is not an inspection and send it to the ledger."""
         with self.counters.lock:
@@ -296,14 +326,15 @@ class Line:
                                        "the frames queue was full: the line inspects slower than the source delivers"))
 
     def _acquire(self) -> None:
-        # With back-pressure no frame is ever dropped, so ``max_frames`` frames are exactly enough; a dropping
-        # queue keeps acquiring until the inference thread has inspected ``max_frames`` and stops the line.
-        enough = self.max_frames if self.frames.policy is QueuePolicy.BLOCK else None
+        # ``max_frames`` means N parts: the source stops after delivering N frames, whatever the queue policy, so
+        # nothing beyond N is dropped or stopped (a dropping queue may still drop some of the N: they have rows).
+        enough = self.max_frames
         queued = 0
         try:
             with self.source:
                 for frame in self.source:
                     self._count_acquired(frame.timestamp_ns)
+                    self._journal(frame)  # on record before it is queued: a kill -9 leaves no unmarked hole
                     if self._stop.is_set():  # delivered after the stop: it still gets its row
                         self._emit(NotInspected.of(frame, NotInspectedReason.STOPPED, self._stopped_detail()))
                         break
@@ -339,28 +370,77 @@ class Line:
                 if refused is not None:
                     self._emit(refused)
                     continue
-                warning = implausible(frame.image)
-                if warning:
+                warning = self.guard.implausible(frame)
+                if warning:  # a frame the station cannot judge never passes, unless the recipe says "warn"
                     with self.counters.lock:
                         self.counters.warnings += 1
                         first = self.counters.warnings == 1
                     (log.warning if first else log.debug)("frame %s from %s: %s", frame.frame_id, frame.source,
                                                           warning)
+                    if self.guard.on_implausible is ImplausiblePolicy.NOT_INSPECTED:
+                        self._emit(NotInspected.of(frame, NotInspectedReason.IMPLAUSIBLE, warning))
+                        continue
+                    if self.guard.on_implausible is ImplausiblePolicy.FAIL:
+                        self._deliver(implausible_failure(frame, warning, self.inspector.engine_id), warning,
+                                      time.monotonic_ns())
+                        continue
+                tiles = 0 if "part" in frame.meta else self.inspector.tile_count(frame.image.shape)
+                refused = self.guard.too_slow(frame, tiles, self._tile_s) if tiles else None
+                if refused is not None:  # refused before any inference: the line cannot afford its tiles
+                    self._emit(refused, warning)
+                    continue
                 started_ns = time.monotonic_ns()
                 try:
-                    result = self.inspector.inspect(frame)
+                    result = self.inspector.inspect(frame, checkpoint=self._checkpoint(frame))
+                except _NotInspectedNow as stopped:  # cancelled between two batches
+                    log.warning("frame %s from %s not inspected: %s", frame.frame_id, frame.source, stopped)
+                    self._emit(stopped.entry, warning)
+                    continue
                 except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the line
                     log.error("frame %s from %s could not be inspected: %s", frame.frame_id, frame.source, exc)
                     self._emit(NotInspected.of(frame, NotInspectedReason.INFERENCE_ERROR,
                                                f"{type(exc).__name__}: {exc}"), warning)
                     continue
-                self.counters.add(result, max(0.0, (started_ns - frame.timestamp_ns) / 1e6))
-                self.feed.publish(result)
-                self.results.put((result, warning))
-                if self.max_frames is not None and self.counters.inspected >= self.max_frames:
-                    self.stop(f"--max-frames {self.max_frames} reached")
+                if tiles and "total" in result.timings:  # what a tile costs this line, for the next frames
+                    tile_s = result.timings["total"] / 1e3 / tiles
+                    self._tile_s = tile_s if self._tile_s is None else (
+                        TILE_TIME_WEIGHT * tile_s + (1 - TILE_TIME_WEIGHT) * self._tile_s)
+                self._deliver(result, warning, started_ns)
         finally:
             self.results.put(_END, force=True)
+
+    def _deliver(self, result: InspectionResult, note: str | None, started_ns: int) -> None:
+        """Count a result, show it on the panel and send it to the ledger (inference thread)."""
+        self.counters.add(result, max(0.0, (started_ns - result.frame.timestamp_ns) / 1e6))
+        self.feed.publish(result)
+        self.results.put((result, note))
+        if self.max_frames is not None and self.counters.inspected >= self.max_frames:
+            self.stop(f"--max-frames {self.max_frames} reached")
+
+    def _checkpoint(self, frame: Frame) -> Callable[[int, int], None]:
+        """The inspector's checkpoint for ``frame`` (called between batches): it cancels the inference when the
+        drain timeout has run out (``stopped``: a stop is bounded whatever the frame) and, while no time per tile
+        is known yet, refuses the frame after its first batch when the rest would exceed ``max_inspect_s``
+        (``too_slow``)."""
+        first_batch: list[float] = []
+        judge_speed = self.guard.max_inspect_s > 0 and self.guard.tile_ms is None and self._tile_s is None
+
+        def checkpoint(done: int, total: int) -> None:
+            now = time.monotonic()
+            deadline = self._drain_deadline
+            if deadline is not None and now > deadline:
+                why = ("the ledger failed" if self._ledger_failed.is_set() else
+                       f"the drain timeout ran out ({self.stop_reason or 'stop requested'})")
+                raise _NotInspectedNow(NotInspected.of(
+                    frame, NotInspectedReason.STOPPED, f"inference cancelled after {done} of {total} tiles: {why}"))
+            if judge_speed and done == 0:
+                first_batch.append(now)
+            elif judge_speed and len(first_batch) == 1:
+                first_batch.append(now)  # judged once, on the first batch
+                refused = self.guard.too_slow(frame, total, (now - first_batch[0]) / done, measured=False)
+                if refused is not None:
+                    raise _NotInspectedNow(refused)
+        return checkpoint
 
     def _record(self) -> None:
         ledger = self.reject_log
@@ -377,6 +457,11 @@ class Line:
                 t0 = time.perf_counter()
                 try:
                     row = ledger.record_row(entry, note) if ledger is not None else None
+                except EvidenceError as exc:  # the row is committed (it says so), its reject images are not
+                    row = exc.row
+                    self._ledger_failed.set()
+                    log.error("the line stops: %s", exc)
+                    self.stop("a reject image cannot be written", error=exc, drain_timeout_s=0.0)
                 except Exception as exc:  # noqa: BLE001 - any failure to record stops the line
                     error = exc if isinstance(exc, LedgerError) else LedgerError(
                         f"cannot write to the reject log: {type(exc).__name__}: {exc}")
@@ -464,6 +549,7 @@ class Line:
                 links[getattr(listener, "name", type(listener).__name__)] = dict(listener.status())
             except Exception as exc:  # noqa: BLE001 - a status that cannot be read is shown as such
                 links[getattr(listener, "name", type(listener).__name__)] = {"error": f"{type(exc).__name__}: {exc}"}
+        unclean = getattr(self.reject_log, "unclean_end", None)  # what this start found of earlier runs
         try:
             health = self.source.health()
         except Exception:  # noqa: BLE001 - a source that cannot report is shown as unknown, not fatal
@@ -481,4 +567,6 @@ class Line:
             recorded=recorded, refused=refused, warnings=warnings,
             not_inspected_is_reject=self.not_inspected_is_reject, state=self.state,
             failure=None if self.failure is None else str(self.failure), stage_ms=stage_ms, links=links,
+            unclean_end=None if unclean is None else unclean.text(),
+            interrupted_parts=0 if unclean is None else unclean.interrupted,
         )

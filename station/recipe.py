@@ -206,18 +206,37 @@ class StationConfig:
     not_inspected: NotInspectedPolicy = NotInspectedPolicy.REJECT
 
 
+class ImplausiblePolicy(str, enum.Enum):
+    """What becomes of a frame the station cannot judge (all black, saturated, deep data read at the wrong bit
+    depth): NOT_INSPECTED with reason ``implausible`` (fail-safe, the default), a FAIL without inference, or
+    inspected with a warning in its row (``warn``: it may PASS)."""
+
+    NOT_INSPECTED = "not_inspected"
+    FAIL = "fail"
+    WARN = "warn"
+
+
+#: Seconds of inspection a frame may cost by default ([frames] max_inspect_s): the line stalls for no more.
+DEFAULT_MAX_INSPECT_S = 30.0
+
+
 @dataclass(frozen=True)
 class FramesConfig:
     """The ``[frames]`` table: image guards applied before any tiling. A frame outside ``min_*`` .. ``max_*``
     (pixels) is not inspected (its ledger row says why). ``bit_depth`` is the number of significant bits of
     16-bit images (replayed files; a camera's pixel format says it for itself): they are scaled to 8 bits by
-    it, never truncated."""
+    it, never truncated. ``implausible`` says what becomes of frames the station cannot judge
+    (:class:`ImplausiblePolicy`). ``max_inspect_s``: a frame whose tiles would take longer than this (tiles x
+    ``tile_ms``, else the time per tile measured on this line) is not inspected (``too_slow``); 0: no limit."""
 
     min_width: int = 32
     min_height: int = 32
     max_width: int = 16384
     max_height: int = 65536
     bit_depth: int = 16
+    implausible: ImplausiblePolicy = ImplausiblePolicy.NOT_INSPECTED
+    max_inspect_s: float = DEFAULT_MAX_INSPECT_S
+    tile_ms: float | None = None  # None: measured while the line runs
 
 
 @dataclass(frozen=True)
@@ -642,6 +661,11 @@ def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
         max_height=t.get("max_height", 65536, check_int(min_height), f"an integer >= min_height ({min_height})"),
         bit_depth=t.get("bit_depth", 16, check_int(8, 16), "an integer from 8 to 16 (significant bits of 16-bit images, "
                                                      "e.g. 12)"),
+        implausible=t.get("implausible", ImplausiblePolicy.NOT_INSPECTED, *_enum(ImplausiblePolicy)),
+        max_inspect_s=t.get("max_inspect_s", DEFAULT_MAX_INSPECT_S, check_float(0.0),
+                            "a number of seconds >= 0 (0 = no limit), e.g. 30"),
+        tile_ms=t.get("tile_ms", None, check_float(0.0, above=True),
+                      "a number of milliseconds per tile > 0 (leave it out to measure it on the line)"),
     )
     t.finish()
 

@@ -10,7 +10,7 @@ Rows, by ``verdict``:
 - ``PASS`` / ``FAIL``: an inspected part (:class:`~inspection_core.records.InspectionResult`);
 - ``NOT_INSPECTED``: a part the source delivered but the line could not inspect
   (:class:`~inspection_core.records.NotInspected`); ``reason`` says why (``dropped``, ``unreadable``, ``incomplete``,
-  ``too_small``, ``too_large``, ``inference_error``, ``stopped``) and ``detail`` says more;
+  ``too_small``, ``too_large``, ``inference_error``, ``stopped``, ``interrupted``...) and ``detail`` says more;
 - ``GAP``: frames the source lost (:class:`~inspection_core.records.FrameGap`): ids ``frame_id .. last_frame_id``,
   ``frame_count`` of them (an estimate for a camera outage, ``reason = "outage"``; ``"lost_ids"`` for skipped ids),
   between ``timestamp_ns`` and ``end_timestamp_ns``.
@@ -25,7 +25,13 @@ The database is in WAL mode, so an operator can export or query while the line w
 transaction with ``synchronous=FULL``. The image of every FAIL part is saved beside it as
 ``<db stem>_images/<YYYY-MM-DD>/<HHMMSSmmm>_<frame_id>.png`` (UTC) with ``..._overlay.png`` beside it (the defect
 mask in red, each defect boxed); ``image_path`` and ``overlay_path`` are relative to the database's folder, so the
-two can be moved together. Files are created with the process's umask, like any other file.
+two can be moved together. Files are created with the process's umask, like any other file. When a FAIL's images
+cannot be written (a full disk...), its row is still committed, its ``detail`` names the error, and
+:meth:`RejectLog.record_row` raises :class:`~station.errors.EvidenceError` (carrying the row): the line stops.
+
+Beside ``inspections`` the file keeps the runs that wrote it and the in-flight journal of parts acquired and not yet
+recorded (:mod:`station.journal`): what lets the next start give the parts a killed run left without a verdict their
+NOT_INSPECTED ``interrupted`` rows.
 
 ``labels_json`` holds the classifier stage's labels: a JSON list of class names (``[]`` without a classifier), or,
 when the stage ran on patches, ``{"labels": [...], "patches": [...]}``; :func:`decode_labels` reads both.
@@ -50,6 +56,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import sqlite3
 import tempfile
 import threading
@@ -61,8 +68,9 @@ from typing import Any, Union
 import cv2
 import numpy as np
 
-from inspection_core.records import FrameGap, InspectionResult, NotInspected, Verdict
-from station.errors import DiskSpaceError, LedgerError, RejectLogError
+from inspection_core.records import Frame, FrameGap, InspectionResult, NotInspected, Verdict
+from station import journal
+from station.errors import DiskSpaceError, EvidenceError, LedgerError, RejectLogError
 from ui.overlay import overlay_mask
 
 log = logging.getLogger(__name__)
@@ -265,6 +273,7 @@ def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
             conn.execute(_TABLE.format(name="inspections"))
         for statement in filter(str.strip, _INDEXES.split(";")):
             conn.execute(statement)
+        journal.create_tables(conn)  # the runs and the in-flight journal (station.journal), beside the rows
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -370,6 +379,38 @@ def _why(exc: sqlite3.Error, busy_timeout_s: float) -> str:
     return type(exc).__name__
 
 
+def recover_interrupted(db_path: str | Path, run_id: str | None,
+                        busy_timeout_s: float = 10.0) -> journal.UncleanEnd | None:
+    """At a start, holding the log's lock (:mod:`station.ledgerlock`), before any model loads: give the parts earlier
+    runs left without a verdict (a kill -9, a crash, a power cut) their NOT_INSPECTED ``interrupted`` rows and report
+    the unclean end (:func:`station.journal.recover`), in one transaction: a kill during it leaves the journal as it
+    was. None when there is nothing to report, no file yet, or a file :class:`RejectLog` will upgrade or refuse
+    (it says what is wrong). Raises :class:`LedgerError` when the rows cannot be written."""
+    path = Path(db_path)
+    if not path.is_file():
+        return None
+    conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_s)
+    try:
+        try:
+            if int(conn.execute("PRAGMA user_version").fetchone()[0]) != SCHEMA_VERSION:
+                return None
+        except sqlite3.DatabaseError:  # not an SQLite file: RejectLog says so
+            return None
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("BEGIN IMMEDIATE")
+        found = journal.recover(conn, run_id, format_utc(_utc_now()))
+        conn.execute("COMMIT")
+        return found
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise LedgerError(f"cannot write the reject log {path} (recording the parts an earlier run left without a "
+                          f"verdict): {_why(exc, busy_timeout_s)} ({exc}); free disk space, make the file writable or "
+                          "stop the program holding it, then start the station again") from None
+    finally:
+        conn.close()
+
+
 def probe_writable(db_path: str | Path, busy_timeout_s: float = 10.0) -> None:
     """Raise :class:`LedgerError` now when an existing log cannot be written (read-only file or folder, locked):
     a write that is rolled back, so nothing changes, and nothing is created when there is no file yet."""
@@ -400,7 +441,9 @@ class RejectLog:
 
     ``recipe``, ``calibration``, ``station_id``, ``run_id`` and ``engine_id`` (for rows of parts not inspected) are
     written on every row; ``not_inspected_is_reject`` sets ``rejected`` of NOT_INSPECTED rows; ``mask_threshold``
-    is the score the overlay images paint from. Any failure to write a row raises :class:`LedgerError`.
+    is the score the overlay images paint from. Any failure to write a row raises :class:`LedgerError`; a FAIL
+    whose images cannot be written raises :class:`EvidenceError` once its row (which says so) is committed.
+    :meth:`start_run` opens the run's in-flight journal (:meth:`note_acquired`; :mod:`station.journal`).
     """
 
     def __init__(self, db_path: str | Path, save_images: bool = True, recipe: str | None = None,
@@ -415,8 +458,17 @@ class RejectLog:
         self.mask_threshold = mask_threshold
         self.busy_timeout_s = busy_timeout_s
         self.images_dir = self.db_path.parent / f"{self.db_path.stem}_images"
-        self.image_errors = 0  # frames whose PNG could not be written (the row is still logged)
+        self.image_errors = 0  # frames whose PNG could not be written (the row is still logged, and says so)
         self._lock = threading.Lock()
+        self._journal: sqlite3.Connection | None = None  # the in-flight journal's connection, from start_run()
+        self._journal_lock = threading.Lock()
+        # held around each write transaction (a row, a journal entry), not while images are written: the journal's
+        # writer waits for at most the commit in progress instead of polling SQLite's busy handler, which can miss
+        # the gaps between back-to-back row commits for hundreds of milliseconds
+        self._write_gate = threading.Lock()
+        self._run_open = False
+        self.lock: Any = None  # a LedgerLock held for this log (station.ledgerlock): released by close()
+        self.unclean_end: journal.UncleanEnd | None = None  # what this start found of earlier runs (build_line)
         try:
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False,
@@ -476,31 +528,53 @@ class RejectLog:
         with self._lock:
             conn = self._connection()
             now = _utc_now()
-            row = self._row(entry, now, note)
+            lost: list[OSError] = []
+            row = self._row(entry, now, note, lost)
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                cursor = conn.execute(f"INSERT INTO inspections ({', '.join(row)}) "
-                                      f"VALUES ({', '.join('?' * len(row))})", list(row.values()))
-                conn.execute("COMMIT")
+                with self._write_gate:
+                    try:
+                        conn.execute("BEGIN IMMEDIATE")
+                        cursor = conn.execute(f"INSERT INTO inspections ({', '.join(row)}) "
+                                              f"VALUES ({', '.join('?' * len(row))})", list(row.values()))
+                        if self._journal is not None and not isinstance(entry, FrameGap):  # the part has its row
+                            conn.execute(journal.JOURNAL_FORGET, (self.run_id, row["frame_id"]))
+                        conn.execute("COMMIT")
+                    except sqlite3.Error:
+                        try:
+                            if conn.in_transaction:
+                                conn.execute("ROLLBACK")
+                        except sqlite3.Error:
+                            pass
+                        raise
             except sqlite3.Error as exc:
-                try:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
                 raise LedgerError(f"cannot write to the reject log {self.db_path}: {_why(exc, self.busy_timeout_s)} "
                                   f"({exc}); free disk space, make the file writable or stop the program locking "
                                   "it, then start the station again") from None
-            return {"id": int(cursor.lastrowid), **{c: row.get(c) for c in COLUMNS if c != "id"}}
+            committed = {"id": int(cursor.lastrowid), **{c: row.get(c) for c in COLUMNS if c != "id"}}
+            if lost:  # the row says so; the line stops as on any write error (docs/RELIABILITY.md, issue 26)
+                raise EvidenceError(f"the reject image of FAIL frame {row['frame_id']} could not be written "
+                                    f"({lost[0].strerror or lost[0]}: {lost[0].filename or self.images_dir}); its row "
+                                    f"{committed['id']} is recorded without the image and says so. Free disk space "
+                                    f"where the images go ({self.images_dir}) or make that folder writable, then "
+                                    "start the station again", committed)
+            return committed
 
-    def _row(self, entry: LedgerEntry, now: datetime, note: str | None) -> dict[str, Any]:
+    def _row(self, entry: LedgerEntry, now: datetime, note: str | None,
+             lost: list[OSError] | None = None) -> dict[str, Any]:
+        """The row of ``entry``; a FAIL's images are written here. When they cannot be, ``detail`` names the error,
+        and a write error (not an image OpenCV cannot encode) is appended to ``lost``."""
         common = {"time_utc": format_utc(now), "recipe": self.recipe, "calibration": self.calibration,
                   "station_id": self.station_id, "run_id": self.run_id, "detail": note or None}
         if isinstance(entry, InspectionResult):
             frame = entry.frame
             image_path = overlay_path = None
             if entry.verdict is Verdict.FAIL and self.save_images:
-                image_path, overlay_path = self._save_images(entry, now)
+                image_path, overlay_path, error = self._save_images(entry, now)
+                if error is not None:
+                    if isinstance(error, OSError) and lost is not None:
+                        lost.append(error)
+                    why = f"{type(error).__name__}: {error}"
+                    common["detail"] = "; ".join(t for t in (note, f"reject image not saved ({why})") if t)
             return {**common, "timestamp_ns": int(frame.timestamp_ns), "source": frame.source,
                     "camera_timestamp_ns": _camera_ns(frame),
                     "frame_id": int(frame.frame_id), "file": frame.file, "verdict": Verdict(entry.verdict).value,
@@ -525,12 +599,14 @@ class RejectLog:
                     "last_frame_id": int(entry.last_id), "end_timestamp_ns": int(entry.end_ns), "rejected": None}
         raise TypeError(f"a ledger entry is an InspectionResult, NotInspected or FrameGap, not {type(entry).__name__}")
 
-    def _save_images(self, result: InspectionResult, now: datetime) -> tuple[str | None, str | None]:
-        """The raw image and its overlay (mask and boxes) as PNGs; ``(None, None)`` when they cannot be written
-        (counted in ``image_errors``; the row is still logged)."""
+    def _save_images(self, result: InspectionResult,
+                     now: datetime) -> tuple[str | None, str | None, Exception | None]:
+        """The raw image and its overlay (mask and boxes) as PNGs, and None; ``(None, None, error)`` when they cannot
+        be written (counted in ``image_errors``; the row is still logged, and names the error)."""
         frame = result.frame
         folder = self.images_dir / now.strftime("%Y-%m-%d")
         stem = f"{now.strftime('%H%M%S')}{now.microsecond // 1000:03d}_{frame.frame_id}"
+        overlay = None
         try:
             folder.mkdir(parents=True, exist_ok=True)
             ok, encoded = cv2.imencode(".png", _to_png_layout(frame.image))
@@ -539,7 +615,6 @@ class RejectLog:
             final, n = folder / f"{stem}.png", 1
             while final.exists():
                 final, n = folder / f"{stem}-{n}.png", n + 1
-            overlay = None
             try:
                 drawn = overlay_mask(frame.image, result.mask, self.mask_threshold, result.defects)
                 ok, encoded_overlay = cv2.imencode(".png", cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
@@ -551,12 +626,62 @@ class RejectLog:
             write_atomically(final, encoded.tobytes())
         except (OSError, ValueError, cv2.error) as exc:
             self.image_errors += 1
-            log.warning("reject image of frame %s not saved (%s); the inspection is still logged", frame.frame_id,
-                        exc)
-            return None, None
+            if overlay is not None:  # no row will name it without its raw image
+                overlay.unlink(missing_ok=True)
+            log.error("reject image of frame %s not saved (%s); the inspection is still logged", frame.frame_id,
+                      exc)
+            return None, None, exc
         relative = self.db_path.parent
         return (final.relative_to(relative).as_posix(),
-                None if overlay is None else overlay.relative_to(relative).as_posix())
+                None if overlay is None else overlay.relative_to(relative).as_posix(), None)
+
+    # -- the run and its in-flight journal (station.journal) ---------------------------------------------------
+    def start_run(self, pid: int | None = None) -> None:
+        """Record this run in ``station_runs`` (PID, host, start) and open the in-flight journal: from here on
+        :meth:`note_acquired` keeps every acquired part on record until its row commits, and :meth:`close` marks the
+        run's clean end. A run found without one at the next start ended uncleanly (:func:`station.journal.recover`).
+        """
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(journal.RUN_BEGIN, (self.run_id, self.station_id, pid or os.getpid(),
+                                                 socket.gethostname(), format_utc(_utc_now())))
+                conn.execute("COMMIT")
+                # The journal's own connection: the acquisition thread waits at most for the row commit in progress
+                # (the write gate), never for a FAIL's images. synchronous=NORMAL: no fsync per entry; a kill keeps
+                # it (it is in the OS's cache when the INSERT returns), the next row's commit (FULL) fsyncs the WAL.
+                entries = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False,
+                                          timeout=self.busy_timeout_s)
+                entries.execute("PRAGMA synchronous=NORMAL")
+                entries.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints stay with the row writer, off this thread
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise LedgerError(f"cannot write the reject log {self.db_path}: {_why(exc, self.busy_timeout_s)} "
+                                  f"({exc}); free disk space or make the file writable, then start the station "
+                                  "again") from None
+            self._journal, self._run_open = entries, True
+
+    def note_acquired(self, frame: Frame) -> None:
+        """Journal an acquired part before it is queued for inspection (the acquisition thread); its entry is deleted
+        in the transaction that commits its row. No-op before :meth:`start_run`. Raises :class:`LedgerError` when the
+        entry cannot be written: the line stops, as on a row."""
+        if self._journal is None:
+            return
+        values = (self.run_id, self.station_id, int(frame.frame_id), frame.source, frame.file,
+                  int(frame.timestamp_ns), _camera_ns(frame), format_utc(_utc_now()), self.recipe, self.calibration,
+                  self.engine_id)
+        with self._journal_lock, self._write_gate:
+            entries = self._journal  # read again under the lock: close() may have closed it meanwhile
+            if entries is None:
+                return
+            try:
+                entries.execute(journal.JOURNAL_INSERT, values)
+            except sqlite3.Error as exc:
+                raise LedgerError(f"cannot write to the reject log {self.db_path} (the in-flight journal): "
+                                  f"{_why(exc, self.busy_timeout_s)} ({exc}); free disk space, make the file "
+                                  "writable or stop the program locking it, then start the station again") from None
 
     # -- reading ---------------------------------------------------------------------------------------------
     def query(self, since: str | datetime | None = None, until: str | datetime | None = None,
@@ -570,13 +695,26 @@ class RejectLog:
         with self._lock:
             if self._conn is None:
                 return
+            with self._journal_lock:
+                entries, self._journal = self._journal, None
+                if entries is not None:
+                    entries.close()
             try:
+                if self._run_open:  # a clean end: the next start finds nothing to recover
+                    self._run_open = False
+                    try:
+                        self._conn.execute(journal.RUN_END, (format_utc(_utc_now()), self.run_id))
+                    except sqlite3.Error as exc:  # the next start reports this run as an unclean end
+                        log.warning("reject log: the run's end could not be recorded: %s", exc)
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as exc:  # a reader holding the WAL, or a full disk: checkpointed next time
                 log.warning("reject log checkpoint skipped: %s", exc)
             finally:
                 self._conn.close()
                 self._conn = None
+                lock, self.lock = self.lock, None
+                if lock is not None:
+                    lock.release()
 
 
 def open_readonly(db_path: Path) -> sqlite3.Connection:

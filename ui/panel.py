@@ -539,8 +539,8 @@ class StationPanel(QMainWindow):
         error.setVisible(bool(message))
 
     def _show_line_state(self, stats: LineStats) -> None:
-        """The banner above the verdict: hidden while the line runs, amber while it drains, red with the reason and
-        what to do when it stopped on an error."""
+        """The banner above the verdict: hidden while the line runs (amber when this start found that the previous
+        run ended uncleanly), amber while it drains, red with the reason and what to do when it stopped on an error."""
         label = self.line_state_label
         if stats.state is LineState.ERROR:
             text = f"LINE STOPPED ON AN ERROR: {stats.failure or 'see the log'}"
@@ -551,6 +551,8 @@ class StationPanel(QMainWindow):
             text, colour = "Stopping: inspecting and recording the queued frames…", AMBER
         elif stats.state is LineState.STOPPED:
             text, colour = "Line stopped", GREY
+        elif stats.unclean_end:  # found at this start: the previous run was killed or crashed (station.journal)
+            text, colour = f"Unclean end before this run: {stats.unclean_end}", AMBER
         else:
             label.setVisible(False)
             return

@@ -18,7 +18,7 @@ from inspection_core import imageio
 from inspection_core.errors import ImageReadError
 from inspection_core.records import Frame, NotInspected, NotInspectedReason
 from station.errors import SourceError
-from station.frameguard import beyond_depth, to_8bit
+from station.frameguard import beyond_depth, depth_hint, to_8bit
 from station.sources.base import FrameSource
 
 logger = logging.getLogger(__name__)
@@ -61,11 +61,18 @@ def list_images(paths: PathLike | Sequence[PathLike], pattern: str | None = None
 
 
 def read_image(path: Path, grey: bool, bit_depth: int = 16) -> np.ndarray:
+    """:func:`read_deep_image` without the depth hint."""
+    return read_deep_image(path, grey, bit_depth)[0]
+
+
+def read_deep_image(path: Path, grey: bool, bit_depth: int = 16) -> tuple[np.ndarray, str | None]:
     """Decode one image as uint8 grey ``(H, W)`` or RGB ``(H, W, 3)`` with the station's one reader
     (:func:`inspection_core.imageio.read_image`, safe for non-ASCII paths); raises ``OSError`` for a file that cannot
     be read and ``ValueError`` with a reason (``"empty file"``, ``"not a decodable image ..."``) for one that is not
     an image. A 16-bit file is read at its depth and scaled to 8 bits by ``bit_depth``, its significant bits
     (:func:`station.frameguard.to_8bit`: 12-bit data in a 16-bit PNG is shifted by 4, not read near-black).
+    The second item is what a 16-bit file's values say of its real depth when ``bit_depth`` is too large for
+    them (:func:`station.frameguard.depth_hint`), else None.
     """
     try:
         image = imageio.read_image(path, imageio.ImageMode.GREY if grey else imageio.ImageMode.COLOUR,
@@ -78,17 +85,18 @@ def read_image(path: Path, grey: bool, bit_depth: int = 16) -> np.ndarray:
         if beyond_depth(image, bit_depth):
             logger.warning("%s holds values above %d bits (max %d): they saturate; set [frames] bit_depth to the "
                            "camera's real bit depth", path.name, bit_depth, int(image.max()))
-        return to_8bit(image, bit_depth)
+        return to_8bit(image, bit_depth), depth_hint(int(image.max(initial=0)), bit_depth)
     if image.dtype != np.uint8:  # 32-bit float TIFFs and the like: scaled by their own range
         image = np.ascontiguousarray(cv2.convertScaleAbs(image, alpha=255.0 / max(float(image.max()), 1.0)))
-    return image
+    return image, None
 
 
 class ReplaySource(FrameSource):
     """Image files as frames, optionally looped and paced to a frame rate.
 
     ``frame_id`` counts parts from 1 over the life of the source (a file is a part each time it is shown); ``meta``
-    is ``{"file", "path"}``. Colour frames are RGB (like the camera's); 16-bit files are scaled by ``bit_depth``.
+    is ``{"file", "path"}``, plus ``"depth_hint"`` for a 16-bit file whose values say ``bit_depth`` is too large
+    (:func:`read_deep_image`; the frame guards then refuse it as implausible). Colour frames are RGB (like the camera's); 16-bit files are scaled by ``bit_depth``.
     An unreadable file is a part that cannot be inspected: it takes its frame id and its place in the pace, is
     reported to the ledger as NOT_INSPECTED (``unreadable``, with the reason) each time its turn comes, logged once
     and counted in ``health().skipped_files``; it never ends the replay. Pacing keeps an absolute schedule (no
@@ -123,6 +131,7 @@ class ReplaySource(FrameSource):
         self.grey = grey
         self.bit_depth = int(bit_depth)
         self._bad: dict[Path, str] = {}
+        self._hints: dict[Path, str] = {}  # files whose values say bit_depth is too large for them
         self._next_id = 1
         self._trigger = threading.Condition()
         self._triggered = bool(triggered)
@@ -205,7 +214,8 @@ class ReplaySource(FrameSource):
                     frame_id=frame_id,
                     timestamp_ns=time.monotonic_ns(),
                     source=self.name,
-                    meta={"file": path.name, "path": str(path)},
+                    meta={"file": path.name, "path": str(path),
+                          **({"depth_hint": self._hints[path]} if path in self._hints else {})},
                 )
             if shown == 0:
                 message = (f"none of the {len(self._files)} files in {self.name} could be read; "
@@ -217,7 +227,7 @@ class ReplaySource(FrameSource):
 
     def _read(self, path: Path) -> np.ndarray | None:
         try:
-            return read_image(path, self.grey, self.bit_depth)
+            image, hint = read_deep_image(path, self.grey, self.bit_depth)
         except (OSError, ValueError, cv2.error) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             logger.warning("skipping %s: %s (a NOT_INSPECTED part each time its turn comes)", path, reason)
@@ -225,3 +235,8 @@ class ReplaySource(FrameSource):
             self._count("skipped_files")
             self._set_error(f"skipped {path.name}: {reason}")
             return None
+        if hint is None:
+            self._hints.pop(path, None)
+        else:
+            self._hints[path] = hint
+        return image

@@ -347,3 +347,40 @@ def test_k_folds_by_part_never_put_one_part_on_both_sides():
     by_file = stratified_folds(samples, 4, seed=0)
     split_parts = sum(len({k for k, f in enumerate(by_file) for i in f if parts[i] == part}) > 1 for part in set(parts))
     assert split_parts > 5, "folds by file put one part's exposures in several folds"
+
+
+def test_the_lever_table_puts_accept_reports_side_by_side(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "lever_table", Path(__file__).resolve().parents[2] / "benchmarks" / "lever_table.py")
+    lever_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lever_table)
+
+    def report(f1, found_dark, paired=None):
+        rows = {"1": {"defective": 4, "found": found_dark, "clean": 10, "false_alarms": 0,
+                      "recall": found_dark / 4, "false_alarm_rate": 0.0},
+                "6": {"defective": 4, "found": 4, "clean": 10, "false_alarms": 2, "recall": 1.0,
+                      "false_alarm_rate": 0.2}}
+        out = {"rule": {"threshold": 0.9, "min_area_px": 30}, "validation": {"f1": 0.8, "fp_fn": 5},
+               "holdout": {"precision": 0.9, "recall": 0.8, "f1": f1, "fp": 2, "tn": 18, "false_alarms": 0.1,
+                           "pixel_iou": 0.5, "by_exposure": rows,
+                           "edge_recall": {"True": {"found": 1, "defective": 3}, "False": {"found": 4, "defective": 5}},
+                           "class_recall": {"break": {"found": 1, "images": 3}}}}
+        if paired:
+            out["reference"] = {"paired": paired}
+        return out
+
+    for name, body in (("ref", report(0.81, 1)), ("lever", report(0.9, 3, {"fixed": 4, "broken": 1, "p_value": 0.375}))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "acceptance.json").write_text(json.dumps(body))
+    out = tmp_path / "table.md"
+    assert lever_table.main([str(tmp_path / "ref"), str(tmp_path / "lever"), "--labels", "ref,lever", "--out", str(out),
+                             "--json", str(tmp_path / "t.json")]) == 0
+    text = out.read_text()
+    assert "| ref | 0.9 / 30 px | 0.8 (5) | 0.9 / 0.8 / **0.81** | 2 of 20 (10.0%) |" in text
+    assert "+4 / -1, p = 0.375" in text and "| lever | 3/4, 0/10 | 4/4, 2/10 |" in text
+    figures = json.loads((tmp_path / "t.json").read_text())
+    assert figures["ref"]["recall_spread"] == 0.75 and figures["lever"]["edge_recall"] == "1/3"
+    assert lever_table.main([str(tmp_path / "nowhere")]) == 2

@@ -60,7 +60,7 @@ def test_listen_takes_ipv4_ipv6_and_any_port():
 
 def test_the_parts_counters_equal_the_ledger_rows_of_a_run(recipe, inspector, tmp_path):
     db = tmp_path / "log.db"
-    line = make_line(inspector, db, max_frames=3)
+    line = make_line(inspector, db, max_frames=60)  # 60 parts at 30 frames/s: 2 s of camera, most dropped
     metrics = metrics_server(recipe, db)
     mqtt = publisher(recipe, db, free_port(), flush_timeout_s=0.2)  # no broker: its lag grows with every row
     assert start_all([metrics, mqtt], line) == [metrics, mqtt]
@@ -81,10 +81,12 @@ def test_the_parts_counters_equal_the_ledger_rows_of_a_run(recipe, inspector, tm
         assert sum(by_verdict.values()) == stats.acquired == got[("station_frames_acquired_total", ())]
         assert got[("station_frames_dropped_total", ())] == stats.dropped > 0
         assert got[("station_frames_lost_total", ())] == 0 and got[("station_gap_rows_total", ())] == 0
-        assert got[("station_stage_seconds_count", (("stage", "total"),))] == stats.inspected == 3
-        assert got[("station_stage_seconds_count", (("stage", "infer"),))] == 3
-        assert got[("station_inference_seconds_count", ())] == 3 and got[("station_inference_seconds_sum", ())] > 0
-        assert got[("station_latency_seconds_count", ())] == 3
+        assert got[("station_stage_seconds_count", (("stage", "total"),))] == stats.inspected >= 1
+        assert got[("station_stage_seconds_count", (("stage", "infer"),))] == stats.inspected
+        assert got[("station_inference_seconds_count", ())] == stats.inspected
+        assert got[("station_inference_seconds_sum", ())] > 0
+        assert got[("station_latency_seconds_count", ())] == stats.inspected
+        assert stats.acquired == 60, "--max-frames is N parts delivered (issue 26)"
         assert got[("station_line_state", (("state", "stopped"),))] == 1.0
         assert got[("station_integration_lag_rows", (("integration", "mqtt"),))] == stats.recorded
         assert got[("station_integration_lag_seconds", (("integration", "mqtt"),))] >= 0

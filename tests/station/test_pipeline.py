@@ -84,24 +84,25 @@ def test_line_records_exactly_max_frames_rows(inspector, tmp_path):
 
 def test_a_replay_faster_than_the_line_gets_exactly_one_row_per_acquired_frame(inspector, tmp_path):
     """The part ledger's promise: 200 frames/s into an engine far slower than that drops frames, and every frame
-    the source delivered still has exactly one row; the summary's counts add up."""
+    the source delivered still has exactly one row; the summary's counts add up. ``max_frames`` is N parts: the
+    source stops after delivering 8, some of which the queue dropped (issue 26: nothing beyond N)."""
     db = tmp_path / "log.db"
     source = ReplaySource(SAMPLES, loop=True, pattern="*.jpg", fps=200.0)
     line = Line(source, inspector, RejectLog(db, run_id="r"), frames_queue=2, frames_policy=QueuePolicy.DROP_OLDEST,
-                max_frames=3)
+                max_frames=8)
     stats = line.run()
     logged = rows(db)
-    assert stats.inspected == 3 and stats.dropped > 0
+    assert stats.acquired == 8 and stats.dropped > 0 and stats.inspected + stats.dropped == 8
     assert len(logged) == stats.acquired == stats.recorded, "one row per acquired frame, no more, no less"
     assert stats.acquired == stats.passed + stats.failed + stats.not_inspected
     assert sorted(r[0] for r in logged) == list(range(1, stats.acquired + 1)), "every frame id exactly once"
     verdicts = collections.Counter(r[2] for r in logged)
-    assert verdicts["PASS"] + verdicts["FAIL"] == 3 and verdicts["NOT_INSPECTED"] == stats.not_inspected
+    assert verdicts["PASS"] + verdicts["FAIL"] == stats.inspected and verdicts["NOT_INSPECTED"] == stats.not_inspected
     with sqlite3.connect(db) as con:
         reasons = dict(con.execute("SELECT reason, COUNT(*) FROM inspections WHERE verdict = 'NOT_INSPECTED' "
                                    "GROUP BY reason").fetchall())
     assert reasons == dict(stats.not_inspected_reasons) and reasons["dropped"] == stats.dropped
-    assert set(reasons) <= {"dropped", "stopped"}
+    assert set(reasons) == {"dropped"}, "the source stops at N parts: none is stopped"
     assert stats.rejects == stats.failed + stats.not_inspected  # fail-safe: not inspected counts as a reject
     assert stats.yield_pct == pytest.approx(100 * stats.passed / stats.acquired)
 
@@ -200,15 +201,18 @@ def test_a_ledger_locked_beyond_its_timeout_stops_the_line_and_names_what_it_ref
     assert stats.acquired <= stats.recorded + stats.refused  # nothing acquired slipped through uncounted
 
 
-def test_a_pass_row_notes_an_implausible_black_frame(inspector, tmp_path):
+def test_an_implausible_black_frame_is_not_inspected_and_its_row_says_why(inspector, tmp_path):
+    """Issue 26: a frame the station cannot judge never passes (it was a PASS row with the warning)."""
     folder = tmp_path / "black"
     folder.mkdir()
     cv2.imwrite(str(folder / "cap.png"), np.zeros((64, 64), np.uint8))
     db = tmp_path / "black.db"
     stats = Line(ReplaySource(folder), inspector, RejectLog(db), frames_policy=QueuePolicy.BLOCK).run()
     with sqlite3.connect(db) as con:
-        (detail,) = con.execute("SELECT detail FROM inspections").fetchone()
+        verdict, reason, detail, rejected = con.execute("SELECT verdict, reason, detail, rejected FROM inspections"
+                                                        ).fetchone()
     assert stats.warnings == 1 and detail.startswith("implausible frame: all black")
+    assert (verdict, reason, rejected) == ("NOT_INSPECTED", "implausible", 1) and stats.passed == 0
 
 
 def test_the_bounded_queue_hands_dropped_items_to_its_callback():
@@ -296,3 +300,36 @@ def test_free_space_falling_below_the_threshold_stops_the_line_cleanly(inspector
     stats = line.stats()
     assert stats.state.value == "error" and "min_free_mb" in stats.failure and stats.refused == 0
     assert len(rows(db)) == stats.acquired == stats.recorded
+
+
+def test_stop_with_drain_time_inspects_the_frames_still_queued(inspector, tmp_path):
+    """Issue 26: ``Line.stop`` ignoring its drain timeout passed every test. With frames queued at the stop and
+    time to drain, each of them is inspected: no row says the drain timeout ran out."""
+    db = tmp_path / "drain.db"
+    line = Line(ReplaySource(SAMPLES, loop=True, pattern="*.jpg"), inspector, RejectLog(db),
+                frames_queue=4, frames_policy=QueuePolicy.BLOCK, drain_timeout_s=120.0)
+    line.start()
+    deadline = time.monotonic() + 60
+    while line.stats().inspected < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    line.stop("test")
+    assert line.join(timeout=120)
+    stats = line.stats()
+    assert len(rows(db)) == stats.acquired == stats.passed + stats.failed + stats.not_inspected
+    with sqlite3.connect(db) as con:
+        ran_out = con.execute("SELECT COUNT(*) FROM inspections WHERE detail LIKE '%drain timeout%'").fetchone()[0]
+    assert ran_out == 0 and stats.inspected >= 4, stats  # the first, and the queue of 4 drained
+
+
+def test_the_first_stop_signal_drains_with_the_lines_timeout_and_a_second_cuts_it_short():
+    """Issue 26: the first SIGTERM/SIGINT/SIGHUP stopping with a drain timeout of 0 passed every test."""
+    import signal
+
+    from station.app import StopSignals
+
+    calls = []
+    signals = StopSignals(lambda reason, **kw: calls.append((reason, kw.get("drain_timeout_s"))))
+    signals.handle(signal.SIGTERM)
+    signals.handle(signal.SIGHUP)
+    assert calls == [("SIGTERM received", None), ("SIGHUP received again", 0.0)]
+    assert signals.received == signal.SIGTERM and signals.count == 2

@@ -24,7 +24,7 @@ import pytest
 from inspection_core.records import (Defect, Frame, FrameGap, GapKind, InspectionResult, NotInspected,
                                      NotInspectedReason, Verdict)
 from station import rejectlog
-from station.errors import LedgerError, RejectLogError
+from station.errors import EvidenceError, LedgerError, RejectLogError
 from station.export import add_export_arguments, export, run_export
 from station.rejectlog import SCHEMA_VERSION, RejectLog, parse_time
 
@@ -113,12 +113,16 @@ def test_fail_saves_readable_png_and_pass_saves_none(tmp_path: Path, clock: list
     assert not (tmp_path / "noimg_images").exists()
 
 
-def test_unwritable_image_still_logs_the_row(tmp_path: Path) -> None:
+def test_unwritable_image_still_logs_the_row_says_so_and_raises(tmp_path: Path) -> None:
+    """The row is committed and names the error; the write error is raised (the line stops on it, issue 26)."""
     with RejectLog(tmp_path / "r.db") as log:
         (tmp_path / "r_images").write_text("a file where the folder should be")
-        row_id = log.record(result(1, Verdict.FAIL))
+        with pytest.raises(EvidenceError, match="could not be written") as raised:
+            log.record(result(1, Verdict.FAIL))
         assert log.image_errors == 1
-        assert log.query()[0]["id"] == row_id and log.query()[0]["image_path"] is None
+        (row,) = log.query()
+        assert row["id"] == raised.value.row["id"] and row["image_path"] is None
+        assert "reject image not saved (NotADirectoryError" in row["detail"]
 
 
 def test_reopen_appends_and_closed_log_refuses(tmp_path: Path) -> None:
