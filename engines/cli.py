@@ -85,7 +85,9 @@ def _judging_options(parser: argparse.ArgumentParser) -> None:
     """How `engines eval` and `engines accept` run the station's inspection: backend, threads, tiling, batch."""
     parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"])
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (default: 32)")
+    parser.add_argument("--overlap", type=int,
+                        help="tile overlap in pixels (default: the overlap of the rule `engines accept` wrote into "
+                             "the weights' config.json, else 32)")
     parser.add_argument("--batch", type=int, default=32)
 
 
@@ -249,12 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
                          "the rule with the best image-level F1 (best_rule); learn rules on --split-part "
                          "validation, then report held-out once with them")
     _judging_options(ev)
-    ev.add_argument("--threshold", type=float, default=0.5,
-                    help="defect score threshold (default: 0.5; classifiers: a label is present above it)")
+    ev.add_argument("--threshold", type=float,
+                    help="defect score threshold (default: the rule `engines accept` learned and wrote into the "
+                         "weights' config.json, so eval judges as a station running them; without one 0.5; "
+                         "classifiers: a label is present above it, default 0.5)")
     ev.add_argument("--mode", choices=SCORING_MODES, default="batch",
                     help="GR: relate each patch to its batch (the patches of one part) or to the stored reference "
                          "bank (each patch alone, deterministic); both are scored and their agreement reported")
-    ev.add_argument("--min-area", type=int, default=30, help="smallest defect area in pixels (default: 30)")
+    ev.add_argument("--min-area", type=int,
+                    help="smallest defect area in pixels (default: the weights' learned rule, else 30)")
     ev.add_argument("--json", help="also write the report, with every image's verdict and the threshold sweep, to "
                                    "this file (and the precision-recall curve beside it, FILE.pr.png)")
     ev.add_argument("--curve", help="write the image-level precision-recall curve (classifiers: the per-class "
@@ -287,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--learn-min-areas", metavar="A,B,...",
                      help="minimum areas (px) the rule is learned over, with every threshold of the sweep "
                           "(default: 10,20,30,50,80,120,200)")
+    acc.add_argument("--keep-config", action="store_true",
+                     help="do not write the learned rule into the weights' config.json (by default it is written "
+                          "there, key \"judging\", so `engines eval` and other tools judge with it)")
     acc.add_argument("--goal-f1", type=float, default=0.95, help="held-out image-level F1 at least (default: 0.95)")
     acc.add_argument("--goal-false-alarms", type=float, default=0.03,
                      help="held-out defect-free images judged FAIL, at most this share (default: 0.03)")

@@ -313,7 +313,7 @@ def _judge_segmentation(weights: str, samples, args: argparse.Namespace, thresho
     rule_sweep = metrics.pop("rule_sweep", None)
     report = {"weights": str(weights), "engine_id": engine.engine_id, "data": str(args.data),
               "images": len(samples), "threshold": threshold, "min_area_px": min_area, "overlap": args.overlap,
-              **metrics}
+              **({"rule_from": args.rule_from} if getattr(args, "rule_from", None) else {}), **metrics}
     # where the errors are: recall and false alarms per lighting, recall at the image edge and inside it
     for key, name in (("exposure", "by_exposure"), ("at_edge", "edge_recall")):
         table = breakdown(records, key)
@@ -327,6 +327,35 @@ def _write_report(path, report: dict, sweep: list, rule_sweep, records: list) ->
                                       "images_detail": records}, indent=2) + "\n")
 
 
+def _resolve_rule(args: argparse.Namespace, bundle) -> None:
+    """Fill ``args.threshold``, ``args.min_area`` and ``args.overlap`` that the user left out: from the rule
+    ``engines accept`` wrote into the weights' config.json, else the defaults (0.5, 30, 32); ``args.rule_from``
+    says where the rule came from, and it is printed."""
+    learned = bundle.judging_rule() or {}
+    given = [name for name in ("threshold", "min_area", "overlap") if getattr(args, name, None) is not None]
+    taken = []
+    for name, key, default in (("threshold", "threshold", 0.5), ("min_area", "min_area_px", 30),
+                               ("overlap", "overlap", 32)):
+        if getattr(args, name, None) is not None:
+            continue
+        if key in learned:
+            setattr(args, name, type(default)(learned[key]))
+            taken.append(name)
+        else:
+            setattr(args, name, default)
+    if taken:
+        args.rule_from = (f"{bundle.path / 'config.json'}, learned by engines accept on "
+                          f"{learned.get('learned_on', 'a validation part')}"
+                          + (f"; {', '.join('--' + n.replace('_', '-') for n in given)} from the command line"
+                             if given else ""))
+    elif given:
+        args.rule_from = "the command line and the defaults"
+    else:
+        args.rule_from = "the defaults: the weights carry no learned rule (engines accept writes one)"
+    print(f"rule: score >= {args.threshold}, min area {args.min_area} px, overlap {args.overlap} px "
+          f"(from {args.rule_from})", file=sys.stderr)
+
+
 def _min_areas(text: str | None) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()] if text else []
 
@@ -336,8 +365,10 @@ def run_eval(args: argparse.Namespace) -> int:
     from engines.evaluate import save_pr_curve
     from engines.weights import resolve_weights
 
-    if model_spec(resolve_weights(args.weights).model).task is Task.CLASSIFICATION:
+    bundle = resolve_weights(args.weights)
+    if model_spec(bundle.model).task is Task.CLASSIFICATION:
         return _eval_classifier(args)
+    _resolve_rule(args, bundle)
     samples = load_dataset(args.data)
     if args.split:
         samples = _split_part(samples, args.split, args.split_part, args.data)
@@ -375,6 +406,8 @@ def run_accept(args: argparse.Namespace) -> int:
         if model_spec(resolve_weights(weights).model).task is Task.CLASSIFICATION:
             raise ValueError(f"{weights} is a classifier; `engines accept` judges segmentation networks "
                              f"(classifiers: `engines eval`, `calibration thresholds`)")
+    if args.overlap is None:
+        args.overlap = 32
     samples = load_dataset(args.data)
     validation = _split_part(samples, args.split, "validation", args.data)
     holdout = _split_part(samples, args.split, "holdout", args.data)
@@ -416,6 +449,17 @@ def run_accept(args: argparse.Namespace) -> int:
                   exposure_spread=args.goal_exposure_spread)
     summary["goals"] = held_out_goals(report, records, goals)
     summary["accepted"] = ok = ok and all(g["met"] for g in summary["goals"])
+    if not args.keep_config:  # the rule travels with the weights: eval and the other tools judge with it
+        from datetime import datetime, timezone
+
+        from engines.weights import write_judging_rule
+
+        written = write_judging_rule(resolve_weights(args.weights), {
+            "threshold": rule["threshold"], "min_area_px": rule["min_area_px"], "overlap": args.overlap,
+            "learned_on": f"{args.split} validation ({len(validation)} images of {args.data})",
+            "validation_f1": rule["f1"], "holdout_f1": report["f1"], "accepted": ok,
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
+        summary["rule_written_to"] = str(written)
     (out / "acceptance.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     for g in summary["goals"]:

@@ -6,6 +6,7 @@ folder is found by path.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,29 @@ class WeightsBundle:
 
     def input_spec(self):
         return InputSpec(**self.input)
+
+    def judging_rule(self) -> dict[str, Any] | None:
+        """The decision rule ``engines accept`` learned for these weights and wrote beside them (``threshold``,
+        ``min_area_px``, ``overlap`` and where it was learned), or ``None``."""
+        config = json.loads((self.path / CONFIG_FILE).read_text())
+        rule = config.get(JUDGING_KEY)
+        return dict(rule) if isinstance(rule, dict) else None
+
+
+#: config.json's key for the rule learned by `engines accept` (issue 27: the rule travels with the weights).
+JUDGING_KEY = "judging"
+
+
+def write_judging_rule(bundle: WeightsBundle, rule: dict[str, Any]) -> Path:
+    """Write ``rule`` into the weights' ``config.json`` (key :data:`JUDGING_KEY`), replacing the file atomically;
+    the weights file is untouched, so engines built from them stay valid."""
+    path = bundle.path / CONFIG_FILE
+    config = json.loads(path.read_text())
+    config[JUDGING_KEY] = rule
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(config, indent=2) + "\n")
+    temporary.replace(path)
+    return path
 
 
 def resolve_weights(name_or_path: str | Path) -> WeightsBundle:

@@ -3,6 +3,7 @@ checked on held-out records."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -77,7 +78,16 @@ def _split(tmp_path, data):
     return split
 
 
-def test_accept_judges_held_out_once_with_the_rule_validation_taught(untrained_bffn, tmp_path):
+@pytest.fixture
+def own_bffn(untrained_bffn, tmp_path):
+    """A copy of the untrained BFFN that `engines accept` may write its rule into."""
+    import shutil
+
+    return Path(shutil.copytree(untrained_bffn, tmp_path / "weights"))
+
+
+def test_accept_judges_held_out_once_with_the_rule_validation_taught(own_bffn, tmp_path):
+    untrained_bffn = own_bffn
     data = make_generic_set(tmp_path / "set", n=10, size=(140, 150))
     split = _split(tmp_path, data)
     out = tmp_path / "accept"
@@ -115,8 +125,26 @@ def test_accept_judges_held_out_once_with_the_rule_validation_taught(untrained_b
     found = sum(r["verdict"] == "FAIL" for r in expected["images_detail"] if r["defective"])
     assert summary["holdout"]["class_recall"]["defect"]["found"] == found
 
+    # the rule travels with the weights (issue 27): eval without rule flags judges with it, and says so
+    written = json.loads((own_bffn / "config.json").read_text())["judging"]
+    assert (written["threshold"], written["min_area_px"], written["overlap"]) == (
+        rule["threshold"], rule["min_area_px"], 32)
+    assert "validation (4 images" in written["learned_on"] and summary["rule_written_to"].endswith("config.json")
+    plain = tmp_path / "plain.json"
+    ev = subprocess.run([*ENGINES, "eval", "--weights", str(own_bffn), "--data", str(data), "--split", str(split),
+                         "--split-part", "holdout", "--threads", "2", "--json", str(plain)],
+                        capture_output=True, text=True, timeout=300)
+    assert ev.returncode == 0, ev.stderr
+    assert f"rule: score >= {rule['threshold']}, min area {rule['min_area_px']} px" in ev.stderr
+    assert "config.json, learned by engines accept" in ev.stderr
+    judged = json.loads(plain.read_text())
+    assert (judged["threshold"], judged["min_area_px"]) == (rule["threshold"], rule["min_area_px"])
+    assert [r["verdict"] for r in judged["images_detail"]] == [r["verdict"] for r in expected["images_detail"]]
 
-def test_accept_exits_1_when_a_goal_is_missed_or_the_reference_is_not_beaten(untrained_bffn, tmp_path):
+
+def test_accept_exits_1_when_a_goal_is_missed_or_the_reference_is_not_beaten(own_bffn, tmp_path):
+    untrained_bffn = own_bffn
+    before = (own_bffn / "config.json").read_text()
     data = make_generic_set(tmp_path / "set", n=10, size=(140, 150))
     split = _split(tmp_path, data)
     out = tmp_path / "accept"
@@ -124,8 +152,9 @@ def test_accept_exits_1_when_a_goal_is_missed_or_the_reference_is_not_beaten(unt
     # the same weights as the reference: equal F1 and errors, so not beaten, whatever the goals
     done = subprocess.run([*ENGINES, "accept", "--weights", str(untrained_bffn), "--against", str(untrained_bffn),
                            "--data", str(data), "--split", str(split), "--out", str(out), "--learn-min-areas", "20",
-                           "--threads", "2", *loose], capture_output=True, text=True, timeout=300)
+                           "--threads", "2", "--keep-config", *loose], capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr
+    assert (own_bffn / "config.json").read_text() == before, "--keep-config leaves the weights' config alone"
     summary = json.loads((out / "acceptance.json").read_text())
     assert summary["reference"]["beaten"] is False and summary["accepted"] is False
     assert summary["reference"]["validation"] == summary["validation"]
