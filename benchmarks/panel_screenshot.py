@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     calibration = calibration_status(recipe, line.inspector)
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
-    panel = StationPanel(line.feed, line.stats, on_close=line.stop,
-                         mask_threshold=line.inspector.rules.score_threshold, calibration=calibration)
+    panel = StationPanel(line.feed, line.stats, on_close=line.stop, calibration=calibration)
     panel.setWindowTitle(f"Inspection station - {recipe.product.name}")
     panel.resize(args.width, args.height)
     panel.show()

@@ -46,7 +46,7 @@ from inspection_core.preprocess import (
 )
 from inspection_core.records import Defect, Frame, InspectionResult, Verdict
 from inspection_core.tiling import TilePlan, plan_tiles, tile_image, untile
-from inspection_core.verdict import DecisionRules, decide, find_defects, incomplete_defects
+from inspection_core.verdict import DecisionRules, decide, incomplete_defects, judge_scores
 
 log = logging.getLogger(__name__)
 
@@ -169,31 +169,32 @@ class Inspector:
                       "stitch": (t3 - t2) * 1e3}
 
     def judge(self, mask: np.ndarray, labels: Sequence[str] = (), gaps: Sequence[Sequence[int]] = (),
-              issues: Sequence[str] = ()) -> tuple[np.ndarray, tuple[Defect, ...], Verdict, float]:
-        """``(mask, defects, verdict, ms)``: the decision on a stitched score map and the classifier's labels, by the
-        decision rules; missing line ranges (``gaps``) are zeroed in the returned mask (so they cannot make
-        defects of their own) and, like other ``issues``, become ``"incomplete"`` defects that fail the part.
-        ``ms`` is the time spent finding defects (the ``verdict`` timing)."""
+              issues: Sequence[str] = ()) -> tuple[np.ndarray, tuple[Defect, ...], Verdict, float, np.ndarray | None]:
+        """``(mask, defects, verdict, ms, decided)``: the decision on a stitched score map and the classifier's
+        labels, by the decision rules; missing line ranges (``gaps``) are zeroed in the returned mask (so they
+        cannot make defects of their own) and, like other ``issues``, become ``"incomplete"`` defects that fail the
+        part. ``ms`` is the time spent finding defects (the ``verdict`` timing); ``decided`` the pixels of the
+        defects the rules kept (:func:`inspection_core.verdict.judge_scores`)."""
         if gaps:
             mask = mask.copy()
             for a, b in gaps:
                 mask[a:b] = 0.0
         t0 = time.perf_counter()
-        defects = find_defects(mask, self.rules) if self.engine is not None else ()
+        defects, decided = judge_scores(mask, self.rules) if self.engine is not None else ((), None)
         ms = (time.perf_counter() - t0) * 1e3
         verdict = decide(defects, labels, self.fail_on_labels)
         if gaps or issues:
             defects = (*defects, *incomplete_defects(mask.shape, gaps, issues))
             verdict = Verdict.FAIL
-        return mask, tuple(defects), verdict, ms
+        return mask, tuple(defects), verdict, ms, decided
 
-    def result(self, frame: Frame, judged: tuple[np.ndarray, tuple[Defect, ...], Verdict, float],
+    def result(self, frame: Frame, judged: tuple[np.ndarray, tuple[Defect, ...], Verdict, float, Any],
                labels: Sequence[str], patches: list, timings: dict[str, float], verdict_ns: int | None = None,
                after_total: dict[str, float] | None = None) -> InspectionResult:
         """The :class:`InspectionResult` of ``frame`` from what :meth:`judge` made of its score map; ``timings``
         (ms) get ``verdict`` (before ``classify``) and ``total``, then the ``after_total`` ones. ``latency_ms``
         runs from the frame's timestamp to ``verdict_ns`` (default: now)."""
-        mask, defects, verdict, verdict_ms = judged
+        mask, defects, verdict, verdict_ms, decided = judged
         ordered = {k: v for k, v in timings.items() if k not in ("verdict", "classify")}
         ordered["verdict"] = timings.get("verdict", 0.0) + verdict_ms
         if "classify" in timings:
@@ -203,7 +204,7 @@ class Inspector:
         done_ns = time.monotonic_ns() if verdict_ns is None else verdict_ns
         return InspectionResult(frame=frame, mask=mask, defects=defects, verdict=verdict, engine_id=self.engine_id,
                                 labels=tuple(labels), timings=ordered, patches=patches,
-                                latency_ms=(done_ns - frame.timestamp_ns) / 1e6)
+                                latency_ms=(done_ns - frame.timestamp_ns) / 1e6, decided=decided)
 
     # -- frames ---------------------------------------------------------------------------------------------
     def inspect(self, frame: Frame, checkpoint: Checkpoint | None = None) -> InspectionResult:

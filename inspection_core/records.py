@@ -283,7 +283,9 @@ class InspectionResult:
     stage's patch grid: one dict per patch with ``row``, ``col``, ``y``, ``x``, ``size``, ``labels`` and ``scores``
     (see :mod:`station.classify`; empty when none ran);
     ``timings`` are stage durations in milliseconds (``preprocess``, ``infer``, ``postprocess``, ``total``)
-    and ``latency_ms`` is the time from the frame's timestamp to the verdict.
+    and ``latency_ms`` is the time from the frame's timestamp to the verdict. ``decided`` is the decision
+    itself: the pixels of the defects the rules kept (``bool``, after the threshold, the ROI and the minimum area;
+    None when none was kept). Overlays, the panel and the ledger's images paint it and never threshold again.
     """
 
     frame: Frame
@@ -295,6 +297,7 @@ class InspectionResult:
     timings: Mapping[str, float] = field(default_factory=dict)
     latency_ms: float = 0.0
     patches: tuple[Mapping[str, Any], ...] = ()
+    decided: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "timings", _frozen_mapping(self.timings))

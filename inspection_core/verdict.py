@@ -128,18 +128,27 @@ def _check_mask(mask_scores: np.ndarray) -> None:
 
 def find_defects(mask_scores: np.ndarray, rules: DecisionRules) -> tuple[Defect, ...]:
     """The defects of one stitched ``float32`` ``(H, W)`` score map, in raster order of their top-left pixel."""
+    return judge_scores(mask_scores, rules, pixels=False)[0]
+
+
+def judge_scores(mask_scores: np.ndarray, rules: DecisionRules,
+                 pixels: bool = True) -> tuple[tuple[Defect, ...], np.ndarray | None]:
+    """``(defects, decided)``: :func:`find_defects`, and the pixels of the defects the rules kept (``bool``,
+    the map's size: above the threshold, inside the ROI, in a component of at least the minimum area), which is
+    what an overlay paints, so it never shows what the verdict ignored. ``decided`` is None when no defect was
+    kept (or ``pixels`` is False)."""
     _check_mask(mask_scores)
     binary = mask_scores >= np.float32(rules.score_threshold)  # NaN scores compare False: never a defect
     if rules.roi is not None:
         binary &= rules.roi.mask(mask_scores.shape)
     if not binary.any():
-        return ()
+        return (), None
     n, labels, stats, centroids = cv2.connectedComponentsWithStats(binary.view(np.uint8), connectivity=8)
     areas = stats[:, cv2.CC_STAT_AREA]
     min_area = rules.min_area
     keep = [i for i in range(1, n) if areas[i] >= min_area]
     if not keep:
-        return ()
+        return (), None
     inside = labels > 0  # only component pixels: usually a tiny part of the frame
     flat_labels = labels[inside]
     flat_scores = mask_scores[inside].astype(np.float64)
@@ -162,7 +171,12 @@ def find_defects(mask_scores: np.ndarray, rules: DecisionRules) -> tuple[Defect,
                 size_mm=None if sx is None else (w * sx, h * sy),
             )
         )
-    return tuple(defects)
+    decided = None
+    if pixels:
+        kept = np.zeros(n, bool)
+        kept[keep] = True
+        decided = kept[labels]
+    return tuple(defects), decided
 
 
 def decide(defects: tuple[Defect, ...] | list[Defect], labels: tuple[str, ...] | list[str] = (),

@@ -142,8 +142,7 @@ def _assemble_line(recipe: Recipe, db: Path, max_frames: int | None, feed: Resul
                            recipe=f"{recipe.product.name} {recipe.fingerprint()}",
                            calibration=inspector.calibration.name if inspector.calibration is not None else None,
                            station_id=recipe.station.id, run_id=run_id or new_run_id(),
-                           engine_id=inspector.engine_id, not_inspected_is_reject=counts_as_reject,
-                           mask_threshold=inspector.rules.score_threshold)
+                           engine_id=inspector.engine_id, not_inspected_is_reject=counts_as_reject)
     log.info("reject log %s: station %s, run %s; rows record recipe %r and calibration %s", db,
              reject_log.station_id, reject_log.run_id, reject_log.recipe, calibration_status(recipe, inspector)[0])
     policy = recipe.queues.frames_policy
@@ -344,7 +343,7 @@ def run_with_panel(line: Line, title: str, calibration: tuple[str, bool] = ("", 
     signals = signals or StopSignals(line.stop)
     with signals:  # until the panel takes the signals over
         line.start()
-    run_panel(line.feed, line.stats, line.stop, title=title, mask_threshold=line.inspector.rules.score_threshold,
+    run_panel(line.feed, line.stats, line.stop, title=title,
               calibration=calibration, on_signal=lambda signum: signals.handle(signum))
     line.stop("the panel was closed")
     line.join()

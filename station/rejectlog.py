@@ -440,22 +440,21 @@ class RejectLog:
     """Append-only SQLite ledger of parts; thread-safe, one committed transaction per row.
 
     ``recipe``, ``calibration``, ``station_id``, ``run_id`` and ``engine_id`` (for rows of parts not inspected) are
-    written on every row; ``not_inspected_is_reject`` sets ``rejected`` of NOT_INSPECTED rows; ``mask_threshold``
-    is the score the overlay images paint from. Any failure to write a row raises :class:`LedgerError`; a FAIL
+    written on every row; ``not_inspected_is_reject`` sets ``rejected`` of NOT_INSPECTED rows; the overlay images
+    paint each result's own decision (:attr:`InspectionResult.decided`). Any failure to write a row raises :class:`LedgerError`; a FAIL
     whose images cannot be written raises :class:`EvidenceError` once its row (which says so) is committed.
     :meth:`start_run` opens the run's in-flight journal (:meth:`note_acquired`; :mod:`station.journal`).
     """
 
     def __init__(self, db_path: str | Path, save_images: bool = True, recipe: str | None = None,
                  calibration: str | None = None, *, station_id: str | None = None, run_id: str | None = None,
-                 engine_id: str = "", not_inspected_is_reject: bool = True, mask_threshold: float = 0.5,
+                 engine_id: str = "", not_inspected_is_reject: bool = True,
                  busy_timeout_s: float = 10.0) -> None:
         self.db_path = Path(db_path)
         self.save_images = save_images
         self.recipe, self.calibration = recipe, calibration
         self.station_id, self.run_id, self.engine_id = station_id, run_id, engine_id
         self.not_inspected_is_reject = not_inspected_is_reject
-        self.mask_threshold = mask_threshold
         self.busy_timeout_s = busy_timeout_s
         self.images_dir = self.db_path.parent / f"{self.db_path.stem}_images"
         self.image_errors = 0  # frames whose PNG could not be written (the row is still logged, and says so)
@@ -616,7 +615,7 @@ class RejectLog:
             while final.exists():
                 final, n = folder / f"{stem}-{n}.png", n + 1
             try:
-                drawn = overlay_mask(frame.image, result.mask, self.mask_threshold, result.defects)
+                drawn = overlay_mask(frame.image, result.decided, 0.5, result.defects)  # the rules' decision
                 ok, encoded_overlay = cv2.imencode(".png", cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
                 if ok:
                     overlay = final.with_name(f"{final.stem}_overlay.png")

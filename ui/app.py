@@ -51,7 +51,6 @@ def run_panel(
     title: str = "Inspection station",
     refresh_ms: int = 50,
     *,
-    mask_threshold: float = 0.5,
     calibration: tuple[str, bool] = ("", False),
     on_signal: Callable[[int], None] | None = None,
 ) -> int:
@@ -71,7 +70,7 @@ def run_panel(
                           "or run the station without the panel") from exc
 
     app = QApplication.instance() or QApplication(sys.argv[:1] or ["station"])
-    panel = StationPanel(feed, stats_fn, on_close=on_close, refresh_ms=refresh_ms, mask_threshold=mask_threshold,
+    panel = StationPanel(feed, stats_fn, on_close=on_close, refresh_ms=refresh_ms,
                          calibration=calibration)
     panel.setWindowTitle(title)
     panel.show()

@@ -70,7 +70,9 @@ def overlay_mask(
     box_colour: RGB = BOX_COLOUR,
     box_thickness: int | None = None,
 ) -> np.ndarray:
-    """Blend ``colour`` over the pixels whose score is ``>= threshold`` and outline each defect's bbox.
+    """Blend ``colour`` over the pixels whose score is ``>= threshold`` (or, for a ``bool`` mask such as
+    :attr:`InspectionResult.decided`, over its True pixels: the decision as the rules made it, ROI and minimum area
+    included) and outline each defect's bbox.
 
     Returns a new ``uint8`` RGB image; pixels below the threshold and off the boxes are the input's (grey is
     repeated into three channels). ``box_thickness`` defaults to about 1/400 of the longest side (min 2 px),
@@ -82,7 +84,7 @@ def overlay_mask(
         mask = check_mask(mask, height, width)
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        selected = mask >= threshold
+        selected = mask if mask.dtype == bool else mask >= threshold
         if selected.any():
             blended = out[selected].astype(np.float32) * (1.0 - alpha)
             blended += np.asarray(colour, np.float32) * alpha
@@ -120,7 +122,8 @@ def overlay_for_display(
     small = cv2.resize(_block_mean(image, factor, cv2.BORDER_REPLICATE), size, interpolation=cv2.INTER_LINEAR)
     small_mask = None
     if mask is not None:
-        hits = _block_mean((mask >= threshold).astype(np.float32), factor, cv2.BORDER_CONSTANT)
+        hits = _block_mean((mask if mask.dtype == bool else mask >= threshold).astype(np.float32), factor,
+                           cv2.BORDER_CONSTANT)
         # the bilinear step shrinks by < 2x, so every non-zero block reaches at least one output pixel
         small_mask = (cv2.resize(hits, size, interpolation=cv2.INTER_LINEAR) > 0).astype(np.float32)
     sx, sy = size[0] / width, size[1] / height

@@ -261,7 +261,6 @@ class StationPanel(QMainWindow):
         refresh_ms: int = 50,
         parent: QWidget | None = None,
         *,
-        mask_threshold: float = 0.5,
         calibration: tuple[str, bool] = ("", False),
     ) -> None:
         """``calibration`` is ``(text, warning)`` from :func:`station.app.calibration_status`: the profile version
@@ -272,7 +271,6 @@ class StationPanel(QMainWindow):
         self._stats_fn = stats_fn
         self._on_close = on_close
         self._closed = False
-        self._mask_threshold = mask_threshold
         self._seq = 0
         self._rejects_shown: list[InspectionResult] = []
         self._shown: InspectionResult | None = None
@@ -437,7 +435,7 @@ class StationPanel(QMainWindow):
         """Overlay and hand the image to the view, shrunk to the view's size (a 5 MP frame costs < 10 ms)."""
         target = self.image_view.device_size().expandedTo(QSize(640, 480))
         try:
-            rgb = overlay_for_display(result.frame.image, result.mask, self._mask_threshold, result.defects,
+            rgb = overlay_for_display(result.frame.image, result.decided, 0.5, result.defects,  # the decision
                                       target.width(), target.height())
         except ValueError as exc:  # a malformed result must not take the panel down: show what can be shown
             log.warning("cannot overlay frame %s: %s", result.frame.frame_id, exc)

@@ -409,7 +409,6 @@ class VisionSystemServer:
             if ledger is not None:
                 ledger.recipe = ledger_label(prepared.recipe)
                 ledger.engine_id = prepared.inspector.engine_id
-                ledger.mask_threshold = prepared.inspector.rules.score_threshold
                 calibration = getattr(prepared.inspector, "calibration", None)
                 ledger.calibration = calibration.name if calibration is not None else None
             self.book.active, self.book.active_id = prepared.recipe, recipe_id

@@ -125,3 +125,21 @@ def test_rules_validate(kwargs: dict, fragment: str) -> None:
         RoiRect(0, 0, 0, 5)
     with pytest.raises(ValueError, match="r > 0"):
         RoiCircle(1, 1, 0)
+
+
+def test_the_decided_pixels_are_the_kept_defects_after_threshold_roi_and_minimum_area():
+    """Issue 27: results carry the decision, so an overlay never paints what the verdict ignored."""
+    from inspection_core.verdict import DecisionRules, RoiRect, judge_scores
+
+    scores = np.zeros((40, 60), np.float32)
+    scores[5:15, 5:15] = 0.9      # kept: inside the ROI, 100 px
+    scores[30:38, 45:55] = 0.99   # outside the ROI
+    scores[5:7, 30:32] = 0.9      # inside, but 4 px: below the minimum area
+    scores[20:30, 5:15] = 0.4     # below the threshold
+    rules = DecisionRules(score_threshold=0.5, min_area_px=10, roi=RoiRect(0, 0, 40, 30))
+    defects, decided = judge_scores(scores, rules)
+    assert len(defects) == 1 and decided.dtype == bool and decided.shape == scores.shape
+    expected = np.zeros_like(decided)
+    expected[5:15, 5:15] = True
+    assert np.array_equal(decided, expected)
+    assert judge_scores(np.zeros((8, 8), np.float32), rules) == ((), None)

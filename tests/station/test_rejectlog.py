@@ -497,9 +497,12 @@ def test_the_overlay_image_shows_the_mask_and_the_boxes(tmp_path: Path) -> None:
     res = result(3, Verdict.FAIL, image=image)
     mask = np.zeros((40, 60), np.float32)
     mask[10:20, 20:30] = 0.9
+    mask[30:38, 45:55] = 0.99  # scored high, but the rules ignored it (outside the ROI, say): not the decision
+    decided = np.zeros((40, 60), bool)
+    decided[10:20, 20:30] = True
     res = InspectionResult(res.frame, mask, (Defect("crack", (20, 10, 10, 10), 100, (25, 15), 0.9, 0.9),),
-                           Verdict.FAIL, "e")
-    with RejectLog(tmp_path / "o.db", mask_threshold=0.5) as log:
+                           Verdict.FAIL, "e", decided=decided)
+    with RejectLog(tmp_path / "o.db") as log:
         log.record(res)
         (row,) = log.query()
     raw = cv2.imread(str(tmp_path / row["image_path"]), cv2.IMREAD_UNCHANGED)
@@ -508,6 +511,7 @@ def test_the_overlay_image_shows_the_mask_and_the_boxes(tmp_path: Path) -> None:
     assert overlay[15, 25, 0] > overlay[15, 25, 1] + 50, "mask pixels are painted red"
     assert overlay[9, 25].tolist() != [100, 100, 100], "the defect is boxed"
     assert overlay[35, 5].tolist() == [100, 100, 100], "the rest is the image"
+    assert overlay[34, 50].tolist() == [100, 100, 100], "what the rules ignored is not painted (issue 27)"
 
 
 def test_per_defect_export_has_one_row_per_defect_and_absolute_paths_on_request(tmp_path: Path) -> None:

@@ -45,7 +45,8 @@ def make_result(frame_id: int = 1, verdict: Verdict = Verdict.FAIL, file: str | 
                   meta={"file": file} if file else {})
     mask = synthetic_mask(*image.shape[:2]) if failed else np.zeros(image.shape[:2], np.float32)
     return InspectionResult(frame=frame, mask=mask, defects=(BLOB_DEFECT,) if failed else (), verdict=verdict,
-                            engine_id="bffn-s/onnxruntime-cpu", timings={"total": 11.5}, latency_ms=14.2)
+                            engine_id="bffn-s/onnxruntime-cpu", timings={"total": 11.5}, latency_ms=14.2,
+                            decided=mask >= 0.5 if failed else None)
 
 
 class StatsSource:

@@ -299,7 +299,7 @@ def test_close_calls_on_close_exactly_once(qtbot, panel) -> None:
 
 @pytest.mark.gui
 def test_malformed_mask_shows_bare_image(qtbot, panel, feed: ResultFeed) -> None:
-    bad = replace(make_result(frame_id=9), mask=np.zeros((10, 10), np.float32))
+    bad = replace(make_result(frame_id=9), decided=np.zeros((10, 10), bool))
     feed.publish(bad)
     qtbot.waitUntil(lambda: panel.frames_drawn == 1, timeout=2000)
     assert panel.verdict_label.text() == "FAIL" and "overlay failed" in panel.statusBar().currentMessage()
@@ -449,3 +449,32 @@ def test_panel_shows_the_links_and_warns_when_rows_wait(qtbot, panel, stats: Sta
     stats.update(links={"mqtt": {"connected": True, "lag_rows": 3, "lag_seconds": 0.2}})
     qtbot.waitUntil(lambda: "3 rows behind" in panel.counter_labels["links"].text(), timeout=2000)
     assert panel.counter_labels["links"].styleSheet() == ""  # a few rows in flight are normal
+
+
+@pytest.mark.gui
+def test_the_panel_paints_the_rules_each_result_was_judged_by(qtbot, panel, feed: ResultFeed) -> None:
+    """Issue 27: after a recipe change (OPC UA PrepareRecipe swaps the line's inspector) the panel painted masks at
+    the old threshold. It now paints each result's own decision: the same scores judged at 0.5 and at 0.95."""
+    from inspection.inspector import Inspector
+    from inspection_core.preprocess import InputSpec
+    from inspection_core.verdict import DecisionRules
+
+    class Scores:  # the judge needs an engine to exist; it never infers here
+        spec, tile, engine_id = InputSpec(), 128, "scores@test"
+
+    base = make_result(frame_id=20)
+    shown = []
+    for frame_id, threshold in ((21, 0.5), (22, 0.95)):
+        inspector = Inspector(Scores(), overlap=32, batch=8, rules=DecisionRules(score_threshold=threshold,
+                                                                                  min_area_px=30))
+        frame = replace(base.frame, frame_id=frame_id)
+        result = inspector.result(frame, inspector.judge(base.mask), (), [], {})
+        assert (result.verdict is Verdict.FAIL) == (threshold == 0.5)
+        feed.publish(result)
+        qtbot.waitUntil(lambda n=len(shown) + 1: panel.frames_drawn == n, timeout=2000)
+        image = panel.image_view.image()
+        sx, sy = image.width() / base.frame.image.shape[1], image.height() / base.frame.image.shape[0]
+        colour = image.pixelColor(int(225 * sx), int(140 * sy))
+        shown.append((colour.red(), colour.green()))
+    assert shown[0][0] > shown[0][1] + 60, "judged at 0.5: the blob (score 0.9) is painted"
+    assert abs(shown[1][0] - shown[1][1]) < 20, "judged at 0.95: nothing is painted"
