@@ -35,6 +35,7 @@ from calibration.errors import CalibrationError
 from calibration.flatfield import build_flatfield, residual_report, save_profile_plot
 from calibration.images import list_images, read_image, read_images
 from calibration.int8 import add_images, calibration_cache_path, int8_images
+from inspection_core.defaults import DEFAULT_OVERLAP
 from calibration.line import load_line_calibration
 from calibration.profile import CameraGeometry, ProfileStore, iter_profiles, pixel_format_of
 from calibration.roi import check_inside, draw_roi, find_roi, parse_roi, roi_to_dict, with_margin
@@ -422,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="labelled validation folder")
     p.add_argument("--escape-rate", type=float, required=True, help="target share of defective parts let through")
     p.add_argument("--min-area", default="30", help="minimum defect area(s) in px to try, e.g. 30 or 10,20,30")
-    p.add_argument("--overlap", type=int, default=32, help="tile overlap, as in the recipe (default 32)")
+    p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP,
+                   help=f"tile overlap, as in the recipe (default {DEFAULT_OVERLAP})")
     p.add_argument("--batch", type=int, default=32, help="tiles (or images) per engine call")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"])
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")

@@ -39,6 +39,7 @@ from engines.evaluate import DEFAULT_SWEEP, evaluate_station_verdicts, image_lev
 from engines.evaluate_cls import classifier_bundle, predict
 from engines.weights import load_model
 from inspection.inspector import Inspector
+from inspection_core.defaults import DEFAULT_OVERLAP
 from inspection_core.verdict import DecisionRules
 
 
@@ -141,7 +142,7 @@ def check_flatfield_fits(calibration, samples: Sequence) -> None:
 
 
 def calibrate_segmentation(weights: str, data: str | Path, target_escape: float, min_areas: Sequence[int] = (30,),
-                           overlap: int = 32, batch: int = 32, backend: str = "onnxruntime", threads: int = 0,
+                           overlap: int = DEFAULT_OVERLAP, batch: int = 32, backend: str = "onnxruntime", threads: int = 0,
                            calibration=None, label: str = "defect") -> tuple[dict, list[dict]]:
     """``(section, sweep)`` for a segmentation network (see the module docstring)."""
     target_escape = check_target(target_escape)

@@ -53,6 +53,7 @@ from engines.quantize import (DEFAULT_EXCLUDE, calibration_tiles, group_nodes, g
                               quantize, top_layers)
 from engines.verify import TOLERANCES, judge, verify_classifier, verify_segmentation
 from engines.weights import CONFIG_FILE, WEIGHTS_FILE, resolve_weights
+from inspection_core.defaults import DEFAULT_OVERLAP
 from inspection_core.hashing import file_sha256
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ class _Rules:
         from inspection_core.verdict import DecisionRules
 
         self.rules = DecisionRules()
-        self.tiling = SimpleNamespace(overlap=32, batch=batch)
+        self.tiling = SimpleNamespace(overlap=DEFAULT_OVERLAP, batch=batch)
         self.path = "default decision rules (score >= 0.5, 30 px), overlap 32"
 
 

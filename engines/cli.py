@@ -45,6 +45,7 @@ from engines.commands import (
 )
 from engines.models import CLASSIFICATION_MODELS, MODEL_NAMES, RESNETS, SCORING_MODES  # plain data, no torch
 from engines.quantize import DEFAULT_EXCLUDE, GROUPS  # plain data, no onnx
+from inspection_core.defaults import DEFAULT_MIN_AREA_PX, DEFAULT_SCORE_THRESHOLD
 from station.recipe import load_recipe, shipped_recipe_path
 
 
@@ -190,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="mixed precision: float16 with gradient scaling on CUDA, bfloat16 on the CPU")
     train.add_argument("--no-validate", action="store_true", help="skip the held-out score after each epoch")
     train.add_argument("--validate-as", choices=["quick", "station"],
-                       help="how each epoch is validated (segmentation): quick = whole images at 0.5 and 20 px "
+                       help="how each epoch is validated (segmentation): quick = whole images at 0.5 and 30 px "
                             "(default; a trend line); station = as the station judges, tiles, stitching and the "
                             "rule these images teach (its F1 picks best/; slower: about a station eval per epoch)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -344,8 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--device", default="auto")
     cmp.add_argument("--amp", action="store_true")
     cmp.add_argument("--seed", type=int, default=0)
-    cmp.add_argument("--threshold", type=float, default=0.5, help="defect score threshold (default: 0.5 = argmax)")
-    cmp.add_argument("--min-area", type=int, default=30, help="smallest defect area in pixels (default: 30)")
+    cmp.add_argument("--threshold", type=float, default=DEFAULT_SCORE_THRESHOLD,
+                     help="defect score threshold (default: 0.5 = argmax)")
+    cmp.add_argument("--min-area", type=int, default=DEFAULT_MIN_AREA_PX,
+                     help="smallest defect area in pixels (default: 30)")
     cmp.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"],
                      help="backend for judging and for the throughput figures (default: onnxruntime)")
     cmp.add_argument("--threads", type=int, default=0)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from engines.models import Task, model_spec
 from engines.quantize import DEFAULT_EXCLUDE, GROUPS
+from inspection_core.defaults import DEFAULT_MIN_AREA_PX, DEFAULT_OVERLAP, DEFAULT_SCORE_THRESHOLD
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SEG_ONLY = {"tile": None, "optimizer": None, "loss": None, "init": None, "no_sam": False, "fusion": None,
@@ -334,8 +335,8 @@ def _resolve_rule(args: argparse.Namespace, bundle) -> None:
     learned = bundle.judging_rule() or {}
     given = [name for name in ("threshold", "min_area", "overlap") if getattr(args, name, None) is not None]
     taken = []
-    for name, key, default in (("threshold", "threshold", 0.5), ("min_area", "min_area_px", 30),
-                               ("overlap", "overlap", 32)):
+    for name, key, default in (("threshold", "threshold", DEFAULT_SCORE_THRESHOLD),
+                               ("min_area", "min_area_px", DEFAULT_MIN_AREA_PX), ("overlap", "overlap", DEFAULT_OVERLAP)):
         if getattr(args, name, None) is not None:
             continue
         if key in learned:
@@ -407,7 +408,7 @@ def run_accept(args: argparse.Namespace) -> int:
             raise ValueError(f"{weights} is a classifier; `engines accept` judges segmentation networks "
                              f"(classifiers: `engines eval`, `calibration thresholds`)")
     if args.overlap is None:
-        args.overlap = 32
+        args.overlap = DEFAULT_OVERLAP
     samples = load_dataset(args.data)
     validation = _split_part(samples, args.split, "validation", args.data)
     holdout = _split_part(samples, args.split, "holdout", args.data)

@@ -34,6 +34,7 @@ from engines.models import model_spec
 from engines.train_cls import ClsTrainSettings, train_classifier
 from engines.weights import load_model, resolve_weights
 from inspection.inspector import Inspector
+from inspection_core.defaults import DEFAULT_MIN_AREA_PX, DEFAULT_OVERLAP
 from inspection_core.verdict import DecisionRules
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,8 @@ class CompareSettings:
     seed: int = 0
     validation: float = 0.1  # the paper sets 10 % of each training part aside for tuning
     threshold: float = 0.5
-    min_area_px: int = 30
-    overlap: int = 32
+    min_area_px: int = DEFAULT_MIN_AREA_PX
+    overlap: int = DEFAULT_OVERLAP
     backend: str = "onnxruntime"
     threads: int = 0
     bench_batch: int = 32

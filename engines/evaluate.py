@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from engines.data.parts import exposure_of
+from inspection_core.defaults import DEFAULT_MIN_AREA_PX, DEFAULT_SCORE_THRESHOLD
 from inspection_core.preprocess import add_border, crop_border, normalize_tiles, prepare_image
 from inspection_core.records import Frame, Verdict
 from inspection_core.verdict import DecisionRules, find_defects
@@ -22,7 +23,8 @@ def image_level_metrics(truth: list[bool], predicted: list[bool]) -> dict[str, f
             "f1": round(f1, 4), "fp_fn": fp + fn, "accuracy": round((tp + tn) / max(1, len(t)), 4)}
 
 
-def evaluate_full_images(model, samples, spec, threshold: float = 0.5, min_area_px: int = 20) -> dict[str, float]:
+def evaluate_full_images(model, samples, spec, threshold: float = DEFAULT_SCORE_THRESHOLD,
+                         min_area_px: int = DEFAULT_MIN_AREA_PX) -> dict[str, float]:
     """Run ``model`` (torch, eval mode) on whole images padded to a multiple of 32; image-level metrics plus
     pixel IoU and Dice over all images. Used during training for a quick held-out score."""
     import cv2
@@ -63,7 +65,7 @@ def evaluate_full_images(model, samples, spec, threshold: float = 0.5, min_area_
 
 
 def evaluate_as_station(model, model_name: str, samples, spec, tile: int, overlap: int, threshold: float = 0.5,
-                        min_area_px: int = 20, min_areas=None) -> dict[str, float]:
+                        min_area_px: int = DEFAULT_MIN_AREA_PX, min_areas=None) -> dict[str, float]:
     """Judge ``samples`` during training exactly as the station judges them: the live network (torch, eval mode, on
     the CPU) behind the station's :class:`~inspection.inspector.Inspector` (its tiles, stitching and decision
     rules), through :func:`evaluate_station_verdicts`. Returns the image-level metrics at ``threshold`` /

@@ -25,6 +25,7 @@ from engines.training import (
     optimizer_step,
     pick_device,
 )
+from inspection_core.defaults import DEFAULT_MIN_AREA_PX, DEFAULT_OVERLAP
 from inspection_core.preprocess import InputSpec, normalize_tiles, whole_frame
 from inspection_core.tiling import plan_tiles
 
@@ -40,7 +41,7 @@ class TrainSettings:
     batch: int = 16
     lr: float = 5e-4
     tile: int = 128
-    overlap: int = 32
+    overlap: int = DEFAULT_OVERLAP
     holdout: float = 0.2
     seed: int = 0
     aux_weight: float = 1.0
@@ -50,7 +51,7 @@ class TrainSettings:
     sampling: str = "grid"  # "grid": the tiles the station's tiler cuts; "random": random crops (session-1 runs)
     steps_per_epoch: int = 0  # 0 = as many tiles as the tiler cuts from the training images, / batch
     threads: int = 0
-    min_area_px: int = 20
+    min_area_px: int = DEFAULT_MIN_AREA_PX
     model_config: dict = field(default_factory=dict)
     init: str = ""  # start from these weights (folder or shipped name) instead of random initialisation
     device: str = "auto"  # "auto" = CUDA when present, else CPU

@@ -35,6 +35,7 @@ import numpy as np
 
 from inspection.errors import InspectionError
 from inspection.streaming import PartStreams
+from inspection_core.defaults import DEFAULT_OVERLAP
 from inspection_core.engine import Engine
 from inspection_core.preprocess import (
     add_border,
@@ -288,7 +289,7 @@ class StreamingInspector(Inspector):
     >>> source = LineScanSource(replay, part_lines=10240, listener=streaming)     # doctest: +SKIP
     """
 
-    def __init__(self, engine: Engine | None = None, *, overlap: int = 32, batch: int = 32,
+    def __init__(self, engine: Engine | None = None, *, overlap: int = DEFAULT_OVERLAP, batch: int = 32,
                  rules: DecisionRules | None = None, classifier=None, fail_on_labels: bool = True,
                  calibration: FrameCalibration | None = None, max_parts_in_flight: int = 2,
                  keep_reports: int = 16) -> None:

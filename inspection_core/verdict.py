@@ -23,6 +23,7 @@ from typing import Sequence, Union
 import cv2
 import numpy as np
 
+from inspection_core.defaults import DEFAULT_MIN_AREA_PX, DEFAULT_SCORE_THRESHOLD
 from inspection_core.records import Defect, Verdict
 
 
@@ -75,8 +76,8 @@ class DecisionRules:
     ``mm_per_px`` is the scale ``(x, y)`` in millimetres per pixel (``None``: pixels only); ``min_area_mm2``, which
     needs it, is the smallest defect area in mm² and then replaces ``min_area_px``."""
 
-    score_threshold: float = 0.5
-    min_area_px: int = 30
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD
+    min_area_px: int = DEFAULT_MIN_AREA_PX
     roi: Roi | None = None
     label: str = "defect"
     min_area_mm2: float | None = None

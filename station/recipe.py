@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Union
 
+from inspection_core.defaults import DEFAULT_OVERLAP
 from inspection_core.hashing import text_sha256
 from inspection_core.verdict import DecisionRules, RoiCircle, RoiRect
 from station.errors import RecipeError
@@ -133,7 +134,7 @@ class SourceConfig:
 @dataclass(frozen=True)
 class TilingConfig:
     tile: int = 128
-    overlap: int = 32
+    overlap: int = DEFAULT_OVERLAP
     batch: int = 32
 
 
