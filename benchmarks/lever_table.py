@@ -14,10 +14,9 @@ import json
 import sys
 from pathlib import Path
 
+from engines.acceptance import spread  # the goal's own spread: lightings with at least 5 images of the kind
 
-def _spread(rows: dict, figure: str) -> float | None:
-    values = [r[figure] for r in rows.values() if r.get(figure) is not None]
-    return round(max(values) - min(values), 3) if len(values) >= 2 else None
+
 
 
 def summarise(report: dict) -> dict:
@@ -36,7 +35,7 @@ def summarise(report: dict) -> dict:
         "recall_by_exposure": {k: f"{r['found']}/{r['defective']}" for k, r in exposures.items() if r["defective"]},
         "false_alarms_by_exposure": {k: f"{r['false_alarms']}/{r['clean']}" for k, r in exposures.items()
                                      if r["clean"]},
-        "recall_spread": _spread(exposures, "recall"), "false_alarm_spread": _spread(exposures, "false_alarm_rate"),
+        "recall_spread": spread(exposures, "recall"), "false_alarm_spread": spread(exposures, "false_alarm_rate"),
         "edge_recall": (f"{edge['True']['found']}/{edge['True']['defective']}" if "True" in edge else None),
         "interior_recall": (f"{edge['False']['found']}/{edge['False']['defective']}" if "False" in edge else None),
         "class_recall": {k: f"{r['found']}/{r['images']}" for k, r in held.get("class_recall", {}).items()},

@@ -289,11 +289,14 @@ def test_recall_and_false_alarms_per_exposure_and_at_the_edge_and_their_spread_g
         for k in range(20):
             rows.append({"name": f"exp{exposure}_c{k}", "defective": False, "category": None, "exposure": exposure,
                          "at_edge": None, "verdict": "FAIL" if k < exposure - 1 else "PASS"})
+    rows += [{"name": f"exp0_d{k}", "defective": True, "category": "fray", "exposure": 0, "at_edge": False,
+              "verdict": "PASS"} for k in range(2)]  # two odd images: listed, but too few to count in the spread
     table = breakdown(rows, "exposure")
+    assert table["0"]["recall"] == 0.0
     assert table["1"]["recall"] == 0.9 and table["2"]["recall"] == 0.6
     assert table["1"]["false_alarm_rate"] == 0.0 and table["2"]["false_alarm_rate"] == 0.05
     edge = breakdown(rows, "at_edge")
-    assert set(edge) == {"True", "False"} and edge["True"]["defective"] == 10
+    assert set(edge) == {"True", "False"} and edge["True"]["defective"] == 10 and edge["False"]["defective"] == 12
     metrics = image_level_metrics([r["defective"] for r in rows], [r["verdict"] == "FAIL" for r in rows])
     metrics["pixel_iou"] = 0.6
     checks = {g["goal"]: g for g in held_out_goals(metrics, rows, Goals())}
@@ -382,5 +385,6 @@ def test_the_lever_table_puts_accept_reports_side_by_side(tmp_path):
     assert "| ref | 0.9 / 30 px | 0.8 (5) | 0.9 / 0.8 / **0.81** | 2 of 20 (10.0%) |" in text
     assert "+4 / -1, p = 0.375" in text and "| lever | 3/4, 0/10 | 4/4, 2/10 |" in text
     figures = json.loads((tmp_path / "t.json").read_text())
-    assert figures["ref"]["recall_spread"] == 0.75 and figures["lever"]["edge_recall"] == "1/3"
+    assert figures["ref"]["recall_spread"] is None, "4 defective images per lighting are too few for the spread"
+    assert figures["lever"]["false_alarm_spread"] == 0.2 and figures["lever"]["edge_recall"] == "1/3"
     assert lever_table.main([str(tmp_path / "nowhere")]) == 2
