@@ -169,6 +169,17 @@ def three_way_split(samples: list[SegSample], validation: float, holdout: float,
             "holdout": sorted(names[i] for i in held)}
 
 
+def _parts_by_class(samples: list[SegSample], parts: list[str]) -> tuple[dict[str, list[int]], dict[str, list[str]]]:
+    """``(members, by_class)``: the sample indices of each part, and each class's parts (sorted)."""
+    members: dict[str, list[int]] = {}
+    for i, part in enumerate(parts):
+        members.setdefault(part, []).append(i)
+    by_class: dict[str, list[str]] = {}
+    for part in sorted(members):
+        by_class.setdefault(str(samples[members[part][0]].category), []).append(part)
+    return members, by_class
+
+
 def _three_way_by_part(samples: list[SegSample], parts: list[str], validation: float, holdout: float, seed: int,
                        not_train: set[str] | frozenset) -> dict[str, list[str]]:
     """``three_way_split`` over whole parts (``parts[i]``: sample i's part, :func:`engines.data.parts.part_ids`):
@@ -178,12 +189,7 @@ def _three_way_by_part(samples: list[SegSample], parts: list[str], validation: f
     their shares)."""
     if validation < 0 or holdout < 0 or validation + holdout >= 1:
         raise ValueError(f"validation {validation} and holdout {holdout} must be >= 0 and add up to less than 1")
-    members: dict[str, list[int]] = {}
-    for i, part in enumerate(parts):
-        members.setdefault(part, []).append(i)
-    by_class: dict[str, list[str]] = {}
-    for part in sorted(members):
-        by_class.setdefault(str(samples[members[part][0]].category), []).append(part)
+    members, by_class = _parts_by_class(samples, parts)
     rng = random.Random(seed)
     out: dict[str, list[str]] = {"train": [], "validation": [], "holdout": []}
     for category in sorted(by_class):
@@ -563,12 +569,7 @@ def stratified_folds(samples: list[SegSample], folds: int, seed: int,
         raise ValueError(f"cannot cut {len(samples)} images into {folds} folds")
     if parts is None:
         return folds_by_group([s.category for s in samples], folds, seed, order=str)
-    members: dict[str, list[int]] = {}
-    for i, part in enumerate(parts):
-        members.setdefault(part, []).append(i)
-    by_class: dict[str, list[str]] = {}
-    for part in sorted(members):
-        by_class.setdefault(str(samples[members[part][0]].category), []).append(part)
+    members, by_class = _parts_by_class(samples, parts)
     rng = random.Random(seed)
     out: list[list[int]] = [[] for _ in range(folds)]
     for category in sorted(by_class):
