@@ -465,7 +465,6 @@ class RejectLog:
         # writer waits for at most the commit in progress instead of polling SQLite's busy handler, which can miss
         # the gaps between back-to-back row commits for hundreds of milliseconds
         self._write_gate = threading.Lock()
-        self._run_open = False
         self.lock: Any = None  # a LedgerLock held for this log (station.ledgerlock): released by close()
         self.unclean_end: journal.UncleanEnd | None = None  # what this start found of earlier runs (build_line)
         try:
@@ -660,7 +659,7 @@ class RejectLog:
                 raise LedgerError(f"cannot write the reject log {self.db_path}: {_why(exc, self.busy_timeout_s)} "
                                   f"({exc}); free disk space or make the file writable, then start the station "
                                   "again") from None
-            self._journal, self._run_open = entries, True
+            self._journal = entries  # set: a run is open (close() marks its clean end)
 
     def note_acquired(self, frame: Frame) -> None:
         """Journal an acquired part before it is queued for inspection (the acquisition thread); its entry is deleted
@@ -699,8 +698,7 @@ class RejectLog:
                 if entries is not None:
                     entries.close()
             try:
-                if self._run_open:  # a clean end: the next start finds nothing to recover
-                    self._run_open = False
+                if entries is not None:  # a run was open: its clean end, the next start finds nothing to recover
                     try:
                         self._conn.execute(journal.RUN_END, (format_utc(_utc_now()), self.run_id))
                     except sqlite3.Error as exc:  # the next start reports this run as an unclean end
