@@ -224,11 +224,12 @@ class Run:
             self.write("summary", self.summary)
 
     # what the steps share
-    def recipe(self):
+    def judging(self):
+        """How a line running the shipped recipe judges (:func:`station.line_calibration.recipe_judging`)."""
         if self._recipe is None:
-            from station.recipe import load_recipe, shipped_recipe_path
+            from station.line_calibration import recipe_judging
 
-            self._recipe = load_recipe(shipped_recipe_path(RECIPE))
+            self._recipe = recipe_judging(RECIPE)
         return self._recipe
 
     def frames(self) -> Path:
@@ -487,10 +488,10 @@ def _ran(records: list[dict]) -> list[str]:
 def step_bffn(run: Run) -> dict:
     from engines.verify import verify_segmentation
 
-    recipe = run.recipe()
+    judging = run.judging()
     frames = run.frames()
     records = verify_candidates(run, "bffn", BFFN, frames, run.plan.bffn_images,
-                                lambda engine, reference, named: verify_segmentation(engine, reference, named, recipe))
+                                lambda engine, reference, named: verify_segmentation(engine, reference, named, judging))
     tile = records[0]["tile"] if records else 128
     folders = {label: run.built[(BFFN, label, tile)][0] for label in _ran(records)}
     return {"weights": BFFN, "data": _shown(frames, run.plan), "recipe": RECIPE, "reference": "torch fp32 cpu",
@@ -559,7 +560,6 @@ def step_train(run: Run) -> dict:
     from engines.train import StepParts, TrainSettings, make_optimizer, segmentation_loss, training_step
     from engines.training import mixed_precision, pick_device
     from engines.weights import resolve_weights
-    from inspection.inspector import Inspector
     from inspection_core.preprocess import prepare_image
     from inspection_core.records import Frame
 
@@ -567,17 +567,17 @@ def step_train(run: Run) -> dict:
     device = pick_device("auto")
     bundle = resolve_weights(BFFN)
     spec = bundle.input_spec()
-    recipe = run.recipe()
+    judging = run.judging()
     t0 = time.perf_counter()
     reference = reference_engine(BFFN, threads=run.threads, device=str(device))
-    inspector = Inspector(reference, overlap=recipe.tiling.overlap, batch=recipe.tiling.batch, rules=recipe.rules)
+    inspector = judging.inspector(reference)
     samples = []
     for i, (name, image) in enumerate(named_images(run.frames(), plan.train_images)):
         grey = prepare_image(image, spec)
         grey = grey[..., 0] if grey.ndim == 3 else grey
         scores = inspector.inspect(Frame(grey, i + 1, time.monotonic_ns(), "gpu-check", {"file": name})).mask
         category = None if name.startswith("free_") else name.split("_", 1)[0]
-        samples.append(SegSample(name, grey, scores >= recipe.rules.score_threshold, category))
+        samples.append(SegSample(name, grey, scores >= judging.rules.score_threshold, category))
     reference.close()
     label_seconds = time.perf_counter() - t0
 
@@ -617,7 +617,7 @@ def step_train(run: Run) -> dict:
         "batch": settings.batch, "tile": settings.tile, "steps": len(losses), "steps_asked": plan.train_steps,
         "stopped": stopped, "images": len(samples),
         "labels": {"source": "torch fp32 reference masks of the bundled frames (they ship without masks), "
-                             f"score >= {recipe.rules.score_threshold}",
+                             f"score >= {judging.rules.score_threshold}",
                    "defect_pixel_fraction": round(float(pixels.mean()), 6), "seconds": round(label_seconds, 2)},
         "losses": [round(v, 5) for v in losses], "all_finite": all(math.isfinite(v) for v in losses),
         "loss_first": round(float(np.mean(losses[:window])), 5) if losses else None,

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Issue 25: each lever as a 1,500-step fine-tune of the part-wise reference, then judged by engines accept on the
-# part-wise split. Re-running resumes (each run resumes from its checkpoint; finished runs are skipped).
+# part-wise split; then the levers that helped on their own, combined, the same way. Re-running resumes (each run
+# resumes from its checkpoint; finished runs are skipped). Name arms to run only those: issue25_levers.sh exposure-paste
 # Needs the reference first (engines/weights/bffn-magnetic-tile/TRAINING.md, "The honest reference"): runs/ref-parts/best.
 # Start it in the background from the repository root: nohup bash benchmarks/issue25_levers.sh > runs/levers.log 2>&1 &
 cd "$(dirname "$0")/.."
@@ -15,8 +16,10 @@ declare -A ARMS=(
   [gain]="--gain-target 110"
   [border]="--border 32 --edge-fraction 0.5"
   [paste]="--paste-fraction 0.3"
+  # the two that helped on their own (2026-12-06): exposure (false alarms), paste (recall)
+  [exposure-paste]="--photometric exposure --paste-fraction 0.3"
 )
-for arm in control exposure gain border paste; do
+for arm in ${@:-control exposure gain border paste exposure-paste}; do
   out=runs/lever-$arm
   if [ ! -f $out/model.safetensors ]; then
     echo "$(date) train $arm" >> runs/levers.progress

@@ -25,7 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from inspection_core.imageio import image_files, read_image  # noqa: E402
-from inspection_core.preprocess import prepare_image  # noqa: E402
+from inspection_core.preprocess import normalize_tiles, prepare_image  # noqa: E402
+from inspection_core.tiling import tile_image  # noqa: E402
 from station.app import build_inspector  # noqa: E402
 from station.pipeline import Line  # noqa: E402
 from station.recipe import QueuePolicy, load_recipe, shipped_recipe_path  # noqa: E402
@@ -38,7 +39,8 @@ SAMPLES = Path(__file__).resolve().parents[1] / "station" / "samples" / "magneti
 def bare(inspector, images, passes: int) -> tuple[float, int]:
     """Seconds spent in ``engine.infer`` alone over ``passes`` passes, and the tiles inferred."""
     engine, batch = inspector.engine, inspector.batch
-    prepared = [inspector.cut(prepare_image(image, engine.spec))[1] for image in images]
+    prepared = [prepare_image(image, engine.spec) for image in images]
+    prepared = [normalize_tiles(tile_image(p, inspector.plan(p.shape[:2])), engine.spec) for p in prepared]
     tiles = 0
     started = time.perf_counter()
     for _ in range(passes):

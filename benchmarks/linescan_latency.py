@@ -33,6 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from engines.backends.registry import backend_names  # noqa: E402  (plain data, no backend library)
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="linescan_latency.py", description=__doc__.split("\n\n")[0],
@@ -52,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="GR mode: the part's patches as GR's batch (chunks of 32), or each patch against the bank")
     p.add_argument("--weights", help="trained GR weights folder instead of untrained ones")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores this process may use)")
-    p.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime",
+    p.add_argument("--backend", choices=backend_names(device="cpu"), default="onnxruntime",
                    help="GR's engine (built into an engine folder in the cache, loaded by manifest)")
     p.add_argument("--bffn", action="store_true",
                    help="also run BFFN segmentation (shipped weights, ONNX Runtime, 128 px tiles, no overlap)")
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     patches_per_row = -(-args.width // args.patch)
     row_budget_s = args.patch / args.line_rate if args.line_rate else float("nan")
     row_s = cls_s / len(cls_rows) if cls_rows else float("nan")
-    seg_s = sum(result.timings.get(k, 0.0) for k in ("preprocess", "prepare", "tile", "infer", "stitch")) / 1e3
+    seg_s = sum(result.timings.get(k, 0.0) for k in ("prepare", "tile", "infer", "stitch")) / 1e3
     seg_row_s = seg_s / len(seg_rows) if seg_rows else 0.0
     seg_rows_per_cls_row = (len(seg_rows) / len(cls_rows)) if cls_rows else 0.0
     work_per_row_s = row_s + seg_row_s * seg_rows_per_cls_row

@@ -36,6 +36,7 @@ from calibration.flatfield import build_flatfield, residual_report, save_profile
 from calibration.images import list_images, read_image, read_images
 from calibration.int8 import add_images, calibration_cache_path, int8_images
 from inspection_core.defaults import DEFAULT_OVERLAP
+from inspection_core.errors import report_error
 from calibration.line import load_line_calibration
 from calibration.profile import CameraGeometry, ProfileStore, iter_profiles, pixel_format_of
 from calibration.roi import check_inside, draw_roi, find_roi, parse_roi, roi_to_dict, with_margin
@@ -47,8 +48,8 @@ from calibration.thresholds import (
     summary_lines,
     sweep_by_area,
 )
+from engines.backends.registry import backend_names
 from engines.data.synthetic_lens import LensSpec, make_lens
-from engines.errors import USER_ERRORS
 from engines.weights import resolve_weights
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -426,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP,
                    help=f"tile overlap, as in the recipe (default {DEFAULT_OVERLAP})")
     p.add_argument("--batch", type=int, default=32, help="tiles (or images) per engine call")
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"])
+    p.add_argument("--backend", default="onnxruntime", choices=backend_names(device="cpu"))
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     p.add_argument("--mode", default="batch", choices=["batch", "bank"], help="classifier: how GR relates images")
     p.add_argument("--keep-best", action="store_true", help="store the best point even when it misses the target")
@@ -506,12 +507,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # noqa: BLE001 - known errors become one line that says what to do
-
-        if isinstance(exc, (CalibrationError, *USER_ERRORS)):
-            print(f"calibration: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        raise
+    except Exception as exc:  # noqa: BLE001 - a user error: one line, exit 2; anything else: a bug, its traceback, 1
+        return report_error("calibration", exc)
 
 
 if __name__ == "__main__":

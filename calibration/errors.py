@@ -1,7 +1,14 @@
-"""The calibration package's errors; every message says what to do next."""
+"""The calibration package's errors; every message says what to do next.
+
+:class:`CalibrationError` is the package's user-error root (:func:`inspection_core.errors.user_error_root`): the
+commands report it in one line, exit status 2; a built-in exception is a bug and shows its traceback.
+"""
 from __future__ import annotations
 
+from inspection_core.errors import user_error_root
 
+
+@user_error_root
 class CalibrationError(Exception):
     """Base of every error a calibration step or a profile raises on purpose (bad input, missing profile...)."""
 

@@ -9,8 +9,13 @@ they (line-scan: dead columns) take the mean of their nearest good neighbours in
 residual non-uniformity is the column profile's (mean over the lines) standard deviation over its mean, in %, of a
 flat capture before and after correction.
 
->>> ff, info = build_flatfield(darks, brights)          # doctest: +SKIP
->>> corrected = ff.apply(frame.image)                   # doctest: +SKIP
+>>> darks = [np.full((4, 6), 10, np.uint8)] * 2
+>>> bright = np.full((4, 6), 210, np.uint8); bright[:, :3] = 110  # the left half is lit half as much
+>>> ff, info = build_flatfield(darks, [bright])
+>>> info["signal_mean"], info["dead_pixels"], info["gain_range"]
+(150.0, 0, [0.75, 1.5])
+>>> ff.apply(bright)[0].tolist()  # a uniform target comes out uniform
+[150, 150, 150, 150, 150, 150]
 """
 from __future__ import annotations
 

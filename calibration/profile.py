@@ -13,11 +13,14 @@ two steps racing for the same number simply take the next one. Files carried for
 file system allows, copies otherwise. The one file that may be added later is the TensorRT INT8 calibration
 cache (:func:`calibration.int8.calibration_cache_path`), which is derived from the images, not measured.
 
->>> store = ProfileStore("calibration-profiles")                     # doctest: +SKIP
->>> with store.new_version("cam-A", CameraGeometry(640, 480, "Mono8"), step="scale") as draft:  # doctest: +SKIP
+>>> import tempfile
+>>> folder = tempfile.TemporaryDirectory()
+>>> store = ProfileStore(Path(folder.name) / "calibration-profiles")
+>>> with store.new_version("cam-A", CameraGeometry(640, 480, "Mono8"), step="scale") as draft:
 ...     draft.sections["scale"] = {"mm_per_px": 0.05}
->>> store.load("cam-A").section("scale")["mm_per_px"]                # doctest: +SKIP
-0.05
+>>> store.load("cam-A").section("scale")["mm_per_px"], store.load("cam-A").version
+(0.05, 1)
+>>> folder.cleanup()
 """
 from __future__ import annotations
 

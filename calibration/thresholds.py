@@ -39,8 +39,8 @@ from engines.evaluate import DEFAULT_SWEEP, evaluate_station_verdicts, image_lev
 from engines.evaluate_cls import classifier_bundle, predict
 from engines.weights import load_model
 from inspection.inspector import Inspector
+from inspection.judging import Judging
 from inspection_core.defaults import DEFAULT_OVERLAP
-from inspection_core.verdict import DecisionRules
 
 
 # ------------------------------------------------------------------------------------------------ operating point
@@ -156,10 +156,11 @@ def calibrate_segmentation(weights: str, data: str | Path, target_escape: float,
     # the profile's ROI is in pixels of the camera's frames: it applies when every image has that size
     roi = calibration.roi if calibration is not None else None
     roi_applied = roi is not None and all(calibration.fits(s.image) for s in samples)
-    rules = DecisionRules(score_threshold=0.5, min_area_px=int(min_areas[0]), label=label,
-                          roi=roi if roi_applied else None)
-    inspector = Inspector(engine, overlap=overlap, batch=batch, rules=rules,
-                          calibration=calibration if flatfield else None, reuse_scores=True)
+    # judged as the line judges (the profile's flat-field and ROI); the threshold and area are swept from here
+    judging = Judging.from_rule(None, min_area=int(min_areas[0]), overlap=overlap, batch=batch,
+                                where="calibration thresholds").replace(
+        label=label, roi=roi if roi_applied else None, calibration=calibration if flatfield else None)
+    inspector = judging.inspector(engine, reuse_scores=True)
     sweep = sweep_segmentation(inspector, samples, sorted({int(a) for a in min_areas}))
     point, met = choose_operating_point(sweep, target_escape)
     defective = sum(s.defective for s in samples)

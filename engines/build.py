@@ -16,8 +16,10 @@ Building is a chain of small steps, each one checked:
    tiles, float exclusions and the guard: :mod:`engines.quantize`);
 5. write ``manifest.json`` and move the folder into place (a failed build never leaves a half-written folder).
 
->>> manifest = build(BuildSettings(weights="bffn-magnetic-tile", backend="onnxruntime", out="engines-built/bffn"))
->>> engine = open_engine("engines-built/bffn")                      # doctest: +SKIP
+For example (an ONNX export and a parity check: seconds to minutes)::
+
+    manifest = build(BuildSettings(weights="bffn-magnetic-tile", backend="onnxruntime", out="engines-built/bffn"))
+    engine = open_engine("engines-built/bffn")
 
 The steps' other pieces have their own modules: the images fed to engines (:mod:`engines.inputs`), INT8 sets
 (:mod:`engines.int8_sets`), parity (:mod:`engines.parity`), opening and finding folders (:mod:`engines.folders`,
@@ -37,12 +39,12 @@ from typing import Any
 
 import numpy as np
 
-from engines.backends.common import BACKENDS
+from engines.backends.registry import backend_spec, default_device
 from engines.backends.tensorrt_build import build_engine
 from engines.data.segmentation import spread
 from engines.export import INPUT_NAME, OPSET, export_onnx
 from engines.folders import CALIBRATION_CACHE, ONNX_FILE, PLAN_FILE, TIMING_CACHE, WEIGHTS_DIR, open_folder
-from engines.errors import BackendUnavailable, EngineError
+from engines.errors import EngineError, InputError
 from engines.inputs import batches, named_images, network_inputs
 from engines.int8_sets import calibration_images, int8_set
 from engines.manifest import FORMAT, library_versions, machine, now_iso, write_manifest
@@ -53,7 +55,7 @@ from engines.quantize import (DEFAULT_EXCLUDE, calibration_tiles, group_nodes, g
                               quantize, top_layers)
 from engines.verify import TOLERANCES, judge, verify_classifier, verify_segmentation
 from engines.weights import CONFIG_FILE, WEIGHTS_FILE, resolve_weights
-from inspection_core.defaults import DEFAULT_OVERLAP
+from inspection.judging import Judging
 from inspection_core.hashing import file_sha256
 
 log = logging.getLogger(__name__)
@@ -86,7 +88,7 @@ class BuildSettings:
     int8_guard: bool = True
 
     def resolved_device(self) -> str:
-        return self.device or ("cuda" if self.backend == "tensorrt" else "cpu")
+        return self.device or default_device(self.backend)
 
 
 def parse_batch(text: str) -> tuple[int, int, int]:
@@ -98,30 +100,25 @@ def parse_batch(text: str) -> tuple[int, int, int]:
     if len(parts) == 1:
         parts *= 3
     if len(parts) != 3 or not 1 <= parts[0] <= parts[1] <= parts[2]:
-        raise ValueError(f"--batch {text!r}: use MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, e.g. 1:32:64")
+        raise InputError(f"--batch {text!r}: use MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, e.g. 1:32:64")
     return parts[0], parts[1], parts[2]
 
 
 def _check_settings(s: BuildSettings, bundle) -> None:
-    if s.backend not in BACKENDS:
-        raise BackendUnavailable(f"unknown backend {s.backend!r}; choose one of {', '.join(BACKENDS)}")
+    backend = backend_spec(s.backend)  # BackendUnavailable naming the declared backends
     if s.precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {s.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        raise InputError(f"unknown precision {s.precision!r}; choose one of {', '.join(PRECISIONS)}")
     if s.model and s.model != bundle.model:
-        raise ValueError(f"--model {s.model} does not match the weights {bundle.path}, which hold a {bundle.model}")
+        raise InputError(f"--model {s.model} does not match the weights {bundle.path}, which hold a {bundle.model}")
     model_spec(bundle.model).check_side(s.tile or bundle.tile)  # the sides that would work, before any work
     device = s.resolved_device()
-    if s.backend == "tensorrt" and not device.startswith("cuda"):
-        raise ValueError("TensorRT engines run on an NVIDIA GPU: use --device cuda (the default for tensorrt)")
-    if s.backend == "torch" and s.precision == "int8":
-        raise ValueError("the torch backend has no int8 path; build int8 with --backend onnxruntime or tensorrt")
-    if s.backend == "onnxruntime" and s.precision == "fp16" and not device.startswith("cuda"):
-        raise ValueError("onnxruntime fp16 needs the CUDA provider (--device cuda): on the CPU ONNX Runtime casts "
-                         "fp16 graphs back to fp32 node by node, so nothing would be gained or measured; use fp32 "
-                         "or int8 on the CPU")
+    refused = backend.refusal(s.precision, device)  # the devices and precisions its declaration names
+    if refused:
+        raise InputError(refused)
     if s.precision == "int8" and not s.calibration:
-        raise ValueError("int8 needs calibration images: --calibration PROFILE_OR_DIR (a calibration profile's "
+        raise InputError("int8 needs calibration images: --calibration PROFILE_OR_DIR (a calibration profile's "
                          "int8 set, `calibration int8 add`, or a folder of real images)")
+    backend.require(device)  # BackendUnavailable (what to install, what to use here) before any export
 
 
 def _copy_weights(bundle, folder: Path) -> Path:
@@ -154,27 +151,13 @@ def _quantize_onnxruntime(folder: Path, inputs: np.ndarray, batch: int, groups) 
     return INT8_FILE, {"groups": list(groups), "nodes": excluded}
 
 
-class _Rules:
-    """Decision rules and tiling for the int8 parity check when the caller gives no recipe: the defaults of
-    :class:`inspection_core.verdict.DecisionRules` on the shipped recipe's tiling (overlap 32)."""
-
-    def __init__(self, batch: int) -> None:
-        from types import SimpleNamespace
-
-        from inspection_core.verdict import DecisionRules
-
-        self.rules = DecisionRules()
-        self.tiling = SimpleNamespace(overlap=DEFAULT_OVERLAP, batch=batch)
-        self.path = "default decision rules (score >= 0.5, 30 px), overlap 32"
-
-
 def _int8_parity(engine, weights_dir: Path, settings: BuildSettings, kind: str, tile: int, spec, folder: Path,
-                 recipe, tolerances: dict[str, float] | None) -> dict[str, Any]:
+                 judging: Judging | None, tolerances: dict[str, float] | None) -> dict[str, Any]:
     """Judge a freshly built int8 engine against torch fp32 on real images (``--data``, else the calibration
     images): a segmentation engine through the station's inspector (verdicts, masks), a classifier on its labels
     (:mod:`engines.verify`); raise :class:`EngineError`, naming the layers that drifted most, when it misses
     ``tolerances`` (default: :data:`engines.verify.TOLERANCES` ``["int8"]``)."""
-    recipe = recipe or _Rules(settings.batch[1])
+    judging = judging or Judging(batch=settings.batch[1])
     count = max(settings.parity_images, 1)
     if settings.data:
         images, source = named_images(settings.data, count), settings.data
@@ -185,7 +168,7 @@ def _int8_parity(engine, weights_dir: Path, settings: BuildSettings, kind: str, 
     reference = reference_engine(weights_dir, threads=settings.threads)
     try:
         if kind == "segmentation":
-            report, judged_by = verify_segmentation(engine, reference, images, recipe), "the station's inspector"
+            report, judged_by = verify_segmentation(engine, reference, images, judging), "the station's inspector"
         else:
             report, judged_by = verify_classifier(engine, reference, images, batch=settings.batch[1]), "its labels"
     finally:
@@ -200,7 +183,7 @@ def _int8_parity(engine, weights_dir: Path, settings: BuildSettings, kind: str, 
               **{k: v[:20] if isinstance(v, list) else v for k, v in report.items()},
               "tolerances": tol, "layers": layers[:10]}
     if kind == "segmentation":
-        parity["rules"] = str(getattr(recipe, "path", "recipe"))
+        parity["rules"] = f"{judging.describe()} [{judging.fingerprint()}]"
     if failed:
         where = f" The layers that diverged most: {top_layers(layers)}." if layers else ""
         with_masks = ", a data folder with masks gives a mix of defect and defect-free tiles" if kind == \
@@ -221,8 +204,12 @@ def remove_stale_builds(folder: str | Path) -> list[Path]:
     and return them: those whose process is gone, or whose PID now belongs to a process started after the folder was
     last written (a PID used again: a container restarted, a machine rebooted). A live build's folder is left alone.
 
-    >>> remove_stale_builds(cache_dir() / "engines")          # doctest: +SKIP
-    [PosixPath('.../.bffn-860977ab297d2382-onnxruntime-cpu-fp32-t128.building-4242')]
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())  # e.g. cache_dir() / "engines"
+    >>> (folder / ".bffn-onnxruntime-cpu-fp32-t128.building-999999999").mkdir()  # no process has that PID
+    >>> [path.name for path in remove_stale_builds(folder)], list(folder.iterdir())
+    (['.bffn-onnxruntime-cpu-fp32-t128.building-999999999'], [])
+    >>> folder.rmdir()
     """
     removed = []
     try:
@@ -284,11 +271,12 @@ def _fp16_onnx(folder: Path) -> str:
     return name
 
 
-def build(settings: BuildSettings, recipe=None, tolerances: dict[str, float] | None = None) -> dict[str, Any]:
+def build(settings: BuildSettings, judging: Judging | None = None,
+          tolerances: dict[str, float] | None = None) -> dict[str, Any]:
     """Build an engine folder at ``settings.out``; return its manifest. An existing folder is replaced only once
     the new one is complete (its TensorRT timing cache is reused). An int8 segmentation engine is judged with
-    ``recipe``'s tiling and decision rules (a station recipe or anything with ``rules``, ``tiling.overlap`` and
-    ``tiling.batch``; default :class:`_Rules`) against ``tolerances`` (default: the int8 ones of
+    ``judging`` (a recipe's line: :func:`station.line_calibration.judging_for`; default the judging defaults) against
+    ``tolerances`` (default: the int8 ones of
     :data:`engines.verify.TOLERANCES`), and not written when it misses them."""
     started = time.perf_counter()
     bundle = resolve_weights(settings.weights)
@@ -320,7 +308,7 @@ def build(settings: BuildSettings, recipe=None, tolerances: dict[str, float] | N
             calib, manifest["int8_calibration"] = calibration_tiles(
                 settings.calibration, settings.calibration_images, kind, tile, spec,
                 limit=max(settings.batch[1] * 8, 64))
-        if settings.backend in ("onnxruntime", "tensorrt"):
+        if backend_spec(settings.backend).exports_onnx:
             report = _export(bundle, settings, work, tile)
             manifest["onnx"] = {**_entry(work, ONNX_FILE), **report}
             if settings.backend == "onnxruntime" and settings.precision != "fp32":
@@ -328,7 +316,7 @@ def build(settings: BuildSettings, recipe=None, tolerances: dict[str, float] | N
                     name, manifest["int8_excluded"] = _quantize_onnxruntime(work, calib, settings.batch[1],
                                                                             settings.int8_exclude)
                     if settings.int8_guard and kind == "segmentation":
-                        threshold = (recipe or _Rules(settings.batch[1])).rules.score_threshold
+                        threshold = (judging or Judging()).rules.score_threshold
                         drift = peak_drift(work / ONNX_FILE, work / name, calib, threads=settings.threads or 1)
                         manifest["int8_guard"] = {"fallback": ONNX_FILE, **guard_for(threshold, drift),
                                                   "drift_tiles": int(len(calib))}
@@ -357,7 +345,7 @@ def build(settings: BuildSettings, recipe=None, tolerances: dict[str, float] | N
         engine = open_folder(work, manifest, threads=settings.threads, device=device)
         try:
             if settings.precision == "int8":
-                manifest["parity"] = _int8_parity(engine, weights_dir, settings, kind, tile, spec, work, recipe,
+                manifest["parity"] = _int8_parity(engine, weights_dir, settings, kind, tile, spec, work, judging,
                                                   tolerances)
             else:
                 manifest["parity"] = measure_parity(engine, weights_dir, settings, kind, tile, spec)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from engines.backends.common import BACKENDS, cache_dir, default_threads
+from engines.backends.common import cache_dir, default_threads
+from engines.backends.registry import backend_spec
 from engines.build import BuildSettings, build
-from engines.errors import BackendUnavailable, EngineError
+from engines.errors import EngineError
 from engines.folders import open_engine, open_folder
 from engines.manifest import is_engine_dir, problems, read_manifest
 from engines.models import model_spec
@@ -30,8 +31,7 @@ def engine_for_weights(weights: str | Path, backend: str = "onnxruntime", thread
                        precision: str = "fp32", mode: str = "batch", tile: int = 0) -> Engine:
     """What :func:`engines.backends.base.load_engine` does: open an engine folder, or build the weights into a
     cached engine folder once (rebuilt when its manifest no longer matches this machine) and open it."""
-    if backend not in BACKENDS:
-        raise BackendUnavailable(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+    backend_spec(backend)  # BackendUnavailable naming the declared backends
     if is_engine_dir(weights):
         manifest = read_manifest(weights)
         for key, wanted in (("backend", backend), ("precision", precision)):

@@ -29,7 +29,6 @@ import calibration.int8  # noqa: F401
 from engines.commands import (
     EXIT_FAILED,
     EXIT_OK,
-    EXIT_USAGE,
     run_bench,
     run_build,
     run_cam,
@@ -43,21 +42,18 @@ from engines.commands import (
     run_synth,
     run_train,
 )
+from engines.backends.registry import all_precisions, backend_names  # plain data, no backend library
 from engines.models import CLASSIFICATION_MODELS, MODEL_NAMES, RESNETS, SCORING_MODES  # plain data, no torch
 from engines.quantize import DEFAULT_EXCLUDE, GROUPS  # plain data, no onnx
 from inspection_core.defaults import DEFAULT_MIN_AREA_PX, DEFAULT_SCORE_THRESHOLD
-from station.recipe import load_recipe, shipped_recipe_path
-
-
-def _recipe(args: argparse.Namespace):
-    """The station recipe whose tiling and rules judge verdicts (``--recipe``, default the shipped magnetic_tile)."""
-    name = args.recipe or "magnetic_tile"
-    return load_recipe(name if Path(name).suffix == ".toml" else shipped_recipe_path(name))
+from inspection_core.errors import report_error
+from station.line_calibration import recipe_judging
 
 
 def _build(args: argparse.Namespace) -> int:
-    """``engines build``: here for the same reason as :func:`_verify` (an int8 build is judged by a recipe's rules)."""
-    return run_build(args, recipe=_recipe(args) if args.precision == "int8" else None)
+    """``engines build``: here for the same reason as :func:`_verify` (an int8 build is judged as a recipe's line
+    judges)."""
+    return run_build(args, judging=recipe_judging(args.recipe) if args.precision == "int8" else None)
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -65,9 +61,11 @@ def _verify(args: argparse.Namespace) -> int:
     layers contract allows for this entry point only); the other handlers are in :mod:`engines.commands`."""
     from engines.verify import verify
 
-    # a segmentation engine is judged with a station recipe's tiling and rules (top layer: the command reads it)
-    recipe = _recipe(args)
-    report = verify(args.engine, args.data, against=args.against, recipe=recipe, limit=args.limit,
+    # a segmentation engine is judged as a line running the recipe judges: its tiling, its rules after its
+    # calibration profile (top layer: the command reads the recipe)
+    judging = recipe_judging(args.recipe)
+    print(f"rule: {judging.describe()}", file=sys.stderr)
+    report = verify(args.engine, args.data, against=args.against, judging=judging, limit=args.limit,
                     threads=args.threads, batch=args.batch)
     shown = {k: v for k, v in report.items() if k not in ("verdicts_differing", "label_sets_differing")}
     differing = report.get("verdicts_differing") or report.get("label_sets_differing") or []
@@ -84,7 +82,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _judging_options(parser: argparse.ArgumentParser) -> None:
     """How `engines eval` and `engines accept` run the station's inspection: backend, threads, tiling, batch."""
-    parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"])
+    parser.add_argument("--backend", default="onnxruntime", choices=backend_names(device="cpu"))
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--overlap", type=int,
                         help="tile overlap in pixels (default: the overlap of the rule `engines accept` wrote into "
@@ -349,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="defect score threshold (default: 0.5 = argmax)")
     cmp.add_argument("--min-area", type=int, default=DEFAULT_MIN_AREA_PX,
                      help="smallest defect area in pixels (default: 30)")
-    cmp.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"],
+    cmp.add_argument("--backend", default="onnxruntime", choices=backend_names(device="cpu"),
                      help="backend for judging and for the throughput figures (default: onnxruntime)")
     cmp.add_argument("--threads", type=int, default=0)
     cmp.add_argument("--bench-batch", type=int, default=32)
@@ -411,8 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--weights", required=True, help="weights folder (a training run) or shipped name")
     build.add_argument("--model", choices=MODEL_NAMES,
                        help="the network the weights must hold (a check; default: whatever they hold)")
-    build.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"), default="onnxruntime")
-    build.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+    build.add_argument("--backend", choices=backend_names(), default="onnxruntime")
+    build.add_argument("--precision", choices=all_precisions(), default="fp32",
                        help="fp16: tensorrt, torch (CUDA; CPU for parity checks only) or onnxruntime on CUDA; "
                             "int8: tensorrt or onnxruntime, calibrated on --calibration images")
     build.add_argument("--batch", default="1:32:64", help="batch profile MIN:OPT:MAX (TensorRT's optimization "
@@ -468,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     lister.add_argument("roots", nargs="*", default=["engines-built"],
                         help="folders to search (default: ./engines-built; the cache is always searched)")
     lister.add_argument("--json", action="store_true", help="print JSON")
+    lister.add_argument("--backends", action="store_true",
+                        help="list the declared backends instead (engines.backends.registry): their devices, "
+                             "precisions, and whether each runs here, or why not")
     lister.set_defaults(func=run_list)
     return parser
 
@@ -481,13 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - turn known errors into one-line messages
-        from engines.errors import USER_ERRORS
-
-        if isinstance(exc, USER_ERRORS):
-            print(f"engines: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        raise
+    except Exception as exc:  # noqa: BLE001 - a user error: one line, exit 2; anything else: a bug, its traceback, 1
+        return report_error("engines", exc)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ import logging
 import sys
 from pathlib import Path
 
+from engines.errors import InputError
 from engines.models import Task, model_spec
 from engines.quantize import DEFAULT_EXCLUDE, GROUPS
-from inspection_core.defaults import DEFAULT_MIN_AREA_PX, DEFAULT_OVERLAP, DEFAULT_SCORE_THRESHOLD
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SEG_ONLY = {"tile": None, "optimizer": None, "loss": None, "init": None, "no_sam": False, "fusion": None,
@@ -40,7 +40,7 @@ def run_train(args: argparse.Namespace) -> int:
              if getattr(args, k) not in (unset,)]
     if wrong:
         kind = "segmentation networks" if classifier else "classifiers"
-        raise ValueError(f"{', '.join(wrong)} apply only to {kind}, not to {args.model}")
+        raise InputError(f"{', '.join(wrong)} apply only to {kind}, not to {args.model}")
     if classifier:
         return _train_classifier(args)
     settings = TrainSettings(model=args.model, data=args.data, out=args.out, epochs=args.epochs or 30,
@@ -81,7 +81,7 @@ def _train_classifier(args: argparse.Namespace) -> int:
     spec = model_spec(args.model)
     foreign = [key for key in config if key not in spec.options and not (key == "backbone" and spec.backbones)]
     if foreign:
-        raise ValueError(f"{', '.join(foreign)} are GR options; {args.model} takes none")
+        raise InputError(f"{', '.join(foreign)} are GR options; {args.model} takes none")
     settings = ClsTrainSettings(
         model=args.model, data=args.data, out=args.out, epochs=args.epochs or 40,
         pretrain_epochs=-1 if args.pretrain_epochs is None else args.pretrain_epochs, batch=args.batch or 32,
@@ -97,14 +97,14 @@ def _train_classifier(args: argparse.Namespace) -> int:
 
 
 def run_split(args: argparse.Namespace) -> int:
-    from engines.data.segmentation import IMAGE_SUFFIXES, leaked_parts, load_dataset, three_way_split
+    from engines.data.segmentation import IMAGE_SUFFIXES, leaked_parts, load_dataset, read_split, three_way_split
 
     samples = load_dataset(args.data)
     if args.keep and args.group_by == "part":
         print("error: --keep continues an earlier split by file; add --group-by file, or drop --keep for a split "
               "by part", file=sys.stderr)
         return EXIT_USAGE
-    keep = json.loads(Path(args.keep).read_text()) if args.keep else None
+    keep = read_split(args.keep) if args.keep else None
 
     def key(name: str) -> str:  # "MT_Crack/exp1_x.jpg" and "crack_exp1_x.jpg" -> "crack/exp1_x"
         path = Path(name)
@@ -153,7 +153,7 @@ def run_curves(args: argparse.Namespace) -> int:
     labels = args.labels.split(",") if args.labels else list(args.runs)
     offsets = [int(v) for v in args.offset.split(",")] if args.offset else [0] * len(args.runs)
     if len(labels) != len(args.runs) or len(offsets) != len(args.runs):
-        raise ValueError(f"give one label and one offset per run ({len(args.runs)} runs)")
+        raise InputError(f"give one label and one offset per run ({len(args.runs)} runs)")
     plotted = []
     for run, label, offset in zip(args.runs, labels, offsets):
         history, per_epoch = read_history(run)
@@ -175,7 +175,7 @@ def _model_config(args: argparse.Namespace) -> dict:
         return {}
     if args.no_sam or args.fusion:
         if not {"use_sam", "fusion"} <= set(spec.options):
-            raise ValueError("--no-sam and --fusion are BFFN's ablation switches; they do not apply to " + args.model)
+            raise InputError("--no-sam and --fusion are BFFN's ablation switches; they do not apply to " + args.model)
         if args.no_sam:
             config["use_sam"] = False
         if args.fusion:
@@ -200,12 +200,12 @@ def int8_groups(text: str | None) -> tuple[str, ...]:
     groups = tuple(g.strip() for g in text.split(",") if g.strip() and g.strip() != "none")
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
-        raise ValueError(f"--int8-float: unknown group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)} "
+        raise InputError(f"--int8-float: unknown group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)} "
                          "(or none)")
     return groups
 
 
-def run_build(args: argparse.Namespace, recipe=None) -> int:
+def run_build(args: argparse.Namespace, judging=None) -> int:
     from engines.build import BuildSettings, build, parse_batch
 
     settings = BuildSettings(weights=args.weights, backend=args.backend, out=args.out, precision=args.precision,
@@ -213,7 +213,7 @@ def run_build(args: argparse.Namespace, recipe=None) -> int:
                              mode=args.mode, model=args.model or "", workspace_mib=args.workspace,
                              calibration=args.calibration or "", data=args.data or "", threads=args.threads,
                              int8_exclude=int8_groups(args.int8_float), int8_guard=not args.no_int8_guard)
-    manifest = build(settings, recipe=recipe)
+    manifest = build(settings, judging=judging)
     parity = manifest["parity"]
     print(json.dumps({"engine": args.out, "model": manifest["model"], "backend": manifest["backend"],
                       "precision": manifest["precision"], "device": manifest["device"], "tile": manifest["tile"],
@@ -234,7 +234,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     names = [args.engine] + ([args.vs] if args.vs else [])
     if len(set(names)) != len(names):
-        raise ValueError("--vs names the same engine twice; compare two different engine folders")
+        raise InputError("--vs names the same engine twice; compare two different engine folders")
     report = bench_engines({name: opener(name) for name in names}, batch=args.batch, seconds=args.seconds)
     result = {"batch": args.batch, "seconds": args.seconds, "threads": args.threads or "all", "engines": report}
     if args.vs:
@@ -250,6 +250,8 @@ def run_list(args: argparse.Namespace) -> int:
     from engines.folders import engine_folders
     from engines.manifest import ManifestError, problems, read_manifest
 
+    if getattr(args, "backends", False):
+        return _list_backends(args)
     rows = []
     for folder in engine_folders(args.roots):
         try:
@@ -282,39 +284,68 @@ def run_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _list_backends(args: argparse.Namespace) -> int:
+    """``engines list --backends``: every declared backend, where it runs and in which precisions, and whether it
+    runs here (the registry's availability check, which says what to install where it does not)."""
+    from engines.backends.registry import BACKENDS
+
+    rows = []
+    for spec in BACKENDS.values():
+        why_not = {device: spec.unavailable(device) for device in spec.devices}
+        rows.append({"backend": spec.name, "title": spec.title, "summary": spec.summary,
+                     "devices": list(spec.devices), "precisions": list(spec.precisions),
+                     "cpu_precisions": list(spec.cpu_precisions or spec.precisions), "aliases": dict(spec.aliases),
+                     "runs_here": [d for d, why in why_not.items() if why is None],
+                     "why_not": {d: why for d, why in why_not.items() if why is not None}})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    for row in rows:
+        aliases = "".join(f"; recipes: {a} = {row['backend']} on {d}" for a, d in row["aliases"].items())
+        precisions = ", ".join(p if p in row["cpu_precisions"] or "cpu" not in row["devices"] else f"{p} (cuda only)"
+                               for p in row["precisions"])
+        print(f"{row['backend']} ({row['title']}): {row['summary']}\n  devices {', '.join(row['devices'])}; "
+              f"precisions {precisions}{aliases}")
+        for device in row["devices"]:
+            why = row["why_not"].get(device)
+            print(f"  runs here on {device}: yes" if why is None else f"  runs here on {device}: NO - {why}")
+    return EXIT_OK
+
+
 def _split_part(samples, split_path: str, part: str, data: str) -> list:
     """The samples named in one part (train / validation / holdout) of a split.json."""
-    split = json.loads(Path(split_path).read_text())
+    from engines.data.segmentation import read_split
+
+    split = read_split(split_path)
     if part not in split:
-        raise ValueError(f"{split_path} has no {part!r} list (parts: {', '.join(sorted(split))}); write a three-way "
+        raise InputError(f"{split_path} has no {part!r} list (parts: {', '.join(sorted(split))}); write a three-way "
                          f"split with `engines split`")
     wanted = set(split[part])
     picked = [s for s in samples if s.name in wanted]
     if not picked:
-        raise ValueError(f"no image of {data} is in the {part!r} list of {split_path}")
+        raise InputError(f"no image of {data} is in the {part!r} list of {split_path}")
     return picked
 
 
-def _judge_segmentation(weights: str, samples, args: argparse.Namespace, threshold: float, min_area: int,
-                        min_areas=(), failures=None, max_failures: int = 12) -> tuple[dict, list, list | None, list]:
-    """Judge ``samples`` with ``weights`` exactly as the station does (`engines eval`'s core): the report, the
-    threshold sweep, the (threshold, minimum area) sweep when ``min_areas`` is given, and the per-image records."""
+def _judge_segmentation(weights: str, samples, args: argparse.Namespace, judging, min_areas=(), failures=None,
+                        max_failures: int = 12) -> tuple[dict, list, list | None, list]:
+    """Judge ``samples`` with ``weights`` exactly as the station does (`engines eval`'s core), by ``judging``
+    (:class:`inspection.judging.Judging`): the report, the threshold sweep, the (threshold, minimum area) sweep when
+    ``min_areas`` is given, and the per-image records."""
     from engines.acceptance import breakdown
     from engines.backends.base import load_engine
     from engines.evaluate import evaluate_station_verdicts
-    from inspection.inspector import Inspector
-    from inspection_core.verdict import DecisionRules
 
     engine = load_engine(weights, backend=args.backend, threads=args.threads)
-    rules = DecisionRules(score_threshold=threshold, min_area_px=min_area)
-    inspector = Inspector(engine, overlap=args.overlap, batch=args.batch, rules=rules)
+    inspector = judging.inspector(engine)
     metrics, records = evaluate_station_verdicts(inspector, samples, failures_dir=failures,
                                                  max_failures=max_failures, min_areas=min_areas)
     sweep = metrics.pop("sweep")
     rule_sweep = metrics.pop("rule_sweep", None)
     report = {"weights": str(weights), "engine_id": engine.engine_id, "data": str(args.data),
-              "images": len(samples), "threshold": threshold, "min_area_px": min_area, "overlap": args.overlap,
-              **({"rule_from": args.rule_from} if getattr(args, "rule_from", None) else {}), **metrics}
+              "images": len(samples), "threshold": judging.rules.score_threshold,
+              "min_area_px": judging.rules.min_area, "overlap": judging.overlap, "rule_from": judging.source,
+              "judging": judging.fingerprint(), **metrics}
     # where the errors are: recall and false alarms per lighting, recall at the image edge and inside it
     for key, name in (("exposure", "by_exposure"), ("at_edge", "edge_recall")):
         table = breakdown(records, key)
@@ -328,33 +359,16 @@ def _write_report(path, report: dict, sweep: list, rule_sweep, records: list) ->
                                       "images_detail": records}, indent=2) + "\n")
 
 
-def _resolve_rule(args: argparse.Namespace, bundle) -> None:
-    """Fill ``args.threshold``, ``args.min_area`` and ``args.overlap`` that the user left out: from the rule
-    ``engines accept`` wrote into the weights' config.json, else the defaults (0.5, 30, 32); ``args.rule_from``
-    says where the rule came from, and it is printed."""
-    learned = bundle.judging_rule() or {}
-    given = [name for name in ("threshold", "min_area", "overlap") if getattr(args, name, None) is not None]
-    taken = []
-    for name, key, default in (("threshold", "threshold", DEFAULT_SCORE_THRESHOLD),
-                               ("min_area", "min_area_px", DEFAULT_MIN_AREA_PX), ("overlap", "overlap", DEFAULT_OVERLAP)):
-        if getattr(args, name, None) is not None:
-            continue
-        if key in learned:
-            setattr(args, name, type(default)(learned[key]))
-            taken.append(name)
-        else:
-            setattr(args, name, default)
-    if taken:
-        args.rule_from = (f"{bundle.path / 'config.json'}, learned by engines accept on "
-                          f"{learned.get('learned_on', 'a validation part')}"
-                          + (f"; {', '.join('--' + n.replace('_', '-') for n in given)} from the command line"
-                             if given else ""))
-    elif given:
-        args.rule_from = "the command line and the defaults"
-    else:
-        args.rule_from = "the defaults: the weights carry no learned rule (engines accept writes one)"
-    print(f"rule: score >= {args.threshold}, min area {args.min_area} px, overlap {args.overlap} px "
-          f"(from {args.rule_from})", file=sys.stderr)
+def _judging(args: argparse.Namespace, bundle):
+    """The judging `engines eval` uses: the rule the weights carry (``engines accept`` wrote it into their
+    config.json) with ``--threshold``, ``--min-area`` and ``--overlap`` on top, else the defaults; printed, with
+    where each setting came from."""
+    from engines.judging import judging_for_weights
+
+    judging = judging_for_weights(bundle, threshold=args.threshold, min_area=args.min_area, overlap=args.overlap,
+                                  batch=args.batch)
+    print(f"rule: {judging.describe()}", file=sys.stderr)
+    return judging
 
 
 def _min_areas(text: str | None) -> list[int]:
@@ -369,12 +383,12 @@ def run_eval(args: argparse.Namespace) -> int:
     bundle = resolve_weights(args.weights)
     if model_spec(bundle.model).task is Task.CLASSIFICATION:
         return _eval_classifier(args)
-    _resolve_rule(args, bundle)
+    judging = _judging(args, bundle)
     samples = load_dataset(args.data)
     if args.split:
         samples = _split_part(samples, args.split, args.split_part, args.data)
-    report, sweep, rule_sweep, records = _judge_segmentation(args.weights, samples, args, args.threshold,
-                                                             args.min_area, _min_areas(args.learn_min_areas),
+    report, sweep, rule_sweep, records = _judge_segmentation(args.weights, samples, args, judging,
+                                                             _min_areas(args.learn_min_areas),
                                                              failures=args.failures, max_failures=args.max_failures)
     if rule_sweep and args.split_part == "holdout" and args.split:
         print("warning: rules learned on the held-out part are optimistic; learn them with --split-part "
@@ -383,7 +397,8 @@ def run_eval(args: argparse.Namespace) -> int:
     curve = args.curve or (str(Path(args.json).with_suffix(".pr.png")) if args.json else None)
     if curve:
         save_pr_curve(sweep, curve, title=f"{report['engine_id']} on {args.data} ({len(samples)} images, "
-                                          f"min area {args.min_area} px)", operating_threshold=args.threshold)
+                                          f"min area {judging.rules.min_area} px)",
+                       operating_threshold=judging.rules.score_threshold)
         print(f"precision-recall curve: {curve}", file=sys.stderr)
     if args.json:
         _write_report(args.json, report, sweep, rule_sweep, records)
@@ -405,10 +420,12 @@ def run_accept(args: argparse.Namespace) -> int:
 
     for weights in filter(None, (args.weights, args.against)):
         if model_spec(resolve_weights(weights).model).task is Task.CLASSIFICATION:
-            raise ValueError(f"{weights} is a classifier; `engines accept` judges segmentation networks "
+            raise InputError(f"{weights} is a classifier; `engines accept` judges segmentation networks "
                              f"(classifiers: `engines eval`, `calibration thresholds`)")
-    if args.overlap is None:
-        args.overlap = DEFAULT_OVERLAP
+    from inspection.judging import Judging
+
+    # the rule is learned here, so the weights' old one is not used; the sweeps start from 0.5 / 20 px
+    base = Judging.from_rule(None, threshold=0.5, min_area=20, overlap=args.overlap, batch=args.batch)
     samples = load_dataset(args.data)
     validation = _split_part(samples, args.split, "validation", args.data)
     holdout = _split_part(samples, args.split, "holdout", args.data)
@@ -419,7 +436,7 @@ def run_accept(args: argparse.Namespace) -> int:
                      "min_areas_px": min_areas}
 
     def learn(weights: str, name: str) -> tuple[dict, list[dict]]:
-        report, sweep, rule_sweep, records = _judge_segmentation(weights, validation, args, 0.5, 20, min_areas)
+        report, sweep, rule_sweep, records = _judge_segmentation(weights, validation, args, base, min_areas)
         _write_report(out / name, report, sweep, rule_sweep, records)
         rule = report["best_rule"]
         print(f"{weights}: rule learned on {len(validation)} validation images: threshold {rule['threshold']}, "
@@ -437,8 +454,9 @@ def run_accept(args: argparse.Namespace) -> int:
                                 "beaten": beats(rule, reference),
                                 "paired": paired_comparison(judged, reference_judged)}
         ok = summary["reference"]["beaten"]
-    report, sweep, _, records = _judge_segmentation(args.weights, holdout, args, rule["threshold"],
-                                                    rule["min_area_px"])
+    learned = base.replace(score_threshold=rule["threshold"], min_area_px=rule["min_area_px"],
+                           source=f"learned on {args.split} validation")
+    report, sweep, _, records = _judge_segmentation(args.weights, holdout, args, learned)
     _write_report(out / "holdout.json", report, sweep, None, records)
     summary["holdout"] = {**{k: report[k] for k in ("images", "tp", "fp", "fn", "tn", "precision", "recall", "f1",
                                                     "fp_fn", "pixel_iou", "pixel_dice")},
@@ -456,7 +474,7 @@ def run_accept(args: argparse.Namespace) -> int:
         from engines.weights import write_judging_rule
 
         written = write_judging_rule(resolve_weights(args.weights), {
-            "threshold": rule["threshold"], "min_area_px": rule["min_area_px"], "overlap": args.overlap,
+            "threshold": rule["threshold"], "min_area_px": rule["min_area_px"], "overlap": base.overlap,
             "learned_on": f"{args.split} validation ({len(validation)} images of {args.data})",
             "validation_f1": rule["f1"], "holdout_f1": report["f1"], "accepted": ok,
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
@@ -483,16 +501,17 @@ def run_accept(args: argparse.Namespace) -> int:
 
 def _eval_classifier(args: argparse.Namespace) -> int:
     from engines.data.multilabel import load_multilabel
+    from engines.data.segmentation import read_split
     from engines.evaluate_cls import evaluate_classifier, rounded, save_class_figure
     from engines.weights import resolve_weights
 
     bundle = resolve_weights(args.weights)
     data = load_multilabel(args.data)
     if args.split:
-        wanted = set(json.loads(Path(args.split).read_text())[args.split_part])
+        wanted = set(read_split(args.split).get(args.split_part, []))
         data = data.subset([i for i, s in enumerate(data.samples) if s.name in wanted])
         if not len(data):
-            raise ValueError(f"no image of {args.data} is in the {args.split_part!r} list of {args.split}")
+            raise InputError(f"no image of {args.data} is in the {args.split_part!r} list of {args.split}")
     threshold = 0.5 if args.threshold is None else args.threshold
     report, records = evaluate_classifier(bundle, data, mode=args.mode, batch=args.batch, threads=args.threads,
                                           threshold=threshold)

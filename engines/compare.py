@@ -26,16 +26,15 @@ from engines.backends.base import load_engine
 from engines.benchmark import interleaved_throughput
 from engines.data.multilabel import load_multilabel, stratified_multilabel_folds, stratified_multilabel_split
 from engines.data.segmentation import load_dataset, stratified_folds, stratified_split, three_way_split
-from engines.errors import TrainingDiverged
+from engines.errors import InputError, TrainingDiverged
 from engines.evaluate import DEFAULT_SWEEP, evaluate_station_verdicts, save_pr_curve
 from engines.evaluate_cls import evaluate_classifier, save_class_figure
 from engines.train import TrainSettings, train_segmentation
 from engines.models import model_spec
 from engines.train_cls import ClsTrainSettings, train_classifier
 from engines.weights import load_model, resolve_weights
-from inspection.inspector import Inspector
-from inspection_core.defaults import DEFAULT_MIN_AREA_PX, DEFAULT_OVERLAP
-from inspection_core.verdict import DecisionRules
+from inspection.judging import Judging
+from inspection_core.defaults import DEFAULT_MIN_AREA_PX, DEFAULT_OVERLAP, DEFAULT_SCORE_THRESHOLD
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ class CompareSettings:
     folds: int = 4
     seed: int = 0
     validation: float = 0.1  # the paper sets 10 % of each training part aside for tuning
-    threshold: float = 0.5
+    threshold: float = DEFAULT_SCORE_THRESHOLD
     min_area_px: int = DEFAULT_MIN_AREA_PX
     overlap: int = DEFAULT_OVERLAP
     backend: str = "onnxruntime"
@@ -89,15 +88,21 @@ class CompareSettings:
     backbone: str = ""  # classifiers: GR's backbone (resnet18 for CPU work; the paper's resnet50 by default)
     train: dict = field(default_factory=dict)  # TrainSettings overrides (epochs, steps_per_epoch, optimizer, ...)
 
+    @property
+    def judging(self) -> Judging:
+        """How every fold's networks are judged (the threshold is then tuned per network on its validation part)."""
+        return Judging.from_rule(None, threshold=self.threshold, min_area=self.min_area_px, overlap=self.overlap,
+                                 where="engines compare")
+
 
 def check_models(models) -> tuple[str, ...]:
     unknown = [m for m in models if m not in VARIANTS and m not in CLS_VARIANTS]
     if unknown:
-        raise ValueError(f"unknown model(s) {', '.join(unknown)}; choose segmentation networks from "
+        raise InputError(f"unknown model(s) {', '.join(unknown)}; choose segmentation networks from "
                          f"{', '.join(VARIANTS)} or classifiers from {', '.join(CLS_VARIANTS)}")
     kinds = {m in CLS_VARIANTS for m in models}
     if len(kinds) > 1:
-        raise ValueError("compare segmentation networks and classifiers in separate runs (they need different data)")
+        raise InputError("compare segmentation networks and classifiers in separate runs (they need different data)")
     return tuple(models)
 
 
@@ -122,14 +127,14 @@ def run_compare(settings: CompareSettings, progress: bool = True) -> dict:
     fold_numbers = settings.only_folds or tuple(range(1, settings.folds + 1))
     bad = [f for f in fold_numbers if not 1 <= f <= settings.folds]
     if bad:
-        raise ValueError(f"fold(s) {bad} do not exist; folds are numbered 1..{settings.folds}")
+        raise InputError(f"fold(s) {bad} do not exist; folds are numbered 1..{settings.folds}")
     named = [[samples[i].name for i in f] for f in folds]
     folds_file = out / "folds.json"
     if folds_file.exists() and json.loads(folds_file.read_text()) != named:
-        raise ValueError(f"{folds_file} holds other folds (an earlier run with another --group-by, --folds or "
+        raise InputError(f"{folds_file} holds other folds (an earlier run with another --group-by, --folds or "
                          "--seed); resume it with the same options or choose a new --out")
     folds_file.write_text(json.dumps(named, indent=1))
-    rules = DecisionRules(score_threshold=settings.threshold, min_area_px=settings.min_area_px)
+    judging = settings.judging
     results: dict[str, list[dict]] = {m: [] for m in models}
     for k in fold_numbers:
         test = [samples[i] for i in folds[k - 1]]
@@ -155,11 +160,10 @@ def run_compare(settings: CompareSettings, progress: bool = True) -> dict:
                                             if k in TrainSettings.__dataclass_fields__})
                 train_segmentation(train_settings, progress=progress, train_samples=fit, held_samples=val)
                 report_file.unlink(missing_ok=True)
-            tuned = _tuned_threshold(run, val, settings, rules) if val else settings.threshold
+            tuned = _tuned_threshold(run, val, settings, judging) if val else settings.threshold
             if not report_file.exists() or json.loads(report_file.read_text())["threshold"] != tuned:
                 engine = load_engine(run, backend=settings.backend, threads=settings.threads)
-                inspector = Inspector(engine, overlap=settings.overlap, batch=32,
-                                      rules=replace(rules, score_threshold=tuned))
+                inspector = judging.replace(score_threshold=tuned).inspector(engine)
                 t0 = time.time()
                 shutil.rmtree(run / "failures", ignore_errors=True)  # overlays of an earlier judgement
                 metrics, records = evaluate_station_verdicts(inspector, test, failures_dir=run / "failures",
@@ -227,7 +231,7 @@ def run_compare_classifiers(settings: CompareSettings, progress: bool = True) ->
     fold_numbers = settings.only_folds or tuple(range(1, settings.folds + 1))
     bad = [f for f in fold_numbers if not 1 <= f <= settings.folds]
     if bad:
-        raise ValueError(f"fold(s) {bad} do not exist; folds are numbered 1..{settings.folds}")
+        raise InputError(f"fold(s) {bad} do not exist; folds are numbered 1..{settings.folds}")
     (out / "folds.json").write_text(json.dumps([[data.samples[i].name for i in f] for f in folds], indent=1))
     allowed = set(ClsTrainSettings.__dataclass_fields__)
     train_overrides = {k: v for k, v in settings.train.items() if k in allowed}
@@ -365,13 +369,13 @@ def classifier_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _tuned_threshold(run: Path, val, settings: CompareSettings, rules) -> float:
+def _tuned_threshold(run: Path, val, settings: CompareSettings, judging: Judging) -> float:
     """The decision threshold with the best image-level F1 on the run's validation images (the 10 % of the
     training part the paper sets aside for tuning), from the evaluation sweep; cached in ``validation.json``."""
     cache = run / "validation.json"
     if not cache.exists():
         engine = load_engine(run, backend=settings.backend, threads=settings.threads)
-        metrics, _ = evaluate_station_verdicts(Inspector(engine, overlap=settings.overlap, batch=32, rules=rules), val)
+        metrics, _ = evaluate_station_verdicts(judging.inspector(engine), val)
         engine.close()
         best = max(metrics["sweep"], key=lambda p: (p["f1"], -abs(p["threshold"] - settings.threshold)))
         cache.write_text(json.dumps({"threshold": best["threshold"], "f1": best["f1"], "images": len(val),

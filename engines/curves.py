@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from engines.errors import InputError
+
 
 def read_history(run: str | Path) -> tuple[list[dict], int]:
     """``(epoch records, steps per epoch)`` of a run folder or weights: the training log of a run in progress
@@ -33,7 +35,7 @@ def read_history(run: str | Path) -> tuple[list[dict], int]:
     config = json.loads((path / "config.json").read_text())
     history = config.get("training", {}).get("history", [])
     if not history:
-        raise ValueError(f"{run} holds no training history (no train.log epochs, no history in config.json)")
+        raise InputError(f"{run} holds no training history (no train.log epochs, no history in config.json)")
     return history, _steps_per_epoch(path, history, config)
 
 

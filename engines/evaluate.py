@@ -64,7 +64,8 @@ def evaluate_full_images(model, samples, spec, threshold: float = DEFAULT_SCORE_
     return metrics
 
 
-def evaluate_as_station(model, model_name: str, samples, spec, tile: int, overlap: int, threshold: float = 0.5,
+def evaluate_as_station(model, model_name: str, samples, spec, tile: int, overlap: int,
+                        threshold: float = DEFAULT_SCORE_THRESHOLD,
                         min_area_px: int = DEFAULT_MIN_AREA_PX, min_areas=None) -> dict[str, float]:
     """Judge ``samples`` during training exactly as the station judges them: the live network (torch, eval mode, on
     the CPU) behind the station's :class:`~inspection.inspector.Inspector` (its tiles, stitching and decision
@@ -74,11 +75,11 @@ def evaluate_as_station(model, model_name: str, samples, spec, tile: int, overla
     the same figures ``engines eval --learn-min-areas`` gives for the saved weights."""
     from engines.backends.torch_backend import TorchEngine
     from engines.export import inference_module
-    from inspection.inspector import Inspector
+    from inspection.judging import Judging
 
     engine = TorchEngine(inference_module(model), model_name, "training", spec, tile)
-    inspector = Inspector(engine, overlap=overlap, batch=32,
-                          rules=DecisionRules(score_threshold=threshold, min_area_px=min_area_px))
+    judging = Judging.from_rule(None, threshold=threshold, min_area=min_area_px, overlap=overlap, where="training")
+    inspector = judging.inspector(engine)
     metrics, _ = evaluate_station_verdicts(inspector, samples, min_areas=min_areas or RULE_MIN_AREAS)
     metrics.pop("sweep")
     metrics.pop("rule_sweep")

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.data.multilabel import MultiLabelSet, label_matrix, load_multilabel, read_image, resize_images
+from engines.errors import InputError
 from engines.evaluate import write_figure
 from engines.models import has_bank, has_relations
 from engines.weights import WeightsBundle, WeightsError, load_model, resolve_weights
@@ -94,13 +95,13 @@ def predict(model, dataset_or_images, size: int, spec, mode: str = "batch", batc
     import torch
 
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise InputError(f"mode must be one of {MODES}, got {mode!r}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch must be a positive integer, got {batch!r}")
+        raise InputError(f"batch must be a positive integer, got {batch!r}")
     reference = None
     if mode == "bank" and has_relations(model):
         if not has_bank(model):
-            raise ValueError("mode 'bank' needs a reference bank in the weights (train_classifier stores one); "
+            raise InputError("mode 'bank' needs a reference bank in the weights (train_classifier stores one); "
                              "use mode 'batch'")
         reference = model.reference_bank
     images = resize_images(dataset_or_images, size, spec)
@@ -126,7 +127,7 @@ def score_set(model, images, truth, classes, size: int, spec, mode: str = "batch
     those of ``mode``, ``modes`` holds each mode's mean measures, ``agreement`` the share of image×class decisions
     (> threshold) on which the two modes agree (None when only one mode applies)."""
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise InputError(f"mode must be one of {MODES}, got {mode!r}")
     both = has_relations(model) and has_bank(model) and head == "final"
     wanted = MODES if both else (mode,)
     images = resize_images(images, size, spec)  # once for both modes
@@ -175,7 +176,7 @@ def evaluate_classifier(weights, data, mode: str = "batch", batch: int = 32, thr
     bundle, classes = classifier_bundle(weights)
     dataset = data if isinstance(data, MultiLabelSet) else load_multilabel(data)
     if set(dataset.classes) != set(classes) or len(dataset.classes) != len(classes):
-        raise ValueError(f"the data's classes {list(dataset.classes)} differ from the classes the weights were "
+        raise InputError(f"the data's classes {list(dataset.classes)} differ from the classes the weights were "
                          f"trained on {classes}")
     model = load_model(bundle)
     spec = bundle.input_spec()
@@ -289,7 +290,7 @@ def class_activation_maps(model, image: np.ndarray, size: int, spec, classes=Non
     import torch
 
     if method not in CAM_METHODS:
-        raise ValueError(f"method must be one of {CAM_METHODS}, got {method!r}")
+        raise InputError(f"method must be one of {CAM_METHODS}, got {method!r}")
     image = np.asarray(image)
     if image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 image, got {image.dtype}")
@@ -302,7 +303,7 @@ def class_activation_maps(model, image: np.ndarray, size: int, spec, classes=Non
     x = torch.from_numpy(normalize_tiles(resize_images([image], size, spec), spec)).to(device)
     weights = _cam_weights(model) if method != "gradcam" else None
     if method == "cam" and weights is None:
-        raise ValueError(f"plain CAM needs a GAP + linear head; {model.config.arch} has none: use method 'gradcam'")
+        raise InputError(f"plain CAM needs a GAP + linear head; {model.config.arch} has none: use method 'gradcam'")
     captured = {}
     handle = _feature_module(model).register_forward_hook(lambda module, inp, out: captured.__setitem__("f", out))
     try:
@@ -371,7 +372,7 @@ def save_cams(image: np.ndarray, cams: dict, path, alpha: float = 0.5) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), np.concatenate(row, axis=1)):
-        raise ValueError(f"cannot write {path}")
+        raise InputError(f"cannot write {path}")
     return path
 
 
@@ -390,7 +391,7 @@ def write_cams(weights, data, out_dir, names=None, limit: int = 12, size: int = 
             wanted = set(names)
             samples = [s for s in samples if s.name in wanted or Path(s.name).name in wanted]
             if not samples:
-                raise ValueError(f"none of {sorted(wanted)[:5]} is an image of {data}")
+                raise InputError(f"none of {sorted(wanted)[:5]} is an image of {data}")
         items = [(s.name, s.image) for s in samples[:limit]]
     model, spec = load_model(bundle), bundle.input_spec()
     mode = "bank" if has_relations(model) and has_bank(model) else "batch"  # one image alone, deterministic

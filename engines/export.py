@@ -18,7 +18,7 @@ import logging
 import warnings
 from pathlib import Path
 
-from engines.errors import EngineError
+from engines.errors import EngineError, InputError
 from engines.models import SCORING_MODES, Task, has_bank, has_relations, model_spec
 from engines.onnx_check import check_onnx
 from engines.weights import load_model
@@ -36,10 +36,10 @@ def inference_module(model, kind: str = SEGMENTATION, mode: str = "batch"):
 
     if kind == CLASSIFICATION:
         if mode not in SCORING_MODES:  # a classifier without image-wise relations scores the same in both
-            raise ValueError(f"mode must be one of {', '.join(SCORING_MODES)}, got {mode!r}")
+            raise InputError(f"mode must be one of {', '.join(SCORING_MODES)}, got {mode!r}")
         use_bank = mode == "bank" and has_relations(model)
         if use_bank and not has_bank(model):
-            raise ValueError("mode 'bank' needs the reference bank stored with GR weights (engines train gr stores "
+            raise InputError("mode 'bank' needs the reference bank stored with GR weights (engines train gr stores "
                              "one); build with --mode batch")
 
         class LabelProbabilities(torch.nn.Module):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from engines.backends.common import cache_dir, default_threads
 from engines.backends.onnxruntime_backend import Int8Guard, OnnxRuntimeEngine
+from engines.backends.registry import BACKENDS
 from engines.backends.tensorrt_backend import TensorRTEngine
 from engines.backends.torch_backend import TorchEngine
 from engines.errors import EngineError
@@ -25,30 +26,48 @@ CALIBRATION_CACHE = "int8-calibration.cache"
 
 def open_folder(folder: Path, manifest: dict, threads: int = 0, device: str | None = None) -> Engine:
     """Open the engine in ``folder`` as ``manifest`` describes it, without checking the manifest (the build's own
-    parity check and the cache, which checks it itself, open folders this way); :func:`open_engine` checks."""
+    parity check and the cache, which checks it itself, open folders this way); :func:`open_engine` checks. The
+    manifest's backend opens it: its declaration's opener (:mod:`engines.backends.registry`)."""
     threads = threads or default_threads()
     device = device or manifest.get("device", "cpu")
-    spec = InputSpec(**manifest["input"])
-    sha, model, tile, precision, kind = (manifest["weights"]["sha256"], manifest["model"], manifest["tile"],
-                                         manifest["precision"], manifest["kind"])
-    backend = manifest["backend"]
-    if backend == "onnxruntime":
-        name = (manifest.get("engine") or manifest["onnx"])["file"]
-        guarded = manifest.get("int8_guard")
-        guard = Int8Guard(folder / guarded["fallback"], guarded["below"], guarded["threshold"],
-                          guarded["margin"]) if guarded else None
-        engine: Engine = OnnxRuntimeEngine(folder / name, model, sha, spec, tile, threads, precision, device, kind,
-                                           guard=guard)
-    elif backend == "torch":
-        engine = TorchEngine.from_bundle(resolve_weights(folder / WEIGHTS_DIR), threads=threads, device=device,
-                                         precision=precision, graph_batch=manifest["batch"]["opt"],
-                                         mode=manifest.get("mode") or "batch")
-    elif backend == "tensorrt":
-        engine = TensorRTEngine(folder / PLAN_FILE, model, sha, spec, tile, precision, device=device)
-        engine.kind = kind
-    else:
-        raise EngineError(f"{folder}: unknown backend {backend!r} in its manifest; rebuild it with `engines build`")
+    backend = BACKENDS.get(manifest["backend"])
+    if backend is None:
+        raise EngineError(f"{folder}: unknown backend {manifest['backend']!r} in its manifest; rebuild it with "
+                          "`engines build`")
+    engine: Engine = backend.open_folder(Path(folder), manifest, threads, device)
     engine.manifest, engine.folder = manifest, Path(folder)
+    return engine
+
+
+def _described(manifest: dict) -> tuple:
+    """What every backend's engine is told: model, weights SHA-256, input spec, tile, precision, kind."""
+    return (manifest["model"], manifest["weights"]["sha256"], InputSpec(**manifest["input"]), manifest["tile"],
+            manifest["precision"], manifest["kind"])
+
+
+def open_onnxruntime_folder(folder: Path, manifest: dict, threads: int, device: str) -> Engine:
+    """The onnxruntime declaration's opener: the quantised or converted graph where there is one, else the export,
+    with its int8 guard."""
+    model, sha, spec, tile, precision, kind = _described(manifest)
+    name = (manifest.get("engine") or manifest["onnx"])["file"]
+    guarded = manifest.get("int8_guard")
+    guard = Int8Guard(folder / guarded["fallback"], guarded["below"], guarded["threshold"],
+                      guarded["margin"]) if guarded else None
+    return OnnxRuntimeEngine(folder / name, model, sha, spec, tile, threads, precision, device, kind, guard=guard)
+
+
+def open_torch_folder(folder: Path, manifest: dict, threads: int, device: str) -> Engine:
+    """The torch declaration's opener: the folder's own weights (a CUDA graph for the profile's batch on CUDA)."""
+    return TorchEngine.from_bundle(resolve_weights(folder / WEIGHTS_DIR), threads=threads, device=device,
+                                   precision=manifest["precision"], graph_batch=manifest["batch"]["opt"],
+                                   mode=manifest.get("mode") or "batch")
+
+
+def open_tensorrt_folder(folder: Path, manifest: dict, threads: int, device: str) -> Engine:
+    """The tensorrt declaration's opener: the serialized plan on ``device``."""
+    model, sha, spec, tile, precision, kind = _described(manifest)
+    engine = TensorRTEngine(folder / PLAN_FILE, model, sha, spec, tile, precision, device=device)
+    engine.kind = kind
     return engine
 
 

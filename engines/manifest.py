@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.backends.gpu import gpu_info
-from engines.backends.tensorrt_backend import tensorrt_version
+from engines.backends.registry import BACKENDS, library_version
 from engines.errors import EngineError
 from inspection_core.hashing import file_sha256
 
@@ -34,20 +34,12 @@ class ManifestError(EngineError):
 
 
 def library_versions() -> dict[str, str | None]:
-    """Versions of the libraries an engine depends on (None where absent), without importing TensorRT's CUDA."""
-    versions: dict[str, str | None] = {}
-    try:
-        import onnxruntime
-
-        versions["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        versions["onnxruntime"] = None
+    """Versions of the libraries an engine depends on (None where absent): each declared backend's library
+    (:mod:`engines.backends.registry`), and the CUDA that torch uses; without importing TensorRT's CUDA."""
+    versions = {spec.library_module: library_version(spec.library_module) for spec in BACKENDS.values()}
     import torch
 
-    versions["torch"] = torch.__version__
     versions["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
-
-    versions["tensorrt"] = tensorrt_version()
     return versions
 
 
@@ -92,11 +84,6 @@ def is_engine_dir(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-# Which versions must match for each backend: an ONNX file runs on any ONNX Runtime, but the parity figures in
-# the manifest were measured with one; a TensorRT plan runs only on the TensorRT version and GPU that built it.
-_VERSION_KEYS = {"onnxruntime": ("onnxruntime",), "torch": ("torch",), "tensorrt": ("tensorrt",)}
-
-
 def problems(folder: str | Path, manifest: dict[str, Any] | None = None, *, check_files: bool = True) -> list[str]:
     """Every reason the engine in ``folder`` cannot run here as built (empty when it can)."""
     folder = Path(folder)
@@ -112,10 +99,12 @@ def problems(folder: str | Path, manifest: dict[str, Any] | None = None, *, chec
                 found.append(f"{part} file {entry['file']} is missing")
             elif file_sha256(path) != entry["sha256"]:
                 found.append(f"{part} file {entry['file']} has changed since the build (SHA-256 differs)")
-    backend = manifest.get("backend", "")
+    # The backend's library version must match: an ONNX file runs on any ONNX Runtime, but the parity figures in
+    # the manifest were measured with one; a TensorRT plan runs only on the TensorRT version and GPU that built it.
+    backend = BACKENDS.get(manifest.get("backend", ""))
     built = manifest.get("versions", {})
     here = library_versions()
-    for key in _VERSION_KEYS.get(backend, ()):
+    for key in (backend.library_module,) if backend is not None else ():
         if here.get(key) is None:
             found.append(f"{key} is not installed here (built with {key} {built.get(key)})")
         elif built.get(key) != here.get(key):
@@ -132,7 +121,7 @@ def problems(folder: str | Path, manifest: dict[str, Any] | None = None, *, chec
             for key in ("name", "compute_capability"):
                 if was.get(key) != now.get(key):
                     found.append(f"built on GPU {key} {was.get(key)!r}, this GPU has {key} {now.get(key)!r}")
-            if backend != "tensorrt" and built.get("cuda") != here.get("cuda"):
+            if (backend is None or backend.torch_cuda) and built.get("cuda") != here.get("cuda"):
                 found.append(f"built with CUDA {built.get('cuda')}, torch here uses CUDA {here.get('cuda')}")
     return found
 

@@ -2,12 +2,23 @@
 TensorRT 10's ONNX parser imports (``engines/tensorrt_onnx_ops.txt``, taken from onnx-tensorrt's
 ``docs/operators.md``).
 
-Catching an unsupported operator here, on any machine, is much cheaper than finding it on the station's GPU::
+Catching an unsupported operator here, on any machine, is much cheaper than finding it on the station's GPU (here on
+a one-node graph; ``engines build`` checks every exported network the same way)::
 
-    >>> unsupported_tensorrt_ops("bffn.onnx")
+    >>> import tempfile
+    >>> import onnx
+    >>> from onnx import TensorProto, helper
+    >>> x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 1, 8, 8]) for n in "xy")
+    >>> graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "tiny", [x], [y])
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> path = Path(folder.name) / "tiny.onnx"
+    >>> onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    >>> unsupported_tensorrt_ops(path)
     {}
-    >>> check_onnx("bffn.onnx")["opset"]
-    17
+    >>> report = check_onnx(path)
+    >>> report["opset"], report["ops"], report["inputs"][0]["shape"]
+    (17, {'Relu': 1}, ['batch', 1, 8, 8])
+    >>> folder.cleanup()
 """
 from __future__ import annotations
 
@@ -16,7 +27,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
-from engines.errors import EngineError
+from engines.errors import EngineError, MissingFile
 
 OPS_FILE = Path(__file__).with_name("tensorrt_onnx_ops.txt")
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -53,7 +64,7 @@ def _load(model_or_path):
         return model_or_path
     path = Path(model_or_path)
     if not path.is_file():
-        raise FileNotFoundError(f"no ONNX file at {path}; export one first with `engines export`")
+        raise MissingFile(f"no ONNX file at {path}; export one first with `engines export`")
     # Weights are not needed to read the graph, and may be large or kept in external files.
     return onnx.load(str(path), load_external_data=False)
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from engines.data.segmentation import DatasetError, load_dataset, spread
+from engines.errors import InputError
 from engines.export import INPUT_NAME
 from engines.inputs import batches, network_inputs
 from engines.int8_sets import calibration_images
@@ -113,7 +114,7 @@ def group_nodes(model_path: str | Path, groups) -> dict[str, list[str]]:
 
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
-        raise ValueError(f"unknown int8 exclusion group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
+        raise InputError(f"unknown int8 exclusion group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
     nodes = onnx.load(str(model_path), load_external_data=False).graph.node
     return {g: [n.name for n in nodes if re.search(GROUPS[g], _key(n))] for g in groups}
 

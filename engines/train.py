@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.errors import InputError
 from engines.training import (
     EpochStats,
     Phase,
@@ -87,7 +88,7 @@ def parameter_groups(model, lr: float, backbone_lr: float) -> list[dict]:
         return [{"params": list(model.parameters()), "lr": lr}]
     names = backbone_parameters(model)
     if not names:
-        raise ValueError(f"--backbone-lr: {type(model).__name__} has no ResNet backbone")
+        raise InputError(f"--backbone-lr: {type(model).__name__} has no ResNet backbone")
     named = list(model.named_parameters())
     return [{"params": [p for n, p in named if n in names], "lr": lr * backbone_lr},
             {"params": [p for n, p in named if n not in names], "lr": lr}]
@@ -105,7 +106,7 @@ def make_optimizer(name: str, parameters, lr: float, fused: bool = True):
         return torch.optim.RMSprop(parameters, lr=lr)
     if name == "adam":  # the trainers' devices (engines.training.pick_device), CPU and CUDA, both have the kernel
         return torch.optim.Adam(parameters, lr=lr, fused=fused)
-    raise ValueError(f"unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}")
+    raise InputError(f"unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}")
 
 
 def segmentation_loss(name: str):
@@ -116,7 +117,7 @@ def segmentation_loss(name: str):
     if name == "ce":
         return ce
     if name != "ce+dice":
-        raise ValueError(f"unknown loss {name!r}; use one of {', '.join(LOSSES)}")
+        raise InputError(f"unknown loss {name!r}; use one of {', '.join(LOSSES)}")
 
     def ce_dice(logits, target):
         p = 1.0 - logits.softmax(1)[:, 0]
@@ -353,16 +354,18 @@ def _best_so_far(history: list[dict]) -> dict | None:
 def samples_from_split(samples, path) -> tuple[list, list, dict]:
     """``(train, validation, record)`` from a split file: its ``train`` list trains; ``validation`` (or, in a
     two-way file, ``holdout``) validates. A three-way file's ``holdout`` images are used by neither."""
-    split = json.loads(Path(path).read_text())
+    from engines.data.segmentation import read_split
+
+    split = read_split(path)
     by_name = {s.name: s for s in samples}
     check = "validation" if "validation" in split else "holdout"
     missing = [n for part in ("train", check) for n in split.get(part, []) if n not in by_name]
     if missing:
-        raise ValueError(f"{len(missing)} images of {path} are not in the data folder (first: {missing[0]}); "
+        raise InputError(f"{len(missing)} images of {path} are not in the data folder (first: {missing[0]}); "
                          "pass the --data folder the split was made from")
     overlap = set(split.get("train", [])) & (set(split.get("validation", [])) | set(split.get("holdout", [])))
     if overlap:
-        raise ValueError(f"{path} lists {len(overlap)} images both for training and for judging; remake the split")
+        raise InputError(f"{path} lists {len(overlap)} images both for training and for judging; remake the split")
     train = [by_name[n] for n in split["train"]]
     validation = [by_name[n] for n in split.get(check, [])]
     return train, validation, split

@@ -49,6 +49,7 @@ from engines.data.multilabel import (
     resize_images,
     stratified_multilabel_split,
 )
+from engines.errors import InputError
 from engines.evaluate_cls import rounded, score_set
 from engines.models import CLASSIFICATION_MODELS, build_model, has_relations, model_spec
 from engines.training import EpochStats, Phase, TrainingHooks, TrainingLoop, optimizer_step, pick_device
@@ -163,32 +164,32 @@ def _phases(settings: ClsTrainSettings, use_gr: bool) -> list[tuple[int, str, in
 
 def _check_settings(settings: ClsTrainSettings) -> None:
     if settings.model not in CLASSIFICATION_MODELS:
-        raise ValueError(f"unknown classifier {settings.model!r}; use one of {', '.join(CLASSIFICATION_MODELS)}")
+        raise InputError(f"unknown classifier {settings.model!r}; use one of {', '.join(CLASSIFICATION_MODELS)}")
     spec = model_spec(settings.model)
     for name in ("epochs", "batch", "size", "bank_size", "in_channels"):
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "epochs" else 1):
-            raise ValueError(f"{name} must be a {'non-negative' if name == 'epochs' else 'positive'} integer, "
+            raise InputError(f"{name} must be a {'non-negative' if name == 'epochs' else 'positive'} integer, "
                              f"got {value!r}")
     if settings.pretrain_epochs < -1:
-        raise ValueError(f"pretrain_epochs must be -1 (as many as epochs), 0 (skip) or more, got "
+        raise InputError(f"pretrain_epochs must be -1 (as many as epochs), 0 (skip) or more, got "
                          f"{settings.pretrain_epochs}")
     if settings.steps_per_epoch < 0:
-        raise ValueError(f"steps_per_epoch must be >= 0, got {settings.steps_per_epoch}")
+        raise InputError(f"steps_per_epoch must be >= 0, got {settings.steps_per_epoch}")
     if settings.in_channels not in spec.channels:
-        raise ValueError(f"in_channels must be {' or '.join(map(str, sorted(spec.channels)))}, got "
+        raise InputError(f"in_channels must be {' or '.join(map(str, sorted(spec.channels)))}, got "
                          f"{settings.in_channels}")
     if not spec.sides.accepts(settings.size):
-        raise ValueError(f"{settings.model} needs images of {spec.sides.describe()}, got size {settings.size}")
+        raise InputError(f"{settings.model} needs images of {spec.sides.describe()}, got size {settings.size}")
     if not settings.lr > 0:
-        raise ValueError(f"lr must be positive, got {settings.lr}")
+        raise InputError(f"lr must be positive, got {settings.lr}")
 
 
 def _model_config(settings: ClsTrainSettings, num_classes: int) -> dict:
     config = dict(settings.model_config)
     for key, value in (("num_classes", num_classes), ("in_channels", settings.in_channels)):
         if config.get(key, value) != value:
-            raise ValueError(f"model_config sets {key}={config[key]}, but the run has {key}={value}")
+            raise InputError(f"model_config sets {key}={config[key]}, but the run has {key}={value}")
         config[key] = value
     return config
 
@@ -197,7 +198,7 @@ def _build(settings: ClsTrainSettings, config: dict):
     try:
         return build_model(settings.model, config)
     except TypeError as exc:  # an option the network does not take
-        raise ValueError(f"{settings.model} does not accept the model options {sorted(config)}: {exc}") from exc
+        raise InputError(f"{settings.model} does not accept the model options {sorted(config)}: {exc}") from exc
 
 
 # ------------------------------------------------------------------------------------------------------ training
@@ -229,10 +230,10 @@ def train_classifier(settings: ClsTrainSettings, progress: bool = True, train_se
     held_set = held_set if held_set is not None else MultiLabelSet([], train_set.classes)
     classes = list(train_set.classes)
     if list(held_set.classes) != classes:
-        raise ValueError(f"the held-out set's classes {list(held_set.classes)} differ from the training set's "
+        raise InputError(f"the held-out set's classes {list(held_set.classes)} differ from the training set's "
                          f"{classes}")
     if len(train_set) < 2:
-        raise ValueError(f"need at least 2 training images, got {len(train_set)}")
+        raise InputError(f"need at least 2 training images, got {len(train_set)}")
     (out / "split.json").write_text(json.dumps(
         {"train": [s.name for s in train_set.samples], "holdout": [s.name for s in held_set.samples]}, indent=1))
 
@@ -257,7 +258,7 @@ def train_classifier(settings: ClsTrainSettings, progress: bool = True, train_se
     def same_run(state: dict) -> None:
         saved_classes = json.loads(state["classes"])
         if saved_classes != classes or state["model_name"] != settings.model:
-            raise ValueError(f"{loop.checkpoint} is a {state['model_name']} run on classes {saved_classes}; this run "
+            raise InputError(f"{loop.checkpoint} is a {state['model_name']} run on classes {saved_classes}; this run "
                              f"is {settings.model} on {classes}: use another --out or delete the checkpoint")
 
     loop.resume(check=same_run)

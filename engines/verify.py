@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from engines.errors import InputError
 from engines.folders import open_engine
 from engines.inputs import batches, named_images, network_inputs
 from engines.parity import reference_engine, significant
-from inspection.inspector import Inspector
+from inspection.judging import Judging
 from inspection_core.records import Frame
 
 log = logging.getLogger(__name__)
@@ -42,12 +43,12 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float | None:
     return None if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
-def verify_segmentation(engine, reference, images: list[tuple[str, np.ndarray]], recipe) -> dict[str, Any]:
-    """Both engines through the line's inspector with ``recipe``'s tiling and rules (a station recipe, or anything
-    with ``rules`` and ``tiling.overlap`` / ``tiling.batch``), image by image."""
-    rules = recipe.rules
-    a = Inspector(engine, overlap=recipe.tiling.overlap, batch=recipe.tiling.batch, rules=rules)
-    b = Inspector(reference, overlap=recipe.tiling.overlap, batch=recipe.tiling.batch, rules=rules)
+def verify_segmentation(engine, reference, images: list[tuple[str, np.ndarray]], judging: Judging) -> dict[str, Any]:
+    """Both engines through the line's inspector, judged by ``judging`` (its tiling, rules and calibration profile;
+    not its classifier stage: the segmentation engines are compared), image by image."""
+    judging = judging.replace(classifier=None)
+    rules = judging.rules
+    a, b = judging.inspector(engine), judging.inspector(reference)
     agree, ious, max_abs, sum_abs, pixels, differing = 0, [], 0.0, 0.0, 0, []
     seconds = [0.0, 0.0]  # inspecting with the engine, with the reference: in turns, each first every other image
     for i, (name, image) in enumerate(images):
@@ -113,24 +114,24 @@ def judge(report: dict[str, Any], precision: str, tolerances: dict[str, float] |
     return failed
 
 
-def verify(folder: str | Path, data: str | Path, against: str = "torch", recipe=None, limit: int = 0,
+def verify(folder: str | Path, data: str | Path, against: str = "torch", judging: Judging | None = None, limit: int = 0,
            threads: int = 0, batch: int = 32) -> dict[str, Any]:
     """Open the engine folder (manifest checked), its reference (``"torch"``: torch fp32 on the CPU from the
     weights the folder carries; or another engine folder), run both on ``data`` and return the report with the
-    tolerances applied (``passed``, ``failed``). A segmentation engine is judged with ``recipe``'s tiling and
-    decision rules (see :func:`verify_segmentation`; the ``engines`` command passes the shipped ``magnetic_tile``
-    recipe unless told otherwise)."""
+    tolerances applied (``passed``, ``failed``). A segmentation engine is judged by ``judging`` (see
+    :func:`verify_segmentation`; the ``engines`` command passes the judging of the shipped ``magnetic_tile`` recipe's
+    line unless told otherwise)."""
     engine = open_engine(folder, threads=threads)
     reference = reference_engine(folder, threads=threads) if against == "torch" else open_engine(against, threads)
     images = named_images(data, limit)
     try:
         if engine.kind == "segmentation":
-            if recipe is None:
-                raise ValueError(f"{folder} holds a segmentation engine: verifying it needs a recipe's tiling and "
+            if judging is None:
+                raise InputError(f"{folder} holds a segmentation engine: verifying it needs a recipe's tiling and "
                                  "decision rules (`engines verify --recipe NAME_OR_TOML`, default magnetic_tile)")
-            body = verify_segmentation(engine, reference, images, recipe)
-            body["rules"] = {"score_threshold": recipe.rules.score_threshold, "min_area_px": recipe.rules.min_area_px,
-                             "overlap": recipe.tiling.overlap, "recipe": str(recipe.path)}
+            body = verify_segmentation(engine, reference, images, judging)
+            body["rules"] = {"score_threshold": judging.rules.score_threshold, "min_area_px": judging.rules.min_area,
+                             "overlap": judging.overlap, "from": judging.source, "judging": judging.fingerprint()}
         else:
             body = verify_classifier(engine, reference, images, batch=batch)
     finally:

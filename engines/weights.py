@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engines.errors import EnginesError
 from engines.models import build_model
 from inspection_core.hashing import file_sha256
 from inspection_core.preprocess import InputSpec
@@ -20,7 +21,7 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 
-class WeightsError(Exception):
+class WeightsError(EnginesError):
     """Weights are missing, incomplete or do not fit the network they name."""
 
 

@@ -4,7 +4,10 @@
   prepare → tile → engine → stitch → defects → verdict (and the classifier stage), with its options: a calibration
   profile (the calibrated form), ``streaming`` (line-scan parts inspected while they arrive) and ``reuse_scores``
   (sweeps over decision rules without running the networks again);
-- :mod:`inspection.streaming`: the machinery of the streaming option (tile rows cut and scored per block);
+- :mod:`inspection.scoring`: the one scoring path of both forms (tile rows cut, scored and stitched as lines come;
+  a frame inspected whole is a part whose lines are all in);
+- :mod:`inspection.streaming`: the machinery of the streaming option (a worker thread feeding each block to the
+  part's scoring);
 - :mod:`inspection.classifier`: the classifier stage run on an engine over large patches of a frame;
 - :mod:`inspection.feed`: :class:`~inspection.feed.ResultFeed`, the hand-over of results to displays.
 

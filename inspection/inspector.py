@@ -14,7 +14,9 @@ This is the only composition of frame → :class:`~inspection_core.records.Inspe
   labels, and the part fails when the segmentation fails it or (``fail_on_labels``) when any label is present. An
   inspector without an ``engine`` runs the classifier alone: the score map is then all zeros and the labels decide.
 - ``streaming=True`` (the streaming form, for line-scan parts): tile rows are cut and scored while the part
-  arrives (:mod:`inspection.streaming`); the result is the whole-image result to the bit.
+  arrives (:mod:`inspection.streaming`); the result is the whole-image result to the bit, with the same stage
+  timings. Both forms score through the one scoring path, :mod:`inspection.scoring` (:meth:`Inspector.part_scores`):
+  a frame inspected whole is scored as a part whose lines are all in.
 - ``reuse_scores=True``: each frame's score map and labels are kept (by file name, else frame id), so judging the
   same frames again with other decision rules (a threshold sweep) does not run the networks again.
 
@@ -29,30 +31,23 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
 from inspection.errors import InspectionError
+from inspection.scoring import Checkpoint, PartScores, Scores, SegmentationRows
 from inspection.streaming import PartStreams
 from inspection_core.defaults import DEFAULT_OVERLAP
 from inspection_core.engine import Engine
-from inspection_core.preprocess import (
-    add_border,
-    crop_border,
-    defect_scores,
-    normalize_tiles,
-    prepare_image,
-    whole_frame,
-)
+from inspection_core.preprocess import whole_frame
 from inspection_core.records import Defect, Frame, InspectionResult, Verdict
-from inspection_core.tiling import TilePlan, plan_tiles, tile_image, untile
+from inspection_core.tiling import TilePlan, plan_tiles
 from inspection_core.verdict import DecisionRules, decide, incomplete_defects, judge_scores
 
-log = logging.getLogger(__name__)
+__all__ = ["Checkpoint", "FrameCalibration", "Inspector", "StreamingInspector"]
 
-#: ``checkpoint(tiles_done, tiles_total)``, called between batches; it raises to stop the inspection.
-Checkpoint = Callable[[int, int], None]
+log = logging.getLogger(__name__)
 
 
 class FrameCalibration(Protocol):
@@ -74,10 +69,17 @@ class FrameCalibration(Protocol):
 class Inspector:
     """Turns frames into :class:`InspectionResult` records with one engine and one set of decision rules.
 
-    >>> from engines.backends.base import load_engine                     # doctest: +SKIP
-    >>> inspector = Inspector(load_engine("bffn-magnetic-tile"), overlap=32, batch=32, rules=DecisionRules())
-    >>> inspector.inspect(frame).verdict                                   # doctest: +SKIP
-    <Verdict.PASS: 'PASS'>
+    >>> from inspection_core.preprocess import InputSpec
+    >>> class Bright:  # an engine (engines.backends.base.load_engine gives real ones): defect where > 200
+    ...     tile, spec, engine_id = 32, InputSpec(), "bright@numpy"
+    ...     def infer(self, x):
+    ...         p = (x[:, 0] * 0.25 + 0.5 > 200 / 255).astype(np.float32)
+    ...         return np.stack([1 - p, p], axis=1)
+    >>> inspector = Inspector(Bright(), overlap=8, batch=4, rules=DecisionRules(score_threshold=0.5, min_area_px=20))
+    >>> image = np.full((60, 80), 100, np.uint8); image[10:16, 20:26] = 255
+    >>> result = inspector.inspect(Frame(image, 1, 0, "doc"))
+    >>> result.verdict.value, [d.bbox for d in result.defects], list(result.timings)
+    ('FAIL', [(20, 10, 6, 6)], ['prepare', 'tile', 'infer', 'stitch', 'verdict', 'total'])
 
     See the module docstring for the options. With ``streaming=True`` the inspector is also the line-scan source's
     part listener (:class:`station.strips.PartListener`); ``max_parts_in_flight`` and ``keep_reports`` are
@@ -124,11 +126,6 @@ class Inspector:
     def plan(self, shape: tuple[int, int]) -> TilePlan:
         return plan_tiles(shape, self.engine.tile, self.overlap)
 
-    def cut(self, prepared: np.ndarray) -> tuple[TilePlan, np.ndarray]:
-        """The tile plan of a prepared image and its tiles, normalised for the engine."""
-        plan = self.plan(prepared.shape[:2])
-        return plan, normalize_tiles(tile_image(prepared, plan), self.engine.spec)
-
     def calibrate(self, frame: Frame) -> tuple[np.ndarray, dict[str, float]]:
         """The image the stages get (checked against the profile and flat-fielded when there is one) and the
         ``calibrate`` timing (ms)."""
@@ -146,28 +143,32 @@ class Inspector:
         b = getattr(self.engine.spec, "border", 0) or 0
         return self.plan((int(shape[0]) + 2 * b, int(shape[1]) + 2 * b)).n_tiles
 
+    def part_scores(self, width: int, expected_lines: int | None = None, *, streaming: bool = False,
+                    checkpoint: Checkpoint | None = None, total: int = 0) -> PartScores:
+        """The scoring of one frame or line-scan part ``width`` pixels wide by this inspector's stages: the one
+        scoring path (:class:`inspection.scoring.PartScores`) of both forms. ``streaming``: a part still arriving
+        (the classifier scores each row as soon as it is cut in mode "bank"); ``checkpoint`` and ``total``: see
+        :meth:`score`."""
+        segmentation = (SegmentationRows(self.engine, self.overlap, self.batch, width, expected_lines, checkpoint,
+                                         total) if self.engine is not None else None)
+        classification = self.classifier.rows(eager=streaming) if self.classifier is not None else None
+        return PartScores(segmentation, classification)
+
+    def score(self, image: np.ndarray, checkpoint: Checkpoint | None = None) -> Scores:
+        """What the networks make of one whole image: a part whose lines are all in. ``checkpoint(done, total)``
+        is called before each batch of segmentation tiles with the tiles scored so far and in all; it stops the
+        work by raising (a line's stop or time limit), the exception going to the caller: a frame's inference can
+        be cancelled between batches."""
+        total = self.tile_count(image.shape)
+        return self.part_scores(image.shape[1], image.shape[0], checkpoint=checkpoint, total=total).finish(image)
+
     def score_map(self, image: np.ndarray, checkpoint: Checkpoint | None = None) -> tuple[np.ndarray, dict[str, float]]:
-        """The stitched float32 defect-score map of one image and the stage timings (ms). ``checkpoint(done,
-        total)`` is called before each batch with the tiles scored so far and in all; it stops the work by raising
-        (a line's stop or time limit), the exception going to the caller: a frame's inference can be cancelled
-        between batches."""
-        t0 = time.perf_counter()
-        spec = self.engine.spec
-        prepared = add_border(prepare_image(image, spec), spec)
-        t_tile = time.perf_counter()
-        plan, tiles = self.cut(prepared)
-        t1 = time.perf_counter()
-        scores = np.empty((len(tiles), self.engine.tile, self.engine.tile), np.float32)
-        for start in range(0, len(tiles), self.batch):
-            if checkpoint is not None:
-                checkpoint(start, len(tiles))
-            chunk = tiles[start:start + self.batch]
-            scores[start:start + len(chunk)] = defect_scores(self.engine.infer(chunk))
-        t2 = time.perf_counter()
-        mask = crop_border(untile(scores, plan), spec)
-        t3 = time.perf_counter()
-        return mask, {"prepare": (t_tile - t0) * 1e3, "tile": (t1 - t_tile) * 1e3, "infer": (t2 - t1) * 1e3,
-                      "stitch": (t3 - t2) * 1e3}
+        """The stitched float32 defect-score map of one image and its stage timings (ms), without the classifier
+        (:meth:`score`)."""
+        segmentation = SegmentationRows(self.engine, self.overlap, self.batch, image.shape[1], image.shape[0],
+                                        checkpoint, self.tile_count(image.shape))
+        scores = PartScores(segmentation).finish(image)
+        return scores.mask, scores.timings
 
     def judge(self, mask: np.ndarray, labels: Sequence[str] = (), gaps: Sequence[Sequence[int]] = (),
               issues: Sequence[str] = ()) -> tuple[np.ndarray, tuple[Defect, ...], Verdict, float, np.ndarray | None]:
@@ -211,29 +212,20 @@ class Inspector:
     def inspect(self, frame: Frame, checkpoint: Checkpoint | None = None) -> InspectionResult:
         """The result for ``frame``. With ``streaming``, a line-scan part streamed while it arrived gets the
         result its rows were scored for (waiting for the worker); every other frame is inspected whole here.
-        ``checkpoint``: see :meth:`score_map` (frames inspected whole only)."""
+        ``checkpoint``: see :meth:`score` (frames inspected whole only)."""
         if self.streams is not None:
             return self.streams.inspect(frame)
         return self.inspect_whole(frame, checkpoint)
 
     def inspect_whole(self, frame: Frame, checkpoint: Checkpoint | None = None) -> InspectionResult:
-        """``frame`` inspected at once: calibrate, score map, classifier, decision. ``checkpoint``: see
-        :meth:`score_map`."""
+        """``frame`` inspected at once: calibrate, scores (:meth:`score`), decision. ``checkpoint``: see
+        :meth:`score`."""
         key = frame.meta.get("file", frame.frame_id) if self._scores is not None else None
         stored = self._scores.get(key) if self._scores is not None else None
         if stored is None:
             image, timings = self.calibrate(frame)
-            if self.engine is not None:
-                mask, stage_ms = self.score_map(image, checkpoint)
-                timings.update(stage_ms)
-            else:
-                mask = np.zeros(image.shape[:2], np.float32)
-            labels: tuple[str, ...] = ()
-            patches: list = []
-            if self.classifier is not None:
-                t0 = time.perf_counter()
-                labels, patches = self.classifier.classify(image)
-                timings["classify"] = (time.perf_counter() - t0) * 1e3
+            mask, labels, patches, stage_ms = self.score(image, checkpoint)
+            timings.update(stage_ms)
             stored = (mask, labels, patches, timings)
             if self._scores is not None:
                 self._scores[key] = stored
@@ -283,11 +275,8 @@ class Inspector:
 
 class StreamingInspector(Inspector):
     """The streaming form under its own name: an :class:`Inspector` with ``streaming=True`` (settings by keyword,
-    the rules defaulting to :class:`DecisionRules`), or :meth:`from_inspector` for an existing one's stages.
-
-    >>> streaming = StreamingInspector.from_inspector(inspector)                  # doctest: +SKIP
-    >>> source = LineScanSource(replay, part_lines=10240, listener=streaming)     # doctest: +SKIP
-    """
+    the rules defaulting to :class:`DecisionRules`), or :meth:`from_inspector` for an existing one's stages, e.g.
+    ``StreamingInspector.from_inspector(inspector)`` as the ``listener`` of a line-scan source."""
 
     def __init__(self, engine: Engine | None = None, *, overlap: int = DEFAULT_OVERLAP, batch: int = 32,
                  rules: DecisionRules | None = None, classifier=None, fail_on_labels: bool = True,

@@ -3,11 +3,17 @@
 Bytes are read with ``np.fromfile`` and decoded with ``cv2.imdecode`` (``cv2.imread`` cannot open non-ASCII paths
 on Windows). Colour comes back RGB (RGBA with alpha), like the camera's frames, never OpenCV's BGR.
 
->>> image = read_image("part.png", ImageMode.GREY)                      # doctest: +SKIP
->>> image.dtype, image.ndim
-(dtype('uint8'), 2)
->>> read_image("part16.tif", ImageMode.GREY, keep_depth=True).dtype   # doctest: +SKIP
+>>> import tempfile
+>>> folder = tempfile.TemporaryDirectory()
+>>> part, part16 = Path(folder.name) / "pièce.png", Path(folder.name) / "part16.tif"
+>>> cv2.imencode(".png", np.zeros((4, 6), np.uint8))[1].tofile(part)
+>>> cv2.imencode(".tif", np.full((4, 6), 4095, np.uint16))[1].tofile(part16)
+>>> image = read_image(part, ImageMode.GREY)
+>>> image.dtype, image.shape
+(dtype('uint8'), (4, 6))
+>>> read_image(part16, ImageMode.GREY, keep_depth=True).dtype
 dtype('uint16')
+>>> folder.cleanup()
 
 Every failure is an :class:`~inspection_core.errors.ImageReadError` naming the file and saying what is wrong.
 """

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from inspection_core.errors import SettingError
+
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -30,9 +32,9 @@ class InputSpec:
 
     def __post_init__(self) -> None:
         if not 0 <= self.gain_target <= 255:
-            raise ValueError(f"gain_target must be a grey level in 0..255 (0 = off), got {self.gain_target}")
+            raise SettingError(f"gain_target must be a grey level in 0..255 (0 = off), got {self.gain_target}")
         if self.border < 0:
-            raise ValueError(f"border must be >= 0 pixels, got {self.border}")
+            raise SettingError(f"border must be >= 0 pixels, got {self.border}")
 
     def to_dict(self) -> dict:
         return asdict(self)

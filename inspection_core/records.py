@@ -282,8 +282,8 @@ class InspectionResult:
     ``labels`` are image-level class names (from a classifier stage; empty when none ran) and ``patches`` that
     stage's patch grid: one dict per patch with ``row``, ``col``, ``y``, ``x``, ``size``, ``labels`` and ``scores``
     (see :mod:`station.classify`; empty when none ran);
-    ``timings`` are stage durations in milliseconds (``preprocess``, ``infer``, ``postprocess``, ``total``)
-    and ``latency_ms`` is the time from the frame's timestamp to the verdict. ``decided`` is the decision
+    ``timings`` are stage durations in milliseconds (:data:`STAGES` from ``calibrate`` to ``classify``, then
+    ``total``; a streamed line-scan part adds ``finish`` and ``backlog``) and ``latency_ms`` is the time from the frame's timestamp to the verdict. ``decided`` is the decision
     itself: the pixels of the defects the rules kept (``bool``, after the threshold, the ROI and the minimum area;
     None when none was kept). Overlays, the panel and the ledger's images paint it and never threshold again.
     """
@@ -310,9 +310,9 @@ class InspectionResult:
 #: ``acquire`` from the frame's timestamp to the start of its inspection (hand-over and queue wait), ``calibrate``
 #: (flat-field, when a profile has one), ``prepare`` (the engine's input image), ``tile`` (cut and normalise the
 #: tiles), ``infer`` (the engine), ``stitch`` (the score map), ``verdict`` (defects and the decision), ``classify``
-#: (the classifier stage, when there is one), ``log`` (the ledger row committed, images included). Line-scan parts
-#: report ``preprocess`` (prepare and tile together, row by row while the part arrives) instead.
-STAGES = ("acquire", "calibrate", "prepare", "tile", "preprocess", "infer", "stitch", "verdict", "classify", "log")
+#: (the classifier stage, when there is one), ``log`` (the ledger row committed, images included). Frames inspected
+#: whole and line-scan parts streamed row by row report the same stages (:mod:`inspection.scoring`).
+STAGES = ("acquire", "calibrate", "prepare", "tile", "infer", "stitch", "verdict", "classify", "log")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from inspection_core.defaults import DEFAULT_MIN_AREA_PX, DEFAULT_SCORE_THRESHOLD
+from inspection_core.errors import SettingError
 from inspection_core.records import Defect, Verdict
 
 
@@ -38,7 +39,7 @@ class RoiRect:
 
     def __post_init__(self) -> None:
         if self.w <= 0 or self.h <= 0:
-            raise ValueError(f"ROI rectangle needs w > 0 and h > 0, got w={self.w}, h={self.h}")
+            raise SettingError(f"ROI rectangle needs w > 0 and h > 0, got w={self.w}, h={self.h}")
 
     def mask(self, shape: tuple[int, int]) -> np.ndarray:
         """Boolean ``(H, W)`` mask, True inside (parts outside the image are clipped away)."""
@@ -58,7 +59,7 @@ class RoiCircle:
 
     def __post_init__(self) -> None:
         if not self.r > 0:
-            raise ValueError(f"ROI circle needs r > 0, got r={self.r}")
+            raise SettingError(f"ROI circle needs r > 0, got r={self.r}")
 
     def mask(self, shape: tuple[int, int]) -> np.ndarray:
         """Boolean ``(H, W)`` mask, True for pixels whose centre lies within ``r`` of ``(cx, cy)``."""
@@ -85,22 +86,22 @@ class DecisionRules:
 
     def __post_init__(self) -> None:
         if not (isinstance(self.score_threshold, (int, float)) and 0.0 < self.score_threshold <= 1.0):
-            raise ValueError(f"score_threshold must be in (0, 1], got {self.score_threshold!r}")
+            raise SettingError(f"score_threshold must be in (0, 1], got {self.score_threshold!r}")
         if not isinstance(self.min_area_px, (int, np.integer)) or isinstance(self.min_area_px, bool) \
                 or self.min_area_px < 1:
-            raise ValueError(f"min_area_px must be an integer >= 1, got {self.min_area_px!r}")
+            raise SettingError(f"min_area_px must be an integer >= 1, got {self.min_area_px!r}")
         if self.roi is not None and not isinstance(self.roi, (RoiRect, RoiCircle)):
             raise ValueError(f"roi must be None, RoiRect or RoiCircle, got {type(self.roi).__name__}")
         if not self.label:
-            raise ValueError("label must be a non-empty string, e.g. 'defect' or 'scratch'")
+            raise SettingError("label must be a non-empty string, e.g. 'defect' or 'scratch'")
         if self.min_area_mm2 is not None and not (isinstance(self.min_area_mm2, (int, float))
                                                   and not isinstance(self.min_area_mm2, bool)
                                                   and self.min_area_mm2 > 0):
-            raise ValueError(f"min_area_mm2 must be a number of mm² > 0, got {self.min_area_mm2!r}")
+            raise SettingError(f"min_area_mm2 must be a number of mm² > 0, got {self.min_area_mm2!r}")
         if self.mm_per_px is not None:
             scale = tuple(self.mm_per_px)
             if len(scale) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in scale):
-                raise ValueError(f"mm_per_px must be (x, y) millimetres per pixel > 0, got {self.mm_per_px!r}")
+                raise SettingError(f"mm_per_px must be (x, y) millimetres per pixel > 0, got {self.mm_per_px!r}")
             object.__setattr__(self, "mm_per_px", (float(scale[0]), float(scale[1])))
 
     @property
@@ -109,8 +110,8 @@ class DecisionRules:
         if self.min_area_mm2 is None:
             return self.min_area_px
         if self.mm_per_px is None:
-            raise ValueError("min_area_mm2 needs a scale (mm_per_px): calibrate one with `calibration scale` and name "
-                             "the profile in the recipe's [calibration], or use min_area_px")
+            raise SettingError("min_area_mm2 needs a scale (mm_per_px): calibrate one with `calibration scale` and "
+                               "name the profile in the recipe's [calibration], or use min_area_px")
         return max(1, math.ceil(self.min_area_mm2 / (self.mm_per_px[0] * self.mm_per_px[1]) - 1e-9))
 
 

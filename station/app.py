@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from engines.backends.base import load_engine
+from engines.backends.registry import resolve_backend
 from inspection.feed import ResultFeed
 from inspection.inspector import Inspector
 from inspection_core.records import LineStats
 from station.classify import PatchClassifier
 from station.errors import RecipeError
-from station.line_calibration import check_source, for_recipe
+from station.line_calibration import check_source, judging_for
 from station import integrations as integrations_
 from station.frameguard import FrameGuard
 from station.pipeline import DEFAULT_DRAIN_TIMEOUT_S, Line
@@ -43,14 +44,6 @@ def build_source(recipe: Recipe):
                          exposure_us=s.exposure_us, num_buffers=s.buffers, trigger=s.trigger, nodes=s.nodes)
 
 
-def _backend_device(backend: str) -> tuple[str, str]:
-    """The recipe's backend name → the engines' (backend, device): "torch-cuda" is torch on the GPU, TensorRT
-    always runs on the GPU."""
-    if backend == "torch-cuda":
-        return "torch", "cuda"
-    return backend, "cuda" if backend == "tensorrt" else "cpu"
-
-
 def line_scan(recipe: Recipe) -> bool:
     """True when the recipe's source delivers line-scan parts (inspected while they arrive)."""
     return recipe.source.kind is SourceKind.LINESCAN_REPLAY or recipe.source.line_scan
@@ -61,7 +54,7 @@ def build_inspector(recipe: Recipe, streaming: bool = False) -> Inspector:
     calibration profile, if any); ``streaming``: the streaming form, for line-scan parts."""
     engine = None
     if recipe.engine is not None:
-        backend, device = _backend_device(recipe.engine.backend.value)
+        backend, device = resolve_backend(recipe.engine.backend.value)  # "torch-cuda": torch on the GPU
         engine = load_engine(recipe.engine.weights, backend=backend, threads=recipe.engine.threads, device=device,
                              precision=recipe.engine.precision)
         if engine.tile != recipe.tiling.tile:
@@ -71,7 +64,7 @@ def build_inspector(recipe: Recipe, streaming: bool = False) -> Inspector:
     classifier = None
     c = recipe.classifier
     if c is not None:
-        backend, device = _backend_device(c.backend.value)
+        backend, device = resolve_backend(c.backend.value)
         try:
             classifier = PatchClassifier(c.weights, patch=c.patch, overlap=c.overlap, threshold=c.threshold,
                                          mode=c.mode.value, threads=c.threads, backend=backend, device=device,
@@ -79,10 +72,9 @@ def build_inspector(recipe: Recipe, streaming: bool = False) -> Inspector:
         except RecipeError as exc:
             raise RecipeError(f"{recipe.path}: {exc}") from None
     # [calibration]: the camera's profile (flat-field before tiling; ROI, scale, thresholds in the rules)
-    calibration, rules = for_recipe(recipe, engine, classifier)
-    return Inspector(engine, overlap=recipe.tiling.overlap, batch=recipe.tiling.batch, rules=rules,
-                     classifier=classifier, fail_on_labels=c.fail_on_labels if c is not None else True,
-                     calibration=calibration, streaming=streaming)
+    judging = judging_for(recipe, engine, classifier)
+    log.info("judging: %s [%s]", judging.describe(), judging.fingerprint())
+    return judging.inspector(engine, streaming=streaming)
 
 
 def calibration_status(recipe: Recipe, inspector) -> tuple[str, bool]:

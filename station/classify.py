@@ -1,7 +1,9 @@
 """The recipe's classifier stage (``[classifier]``): a multi-label classifier (GR, paper 001) loaded from weights.
 
->>> classifier = PatchClassifier("runs/gr-tiles", patch=1024, mode="batch")     # doctest: +SKIP
->>> labels, patches = classifier.classify(frame.image)                          # doctest: +SKIP
+For example, with trained GR weights in ``runs/gr-tiles``::
+
+    classifier = PatchClassifier("runs/gr-tiles", patch=1024, mode="batch")
+    labels, patches = classifier.classify(frame.image)
 
 What the stage does with a frame (patches, batches of GR, labels, the patch grid) is
 :class:`inspection.classifier.ClassifierStage`; this module loads it by weights like the segmentation engine

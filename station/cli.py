@@ -33,11 +33,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-from calibration.errors import CalibrationError
-from engines.errors import USER_ERRORS
-from inspection_core.errors import InspectionCoreError
+from engines.backends.registry import recipe_backend_names
+from inspection_core.errors import report_error
 from station.app import run_station
-from station.errors import LedgerError, RecipeError, SourceError, StationError
+from station.errors import LedgerError, RecipeError, SourceError
 from station.export import add_export_arguments, run_export
 from station.fleet.cli import add_fleet_commands
 from station.integrations import flag_overrides
@@ -120,7 +119,7 @@ def _add_run_arguments(p: argparse.ArgumentParser, recipe_default: str) -> None:
                         "settled; the summary says what became of any not inspected (dropped by a paced source's "
                         "queue, implausible...)")
     p.add_argument("--db", help="reject log SQLite file (default: the recipe's [log] db)")
-    p.add_argument("--backend", choices=["onnxruntime", "torch", "torch-cuda", "tensorrt"],
+    p.add_argument("--backend", choices=recipe_backend_names(),
                    help="inference backend (default: the recipe's; onnxruntime runs everywhere)")
     p.add_argument("--weights", help="weights folder or shipped name (default: the recipe's)")
     p.add_argument("--threads", type=int, help="CPU threads for the engine (0 = all cores)")
@@ -251,11 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     except LedgerError as exc:  # the ledger cannot be written or the disk is nearly full: the line cannot run
         print(f"station: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except Exception as exc:  # noqa: BLE001 - known errors become one line that says what to do
-        if isinstance(exc, (StationError, InspectionCoreError, CalibrationError, *USER_ERRORS)):
-            print(f"station: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        raise
+    except Exception as exc:  # noqa: BLE001 - a user error: one line, exit 2; anything else: a bug, its traceback, 1
+        return report_error("station", exc)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

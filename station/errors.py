@@ -3,16 +3,19 @@
 Errors of the shared bottom layer that station users meet by name are imported from :mod:`inspection_core.errors`
 (one class, two names): ``station.errors.TilingError is inspection_core.errors.TilingError``. They derive from
 :class:`~inspection_core.errors.InspectionCoreError`, not from :class:`StationError`; the line and the ``station``
-command treat both bases alike.
+command treat both bases alike. :class:`StationError` is the package's user-error root
+(:func:`~inspection_core.errors.user_error_root`): a command reports it in one line (exit status 2), and a
+built-in exception as a bug (its traceback, exit status 1).
 """
 from __future__ import annotations
 
-from inspection_core.errors import TilingError
+from inspection_core.errors import TilingError, user_error_root
 
 __all__ = ["CameraLostError", "DiskSpaceError", "EvidenceError", "LedgerError", "LedgerInUseError", "RecipeError",
            "RejectLogError", "SourceError", "StationError", "TilingError"]
 
 
+@user_error_root
 class StationError(Exception):
     """Base of every error the station raises on purpose."""
 

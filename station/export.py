@@ -1,8 +1,10 @@
 """``station export``: the part ledger (reject log) as CSV or JSON for QA, one row per part or one per defect.
 
->>> export("station-data/rejects.db", "csv", "fails.csv", verdict="fail")                  # doctest: +SKIP
->>> export("station-data/rejects.db", "csv", "defects.csv", per_defect=True, absolute_paths=True)  # doctest: +SKIP
->>> export("postgresql://qa@db.factory/fleet", "csv", "line3.csv", station="line-3")        # doctest: +SKIP
+For example::
+
+    export("station-data/rejects.db", "csv", "fails.csv", verdict="fail")
+    export("station-data/rejects.db", "csv", "defects.csv", per_defect=True, absolute_paths=True)
+    export("postgresql://qa@db.factory/fleet", "csv", "line3.csv", station="line-3")
 
 ``--db postgresql://...`` reads the fleet database (docs/FLEET.md) instead of a station's log: the same columns
 (``id`` is the station's row id), then the central ones (image size and SHA-256, where a copy went, when forwarded).

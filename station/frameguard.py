@@ -1,7 +1,11 @@
 """Image guards applied before any tiling: size limits, bit depth, implausible frames.
 
 >>> guard = FrameGuard(min_width=32, min_height=32, max_width=16384, max_height=65536)
->>> guard.refuse(frame)            # None, or the NotInspected record saying why   # doctest: +SKIP
+>>> guard.refuse(Frame(np.zeros((48, 64), np.uint8), 1, 0, "doc")) is None  # None: inspect it
+True
+>>> refused = guard.refuse(Frame(np.zeros((16, 64), np.uint8), 2, 0, "doc"))  # or the NotInspected record saying why
+>>> refused.reason.value, refused.detail
+('too_small', '64x16 px, below the minimum 32x32 ([frames] min_width, min_height)')
 >>> to_8bit(np.array([[4080]], np.uint16), bit_depth=12)
 array([[255]], dtype=uint8)
 

@@ -1,8 +1,15 @@
 """Who may write a reject log: one ``station run`` at a time, and only to a file.
 
->>> lock = LedgerLock("station-data/rejects.db").acquire(run_id="20241101T080000Z-3f9a0c")  # doctest: +SKIP
->>> ...                                          # the run: no other station can take this log meanwhile
+>>> import tempfile
+>>> folder = tempfile.TemporaryDirectory()
+>>> db = Path(folder.name) / "rejects.db"
+>>> lock = LedgerLock(db).acquire(run_id="20241101T080000Z-3f9a0c")
+>>> LedgerLock(db).acquire(run_id="20241101T081500Z-77aa01")  # the run: no other station can take this log meanwhile
+Traceback (most recent call last):
+...
+station.errors.LedgerInUseError: ...
 >>> lock.release()                               # the log closed (the kernel also releases it when the process dies)
+>>> folder.cleanup()
 
 The lock is an advisory ``flock`` on ``<db>.lock`` beside the database, held for the life of the run. The file
 keeps the holder's PID, run id, station id and start time, so the station that is refused can say who holds the log.

@@ -12,8 +12,10 @@ from typing import Any
 from calibration.errors import CalibrationError, ProfileMismatch, ProfileNotFound
 from calibration.line import STEPS, LineCalibration, load_line_calibration
 from engines.weights import resolve_weights
+from inspection.judging import Judging
+from inspection_core.errors import ImageReadError
 from station.errors import RecipeError
-from station.recipe import Recipe, SourceKind
+from station.recipe import Recipe, SourceKind, load_recipe, shipped_recipe_path
 from station.sources.replay import read_image
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,25 @@ def for_recipe(recipe: Recipe, engine=None, classifier=None) -> tuple[LineCalibr
     return calibration, rules
 
 
+def judging_for(recipe: Recipe, engine=None, classifier=None) -> Judging:
+    """How a line running ``recipe`` judges parts: its tiling, its rules after its calibration profile (ROI, scale,
+    thresholds; :func:`for_recipe`), its classifier stage and the profile. Every tool that judges "as the line
+    does" (``station run``, ``engines verify``, the int8 guard of ``engines build``) takes this one object."""
+    calibration, rules = for_recipe(recipe, engine, classifier)
+    c = recipe.classifier
+    source = f"{recipe.path}" + ("" if recipe.rule_from == "the recipe" else f", rule from {recipe.rule_from}")
+    return Judging(rules=rules, overlap=recipe.tiling.overlap, batch=recipe.tiling.batch, classifier=classifier,
+                   fail_on_labels=c.fail_on_labels if c is not None else True, calibration=calibration,
+                   source=source)
+
+
+def recipe_judging(name: str | None = None) -> Judging:
+    """:func:`judging_for` a recipe named by file (``*.toml``) or shipped name (default ``magnetic_tile``), for the
+    tools that judge as the line does without running one (``engines verify``, ``engines build --precision int8``)."""
+    name = name or "magnetic_tile"
+    return judging_for(load_recipe(name if str(name).endswith(".toml") else shipped_recipe_path(name)))
+
+
 def source_geometry(recipe: Recipe, source) -> tuple[int | None, int | None, str | None]:
     """``(width, height, pixel format)`` of the frames ``source`` will deliver, as far as they can be known
     before the line starts (``None``: unknown; every frame is checked anyway). A source that can tell itself
@@ -75,7 +96,7 @@ def source_geometry(recipe: Recipe, source) -> tuple[int | None, int | None, str
         for path in getattr(source, "files", ())[:20]:
             try:
                 image = read_image(path, grey=True)
-            except (OSError, ValueError):
+            except ImageReadError:
                 continue
             return int(image.shape[1]), int(image.shape[0]), "Mono8"
         return None, None, None
@@ -85,7 +106,7 @@ def source_geometry(recipe: Recipe, source) -> tuple[int | None, int | None, str
         try:
             image = read_image(s.path, grey=True)
             return int(image.shape[1]), None, "Mono8"
-        except (OSError, ValueError):
+        except ImageReadError:
             return None, None, None
     return None, None, s.pixel_format
 

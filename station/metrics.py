@@ -5,7 +5,7 @@ Counted from the ledger rows the line commits (so ``/metrics`` counts the same p
 - ``station_parts_total{verdict="PASS|FAIL|NOT_INSPECTED"}``: parts, by verdict;
 - ``station_gap_rows_total`` and ``station_gap_frames_total``: GAP rows and the frames they stand for;
 - ``station_stage_seconds{stage=...}``: a histogram of each stage's time (the inspection's ``timings``:
-  ``preprocess``, ``infer``, ``stitch``, ``verdict``, ``total``...), ``station_inference_seconds`` (the engine's
+  ``prepare``, ``tile``, ``infer``, ``stitch``, ``verdict``, ``total``...), ``station_inference_seconds`` (the engine's
   ``infer`` stage) and ``station_latency_seconds`` (frame timestamp to verdict).
 
 Read from the line when Prometheus scrapes:

@@ -6,9 +6,11 @@ id of the last row its peer acknowledged (a *mark*) in the ledger file itself, i
 an outage, or a restart of the station or the forwarder, it reads the rows after its mark and sends them again.
 Peers deduplicate on (station id, run id, row id), so a row sent twice around a crash is stored once.
 
->>> cursor = LedgerCursor("station-data/rejects.db", "mqtt")   # doctest: +SKIP
->>> for row in cursor.rows_after(cursor.mark(), limit=500):    # doctest: +SKIP
-...     send(row); cursor.advance(row["id"])
+For example, a peer that sends rows somewhere (``send``)::
+
+    cursor = LedgerCursor("station-data/rejects.db", "mqtt")
+    for row in cursor.rows_after(cursor.mark(), limit=500):
+        send(row); cursor.advance(row["id"])
 
 ``outbox_marks`` is created on first use and is not part of the ``inspections`` schema (an older station ignores it).
 """

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import difflib
 import enum
+import functools
 import json
 import re
 import socket
@@ -23,8 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Union
 
-from inspection_core.defaults import DEFAULT_OVERLAP
-from inspection_core.hashing import text_sha256
+from engines.backends.registry import all_precisions, recipe_backend_names
+from engines.weights import WeightsError, resolve_weights
+from inspection_core.defaults import DEFAULT_MIN_AREA_PX, DEFAULT_OVERLAP, DEFAULT_SCORE_THRESHOLD
+from inspection_core.hashing import file_sha256, text_sha256
 from inspection_core.verdict import DecisionRules, RoiCircle, RoiRect
 from station.errors import RecipeError
 from station.strips import PartMode
@@ -38,11 +41,23 @@ class SourceKind(str, enum.Enum):
     LINESCAN_REPLAY = "linescan-replay"  # a large image streamed as line blocks (docs/LINESCAN.md)
 
 
-class Backend(str, enum.Enum):
-    ONNXRUNTIME = "onnxruntime"
-    TORCH = "torch"
-    TORCH_CUDA = "torch-cuda"
-    TENSORRT = "tensorrt"
+class _DeclaredBackend(str, enum.Enum):
+    """A backend a recipe names: a name or alias of the engines' backend registry (:mod:`engines.backends.registry`).
+    One declared after this module was imported (a plug-in, a test) is a member too."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        if not isinstance(value, str) or value not in recipe_backend_names():
+            return None
+        member = str.__new__(cls, value)
+        member._name_, member._value_ = value.upper().replace("-", "_"), value
+        return member
+
+
+#: ``Backend.ONNXRUNTIME``, ``Backend.TORCH``, ``Backend.TORCH_CUDA`` ("torch-cuda": torch on the GPU),
+#: ``Backend.TENSORRT``: one member per name and alias in the registry.
+Backend = _DeclaredBackend("Backend", [(n.upper().replace("-", "_"), n) for n in recipe_backend_names()],
+                           module=__name__, qualname="Backend")
 
 
 class QueuePolicy(str, enum.Enum):
@@ -292,6 +307,8 @@ class Recipe:
     frames: FramesConfig = field(default_factory=FramesConfig)
     # [opcua], [mqtt], [metrics], [fleet] as given (deep copies); checked by station.integrations.configure
     integrations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # where the rule (threshold, minimum area, overlap) came from: the recipe, the weights' config.json, the defaults
+    rule_from: str = field(default="the recipe", compare=False)
     _raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def with_overrides(self, overrides: Mapping[str, Any] | None = None, /, **kwargs: Any) -> Recipe:
@@ -322,14 +339,29 @@ class Recipe:
         return _build(raw, self.path, where)
 
     def fingerprint(self) -> str:
-        """12 hex digits of the SHA-256 of the effective settings (overrides included, the file's own path
-        excluded): two rows with the same fingerprint were judged by the same settings."""
+        """12 hex digits of the SHA-256 of what judges a part (issue 28): the engine and the hash of its weights,
+        the tile size and overlap, the rules, the calibration profile, the classifier (and the hash of its weights),
+        the frame guards, how a part not inspected counts, and the camera settings that shape the image or the part
+        (pixel format, exposure, trigger, nodes, line-scan part geometry). Where the ledger lives, the replay's
+        folder and pace, queues, threads, the batch size, the station id and the plant links do not judge and
+        leave it alone: two rows with the same fingerprint were judged alike."""
         data = self.as_dict()
-        data.pop("path", None)
-        data.get("station", {}).pop("id", None)  # which machine runs it is not a setting of the judgement
-        data.pop("integrations", None)  # nor where the verdicts are published
-        text = json.dumps(data, sort_keys=True, default=str)
-        return text_sha256(text)[:12]
+        source = data["source"]
+        judged = {
+            "engine": None if self.engine is None else {
+                **{k: v for k, v in data["engine"].items() if k != "threads"},
+                "weights_sha256": _weights_sha256(self.engine.weights)},
+            "tiling": {k: data["tiling"][k] for k in ("tile", "overlap")},
+            "rules": data["rules"],
+            "calibration": data["calibration"],
+            "classifier": None if self.classifier is None else {
+                **{k: v for k, v in data["classifier"].items() if k != "threads"},
+                "weights_sha256": _weights_sha256(self.classifier.weights)},
+            "frames": data["frames"],
+            "not_inspected": data["station"]["not_inspected"],
+            "camera": {k: source.get(k) for k in _JUDGING_SOURCE_KEYS},
+        }
+        return text_sha256(json.dumps(judged, sort_keys=True, default=str))[:12]
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data (enums as values, paths as strings), e.g. for ``--json`` output."""
@@ -346,6 +378,27 @@ class Recipe:
         roi = self.rules.roi
         data["rules"]["roi"] = None if roi is None else {"kind": type(roi).__name__, **asdict(roi)}
         return data
+
+
+#: The [source] keys that shape the image or what a part is: they judge (the others say where frames come from).
+_JUDGING_SOURCE_KEYS = ("pixel_format", "exposure_us", "trigger", "nodes", "line_scan", "block_lines", "part_mode",
+                        "part_lines", "max_part_lines")
+
+
+def _weights_sha256(weights: str) -> str | None:
+    """The SHA-256 of the weights file a recipe names (``None`` when it cannot be read: loading the engine says
+    why), cached by path, size and modification time."""
+    try:
+        file = resolve_weights(weights).weights_file
+        stat = file.stat()
+    except (WeightsError, OSError, ValueError):
+        return None
+    return _file_sha256_cached(str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _file_sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(Path(path))
 
 
 def shipped_recipe_path(name: str) -> Path:
@@ -559,22 +612,32 @@ def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
     )
     t.finish()
 
-    t = table("tiling")
-    tile = t.get("tile", 128, check_int(1), "an integer >= 1, e.g. 128 or 256")
-    overlap = t.get("overlap", 32, check_int(0, tile - 1), f"an integer from 0 to {tile - 1} (less than tile = {tile})")
-    tiling = TilingConfig(tile=tile, overlap=overlap, batch=t.get("batch", 32, check_int(1), "an integer >= 1"))
-    t.finish()
-
     engine = None
-    backend_check, backend_allowed = _enum(Backend)
-    precision_check, precision_allowed = check_choice("fp32", "fp16", "int8"), '"fp32", "fp16" or "int8"'
+    # the backends and precisions the registry declares now (engines.backends.registry)
+    backend_check, backend_allowed = Backend, "one of " + ", ".join(map(repr, recipe_backend_names()))
+    precisions = [f'"{p}"' for p in all_precisions()]
+    precision_check, precision_allowed = check_choice(*all_precisions()), " or ".join(
+        filter(None, (", ".join(precisions[:-1]), precisions[-1])))
     if "engine" in data:
         engine = _engine(table("engine"), backend_check, backend_allowed, precision_check, precision_allowed)
+    # what the recipe leaves out of the rule comes from the rule `engines accept` wrote beside the weights
+    learned, rule_from = _learned_rule(engine, data)
+
+    t = table("tiling")
+    defaults = TilingConfig()
+    tile = t.get("tile", defaults.tile, check_int(1), "an integer >= 1, e.g. 128 or 256")
+    overlap = t.get("overlap", int(learned.get("overlap", DEFAULT_OVERLAP)), check_int(0, tile - 1),
+                    f"an integer from 0 to {tile - 1} (less than tile = {tile})")
+    tiling = TilingConfig(tile=tile, overlap=overlap, batch=t.get("batch", defaults.batch, check_int(1),
+                                                                  "an integer >= 1"))
+    t.finish()
 
     t = table("rules")
     rules = DecisionRules(
-        score_threshold=t.get("score_threshold", 0.5, check_float(0.0, above=True, high=1.0), "a number in (0, 1]"),
-        min_area_px=t.get("min_area_px", 30, check_int(1), "an integer >= 1 (pixels)"),
+        score_threshold=t.get("score_threshold", float(learned.get("threshold", DEFAULT_SCORE_THRESHOLD)),
+                              check_float(0.0, above=True, high=1.0), "a number in (0, 1]"),
+        min_area_px=t.get("min_area_px", int(learned.get("min_area_px", DEFAULT_MIN_AREA_PX)), check_int(1),
+                          "an integer >= 1 (pixels)"),
         roi=_roi(t),
         label=t.get("label", "defect", check_str, 'a non-empty string, e.g. "defect"'),
         min_area_mm2=t.get("min_area_mm2", None, check_float(0.0, above=True),
@@ -673,7 +736,36 @@ def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
     return Recipe(path=path, product=product, source=source, tiling=tiling, engine=engine, rules=rules,
                   log=log, queues=queues, classifier=classifier, calibration=calibration, station=station,
                   frames=frames, integrations={n: copy.deepcopy(dict(data[n])) for n in INTEGRATION_TABLES if n in data},
-                  _raw=copy.deepcopy(dict(data)))
+                  rule_from=rule_from, _raw=copy.deepcopy(dict(data)))
+
+
+#: The recipe keys that make up the decision rule ([rules] and [tiling]) and the learned rule's names for them.
+_RULE_KEYS = (("rules", "score_threshold", "threshold"), ("rules", "min_area_px", "min_area_px"),
+              ("tiling", "overlap", "overlap"))
+
+
+def _learned_rule(engine: EngineConfig | None, data: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """``(rule, where it came from)``: the part of the rule `engines accept` wrote into the weights' config.json
+    that the recipe leaves out (a recipe key always wins; ``min_area_mm2`` replaces the learned area), with a
+    description of where each piece came from. Weights that cannot be read give no learned rule here: loading the
+    engine reports them."""
+    given = [key for table, key, _ in _RULE_KEYS if key in data.get(table, {})]
+    if "min_area_mm2" in data.get("rules", {}):
+        given.append("min_area_px")
+    learned: dict[str, Any] = {}
+    rule: dict[str, Any] = {}
+    if engine is not None and len(given) < len(_RULE_KEYS):
+        try:
+            rule = resolve_weights(engine.weights).judging_rule() or {}
+        except (WeightsError, OSError, ValueError):
+            rule = {}
+        learned = {name: rule[name] for table, key, name in _RULE_KEYS if key not in given and name in rule}
+    if not learned:
+        return {}, "the recipe" if given else "the defaults"
+    taken = ", ".join(k for _, k, n in _RULE_KEYS if n in learned)
+    where = (f"the weights' config.json ({taken}, learned by engines accept on "
+             f"{rule.get('learned_on', 'a validation part')})")
+    return learned, where + (f"; the recipe ({', '.join(given)})" if given else "")
 
 
 _LINE_SCAN_KEYS = ("block_lines", "line_rate_hz", "part_mode", "part_lines", "max_part_lines", "gap_lines",

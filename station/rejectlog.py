@@ -1,9 +1,11 @@
 # Over 500 lines on purpose: the ledger's schema, its upgrades, writes, images and reads share one SQLite connection.
 """The part ledger (the reject log): every part the line saw, or lost, as one committed SQLite row.
 
->>> with RejectLog("station-data/rejects.db", station_id="line-3", run_id=new_run_id()) as log:  # doctest: +SKIP
-...     row_id = log.record(result)          # an InspectionResult (PASS / FAIL), NotInspected or FrameGap
-...     fails = log.query(since="2024-05-01", verdict="fail")
+For example, with ``result`` an inspection's record::
+
+    with RejectLog("station-data/rejects.db", station_id="line-3", run_id=new_run_id()) as log:
+        row_id = log.record(result)          # an InspectionResult (PASS / FAIL), NotInspected or FrameGap
+        fails = log.query(since="2024-05-01", verdict="fail")
 
 Rows, by ``verdict``:
 
@@ -379,6 +381,20 @@ def _why(exc: sqlite3.Error, busy_timeout_s: float) -> str:
     return type(exc).__name__
 
 
+def _write_failed(conn: sqlite3.Connection, path: Path, exc: sqlite3.Error, busy_timeout_s: float, fix: str,
+                  what: str = "") -> LedgerError:
+    """Roll back ``conn``'s open transaction after ``exc`` and return the :class:`LedgerError` to raise: ``cannot
+    write the reject log PATH[ (WHAT)]: WHY (EXC); FIX``. A rollback that fails too changes nothing: the error
+    reported is the write's."""
+    try:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass
+    return LedgerError(f"cannot write the reject log {path}{f' ({what})' if what else ''}: "
+                       f"{_why(exc, busy_timeout_s)} ({exc}); {fix}")
+
+
 def recover_interrupted(db_path: str | Path, run_id: str | None,
                         busy_timeout_s: float = 10.0) -> journal.UncleanEnd | None:
     """At a start, holding the log's lock (:mod:`station.ledgerlock`), before any model loads: give the parts earlier
@@ -402,11 +418,9 @@ def recover_interrupted(db_path: str | Path, run_id: str | None,
         conn.execute("COMMIT")
         return found
     except sqlite3.Error as exc:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise LedgerError(f"cannot write the reject log {path} (recording the parts an earlier run left without a "
-                          f"verdict): {_why(exc, busy_timeout_s)} ({exc}); free disk space, make the file writable or "
-                          "stop the program holding it, then start the station again") from None
+        raise _write_failed(conn, path, exc, busy_timeout_s, "free disk space, make the file writable or stop the "
+                            "program holding it, then start the station again",
+                            what="recording the parts an earlier run left without a verdict") from None
     finally:
         conn.close()
 
@@ -491,12 +505,10 @@ class RejectLog:
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("ROLLBACK")
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            error = _write_failed(conn, self.db_path, exc, busy_timeout_s, "make the file and its folder writable, "
+                                  "free disk space, or stop the program holding it, then start the station again")
             conn.close()
-            raise LedgerError(f"cannot write the reject log {self.db_path}: {_why(exc, busy_timeout_s)} ({exc}); "
-                              "make the file and its folder writable, free disk space, or stop the program holding "
-                              "it, then start the station again") from None
+            raise error from None
         self._conn: sqlite3.Connection | None = conn
 
     def __enter__(self) -> RejectLog:
@@ -654,11 +666,8 @@ class RejectLog:
                 entries.execute("PRAGMA synchronous=NORMAL")
                 entries.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints stay with the row writer, off this thread
             except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise LedgerError(f"cannot write the reject log {self.db_path}: {_why(exc, self.busy_timeout_s)} "
-                                  f"({exc}); free disk space or make the file writable, then start the station "
-                                  "again") from None
+                raise _write_failed(conn, self.db_path, exc, self.busy_timeout_s,
+                                    "free disk space or make the file writable, then start the station again") from None
             self._journal = entries  # set: a run is open (close() marks its clean end)
 
     def note_acquired(self, frame: Frame) -> None:

@@ -3,14 +3,15 @@
 
 The interface every backend implements, :class:`~inspection_core.engine.Engine`, lives in the bottom layer
 (:mod:`inspection_core.engine`) so that inspectors depend on it without depending on the engines package. The
-backend names, the engine cache and the default thread count are in :mod:`engines.backends.common` (re-exported
-here).
+backends are declared in :mod:`engines.backends.registry`; the engine cache and the default thread count are in
+:mod:`engines.backends.common` (all re-exported here).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from engines.backends.common import BACKENDS, cache_dir, default_threads
+from engines.backends.common import cache_dir, default_threads
+from engines.backends.registry import BACKENDS
 from engines.cache import engine_for_weights
 from inspection_core.engine import Engine
 

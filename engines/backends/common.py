@@ -1,10 +1,9 @@
-"""What the backends and the engine builder share: the backend names, the engine cache folder, default threads."""
+"""What the backends and the engine builder share: the engine cache folder, default threads (the backends
+themselves are declared in :mod:`engines.backends.registry`)."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-BACKENDS = ("onnxruntime", "torch", "tensorrt")
 
 
 def cache_dir() -> Path:

@@ -3,7 +3,7 @@ owned by torch.
 
 Written against the TensorRT 10 Python API and imported lazily, inside the functions that need it, so that
 ``import engines`` works everywhere and a machine without TensorRT gets an error that says what it has instead.
-This module holds what the machine has (:func:`available_backends`, :func:`import_tensorrt`) and the runner;
+This module holds what TensorRT needs here (:func:`import_tensorrt`, :func:`check_available`) and the runner;
 building, Polygraphy's chain of small steps (parse → configure → profile → build → save), is
 :mod:`engines.backends.tensorrt_build`::
 
@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from engines.backends.gpu import gpu_info
-from engines.errors import BackendUnavailable, EngineError
+from engines.backends.registry import available_backends  # re-exported: what this machine runs
+from engines.errors import BackendUnavailable, EngineError, MissingFile
 from inspection_core.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -33,33 +34,8 @@ OUTPUT_NAME = "probabilities"
 # What this machine has
 
 
-def available_backends() -> list[str]:
-    """The backends that can run on this machine, as ``backend:device`` (``["onnxruntime:cpu", "torch:cpu"]``)."""
-    found = []
-    try:
-        import onnxruntime
-
-        found.append("onnxruntime:cpu")
-        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-            found.append("onnxruntime:cuda")
-    except ImportError:
-        pass
-    try:
-        import torch
-
-        found.append("torch:cpu")
-        if torch.cuda.is_available():
-            found.append("torch:cuda")
-    except ImportError:
-        pass
-    version = tensorrt_version()
-    if version is not None and _major(version) == TENSORRT_MAJOR and "torch:cuda" in found:
-        found.append("tensorrt:cuda")
-    return found
-
-
 def _use_instead() -> str:
-    here = [b for b in available_backends() if not b.startswith("tensorrt")]
+    here = available_backends(skip=("tensorrt",))
     if not here:
         return "no other backend is installed either: pip install onnxruntime"
     advice = "use --backend onnxruntime" if "onnxruntime:cpu" in here else f"use --backend {here[0].split(':')[0]}"
@@ -129,6 +105,13 @@ def require_cuda(device: str = "cuda:0"):
     return torch
 
 
+def check_available(device: str = "cuda:0") -> None:
+    """The registry's availability check (:mod:`engines.backends.registry`): TensorRT 10 and a CUDA device that
+    torch sees, or :class:`BackendUnavailable` saying how to install it and what to use here."""
+    import_tensorrt()
+    require_cuda(device)
+
+
 _LOGGER = None
 
 
@@ -193,7 +176,7 @@ class TensorRTEngine(Engine):
         self.device = torch.device(device)
         self.engine_file = Path(engine_file)
         if not self.engine_file.is_file():
-            raise FileNotFoundError(f"no TensorRT engine at {self.engine_file}; build one with `engines build`")
+            raise MissingFile(f"no TensorRT engine at {self.engine_file}; build one with `engines build`")
         logger = tensorrt_logger(trt)
         logger.take_errors()
         with torch.cuda.device(self.device):

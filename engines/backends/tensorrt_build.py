@@ -18,7 +18,7 @@ import numpy as np
 
 from engines.backends.gpu import gpu_info
 from engines.backends.tensorrt_backend import PRECISIONS, import_tensorrt, require_cuda, tensorrt_logger
-from engines.errors import EngineError
+from engines.errors import EngineError, InputError, MissingFile
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,9 @@ def _check_build_args(onnx_file: Path, input_shape, batch, precision: str, works
         raise ValueError(f"batch must be (min, opt, max) with 1 <= min <= opt <= max, got {tuple(batch)}; "
                          "e.g. --batch 1:8:32")
     if workspace_mib < 1:
-        raise ValueError(f"workspace_mib must be positive, got {workspace_mib}")
+        raise InputError(f"workspace_mib must be positive, got {workspace_mib}")
     if not onnx_file.is_file():
-        raise FileNotFoundError(f"no ONNX file at {onnx_file}; export one first with `engines export`")
+        raise MissingFile(f"no ONNX file at {onnx_file}; export one first with `engines export`")
     has_cache = calibration_cache is not None and calibration_cache.is_file()
     if precision == "int8" and calibration_batches is None and not has_cache:
         raise EngineError("an INT8 engine needs calibration data: pass calibration_batches (float32 normalised "

@@ -16,6 +16,18 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16")
 
 
+def check_available(device: str = "cpu") -> None:
+    """The registry's availability check (:mod:`engines.backends.registry`): torch installed and, for ``cuda``, a
+    CUDA device it sees; else :class:`BackendUnavailable` saying what to do."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise BackendUnavailable("torch is not installed: pip install torch (or use the onnxruntime backend)") \
+            from exc
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackendUnavailable("torch sees no CUDA device here; use --device cpu or the onnxruntime backend")
+
+
 class TorchEngine(Engine):
     """``module`` maps a normalised float32 batch to probabilities (see :func:`engines.export.inference_module`).
 
@@ -34,8 +46,7 @@ class TorchEngine(Engine):
         if precision not in PRECISIONS:
             raise EngineError(f"the torch backend runs {' or '.join(PRECISIONS)}, not {precision}; for int8 build "
                               "an onnxruntime or tensorrt engine")
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise BackendUnavailable("torch sees no CUDA device here; use --device cpu or the onnxruntime backend")
+        check_available(device)
         self.device = torch.device(device)
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         module = module.eval().to(self.device, self.dtype)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.errors import InputError
 from engines.data.segmentation import IMAGE_SUFFIXES, DatasetError, folds_by_group, picked, read_grey, split_by_group
 from inspection_core import imageio
 from inspection_core.errors import ImageReadError
@@ -109,12 +110,13 @@ def cooccurrence(matrix: np.ndarray) -> np.ndarray:
 
 def read_image(path: Path) -> np.ndarray:
     """uint8 grey ``(H, W)`` or RGB ``(H, W, 3)`` as stored (alpha dropped), read by the station's one reader
-    (:func:`inspection_core.imageio.read_image`); :class:`DatasetError` naming a corrupt file."""
+    (:func:`inspection_core.imageio.read_image`); :class:`DatasetError` naming a missing, unreadable or corrupt
+    file."""
     try:
         image = imageio.read_image(path, imageio.ImageMode.UNCHANGED)
     except ImageReadError as exc:
-        if exc.os_error is not None:
-            raise exc.os_error from None
+        if exc.os_error is not None:  # the system's own words (they name the file), as a user error
+            raise DatasetError(exc.reason) from exc.os_error
         raise DatasetError(f"cannot decode image {path}: the file is corrupt or not an image") from None
     if image.dtype != np.uint8:
         raise DatasetError(f"image {path} is {image.dtype}; only 8-bit images are supported")
@@ -298,16 +300,16 @@ def stratified_multilabel_folds(samples, k: int, seed: int) -> list[list[int]]:
     ``samples``: a :class:`MultiLabelSet` or a list of :class:`MLSample`."""
     label_sets = _label_sets(samples)
     if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-        raise ValueError(f"k must be an integer of at least 2, got {k!r}")
+        raise InputError(f"k must be an integer of at least 2, got {k!r}")
     if k > len(label_sets):
-        raise ValueError(f"cannot cut {len(label_sets)} images into {k} folds")
+        raise InputError(f"cannot cut {len(label_sets)} images into {k} folds")
     return folds_by_group(label_sets, k, seed)
 
 
 def stratified_multilabel_split(samples, holdout: float, seed: int) -> tuple[list[int], list[int]]:
     """Indices (train, held out) with each label combination split in the proportion ``holdout``."""
     if not 0.0 <= holdout < 1.0:
-        raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+        raise InputError(f"holdout must be in [0, 1), got {holdout}")
     return split_by_group(_label_sets(samples), holdout, seed)
 
 

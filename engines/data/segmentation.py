@@ -10,6 +10,7 @@ Readers for ``magnetic-tile`` (``MT_*/NAME.jpg`` + ``NAME.png``) and ``neu-seg``
 """
 from __future__ import annotations
 
+import json
 import logging
 import random
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.errors import EnginesError, InputError
 from inspection_core import imageio
 from inspection_core.errors import ImageReadError
 from inspection_core.tiling import plan_tiles
@@ -25,7 +27,7 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-class DatasetError(Exception):
+class DatasetError(EnginesError):
     """A data folder is missing, empty or not in a known layout."""
 
 
@@ -46,12 +48,12 @@ class SegSample:
 
 def read_grey(path: Path) -> np.ndarray:
     """uint8 grey ``(H, W)`` by the station's one reader (:func:`inspection_core.imageio.read_image`);
-    :class:`DatasetError` naming a corrupt file."""
+    :class:`DatasetError` naming a missing, unreadable or corrupt file."""
     try:
         return imageio.read_image(path, imageio.ImageMode.GREY)
     except ImageReadError as exc:
-        if exc.os_error is not None:
-            raise exc.os_error from None
+        if exc.os_error is not None:  # the system's own words (they name the file), as a user error
+            raise DatasetError(exc.reason) from exc.os_error
         raise DatasetError(f"cannot decode image {path}: the file is corrupt or not an image") from None
 
 
@@ -132,6 +134,23 @@ def load_dataset(root: str | Path, limit: int = 0) -> list[SegSample]:
     return samples
 
 
+def read_split(path: str | Path) -> dict[str, list[str]]:
+    """The lists of a split file (``engines split``, a run's ``split.json``: image names by part, ``train``,
+    ``validation``, ``holdout``); :class:`~engines.errors.InputError` for a missing, unreadable or malformed file."""
+    path = Path(path)
+    try:
+        split = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"cannot read the split file {path}: {exc.strerror or exc}; check the path, or write a split "
+                         "with `engines split`") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path} is not a split file (JSON: image names by part): {exc}") from None
+    if not isinstance(split, dict) or not all(isinstance(names, list) for names in split.values()):
+        raise InputError(f"{path} is not a split file: expected JSON lists of image names by part (train, "
+                         "validation, holdout), as `engines split` writes")
+    return split
+
+
 def stratified_split(samples: list[SegSample], holdout: float, seed: int) -> tuple[list[int], list[int]]:
     """Indices (train, held out), with each image-level category split in the same proportion."""
     return split_by_group([s.category for s in samples], holdout, seed, order=str)
@@ -161,7 +180,7 @@ def three_way_split(samples: list[SegSample], validation: float, holdout: float,
                 "validation": sorted(names[rest[i]] for i in val_idx),
                 "holdout": sorted(names[rest[i]] for i in held_idx)}
     if validation < 0 or holdout < 0 or validation + holdout >= 1:
-        raise ValueError(f"validation {validation} and holdout {holdout} must be >= 0 and add up to less than 1")
+        raise InputError(f"validation {validation} and holdout {holdout} must be >= 0 and add up to less than 1")
     train_val, held = split_by_group([s.category for s in samples], holdout, seed, order=str)
     inner = validation / (1.0 - holdout) if holdout < 1 else 0.0
     fit, val = split_by_group([samples[i].category for i in train_val], inner, seed + 1, order=str)
@@ -188,7 +207,7 @@ def _three_way_by_part(samples: list[SegSample], parts: list[str], validation: f
     Parts holding an image named in ``not_train`` are dealt first, to validation or held-out only (even past
     their shares)."""
     if validation < 0 or holdout < 0 or validation + holdout >= 1:
-        raise ValueError(f"validation {validation} and holdout {holdout} must be >= 0 and add up to less than 1")
+        raise InputError(f"validation {validation} and holdout {holdout} must be >= 0 and add up to less than 1")
     members, by_class = _parts_by_class(samples, parts)
     rng = random.Random(seed)
     out: dict[str, list[str]] = {"train": [], "validation": [], "holdout": []}
@@ -309,7 +328,7 @@ class TileSampler:
                  photometric: str = "jitter", border: int = 0, edge_fraction: float = 0.0,
                  paste_fraction: float = 0.0) -> None:
         if photometric not in ("jitter", "exposure"):
-            raise ValueError(f"photometric must be 'jitter' or 'exposure', got {photometric!r}")
+            raise InputError(f"photometric must be 'jitter' or 'exposure', got {photometric!r}")
         self.samples = [SegSample(s.name, pad_to_tile(s.image, tile), pad_to_tile(s.mask.astype(np.uint8), tile), s.category)
                         for s in samples]
         self.origins = None
@@ -564,9 +583,9 @@ def stratified_folds(samples: list[SegSample], folds: int, seed: int,
     (:func:`engines.data.parts.part_ids`), whole parts are dealt: each class's parts, shuffled (seeded), each to
     the fold holding the fewest images of that class so far, so no part is on both sides of any fold."""
     if folds < 2:
-        raise ValueError(f"folds must be at least 2, got {folds}")
+        raise InputError(f"folds must be at least 2, got {folds}")
     if folds > len(samples):
-        raise ValueError(f"cannot cut {len(samples)} images into {folds} folds")
+        raise InputError(f"cannot cut {len(samples)} images into {folds} folds")
     if parts is None:
         return folds_by_group([s.category for s in samples], folds, seed, order=str)
     members, by_class = _parts_by_class(samples, parts)

@@ -15,6 +15,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from engines.errors import InputError
+
 SHIFT = 3  # cv2 sub-pixel bits of every drawing call
 SCALE = 1 << SHIFT
 
@@ -34,14 +36,14 @@ def check_range(owner: str, name: str, value, lo: float, hi: float, integer: boo
     if ok and integer:
         ok = all(isinstance(v, int) for v in value)
     if not ok or not lo <= value[0] <= value[1] <= hi:
-        raise ValueError(f"{owner}.{name} must be a ({'int' if integer else 'number'}) pair lo <= hi within "
+        raise InputError(f"{owner}.{name} must be a ({'int' if integer else 'number'}) pair lo <= hi within "
                          f"[{lo}, {hi}], got {value!r}")
 
 
 def check_int(name: str, value, low: int) -> None:
     """``value`` must be an int (numpy ints too, not a bool) ``>= low``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        raise InputError(f"{name} must be an int >= {low}, got {value!r}")
 
 
 def item_seed(seed: int, index: int) -> int:
@@ -115,10 +117,10 @@ def prepare_folder(out_dir: str | Path, ours: Callable[[Path], bool], what: str,
     ``images`` (``(folder, glob)`` pairs) and ``files`` are removed. Anything else is refused with a message."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} exists and is not a folder")
+        raise InputError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
         if not ours(out):
-            raise ValueError(f"{out} is not empty and is not a {what} written by {generator}; "
+            raise InputError(f"{out} is not empty and is not a {what} written by {generator}; "
                              "refusing to write into it — give a new or empty folder")
         for folder, pattern in images:
             for p in (out / folder).glob(pattern) if (out / folder).is_dir() else ():

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.errors import InputError
 from engines.data.synthetic_common import (SCALE, SHIFT, bbox_of, check_int, check_range, claim_pixels, clipped_box,
                                            defect_plan, fixed_point, item_seed, normal_noise, offsets, prepare_folder,
                                            write_csv, write_png)
@@ -41,7 +42,7 @@ _check_range = partial(check_range, "LensSpec")
 
 def _check_fraction(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"LensSpec.{name} must be a number in [0, 1], got {value!r}")
+        raise InputError(f"LensSpec.{name} must be a number in [0, 1], got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -75,16 +76,16 @@ class LensSpec:
         size = self.size
         if not (isinstance(size, tuple) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
                                                                     for v in size) and min(size) >= 96):
-            raise ValueError(f"LensSpec.size must be (height, width) ints, each >= 96, got {size!r}")
+            raise InputError(f"LensSpec.size must be (height, width) ints, each >= 96, got {size!r}")
         _check_range("glass_radius", self.glass_radius, 0.05, 0.45)
         _check_range("ink_width", self.ink_width, 0.01, 0.3)
         _check_fraction("center_jitter", self.center_jitter)
         outer = self.glass_radius[1] + self.ink_width[1] + self.center_jitter
         if outer > 0.47:
-            raise ValueError(f"LensSpec: glass_radius[1] + ink_width[1] + center_jitter = {outer:.3f} must be <= 0.47 "
+            raise InputError(f"LensSpec: glass_radius[1] + ink_width[1] + center_jitter = {outer:.3f} must be <= 0.47 "
                              "so the whole lens (with its bevel) stays inside the image")
         if self.glass_radius[0] * min(size) < 30:
-            raise ValueError(f"LensSpec: the smallest glass radius is {self.glass_radius[0] * min(size):.1f} px, "
+            raise InputError(f"LensSpec: the smallest glass radius is {self.glass_radius[0] * min(size):.1f} px, "
                              "it must be >= 30 px (raise size or glass_radius)")
         _check_range("defect_count", self.defect_count, 1, 1000, integer=True)
         _check_fraction("defect_free_prob", self.defect_free_prob)
@@ -93,18 +94,18 @@ class LensSpec:
         w = self.class_weights
         if not (isinstance(w, tuple) and len(w) == len(DEFECT_CLASSES)
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in w) and sum(w) > 0):
-            raise ValueError(f"LensSpec.class_weights must be {len(DEFECT_CLASSES)} non-negative numbers "
+            raise InputError(f"LensSpec.class_weights must be {len(DEFECT_CLASSES)} non-negative numbers "
                              f"(for {', '.join(DEFECT_CLASSES)}) with a positive sum, got {w!r}")
         if isinstance(self.min_defect_area, bool) or not isinstance(self.min_defect_area, int) \
                 or not 1 <= self.min_defect_area <= 200:
-            raise ValueError(f"LensSpec.min_defect_area must be an int in [1, 200], got {self.min_defect_area!r}")
+            raise InputError(f"LensSpec.min_defect_area must be an int in [1, 200], got {self.min_defect_area!r}")
         for name in ("glass_level", "ink_level", "housing_level"):
             _check_range(name, getattr(self, name), 0, 255)
         if self.glass_level[0] < self.ink_level[1] + 40:
-            raise ValueError("LensSpec: glass_level must lie at least 40 grey levels above ink_level")
+            raise InputError("LensSpec: glass_level must lie at least 40 grey levels above ink_level")
         _check_range("noise_sigma", self.noise_sigma, 0, 20)
         if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
-            raise ValueError(f"LensSpec.max_attempts must be an int >= 1, got {self.max_attempts!r}")
+            raise InputError(f"LensSpec.max_attempts must be an int >= 1, got {self.max_attempts!r}")
 
 
 @dataclass(frozen=True, eq=False)

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.errors import InputError
 from engines.data.synthetic_common import (NORMAL_LUT, SHIFT, bbox_of, check_int, check_range, claim_pixels,
                                            clipped_box, defect_plan, fixed_point, is_number, item_seed, normal_noise,
                                            offsets, prepare_folder, write_csv, write_png)
@@ -64,7 +65,7 @@ _check_range = partial(check_range, "ScreenSpec")
 
 def _check_number(name: str, value, lo: float, hi: float) -> None:
     if not is_number(value) or not lo <= value <= hi:
-        raise ValueError(f"ScreenSpec.{name} must be a number in [{lo}, {hi}], got {value!r}")
+        raise InputError(f"ScreenSpec.{name} must be a number in [{lo}, {hi}], got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ class ScreenSpec:
         size = self.size
         if not (isinstance(size, tuple) and len(size) == 2 and all(
                 isinstance(v, int) and not isinstance(v, bool) and 128 <= v <= 65536 for v in size)):
-            raise ValueError(f"ScreenSpec.size must be (height, width) ints in [128, 65536], got {size!r}")
+            raise InputError(f"ScreenSpec.size must be (height, width) ints in [128, 65536], got {size!r}")
         _check_range("dark_level", self.dark_level, 0, 200)
         _check_range("mura", self.mura, 0, 30)
         _check_range("noise_sigma", self.noise_sigma, 0, 20)
@@ -116,7 +117,7 @@ class ScreenSpec:
         w = self.class_weights
         if not (isinstance(w, tuple) and len(w) == len(SCREEN_CLASSES) and all(is_number(v) and v >= 0 for v in w)
                 and sum(w) > 0):
-            raise ValueError(f"ScreenSpec.class_weights must be {len(SCREEN_CLASSES)} non-negative numbers "
+            raise InputError(f"ScreenSpec.class_weights must be {len(SCREEN_CLASSES)} non-negative numbers "
                              f"(for {', '.join(SCREEN_CLASSES)}) with a positive sum, got {w!r}")
         short = min(size)
         _check_range("bubble_radius", self.bubble_radius, 2, short / 2)
@@ -128,7 +129,7 @@ class ScreenSpec:
         for name, lo, hi in (("min_defect_area", 1, 500), ("max_attempts", 1, 1000)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-                raise ValueError(f"ScreenSpec.{name} must be an int in [{lo}, {hi}], got {v!r}")
+                raise InputError(f"ScreenSpec.{name} must be an int in [{lo}, {hi}], got {v!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -409,7 +410,7 @@ def make_screen(seed: int, spec: ScreenSpec = ScreenSpec(), with_defects: bool =
 # ------------------------------------------------------------------------------------------------ patches
 def _fraction(min_fraction) -> Fraction:
     if not is_number(min_fraction) or not 0 <= min_fraction < 1:
-        raise ValueError(f"min_fraction must be a number in [0, 1), got {min_fraction!r}")
+        raise InputError(f"min_fraction must be a number in [0, 1), got {min_fraction!r}")
     return Fraction(repr(float(min_fraction)))  # 0.2 -> exactly 1/5, so "<= 20 %" is decided in integers
 
 
@@ -468,7 +469,7 @@ def write_screen_patches(out_dir: str | Path, count_images: int, seed: int = 0, 
         raise TypeError(f"spec must be a ScreenSpec, got {type(spec).__name__}")
     check_int("tile", tile, 1)
     if tile > min(spec.size):
-        raise ValueError(f"tile {tile} is larger than the screen {spec.size[0]}x{spec.size[1]}: use a tile of at "
+        raise InputError(f"tile {tile} is larger than the screen {spec.size[0]}x{spec.size[1]}: use a tile of at "
                          f"most {min(spec.size)} px or a larger ScreenSpec.size")
     plan = plan_tiles(spec.size, int(tile), int(overlap))  # raises TilingError on a bad overlap
     out = prepare_folder(out_dir, _is_screen_set, "synthetic screen patch set", GENERATOR,

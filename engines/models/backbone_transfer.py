@@ -14,6 +14,8 @@ Example::
 """
 from __future__ import annotations
 
+from engines.errors import EnginesError
+
 # torchvision name -> where each registered network keeps it (first prefix that exists in the state dict wins)
 _PREFIXES: dict[str, tuple[str, ...]] = {
     "conv1.": ("stem.0.", "backbone.0.", "net.encoder.conv1.", "net.backbone.conv1.", "conv1."),
@@ -25,7 +27,7 @@ _PREFIXES: dict[str, tuple[str, ...]] = {
 }
 
 
-class BackboneTransferError(ValueError):
+class BackboneTransferError(EnginesError, ValueError):
     """The two networks share no ResNet backbone, or their backbones differ in shape."""
 
 

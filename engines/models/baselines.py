@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engines.errors import InputError
 from engines.models import MODELS
 from engines.models.blocks import BACKBONES, conv_bn_relu, resnet_backbone
 
@@ -35,7 +36,7 @@ def check_positive_ints(config, *fields: str) -> None:
     for field in fields:
         value = getattr(config, field)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{field} must be a positive integer, got {value!r}")
+            raise InputError(f"{field} must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,9 @@ class BaselineConfig:
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
-            raise ValueError(f"arch {self.arch!r} is not one of {ARCHS}")
+            raise InputError(f"arch {self.arch!r} is not one of {ARCHS}")
         if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone {self.backbone!r} is not one of {BACKBONES} (for arch {self.arch!r})")
+            raise InputError(f"backbone {self.backbone!r} is not one of {BACKBONES} (for arch {self.arch!r})")
         check_positive_ints(self, "num_classes", "in_channels")
 
     def to_dict(self) -> dict:

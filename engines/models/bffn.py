@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engines.errors import InputError
 from engines.models.blocks import BACKBONES, conv_bn_relu, resnet_backbone
 FUSIONS = ("bffm", "sum", "concat")
 
@@ -44,11 +45,11 @@ class BFFNConfig:
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone {self.backbone!r} is not one of {BACKBONES}")
+            raise InputError(f"backbone {self.backbone!r} is not one of {BACKBONES}")
         if self.fusion not in FUSIONS:
-            raise ValueError(f"fusion {self.fusion!r} is not one of {FUSIONS}")
+            raise InputError(f"fusion {self.fusion!r} is not one of {FUSIONS}")
         if self.embed_dim % self.heads:
-            raise ValueError(f"embed_dim {self.embed_dim} must be a multiple of heads {self.heads}")
+            raise InputError(f"embed_dim {self.embed_dim} must be a multiple of heads {self.heads}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,7 +94,7 @@ class RelativeMHSA(nn.Module):
 
     def _relative_table(self, h: int, w: int) -> torch.Tensor:
         if h > self.max_rel_pos or w > self.max_rel_pos:
-            raise ValueError(
+            raise InputError(
                 f"feature map {h}x{w} exceeds the relative position range {self.max_rel_pos}; use tiles of at most "
                 f"{self.max_rel_pos * 16} pixels or rebuild with a larger max_rel_pos"
             )

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engines.errors import InputError
 from engines.models import MODELS
 
 ARCHS = tuple(name for name, spec in MODELS.items() if spec.module == __name__)  # resnet50, vgg16, inceptionv3
@@ -40,7 +41,7 @@ class ClassifierConfig:
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
-            raise ValueError(f"arch {self.arch!r} is not one of {ARCHS}")
+            raise InputError(f"arch {self.arch!r} is not one of {ARCHS}")
         from engines.models.baselines import check_positive_ints
 
         check_positive_ints(self, "num_classes", "in_channels")
@@ -81,7 +82,7 @@ class MultiLabelClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         side = MIN_SIDE[self.config.arch]
         if not torch.jit.is_tracing() and min(x.shape[-2:]) < side:
-            raise ValueError(f"{self.config.arch} needs inputs of at least {side}×{side} pixels, got "
+            raise InputError(f"{self.config.arch} needs inputs of at least {side}×{side} pixels, got "
                              f"{tuple(x.shape[-2:])}")
         return self.net(x)
 

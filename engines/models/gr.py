@@ -68,6 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engines.errors import InputError
 from engines.models.blocks import BACKBONES, resnet_backbone
 FEATURES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 
@@ -91,20 +92,20 @@ class GRConfig:
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone {self.backbone!r} is not one of {BACKBONES}")
+            raise InputError(f"backbone {self.backbone!r} is not one of {BACKBONES}")
         for field in ("num_classes", "in_channels", "label_dim", "proj_dim"):
             _check_positive_int(field, getattr(self, field))
         if self.gr_dim is not None:
             _check_positive_int("gr_dim", self.gr_dim)
         for field in ("use_gr", "cosine"):
             if not isinstance(getattr(self, field), bool):
-                raise ValueError(f"{field} must be true or false, got {getattr(self, field)!r}")
+                raise InputError(f"{field} must be true or false, got {getattr(self, field)!r}")
         for field, low in (("tau", 0.0), ("cosine_scale", 0.0)):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > low:
-                raise ValueError(f"{field} must be a positive number, got {value!r}")
+                raise InputError(f"{field} must be a positive number, got {value!r}")
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not self.alpha >= 0:
-            raise ValueError(f"alpha must be a number >= 0, got {self.alpha!r}")
+            raise InputError(f"alpha must be a number >= 0, got {self.alpha!r}")
 
     @property
     def enhanced_dim(self) -> int:
@@ -116,7 +117,7 @@ class GRConfig:
 
 def _check_positive_int(field: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{field} must be a positive integer, got {value!r}")
+        raise InputError(f"{field} must be a positive integer, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------- losses

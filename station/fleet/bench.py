@@ -2,9 +2,9 @@
 
     python -m station.fleet.bench --to postgresql://USER@HOST/DB --work /tmp/fleet-bench [--json]
 
-``--to`` is a fleet database set up by ``station fleet init``, with a user that may insert (the figures need no
-SELECT). The ledgers are real SQLite logs written as a station writes them (one committed row at a time for the
-steady-rate part); the figures go to docs/FLEET.md.
+``--to`` is a fleet database set up by ``station fleet init``, with a user that may insert the stations ``bench-*``
+(``--station-user 'bench_line=bench-*'``; the figures need no SELECT). The ledgers are real SQLite logs written as
+a station writes them (one committed row at a time for the steady-rate part); the figures go to docs/FLEET.md.
 
 1. throughput: one ledger of ``--backlog`` rows forwarded in batches of 500;
 2. lag: ``--stations`` stations each logging ``--rate`` parts/s for ``--seconds`` s, each with its forwarder
@@ -136,7 +136,7 @@ def catch_up(url: str, work: Path, stations: int, rate: float, outage_s: float) 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m station.fleet.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--to", required=True, help="a fleet database (station fleet init), a user that may insert")
+    p.add_argument("--to", required=True, help="a fleet database (station fleet init), a user that may insert bench-* rows")
     p.add_argument("--work", help="folder for the ledgers (default: a temporary one)")
     p.add_argument("--backlog", type=int, default=20000)
     p.add_argument("--stations", type=int, default=4)

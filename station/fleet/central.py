@@ -3,16 +3,19 @@
 Passwords never travel on the command line or in a recipe: a URL holding one is refused, and libpq takes the
 password from ``PGPASSWORD`` or the ``.pgpass`` file (``PGPASSFILE``), as ``psql`` does.
 
->>> apply_migrations("postgresql://admin@db.factory/fleet")                    # doctest: +SKIP
-['001_parts', '002_roles']
->>> rows = fetch_central("postgresql://qa@db.factory/fleet", since="2024-05-01", station="line-3")  # doctest: +SKIP
+For example (a PostgreSQL server is needed; the first call returns the migrations applied,
+``['001_parts', '002_roles', '003_row_security']`` on a new database)::
+
+    apply_migrations("postgresql://admin@db.factory/fleet", station_users=["line3=line-3"])
+    add_station("postgresql://admin@db.factory/fleet", "line4", ["line-4"])
+    rows = fetch_central("postgresql://qa@db.factory/fleet", since="2024-05-01", station="line-3")
 """
 from __future__ import annotations
 
 import hashlib
 from datetime import datetime
 from importlib import resources
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 from station.errors import StationError
 from station.rejectlog import COLUMNS, RejectLogError, format_utc, row_filter
@@ -84,14 +87,21 @@ _MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
 )"""
 
 
-def apply_migrations(url: str, station_users: tuple[str, ...] = (), qa_users: tuple[str, ...] = ()) -> list[str]:
+def apply_migrations(url: str, station_users: Iterable[str | tuple[str, Sequence[str]]] = (),
+                     qa_users: Iterable[str] = (), months_back: int | None = None) -> list[str]:
     """Bring the database at ``url`` to the newest schema, each migration in its own transaction (under an advisory
-    lock, so two inits never race), and let the given login roles join ``fleet_station`` / ``fleet_qa`` (created
-    without a password when missing). Returns the names applied now. The user needs CREATE on the database and
-    CREATEROLE."""
+    lock, so two inits never race); give each station login its policy (:func:`add_station`; ``"NAME"``,
+    ``"NAME=ID,ID"`` or ``(NAME, IDS)``), let the QA logins join ``fleet_qa`` (logins are created without a password
+    when missing), and set how many months back a station may open (``months_back``). Returns the names applied
+    now. The user needs CREATE on the database and CREATEROLE."""
     import psycopg
     from psycopg import sql
 
+    stations = [parse_station_user(u) if isinstance(u, str) else (u[0], tuple(u[1])) for u in station_users]
+    for name, ids in stations:
+        _check_station(name, ids)
+    if months_back is not None and months_back < 0:
+        raise FleetError(f"--months-back {months_back} is not allowed; use 0 (this month only) or more")
     applied_now = []
     with connect(url, "station fleet init") as conn:
         try:
@@ -112,17 +122,111 @@ def apply_migrations(url: str, station_users: tuple[str, ...] = (), qa_users: tu
                     conn.execute("INSERT INTO schema_migrations (version, name, sha256) VALUES (%s, %s, %s)",
                                  (version, name, digest))
                 applied_now.append(name)
-            for role, users in (("fleet_station", station_users), ("fleet_qa", qa_users)):
-                for user in users:
-                    with conn.transaction():
-                        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,)).fetchone() is None:
-                            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(user)))
-                        conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(user)))
+            for name, ids in stations:
+                with conn.transaction():
+                    _station_policy(conn, name, ids)
+            for user in qa_users:
+                with conn.transaction():
+                    _login(conn, user)
+                    conn.execute(sql.SQL("GRANT fleet_qa TO {}").format(sql.Identifier(user)))
+            if months_back is not None:
+                with conn.transaction():
+                    conn.execute("UPDATE fleet_settings SET station_months_back = %s", (months_back,))
             conn.commit()
         except psycopg.Error as exc:
             raise FleetError(f"cannot set up {destination(url)}: {str(exc).strip()}; the user needs CREATE on the "
                              "database and CREATEROLE (a superuser or the database owner with CREATEROLE)") from None
     return applied_now
+
+
+# -- station logins: one row-level security policy each (migration 003) ----------------------------------------
+
+def parse_station_user(text: str) -> tuple[str, tuple[str, ...]]:
+    """``"line3"`` -> ``("line3", ("line3",))``; ``"line3=line-3,line-3b"`` -> ``("line3", ("line-3", "line-3b"))``:
+    a station login and the station ids it may write (without ``=``, the login's own name)."""
+    name, sep, ids = text.partition("=")
+    name = name.strip()
+    found = tuple(i.strip() for i in ids.split(",") if i.strip()) if sep else (name,)
+    _check_station(name, found)
+    return name, found
+
+
+def _check_station(name: str, ids: Sequence[str]) -> None:
+    if not name or len(name) > 55:
+        raise FleetError(f"station login {name!r} is not allowed; give a role name of 1 to 55 characters")
+    if not ids or any(not i or "*" in i[:-1] for i in ids):
+        raise FleetError(f"station ids {list(ids)!r} for {name} are not allowed; give one or more ids (the "
+                         "stations' [station] id), e.g. line-3; a trailing * allows every id that starts so (line-3*)")
+
+
+def station_check(ids: Sequence[str]) -> Any:
+    """The SQL condition on ``station_id`` that ``ids`` allow: exact ids, and ``PREFIX*`` for ids that start so."""
+    from psycopg import sql
+
+    exact = [i for i in ids if not i.endswith("*")]
+    terms = [sql.SQL("station_id IN ({})").format(sql.SQL(", ").join(map(sql.Literal, exact)))] if exact else []
+    terms += [sql.SQL("starts_with(station_id, {})").format(sql.Literal(i[:-1])) for i in ids if i.endswith("*")]
+    return sql.SQL(" OR ").join(terms)
+
+
+def policy_name(login: str) -> str:
+    """The name of a station login's policy on ``parts``."""
+    return f"station {login}"
+
+
+def _login(conn: Any, user: str) -> None:
+    from psycopg import sql
+
+    if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,)).fetchone() is None:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(user)))
+
+
+def _station_policy(conn: Any, login: str, ids: Sequence[str]) -> None:
+    """In the caller's transaction: the login (created when missing) joins fleet_station, and its policy on parts
+    allows exactly ``ids`` (replacing an earlier one): rows it inserts, and rows it could ever update or delete."""
+    from psycopg import sql
+
+    if conn.execute("SELECT to_regclass('fleet_settings')").fetchone()[0] is None:
+        raise FleetError("the fleet schema has no row-level security yet; run station fleet init --to URL first")
+    _login(conn, login)
+    conn.execute(sql.SQL("GRANT fleet_station TO {}").format(sql.Identifier(login)))
+    policy, check = sql.Identifier(policy_name(login)), station_check(ids)
+    conn.execute(sql.SQL("DROP POLICY IF EXISTS {} ON parts").format(policy))
+    conn.execute(sql.SQL("CREATE POLICY {} ON parts FOR ALL TO {} USING ({}) WITH CHECK ({})").format(
+        policy, sql.Identifier(login), check, check))
+
+
+def add_station(url: str, login: str, station_ids: Sequence[str] | None = None) -> None:
+    """Let the login ``login`` forward the rows of ``station_ids`` (default: its own name; ``PREFIX*`` for every id
+    that starts so), and no others: it is created without a password when missing, joins ``fleet_station``, and
+    gets its own row-level security policy on ``parts`` (run again to change the ids). The user of ``url`` needs
+    CREATEROLE and must own ``parts`` (the admin who ran ``station fleet init``)."""
+    import psycopg
+
+    ids = tuple(station_ids) if station_ids else (login,)
+    _check_station(login, ids)
+    with connect(url, "station fleet add-station") as conn:
+        if schema_version(conn) < 3:
+            raise FleetError(f"{destination(url)} has no fleet schema with row-level security; run station fleet "
+                             "init --to URL first")
+        try:
+            with conn.transaction():
+                _station_policy(conn, login, ids)
+        except psycopg.Error as exc:
+            raise FleetError(f"cannot add station login {login} on {destination(url)}: {str(exc).strip()}; the user "
+                             "needs CREATEROLE and must own parts (the admin who ran station fleet init)") from None
+
+
+def station_logins(url: str) -> dict[str, str | None]:
+    """The members of ``fleet_station`` and the condition of their policy on ``parts`` (None: no policy, so they
+    may insert nothing)."""
+    with connect(url, "station fleet init") as conn:
+        members = [r[0] for r in conn.execute(
+            "SELECT m.rolname FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid "
+            "JOIN pg_roles m ON m.oid = a.member WHERE g.rolname = 'fleet_station' ORDER BY 1")]
+        policies = dict(conn.execute("SELECT policyname, with_check FROM pg_policies WHERE tablename = 'parts'")
+                        .fetchall())
+    return {m: policies.get(policy_name(m)) for m in members}
 
 
 def schema_version(conn) -> int:

@@ -6,9 +6,11 @@ PostgreSQL transaction with ``ON CONFLICT DO NOTHING`` on (station, run, row id,
 after that transaction committed. A crash anywhere resends at most one batch, which the server ignores; a server
 that is away is retried with back-off, and the rows wait in the ledger.
 
->>> f = Forwarder("station-data/rejects.db", "postgresql://line3@db.factory/fleet")   # doctest: +SKIP
->>> f.forward_all()          # ship everything there is now; FleetError when the server cannot be reached
->>> f.lag()                  # (rows, seconds) not yet in the fleet database
+For example (a PostgreSQL server is needed)::
+
+    f = Forwarder("station-data/rejects.db", "postgresql://line3@db.factory/fleet")
+    f.forward_all()          # ship everything there is now; FleetError when the server cannot be reached
+    f.lag()                  # (rows, seconds) not yet in the fleet database
 
 Reject images stay on the station: the central row holds their path (relative to the ledger's folder), size and
 SHA-256; with ``images_dir`` they are also copied to ``DIR/<station>/<image_path>`` and ``image_copy`` says where.
@@ -32,12 +34,14 @@ import logging
 import os
 import random
 import shutil
+import sqlite3
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
+from station.errors import LedgerError
 from station.fleet.central import FleetError, check_url, connect, destination
 from station.outbox import LedgerCursor
 from station.recipe import MISSING, Refused, TableReader, check_float, check_int, check_path
@@ -53,6 +57,39 @@ INSERT_COLUMNS = ("station_id", "run_id", "row_id", "time_utc", "timestamp_ns", 
 _INSERT = (f"INSERT INTO parts ({', '.join(INSERT_COLUMNS)}) VALUES ({', '.join(['%s'] * len(INSERT_COLUMNS))}) "
            "ON CONFLICT DO NOTHING")
 DEFAULT_BATCH = 500
+
+
+def ledger_ready(db_path: str | Path) -> bool:
+    """True when ``db_path`` holds a station's ledger (its ``inspections`` table); False while there is no file yet,
+    or the station is creating it. Raises :class:`LedgerError` for a file that is not an SQLite database. Opens the
+    file read-only: a forwarder that waits never creates the ledger itself."""
+    path = Path(db_path)
+    if not path.is_file():
+        return False
+    try:
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=1.0)
+    except sqlite3.OperationalError:
+        return False
+    try:
+        return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'inspections'")\
+            .fetchone() is not None
+    except sqlite3.OperationalError:  # locked while the station creates the schema: not yet
+        return False
+    except sqlite3.DatabaseError as exc:
+        raise LedgerError(f"{path} is not a station's ledger ({exc}); pass --db with the database the station "
+                          "writes ([log] db)") from None
+    finally:
+        conn.close()
+
+
+def wait_for_ledger(db_path: str | Path, stop: threading.Event, interval_s: float = 1.0) -> bool:
+    """Wait until ``db_path`` holds a ledger (:func:`ledger_ready`), looking every ``interval_s``; False when
+    ``stop`` was set first. A forwarder started before its station thus needs no start order."""
+    while not stop.is_set():
+        if ledger_ready(db_path):
+            return True
+        stop.wait(interval_s)
+    return False
 
 
 def defect_classes(row: Mapping[str, Any]) -> list[str]:
@@ -178,13 +215,31 @@ class Forwarder:
                     inserted = max(0, cur.rowcount)
         except psycopg.Error as exc:
             self.drop_connection()
-            hint = ("the server is away; rows wait in the ledger" if isinstance(exc, psycopg.OperationalError)
-                    else "run station fleet init --to URL, and GRANT fleet_station TO this user")
-            raise FleetError(f"forwarding to {self.destination} failed: {str(exc).strip()} ({hint})") from None
+            refused = isinstance(exc, psycopg.errors.InsufficientPrivilege) and exc.diag.message_primary
+            raise FleetError(f"forwarding to {self.destination} failed: {refused or str(exc).strip()} "
+                             f"({self._hint(exc, values)})") from None
         self.cursor.advance(rows[-1]["id"])  # only now: the rows are committed on the server
         self.sent += len(rows)
         self.inserted += inserted
         return len(rows)
+
+    def _hint(self, exc: Exception, values: list[tuple[Any, ...]]) -> str:
+        """What to do about a refused batch; the rows wait in the ledger in every case."""
+        import psycopg
+
+        if isinstance(exc, psycopg.OperationalError):
+            return "the server is away; rows wait in the ledger"
+        if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+            if "row-level security" in str(exc):
+                ids = ", ".join(sorted({str(v[0]) for v in values}))
+                user = check_url(self.url).get("user", "this login")
+                return (f"this login may write only its own stations' rows, and the batch holds station id {ids}; "
+                        f"an admin allows them with station fleet add-station --to ADMIN_URL {user} --station-id "
+                        "ID, or fix the station's [station] id (--station for rows without one); the rows wait in "
+                        "the ledger")
+            if exc.diag.message_hint:  # fleet_ensure_month refused a month; its hint says what to do
+                return f"{exc.diag.message_hint}; the rows wait in the ledger"
+        return "run station fleet init --to URL, and station fleet add-station for this login"
 
     def forward_all(self, stop: threading.Event | None = None) -> int:
         """Ship batches until caught up (or ``stop`` is set); returns the rows shipped. Raises :class:`FleetError`

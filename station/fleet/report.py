@@ -1,12 +1,19 @@
 """``station fleet report``: yield, rejects by class and not-inspected counts across the fleet.
 
->>> rows = fleet_report("postgresql://qa@db.factory/fleet", since="2024-05-01", by="station")   # doctest: +SKIP
->>> print(format_table(rows))                                                                    # doctest: +SKIP
+For example (a PostgreSQL server is needed)::
 
-Grouped ``by`` station, day (UTC), shift (shifts start at the given UTC hours; a shift that runs past midnight
-belongs to the day it started) or class. Yield is PASS parts over all parts the line saw (PASS + FAIL +
-NOT_INSPECTED); GAP rows count as lost frames, outside the yield. ``by="class"`` lists FAIL parts by defect class
-(a part with two classes counts under both; ``(none)`` for a part without labels) and NOT_INSPECTED parts by reason.
+    rows = fleet_report("postgresql://qa@db.factory/fleet", since="2024-05-01", by="shift", tz="Europe/Berlin")
+    print(format_table(rows))
+
+Grouped ``by`` station, day, shift or class. Days and shifts are local to ``tz`` (an IANA zone, UTC by default;
+:mod:`zoneinfo`): shifts start at the given local hours, a shift that runs past midnight belongs to the day it
+started, and a day or shift spanning a daylight-saving change is as long as the clock says (column ``hours``: 7 or 9
+for an eight-hour night shift on a change night in Europe). Their bounds are computed here as UTC instants and the
+rows are counted between them in the database (``width_bucket``), so no row is misplaced around a change. A shift
+that starts in the hour the clock skips starts when the clock jumps; one that starts in the hour that repeats
+starts at its first occurrence. Yield is PASS parts over all parts the line saw (PASS + FAIL + NOT_INSPECTED); GAP
+rows count as lost frames, outside the yield. ``by="class"`` lists FAIL parts by defect class (a part with two
+classes counts under both; ``(none)`` for a part without labels) and NOT_INSPECTED parts by reason.
 """
 from __future__ import annotations
 
@@ -14,11 +21,15 @@ import csv
 import enum
 import io
 import json
-from datetime import datetime
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from station.fleet.central import FleetError, central_where, connect, destination, schema_version
+from station.rejectlog import RejectLogError, parse_time
 
 DEFAULT_SHIFTS = (6, 14, 22)
 _PART_VERDICTS = ("PASS", "FAIL", "NOT_INSPECTED")
@@ -39,54 +50,128 @@ class ReportFormat(str, enum.Enum):
 
 
 def parse_shifts(text: str) -> tuple[int, ...]:
-    """``"6,14,22"`` -> ``(6, 14, 22)``: the UTC hours at which shifts start."""
+    """``"6,14,22"`` -> ``(6, 14, 22)``: the local hours at which shifts start."""
     try:
         hours = tuple(sorted({int(h) for h in text.split(",") if h.strip()}))
     except ValueError:
         hours = ()
     if not hours or any(not 0 <= h < 24 for h in hours):
-        raise FleetError(f"--shifts {text!r} is not allowed; give the UTC hours shifts start at, e.g. 6,14,22")
+        raise FleetError(f"--shifts {text!r} is not allowed; give the local hours shifts start at, e.g. 6,14,22")
     return hours
 
 
-def shift_of(moment: datetime, shifts: tuple[int, ...]) -> str:
-    """The shift holding ``moment`` (a UTC hour), named by the day it started and its number from 1."""
-    day = moment.date()
-    started = [i for i, h in enumerate(shifts) if h <= moment.hour]
-    if not started:  # before the first shift of the day: the last shift of the day before
-        day = day.fromordinal(day.toordinal() - 1)
-        index = len(shifts) - 1
-    else:
-        index = started[-1]
-    return f"{day.isoformat()} S{index + 1} ({shifts[index]:02d}:00)"
+def parse_zone(name: str | ZoneInfo) -> ZoneInfo:
+    """The time zone ``name`` (IANA, e.g. ``Europe/Berlin``, or ``UTC``) from :mod:`zoneinfo`."""
+    if isinstance(name, ZoneInfo):
+        return name
+    try:
+        return ZoneInfo(str(name))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise FleetError(f"--tz {name!r} is not a time zone here; give an IANA name such as Europe/Berlin or UTC "
+                         "(the system's zoneinfo files, or pip install tzdata)") from None
+
+
+@dataclass(frozen=True)
+class Period:
+    """One day or shift: where it starts (a UTC instant), its name, and its length on the clock in hours."""
+
+    start: datetime
+    name: str
+    hours: float
+
+
+def periods(first: date, last: date, zone: ZoneInfo, starts: tuple[int, ...]) -> list[Period]:
+    """The periods starting at the local hours ``starts`` of each day from ``first`` to ``last``, in time order,
+    plus the first period of the day after (so each one's length is known). A day is ``starts=(0,)``."""
+    bounds = []
+    day = first
+    while day <= last + timedelta(days=1):
+        for i, hour in enumerate(starts):
+            # fold=0: a skipped hour maps to the moment the clock jumps, a repeated hour to its first occurrence
+            moment = datetime(day.year, day.month, day.day, hour, tzinfo=zone).astimezone(timezone.utc)
+            name = day.isoformat() if starts == (0,) else f"{day.isoformat()} S{i + 1} ({hour:02d}:00)"
+            bounds.append((moment, name))
+        day += timedelta(days=1)
+    bounds.sort(key=lambda b: b[0])
+    out = []
+    for (start, name), (end, _) in zip(bounds, bounds[1:]):
+        hours = round((end - start).total_seconds() / 3600, 2)
+        out.append(Period(start, name, int(hours) if hours == int(hours) else hours))
+    return out
+
+
+def shift_of(moment: datetime, shifts: tuple[int, ...], tz: str | ZoneInfo = "UTC") -> str:
+    """The shift holding ``moment`` (naive: UTC) in zone ``tz``, named by the local day it started and its number
+    from 1, e.g. ``2024-05-31 S3 (22:00)``."""
+    zone = parse_zone(tz)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    local_day = moment.astimezone(zone).date()
+    found = [p for p in periods(local_day - timedelta(days=1), local_day, zone, shifts) if p.start <= moment]
+    return found[-1].name
+
+
+def local_time(value: str | datetime, zone: ZoneInfo, end: bool = False) -> datetime:
+    """``--since``/``--until`` as an aware datetime: a time without an offset, or a bare date (its local midnight;
+    with ``end``, the last microsecond of that local day), is in ``zone``."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=zone)
+    text = value.strip()
+    try:
+        parse_time(text)  # the same formats and message as everywhere else
+    except RejectLogError as exc:
+        raise FleetError(str(exc)) from None
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        day = date.fromisoformat(text) + timedelta(days=1 if end else 0)
+        midnight = datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(timezone.utc)
+        return midnight - timedelta(microseconds=1) if end else midnight
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=zone)
 
 
 def fleet_report(url: str, since: str | datetime, until: str | datetime | None = None, by: str = "station",
-                 station: str | None = None, shifts: tuple[int, ...] = DEFAULT_SHIFTS) -> list[dict[str, Any]]:
-    """The report's rows (dicts), in the order to show them."""
+                 station: str | None = None, shifts: tuple[int, ...] = DEFAULT_SHIFTS,
+                 tz: str | ZoneInfo = "UTC") -> list[dict[str, Any]]:
+    """The report's rows (dicts), in the order to show them; days, shifts and times without an offset in ``tz``."""
     import psycopg
 
     group = GroupBy(str(getattr(by, "value", by)))
-    where, params = central_where(since, until, "all", station)
+    zone = parse_zone(tz)
+    where, params = central_where(local_time(since, zone), None if until is None else local_time(until, zone, True),
+                                  "all", station)
+    counting = "verdict, count(*), sum(frame_count), count(*) FILTER (WHERE rejected = 1)"
+    spans: list[Period] = []
     with connect(url, "station fleet report") as conn:
         if schema_version(conn) == 0:
             raise FleetError(f"{destination(url)} has no fleet schema; run station fleet init --to URL first")
         try:
             if group is GroupBy.CLASS:
                 return _by_class(conn, where, params)
-            counts = conn.execute(
-                "SELECT station_id, date_trunc('hour', time_utc AT TIME ZONE 'UTC') AS hour, verdict, count(*), "
-                f"sum(frame_count), count(*) FILTER (WHERE rejected = 1) FROM parts{where} GROUP BY 1, 2, 3",
-                params).fetchall()
+            if group is GroupBy.STATION:
+                counts = conn.execute(f"SELECT station_id, {counting} FROM parts{where} GROUP BY 1, 2",
+                                      params).fetchall()
+            else:
+                low, high = conn.execute(f"SELECT min(time_utc), max(time_utc) FROM parts{where}", params).fetchone()
+                if low is None:
+                    return []
+                spans = periods(low.astimezone(zone).date() - timedelta(days=1), high.astimezone(zone).date(), zone,
+                                shifts if group is GroupBy.SHIFT else (0,))
+                scope = f"{where} AND" if where else " WHERE"
+                counts = conn.execute(  # bucket i (from 1): the i-th period; rows past `high` wait for the next run
+                    f"SELECT width_bucket(time_utc, %s::timestamptz[]), {counting} FROM parts{scope} "
+                    "time_utc BETWEEN %s AND %s GROUP BY 1, 2", [[p.start for p in spans], *params, low, high]
+                ).fetchall()
         except psycopg.Error as exc:
             raise FleetError(f"cannot read {destination(url)}: {str(exc).strip()}; the user needs SELECT on parts "
                              "(GRANT fleet_qa TO user)") from None
-    groups: dict[str, dict[str, Any]] = {}
-    for station_id, hour, verdict, rows, frames, rejected in counts:
-        key = {GroupBy.STATION: station_id, GroupBy.DAY: hour.date().isoformat(),
-               GroupBy.SHIFT: shift_of(hour, shifts)}[group]
-        g = groups.setdefault(key, {group.value: key, "parts": 0, "pass": 0, "fail": 0, "not_inspected": 0,
-                                    "rejected": 0, "lost_frames": 0, "yield_pct": None})
+    groups: dict[Any, dict[str, Any]] = {}
+    for key, verdict, rows, frames, rejected in counts:
+        if group is GroupBy.STATION:
+            head = {group.value: key}
+        else:
+            period = spans[key - 1]
+            head = {group.value: period.name, "hours": period.hours}
+        g = groups.setdefault(key, {**head, "parts": 0, "pass": 0, "fail": 0, "not_inspected": 0, "rejected": 0,
+                                    "lost_frames": 0, "yield_pct": None})
         if verdict in _PART_VERDICTS:
             g["parts"] += rows
             g[verdict.lower()] += rows

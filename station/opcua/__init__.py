@@ -11,8 +11,12 @@ calls, JobStarted / Ready / ResultReady events (one ResultReady for every ledger
     users_file = "/etc/station/opcua-users.toml"
     recipes = ["../recipes/other_product.toml"]   # what PrepareRecipe may switch to, beside the shipped recipes
     security = ["none", "sign", "sign_encrypt"]  # the endpoints offered (Basic256Sha256 for sign / sign_encrypt)
-    pki = "station-data/opcua-pki"        # the server's certificate and key, made on first start
+    pki = "station-data/opcua-pki"        # the server's certificate and key, made on first start; the trust list
     allow_anonymous = true                # anonymous sessions may browse, read and subscribe (never call)
+    certificate = "/etc/station/opcua/cert.der"   # the plant's own certificate and key instead of the station's
+    private_key = "/etc/station/opcua/key.pem"    #   (both or neither; used as they are, never replaced)
+    trust_clients = false                 # true: only client certificates in <pki>/trusted/certs may open sessions
+    halt_timeout_s = 30.0                 # after Halt, the server stays up until the PLC disconnects, at most this
 
 The users file holds ``name = "scrypt$<salt>$<hash>"`` lines under ``[users]`` (``python -m station.opcua
 hash-password NAME`` prints one); ``STATION_OPCUA_USER`` / ``STATION_OPCUA_PASSWORD`` in the environment add one
@@ -35,7 +39,7 @@ from typing import Any, Mapping
 from urllib.parse import urlparse
 
 from station.errors import RecipeError
-from station.recipe import Refused, TableReader, check_bool, check_path, check_str
+from station.recipe import Refused, TableReader, check_bool, check_float, check_path, check_str
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +143,14 @@ class OpcUaConfig:
     security: tuple[Security, ...]
     pki: Path
     allow_anonymous: bool
+    certificate: Path | None = None
+    private_key: Path | None = None
+    trust_clients: bool = False
+    halt_timeout_s: float = 30.0
 
 
-KEYS = ("endpoint", "control", "users_file", "recipes", "security", "pki", "allow_anonymous")
+KEYS = ("endpoint", "control", "users_file", "recipes", "security", "pki", "allow_anonymous", "certificate",
+        "private_key", "trust_clients", "halt_timeout_s")
 
 
 def _endpoint(value: Any) -> tuple[str, str, int]:
@@ -167,6 +176,15 @@ def _recipe_files(base: Path) -> Any:
     return check
 
 
+def _existing_file(base: Path) -> Any:
+    def check(value: Any) -> Path:
+        path = check_path(base)(value)
+        if not path.is_file():
+            raise Refused(f"{path} not found (relative paths start at {base})")
+        return path
+    return check
+
+
 def _policies(value: Any) -> tuple[Security, ...]:
     if not isinstance(value, list) or not value:
         raise ValueError
@@ -189,7 +207,22 @@ def parse_table(t: TableReader, db_path: Path) -> OpcUaConfig:
                      'a non-empty list of "none", "sign", "sign_encrypt" (Basic256Sha256)')
     pki = t.get("pki", None, check_str, 'a folder for the server certificate and key, e.g. "station-data/opcua-pki"')
     anonymous = t.get("allow_anonymous", True, check_bool, "true (anonymous sessions may browse and read) or false")
+    certificate = t.get("certificate", None, _existing_file(t.base),
+                        'the plant\'s certificate for this station (DER or PEM), e.g. "/etc/station/opcua/cert.der"')
+    private_key = t.get("private_key", None, _existing_file(t.base),
+                        'its private key (PEM, unencrypted, readable by the station only), e.g. '
+                        '"/etc/station/opcua/key.pem"')
+    trust_clients = t.get("trust_clients", False, check_bool,
+                          "true (only client certificates in <pki>/trusted/certs may open sessions) or false")
+    halt_timeout_s = t.get("halt_timeout_s", 30.0, check_float(0.0, high=3600.0),
+                           "seconds from 0 to 3600 the server stays up after Halt for the PLC to disconnect")
     t.finish()
+    if (certificate is None) != (private_key is None):
+        raise t.fail("private_key" if private_key is None else "certificate",
+                     "missing; the plant's certificate needs both certificate and private_key")
+    if (certificate is not None or trust_clients) and policies == (Security.NONE,):
+        raise t.fail("security", '["none"] alone uses no certificate; add "sign_encrypt" (or "sign") for '
+                                 "certificate or trust_clients to matter")
     if control is Control.PLC and not users:
         raise t.fail("users_file", f'missing; with control = "plc" a PLC must log in to call methods: set users_file '
                                    f"(lines from `python -m station.opcua hash-password NAME`) or the environment "
@@ -197,7 +230,8 @@ def parse_table(t: TableReader, db_path: Path) -> OpcUaConfig:
     return OpcUaConfig(endpoint=endpoint, host=host, port=port, control=control, users=users, recipes=recipes,
                        security=policies,
                        pki=Path(pki).expanduser() if pki is not None else db_path.parent / "opcua-pki",
-                       allow_anonymous=anonymous)
+                       allow_anonymous=anonymous, certificate=certificate, private_key=private_key,
+                       trust_clients=trust_clients, halt_timeout_s=halt_timeout_s)
 
 
 def from_table(t: TableReader, context: Any):

@@ -96,7 +96,8 @@ class OpcUaIntegration:
                 "recipe": getattr(getattr(server, "book", None), "active_id", None)}
 
     def close(self) -> None:
-        """Publish what is queued, stop the server and its thread (bounded wait)."""
+        """Publish what is queued, stop the server and its thread (bounded wait). After a Halt over OPC UA the server
+        first serves on until the PLC disconnects, at most ``halt_timeout_s`` (Ctrl-C cuts that short)."""
         loop, closing = self._loop, self._closing
         if loop is not None and closing is not None and not loop.is_closed():
             try:
@@ -104,7 +105,17 @@ class OpcUaIntegration:
             except RuntimeError:  # the loop ended meanwhile
                 pass
         if self._thread is not None:
-            self._thread.join(CLOSE_TIMEOUT_S)
+            halted = bool(getattr(self.server, "halted", False))
+            try:
+                self._thread.join(CLOSE_TIMEOUT_S + (self.config.halt_timeout_s if halted else 0.0))
+            except KeyboardInterrupt:
+                log.warning("interrupted: the OPC UA server stops now")
+                if loop is not None and not loop.is_closed():
+                    try:
+                        loop.call_soon_threadsafe(self.server.cut_linger)
+                    except RuntimeError:
+                        pass
+                self._thread.join(CLOSE_TIMEOUT_S)
             if self._thread.is_alive():
                 log.warning("the OPC UA server did not stop within %g s; left to end with the process",
                             CLOSE_TIMEOUT_S)

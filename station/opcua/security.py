@@ -1,10 +1,9 @@
-"""Who may do what on the OPC UA server, and its certificate: anonymous sessions read, users call methods."""
+"""Who may do what on the OPC UA server: anonymous sessions read, users call methods (the certificate and the trust
+list: :mod:`station.opcua.certificates`)."""
 from __future__ import annotations
 
 import logging
-import os
 import socket
-from pathlib import Path
 from typing import Any
 
 from asyncua import ua
@@ -44,23 +43,6 @@ class StationUsers:
             return User(role=UserRole.User, name=username)
         log.warning("OPC UA login refused for user %r (wrong name or password)", username)
         return None
-
-
-async def ensure_certificate(folder: Path, app_uri: str, host: str) -> tuple[Path, Path]:
-    """The server's key (PEM, owner-only) and self-signed certificate (DER) in ``folder``, made on first start
-    (and again when the certificate no longer matches the application URI or host)."""
-    from asyncua.crypto.cert_gen import setup_self_signed_certificate
-    from cryptography.x509.oid import ExtendedKeyUsageOID
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    key, cert = folder / "server_key.pem", folder / "server_cert.der"
-    await setup_self_signed_certificate(key, cert, app_uri, host,
-                                        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
-                                        {"commonName": f"inspection station {host}",
-                                         "organizationName": "inspection station"})
-    os.chmod(key, 0o600)
-    return key, cert
 
 
 def check_port(config: OpcUaConfig) -> None:

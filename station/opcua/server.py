@@ -15,20 +15,22 @@ States (``VisionStateMachine`` / ``AutomaticModeStateMachine`` CurrentState) map
 from __future__ import annotations
 
 import asyncio
-import collections
 import itertools
 import logging
-import socket
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from asyncua import Server, ua
+from asyncua import ua
 
 from station.app import line_scan
 from station.opcua import NAMESPACE, NODESET, Control, OpcUaConfig, Security
+from station.opcua.certificates import ClientTrustList, endpoint_names, ensure_certificate, load_plant_certificate
+from station.opcua.identity import build_info
+from station.opcua.jobs import JobBook
 from station.opcua.recipes import RecipeBook, RecipeChanges, ledger_label
 from station.opcua.results import RESULT_FIELDS, inherit_struct_definitions, result_record
-from station.opcua.security import SECURITY_POLICIES, StationRules, StationUsers, check_port, ensure_certificate
+from station.opcua.security import SECURITY_POLICIES, StationRules, StationUsers, check_port
+from station.opcua.sessions import StationServer
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ JOB_STARTED_EVENT, READY_EVENT, RESULT_READY_EVENT, RECIPE_PREPARED_EVENT = 1013
 TOP_STATES = {"Preoperational": 5028, "Operational": 5031, "Error": 5030, "Halted": 5029}
 AUTO_STATES = {"Initialized": 5056, "Ready": 5057, "SingleExecution": 5058, "ContinuousExecution": 5059}
 _EO = ua.VariantType.ExtensionObject
+PUBLISH_WAIT_S = 5.0  # GetResultById of a committed row not published yet waits this long for its JobId
 
 
 class Refused(Exception):
@@ -57,14 +60,15 @@ class VisionSystemServer:
         self.config, self.context, self.line = config, context, line
         self.book = RecipeBook(context.recipe, config.recipes)
         self.changes: RecipeChanges | None = None
-        self.server: Server | None = None
+        self.server: StationServer | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.rows: asyncio.Queue = asyncio.Queue()
         self.state = "Preoperational"
         self.prepared = False
-        self.pending: collections.deque[str] = collections.deque()  # single jobs waiting for their row
-        self.continuous_job: str | None = None
+        self.jobs = JobBook()  # the JobId of every row: ResultReady, LastResult, LastPart, GetResultById
         self.job_ids = itertools.count(1)
+        self.halted = False  # Halt was called: the server stays up for the PLC after the run (halt_timeout_s)
+        self.trust: ClientTrustList | None = None
         self.parts_seen = 0
         self.published = 0
         self.switching = False
@@ -72,6 +76,7 @@ class VisionSystemServer:
         self._tasks: list[asyncio.Task] = []
         self._trigger_loop: asyncio.Task | None = None
         self._stopping: asyncio.Task | None = None
+        self._cut_linger: asyncio.Event | None = None
 
     # -- start / stop ----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -79,17 +84,36 @@ class VisionSystemServer:
         self.loop = asyncio.get_running_loop()
         cfg = self.config
         check_port(cfg)  # before the seconds of NodeSet import: a taken port fails at once
-        server = Server(user_manager=StationUsers(cfg))
+        self._cut_linger = asyncio.Event()
+        server = StationServer(user_manager=StationUsers(cfg))
         await server.init()
         server.set_endpoint(cfg.endpoint)
         station_id = self.context.station_id or "station"
         server.set_server_name(f"Inspection station {station_id}")
+        info = build_info()  # what asset management reads: the package, not asyncua's defaults
+        server.product_uri, server.manufacturer_name = info.product_uri, info.manufacturer_name
+        await server.set_build_info(info.product_uri, info.manufacturer_name, info.product_name,
+                                    info.software_version, info.build_number, info.build_date)
         app_uri = f"urn:inspection-station:{station_id}"
-        await server.set_application_uri(app_uri)
         if any(s is not Security.NONE for s in cfg.security):
-            key, cert = await ensure_certificate(cfg.pki, app_uri, socket.gethostname())
-            await server.load_certificate(str(cert))
-            await server.load_private_key(str(key))
+            names = endpoint_names(cfg.host)
+            if cfg.certificate is not None:  # the plant's: as it is; the application URI is the certificate's
+                cert, key, uri = await asyncio.to_thread(load_plant_certificate, cfg.certificate, cfg.private_key,
+                                                         names)
+                app_uri = uri or app_uri
+                await server.load_certificate(cert, "der")
+                await server.load_private_key(key, None, "pem")
+            else:
+                key_path, cert_path = await asyncio.to_thread(ensure_certificate, cfg.pki, app_uri, names)
+                await server.load_certificate(str(cert_path))
+                await server.load_private_key(str(key_path))
+            if cfg.trust_clients:
+                self.trust = ClientTrustList(cfg.pki)
+                server.set_certificate_validator(self.trust)
+        if Security.NONE in cfg.security and Security.SIGN_ENCRYPT not in cfg.security and cfg.users:
+            log.warning('OPC UA: a password sent on the "none" endpoint crosses the wire in clear: add "sign_encrypt" '
+                        "to [opcua] security (its policy encrypts the password token with the server certificate)")
+        await server.set_application_uri(app_uri)
         server.set_security_policy([SECURITY_POLICIES[s] for s in cfg.security], permission_ruleset=StationRules())
         tokens = [ua.UserNameIdentityToken] + ([ua.AnonymousIdentityToken] if cfg.allow_anonymous else [])
         server.set_identity_tokens(tokens)
@@ -101,6 +125,7 @@ class VisionSystemServer:
         self.server = server
         await self._build_nodes()
         self.changes = RecipeChanges(self.context.db_path)
+        self.jobs = JobBook(before=await asyncio.to_thread(self.changes.last_row_id))
         await server.start()  # binds the port: an OSError here leaves the line running without OPC UA
         self._tasks = [asyncio.create_task(self._consume_rows()), asyncio.create_task(self._watch_line())]
         log.info("OPC UA server at %s (namespace %s, control = %s, security %s)", cfg.endpoint, NAMESPACE,
@@ -112,11 +137,12 @@ class VisionSystemServer:
             self.prepared = True
             await self._set_state("Ready")
         else:
+            self.jobs.start_flow(f"observe-{self.context.run_id}")
             await self._set_state("ContinuousExecution")
-            self.continuous_job = f"observe-{self.context.run_id}"
 
     async def stop(self) -> None:
-        """Publish the rows still queued (a bounded wait), then stop serving."""
+        """Publish the rows still queued (a bounded wait); after Halt, serve on until the clients disconnect (at
+        most ``halt_timeout_s``); then stop serving."""
         consumer, *others = self._tasks or [None]
         for task in others + ([self._trigger_loop] if self._trigger_loop else []):
             task.cancel()
@@ -126,10 +152,32 @@ class VisionSystemServer:
                 await asyncio.wait_for(consumer, 10.0)
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 log.warning("OPC UA: %d ledger row(s) not published before the server stopped", self.rows.qsize())
+        if self.halted and self.server is not None:
+            await self._linger()
         if self.server is not None:
             await self.server.stop()
         if self.changes is not None:
             self.changes.close()
+
+    async def _linger(self) -> None:
+        """After Halt: the PLC reads Halted and the last results, then disconnects; the server stops when no client
+        is connected, after ``halt_timeout_s`` at most, or at once when :meth:`cut_linger` is called."""
+        timeout = self.config.halt_timeout_s
+        if self.server.connections() == 0 or timeout <= 0:
+            return
+        log.info("OPC UA: halted; serving until the PLC disconnects (%d connection(s), at most %g s)",
+                 self.server.connections(), timeout)
+        deadline = self.loop.time() + timeout
+        while self.server.connections() and self.loop.time() < deadline and not self._cut_linger.is_set():
+            await asyncio.sleep(0.05)
+        if self.server.connections():
+            log.info("OPC UA: %d client(s) still connected %g s after Halt; the server stops",
+                     self.server.connections(), timeout)
+
+    def cut_linger(self) -> None:
+        """Stop waiting for clients after Halt (on the loop)."""
+        if self._cut_linger is not None:
+            self._cut_linger.set()
 
     def push_row(self, row: dict, inspect_ms: float | None) -> None:
         """A committed ledger row (any thread): queued for the loop, never waits."""
@@ -232,7 +280,7 @@ class VisionSystemServer:
 
     def in_flight(self) -> int:
         """Parts the source delivered (or single jobs fired) whose ledger row has not arrived yet."""
-        return max(0, self.line.counters.acquired - self.parts_seen) + len(self.pending)
+        return max(0, self.line.counters.acquired - self.parts_seen) + self.jobs.waiting
 
     async def _select_automatic(self) -> None:
         await self._set_state("Initialized")
@@ -255,8 +303,14 @@ class VisionSystemServer:
         return [ua.Variant(0, ua.VariantType.Int32)]
 
     async def m_halt(self, *_args):
+        """Stop the line (a drain: parts in flight keep their jobs) and go Halted; the server stays up after the run
+        until the PLC disconnects (at most ``halt_timeout_s``)."""
+        self.halted = True
         self.line.stop("halted over OPC UA")
-        self.pending.clear()
+        self.jobs.hold_flow()
+        if self._trigger_loop is not None:
+            self._trigger_loop.cancel()
+            self._trigger_loop = None
         await self._set_state("Halted")
         return [ua.Variant(0, ua.VariantType.Int32)]
 
@@ -271,20 +325,20 @@ class VisionSystemServer:
 
     async def m_start_single_job(self, meas_id=None, part_id=None, recipe_id=None, product_id=None, *_rest):
         job = self._new_job(recipe_id)
-        self.pending.append(job)
+        self.jobs.start_single(job)
         await self._set_state("SingleExecution")
         await self._event("JobStarted", job)
         try:
             await asyncio.to_thread(self.line.source.fire_trigger)
         except Exception as exc:  # noqa: BLE001 - told to the PLC, the line goes on
-            self.pending.remove(job)
+            self.jobs.cancel_single(job)
             await self._set_state("Error")
             raise Refused(ua.StatusCodes.BadNotSupported, f"the trigger could not be fired: {exc}") from None
         return [ua.Variant(job, ua.VariantType.String), ua.Variant(0, ua.VariantType.Int32)]
 
     async def m_start_continuous(self, meas_id=None, part_id=None, recipe_id=None, product_id=None, *_rest):
         job = self._new_job(recipe_id)
-        self.continuous_job = job
+        self.jobs.start_flow(job)
         await self._set_state("ContinuousExecution")
         await self._event("JobStarted", job)
         source = self.line.source
@@ -317,24 +371,27 @@ class VisionSystemServer:
 
     async def _halt_flow(self, wait: bool) -> None:
         """Stop the frames (the replay holds its next file, the trigger loop ends) and go Ready; ``wait``: after
-        the parts under way have their rows (at most the line's drain timeout)."""
-        job = self.continuous_job or (self.pending[0] if self.pending else "")
+        the parts under way have their rows (at most the line's drain timeout). Parts already taken keep their job
+        (their ResultReady carries its JobId, after an Abort too); single jobs whose trigger the source dropped
+        are forgotten."""
         if self._trigger_loop is not None:
             self._trigger_loop.cancel()
             self._trigger_loop = None
+        dropped = 0
         if hasattr(self.line.source, "set_triggered"):
-            self.line.source.set_triggered(True)
-        if not wait:
-            self.pending.clear()
-            if self._stopping is not None:
-                self._stopping.cancel()
+            dropped = self.line.source.set_triggered(True) or 0
+        job = self.jobs.hold_flow() or self.jobs.oldest_waiting or ""
+        self.jobs.drop_unfired(dropped)
+        if not wait and self._stopping is not None:
+            self._stopping.cancel()
         deadline = self.loop.time() + self.line.drain_timeout_s
         while wait and self.in_flight() and self.loop.time() < deadline:
             await asyncio.sleep(0.01)
         if self.state not in ("SingleExecution", "ContinuousExecution"):
             return  # halted or failed meanwhile
-        self.continuous_job = None
-        self.pending.clear()
+        if wait and self.jobs.waiting:
+            log.warning("OPC UA Stop: no row came for job(s) %s within %g s; forgotten",
+                        ", ".join(self.jobs.drop_waiting()), self.line.drain_timeout_s)
         await self._set_state("Ready")
         await self._event("Ready", job)
 
@@ -443,7 +500,12 @@ class VisionSystemServer:
             row = None
         if row is None:
             raise Refused(ua.StatusCodes.BadNotFound, f"no ledger row {result_id!r}; result ids are row ids")
-        return [ua.Variant(0, ua.VariantType.UInt32), ua.Variant(result_record(row, "", None)),
+        job = self.jobs.of(int(row["id"]))
+        deadline = self.loop.time() + PUBLISH_WAIT_S
+        while job is None and self.loop.time() < deadline:  # committed, its ResultReady not out yet
+            await asyncio.sleep(0.01)
+            job = self.jobs.of(int(row["id"]))
+        return [ua.Variant(0, ua.VariantType.UInt32), ua.Variant(result_record(row, job or "", None)),
                 ua.Variant(0, ua.VariantType.Int32)]
 
     # -- results ---------------------------------------------------------------------------------------------
@@ -465,10 +527,7 @@ class VisionSystemServer:
         """One ledger row: LastResult, LastPart, a ResultReady event, and the end of its single job."""
         if row["verdict"] != "GAP":
             self.parts_seen += 1
-        if self.pending:
-            job = self.pending.popleft()
-        else:
-            job = self.continuous_job or ""
+        job = self.jobs.assign(row)
         result = result_record(row, job, inspect_ms)
         self.published += 1
         await self._write(self.result_var, result, ua.VariantType.ExtensionObject)
@@ -488,7 +547,7 @@ class VisionSystemServer:
             value = getattr(result, name)
             gen.event.add_property(name, value.Id if name in ("ResultId", "JobId") else value, kind)  # String
         await gen.trigger(message=f"{row['verdict']} {result.PartId.Id} (row {row['id']})")
-        if self.state == "SingleExecution" and not self.pending:
+        if self.state == "SingleExecution" and not self.jobs.waiting:
             await self._set_state("Ready")
             await self._event("Ready", job)
 

@@ -1,9 +1,11 @@
 """Frame sources: replayed image files and GenICam cameras behind one interface.
 
->>> source = open_source("replay:station/samples/glass", fps=10)   # doctest: +SKIP
->>> source = open_source("genicam", frame_rate=50)                  # viky.cti, first camera  # doctest: +SKIP
->>> source = open_source("genicam:/opt/vendor/producer.cti", device="21345678")  # doctest: +SKIP
->>> source = open_source("linescan-replay", line_rate_hz=20_000, block_lines=512)  # synthetic screen  # doctest: +SKIP
+For example::
+
+    source = open_source("replay:station/samples/glass", fps=10)
+    source = open_source("genicam", frame_rate=50)                                   # viky.cti, first camera
+    source = open_source("genicam:/opt/vendor/producer.cti", device="21345678")
+    source = open_source("linescan-replay", line_rate_hz=20_000, block_lines=512)   # synthetic screen
 """
 from __future__ import annotations
 

@@ -11,8 +11,10 @@ Rules this module keeps (they are the harvesters rules):
   test hook :meth:`GenICamSource._simulate_disconnect`) never runs concurrently with a fetch in the
   acquisition thread. Fetches poll in short slices, so :meth:`stop` ends iteration within ~0.1 s.
 
->>> with GenICamSource(device="VikyTL_DEV_red", frame_rate=50) as cam:  # doctest: +SKIP
-...     frame = next(iter(cam))
+For example, on the simulated camera of ``viky.cti``::
+
+    with GenICamSource(device="VikyTL_DEV_red", frame_rate=50) as cam:
+        frame = next(iter(cam))
 """
 from __future__ import annotations
 

@@ -1,10 +1,13 @@
 """Line-scan sources: blocks of lines from a replay or a GenICam camera, assembled into parts (one frame per part).
 
->>> replay = LineScanReplay(image, block_lines=512, line_rate_hz=20_000)              # doctest: +SKIP
->>> source = LineScanSource(replay, part_lines=image.shape[0])                       # doctest: +SKIP
->>> with source:                                                                      # doctest: +SKIP
+>>> image = np.zeros((2048, 64), np.uint8)  # e.g. read_image(...) of a scanned part, or a synthetic screen
+>>> replay = LineScanReplay(image, block_lines=512, line_rate_hz=200_000)
+>>> source = LineScanSource(replay, part_lines=1024)
+>>> with source:
 ...     for frame in source:       # one Frame per part; frame.meta says what is missing or late
-...         ...
+...         print(frame.frame_id, frame.image.shape, frame.meta["gaps"])
+1 (1024, 64) []
+2 (1024, 64) []
 
 - :class:`LineScanReplay` streams a large image (a file, or a synthetic screen from
   :mod:`engines.data.synthetic_screen`) as blocks of ``block_lines`` lines on the wall-clock schedule of a camera
@@ -36,6 +39,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 
 from engines.data.synthetic_screen import ScreenSpec, make_screen
+from inspection_core.errors import ImageReadError
 from inspection_core.records import (CameraState, Frame, GapKind, LineBlock, NotInspected, NotInspectedReason,
                                      SourceHealth)
 from station.errors import SourceError
@@ -275,8 +279,8 @@ def replay_image(path: str | Path | None = None, screen_seed: int = 0,
                               "to stream a synthetic screen")
         try:
             return read_image(path, grey=True), str(path)
-        except (OSError, ValueError) as exc:
-            raise SourceError(f"cannot read the line-scan replay image {path}: {exc}") from None
+        except ImageReadError as exc:
+            raise SourceError(f"cannot read the line-scan replay image {path}: {exc.reason}") from None
     lines, width = screen_size
     try:
         spec = ScreenSpec(size=(int(lines), int(width)))

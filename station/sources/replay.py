@@ -1,6 +1,7 @@
 """Replay image files as if they came from the camera: for demos, tests and re-inspecting a saved run.
 
->>> source = ReplaySource("samples/glass", fps=10, loop=True)  # doctest: +SKIP
+For example, ``ReplaySource("samples/glass", fps=10, loop=True)`` plays a folder of images again and again at
+10 frames per second.
 """
 from __future__ import annotations
 
@@ -67,20 +68,14 @@ def read_image(path: Path, grey: bool, bit_depth: int = 16) -> np.ndarray:
 
 def read_deep_image(path: Path, grey: bool, bit_depth: int = 16) -> tuple[np.ndarray, str | None]:
     """Decode one image as uint8 grey ``(H, W)`` or RGB ``(H, W, 3)`` with the station's one reader
-    (:func:`inspection_core.imageio.read_image`, safe for non-ASCII paths); raises ``OSError`` for a file that cannot
-    be read and ``ValueError`` with a reason (``"empty file"``, ``"not a decodable image ..."``) for one that is not
-    an image. A 16-bit file is read at its depth and scaled to 8 bits by ``bit_depth``, its significant bits
-    (:func:`station.frameguard.to_8bit`: 12-bit data in a 16-bit PNG is shifted by 4, not read near-black).
-    The second item is what a 16-bit file's values say of its real depth when ``bit_depth`` is too large for
-    them (:func:`station.frameguard.depth_hint`), else None.
+    (:func:`inspection_core.imageio.read_image`, safe for non-ASCII paths); raises its typed
+    :class:`~inspection_core.errors.ImageReadError` (a user error) for a file that cannot be read (``os_error``) or
+    is not an image (``reason``: ``"empty file"``, ``"not a decodable image ..."``). A 16-bit file is read at its
+    depth and scaled to 8 bits by ``bit_depth``, its significant bits (:func:`station.frameguard.to_8bit`: 12-bit
+    data in a 16-bit PNG is shifted by 4, not read near-black). The second item is what a 16-bit file's values say
+    of its real depth when ``bit_depth`` is too large for them (:func:`station.frameguard.depth_hint`), else None.
     """
-    try:
-        image = imageio.read_image(path, imageio.ImageMode.GREY if grey else imageio.ImageMode.COLOUR,
-                                   keep_depth=True)
-    except ImageReadError as exc:
-        if exc.os_error is not None:
-            raise exc.os_error from None
-        raise ValueError(exc.reason) from None
+    image = imageio.read_image(path, imageio.ImageMode.GREY if grey else imageio.ImageMode.COLOUR, keep_depth=True)
     if image.dtype == np.uint16:
         if beyond_depth(image, bit_depth):
             logger.warning("%s holds values above %d bits (max %d): they saturate; set [frames] bit_depth to the "
@@ -142,13 +137,16 @@ class ReplaySource(FrameSource):
         """True while each file waits for :meth:`fire_trigger`."""
         return self._triggered
 
-    def set_triggered(self, on: bool) -> None:
+    def set_triggered(self, on: bool) -> int:
         """Switch triggered mode on (files wait for triggers; pending ones are dropped) or off (files flow at the
-        replay's pace); safe from any thread while the replay runs."""
+        replay's pace); safe from any thread while the replay runs. Returns how many triggers were dropped (fired,
+        their file not yet taken)."""
         with self._trigger:
+            dropped = self._pending_triggers
             self._triggered = bool(on)
             self._pending_triggers = 0
             self._trigger.notify_all()
+            return dropped
 
     def fire_trigger(self) -> None:
         """Hand over the next file (a part); raises :class:`SourceError` when the replay is not in triggered mode."""
@@ -228,8 +226,9 @@ class ReplaySource(FrameSource):
     def _read(self, path: Path) -> np.ndarray | None:
         try:
             image, hint = read_deep_image(path, self.grey, self.bit_depth)
-        except (OSError, ValueError, cv2.error) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        except (ImageReadError, cv2.error) as exc:
+            text = exc.reason if isinstance(exc, ImageReadError) else str(exc)
+            reason = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
             logger.warning("skipping %s: %s (a NOT_INSPECTED part each time its turn comes)", path, reason)
             self._bad[path] = reason
             self._count("skipped_files")

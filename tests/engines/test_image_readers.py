@@ -14,6 +14,7 @@ from engines.inputs import read_images as build_read
 from engines.data.multilabel import read_image as multilabel_read
 from engines.data.segmentation import DatasetError, read_grey
 from engines.errors import EngineError
+from inspection_core.errors import ImageReadError
 from station.sources.replay import read_image as replay_read
 
 
@@ -52,8 +53,9 @@ def test_every_reader_reads_non_ascii_paths_as_rgb(files):
 
 def test_every_reader_keeps_its_error(files, tmp_path):
     bad = files["bad"]
-    with pytest.raises(ValueError, match="not a decodable image"):
-        replay_read(bad, grey=True)
+    with pytest.raises(ImageReadError, match=r"cannot read image .*kaputt.png: not a decodable image") as info:
+        replay_read(bad, grey=True)  # the typed error, not turned back into a built-in one (that would read as a bug)
+    assert info.value.os_error is None
     with pytest.raises(CalibrationError, match=r"the capture .*kaputt.png is not a decodable image"):
         calibration_read(bad, "capture")
     with pytest.raises(DatasetError, match=r"cannot decode image .*kaputt.png"):
@@ -63,10 +65,12 @@ def test_every_reader_keeps_its_error(files, tmp_path):
     with pytest.raises(EngineError, match=r"cannot read image .*kaputt.png: missing or corrupt"):
         build_read([bad])
     missing = tmp_path / "fehlt.png"
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ImageReadError, match=r"cannot read image .*fehlt.png") as info:
         replay_read(missing, grey=True)
-    with pytest.raises(FileNotFoundError):
+    assert isinstance(info.value.os_error, FileNotFoundError)
+    with pytest.raises(DatasetError, match=r"No such file or directory: .*fehlt.png") as info:
         read_grey(missing)
+    assert isinstance(info.value.__cause__, FileNotFoundError)
     with pytest.raises(CalibrationError, match=r"cannot read the capture .*fehlt.png"):
         calibration_read(missing, "capture")
     with pytest.raises(EngineError, match=r"cannot read image .*fehlt.png"):

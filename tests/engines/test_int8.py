@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from engines.manifest import MANIFEST
 from engines.quantize import (DEFAULT_EXCLUDE, MIN_GUARD_MARGIN, calibration_tiles, group_nodes, guard_for,
                               layer_sensitivity)
 from engines.verify import verify_segmentation
+from inspection.judging import Judging
 from inspection.errors import InspectionError
 from inspection.inspector import Inspector
 from inspection_core.preprocess import InputSpec, defect_scores
@@ -165,9 +165,9 @@ def test_guard_at_zero_makes_the_int8_engine_judge_as_fp32_through_the_inspector
     out, _ = int8_folder
     images = [(p.name, im) for p, im in zip(sorted(SAMPLES.glob("*.jpg"))[:2],
                                             read_images(sorted(SAMPLES.glob("*.jpg"))[:2]))]
-    recipe = SimpleNamespace(rules=DecisionRules(score_threshold=0.5), tiling=SimpleNamespace(overlap=32, batch=8))
+    judging = Judging(DecisionRules(score_threshold=0.5), overlap=32, batch=8)
     fp32 = OnnxRuntimeEngine(out / "model.onnx", "bffn", "0" * 64, InputSpec(), 128, 1)
-    report = verify_segmentation(_guarded(out, 0.0), fp32, images, recipe)
+    report = verify_segmentation(_guarded(out, 0.0), fp32, images, judging)
     assert report["verdict_agreement"] == 1.0 and report["max_abs"] == 0.0 and report["guard_share"] == 1.0
     assert report["seconds"]["engine"] > 0 and report["seconds"]["reference"] > 0 and report["seconds"]["speedup"]
 

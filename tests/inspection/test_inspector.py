@@ -11,6 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from inspection.classifier import ClassifierStage
 from inspection.errors import InspectionError
 from inspection.inspector import Inspector
 from inspection_core.preprocess import InputSpec
@@ -35,18 +36,22 @@ class CountingEngine:
         return np.stack([1 - defect, defect], axis=1)
 
 
-class LabelClassifier:
-    """A classifier stage that always finds ``labels``; counts its calls."""
+class LabelEngine:
+    """A classifier's engine that finds every class in every patch; counts its calls."""
 
     engine_id = "stub-labels@numpy"
 
-    def __init__(self, labels: tuple[str, ...]) -> None:
-        self.labels, self.calls = labels, 0
+    def __init__(self, classes: int) -> None:
+        self.classes, self.calls = classes, 0
 
-    def classify(self, image: np.ndarray):
+    def infer(self, batch: np.ndarray) -> np.ndarray:
         self.calls += 1
-        return self.labels, [{"row": 0, "col": 0, "y": 0, "x": 0, "size": 64, "labels": list(self.labels),
-                              "scores": {}}]
+        return np.ones((len(batch), self.classes), np.float32)
+
+
+def label_classifier(labels: tuple[str, ...], patch: int = 64) -> ClassifierStage:
+    """A real classifier stage that always finds ``labels`` (its engine counts the calls: ``.engine.calls``)."""
+    return ClassifierStage(LabelEngine(len(labels)), labels, InputSpec(), size=16, patch=patch)
 
 
 def frame(image: np.ndarray, i: int = 1, **meta) -> Frame:
@@ -60,7 +65,7 @@ def spot(size: tuple[int, int] = (64, 96), area: tuple[slice, slice] = (slice(20
 
 
 def test_reused_scores_are_judged_by_the_new_rules_and_keep_the_classifier_labels():
-    engine, classifier = CountingEngine(), LabelClassifier(("scratch",))
+    engine, classifier = CountingEngine(), label_classifier(("scratch",))
     inspector = Inspector(engine, overlap=8, batch=4, rules=DecisionRules(min_area_px=10), classifier=classifier,
                           reuse_scores=True)
     first = inspector.inspect(frame(spot(), file="a.png"))
@@ -68,7 +73,7 @@ def test_reused_scores_are_judged_by_the_new_rules_and_keep_the_classifier_label
     calls = engine.calls
     inspector.rules = replace(inspector.rules, min_area_px=1000)  # a sweep: the spot is too small now
     again = inspector.inspect(frame(spot(), 2, file="a.png"))
-    assert engine.calls == calls and classifier.calls == 1, "the networks ran once per image"
+    assert engine.calls == calls and classifier.engine.calls == 1, "the networks ran once per image"
     assert again.defects == () and np.array_equal(again.mask, first.mask)
     assert again.labels == ("scratch",) and again.verdict is Verdict.FAIL, "the labels still fail the part"
     inspector.fail_on_labels = False

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from tests.station.waiting import free_port
 
 PG_BIN_DIRS = ("/usr/local/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin",
                "/usr/lib/postgresql/14/bin", "/usr/local/pgsql/bin")
+STATION_USER, QA_USER = "fleet_test_line", "fleet_test_qa"
 INSTALL_HINT = ("install the PostgreSQL server (Debian/Ubuntu: apt-get install postgresql; the binaries land in "
                 "/usr/lib/postgresql/<version>/bin) or put initdb and pg_ctl on PATH")
 
@@ -116,3 +118,19 @@ def start_server() -> PgServer:
     server.start()
     server.wait_ready()
     return server
+
+
+def create_fleet(server: PgServer, station_users: tuple[str, ...] = (f"{STATION_USER}=line-*",),
+                 qa_users: tuple[str, ...] = (QA_USER,), months_back: int | None = 1200) -> str:
+    """A fresh database on ``server`` with the fleet schema applied (``station fleet init``); returns its name. By
+    default the station login may write the stations ``line-*`` and open months back to the synthetic ledgers'
+    2024."""
+    import psycopg
+
+    from station.fleet.central import apply_migrations, migrations
+
+    name = f"fleet_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server.url(db="postgres"), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    assert apply_migrations(server.url(db=name), station_users, qa_users, months_back) == [m for m, _ in migrations()]
+    return name

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -32,34 +31,16 @@ from station.outbox import LedgerCursor
 from station.recipe import TableReader
 from station.rejectlog import COLUMNS, RejectLog, fetch_rows
 
-from tests.station.pg_util import PgServer, start_server
+from tests.station.pg_util import QA_USER, STATION_USER, PgServer
 from tests.station.waiting import wait_until
 
 psycopg = pytest.importorskip("psycopg", reason="the fleet needs psycopg 3: pip install 'psycopg[binary]'")
 
 REPO = Path(__file__).resolve().parents[2]
-STATION_USER, QA_USER = "fleet_test_line", "fleet_test_qa"
 START = datetime(2024, 5, 31, 23, 55, tzinfo=timezone.utc)  # ledgers cross into June: two monthly partitions
 
 
-# -- a server for the session, a fresh database per test ----------------------------------------------------
-
-@pytest.fixture(scope="session")
-def pg() -> PgServer:
-    server = start_server()
-    yield server
-    server.remove()
-
-
-@pytest.fixture
-def fleet(pg: PgServer) -> str:
-    """A fresh fleet database with the schema applied; returns its name."""
-    name = f"fleet_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg.url(db="postgres"), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    assert apply_migrations(pg.url(db=name), (STATION_USER,), (QA_USER,)) == ["001_parts", "002_roles"]
-    return name
-
+# the server (fixture pg) and a fresh fleet database per test (fixture fleet) come from tests/station/conftest.py
 
 # -- synthetic ledgers ----------------------------------------------------------------------------------------
 
@@ -180,7 +161,7 @@ def test_init_is_versioned_and_idempotent_with_monthly_partitions(pg: PgServer, 
     assert station_main(["fleet", "init", "--to", url]) == 0
     with psycopg.connect(url) as conn:
         assert [r[0] for r in conn.execute("SELECT name FROM schema_migrations ORDER BY version")] == \
-            ["001_parts", "002_roles"]
+            ["001_parts", "002_roles", "003_row_security"]
         assert conn.execute("SELECT partstrat FROM pg_partitioned_table WHERE partrelid = 'parts'::regclass")\
             .fetchone()[0] == "r"
         indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'parts'")}

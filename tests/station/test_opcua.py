@@ -11,6 +11,7 @@ import logging
 import re
 import shutil
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def rows(db: Path, where: str = "", params: tuple = ()) -> list[dict]:
 class Station:
     """The line and its OPC UA integration, started like ``station run`` does."""
 
-    def __init__(self, root: Path, control: str = "plc") -> None:
+    def __init__(self, root: Path, control: str = "plc", **opcua) -> None:
         frames = root / "frames"
         frames.mkdir()
         for name in SMALL:
@@ -68,7 +69,7 @@ class Station:
         self.recipe = load_recipe(shipped_recipe_path("magnetic_tile")).with_overrides({
             "source.path": str(frames), "engine.threads": 1, "log.db": str(self.db), "station.min_free_mb": 0,
             "opcua.endpoint": self.endpoint, "opcua.users_file": str(users), "opcua.recipes": [str(strict)],
-            "opcua.pki": str(self.pki), "opcua.control": control})
+            "opcua.pki": str(self.pki), "opcua.control": control, **{f"opcua.{k}": v for k, v in opcua.items()}})
         self.run_id = new_run_id()
         context = integrations.Context(self.recipe, self.db, self.recipe.station.id, self.run_id)
         wanted = integrations.configure(self.recipe, context)
@@ -81,6 +82,12 @@ class Station:
         self.line.stop("test done")
         self.line.join(30)
         return integrations.close_all(self.active)
+
+    def close_in_background(self) -> threading.Thread:
+        """What ``station run`` does once the line has ended: close the integrations (in a thread, as it may wait)."""
+        closing = threading.Thread(target=integrations.close_all, args=(self.active,), name="closing")
+        closing.start()
+        return closing
 
 
 @pytest.fixture(scope="module")
@@ -443,6 +450,225 @@ def test_a_plc_in_another_process_builds_the_structures(station):
     assert done.stdout.split() == ["magnetic_tile", "True", "0"]
 
 
+# -- issue 28: what the server says it is, its certificate, passwords, JobIds, sessions, the docs' claims ------------
+def test_build_info_is_the_packages(station):
+    """Server/ServerStatus/BuildInfo and the endpoints' ApplicationDescription name the installed package and its
+    version, not asyncua's "FreeOpcUa Python Server 1.0pre"."""
+    import importlib.metadata
+
+    from station.opcua.identity import build_info
+
+    async def body():
+        async with session(station, user=False) as client:
+            fields = {name: await client.get_node(ua.NodeId(getattr(ua.ObjectIds, f"Server_ServerStatus_BuildInfo_{name}"))
+                                                  ).read_value()
+                      for name in ("ProductName", "ManufacturerName", "SoftwareVersion", "ProductUri", "BuildNumber")}
+            status = await client.get_node(ua.NodeId(ua.ObjectIds.Server_ServerStatus)).read_value()
+            endpoints = await client.get_endpoints()
+        return fields, status, endpoints
+
+    fields, status, endpoints = run(body())
+    expected = build_info()
+    assert fields == {"ProductName": "inspection-station", "ManufacturerName": expected.manufacturer_name,
+                      "SoftwareVersion": importlib.metadata.version("inspection-station"),
+                      "ProductUri": expected.product_uri, "BuildNumber": expected.software_version}
+    assert status.BuildInfo.SoftwareVersion == fields["SoftwareVersion"]
+    assert "FreeOpcUa" not in repr(fields) + repr(status.BuildInfo)
+    assert {e.Server.ProductUri for e in endpoints} == {expected.product_uri}
+    assert {e.Server.ApplicationName.Text for e in endpoints} == {f"Inspection station {station.recipe.station.id}"}
+
+
+def test_certificate_names_the_endpoint_and_starts_a_day_back(station):
+    """The certificate a client receives holds the endpoint's IP address and the host's names in its SAN, and its
+    notBefore is a day back (a PLC whose clock runs behind accepts it)."""
+    import datetime as dt
+    import ipaddress
+    import socket
+
+    from cryptography import x509
+
+    async def body():
+        async with session(station, user=False) as client:
+            return await client.get_endpoints()
+
+    served = {e.ServerCertificate for e in run(body()) if e.ServerCertificate}
+    assert served == {(station.pki / "server_cert.der").read_bytes()}
+    cert = x509.load_der_x509_certificate(served.pop())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ipaddress.ip_address("127.0.0.1") in san.get_values_for_type(x509.IPAddress)
+    assert {socket.gethostname().lower(), "localhost"} <= set(san.get_values_for_type(x509.DNSName))
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
+        f"urn:inspection-station:{station.recipe.station.id}"]
+    age = dt.datetime.now(dt.timezone.utc) - cert.not_valid_before_utc
+    assert dt.timedelta(hours=23, minutes=59) < age < dt.timedelta(days=1, hours=1)
+    assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days == 366
+
+
+def test_password_on_the_none_endpoint_is_encrypted(station):
+    """The "none" endpoint advertises the Basic256Sha256 token policy for user names: a real client encrypts the
+    password with the server certificate, and the bytes on the wire (a relay in between) never hold it."""
+    wire = bytearray()
+
+    async def pump(reader, writer, keep):
+        try:
+            while data := await reader.read(65536):
+                if keep:
+                    wire.extend(data)
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def body():
+        async def relay(client_reader, client_writer):
+            server_reader, server_writer = await asyncio.open_connection("127.0.0.1", station.port)
+            await asyncio.gather(pump(client_reader, server_writer, True), pump(server_reader, client_writer, False))
+
+        proxy = await asyncio.start_server(relay, "127.0.0.1", 0)
+        port = proxy.sockets[0].getsockname()[1]
+        try:
+            client = Client(f"opc.tcp://127.0.0.1:{port}", timeout=30)
+            client.set_user(USER)
+            client.set_password(PASSWORD)
+            async with client:
+                assert client.security_policy.Mode == ua.MessageSecurityMode.None_
+                plc = await Plc(client).setup(events=False)
+                results = await plc.vision.get_child(f"{plc.mv}:ResultManagement")
+                with pytest.raises(ua.UaStatusCodeError) as missing:  # a call: the session is the logged-in user's
+                    await results.call_method(f"{plc.mv}:GetResultById", "999999999",
+                                              ua.Variant(0, ua.VariantType.Int32))
+                assert missing.value.code == ua.StatusCodes.BadNotFound
+                endpoints = await client.get_endpoints()
+        finally:
+            proxy.close()
+            await proxy.wait_closed()
+        return endpoints
+
+    endpoints = run(body())
+    assert USER.encode() in wire  # the relay saw the login (the user name is not secret) ...
+    assert PASSWORD.encode() not in wire and PASSWORD.encode("utf-16-le") not in wire  # ... but not the password
+    [none] = [e for e in endpoints if e.SecurityMode == ua.MessageSecurityMode.None_]
+    [token] = [t for t in none.UserIdentityTokens if t.TokenType == ua.UserTokenType.UserName]
+    assert token.SecurityPolicyUri == "http://opcfoundation.org/UA/SecurityPolicy#Basic256Sha256"
+
+
+def test_last_result_is_a_station_variable_of_the_standard_type(station):
+    """ResultManagement/Results holds the standard's <ResultVariable> placeholder: the instance, LastResult, is named
+    in the station's namespace and typed by the standard's ResultType."""
+    async def body():
+        async with session(station, user=False) as client:
+            plc = await Plc(client).setup(events=False)
+            folder = await plc.vision.get_child([f"{plc.mv}:ResultManagement", f"{plc.mv}:Results"])
+            found = []
+            for node in await folder.get_children():
+                name = await node.read_browse_name()
+                found.append((name.NamespaceIndex, name.Name, await node.read_type_definition()))
+            return plc, found
+
+    plc, found = run(body())
+    assert found == [(plc.st, "LastResult", ua.NodeId(2002, plc.mv))]  # ResultType
+
+
+def test_prepare_of_the_active_recipe_is_completed_before_it_returns(station):
+    """OPC 40100-1 7.5.2.2: IsCompleted says the recipe was prepared before the method returned. The active recipe
+    is: true, with its RecipePrepared event; another recipe loads after the answer (false; see the switch test)."""
+    async def body():
+        async with session(station) as client:
+            plc = await Plc(client).setup(events=False)
+            prepared: asyncio.Queue = asyncio.Queue()
+
+            class Events:
+                def event_notification(self, event):
+                    prepared.put_nowait(event)
+
+            sub = await client.create_subscription(5, Events())
+            await sub.subscribe_events(client.nodes.server, ua.NodeId(1022, plc.mv))  # RecipePreparedEventType
+            internal, completed, error = await plc.prepare("magnetic_tile")
+            assert (internal.Id, completed, error) == ("magnetic_tile", True, 0)
+            event = await asyncio.wait_for(prepared.get(), 30)
+            assert event.InternalId.Id == "magnetic_tile" and await plc.state() == "Ready"
+
+    run(body())
+
+
+def test_job_id_is_the_same_wherever_a_result_is_read(station):
+    """ResultReady, GetResultById, LastResult and LastPart give the same JobId for a row (GetResultById gave an
+    empty one)."""
+    async def body():
+        async with session(station) as client:
+            plc = await Plc(client).setup()
+            results = await plc.vision.get_child(f"{plc.mv}:ResultManagement")
+            answered = [await plc.single_job() for _ in range(2)]
+            for job, event in answered:
+                assert event.JobId == job
+                _handle, result, error = await results.call_method(f"{plc.mv}:GetResultById", event.ResultId,
+                                                                   ua.Variant(0, ua.VariantType.Int32))
+                assert (result.ResultId.Id, result.JobId.Id, error) == (event.ResultId, job, 0)
+            last = await (await results.get_child([f"{plc.mv}:Results", f"{plc.st}:LastResult"])).read_value()
+            assert (last.ResultId.Id, last.JobId.Id) == (answered[-1][1].ResultId, answered[-1][0])
+            assert (str(await plc.part("RowId")), await plc.part("JobId")) == (answered[-1][1].ResultId,
+                                                                               answered[-1][0])
+
+    run(body())
+
+
+def test_parts_in_flight_at_abort_keep_their_job(station):
+    """Abort answers at once (Ready); the parts already taken still get their rows, and each ResultReady carries
+    the JobId of the job that took it: a single job, then a continuous one."""
+    async def body():
+        async with session(station) as client:
+            plc = await Plc(client).setup()
+            acquired = station.line.counters.acquired
+            job, error = await plc.call("StartSingleJob", ua.MeasIdDataType(Id="m"), ua.PartIdDataType(Id=""),
+                                        ua.RecipeIdExternalDataType(Id=""), ua.ProductIdDataType(Id=""))
+            deadline = time.monotonic() + 10
+            while station.line.counters.acquired == acquired:  # the part is taken: in flight
+                assert time.monotonic() < deadline, "the single job's part was not taken"
+                await asyncio.sleep(0.002)
+            await plc.call("Abort", CAUSE, "")
+            assert await plc.state() == "Ready"
+            event = await asyncio.wait_for(plc.events.get(), 60)
+            assert event.JobId == job
+
+            flow, _ = await plc.call("StartContinuous", ua.MeasIdDataType(Id=""), ua.PartIdDataType(Id=""),
+                                     ua.RecipeIdExternalDataType(Id=""), ua.ProductIdDataType(Id=""))
+            events = [await asyncio.wait_for(plc.events.get(), 60)]
+            await plc.call("Abort", CAUSE, "")
+            ledger_at_abort = rows(station.db)[-1]["id"]
+            assert await plc.state() == "Ready"
+            while True:  # the rows of the parts in flight
+                try:
+                    events.append(await asyncio.wait_for(plc.events.get(), 5))
+                except asyncio.TimeoutError:
+                    break
+            late = [e for e in events if int(e.ResultId) > ledger_at_abort]
+            assert late, "no part was in flight at Abort: nothing checked"
+            assert {e.JobId for e in events} == {flow}
+            assert [int(e.ResultId) for e in events] == [r["id"] for r in rows(station.db)
+                                                         if r["id"] >= int(events[0].ResultId)]
+
+    run(body())
+
+
+def test_a_failed_login_on_the_channel_leaves_the_plc_session_alone(station):
+    """A second session on the PLC's own secure channel fails to log in: the PLC's session reads and calls on
+    (asyncua alone answered BadSessionNotActivated; tests/station/test_opcua_sessions.py)."""
+    from tests.station.test_opcua_sessions import second_session
+
+    async def body():
+        async with session(station) as client:
+            plc = await Plc(client).setup(events=False)
+            failed, _ = await second_session(client, USER, "not-the-password")
+            assert failed is None
+            assert await plc.state() == "Ready"
+            _internal, completed, error = await plc.prepare("magnetic_tile")  # a call: still the PLC's user
+            assert (completed, error) == (True, 0)
+
+    run(body())
+
+
 def test_state_machine_methods_and_halt(station):
     """Unprepare, Reset, SelectModeAutomatic, Prepare, Abort, then Halt, which ends the run (the module's last test)."""
     async def body():
@@ -471,9 +697,20 @@ def test_state_machine_methods_and_halt(station):
             await plc.vsm.call_method(f"{plc.mv}:Halt", CAUSE, "")
             assert (await top.read_value()).Text == "Halted"
             assert station.line.join(120)  # the run ends, as on Ctrl-C: drained, every part recorded
+            closing = station.close_in_background()  # as `station run` does next
+            await asyncio.sleep(1.0)
+            assert closing.is_alive()  # the server waits for the PLC ...
+            assert (await top.read_value()).Text == "Halted"  # ... which reads Halted after the run ended
+            async with session(station, user=False) as other:  # reachable for another client too
+                assert (await (await other.nodes.objects.get_child(
+                    [f"{plc.st}:VisionSystem", f"{plc.mv}:VisionStateMachine", "0:CurrentState"])).read_value()
+                        ).Text == "Halted"
             with pytest.raises(ua.UaStatusCodeError) as ended:
                 await plc.vsm.call_method(f"{plc.mv}:Reset", CAUSE, "")
             assert ended.value.code == ua.StatusCodes.BadInvalidState
+            disconnected = time.monotonic()
+        closing.join(30)  # the PLC disconnected: the server stops, the station exits (well before halt_timeout_s)
+        assert not closing.is_alive() and time.monotonic() - disconnected < 10
         assert station.line.stats().refused == 0
 
     run(body())

@@ -181,6 +181,31 @@ def test_fingerprint_follows_the_effective_settings_not_the_file(tmp_path: Path)
     assert stricter.with_overrides({"rules.score_threshold": None}).fingerprint() == first.fingerprint()
 
 
+def test_fingerprint_covers_only_what_judges(tmp_path: Path) -> None:
+    """Issue 28: where the ledger lives, the replay's pace and folder, queues, threads and the batch size do not
+    judge a part, so they leave the fingerprint equal; a rule, the tiling, the weights' contents change it."""
+    import shutil
+
+    from engines.weights import resolve_weights
+
+    shipped = resolve_weights("bffn-magnetic-tile").path
+    weights = tmp_path / "w"
+    shutil.copytree(shipped, weights, ignore=shutil.ignore_patterns("TRAINING.md", "*.png"))
+    recipe = load_recipe(write(tmp_path, MINIMAL.replace('"w.safetensors"', f'"{weights}"')))
+    same = recipe.with_overrides({"log.db": str(tmp_path / "elsewhere.db"), "source.fps": 25.0, "source.loop": False,
+                                  "source.path": str(tmp_path), "queues.frames": 3, "engine.threads": 1,
+                                  "tiling.batch": 7, "log.save_reject_images": False})
+    assert same.fingerprint() == recipe.fingerprint()
+    for changed in ({"rules.score_threshold": 0.9}, {"rules.min_area_px": 31}, {"tiling.overlap": 16},
+                    {"rules.roi": {"x": 0, "y": 0, "w": 10, "h": 10}}, {"engine.precision": "fp16"}):
+        assert recipe.with_overrides(changed).fingerprint() != recipe.fingerprint(), changed
+    before = recipe.fingerprint()
+    data = bytearray((weights / "model.safetensors").read_bytes())
+    data[-1] ^= 1  # other weights under the same name judge otherwise
+    (weights / "model.safetensors").write_bytes(bytes(data))
+    assert load_recipe(recipe.path).fingerprint() != before
+
+
 def test_station_table_defaults_to_the_host_name_and_fail_safe(tmp_path: Path) -> None:
     import socket
 
