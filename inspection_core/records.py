@@ -26,6 +26,46 @@ def _frozen_mapping(data: Mapping[str, Any] | None) -> Mapping[str, Any]:
 
 
 @dataclass(frozen=True)
+class PartIdentity:
+    """Who a part is, as the ledger records it (columns ``part_id``, ``meas_id``, ``product_id``, ``job_id``) and every
+    output of the station reports it.
+
+    ``part_id`` is the part's own id (serial number, DMC code): the PLC's PartId when it sent one, else the source's
+    (a replayed file's name, a camera's chunk value or line input, a line-scan part's index); ``meas_id`` the PLC's
+    MeasId (its id of this measurement); ``product_id`` the PLC's ProductId; ``job_id`` the OPC UA job the part
+    answers. ``None`` where nobody said (an empty string is read as ``None``). Composed once, when the part is
+    acquired (:class:`station.part_identity.IdentityBook`), and carried unchanged from there::
+
+        PartIdentity(part_id="P-1", meas_id="M-1").over(PartIdentity(part_id="a.jpg")).part_id  # "P-1"
+    """
+
+    part_id: str | None = None
+    meas_id: str | None = None
+    product_id: str | None = None
+    job_id: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("part_id", "meas_id", "product_id", "job_id"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, None if value is None or str(value) == "" else str(value))
+
+    def over(self, other: PartIdentity) -> PartIdentity:
+        """This identity, with ``other``'s value wherever this one has none (the PLC's over the source's)."""
+        return PartIdentity(*(mine if mine is not None else theirs for mine, theirs in
+                              zip(self.values(), other.values())))
+
+    def values(self) -> tuple[str | None, str | None, str | None, str | None]:
+        """``(part_id, meas_id, product_id, job_id)``, the order of the ledger's columns."""
+        return self.part_id, self.meas_id, self.product_id, self.job_id
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in self.values())
+
+
+NO_IDENTITY = PartIdentity()
+
+
+@dataclass(frozen=True)
 class Frame:
     """One image from a source.
 
@@ -38,6 +78,8 @@ class Frame:
     or the GenTL buffer's time stamp), recorded beside the host time; ``None`` when the camera gives none.
     ``bit_depth`` is the significant bits per pixel the source read (12 for Mono12 / Mono12p, 8 for Mono8): the
     ``uint8`` image was scaled from that depth, not from the 16 bits a deep pixel is stored in.
+    ``identity`` is who the part is (:class:`PartIdentity`): the source sets the part id it knows, and the line adds
+    the PLC's ids when it acquires the frame; every sink reads it from the ledger row made of it.
     """
 
     image: np.ndarray
@@ -47,6 +89,7 @@ class Frame:
     meta: Mapping[str, Any] = field(default_factory=dict)
     camera_timestamp_ns: int | None = None
     bit_depth: int = 8
+    identity: PartIdentity = NO_IDENTITY
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "meta", _frozen_mapping(self.meta))
@@ -131,7 +174,8 @@ class NotInspected:
     """A part the source delivered but the line did not inspect, and why: one NOT_INSPECTED ledger row.
 
     ``frame`` is kept when there was one (``None`` for a file that could not be read); ``detail`` says more than
-    the reason (the decoder's message, the frame's size against the limits...).
+    the reason (the decoder's message, the frame's size against the limits...); ``identity`` who the part is
+    (the frame's, when there is one).
     """
 
     frame_id: int
@@ -141,12 +185,14 @@ class NotInspected:
     detail: str = ""
     file: str | None = None
     frame: Frame | None = field(default=None, repr=False, compare=False)
+    identity: PartIdentity = NO_IDENTITY
 
     @classmethod
     def of(cls, frame: Frame, reason: NotInspectedReason, detail: str = "") -> NotInspected:
         """The record of ``frame`` not inspected for ``reason``."""
         return cls(frame_id=frame.frame_id, timestamp_ns=frame.timestamp_ns, source=frame.source,
-                   reason=NotInspectedReason(reason), detail=detail, file=frame.file, frame=frame)
+                   reason=NotInspectedReason(reason), detail=detail, file=frame.file, frame=frame,
+                   identity=frame.identity)
 
 
 class GapKind(str, enum.Enum):
@@ -160,7 +206,8 @@ class GapKind(str, enum.Enum):
 class FrameGap:
     """Frames the source lost, as one GAP ledger row: ids ``first_id .. last_id`` (``count`` of them, an estimate
     for an outage: its duration times the frame rate) between ``start_ns`` and ``end_ns`` (host monotonic clock:
-    the last frame before the gap and the first after it, or when the line stopped)."""
+    the last frame before the gap and the first after it, or when the line stopped). ``identity``: the PLC's job
+    whose part was lost, when one waited for it (:class:`PartIdentity`)."""
 
     source: str
     kind: GapKind
@@ -170,6 +217,7 @@ class FrameGap:
     start_ns: int
     end_ns: int
     detail: str = ""
+    identity: PartIdentity = NO_IDENTITY
 
 
 @dataclass(frozen=True, eq=False)
@@ -304,6 +352,11 @@ class InspectionResult:
         object.__setattr__(self, "patches", tuple(self.patches))
         object.__setattr__(self, "defects", tuple(self.defects))
         object.__setattr__(self, "labels", tuple(self.labels))
+
+    @property
+    def identity(self) -> PartIdentity:
+        """Who the part is: its frame's :class:`PartIdentity`."""
+        return self.frame.identity
 
 
 #: The stages of a frame through the line, in order (:attr:`LineStats.stage_ms`, :attr:`InspectionResult.timings`):

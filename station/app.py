@@ -41,7 +41,8 @@ def build_source(recipe: Recipe):
         return ReplaySource(s.path, loop=s.loop, fps=s.fps or None, pattern=s.pattern,
                             bit_depth=recipe.frames.bit_depth, triggered=s.triggered)
     return GenICamSource(cti=s.cti, device=s.device, pixel_format=s.pixel_format, frame_rate=s.frame_rate,
-                         exposure_us=s.exposure_us, num_buffers=s.buffers, trigger=s.trigger, nodes=s.nodes)
+                         exposure_us=s.exposure_us, num_buffers=s.buffers, trigger=s.trigger, nodes=s.nodes,
+                         part_id=s.part_id)
 
 
 def line_scan(recipe: Recipe) -> bool:

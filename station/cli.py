@@ -9,6 +9,7 @@ Examples::
     station run --recipe screen_linescan --headless --max-frames 2 --classifier-weights runs/gr   # line-scan
     station export --db station-data/rejects.db --format csv --verdict fail --out rejects.csv
     station export --db station-data/rejects.db --format csv --per-defect --absolute-paths --out defects.csv
+    station export --db station-data/rejects.db --format json --part-id P-1 --meas-id M-1 --out -   # one part
 
 Exit codes of `station run` and `station demo`:
   0    done (the source ended, or --max-frames was reached)

@@ -5,6 +5,7 @@ For example::
     export("station-data/rejects.db", "csv", "fails.csv", verdict="fail")
     export("station-data/rejects.db", "csv", "defects.csv", per_defect=True, absolute_paths=True)
     export("postgresql://qa@db.factory/fleet", "csv", "line3.csv", station="line-3")
+    export("station-data/rejects.db", "json", "-", part_id="P-1")     # the part with serial P-1
 
 ``--db postgresql://...`` reads the fleet database (docs/FLEET.md) instead of a station's log: the same columns
 (``id`` is the station's row id), then the central ones (image size and SHA-256, where a copy went, when forwarded).
@@ -24,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from station.errors import RejectLogError, StationError
-from station.rejectlog import COLUMNS, VerdictFilter, check_times, decode_labels, fetch_rows, write_atomically
+from station.rejectlog import (COLUMNS, IDENTITY_FILTERS, VerdictFilter, check_times, decode_labels, fetch_rows,
+                               write_atomically)
 
 #: The columns of ``--per-defect``: the part's own columns, then the defect's.
-PART_COLUMNS = ("id", "time_utc", "station_id", "run_id", "source", "frame_id", "file", "verdict", "engine_id",
-                "recipe", "calibration", "image_path", "overlay_path")
+PART_COLUMNS = ("id", "time_utc", "station_id", "run_id", "part_id", "meas_id", "product_id", "job_id", "source",
+                "frame_id", "file", "verdict", "engine_id", "recipe", "calibration", "image_path", "overlay_path")
 DEFECT_COLUMNS = ("defect", "label", "x", "y", "width", "height", "area_px", "centroid_x", "centroid_y", "mean_score",
                   "max_score", "area_mm2", "width_mm", "height_mm")
 
@@ -69,16 +71,19 @@ def is_fleet_url(db: str | Path) -> bool:
 
 def export(db_path: str | Path, fmt: str, out_path: str | Path, since: str | datetime | None = None,
            until: str | datetime | None = None, verdict: str = "all", *, per_defect: bool = False,
-           absolute_paths: bool = False, station: str | None = None) -> int:
+           absolute_paths: bool = False, station: str | None = None, part_id: str | None = None,
+           meas_id: str | None = None, product_id: str | None = None) -> int:
     """Write the matching rows to ``out_path`` (``"-"`` = stdout) as CSV or JSON; return the number written.
 
     CSV has one column per database column. JSON is an array of objects with the same keys, except that
     ``defects_json`` / ``labels_json`` become decoded ``defects`` / ``labels`` lists, plus ``patches`` (the
     classifier's patch grid; ``[]`` for rows without one). ``per_defect``: one row per defect instead
     (:func:`defect_rows`; the count returned is of defects). ``absolute_paths``: image paths made absolute (they are
-    relative to the database's folder otherwise). ``station``: only that station's rows. ``db_path`` may be a
+    relative to the database's folder otherwise). ``station``: only that station's rows; ``part_id``, ``meas_id``,
+    ``product_id``: only the rows of that part, measurement or product (exact match). ``db_path`` may be a
     ``postgresql://`` URL of the fleet database; its rows carry the central columns after ``COLUMNS``.
     """
+    filters = {"station": station, "part_id": part_id, "meas_id": meas_id, "product_id": product_id}
     try:
         kind = ExportFormat(str(getattr(fmt, "value", fmt)).lower())
     except ValueError:
@@ -90,12 +95,10 @@ def export(db_path: str | Path, fmt: str, out_path: str | Path, since: str | dat
         if absolute_paths:
             raise RejectLogError("--absolute-paths needs a station's log: fleet rows hold paths on each station "
                                  "(image_copy says where --images copied them)")
-        rows = fetch_central(str(db_path), since, until, verdict, station)
+        rows = fetch_central(str(db_path), since, until, verdict, **filters)
         columns = central_columns()
     else:
-        rows = fetch_rows(db_path, since, until, verdict)
-        if station is not None:
-            rows = [r for r in rows if r["station_id"] == station]
+        rows = fetch_rows(db_path, since, until, verdict, **filters)
         if absolute_paths:
             _absolute(rows, Path(db_path))
     buffer = io.StringIO()
@@ -158,6 +161,11 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only these rows (default: all); rejected = FAIL plus NOT_INSPECTED parts counted as "
                              "rejects")
     parser.add_argument("--station", metavar="ID", help="only rows of this station ([station] id)")
+    parser.add_argument("--part-id", metavar="ID",
+                        help="only rows of this part: the PLC's PartId (serial number, DMC code), else the source's "
+                             "part id (a replayed file's name, a camera's chunk value, a line-scan part's index)")
+    parser.add_argument("--meas-id", metavar="ID", help="only rows of this measurement (the PLC's MeasId)")
+    parser.add_argument("--product-id", metavar="ID", help="only rows of this product (the PLC's ProductId)")
     parser.add_argument("--per-defect", action="store_true",
                         help="one row per defect (the part's id, time, station, run, frame, file, image paths, then "
                              "the defect's label, box, area, centroid and scores); parts without defects give none")
@@ -191,7 +199,8 @@ def run_export(args: argparse.Namespace) -> int:
     try:
         count = export(db, args.format, args.out, since=args.since, until=args.until, verdict=args.verdict,
                        per_defect=getattr(args, "per_defect", False),
-                       absolute_paths=getattr(args, "absolute_paths", False), station=getattr(args, "station", None))
+                       absolute_paths=getattr(args, "absolute_paths", False), station=getattr(args, "station", None),
+                       **{key: getattr(args, key, None) for key in IDENTITY_FILTERS})
     except StationError as exc:  # RejectLogError, or FleetError from the fleet database
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1

@@ -1,8 +1,8 @@
 """The reject log's memory of unfinished work, so that a station killed with kill -9 (or crashed, or cut from power)
 leaves no unmarked hole in the ledger.
 
-Two side tables in the reject log's own SQLite file (the ``inspections`` schema and its version do not change: an
-older station ignores them):
+Two side tables in the reject log's own SQLite file (an older station ignores them; ``in_flight`` gained the part's
+identity with schema 5, added in place by the upgrade):
 
 - ``station_runs``: one row per ``station run`` on this log (run id, station id, PID, host, start). The run sets its
   end when it closes the log (``ending = 'clean'``); a run the next start finds without an end ended uncleanly
@@ -51,12 +51,18 @@ CREATE TABLE IF NOT EXISTS in_flight (
     acquired_utc TEXT NOT NULL,
     recipe       TEXT,
     calibration  TEXT,
-    engine_id    TEXT
+    engine_id    TEXT,
+    part_id      TEXT,                     -- who the part is (the ledger's identity columns, schema 5)
+    meas_id      TEXT,
+    product_id   TEXT,
+    job_id       TEXT
 )"""
+#: Columns of ``in_flight`` added after it was first made: an older file's journal gains them in the schema upgrade.
+_ADDED = {"part_id": "TEXT", "meas_id": "TEXT", "product_id": "TEXT", "job_id": "TEXT"}
 
 JOURNAL_INSERT = ("INSERT INTO in_flight (run_id, station_id, frame_id, source, file, timestamp_ns, "
-                  "camera_timestamp_ns, acquired_utc, recipe, calibration, engine_id) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                  "camera_timestamp_ns, acquired_utc, recipe, calibration, engine_id, part_id, meas_id, product_id, "
+                  "job_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 #: The entry of one part, deleted with its row (one entry: a frame id met twice in a run keeps the other).
 JOURNAL_FORGET = ("DELETE FROM in_flight WHERE id = (SELECT id FROM in_flight WHERE run_id IS ? AND frame_id = ? "
                   "ORDER BY id LIMIT 1)")
@@ -68,6 +74,15 @@ def create_tables(conn: sqlite3.Connection) -> None:
     """The side tables, inside the caller's schema transaction."""
     for statement in filter(str.strip, SIDE_TABLES.split(";")):
         conn.execute(statement)
+
+
+def upgrade_tables(conn: sqlite3.Connection) -> None:
+    """An older journal's missing columns added in place (entries kept; they read NULL), inside the caller's schema
+    transaction."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(in_flight)")}
+    for column, kind in _ADDED.items():
+        if present and column not in present:
+            conn.execute(f"ALTER TABLE in_flight ADD COLUMN {column} {kind}")
 
 
 @dataclass(frozen=True)
@@ -124,10 +139,11 @@ def _recover(conn: sqlite3.Connection, run_id: str | None, now_utc: str) -> Uncl
         seen.append(last[0] if last else started)
     unclean = dict(zip(runs, pids))
     entries = conn.execute("SELECT id, run_id, station_id, frame_id, source, file, timestamp_ns, camera_timestamp_ns, "
-                           "acquired_utc, recipe, calibration, engine_id FROM in_flight WHERE run_id IS NOT ? "
-                           "ORDER BY id", (run_id,)).fetchall()
+                           "acquired_utc, recipe, calibration, engine_id, part_id, meas_id, product_id, job_id "
+                           "FROM in_flight WHERE run_id IS NOT ? ORDER BY id", (run_id,)).fetchall()
     frame_ids = []
-    for (_, run, station, frame_id, source, file, ts, camera_ts, acquired, recipe, calibration, engine) in entries:
+    for (_, run, station, frame_id, source, file, ts, camera_ts, acquired, recipe, calibration, engine,
+         *identity) in entries:
         if run in unclean:
             why = (f"run {run} (PID {unclean[run]}) ended without a verdict for this part: the station was killed, "
                    "crashed or lost power")
@@ -137,9 +153,10 @@ def _recover(conn: sqlite3.Connection, run_id: str | None, now_utc: str) -> Uncl
         conn.execute(
             "INSERT INTO inspections (time_utc, timestamp_ns, source, frame_id, file, verdict, defects_json, "
             "labels_json, engine_id, latency_ms, recipe, calibration, station_id, run_id, reason, detail, "
-            "frame_count, rejected, camera_timestamp_ns) VALUES "
-            "(?, ?, ?, ?, ?, 'NOT_INSPECTED', '[]', '[]', ?, 0.0, ?, ?, ?, ?, 'interrupted', ?, 1, 1, ?)",
-            (now_utc, ts, source, frame_id, file, engine or "", recipe, calibration, station, run, detail, camera_ts))
+            "frame_count, rejected, camera_timestamp_ns, part_id, meas_id, product_id, job_id) VALUES "
+            "(?, ?, ?, ?, ?, 'NOT_INSPECTED', '[]', '[]', ?, 0.0, ?, ?, ?, ?, 'interrupted', ?, 1, 1, ?, ?, ?, ?, ?)",
+            (now_utc, ts, source, frame_id, file, engine or "", recipe, calibration, station, run, detail, camera_ts,
+             *identity))
         frame_ids.append(int(frame_id))
     conn.execute("DELETE FROM in_flight WHERE run_id IS NOT ?", (run_id,))
     for run, last in zip(runs, seen):

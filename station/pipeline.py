@@ -39,6 +39,7 @@ from inspection_core.records import (STAGES, CameraState, Frame, FrameGap, Inspe
                                      NotInspected, NotInspectedReason, SourceHealth, Verdict)
 from station.errors import EvidenceError, LedgerError, StationError
 from station.frameguard import FrameGuard, implausible_failure
+from station.part_identity import IdentityBook
 from station.recipe import ImplausiblePolicy, QueuePolicy
 from station.rejectlog import check_free_space
 
@@ -159,6 +160,8 @@ class Line:
     logging thread after each inspected part's row is committed. ``listeners`` (:mod:`station.integrations`) get
     ``on_row(row, entry)`` on the logging thread after every committed ledger row (PASS, FAIL, NOT_INSPECTED, GAP):
     the row as stored (a dict, ``id`` included) and the entry it records; they must hand it off and return at once.
+    ``identities`` (:class:`~station.part_identity.IdentityBook`) gives every part its identity as it is acquired:
+    the PLC's ids (an OPC UA job) over the source's part id, once, before the part is journaled or queued.
     """
 
     def __init__(self, source, inspector, reject_log=None, feed: ResultFeed | None = None, *,
@@ -180,6 +183,7 @@ class Line:
         self.frames = BoundedQueue(frames_queue, frames_policy, on_drop=self._dropped)
         self.results = BoundedQueue(results_queue, QueuePolicy.BLOCK)
         self.counters = _Counters()
+        self.identities = IdentityBook()  # who each part is: announced by the PLC, claimed at acquisition
         self._stop = threading.Event()
         self._drain_deadline: float | None = None
         self._tile_s: float | None = None  # seconds per tile measured on this line (inference thread)
@@ -315,6 +319,7 @@ class Line:
 
     def _source_event(self, entry: NotInspected | FrameGap) -> None:
         """A source's report (acquisition thread): a part it could not deliver as a frame, or lost frames."""
+        entry = self.identities.identify(entry)  # a part (or the part lost) a PLC's job may be waiting for
         if isinstance(entry, NotInspected):
             self._count_acquired(entry.timestamp_ns)
         self._emit(entry)
@@ -333,6 +338,7 @@ class Line:
         try:
             with self.source:
                 for frame in self.source:
+                    frame = self.identities.identify(frame)  # who the part is, once, before anything records it
                     self._count_acquired(frame.timestamp_ns)
                     self._journal(frame)  # on record before it is queued: a kill -9 leaves no unmarked hole
                     if self._stop.is_set():  # delivered after the stop: it still gets its row

@@ -144,6 +144,8 @@ class SourceConfig:
     # genicam camera control (docs/INTEGRATION.md): the [source.trigger] and [source.nodes] sub-tables
     trigger: TriggerConfig | None = None  # None: no [source.trigger], the camera's trigger is left as it is
     nodes: tuple[tuple[str, CameraNodeValue], ...] = ()  # [source.nodes] in file order (selectors before what they select)
+    # genicam: the feature each frame's part id is read from (a chunk value, a line input); None: no part id
+    part_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -609,6 +611,7 @@ def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
                    if kind is SourceKind.REPLAY and not isinstance(t.data.get("trigger"), dict) else False),
         **_line_scan_keys(t, kind),
         **_camera_control(t, kind),
+        **_part_id_key(t, kind),
     )
     t.finish()
 
@@ -868,6 +871,22 @@ def _camera_control(t: TableReader, kind: SourceKind) -> dict[str, Any]:
     if isinstance(nodes, dict) and kind is SourceKind.GENICAM:
         out["nodes"] = tuple((name, _camera_node(t, name, value)) for name, value in nodes.items())
     return out
+
+
+def _part_id_key(t: TableReader, kind: SourceKind) -> dict[str, Any]:
+    """``[source] part_id``: the camera feature each frame's part id is read from (a replay's part id is its file's
+    name, a line-scan part's its index)."""
+    if "part_id" not in t.data:
+        if kind is SourceKind.GENICAM:
+            t.known.append("part_id")  # named in the hints for a misspelt key
+        return {}
+    if kind is not SourceKind.GENICAM or t.data.get("line_scan") is True:
+        what = ("a line-scan part's id is its index" if kind is SourceKind.LINESCAN_REPLAY or
+                t.data.get("line_scan") is True else "a replayed part's id is its file's name")
+        raise t.fail("part_id", f'is for area cameras (kind = "genicam"); {what}; remove the key')
+    return {"part_id": t.get("part_id", None, _feature_value,
+                             'a GenICam feature name, e.g. "ChunkLineStatusAll" or "ChunkCounterValue" (a chunk the '
+                             "camera sends with each frame; enable it in [source.nodes])")}
 
 
 def _feature_value(v: Any) -> str:

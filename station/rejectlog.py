@@ -42,12 +42,20 @@ when the stage ran on patches, ``{"labels": [...], "patches": [...]}``; :func:`d
 the camera's clock: :attr:`~inspection_core.records.Frame.camera_timestamp_ns`), beside the host's ``timestamp_ns``;
 NULL when the camera gives none (replays, viky.cti), for gap rows, and in rows written before schema 4.
 
+``part_id``, ``meas_id``, ``product_id`` and ``job_id`` say who the part is
+(:class:`~inspection_core.records.PartIdentity`, decided when it was acquired: :mod:`station.part_identity`): the
+PLC's PartId (else the source's part id: a replayed file's name, a camera's chunk value, a line-scan part's index),
+MeasId and ProductId, and the OPC UA job the part answers; NULL where nobody said, and in rows before schema 5.
+``station export --part-id`` / ``--meas-id`` / ``--product-id`` filter on them (indexed: ``part_id``, ``meas_id``).
+
 Schema history (``PRAGMA user_version``), upgraded in place when the station opens an older file, old rows kept:
 1 → 2 added ``recipe``, ``calibration``; 2 → 3 added the ledger columns (``station_id`` … ``overlay_path``) and the
-NOT_INSPECTED and GAP verdicts; 3 → 4 added ``camera_timestamp_ns``. SQLite cannot change a CHECK constraint, so a
-file older than 3 is rebuilt (new table, rows copied, old dropped, new renamed) inside one transaction: a kill during
-it leaves the old file as it was. Old rows get ``frame_count = 1`` and ``rejected`` from their verdict. 3 → 4 only
-adds a column (``ALTER TABLE ... ADD COLUMN``, in the same kind of transaction), so a large ledger is not copied.
+NOT_INSPECTED and GAP verdicts; 3 → 4 added ``camera_timestamp_ns``; 4 → 5 the part's identity (``part_id``,
+``meas_id``, ``product_id``, ``job_id``, and the same columns in the in-flight journal). SQLite cannot change a CHECK
+constraint, so a file older than 3 is rebuilt (new table, rows copied, old dropped, new renamed) inside one
+transaction: a kill during it leaves the old file as it was. Old rows get ``frame_count = 1`` and ``rejected`` from
+their verdict. From 3 on an upgrade only adds columns (``ALTER TABLE ... ADD COLUMN``, in the same kind of
+transaction) and indexes, so a large ledger is not copied.
 """
 from __future__ import annotations
 
@@ -70,23 +78,28 @@ from typing import Any, Union
 import cv2
 import numpy as np
 
-from inspection_core.records import Frame, FrameGap, InspectionResult, NotInspected, Verdict
+from inspection_core.records import Frame, FrameGap, InspectionResult, NotInspected, PartIdentity, Verdict
 from station import journal
 from station.errors import DiskSpaceError, EvidenceError, LedgerError, RejectLogError
 from ui.overlay import overlay_mask
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 GAP = "GAP"  # the verdict of a gap row
 VERDICTS = (Verdict.PASS.value, Verdict.FAIL.value, Verdict.NOT_INSPECTED.value, GAP)
 COLUMNS = ("id", "time_utc", "timestamp_ns", "source", "frame_id", "file", "verdict", "defects_json",
            "labels_json", "engine_id", "latency_ms", "image_path", "recipe", "calibration",
            "station_id", "run_id", "reason", "detail", "frame_count", "last_frame_id", "end_timestamp_ns", "rejected",
-           "overlay_path", "camera_timestamp_ns")
+           "overlay_path", "camera_timestamp_ns", "part_id", "meas_id", "product_id", "job_id")
+#: Who the part is (:class:`~inspection_core.records.PartIdentity`), in the order of its ``values()``.
+IDENTITY_COLUMNS = ("part_id", "meas_id", "product_id", "job_id")
+#: The identity columns ``station export`` (here and over the fleet database) filters on.
+IDENTITY_FILTERS = ("part_id", "meas_id", "product_id")
 _ADDED_IN_2 = ("recipe", "calibration")
 #: Columns added after schema 3 (no CHECK constraint changed): added to a schema-3 table in place, with their types.
-_ADDED_AFTER_3 = {"camera_timestamp_ns": "INTEGER"}
+_ADDED_AFTER_3 = {"camera_timestamp_ns": "INTEGER", "part_id": "TEXT", "meas_id": "TEXT", "product_id": "TEXT",
+                  "job_id": "TEXT"}
 #: What the columns added later read as in older rows (SQL expressions over the old columns).
 _OLD_ROW_DEFAULTS = {"frame_count": "1", "rejected": "CASE verdict WHEN 'FAIL' THEN 1 ELSE 0 END"}
 
@@ -117,11 +130,17 @@ CREATE TABLE {name} (
     end_timestamp_ns INTEGER,               -- GAP: the first frame after it (or when the line stopped)
     rejected     INTEGER,                   -- 1: to the reject bin, 0: passes, NULL: a gap
     overlay_path TEXT,                      -- FAIL: the image with its defect overlay, beside image_path
-    camera_timestamp_ns INTEGER             -- the camera's own time stamp (ns, camera clock); NULL: none given
+    camera_timestamp_ns INTEGER,            -- the camera's own time stamp (ns, camera clock); NULL: none given
+    part_id      TEXT,                      -- the part's id: the PLC's PartId, else the source's (file, chunk...)
+    meas_id      TEXT,                      -- the PLC's MeasId
+    product_id   TEXT,                      -- the PLC's ProductId
+    job_id       TEXT                       -- the OPC UA job the part answers
 )"""
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS inspections_time ON inspections (time_utc);
 CREATE INDEX IF NOT EXISTS inspections_verdict_time ON inspections (verdict, time_utc);
+CREATE INDEX IF NOT EXISTS inspections_part ON inspections (part_id) WHERE part_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS inspections_meas ON inspections (meas_id) WHERE meas_id IS NOT NULL;
 """
 
 
@@ -181,11 +200,13 @@ def check_times(since: str | None, until: str | None) -> None:
 
 
 def row_filter(since: str | datetime | None, until: str | datetime | None, verdict: str, station: str | None = None,
-               *, mark: str = "?", time_param: Any = format_utc,
-               rejected_sql: str = "rejected = 1") -> tuple[str, list[Any]]:
+               *, mark: str = "?", time_param: Any = format_utc, rejected_sql: str = "rejected = 1",
+               part_id: str | None = None, meas_id: str | None = None,
+               product_id: str | None = None) -> tuple[str, list[Any]]:
     """The SQL ``WHERE`` of an export (here, and over the fleet database: ``mark`` is the driver's placeholder,
     ``time_param`` turns a UTC datetime into the time parameter): ``since`` inclusive; ``until`` inclusive, and a
-    bare date means up to the end of that day; ``verdict`` a :class:`VerdictFilter` value; ``station`` one station."""
+    bare date means up to the end of that day; ``verdict`` a :class:`VerdictFilter` value; ``station`` one station;
+    ``part_id``, ``meas_id``, ``product_id`` the part's identity, each matched exactly."""
     try:
         wanted = VerdictFilter(str(getattr(verdict, "value", verdict)).lower())
     except ValueError:
@@ -208,23 +229,22 @@ def row_filter(since: str | datetime | None, until: str | datetime | None, verdi
     if station is not None:
         clauses.append(f"station_id = {mark}")
         params.append(station)
+    for column, value in (("part_id", part_id), ("meas_id", meas_id), ("product_id", product_id)):
+        if value is not None:
+            clauses.append(f"{column} = {mark}")
+            params.append(str(value))
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
-def _where(since: str | datetime | None, until: str | datetime | None, verdict: str) -> tuple[str, list[Any]]:
-    # rejected from the verdict in a file older than schema 3; rewritten to the column by _fetch when present
-    return row_filter(since, until, verdict, rejected_sql=f"({_OLD_ROW_DEFAULTS['rejected']}) = 1")
-
-
-def _fetch(conn: sqlite3.Connection, since: Any, until: Any, verdict: str) -> list[dict[str, Any]]:
-    where, params = _where(since, until, verdict)
+def _fetch(conn: sqlite3.Connection, since: Any, until: Any, verdict: str, **filters: Any) -> list[dict[str, Any]]:
+    where, params = row_filter(since, until, verdict, **filters)
     present = {row[1] for row in conn.execute("PRAGMA table_info(inspections)")}
-    if "rejected" in present:
-        where = where.replace(f"({_OLD_ROW_DEFAULTS['rejected']}) = 1", "rejected = 1")
-    # an older file, read-only: the later columns read as their defaults
-    selected = ", ".join(c if c in present else f"{_OLD_ROW_DEFAULTS.get(c, 'NULL')} AS {c}" for c in COLUMNS)
-    cursor = conn.execute(f"SELECT {selected} FROM inspections{where} ORDER BY id", params)
-    return [dict(zip(COLUMNS, row)) for row in cursor]
+    if set(COLUMNS) <= present:
+        sql = f"SELECT {', '.join(COLUMNS)} FROM inspections{where} ORDER BY id"
+    else:  # an older file, read-only: the later columns read as their defaults, and the filters see them so
+        selected = ", ".join(c if c in present else f"{_OLD_ROW_DEFAULTS.get(c, 'NULL')} AS {c}" for c in COLUMNS)
+        sql = f"SELECT * FROM (SELECT {selected} FROM inspections){where} ORDER BY id"
+    return [dict(zip(COLUMNS, row)) for row in conn.execute(sql, params)]
 
 
 def _check_version(conn: sqlite3.Connection, path: Path) -> int:
@@ -276,12 +296,21 @@ def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
         for statement in filter(str.strip, _INDEXES.split(";")):
             conn.execute(statement)
         journal.create_tables(conn)  # the runs and the in-flight journal (station.journal), beside the rows
+        journal.upgrade_tables(conn)  # an older file's journal gains the columns added since
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _identity(entry: Any) -> dict[str, str | None]:
+    """The identity columns of a ledger entry (its :class:`PartIdentity`; all NULL for an entry without one)."""
+    identity = getattr(entry, "identity", None)
+    if not isinstance(identity, PartIdentity):
+        identity = PartIdentity()
+    return dict(zip(IDENTITY_COLUMNS, identity.values()))
 
 
 def _camera_ns(frame: Any) -> int | None:
@@ -401,18 +430,22 @@ def recover_interrupted(db_path: str | Path, run_id: str | None,
     runs left without a verdict (a kill -9, a crash, a power cut) their NOT_INSPECTED ``interrupted`` rows and report
     the unclean end (:func:`station.journal.recover`), in one transaction: a kill during it leaves the journal as it
     was. None when there is nothing to report, no file yet, or a file :class:`RejectLog` will upgrade or refuse
-    (it says what is wrong). Raises :class:`LedgerError` when the rows cannot be written."""
+    (it says what is wrong); a file of schema 3 or later is upgraded in place first, so a run killed before an upgrade
+    still has its parts recorded. Raises :class:`LedgerError` when the rows cannot be written."""
     path = Path(db_path)
     if not path.is_file():
         return None
     conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_s)
     try:
         try:
-            if int(conn.execute("PRAGMA user_version").fetchone()[0]) != SCHEMA_VERSION:
-                return None
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         except sqlite3.DatabaseError:  # not an SQLite file: RejectLog says so
             return None
+        if not 3 <= version <= SCHEMA_VERSION:  # a file RejectLog rebuilds or refuses (it says why)
+            return None
         conn.execute("PRAGMA synchronous=FULL")
+        if version < SCHEMA_VERSION:  # columns added in place (as RejectLog would): the journal's rows need them
+            _upgrade(conn, path)
         conn.execute("BEGIN IMMEDIATE")
         found = journal.recover(conn, run_id, format_utc(_utc_now()))
         conn.execute("COMMIT")
@@ -574,7 +607,7 @@ class RejectLog:
         """The row of ``entry``; a FAIL's images are written here. When they cannot be, ``detail`` names the error,
         and a write error (not an image OpenCV cannot encode) is appended to ``lost``."""
         common = {"time_utc": format_utc(now), "recipe": self.recipe, "calibration": self.calibration,
-                  "station_id": self.station_id, "run_id": self.run_id, "detail": note or None}
+                  "station_id": self.station_id, "run_id": self.run_id, "detail": note or None, **_identity(entry)}
         if isinstance(entry, InspectionResult):
             frame = entry.frame
             image_path = overlay_path = None
@@ -678,7 +711,7 @@ class RejectLog:
             return
         values = (self.run_id, self.station_id, int(frame.frame_id), frame.source, frame.file,
                   int(frame.timestamp_ns), _camera_ns(frame), format_utc(_utc_now()), self.recipe, self.calibration,
-                  self.engine_id)
+                  self.engine_id, *frame.identity.values())
         with self._journal_lock, self._write_gate:
             entries = self._journal  # read again under the lock: close() may have closed it meanwhile
             if entries is None:
@@ -692,10 +725,11 @@ class RejectLog:
 
     # -- reading ---------------------------------------------------------------------------------------------
     def query(self, since: str | datetime | None = None, until: str | datetime | None = None,
-              verdict: str = "all") -> list[dict[str, Any]]:
-        """Rows as dicts keyed by column name, oldest first; times as in :func:`parse_time`."""
+              verdict: str = "all", **filters: Any) -> list[dict[str, Any]]:
+        """Rows as dicts keyed by column name, oldest first; times as in :func:`parse_time`; ``filters``: those of
+        :func:`row_filter` (``station``, ``part_id``, ``meas_id``, ``product_id``)."""
         with self._lock:
-            return _fetch(self._connection(), since, until, verdict)
+            return _fetch(self._connection(), since, until, verdict, **filters)
 
     def close(self) -> None:
         """Checkpoint the WAL into the database file and close; safe to call twice."""
@@ -740,12 +774,14 @@ def open_readonly(db_path: Path) -> sqlite3.Connection:
 
 
 def fetch_rows(db_path: str | Path, since: str | datetime | None = None, until: str | datetime | None = None,
-               verdict: str = "all") -> list[dict[str, Any]]:
-    """The matching rows of the log at ``db_path``, read-only (the file is not upgraded)."""
-    _where(since, until, verdict)  # check the filters before touching any file
+               verdict: str = "all", **filters: Any) -> list[dict[str, Any]]:
+    """The matching rows of the log at ``db_path``, read-only (the file is not upgraded); ``filters``: those of
+    :func:`row_filter` (``station``, ``part_id``, ``meas_id``, ``product_id``). A file older than schema 5 has no
+    identity: a filter on it matches none of its rows."""
+    row_filter(since, until, verdict, **filters)  # check the filters before touching any file
     conn = open_readonly(Path(db_path))
     try:
-        return _fetch(conn, since, until, verdict)
+        return _fetch(conn, since, until, verdict, **filters)
     except sqlite3.Error as exc:
         raise RejectLogError(f"cannot read {db_path}: {exc}") from None
     finally:

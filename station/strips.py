@@ -52,7 +52,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from inspection_core.records import Frame, FrameGap, GapKind, LineBlock
+from inspection_core.records import Frame, FrameGap, GapKind, LineBlock, PartIdentity
 from station.errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,9 @@ class Part:
         return sum(b - a for a, b in self.gaps)
 
     def to_frame(self, source: str) -> Frame:
-        """The part as a :class:`~inspection_core.records.Frame` for the line: ``frame_id`` is the part index,
-        ``timestamp_ns`` the delivery of its last line, and ``meta`` says where it lies and what is missing."""
+        """The part as a :class:`~inspection_core.records.Frame` for the line: ``frame_id`` and the part id (its
+        identity) are the part index, ``timestamp_ns`` the delivery of its last line, and ``meta`` says where it lies
+        and what is missing."""
         valid = self.line_timestamps_ns[self.line_timestamps_ns > 0]
         return Frame(image=self.image, frame_id=self.index, timestamp_ns=self.last_line_ns, source=source, meta={
             "part": self.index, "first_line": self.first_line, "last_line": self.last_line, "lines": self.lines,
@@ -134,7 +135,7 @@ class Part:
             "blocks": self.blocks, "first_line_ns": int(valid[0]) if valid.size else 0,
             "last_line_taken_ns": int(valid[-1]) if valid.size else 0,
             "line_timestamps_ns": self.line_timestamps_ns,
-        })
+        }, identity=PartIdentity(part_id=str(self.index)))
 
 
 class PartListener(Protocol):

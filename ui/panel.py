@@ -66,7 +66,7 @@ QLabel[role="warning"] { color: #f28b82; font-weight: bold; font-size: 11pt; }
 QStatusBar { color: #f28b82; }
 """
 
-REJECT_COLUMNS = ("Time", "Frame", "Defects", "Largest px", "Labels")
+REJECT_COLUMNS = ("Time", "Part", "Defects", "Largest px", "Labels")
 MAX_LABEL_CHARS = 16  # of the Labels column of the rejects table; the tooltip holds them all
 MAX_ERROR_CHARS = 90  # about two lines of the side column; the tooltip holds the whole message
 
@@ -174,6 +174,26 @@ def frame_name(result: InspectionResult) -> str:
     """``#frame_id`` plus the replayed file name when there is one."""
     name = f"#{result.frame.frame_id}"
     return f"{name}  {result.frame.file}" if result.frame.file else name
+
+
+def part_name(result: InspectionResult) -> str:
+    """The part's id with its frame (``P-1  #41``), or :func:`frame_name` when the part id is the file's name or the
+    part has none."""
+    part = result.identity.part_id
+    if part is None or part == result.frame.file:
+        return frame_name(result)
+    return f"{part}  #{result.frame.frame_id}"
+
+
+def identity_text(result: InspectionResult | None) -> str:
+    """Who the part is, for the panel: ``Part P-1``, then ``meas M-1  ·  product X-7`` on a second line (what is
+    known of it)."""
+    if result is None:
+        return ""
+    identity = result.identity
+    more = [f"{name} {value}" for name, value in (("meas", identity.meas_id), ("product", identity.product_id))
+            if value]
+    return f"Part {identity.part_id or '–'}" + ("\n" + "  ·  ".join(more) if more else "")
 
 
 def labels_text(result: InspectionResult | None) -> str:
@@ -327,6 +347,14 @@ class StationPanel(QMainWindow):
         defects_font = QFont(self.defects_label.font())
         defects_font.setPointSize(14)
         self.defects_label.setFont(defects_font)
+        self.part_label = QLabel(objectName="part")  # who the part is: the PLC's part id, else the source's
+        self.part_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.part_label.setWordWrap(True)
+        self.part_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        part_font = QFont(self.part_label.font())
+        part_font.setPointSize(15)
+        part_font.setBold(True)
+        self.part_label.setFont(part_font)
         self.labels_label = QLabel()
         self.labels_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.labels_label.setWordWrap(True)
@@ -336,6 +364,7 @@ class StationPanel(QMainWindow):
         self.line_state_label.setVisible(False)
         right.addWidget(self.line_state_label)
         right.addWidget(self.verdict_label)
+        right.addWidget(self.part_label)
         right.addWidget(self.defects_label)
         right.addWidget(self.labels_label)
         self._show_verdict(None)
@@ -485,6 +514,8 @@ class StationPanel(QMainWindow):
         self.verdict_label.setStyleSheet(
             f"QLabel {{ background: {colour}; color: white; border-radius: 8px; }}")
         self.defects_label.setText(detail)
+        self.part_label.setText(identity_text(result))
+        self.part_label.setVisible(result is not None)
         classified = result is not None and bool(result.labels or result.patches)
         self.labels_label.setVisible(classified)
         self.labels_label.setText(f"Labels: {labels_text(result)}" if classified else "")
@@ -571,7 +602,7 @@ class StationPanel(QMainWindow):
             labels = ", ".join(result.labels)
             cells = (
                 time.strftime("%H:%M:%S", time.localtime(wall_time_of(result.frame.timestamp_ns))),
-                frame_name(result),
+                part_name(result),
                 str(len(result.defects)),
                 f"{largest:,}",
                 labels if len(labels) <= MAX_LABEL_CHARS else labels[:MAX_LABEL_CHARS - 1] + "…",

@@ -4,11 +4,12 @@ Passwords never travel on the command line or in a recipe: a URL holding one is 
 password from ``PGPASSWORD`` or the ``.pgpass`` file (``PGPASSFILE``), as ``psql`` does.
 
 For example (a PostgreSQL server is needed; the first call returns the migrations applied,
-``['001_parts', '002_roles', '003_row_security']`` on a new database)::
+``['001_parts', '002_roles', '003_row_security', '004_part_identity']`` on a new database)::
 
     apply_migrations("postgresql://admin@db.factory/fleet", station_users=["line3=line-3"])
     add_station("postgresql://admin@db.factory/fleet", "line4", ["line-4"])
     rows = fetch_central("postgresql://qa@db.factory/fleet", since="2024-05-01", station="line-3")
+    rows = fetch_central("postgresql://qa@db.factory/fleet", part_id="P-1")      # the part with serial P-1
 """
 from __future__ import annotations
 
@@ -18,12 +19,14 @@ from importlib import resources
 from typing import Any, Iterable, Sequence
 
 from station.errors import StationError
-from station.rejectlog import COLUMNS, RejectLogError, format_utc, row_filter
+from station.rejectlog import COLUMNS, IDENTITY_COLUMNS, RejectLogError, format_utc, row_filter
 
 #: Columns of the central ``parts`` table that a station's ledger row does not have (exported after COLUMNS).
 CENTRAL_EXTRA = ("image_size", "image_sha256", "image_copy", "overlay_size", "overlay_sha256", "camera_timestamp_ns",
                  "forwarded_utc")
 CONNECT_TIMEOUT_S = 5
+#: The migration that added the part's identity columns (``part_id``, ``meas_id``, ``product_id``, ``job_id``).
+IDENTITY_MIGRATION = 4
 
 
 class FleetError(StationError):
@@ -246,12 +249,25 @@ def schema_version(conn) -> int:
 # -- reading -----------------------------------------------------------------------------------------------------
 
 def central_where(since: str | datetime | None = None, until: str | datetime | None = None, verdict: str = "all",
-                  station: str | None = None) -> tuple[str, list[Any]]:
-    """SQL filter over ``parts``, as :func:`station.rejectlog.fetch_rows` filters a local log, plus a station."""
+                  station: str | None = None, **identity: str | None) -> tuple[str, list[Any]]:
+    """SQL filter over ``parts``, as :func:`station.rejectlog.fetch_rows` filters a local log: times, verdict, a
+    station, and the part's identity (``part_id``, ``meas_id``, ``product_id``)."""
     try:
-        return row_filter(since, until, verdict, station, mark="%s", time_param=lambda moment: moment)
+        return row_filter(since, until, verdict, station, mark="%s", time_param=lambda moment: moment, **identity)
     except RejectLogError as exc:
         raise FleetError(str(exc)) from None
+
+
+def check_identity_columns(conn: Any, url: str, identity: dict[str, str | None]) -> bool:
+    """True when ``parts`` has the identity columns (migration 004); a filter on them without it is a
+    :class:`FleetError` that says to run ``fleet init``."""
+    if schema_version(conn) >= IDENTITY_MIGRATION:
+        return True
+    wanted = [k for k, v in identity.items() if v is not None]
+    if wanted:
+        raise FleetError(f"{destination(url)} predates the part identity columns (migration 004), so it cannot "
+                         f"filter on {', '.join(wanted)}; an admin runs station fleet init --to ADMIN_URL to add them")
+    return False
 
 
 def central_columns() -> list[str]:
@@ -260,18 +276,21 @@ def central_columns() -> list[str]:
 
 
 def fetch_central(url: str, since: str | datetime | None = None, until: str | datetime | None = None,
-                  verdict: str = "all", station: str | None = None) -> list[dict[str, Any]]:
+                  verdict: str = "all", station: str | None = None, **identity: str | None) -> list[dict[str, Any]]:
     """The matching rows of the fleet database as dicts keyed like a local ledger's rows (``COLUMNS``: ``id`` is
     the station's row id, ``time_utc`` the same ISO text) plus :data:`CENTRAL_EXTRA`; ordered by time, station,
-    run, row."""
+    run, row. ``identity``: ``part_id``, ``meas_id``, ``product_id`` filters (exact match). A database before
+    migration 004 reads NULL identities (and refuses a filter on them)."""
     import psycopg
 
-    where, params = central_where(since, until, verdict, station)
+    where, params = central_where(since, until, verdict, station, **identity)
     keys = central_columns()
     names = ["row_id AS id" if c == "id" else c for c in keys]
     with connect(url, "station export") as conn:
         if schema_version(conn) == 0:
             raise FleetError(f"{destination(url)} has no fleet schema; run station fleet init --to URL first")
+        if not check_identity_columns(conn, url, identity):
+            names = [f"NULL::text AS {c}" if c in IDENTITY_COLUMNS else c for c in names]
         try:
             cursor = conn.execute(f"SELECT {', '.join(names)} FROM parts{where} "
                                   "ORDER BY time_utc, station_id, run_id, row_id", params)

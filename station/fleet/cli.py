@@ -22,7 +22,7 @@ from pathlib import Path
 from station.errors import LedgerError, RejectLogError
 from station.fleet.central import (FleetError, add_station, apply_migrations, check_url, parse_station_user,
                                    policy_name, station_logins)
-from station.rejectlog import check_times
+from station.rejectlog import IDENTITY_FILTERS, check_times
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _URL_HELP = "the fleet database, postgresql://USER@HOST[:PORT]/DB; the password comes from PGPASSWORD or ~/.pgpass"
@@ -111,6 +111,10 @@ def add_fleet_commands(sub: argparse._SubParsersAction) -> None:
     report.add_argument("--by", default="station", choices=["station", "day", "shift", "class"],
                         help="group by (default: station)")
     report.add_argument("--station", metavar="ID", help="only this station")
+    report.add_argument("--product-id", metavar="ID", help="only parts of this product (the PLC's ProductId)")
+    report.add_argument("--part-id", metavar="ID", help="only rows of this part (the PLC's PartId, else the "
+                                                        "source's part id)")
+    report.add_argument("--meas-id", metavar="ID", help="only rows of this measurement (the PLC's MeasId)")
     report.add_argument("--shifts", default="6,14,22", metavar="H,H,...",
                         help="hours (local, in --tz) at which shifts start, for --by shift (default %(default)s)")
     report.add_argument("--tz", default="UTC", metavar="ZONE",
@@ -276,7 +280,8 @@ def run_report(args: argparse.Namespace) -> int:
         _error(prog, exc)
         return EXIT_USAGE
     try:
-        rows = fleet_report(args.to, args.since, args.until, args.by, args.station, shifts, zone)
+        rows = fleet_report(args.to, args.since, args.until, args.by, args.station, shifts, zone,
+                            **{key: getattr(args, key, None) for key in IDENTITY_FILTERS})
         text = render(rows, args.format, args.out, title=f"fleet by {args.by} since {args.since} ({args.tz})")
     except FleetError as exc:
         _error(prog, exc)

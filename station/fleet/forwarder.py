@@ -53,7 +53,7 @@ INSERT_COLUMNS = ("station_id", "run_id", "row_id", "time_utc", "timestamp_ns", 
                   "verdict", "defects_json", "labels_json", "defect_classes", "engine_id", "latency_ms", "image_path",
                   "image_size", "image_sha256", "image_copy", "overlay_path", "overlay_size", "overlay_sha256",
                   "recipe", "calibration", "reason", "detail", "frame_count", "last_frame_id", "end_timestamp_ns",
-                  "rejected", "camera_timestamp_ns")
+                  "rejected", "camera_timestamp_ns", "part_id", "meas_id", "product_id", "job_id")
 _INSERT = (f"INSERT INTO parts ({', '.join(INSERT_COLUMNS)}) VALUES ({', '.join(['%s'] * len(INSERT_COLUMNS))}) "
            "ON CONFLICT DO NOTHING")
 DEFAULT_BATCH = 500
@@ -229,6 +229,9 @@ class Forwarder:
 
         if isinstance(exc, psycopg.OperationalError):
             return "the server is away; rows wait in the ledger"
+        if isinstance(exc, psycopg.errors.UndefinedColumn):
+            return ("the fleet database predates this station's columns (migration 004 added the part identity); "
+                    "an admin runs station fleet init --to ADMIN_URL; the rows wait in the ledger")
         if isinstance(exc, psycopg.errors.InsufficientPrivilege):
             if "row-level security" in str(exc):
                 ids = ", ".join(sorted({str(v[0]) for v in values}))

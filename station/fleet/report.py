@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from station.fleet.central import FleetError, central_where, connect, destination, schema_version
+from station.fleet.central import (FleetError, central_where, check_identity_columns, connect, destination,
+                                   schema_version)
 from station.rejectlog import RejectLogError, parse_time
 
 DEFAULT_SHIFTS = (6, 14, 22)
@@ -130,19 +131,21 @@ def local_time(value: str | datetime, zone: ZoneInfo, end: bool = False) -> date
 
 def fleet_report(url: str, since: str | datetime, until: str | datetime | None = None, by: str = "station",
                  station: str | None = None, shifts: tuple[int, ...] = DEFAULT_SHIFTS,
-                 tz: str | ZoneInfo = "UTC") -> list[dict[str, Any]]:
-    """The report's rows (dicts), in the order to show them; days, shifts and times without an offset in ``tz``."""
+                 tz: str | ZoneInfo = "UTC", **identity: str | None) -> list[dict[str, Any]]:
+    """The report's rows (dicts), in the order to show them; days, shifts and times without an offset in ``tz``;
+    ``identity``: only the rows of a product, part or measurement (``product_id``, ``part_id``, ``meas_id``)."""
     import psycopg
 
     group = GroupBy(str(getattr(by, "value", by)))
     zone = parse_zone(tz)
     where, params = central_where(local_time(since, zone), None if until is None else local_time(until, zone, True),
-                                  "all", station)
+                                  "all", station, **identity)
     counting = "verdict, count(*), sum(frame_count), count(*) FILTER (WHERE rejected = 1)"
     spans: list[Period] = []
     with connect(url, "station fleet report") as conn:
         if schema_version(conn) == 0:
             raise FleetError(f"{destination(url)} has no fleet schema; run station fleet init --to URL first")
+        check_identity_columns(conn, url, identity)
         try:
             if group is GroupBy.CLASS:
                 return _by_class(conn, where, params)

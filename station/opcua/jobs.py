@@ -1,102 +1,72 @@
-"""Which job each ledger row answers: the one place the JobId of a result comes from.
+"""The jobs a PLC started, as the state machine needs them; which job a result answers is the ledger row's.
 
-A PLC starts jobs (StartSingleJob: one part; StartContinuous: every part until Stop or Abort), and each ledger row
-answers one of them. :class:`JobBook` decides it once per row, in ledger order (:meth:`JobBook.assign`), and
-remembers it by row id; ResultReady, LastResult, LastPart and GetResultById all read it from here, so a result
-carries the same JobId wherever a client reads it.
+A PLC starts jobs (StartSingleJob: one part; StartContinuous: every part until Stop or Abort) with the part's ids
+(MeasId, PartId, ProductId). :class:`JobBook` hands each job's :class:`~inspection_core.records.PartIdentity` (its
+JobId included) to the line's :class:`~station.part_identity.IdentityBook`, which gives it to the part acquired for
+it (the rule: :mod:`station.part_identity`), so the part's ledger row records its ``job_id``, ``meas_id``,
+``part_id`` and ``product_id``. ResultReady, LastResult, LastPart and GetResultById all read them from the row:
+a result carries the same JobId wherever a client reads it, in this run or later.
 
-The rule, for a row whose frame the source took at ``timestamp_ns`` (the host's monotonic clock):
-
-- a frame taken while a continuous job flowed (between its start and the Stop or Abort that held the source)
-  belongs to that job, even when its row arrives after the job ended: a part in flight at Abort keeps its JobId;
-- otherwise the row answers the oldest single job still waiting for its part (a GAP row too: the part was lost);
-- otherwise no job asked for it (a hardware trigger in PLC mode, say): JobId is empty.
-
-A ledger whose rows carry a ``job_id`` column wins over the rule (the row is the record of truth).
+What stays here is what the state machine waits for: the single jobs whose row has not come yet
+(SingleExecution until then) and the continuous job flowing now.
 """
 from __future__ import annotations
 
 import collections
-import time
-from dataclasses import dataclass
 from typing import Any, Mapping
 
-#: rows whose JobId is remembered for GetResultById (the newest ones; older rows answer an empty JobId)
-REMEMBERED_ROWS = 100_000
-#: continuous jobs remembered for late rows (parts in flight when the job was held)
-REMEMBERED_FLOWS = 16
-
-
-@dataclass
-class _Flow:
-    job: str
-    start_ns: int
-    stop_ns: int | None = None  # None: still flowing
-
-    def holds(self, timestamp_ns: int) -> bool:
-        return self.start_ns <= timestamp_ns and (self.stop_ns is None or timestamp_ns < self.stop_ns)
+from inspection_core.records import PartIdentity
+from station.part_identity import IdentityBook
 
 
 class JobBook:
-    """The jobs a PLC started and the JobId of every row published since the server started (not thread-safe:
-    used on the OPC UA loop only)."""
+    """The jobs a PLC started and those still waiting for their row (not thread-safe: used on the OPC UA loop only;
+    the :class:`IdentityBook` it feeds is the line's, and is)."""
 
-    def __init__(self, before: int = 0, clock=time.monotonic_ns) -> None:
-        """``before``: the ledger's last row id when the server started (rows up to it belong to earlier runs)."""
-        self._clock = clock
-        self.before = before
-        self._singles: collections.deque[str] = collections.deque()  # waiting for their part, oldest first
-        self._flows: collections.deque[_Flow] = collections.deque(maxlen=REMEMBERED_FLOWS)
-        self._rows: collections.OrderedDict[int, str] = collections.OrderedDict()
-        self.last_row_id = 0
+    def __init__(self, parts: IdentityBook | None = None) -> None:
+        self.parts = parts if parts is not None else IdentityBook()
+        self._singles: collections.deque[str] = collections.deque()  # waiting for their row, oldest first
 
     # -- jobs ----------------------------------------------------------------------------------------------------
-    def start_single(self, job: str) -> None:
-        """A single job whose trigger is about to fire: the next part not taken by a flow answers it."""
-        self._singles.append(job)
+    def start_single(self, identity: PartIdentity) -> None:
+        """A single job whose trigger is about to fire (``identity.job_id`` its JobId): the next part the line
+        acquires that no flow takes is its part."""
+        self.parts.expect(identity)
+        self._singles.append(identity.job_id or "")
 
     def cancel_single(self, job: str) -> None:
         """A single job whose trigger could not be fired."""
-        try:
-            self._singles.remove(job)
-        except ValueError:
-            pass
+        self.parts.cancel(job)
+        self._forget(job)
 
-    def start_flow(self, job: str) -> None:
-        """A continuous job: every frame taken from now until :meth:`hold_flow` answers it."""
-        self.hold_flow()
-        self._flows.append(_Flow(job, self._clock()))
+    def start_flow(self, identity: PartIdentity) -> None:
+        """A continuous job: every frame taken from now until :meth:`hold_flow` is its part."""
+        self.parts.start_flow(identity)
 
     def hold_flow(self) -> str | None:
         """The source is held (Stop, Abort, Halt): frames taken from now on no longer belong to the flowing job.
         Returns its JobId (None: no job was flowing)."""
-        flow = self.flowing
-        if flow is None:
-            return None
-        flow.stop_ns = self._clock()
-        return flow.job
+        identity = self.parts.hold_flow()
+        return None if identity is None else identity.job_id or ""
 
     def drop_unfired(self, count: int) -> None:
-        """The source dropped ``count`` triggers it had not served yet (Abort): their single jobs, the newest, get
-        no part."""
-        for _ in range(min(max(0, count), len(self._singles))):
-            self._singles.pop()
+        """The source dropped ``count`` triggers it had not served yet (Abort): their single jobs get no part."""
+        for job in self.parts.drop_unfired(count):
+            self._forget(job)
 
     def drop_waiting(self) -> list[str]:
-        """Forget the single jobs still waiting (their parts will not come); returns them."""
+        """Forget the single jobs still waiting (their rows will not come); returns them."""
         dropped = list(self._singles)
         self._singles.clear()
+        for job in dropped:
+            self.parts.cancel(job)
         return dropped
-
-    @property
-    def flowing(self) -> _Flow | None:
-        return self._flows[-1] if self._flows and self._flows[-1].stop_ns is None else None
 
     @property
     def flow_job(self) -> str | None:
         """The JobId of the continuous job flowing now, if any."""
-        flow = self.flowing
-        return flow.job if flow is not None else None
+        identity = self.parts.flowing
+        return None if identity is None else identity.job_id or ""
 
     @property
     def waiting(self) -> int:
@@ -109,34 +79,15 @@ class JobBook:
 
     # -- rows ----------------------------------------------------------------------------------------------------
     def assign(self, row: Mapping[str, Any]) -> str:
-        """The JobId of a committed ledger row (rows in ledger order), remembered for :meth:`of`."""
-        job = row.get("job_id")
+        """The JobId of a committed ledger row (its ``job_id``; ``""``: no job asked for the part); a single job
+        whose row it is stops waiting."""
+        job = str(row.get("job_id") or "")
         if job:
-            self.cancel_single(job)  # recorded with the row: that single job has its part
-        else:
-            job = self._match(row)
-        row_id = int(row["id"])
-        self.last_row_id = max(self.last_row_id, row_id)
-        self._rows[row_id] = job
-        while len(self._rows) > REMEMBERED_ROWS:
-            self._rows.popitem(last=False)
+            self._forget(job)
         return job
 
-    def _match(self, row: Mapping[str, Any]) -> str:
-        taken = row.get("timestamp_ns")
-        if taken is not None:
-            for flow in reversed(self._flows):
-                if flow.holds(int(taken)):
-                    return flow.job
-        if self._singles:
-            return self._singles.popleft()
-        return ""
-
-    def of(self, row_id: int) -> str | None:
-        """The JobId of a row published by this server; None when it has not been published yet. Rows of earlier
-        runs answer ``""``: a JobId belongs to the run that started the job."""
-        if row_id in self._rows:
-            return self._rows[row_id]
-        if row_id <= max(self.before, self.last_row_id):
-            return ""  # an earlier run's row, or one too old to be remembered
-        return None
+    def _forget(self, job: str) -> None:
+        try:
+            self._singles.remove(job)
+        except ValueError:
+            pass

@@ -100,11 +100,6 @@ class RecipeChanges:
                  ledger_label(new), old.fingerprint(), new.fingerprint(), str(new_path), via))
             return int(cursor.lastrowid)
 
-    def last_row_id(self) -> int:
-        """The id of the ledger's last ``inspections`` row (0: none yet)."""
-        with self._lock:
-            return int(self._conn.execute("SELECT coalesce(max(id), 0) FROM inspections").fetchone()[0])
-
     def row(self, row_id: int) -> dict[str, Any] | None:
         """An ``inspections`` row by id (for GetResultById), or None."""
         with self._lock:

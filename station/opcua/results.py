@@ -22,27 +22,31 @@ RESULT_FIELDS = {"ResultId": ua.VariantType.String, "IsPartial": ua.VariantType.
                  "ResultContent": ua.VariantType.Variant}
 
 
-def result_record(row: dict, job: str, inspect_ms: float | None) -> Any:
-    """The ``ResultDataType`` of a ledger row (as stored, ``id`` included) answering ``job``; ``inspect_ms``: the
-    inspector's own time, when known. ``ResultContent`` is ``[verdict, defect count, defect classes, reason]``."""
+def result_record(row: dict, inspect_ms: float | None) -> Any:
+    """The ``ResultDataType`` of a ledger row (as stored, ``id`` included); ``inspect_ms``: the inspector's own time,
+    when known. The part's ids are the row's: ``JobId`` its ``job_id`` (empty: no job asked for the part), ``MeasId``
+    its ``meas_id`` (else the frame id), ``PartId`` its ``part_id`` (else the file, else ``frame N``), ``ProductId``
+    its ``product_id`` (else the recipe's product). ``ResultContent`` is ``[verdict, defect count, defect classes,
+    reason]``."""
     created = datetime.strptime(row["time_utc"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
     latency = float(row.get("latency_ms") or 0.0)
     labels = [d.get("label", "defect") for d in json.loads(row.get("defects_json") or "[]")]
     classes = sorted(set(labels) | set(decode_labels(row.get("labels_json") or "[]")[0]))
     product, _, fingerprint = (row.get("recipe") or "").partition(" ")
-    part = row.get("file") or f"frame {row['frame_id']}"
+    part = row.get("part_id") or row.get("file") or f"frame {row['frame_id']}"
     content = [ua.Variant(row["verdict"], ua.VariantType.String),
                ua.Variant(len(labels), ua.VariantType.Int32),
                ua.Variant(classes, ua.VariantType.String),
                ua.Variant(row.get("reason") or "", ua.VariantType.String)]
     return ua.ResultDataType(
         ResultId=ua.ResultIdDataType(Id=str(row["id"])), IsPartial=False, IsSimulated=str(row.get("source", "")).startswith("replay:"),
-        ResultState=RESULT_STATES.get(row["verdict"], 0), MeasId=ua.MeasIdDataType(Id=str(row["frame_id"])),
+        ResultState=RESULT_STATES.get(row["verdict"], 0),
+        MeasId=ua.MeasIdDataType(Id=str(row.get("meas_id") or row["frame_id"])),
         PartId=ua.PartIdDataType(Id=part), ExternalRecipeId=ua.RecipeIdExternalDataType(Id=product or "-"),
         InternalRecipeId=ua.RecipeIdInternalDataType(Id=product or "-", Version=fingerprint or None),
-        ProductId=ua.ProductIdDataType(Id=product or "-"),
+        ProductId=ua.ProductIdDataType(Id=row.get("product_id") or product or "-"),
         InternalConfigurationId=ua.ConfigurationIdDataType(Id=str(row.get("engine_id") or "-")),
-        JobId=ua.JobIdDataType(Id=job), CreationTime=created,
+        JobId=ua.JobIdDataType(Id=str(row.get("job_id") or "")), CreationTime=created,
         ProcessingTimes=ua.ProcessingTimesDataType(
             StartTime=created - timedelta(milliseconds=latency), EndTime=created,
             ProcessingDuration=float(inspect_ms if inspect_ms is not None else latency)),

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from asyncua import ua
 
+from inspection_core.records import PartIdentity
 from station.app import line_scan
 from station.opcua import NAMESPACE, NODESET, Control, OpcUaConfig, Security
 from station.opcua.certificates import ClientTrustList, endpoint_names, ensure_certificate, load_plant_certificate
@@ -41,7 +42,13 @@ JOB_STARTED_EVENT, READY_EVENT, RESULT_READY_EVENT, RECIPE_PREPARED_EVENT = 1013
 TOP_STATES = {"Preoperational": 5028, "Operational": 5031, "Error": 5030, "Halted": 5029}
 AUTO_STATES = {"Initialized": 5056, "Ready": 5057, "SingleExecution": 5058, "ContinuousExecution": 5059}
 _EO = ua.VariantType.ExtensionObject
-PUBLISH_WAIT_S = 5.0  # GetResultById of a committed row not published yet waits this long for its JobId
+
+
+def _identity(job: str, meas_id: Any, part_id: Any, product_id: Any) -> PartIdentity:
+    """What a job's arguments say of its part(s): the ``Id`` of the PLC's MeasId, PartId and ProductId (an empty one
+    says nothing: the part id then comes from the source), and the JobId."""
+    return PartIdentity(part_id=getattr(part_id, "Id", None), meas_id=getattr(meas_id, "Id", None),
+                        product_id=getattr(product_id, "Id", None), job_id=job)
 
 
 class Refused(Exception):
@@ -65,7 +72,7 @@ class VisionSystemServer:
         self.rows: asyncio.Queue = asyncio.Queue()
         self.state = "Preoperational"
         self.prepared = False
-        self.jobs = JobBook()  # the JobId of every row: ResultReady, LastResult, LastPart, GetResultById
+        self.jobs = JobBook(line.identities)  # the jobs' ids go to the line's parts; the rows record them
         self.job_ids = itertools.count(1)
         self.halted = False  # Halt was called: the server stays up for the PLC after the run (halt_timeout_s)
         self.trust: ClientTrustList | None = None
@@ -125,7 +132,6 @@ class VisionSystemServer:
         self.server = server
         await self._build_nodes()
         self.changes = RecipeChanges(self.context.db_path)
-        self.jobs = JobBook(before=await asyncio.to_thread(self.changes.last_row_id))
         await server.start()  # binds the port: an OSError here leaves the line running without OPC UA
         self._tasks = [asyncio.create_task(self._consume_rows()), asyncio.create_task(self._watch_line())]
         log.info("OPC UA server at %s (namespace %s, control = %s, security %s)", cfg.endpoint, NAMESPACE,
@@ -137,7 +143,7 @@ class VisionSystemServer:
             self.prepared = True
             await self._set_state("Ready")
         else:
-            self.jobs.start_flow(f"observe-{self.context.run_id}")
+            self.jobs.start_flow(PartIdentity(job_id=f"observe-{self.context.run_id}"))
             await self._set_state("ContinuousExecution")
 
     async def stop(self) -> None:
@@ -212,7 +218,8 @@ class VisionSystemServer:
         part = await vision.add_object(st, "LastPart")
         self.part_vars = {}
         for name, kind, value in (("RowId", ua.VariantType.Int64, 0), ("JobId", ua.VariantType.String, ""),
-                                  ("PartId", ua.VariantType.String, ""), ("FrameId", ua.VariantType.Int64, 0),
+                                  ("PartId", ua.VariantType.String, ""), ("MeasId", ua.VariantType.String, ""),
+                                  ("ProductId", ua.VariantType.String, ""), ("FrameId", ua.VariantType.Int64, 0),
                                   ("File", ua.VariantType.String, ""), ("Verdict", ua.VariantType.String, ""),
                                   ("Reason", ua.VariantType.String, ""), ("DefectCount", ua.VariantType.Int32, 0),
                                   ("DefectClasses", ua.VariantType.String, []),
@@ -325,7 +332,7 @@ class VisionSystemServer:
 
     async def m_start_single_job(self, meas_id=None, part_id=None, recipe_id=None, product_id=None, *_rest):
         job = self._new_job(recipe_id)
-        self.jobs.start_single(job)
+        self.jobs.start_single(_identity(job, meas_id, part_id, product_id))
         await self._set_state("SingleExecution")
         await self._event("JobStarted", job)
         try:
@@ -338,7 +345,7 @@ class VisionSystemServer:
 
     async def m_start_continuous(self, meas_id=None, part_id=None, recipe_id=None, product_id=None, *_rest):
         job = self._new_job(recipe_id)
-        self.jobs.start_flow(job)
+        self.jobs.start_flow(_identity(job, meas_id, part_id, product_id))
         await self._set_state("ContinuousExecution")
         await self._event("JobStarted", job)
         source = self.line.source
@@ -500,12 +507,7 @@ class VisionSystemServer:
             row = None
         if row is None:
             raise Refused(ua.StatusCodes.BadNotFound, f"no ledger row {result_id!r}; result ids are row ids")
-        job = self.jobs.of(int(row["id"]))
-        deadline = self.loop.time() + PUBLISH_WAIT_S
-        while job is None and self.loop.time() < deadline:  # committed, its ResultReady not out yet
-            await asyncio.sleep(0.01)
-            job = self.jobs.of(int(row["id"]))
-        return [ua.Variant(0, ua.VariantType.UInt32), ua.Variant(result_record(row, job or "", None)),
+        return [ua.Variant(0, ua.VariantType.UInt32), ua.Variant(result_record(row, None)),
                 ua.Variant(0, ua.VariantType.Int32)]
 
     # -- results ---------------------------------------------------------------------------------------------
@@ -528,10 +530,11 @@ class VisionSystemServer:
         if row["verdict"] != "GAP":
             self.parts_seen += 1
         job = self.jobs.assign(row)
-        result = result_record(row, job, inspect_ms)
+        result = result_record(row, inspect_ms)
         self.published += 1
         await self._write(self.result_var, result, ua.VariantType.ExtensionObject)
-        values = {"RowId": int(row["id"]), "JobId": job, "PartId": result.PartId.Id, "FrameId": int(row["frame_id"]),
+        values = {"RowId": int(row["id"]), "JobId": job, "PartId": result.PartId.Id, "MeasId": result.MeasId.Id,
+                  "ProductId": result.ProductId.Id, "FrameId": int(row["frame_id"]),
                   "File": row.get("file") or "", "Verdict": row["verdict"], "Reason": row.get("reason") or "",
                   "DefectCount": result.ResultContent[1].Value, "DefectClasses": result.ResultContent[2].Value,
                   "Recipe": row.get("recipe") or "", "CreationTime": result.CreationTime,

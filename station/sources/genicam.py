@@ -31,12 +31,13 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 import cv2
 import numpy as np
 
-from inspection_core.records import CameraState, Frame, FrameGap, GapKind
+from inspection_core.records import CameraState, Frame, FrameGap, GapKind, PartIdentity
 from station.errors import CameraLostError, SourceError
 from station.frameguard import to_8bit
 from station.recipe import CAMERA_NODES_SET_BY_KEYS, TriggerConfig, TriggerMode
 from station.sources.base import FrameSource
-from station.sources.genicam_nodes import CameraClock, apply_trigger, fire_software_trigger, write_feature
+from station.sources.genicam_nodes import (CameraClock, PartIdReader, apply_trigger, fire_software_trigger,
+                                           write_feature)
 from station.sources.genicam_nodes import node_limits as _node_limits
 from station.strips import frame_gap
 
@@ -134,6 +135,8 @@ class GenICamSource(FrameSource):
     Mono10p/Mono12p/Mono14p/Mono10Packed/Mono12Packed are scaled to 8 bits by their bit depth, which the frame
     carries (``Frame.bit_depth``), and ``Frame.camera_timestamp_ns`` is the camera's own time stamp where it gives one
     (:class:`~station.sources.genicam_nodes.CameraClock`; ``meta["camera_timestamp"]`` says from where).
+    ``part_id`` names the feature each frame's part id is read from (a chunk value such as ``ChunkLineStatusAll``, or
+    a line input: :class:`~station.sources.genicam_nodes.PartIdReader`), checked when the camera opens.
 
     Camera control (docs/INTEGRATION.md): ``nodes`` (``[source.nodes]``) are GenICam features written in order, and
     ``trigger`` (``[source.trigger]``) the trigger set-up, both after the other settings and before streaming starts,
@@ -173,6 +176,7 @@ class GenICamSource(FrameSource):
         lost_after_timeouts: int = 2,
         trigger: TriggerConfig | None = None,
         nodes: Mapping[str, Any] | Iterable[tuple[str, Any]] = (),
+        part_id: str | None = None,
     ) -> None:
         super().__init__(name or f"genicam:{device}")
         self._fixed_name = name is not None
@@ -193,6 +197,7 @@ class GenICamSource(FrameSource):
         self.num_buffers = int(num_buffers)
         self.lost_after_timeouts = max(1, int(lost_after_timeouts))
         self.trigger = trigger
+        self.part_id = PartIdReader(part_id) if part_id else None  # the feature each frame's part id is read from
         self.nodes: list[tuple[str, Any]] = []
         for node_name, value in (nodes.items() if isinstance(nodes, Mapping) else nodes):
             self._store_node(str(node_name), value)
@@ -363,6 +368,8 @@ class GenICamSource(FrameSource):
             write_feature(node_map, node_name, value, device=self.device_id, origin=f"[source.nodes] {node_name}")
         if self.trigger is not None:
             apply_trigger(node_map, self.trigger, device=self.device_id)
+        if self.part_id is not None:
+            self.part_id.check(node_map, self.device_id)
         self._clock = CameraClock()  # which time stamp this connection gives is found on its first frame
         self._unanswered_triggers = 0
         from harvesters.core import Callback
@@ -527,7 +534,9 @@ class GenICamSource(FrameSource):
         component = buffer.payload.components[0]
         block_id = int(buffer.module.frame_id)
         timestamp_ns = time.monotonic_ns()
-        camera_ns, clock = self._clock.read(buffer, self._ia.remote_device.node_map if self._ia is not None else None)
+        node_map = self._ia.remote_device.node_map if self._ia is not None else None
+        camera_ns, clock = self._clock.read(buffer, node_map)
+        part_id = self.part_id.read(node_map) if self.part_id is not None and node_map is not None else None
         self._unanswered_triggers = max(0, self._unanswered_triggers - 1)
         if self._outage_since_ns is not None:  # the first frame after a reconnect ends the outage
             self._report_outage(timestamp_ns, f"camera lost, then reconnected (block ids restart at {block_id})")
@@ -574,6 +583,7 @@ class GenICamSource(FrameSource):
                   "device": self.device_id, "block_id": block_id, "camera_timestamp": clock},
             camera_timestamp_ns=camera_ns,
             bit_depth=bit_depth,
+            identity=PartIdentity(part_id=part_id),
         )
 
     def _report_outage(self, end_ns: int, why: str) -> None:

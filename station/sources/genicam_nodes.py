@@ -228,3 +228,48 @@ class CameraClock:
     def _buffer_ticks(buffer: Any, node_map: Any) -> int | None:
         frequency = int(buffer.module.parent.parent.timestamp_frequency)  # the device module's clock
         return ticks_to_ns(int(buffer.module.timestamp), frequency)
+
+
+class PartIdReader:
+    """Reads each frame's part id from a camera feature (``[source] part_id``), inside the frame's buffer:
+
+    - a chunk feature: a value the camera latched with the exposure and sent in the frame's chunk data, e.g. SFNC's
+      ``ChunkLineStatusAll`` (the I/O lines, a part-present or code input), ``ChunkCounterValue`` or
+      ``ChunkEncoderValue``, or a vendor's chunk carrying a code reader's result (enable it in ``[source.nodes]``:
+      ChunkModeActive, ChunkSelector, ChunkEnable);
+    - any other readable feature (``LineStatusAll``, ``Counter0Value``...): its value when the frame is copied out of
+      the driver, which for an input that changes between parts is later than the exposure; prefer its chunk.
+
+    The value becomes text (an integer in decimal). A frame whose value cannot be read has none (logged once).
+    """
+
+    def __init__(self, feature: str) -> None:
+        self.feature = feature
+        self._warned = False
+
+    def check(self, node_map: Any, device: str | None) -> None:
+        """Refuse a feature the camera does not have, or one that holds no value (at open, before streaming)."""
+        camera = f"camera {device}" if device else "the camera"
+        origin = f"[source] part_id = {self.feature!r}"
+        if not node_map.has_node(self.feature):
+            close = difflib.get_close_matches(self.feature, feature_names(node_map), n=3)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise SourceError(f"{origin}: {camera} has no feature {self.feature!r}; {hint}name a chunk feature the "
+                              "camera sends with each frame (e.g. ChunkLineStatusAll, ChunkCounterValue) or another "
+                              "readable feature, or remove the key")
+        kind = type(getattr(node_map, self.feature)).__name__
+        if kind not in ("IInteger", "IString", "IEnumeration", "IBoolean", "IFloat"):
+            raise SourceError(f"{origin}: {self.feature} on {camera} is not a feature with a value ({kind}); name an "
+                              "integer or string feature")
+
+    def read(self, node_map: Any) -> str | None:
+        """The part id of the frame whose buffer is attached now (call inside ``with ia.fetch()``), or None."""
+        try:
+            value = getattr(node_map, self.feature).value
+        except Exception as exc:  # noqa: BLE001 - genapi says "not available" in many ways
+            if not self._warned:
+                self._warned = True
+                logger.warning("the part id feature %s could not be read (%s); frames without it have no part id",
+                               self.feature, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return None
+        return None if value is None else str(int(value) if isinstance(value, bool) else value)

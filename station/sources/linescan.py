@@ -41,7 +41,7 @@ import numpy as np
 from engines.data.synthetic_screen import ScreenSpec, make_screen
 from inspection_core.errors import ImageReadError
 from inspection_core.records import (CameraState, Frame, GapKind, LineBlock, NotInspected, NotInspectedReason,
-                                     SourceHealth)
+                                     PartIdentity, SourceHealth)
 from station.errors import SourceError
 from station.strips import PartListener, PartMode, StripAssembler
 from station.sources.base import FrameSource
@@ -242,7 +242,7 @@ class LineScanSource(FrameSource):
                 self._report(NotInspected(
                     frame_id=index, timestamp_ns=delivered_ns, source=self.name, reason=NotInspectedReason.STOPPED,
                     detail=f"the source stopped while part {index} was arriving ({received} of its first {lines} "
-                           "lines received)"))
+                           "lines received)", identity=PartIdentity(part_id=str(index))))
 
     def _sync(self) -> None:
         """Copy the assembler's counters into the health snapshot, and hand its gap records to the ledger."""

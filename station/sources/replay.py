@@ -17,7 +17,7 @@ import numpy as np
 
 from inspection_core import imageio
 from inspection_core.errors import ImageReadError
-from inspection_core.records import Frame, NotInspected, NotInspectedReason
+from inspection_core.records import Frame, NotInspected, NotInspectedReason, PartIdentity
 from station.errors import SourceError
 from station.frameguard import beyond_depth, depth_hint, to_8bit
 from station.sources.base import FrameSource
@@ -89,7 +89,8 @@ def read_deep_image(path: Path, grey: bool, bit_depth: int = 16) -> tuple[np.nda
 class ReplaySource(FrameSource):
     """Image files as frames, optionally looped and paced to a frame rate.
 
-    ``frame_id`` counts parts from 1 over the life of the source (a file is a part each time it is shown); ``meta``
+    ``frame_id`` counts parts from 1 over the life of the source (a file is a part each time it is shown); the part id
+    (:attr:`Frame.identity <inspection_core.records.Frame.identity>`) is the file's name; ``meta``
     is ``{"file", "path"}``, plus ``"depth_hint"`` for a 16-bit file whose values say ``bit_depth`` is too large
     (:func:`read_deep_image`; the frame guards then refuse it as implausible). Colour frames are RGB (like the camera's); 16-bit files are scaled by ``bit_depth``.
     An unreadable file is a part that cannot be inspected: it takes its frame id and its place in the pace, is
@@ -204,7 +205,7 @@ class ReplaySource(FrameSource):
                 if image is None:
                     self._report(NotInspected(frame_id=frame_id, timestamp_ns=time.monotonic_ns(), source=self.name,
                                               reason=NotInspectedReason.UNREADABLE, detail=self._bad[path],
-                                              file=path.name))
+                                              file=path.name, identity=PartIdentity(part_id=path.name)))
                     continue
                 shown += 1
                 yield Frame(
@@ -214,6 +215,7 @@ class ReplaySource(FrameSource):
                     source=self.name,
                     meta={"file": path.name, "path": str(path),
                           **({"depth_hint": self._hints[path]} if path in self._hints else {})},
+                    identity=PartIdentity(part_id=path.name),  # a replayed part is known by its file's name
                 )
             if shown == 0:
                 message = (f"none of the {len(self._files)} files in {self.name} could be read; "

@@ -17,7 +17,8 @@ from station.app import build_source
 from station.errors import SourceError
 from station.recipe import TriggerConfig, TriggerMode, load_recipe
 from station.sources.genicam import _DEEP_MONO, deep_mono_to_8bit
-from station.sources.genicam_nodes import CameraClock, apply_trigger, fire_software_trigger, ticks_to_ns, write_feature
+from station.sources.genicam_nodes import (CameraClock, PartIdReader, apply_trigger, fire_software_trigger, ticks_to_ns,
+                                           write_feature)
 
 genapi = pytest.importorskip("genicam.genapi", reason="the genicam package is needed for GenApi node maps")
 pfnc = pytest.importorskip("harvesters.util.pfnc", reason="harvesters decodes the packed pixel formats")
@@ -154,6 +155,26 @@ def test_the_chunk_timestamp_is_read_in_ticks_of_the_tick_frequency() -> None:
     assert CameraClock().read(None, ns_camera) == (250_000_000, "chunk")  # SFNC: in ns without a tick frequency
 
 
+def test_the_part_id_is_read_from_the_configured_chunk_or_line_feature() -> None:
+    """[source] part_id: a chunk value (here SFNC's ChunkLineStatusAll, latched with the exposure) becomes the frame's
+    part id as text; a feature the camera lacks, or one without a value, is refused when the camera opens."""
+    xml = DEVICE_XML.replace("<pFeature>DeviceUserID</pFeature>",
+                             "<pFeature>DeviceUserID</pFeature><pFeature>ChunkLineStatusAll</pFeature>").replace(
+        "  <String Name=\"DeviceUserID\">", "  <Integer Name=\"ChunkLineStatusAll\"><ImposedAccessMode>RO"
+        "</ImposedAccessMode><Value>5</Value></Integer>\n  <String Name=\"DeviceUserID\">")
+    nm = node_map(xml)
+    reader = PartIdReader("ChunkLineStatusAll")
+    reader.check(nm, "cam-A")
+    assert reader.read(nm) == "5"
+    assert PartIdReader("DeviceUserID").read(nm) == "cam"  # a string feature, e.g. a code reader's result
+    with pytest.raises(SourceError, match=r"part_id = 'ChunkLineStatus': camera cam-A has no feature .*did you mean "
+                                          r"ChunkLineStatusAll"):
+        PartIdReader("ChunkLineStatus").check(nm, "cam-A")
+    with pytest.raises(SourceError, match=r"TriggerSoftware on camera cam-A is not a feature with a value"):
+        PartIdReader("TriggerSoftware").check(nm, "cam-A")
+    assert PartIdReader("ChunkLineStatusAll").read(node_map()) is None  # gone: the frame has no part id (logged)
+
+
 def test_a_camera_without_time_stamps_gives_none_and_is_not_asked_again() -> None:
     clock = CameraClock()
     bare = node_map(DEVICE_XML.replace("ChunkTimestamp", "ChunkOther"))
@@ -203,6 +224,7 @@ name = "part"
 
 [source]
 kind = "genicam"
+part_id = "ChunkNrBounces"
 
 [source.trigger]
 mode = "On"
@@ -221,6 +243,17 @@ weights = "w"
     source = build_source(load_recipe(recipe_file))
     assert source.trigger == TriggerConfig(mode=TriggerMode.ON, source="Line1", activation="RisingEdge", delay_us=20.0)
     assert source.nodes == [("ChunkModeActive", True), ("ChunkSelector", "NrBounces"), ("ChunkEnable", True)]
+    assert source.part_id is not None and source.part_id.feature == "ChunkNrBounces"
+    fingerprint = load_recipe(recipe_file).fingerprint()  # where a part id comes from does not judge it
+    recipe_file.write_text(recipe_file.read_text().replace('part_id = "ChunkNrBounces"\n', ""))
+    assert build_source(load_recipe(recipe_file)).part_id is None and load_recipe(recipe_file).fingerprint() == \
+        fingerprint
+    replay = tmp_path / "replay.toml"
+    replay.write_text('[product]\nname = "part"\n[source]\nkind = "replay"\npath = "."\npart_id = "X"\n'
+                      '[engine]\nweights = "w"\n')
+    with pytest.raises(Exception, match=r"\[source\] part_id: is for area cameras .*a replayed part's id is its "
+                                        r"file's name"):
+        load_recipe(replay)
     assert source.triggered and not source.trigger.software
     with pytest.raises(SourceError, match="has no software trigger.*source = \"Line1\""):
         source.fire_trigger()

@@ -126,10 +126,12 @@ def test_a_part_being_inspected_when_the_station_is_killed_gets_an_interrupted_r
 
     with contextlib.closing(sqlite3.connect(db)) as con:
         (interrupted,) = con.execute("SELECT run_id, frame_id, file, verdict, reason, rejected, detail, station_id, "
-                                     "engine_id FROM inspections WHERE run_id != ?", (summary["run_id"],)).fetchall()
+                                     "engine_id, part_id FROM inspections WHERE run_id != ?",
+                                     (summary["run_id"],)).fetchall()
     assert interrupted[:6] == (run_id, 1, "big_part.png", "NOT_INSPECTED", "interrupted", 1)
     assert f"PID {first.proc.pid}" in interrupted[6] and summary["run_id"] in interrupted[6]
     assert interrupted[7] == summary["station_id"] and interrupted[8] == summary["engine_id"]
+    assert interrupted[9] == "big_part.png"  # who the part was: journaled when it was acquired
     assert len(ledger_rows(db)) == 1 + summary["recorded"]
     # recorded once, and the second run ended cleanly with every part recorded: a later start finds nothing to report
     assert recover_interrupted(db, "a-later-run") is None

@@ -161,7 +161,7 @@ def test_init_is_versioned_and_idempotent_with_monthly_partitions(pg: PgServer, 
     assert station_main(["fleet", "init", "--to", url]) == 0
     with psycopg.connect(url) as conn:
         assert [r[0] for r in conn.execute("SELECT name FROM schema_migrations ORDER BY version")] == \
-            ["001_parts", "002_roles", "003_row_security"]
+            ["001_parts", "002_roles", "003_row_security", "004_part_identity"]
         assert conn.execute("SELECT partstrat FROM pg_partitioned_table WHERE partrelid = 'parts'::regclass")\
             .fetchone()[0] == "r"
         indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'parts'")}
@@ -415,3 +415,65 @@ def test_station_forward_runs_until_sigterm_and_copies_images(pg: PgServer, flee
     fails = [r for r in fetch_rows(db) if r["image_path"]]
     assert fails and all((tmp_path / "share" / "line-s" / r["image_path"]).read_bytes()
                          == (db.parent / r["image_path"]).read_bytes() for r in fails)
+
+
+def test_a_database_before_004_gains_the_part_identity_and_its_queries_filter_on_it(
+        pg: PgServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Migration 004 on a database set up with 001-003: a schema-5 station's forwarder is told to have it applied
+    (its rows wait), the rows already there read NULL identities, then export and report filter on them."""
+    import json
+
+    from inspection_core.records import PartIdentity
+    from station.fleet import central
+    from tests.station.pg_util import create_fleet
+
+    first_three = central.migrations()[:3]
+    with monkeypatch.context() as patch:
+        patch.setattr(central, "migrations", lambda: first_three)
+        db = create_fleet(pg)
+    admin, qa = pg.url(db=db), pg.url(QA_USER, db)
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    with psycopg.connect(admin) as conn:  # a row forwarded before 004
+        conn.execute("SELECT fleet_ensure_month(%s)", (now,))
+        conn.execute("INSERT INTO parts (station_id, run_id, row_id, time_utc, timestamp_ns, source, frame_id, "
+                     "verdict, defects_json, labels_json, engine_id, latency_ms) VALUES ('line-1', 'run-0', 1, %s, 0, "
+                     "'replay:old', 1, 'PASS', '[]', '[]', 'bffn', 1.0)", (now,))
+    ledger = tmp_path / "rejects.db"
+    ids = [("P-1", "M-1", "X-7"), ("P-2", "M-1", "X-8"), ("P-3", "M-2", "X-7"), (None, "M-2", None)]
+    with RejectLog(ledger, station_id="line-1", run_id="run-1") as log:
+        for i, (part, meas, product) in enumerate(ids, start=1):
+            frame = Frame(image=np.full((12, 16), i, np.uint8), frame_id=i, timestamp_ns=i, source="replay:test",
+                          meta={"file": f"{i}.png"}, identity=PartIdentity(part, meas, product, f"run-1-{i}"))
+            log.record(InspectionResult(frame=frame, mask=np.zeros((12, 16), np.float32), defects=(),
+                                        verdict=Verdict.PASS if i % 2 else Verdict.FAIL, engine_id="bffn",
+                                        latency_ms=1.0))
+    forwarder = Forwarder(ledger, pg.url(STATION_USER, db))
+    with pytest.raises(FleetError, match=r"predates this station's columns \(migration 004 added the part "
+                                         r"identity\); an admin runs station fleet init --to ADMIN_URL"):
+        forwarder.forward_all()
+    forwarder.close()
+    [old] = fetch_central(qa)
+    assert (old["part_id"], old["meas_id"], old["job_id"]) == (None, None, None)
+    with pytest.raises(FleetError, match=r"predates the part identity columns \(migration 004\), so it cannot filter "
+                                         r"on part_id; an admin runs station fleet init"):
+        fetch_central(qa, part_id="P-1")
+    with pytest.raises(FleetError, match="cannot filter on product_id"):
+        fleet_report(qa, since=now.date().isoformat(), product_id="X-7")
+
+    assert station_main(["fleet", "init", "--to", admin]) == 0
+    assert "applied 004_part_identity" in capsys.readouterr().err
+    assert Forwarder(ledger, pg.url(STATION_USER, db)).forward_all() == 4  # the rows waited in the ledger
+    [one] = fetch_central(qa, part_id="P-1")
+    assert (one["id"], one["meas_id"], one["product_id"], one["job_id"]) == (1, "M-1", "X-7", "run-1-1")
+    assert [r["part_id"] for r in fetch_central(qa, meas_id="M-2")] == ["P-3", None]
+    assert fetch_central(qa, part_id="P-1", meas_id="M-2") == []
+    assert [r["part_id"] for r in fetch_central(qa) if r["run_id"] == "run-0"] == [None]  # the old row: NULL
+    [x7] = fleet_report(qa, since=now.date().isoformat(), product_id="X-7")
+    assert (x7["parts"], x7["pass"], x7["fail"]) == (2, 2, 0)
+    assert station_main(["fleet", "report", "--to", qa, "--since", now.date().isoformat(), "--product-id", "X-8",
+                         "--format", "json"]) == 0
+    [x8] = json.loads(capsys.readouterr().out)
+    assert (x8["station"], x8["parts"], x8["fail"]) == ("line-1", 1, 1)
+    with psycopg.connect(admin) as conn:
+        indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'parts'")}
+    assert {"parts_part_id", "parts_meas_id"} <= indexes

@@ -23,6 +23,7 @@ from station import rejectlog
 from station.cli import SAMPLES
 from station.cli import main as station_main
 from station.fleet import central
+from station.fleet import forwarder as forwarding
 from station.fleet.central import FleetError, fetch_central, migrations
 from station.fleet.forwarder import Forwarder, ledger_ready
 from station.fleet.report import fleet_report, parse_zone, periods, shift_of
@@ -248,10 +249,15 @@ def test_an_older_fleet_database_is_upgraded_and_names_the_logins_without_a_poli
         conn.execute(f"GRANT fleet_station TO {OLD_LOGIN}")  # as `fleet init --station-user` did before
         conn.commit()
     old = ledger_at(tmp_path / "old.db", "line-old", [datetime.now(timezone.utc)] * 4, monkeypatch)
-    assert Forwarder(old, pg.url(OLD_LOGIN, db)).forward_all() == 4
+    with monkeypatch.context() as patch:  # forwarded as a station before migration 004 did: no identity columns
+        columns = forwarding.INSERT_COLUMNS[:forwarding.INSERT_COLUMNS.index("part_id")]
+        patch.setattr(forwarding, "INSERT_COLUMNS", columns)
+        patch.setattr(forwarding, "_INSERT", f"INSERT INTO parts ({', '.join(columns)}) VALUES "
+                                            f"({', '.join(['%s'] * len(columns))}) ON CONFLICT DO NOTHING")
+        assert Forwarder(old, pg.url(OLD_LOGIN, db)).forward_all() == 4
     assert station_main(["fleet", "init", "--to", admin]) == 0
     err = capsys.readouterr().err
-    assert "applied 003_row_security" in err
+    assert "applied 003_row_security, 004_part_identity" in err
     assert f"warning: {OLD_LOGIN} is in fleet_station but has no policy" in err
     with psycopg.connect(pg.url(QA_USER, db)) as conn:  # the old rows stay, and QA still reads them
         assert conn.execute("SELECT count(*) FROM parts").fetchone()[0] == 4

@@ -188,6 +188,22 @@ def test_a_setting_the_camera_lacks_is_a_warning(caplog: pytest.LogCaptureFixtur
 
 @camera
 @needs_viky
+def test_a_chunk_feature_gives_each_frame_its_part_id() -> None:
+    """[source] part_id read inside each frame's buffer (viky's only chunk, ChunkNrBounces, which it leaves at 0), and
+    a misspelt feature refused when the camera opens."""
+    nodes = [("ChunkModeActive", True), ("ChunkSelector", "NrBounces"), ("ChunkEnable", True)]
+    with GenICamSource(frame_rate=100, nodes=nodes, part_id="ChunkNrBounces") as source:
+        frames = _take(source, 3)
+    assert [f.identity.part_id for f in frames] == ["0", "0", "0"]
+    with GenICamSource(frame_rate=100) as source:
+        assert _take(source, 1)[0].identity.part_id is None  # none configured: the PLC's, or none
+    with pytest.raises(SourceError, match=r"part_id = 'ChunkNrBounce': camera VikyTL_DEV_red has no feature .*did "
+                                          r"you mean ChunkNrBounces"):
+        GenICamSource(part_id="ChunkNrBounce").open()
+
+
+@camera
+@needs_viky
 def test_missing_cti_says_how_to_fix(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"not found.*pip install genicam.*--source genicam:/path/to/producer.cti"):
         GenICamSource(cti=tmp_path / "missing.cti").open()

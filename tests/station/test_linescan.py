@@ -294,6 +294,7 @@ def test_a_part_still_arriving_when_the_source_stops_is_not_inspected_stopped():
     (entry,) = source.events  # no ledger sink: the entries wait in ``events``
     assert first.frame_id == 1 and isinstance(entry, NotInspected)
     assert (entry.frame_id, entry.reason, entry.source) == (2, NotInspectedReason.STOPPED, "scan")
+    assert (first.identity.part_id, entry.identity.part_id) == ("1", "2")  # a part is known by its index
     assert "44 of its first 44 lines" in entry.detail
 
 
@@ -302,6 +303,7 @@ def test_open_source_streams_a_synthetic_screen_as_parts():
     with source:
         frames = list(source)
     assert [f.frame_id for f in frames] == [1, 2] and frames[0].image.shape == (256, 128)
+    assert [f.identity.part_id for f in frames] == ["1", "2"]  # the part id of a line-scan part: its index
     assert frames[0].meta["complete"] and frames[1].meta["first_line"] == 256
     assert source.health().frames == 2 and source.health().lost_frames == 0
     with pytest.raises(SourceError, match="no setting"):

@@ -72,6 +72,7 @@ def test_wal_mode_schema_and_round_trip(tmp_path: Path, clock: list[datetime]) -
         "recipe": "magnetic_tile 0123456789ab", "calibration": "cam-A@v3", "station_id": None, "run_id": None,
         "reason": None, "detail": None, "frame_count": 1, "last_frame_id": None, "end_timestamp_ns": None,
         "rejected": 0, "overlay_path": None, "camera_timestamp_ns": None,
+        "part_id": None, "meas_id": None, "product_id": None, "job_id": None,
     }
     assert second["verdict"] == "FAIL" and second["file"] is None
     assert json.loads(second["defects_json"]) == [DEFECT.to_dict()]
@@ -163,7 +164,7 @@ def test_a_schema_1_log_is_exported_as_it_is_and_upgraded_in_place_keeping_its_r
     assert (old["id"], old["frame_id"], old["engine_id"], old["recipe"]) == (1, 3, "bffn/torch", None)
     assert (new["id"], new["recipe"], new["calibration"]) == (2, "screen 00aa00aa00aa", None)
     conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     assert [r[1] for r in conn.execute("PRAGMA table_info(inspections)")] == list(rejectlog.COLUMNS)
     conn.close()
     with RejectLog(db) as log:  # opening an upgraded file again changes nothing
@@ -406,11 +407,11 @@ def test_a_schema_2_log_is_rebuilt_to_3_in_one_transaction_keeping_its_rows(tmp_
         (1, "FAIL", 1, 1, None), (7, "PASS", 1, 0, None), (8, "NOT_INSPECTED", 1, 1, "st-1")]
     assert rows[0]["image_path"] == "rejects_images/x.png" and rows[0]["calibration"] == "cam-A@v2"
     conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     assert [r[1] for r in conn.execute("PRAGMA table_info(inspections)")] == list(rejectlog.COLUMNS)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")} == {
-        "inspections_time", "inspections_verdict_time"}
+        "inspections_time", "inspections_verdict_time", "inspections_part", "inspections_meas"}
     assert conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'inspections_%' AND type = 'table'"
                         ).fetchall() == []
     with pytest.raises(sqlite3.IntegrityError):  # the new CHECK still guards the verdicts
@@ -588,7 +589,7 @@ def test_a_schema_3_log_gains_the_camera_timestamp_column_in_place(tmp_path: Pat
         (6, "NOT_INSPECTED", 1_700_000_000_223_456_789), (7, "PASS", None)]
     assert rows[1]["frame_count"] == 2 and rows[1]["last_frame_id"] == 5 and rows[0]["station_id"] == "st-1"
     conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     assert [r[1] for r in conn.execute("PRAGMA table_info(inspections)")] == list(rejectlog.COLUMNS)
     assert conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'inspections'").fetchone()[0] == root_before
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -618,3 +619,75 @@ def test_not_inspected_rows_carry_the_rejected_flag_the_policy_sets(tmp_path: Pa
         rows = {r["frame_id"]: r for r in ledger.query()}
     assert rows[1]["rejected"] == 0 and rows[2]["rejected"] == 1
     assert rows[3]["verdict"] == "NOT_INSPECTED" and rows[3]["rejected"] == int(is_reject)
+
+
+#: A schema-4 reject log as the station before part identities wrote it: schema 3 plus camera_timestamp_ns, and the
+#: in-flight journal without identity columns.
+SCHEMA_4 = SCHEMA_3.replace("    overlay_path TEXT);", "    overlay_path TEXT, camera_timestamp_ns INTEGER);") + """;
+CREATE TABLE station_runs (id INTEGER PRIMARY KEY, run_id TEXT, station_id TEXT, pid INTEGER NOT NULL, host TEXT,
+    started_utc TEXT NOT NULL, ended_utc TEXT, ending TEXT);
+CREATE TABLE in_flight (id INTEGER PRIMARY KEY, run_id TEXT, station_id TEXT, frame_id INTEGER NOT NULL,
+    source TEXT NOT NULL, file TEXT, timestamp_ns INTEGER NOT NULL, camera_timestamp_ns INTEGER,
+    acquired_utc TEXT NOT NULL, recipe TEXT, calibration TEXT, engine_id TEXT)"""
+
+
+def test_a_schema_4_log_gains_the_part_identity_in_place_and_its_killed_runs_parts_are_still_recorded(
+        tmp_path: Path) -> None:
+    """4 -> 5 adds part_id, meas_id, product_id, job_id (and indexes) without copying the table; old rows keep every
+    value and read NULL identities; the journal of a run killed before the upgrade gains the columns, and its part
+    gets its interrupted row at the upgrading start."""
+    from inspection_core.records import PartIdentity
+
+    db = tmp_path / "v4.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.executescript(SCHEMA_4)
+    conn.execute("INSERT INTO inspections (id, time_utc, timestamp_ns, source, frame_id, file, verdict, defects_json, "
+                 "labels_json, engine_id, latency_ms, recipe, station_id, run_id, rejected, camera_timestamp_ns) "
+                 "VALUES (1, '2024-05-01T12:00:00.000Z', 5, 'replay:old', 3, 'a.jpg', 'PASS', '[]', '[]', "
+                 "'bffn/torch', 9.5, 'magnetic_tile 0123456789ab', 'st-1', 'run-1', 0, 77)")
+    conn.execute("INSERT INTO station_runs (run_id, station_id, pid, host, started_utc) VALUES "
+                 "('run-1', 'st-1', 4242, 'h', '2024-05-01T11:59:00.000Z')")  # killed: no end
+    conn.execute("INSERT INTO in_flight (run_id, station_id, frame_id, source, file, timestamp_ns, acquired_utc, "
+                 "recipe, engine_id) VALUES ('run-1', 'st-1', 4, 'replay:old', 'b.jpg', 6, "
+                 "'2024-05-01T12:00:01.000Z', 'magnetic_tile 0123456789ab', 'bffn/torch')")
+    conn.execute("PRAGMA user_version=4")
+    conn.commit()
+    root_before = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'inspections'").fetchone()[0]
+    conn.close()
+    [old_read] = rejectlog.fetch_rows(db)  # read-only: not upgraded; the identity reads NULL and no filter matches
+    assert (old_read["file"], old_read["part_id"], old_read["job_id"]) == ("a.jpg", None, None)
+    assert rejectlog.fetch_rows(db, part_id="a.jpg") == [] and len(rejectlog.fetch_rows(db, station="st-1")) == 1
+    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == 4
+
+    found = rejectlog.recover_interrupted(db, "run-2")  # the start: upgraded in place, then the journal recovered
+    assert found is not None and found.interrupted == 1 and found.runs == ("run-1",)
+    frame = Frame(image=np.full((24, 32), 9, np.uint8), frame_id=1, timestamp_ns=9_000, source="replay:new",
+                  meta={"file": "c.jpg"}, identity=PartIdentity(part_id="P-1", meas_id="M-1", product_id="X-7",
+                                                               job_id="run-2-1"))
+    with RejectLog(db, station_id="st-1", run_id="run-2") as log:
+        log.start_run()
+        log.note_acquired(frame)  # the journal has the identity columns now
+        log.record(InspectionResult(frame=frame, mask=np.zeros((24, 32), np.float32), defects=(),
+                                    verdict=Verdict.PASS, engine_id="bffn/onnxruntime", latency_ms=3.0))
+        rows = log.query()
+        assert [r["id"] for r in log.query(part_id="P-1", meas_id="M-1")] == [3]
+        assert log.query(part_id="P-1", meas_id="M-2") == []
+    assert [(r["id"], r["verdict"], r["reason"], r["file"], r["camera_timestamp_ns"], r["part_id"], r["meas_id"],
+             r["product_id"], r["job_id"]) for r in rows] == [
+        (1, "PASS", None, "a.jpg", 77, None, None, None, None),
+        (2, "NOT_INSPECTED", "interrupted", "b.jpg", None, None, None, None, None),
+        (3, "PASS", None, "c.jpg", None, "P-1", "M-1", "X-7", "run-2-1")]
+    assert rows[0]["recipe"] == "magnetic_tile 0123456789ab" and rows[0]["latency_ms"] == 9.5
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert [r[1] for r in conn.execute("PRAGMA table_info(inspections)")] == list(rejectlog.COLUMNS)
+    assert {"part_id", "meas_id", "product_id", "job_id"} <= {r[1] for r in conn.execute("PRAGMA table_info(in_flight)")}
+    assert conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'inspections'").fetchone()[0] == root_before
+    assert {"inspections_part", "inspections_meas"} <= {
+        r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    plan = " ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN SELECT id FROM inspections WHERE part_id = 'P-1'"))
+    assert "inspections_part" in plan  # a lookup by serial uses the index
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+    assert [r["id"] for r in rejectlog.fetch_rows(db, part_id="P-1")] == [3]

@@ -12,7 +12,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before anything imports
 import numpy as np
 import pytest
 
-from inspection_core.records import CameraState, Defect, Frame, InspectionResult, LineStats, SourceHealth, Verdict
+from inspection_core.records import (CameraState, Defect, Frame, InspectionResult, LineStats, PartIdentity,
+                                     SourceHealth, Verdict)
 
 HEIGHT, WIDTH = 300, 400
 BLOB = (slice(120, 160), slice(200, 250))  # rows, columns of the synthetic defect
@@ -37,12 +38,12 @@ BLOB_DEFECT = Defect(label="scratch", bbox=(200, 120, 50, 40), area_px=2000, cen
 
 
 def make_result(frame_id: int = 1, verdict: Verdict = Verdict.FAIL, file: str | None = "glass_0001.png",
-                image: np.ndarray | None = None) -> InspectionResult:
+                image: np.ndarray | None = None, identity: PartIdentity = PartIdentity()) -> InspectionResult:
     """A real InspectionResult; FAIL ones carry the blob mask and one defect, PASS ones an empty mask."""
     image = synthetic_image() if image is None else image
     failed = verdict is Verdict.FAIL
     frame = Frame(image=image, frame_id=frame_id, timestamp_ns=time.monotonic_ns(), source="replay:samples",
-                  meta={"file": file} if file else {})
+                  meta={"file": file} if file else {}, identity=identity)
     mask = synthetic_mask(*image.shape[:2]) if failed else np.zeros(image.shape[:2], np.float32)
     return InspectionResult(frame=frame, mask=mask, defects=(BLOB_DEFECT,) if failed else (), verdict=verdict,
                             engine_id="bffn-s/onnxruntime-cpu", timings={"total": 11.5}, latency_ms=14.2,

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inspection_core.records import CameraState, Verdict
+from inspection_core.records import CameraState, PartIdentity, Verdict
 from inspection.feed import ResultFeed
 from tests.ui.conftest import BLOB, BLOB_DEFECT, StatsSource, make_result, publish_in_thread, synthetic_image, \
     synthetic_mask
@@ -181,6 +181,31 @@ def test_panel_shows_fail_counters_and_reject(qtbot, panel, feed: ResultFeed, st
     stats.update(inspected=1235, failed=35)
     qtbot.waitUntil(lambda: panel.counter_labels["inspected"].text() == "1,235", timeout=2000)
     assert panel.counter_labels["failed"].text() == "35"
+
+
+@pytest.mark.gui
+def test_the_panel_shows_who_the_part_is(qtbot, panel, feed: ResultFeed, tmp_path: Path) -> None:
+    """The PLC's part id (with its MeasId and ProductId) under the verdict and in the rejects table; a replayed part
+    is known by its file's name."""
+    plc = PartIdentity(part_id="P-1", meas_id="M-1", product_id="X-7", job_id="run-1")
+    publish_in_thread(lambda: feed.publish(make_result(frame_id=41, identity=plc))).join()
+    qtbot.waitUntil(lambda: panel.verdict_label.text() == "FAIL", timeout=2000)
+    assert panel.part_label.isVisible()
+    assert panel.part_label.text() == "Part P-1\nmeas M-1  ·  product X-7"
+    assert panel.rejects_table.item(0, 1).text() == "P-1  #41"
+    assert panel.rejects_table.horizontalHeaderItem(1).text() == "Part"
+    panel.grab_png(tmp_path / "part.png")
+    if os.environ.get("PANEL_PNG_DIR"):  # to look at it
+        shutil.copyfile(tmp_path / "part.png", Path(os.environ["PANEL_PNG_DIR"]) / "part.png")
+    assert (tmp_path / "part.png").stat().st_size > 10_000
+    replayed = make_result(frame_id=42, verdict=Verdict.PASS, identity=PartIdentity(part_id="glass_0001.png"))
+    publish_in_thread(lambda: feed.publish(replayed)).join()
+    qtbot.waitUntil(lambda: panel.verdict_label.text() == "PASS", timeout=2000)
+    assert panel.part_label.text() == "Part glass_0001.png"
+    publish_in_thread(lambda: feed.publish(make_result(frame_id=43))).join()
+    qtbot.waitUntil(lambda: panel.rejects_table.rowCount() == 2, timeout=2000)
+    assert panel.part_label.text() == "Part –"  # a part nobody named
+    assert panel.rejects_table.item(0, 1).text() == "#43  glass_0001.png"
 
 
 @pytest.mark.gui
