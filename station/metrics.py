@@ -68,8 +68,11 @@ class MetricsServer:
     name = "metrics"
 
     def __init__(self, config: MetricsConfig, context: Any) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 
+        # no `*_created` series beside every counter and histogram: they doubled the series and no dashboard reads
+        # them (a process-wide switch of prometheus-client; the station serves no other registry)
+        disable_created_metrics()
         self.config = config
         self.context = context
         self.port: int | None = None  # the bound port once started (useful with port 0)

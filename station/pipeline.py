@@ -28,6 +28,7 @@ import logging
 import queue
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -131,9 +132,8 @@ class _Counters:
         self.stage_sums[stage] += ms
         self.stage_counts[stage] += 1
 
-    def add(self, result: InspectionResult, acquire_ms: float) -> None:
+    def add(self, result: InspectionResult) -> None:
         with self.lock:
-            self.add_stage("acquire", acquire_ms)
             for stage, ms in result.timings.items():
                 if stage in STAGES:
                     self.add_stage(stage, ms)
@@ -416,8 +416,12 @@ class Line:
             self.results.put(_END, force=True)
 
     def _deliver(self, result: InspectionResult, note: str | None, started_ns: int) -> None:
-        """Count a result, show it on the panel and send it to the ledger (inference thread)."""
-        self.counters.add(result, max(0.0, (started_ns - result.frame.timestamp_ns) / 1e6))
+        """Count a result, show it on the panel and send it to the ledger (inference thread). Its timings gain
+        ``acquire`` first: the time from the frame's timestamp to the start of its inspection (the wait in the frames
+        queue), which the ledger, the panel and the metrics' ``station_stage_seconds{stage="acquire"}`` read."""
+        acquire_ms = max(0.0, (started_ns - result.frame.timestamp_ns) / 1e6)
+        result = replace(result, timings={"acquire": acquire_ms, **result.timings})
+        self.counters.add(result)
         self.feed.publish(result)
         self.results.put((result, note))
         if self.max_frames is not None and self.counters.inspected >= self.max_frames:

@@ -83,6 +83,10 @@ def test_the_parts_counters_equal_the_ledger_rows_of_a_run(recipe, inspector, tm
         assert got[("station_frames_lost_total", ())] == 0 and got[("station_gap_rows_total", ())] == 0
         assert got[("station_stage_seconds_count", (("stage", "total"),))] == stats.inspected >= 1
         assert got[("station_stage_seconds_count", (("stage", "infer"),))] == stats.inspected
+        # issue 28: every stage the docs name is served (acquire: the wait before inspection), and no `*_created`
+        assert got[("station_stage_seconds_count", (("stage", "acquire"),))] == stats.inspected
+        assert got[("station_stage_seconds_sum", (("stage", "acquire"),))] > 0
+        assert not [name for name, _ in got if name.endswith("_created")]
         assert got[("station_inference_seconds_count", ())] == stats.inspected
         assert got[("station_inference_seconds_sum", ())] > 0
         assert got[("station_latency_seconds_count", ())] == stats.inspected
