@@ -177,7 +177,7 @@ def main(argv=None) -> int:
 
     from engines.backends.base import load_engine
     from engines.data.segmentation import load_dataset
-    from inspection.inspector import Inspector
+    from engines.judging import judging_for_weights
 
     data = Path(args.data)
     if not data.is_dir():
@@ -202,8 +202,9 @@ def main(argv=None) -> int:
                     maps[(w, flip)][part] = [z[f"s{k}"].astype(np.float32) for k in range(len(chosen))]
                     continue
                 if inspector is None:
-                    inspector = Inspector(load_engine(w, backend="onnxruntime", threads=args.threads), overlap=32,
-                                          batch=32, rules=DecisionRules())
+                    # the score maps only: the weights' own tiling (the rules are swept over the maps below)
+                    inspector = judging_for_weights(w).inspector(
+                        load_engine(w, backend="onnxruntime", threads=args.threads))
                 t0 = time.perf_counter()
                 got = score_maps(inspector, chosen, flip)
                 np.savez_compressed(path, names=np.array([s.name for s in chosen]),

@@ -32,6 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from inspection_core.defaults import DEFAULT_OVERLAP  # noqa: E402
+
 CONFIGS = {
     "reference": {"channels_last": False, "prefetch": 0, "amp": False, "fused": False},
     "channels_last": {"channels_last": True, "prefetch": 0, "amp": False, "fused": False},
@@ -78,7 +80,7 @@ def make_runner(name: str, options: dict, samples, batch: int, seed: int):
     parts = StepParts(InputSpec(), torch.device("cpu"), segmentation_loss("ce"), 1.0, optimizer,
                       torch.amp.GradScaler("cuda", enabled=False), torch.bfloat16 if options["amp"] else None,
                       options["channels_last"])
-    sampler = TileSampler(samples, 128, 0.5, seed=seed, overlap=32)
+    sampler = TileSampler(samples, 128, 0.5, seed=seed, overlap=DEFAULT_OVERLAP)
     batch = batch * options.get("batch_scale", 1)
     stream = sampler.batches(batch, 10 ** 9, prefetch=options["prefetch"])
     times = {"sample": [], "step": [], "total": []}
@@ -111,7 +113,7 @@ def profile_step(samples, batch: int, fused: bool = False) -> dict:
     model = build_model("bffn", {"in_channels": 1}).train()
     optimizer = make_optimizer("adam", model.parameters(), 1e-3, fused=fused)
     criterion = segmentation_loss("ce")
-    sampler = TileSampler(samples, 128, 0.5, seed=0, overlap=32)
+    sampler = TileSampler(samples, 128, 0.5, seed=0, overlap=DEFAULT_OVERLAP)
     parts = {"sampling+augmentation": 0.0, "normalise": 0.0, "forward": 0.0, "loss": 0.0, "backward": 0.0,
              "optimizer": 0.0}
     n = 6
