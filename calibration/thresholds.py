@@ -33,14 +33,14 @@ import numpy as np
 from calibration.errors import CalibrationError
 from calibration.profile import pixel_format_of
 from engines.backends.base import load_engine
-from engines.data.multilabel import label_matrix, load_multilabel
+from engines.data.multilabel import label_matrix, load_multilabel, resize_images
 from engines.data.segmentation import DatasetError, SegSample, load_dataset, read_grey
 from engines.evaluate import DEFAULT_SWEEP, evaluate_station_verdicts, image_level_metrics, write_figure
-from engines.evaluate_cls import classifier_bundle, predict
-from engines.weights import load_model
+from engines.evaluate_cls import classifier_bundle
 from inspection.inspector import Inspector
 from inspection.judging import Judging
 from inspection_core.defaults import DEFAULT_OVERLAP
+from inspection_core.preprocess import normalize_tiles
 
 
 # ------------------------------------------------------------------------------------------------ operating point
@@ -181,12 +181,10 @@ def calibrate_segmentation(weights: str, data: str | Path, target_escape: float,
 def calibrate_classifier(weights: str, data: str | Path, target_escape: float, mode: str = "batch",
                          batch: int = 32, threads: int = 0,
                          thresholds: Sequence[float] | None = None) -> tuple[dict, dict[str, list[dict]]]:
-    """``(section, sweeps per class)``: one label threshold per class of a multi-label classifier."""
-    import torch
-
+    """``(section, sweeps per class)``: one label threshold per class of a multi-label classifier, scored as the
+    line's classifier stage scores it (ONNX Runtime on the weights' export, :func:`engines.backends.base.load_engine`;
+    in ``mode`` "batch" GR relates the images of each chunk of ``batch``)."""
     target_escape = check_target(target_escape)
-    if threads:
-        torch.set_num_threads(threads)
     bundle, classes = classifier_bundle(weights)
     try:
         dataset = load_multilabel(data)
@@ -196,7 +194,8 @@ def calibrate_classifier(weights: str, data: str | Path, target_escape: float, m
         raise CalibrationError(f"the validation classes {list(dataset.classes)} differ from the classes the weights "
                                f"were trained on {classes}")
     truth = label_matrix(dataset.samples, classes) > 0.5
-    scores = predict(load_model(bundle), dataset, bundle.tile, bundle.input_spec(), mode=mode, batch=batch)
+    scores = engine_label_scores(load_engine(weights, threads=threads, mode=mode), dataset, bundle.tile,
+                                 bundle.input_spec(), batch=batch)
     grid = [float(t) for t in (thresholds or DEFAULT_SWEEP)]
     per_class, sweeps = {}, {}
     for j, name in enumerate(classes):
@@ -217,6 +216,19 @@ def calibrate_classifier(weights: str, data: str | Path, target_escape: float, m
                "weights": str(weights), "model": bundle.model, "weights_sha256": bundle.sha256(),
                "data": str(Path(data).resolve())}
     return section, sweeps
+
+
+def engine_label_scores(engine, dataset_or_images, size: int, spec, batch: int = 32) -> np.ndarray:
+    """Per-label probabilities (N, C) of a classifier engine for the images, resized to ``size`` and normalised as
+    the line prepares patches, scored in consecutive chunks of ``batch`` (GR's batch mode relates each chunk)."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise CalibrationError(f"batch must be a positive integer, got {batch!r}")
+    images = resize_images(dataset_or_images, size, spec)
+    try:
+        return np.concatenate([np.asarray(engine.infer(normalize_tiles(images[start:start + batch], spec)),
+                                          np.float32) for start in range(0, len(images), batch)])
+    finally:
+        engine.close()
 
 
 # ---------------------------------------------------------------------------------------------------- figure

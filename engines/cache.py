@@ -1,4 +1,5 @@
-"""Plain weights built once into an engine folder in the cache (``$STATION_CACHE/engines/``), then loaded like any
+"""Plain weights opened through the ONNX export they carry (:mod:`engines.weights_onnx`: ONNX Runtime, fp32, no torch
+needed), or else built once into an engine folder in the cache (``$STATION_CACHE/engines/``), then loaded like any
 engine folder: what :func:`engines.backends.base.load_engine` does for weights that are not an engine folder."""
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from engines.folders import open_engine, open_folder
 from engines.manifest import is_engine_dir, problems, read_manifest
 from engines.models import model_spec
 from engines.weights import resolve_weights
+from engines.weights_onnx import no_export_message, weights_export_engine
 from inspection_core.engine import Engine
+from inspection_core.extras import MissingExtra, has_torch
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +32,11 @@ def cache_folder(bundle, backend: str, device: str, precision: str, tile: int, m
 
 def engine_for_weights(weights: str | Path, backend: str = "onnxruntime", threads: int = 0, device: str = "cpu",
                        precision: str = "fp32", mode: str = "batch", tile: int = 0) -> Engine:
-    """What :func:`engines.backends.base.load_engine` does: open an engine folder, or build the weights into a
-    cached engine folder once (rebuilt when its manifest no longer matches this machine) and open it."""
+    """What :func:`engines.backends.base.load_engine` does: open an engine folder; open the ONNX export that
+    weights carry (ONNX Runtime fp32, for their tile and mode: what shipped weights do on every install, torch or
+    not); or build the weights into a cached engine folder once (rebuilt when its manifest no longer matches this
+    machine) and open it. Building needs torch: without it, :class:`~inspection_core.extras.MissingExtra` says in
+    one line what to install and run."""
     backend_spec(backend)  # BackendUnavailable naming the declared backends
     if is_engine_dir(weights):
         manifest = read_manifest(weights)
@@ -45,12 +51,18 @@ def engine_for_weights(weights: str | Path, backend: str = "onnxruntime", thread
     if not spec.has_modes:  # one way of scoring: the mode asked for makes no difference, nor a second folder
         mode = spec.modes[0]
     tile = tile or bundle.tile
+    if backend == "onnxruntime" and precision == "fp32":
+        engine = weights_export_engine(bundle, tile, mode, threads=threads, device=device)
+        if engine is not None:
+            return engine
     folder = cache_folder(bundle, backend, device, precision, tile, mode)
     if is_engine_dir(folder):
         found = problems(folder)
         if not found:
             return open_folder(folder, read_manifest(folder), threads=threads, device=device)
         log.warning("rebuilding cached engine %s: %s", folder, "; ".join(found))
+    if not has_torch():
+        raise MissingExtra(no_export_message(bundle, tile, mode, backend, precision))
     settings = BuildSettings(weights=str(bundle.path), backend=backend, out=str(folder), precision=precision,
                              tile=tile, device=device, mode=mode, threads=threads or default_threads())
     log.info("building %s for %s (first use of these weights on this backend)", folder.name, bundle.path)

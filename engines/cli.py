@@ -47,13 +47,21 @@ from engines.models import CLASSIFICATION_MODELS, MODEL_NAMES, RESNETS, SCORING_
 from engines.quantize import DEFAULT_EXCLUDE, GROUPS  # plain data, no onnx
 from inspection_core.defaults import DEFAULT_MIN_AREA_PX, DEFAULT_SCORE_THRESHOLD
 from inspection_core.errors import report_error
+from inspection_core.extras import require_train
 from station.line_calibration import recipe_judging
+
+#: Subcommands that always run torch (training, the ONNX export, the torch reference of a build's parity check, class
+#: activation maps): on a base install they say so in one line before doing anything. The others run on ONNX
+#: Runtime (eval, accept, bench and verify of engine folders, list, split, synth, curves) and need torch only when
+#: asked for it (``--backend torch``, weights without an ONNX export), which they then say the same way.
+NEEDS_TORCH = ("train", "export", "build", "compare", "cam")
 
 
 def _build(args: argparse.Namespace) -> int:
     """``engines build``: here for the same reason as :func:`_verify` (an int8 build is judged as a recipe's line
     judges)."""
-    return run_build(args, judging=recipe_judging(args.recipe) if args.precision == "int8" else None)
+    return run_build(args, judging=recipe_judging(args.recipe) if args.precision == "int8" and not args.into_weights
+                     else None)
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -402,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "refuses the folder when any of that no longer matches.",
         epilog="examples:\n"
                "  engines build --weights bffn-magnetic-tile --backend onnxruntime --out engines-built/bffn-ort\n"
+               "  engines build --weights runs/bffn-mt --into-weights     # the ONNX export a station without torch "
+               "runs\n"
                "  engines build --weights bffn-magnetic-tile --backend tensorrt --precision fp16 --batch 1:64:256 "
                "--out engines-built/bffn-trt\n"
                "  engines build --weights runs/gr-neu --backend onnxruntime --precision int8 "
@@ -431,7 +441,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="int8 segmentation, onnxruntime: no guard; by default tiles whose int8 defect scores "
                             "come near the recipe's threshold are scored again by the fp32 graph (docs/INT8.md)")
     build.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
-    build.add_argument("--out", required=True, help="engine folder to write (replaced once the new one is built)")
+    build.add_argument("--out", help="engine folder to write (replaced once the new one is built)")
+    build.add_argument("--into-weights", action="store_true",
+                       help="instead of an engine folder, write the ONNX export (fp32, every scoring mode) into the "
+                            "weights folder itself with onnx.json, its manifest of hashes: the form shipped weights "
+                            "take, which a station without torch opens with ONNX Runtime (kilobytes: the graph reads "
+                            "its parameters from model.safetensors)")
     build.set_defaults(func=_build)
 
     ver = sub.add_parser("verify", help="run an engine and the torch reference on real images; exit 1 if they "
@@ -478,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
+        if args.command in NEEDS_TORCH:
+            require_train(f"`engines {args.command}`")  # one line with the install line, before any work
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -208,6 +208,11 @@ def int8_groups(text: str | None) -> tuple[str, ...]:
 def run_build(args: argparse.Namespace, judging=None) -> int:
     from engines.build import BuildSettings, build, parse_batch
 
+    if args.into_weights:
+        return _build_into_weights(args)
+    if not args.out:
+        raise InputError("engines build needs --out DIR (the engine folder to write), or --into-weights (the ONNX "
+                         "export written into the weights folder itself)")
     settings = BuildSettings(weights=args.weights, backend=args.backend, out=args.out, precision=args.precision,
                              batch=parse_batch(args.batch), tile=args.tile, device=args.device or "",
                              mode=args.mode, model=args.model or "", workspace_mib=args.workspace,
@@ -219,6 +224,28 @@ def run_build(args: argparse.Namespace, judging=None) -> int:
                       "precision": manifest["precision"], "device": manifest["device"], "tile": manifest["tile"],
                       "batch": manifest["batch"], "build_seconds": manifest["build_seconds"], "parity": parity},
                      indent=2))
+    return EXIT_OK
+
+
+def _build_into_weights(args: argparse.Namespace) -> int:
+    """``engines build --into-weights``: the fp32 ONNX export of every scoring mode, written into the weights folder
+    with its manifest of hashes (:mod:`engines.weights_onnx`)."""
+    from engines.weights_onnx import write_weights_exports
+
+    wrong = [flag for flag, given in (("--out", args.out), ("--backend", args.backend != "onnxruntime"),
+                                      ("--precision", args.precision != "fp32"), ("--calibration", args.calibration),
+                                      ("--device", args.device not in (None, "", "cpu")),
+                                      ("--mode", args.mode != "batch")) if given]
+    if wrong:
+        raise InputError(f"--into-weights writes the ONNX Runtime fp32 export of every scoring mode into the weights "
+                         f"folder; leave out {', '.join(wrong)} (an engine folder for other settings: --out DIR)")
+    manifest = write_weights_exports(args.weights, tile=args.tile, threads=args.threads,
+                                     command=" ".join(["engines", "build", "--weights", str(args.weights),
+                                                       "--into-weights"]
+                                                      + (["--tile", str(args.tile)] if args.tile else [])))
+    print(json.dumps({"weights": args.weights, "model": manifest["model"], "manifest": "onnx.json",
+                      "exports": [{k: e[k] for k in ("file", "bytes", "mode", "tile", "parity")}
+                                  for e in manifest["exports"]]}, indent=2))
     return EXIT_OK
 
 

@@ -37,9 +37,11 @@ def library_versions() -> dict[str, str | None]:
     """Versions of the libraries an engine depends on (None where absent): each declared backend's library
     (:mod:`engines.backends.registry`), and the CUDA that torch uses; without importing TensorRT's CUDA."""
     versions = {spec.library_module: library_version(spec.library_module) for spec in BACKENDS.values()}
-    import torch
+    versions["cuda"] = None
+    if versions.get("torch") is not None:  # a base install has no torch (and no CUDA through it)
+        import torch
 
-    versions["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
+        versions["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
     return versions
 
 

@@ -74,12 +74,20 @@ def report_error(prog: str, exc: BaseException) -> int:
     """The exit status of a command whose handler raised ``exc``, after telling the user.
 
     A user error (derived from a root declared with :func:`user_error_root`) prints ``<prog>: error: <message>``
-    and gives :data:`EXIT_USAGE` (2). Anything else is a bug: its traceback, a line saying so, and
-    :data:`EXIT_BUG` (1).
+    and gives :data:`EXIT_USAGE` (2). So does a module of the training stack that this install leaves out (a
+    ``ModuleNotFoundError`` for torch on a base install: :mod:`inspection_core.extras`), with the install line.
+    Anything else is a bug: its traceback, a line saying so, and :data:`EXIT_BUG` (1).
     """
     if isinstance(exc, user_errors()):
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if isinstance(exc, ModuleNotFoundError):
+        from inspection_core.extras import has_module, missing_train_message, training_module
+
+        module = training_module(exc.name)
+        if module is not None and not has_module(module):
+            print(f"{prog}: error: {missing_train_message(f'this {prog} command', module)}", file=sys.stderr)
+            return EXIT_USAGE
     traceback.print_exception(exc, file=sys.stderr)
     print(f"{prog}: internal error: the {type(exc).__name__} above is a bug, not a problem with the input; please "
           "report it with the traceback", file=sys.stderr)

@@ -11,6 +11,7 @@ from engines.export import inference_module
 from engines.models import model_kind
 from engines.weights import load_model
 from inspection_core.engine import Engine
+from inspection_core.extras import missing_train_message
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16")
@@ -22,7 +23,7 @@ def check_available(device: str = "cpu") -> None:
     try:
         import torch
     except ImportError as exc:
-        raise BackendUnavailable("torch is not installed: pip install torch (or use the onnxruntime backend)") \
+        raise BackendUnavailable(missing_train_message("the torch backend") + " (or use the onnxruntime backend)") \
             from exc
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BackendUnavailable("torch sees no CUDA device here; use --device cpu or the onnxruntime backend")

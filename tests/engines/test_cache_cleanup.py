@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from engines.build import remove_stale_builds
+from engines.weights import SHIPPED
 
 WORK = re.compile(r"\..+\.building-(\d+)")
 
@@ -37,11 +39,16 @@ def _work_folders(parent: Path) -> list[Path]:
 
 
 def test_a_build_killed_in_the_engine_cache_is_cleaned_up_by_the_next_build(tmp_path, monkeypatch):
-    """The issue's case, with real processes: the station's first use of shipped weights builds them into the cache
-    ($STATION_CACHE/engines); that process is killed with SIGKILL in the middle of the build."""
+    """The issue's case, with real processes: the station's first use of weights without an ONNX export of their own
+    (a training run's; shipped weights carry theirs, issue 30) builds them into the cache ($STATION_CACHE/engines);
+    that process is killed with SIGKILL in the middle of the build."""
     cache = tmp_path / "cache"
     engines = cache / "engines"
-    load = "from engines.backends.base import load_engine; load_engine('bffn-magnetic-tile', 'onnxruntime', threads=1)"
+    weights = tmp_path / "trained"
+    weights.mkdir()
+    for name in ("model.safetensors", "config.json"):
+        shutil.copy2(SHIPPED / "bffn-magnetic-tile" / name, weights / name)
+    load = f"from engines.backends.base import load_engine; load_engine({str(weights)!r}, 'onnxruntime', threads=1)"
     first = subprocess.Popen([sys.executable, "-c", load], env={**os.environ, "STATION_CACHE": str(cache)},
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -60,7 +67,7 @@ def test_a_build_killed_in_the_engine_cache_is_cleaned_up_by_the_next_build(tmp_
     monkeypatch.setenv("STATION_CACHE", str(cache))
     from engines.backends.base import load_engine
 
-    engine = load_engine("bffn-magnetic-tile", "onnxruntime", threads=1)
+    engine = load_engine(weights, "onnxruntime", threads=1)
     engine.close()
     assert not stale.exists(), "the next build removes the work folder of the killed one"
     assert _work_folders(engines) == [live], "a live build's folder is left alone (and this build's moved in place)"
