@@ -21,6 +21,7 @@ from station.errors import RecipeError
 from station.line_calibration import check_source, judging_for
 from station import integrations as integrations_
 from station.frameguard import FrameGuard
+from station.judge import ledger_label
 from station.pipeline import DEFAULT_DRAIN_TIMEOUT_S, Line
 from station.recipe import NotInspectedPolicy, QueuePolicy, Recipe, SourceKind
 from station.ledgerlock import LedgerLock, check_db_path
@@ -131,13 +132,11 @@ def _assemble_line(recipe: Recipe, db: Path, max_frames: int | None, feed: Resul
     if line_scan(recipe):
         source.listener = inspector
     counts_as_reject = recipe.station.not_inspected is NotInspectedPolicy.REJECT
-    reject_log = RejectLog(db, save_images=recipe.log.save_reject_images,
-                           recipe=f"{recipe.product.name} {recipe.fingerprint()}",
-                           calibration=inspector.calibration.name if inspector.calibration is not None else None,
-                           station_id=recipe.station.id, run_id=run_id or new_run_id(),
-                           engine_id=inspector.engine_id, not_inspected_is_reject=counts_as_reject)
+    reject_log = RejectLog(db, save_images=recipe.log.save_reject_images, station_id=recipe.station.id,
+                           run_id=run_id or new_run_id(), not_inspected_is_reject=counts_as_reject)
+    label = ledger_label(recipe)  # the line's judge: rows record it (and the one a recipe switch makes active)
     log.info("reject log %s: station %s, run %s; rows record recipe %r and calibration %s", db,
-             reject_log.station_id, reject_log.run_id, reject_log.recipe, calibration_status(recipe, inspector)[0])
+             reject_log.station_id, reject_log.run_id, label, calibration_status(recipe, inspector)[0])
     policy = recipe.queues.frames_policy
     if (recipe.source.kind is SourceKind.REPLAY and not recipe.source.fps) or \
             (recipe.source.kind is SourceKind.LINESCAN_REPLAY and not recipe.source.line_rate_hz):
@@ -146,7 +145,7 @@ def _assemble_line(recipe: Recipe, db: Path, max_frames: int | None, feed: Resul
     return Line(source, inspector, reject_log, feed, frames_queue=recipe.queues.frames, frames_policy=policy,
                 results_queue=recipe.queues.results, max_frames=max_frames, on_result=on_result,
                 guard=FrameGuard.from_config(recipe.frames), drain_timeout_s=drain_timeout_s,
-                min_free_mb=recipe.station.min_free_mb, not_inspected_is_reject=counts_as_reject)
+                min_free_mb=recipe.station.min_free_mb, not_inspected_is_reject=counts_as_reject, recipe=label)
 
 
 def format_progress(stats: LineStats) -> str:

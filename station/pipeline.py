@@ -40,6 +40,7 @@ from inspection_core.records import (STAGES, CameraState, Frame, FrameGap, Inspe
                                      NotInspected, NotInspectedReason, SourceHealth, Verdict)
 from station.errors import EvidenceError, LedgerError, StationError
 from station.frameguard import FrameGuard, implausible_failure
+from station.judge import ActiveJudge
 from station.part_identity import IdentityBook
 from station.recipe import ImplausiblePolicy, QueuePolicy
 from station.rejectlog import check_free_space
@@ -162,15 +163,21 @@ class Line:
     the row as stored (a dict, ``id`` included) and the entry it records; they must hand it off and return at once.
     ``identities`` (:class:`~station.part_identity.IdentityBook`) gives every part its identity as it is acquired:
     the PLC's ids (an OPC UA job) over the source's part id, once, before the part is journaled or queued.
+
+    What judges the parts is the line's :attr:`judge` (:class:`~station.judge.ActiveJudge`: ``inspector`` and the
+    ledger label ``recipe`` of the recipe it was built from), replaced whole by :meth:`switch`. Each frame is judged
+    by the judge active when its inspection starts, and every ledger entry goes to the ledger with the judge it was
+    made under: its row's ``recipe``, ``calibration`` and ``engine_id`` come from there.
     """
 
     def __init__(self, source, inspector, reject_log=None, feed: ResultFeed | None = None, *,
                  frames_queue: int = 8, frames_policy: QueuePolicy = QueuePolicy.DROP_OLDEST,
                  results_queue: int = 64, max_frames: int | None = None, on_result=None,
                  guard: FrameGuard | None = None, drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
-                 min_free_mb: float = 0.0, not_inspected_is_reject: bool = True, listeners=()) -> None:
+                 min_free_mb: float = 0.0, not_inspected_is_reject: bool = True, listeners=(),
+                 recipe: str | None = None) -> None:
         self.source = source
-        self.inspector = inspector
+        self._judge = ActiveJudge(inspector, recipe)
         self.reject_log = reject_log
         self.feed = feed or ResultFeed()
         self.max_frames = max_frames
@@ -193,6 +200,26 @@ class Line:
         self._state = LineState.STARTING
         self.failure: BaseException | None = None
         self.stop_reason: str | None = None
+
+    # -- what judges --------------------------------------------------------------------------------------
+    @property
+    def judge(self) -> ActiveJudge:
+        """What judges parts now: the inspector and the label of its recipe."""
+        return self._judge
+
+    @property
+    def inspector(self) -> Any:
+        """The active judge's inspector."""
+        return self._judge.inspector
+
+    def switch(self, judge: ActiveJudge) -> ActiveJudge:
+        """Judge the next frames with ``judge`` (any thread; one assignment, so the threads see the old judge or
+        the new one, never a mix). A frame whose inspection has started, and every entry made before, keep the judge
+        they were made under. Returns the judge replaced."""
+        old, self._judge = self._judge, judge
+        log.info("the line judges with %s (%s) from the next frame; was %s (%s)", judge.recipe or "-",
+                 judge.engine_id, old.recipe or "-", old.engine_id)
+        return old
 
     # -- control -------------------------------------------------------------------------------------------
     def start(self) -> "Line":
@@ -297,7 +324,7 @@ class Line:
         if note is None or self._ledger_failed.is_set():
             return
         try:
-            note(frame)
+            note(frame, self._judge)
         except Exception as exc:  # noqa: BLE001 - any failure to write the ledger stops the line
             error = exc if isinstance(exc, LedgerError) else LedgerError(
                 f"cannot write to the reject log: {type(exc).__name__}: {exc}")
@@ -305,8 +332,9 @@ class Line:
             log.error("the line stops: %s", error)
             self.stop("the reject log cannot be written", error=error, drain_timeout_s=0.0)
 
-    def _emit(self, entry: NotInspected | FrameGap, note: str | None = None) -> None:
-        """Count an entry that is not an inspection and send it to the ledger."""
+    def _emit(self, entry: NotInspected | FrameGap, note: str | None = None, judge: ActiveJudge | None = None) -> None:
+        """Count an entry that is not an inspection and send it to the ledger, with ``judge`` (default: the active
+        one)."""
         with self.counters.lock:
             if isinstance(entry, NotInspected):
                 self.counters.reasons[entry.reason.value] += 1
@@ -315,7 +343,7 @@ class Line:
             else:
                 self.counters.gaps += 1
                 self.counters.lost += entry.count
-        self.results.put((entry, note))
+        self.results.put((entry, note, judge or self._judge))
 
     def _source_event(self, entry: NotInspected | FrameGap) -> None:
         """A source's report (acquisition thread): a part it could not deliver as a frame, or lost frames."""
@@ -364,6 +392,8 @@ class Line:
                 frame = self.frames.get()
                 if frame is _END:
                     break
+                judge = self._judge  # this frame's, whatever a switch does meanwhile
+                inspector = judge.inspector
                 if self._ledger_failed.is_set() or (self.max_frames is not None
                                                     and self.counters.inspected >= self.max_frames):
                     self._emit(NotInspected.of(frame, NotInspectedReason.STOPPED, self._stopped_detail()))
@@ -387,43 +417,44 @@ class Line:
                         self._emit(NotInspected.of(frame, NotInspectedReason.IMPLAUSIBLE, warning))
                         continue
                     if self.guard.on_implausible is ImplausiblePolicy.FAIL:
-                        self._deliver(implausible_failure(frame, warning, self.inspector.engine_id), warning,
-                                      time.monotonic_ns())
+                        self._deliver(implausible_failure(frame, warning, judge.engine_id), warning,
+                                      time.monotonic_ns(), judge)
                         continue
-                tiles = 0 if "part" in frame.meta else self.inspector.tile_count(frame.image.shape)
+                tiles = 0 if "part" in frame.meta else inspector.tile_count(frame.image.shape)
                 refused = self.guard.too_slow(frame, tiles, self._tile_s) if tiles else None
                 if refused is not None:  # refused before any inference: the line cannot afford its tiles
                     self._emit(refused, warning)
                     continue
                 started_ns = time.monotonic_ns()
                 try:
-                    result = self.inspector.inspect(frame, checkpoint=self._checkpoint(frame))
+                    result = inspector.inspect(frame, checkpoint=self._checkpoint(frame))
                 except _NotInspectedNow as stopped:  # cancelled between two batches
                     log.warning("frame %s from %s not inspected: %s", frame.frame_id, frame.source, stopped)
-                    self._emit(stopped.entry, warning)
+                    self._emit(stopped.entry, warning, judge)
                     continue
                 except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the line
                     log.error("frame %s from %s could not be inspected: %s", frame.frame_id, frame.source, exc)
                     self._emit(NotInspected.of(frame, NotInspectedReason.INFERENCE_ERROR,
-                                               f"{type(exc).__name__}: {exc}"), warning)
+                                               f"{type(exc).__name__}: {exc}"), warning, judge)
                     continue
                 if tiles and "total" in result.timings:  # what a tile costs this line, for the next frames
                     tile_s = result.timings["total"] / 1e3 / tiles
                     self._tile_s = tile_s if self._tile_s is None else (
                         TILE_TIME_WEIGHT * tile_s + (1 - TILE_TIME_WEIGHT) * self._tile_s)
-                self._deliver(result, warning, started_ns)
+                self._deliver(result, warning, started_ns, judge)
         finally:
             self.results.put(_END, force=True)
 
-    def _deliver(self, result: InspectionResult, note: str | None, started_ns: int) -> None:
-        """Count a result, show it on the panel and send it to the ledger (inference thread). Its timings gain
-        ``acquire`` first: the time from the frame's timestamp to the start of its inspection (the wait in the frames
-        queue), which the ledger, the panel and the metrics' ``station_stage_seconds{stage="acquire"}`` read."""
+    def _deliver(self, result: InspectionResult, note: str | None, started_ns: int, judge: ActiveJudge) -> None:
+        """Count a result, show it on the panel and send it to the ledger with the ``judge`` that judged it
+        (inference thread). Its timings gain ``acquire`` first: the time from the frame's timestamp to the start of
+        its inspection (the wait in the frames queue), which the ledger, the panel and the metrics'
+        ``station_stage_seconds{stage="acquire"}`` read."""
         acquire_ms = max(0.0, (started_ns - result.frame.timestamp_ns) / 1e6)
         result = replace(result, timings={"acquire": acquire_ms, **result.timings})
         self.counters.add(result)
         self.feed.publish(result)
-        self.results.put((result, note))
+        self.results.put((result, note, judge))
         if self.max_frames is not None and self.counters.inspected >= self.max_frames:
             self.stop(f"--max-frames {self.max_frames} reached")
 
@@ -460,13 +491,13 @@ class Line:
                 item = self.results.get()
                 if item is _END:
                     break
-                entry, note = item
+                entry, note, judge = item
                 if self._ledger_failed.is_set():
                     self._refuse(entry)
                     continue
                 t0 = time.perf_counter()
                 try:
-                    row = ledger.record_row(entry, note) if ledger is not None else None
+                    row = ledger.record_row(entry, note, judge) if ledger is not None else None
                 except EvidenceError as exc:  # the row is committed (it says so), its reject images are not
                     row = exc.row
                     self._ledger_failed.set()
@@ -572,7 +603,7 @@ class Line:
             throughput_fps=round(fps, 2),
             latency_ms_p50=float(np.percentile(latencies, 50)) if latencies.size else 0.0,
             latency_ms_p99=float(np.percentile(latencies, 99)) if latencies.size else 0.0,
-            engine_id=self.inspector.engine_id, source=health,
+            engine_id=self._judge.engine_id, source=health,
             not_inspected=sum(reasons.values()), not_inspected_reasons=reasons, lost=lost, gaps=gaps,
             recorded=recorded, refused=refused, warnings=warnings,
             not_inspected_is_reject=self.not_inspected_is_reject, state=self.state,

@@ -21,7 +21,9 @@ Rows, by ``verdict``:
 ``[station] not_inspected = "reject"``), 0 for one that passes (PASS, or NOT_INSPECTED under ``"exclude"``), NULL for
 gap rows: it records the choice made for each row. ``station_id`` and ``run_id`` say which station and which
 ``station run`` wrote the row; ``recipe`` and ``calibration`` what judged it (the recipe's product and settings
-fingerprint, :meth:`station.recipe.Recipe.fingerprint`, and the calibration profile version, ``camera@vN``).
+fingerprint, :meth:`station.recipe.Recipe.fingerprint`, and the calibration profile version, ``camera@vN``): the
+ledger keeps no copy of them, each entry comes with the judge it was made under (:class:`station.judge.ActiveJudge`,
+given by the line to :meth:`RejectLog.record` and :meth:`RejectLog.note_acquired`).
 
 The database is in WAL mode, so an operator can export or query while the line writes; each row is its own
 transaction with ``synchronous=FULL``. The image of every FAIL part is saved beside it as
@@ -81,6 +83,7 @@ import numpy as np
 from inspection_core.records import Frame, FrameGap, InspectionResult, NotInspected, PartIdentity, Verdict
 from station import journal
 from station.errors import DiskSpaceError, EvidenceError, LedgerError, RejectLogError
+from station.judge import ActiveJudge
 from ui.overlay import overlay_mask
 
 log = logging.getLogger(__name__)
@@ -486,21 +489,20 @@ def probe_writable(db_path: str | Path, busy_timeout_s: float = 10.0) -> None:
 class RejectLog:
     """Append-only SQLite ledger of parts; thread-safe, one committed transaction per row.
 
-    ``recipe``, ``calibration``, ``station_id``, ``run_id`` and ``engine_id`` (for rows of parts not inspected) are
-    written on every row; ``not_inspected_is_reject`` sets ``rejected`` of NOT_INSPECTED rows; the overlay images
+    ``station_id`` and ``run_id`` are written on every row; ``recipe``, ``calibration`` and ``engine_id`` come from
+    the judge each entry is recorded with (:class:`~station.judge.ActiveJudge`; none: NULL, NULL and ``""`` or the
+    result's own engine); ``not_inspected_is_reject`` sets ``rejected`` of NOT_INSPECTED rows; the overlay images
     paint each result's own decision (:attr:`InspectionResult.decided`). Any failure to write a row raises :class:`LedgerError`; a FAIL
     whose images cannot be written raises :class:`EvidenceError` once its row (which says so) is committed.
     :meth:`start_run` opens the run's in-flight journal (:meth:`note_acquired`; :mod:`station.journal`).
     """
 
-    def __init__(self, db_path: str | Path, save_images: bool = True, recipe: str | None = None,
-                 calibration: str | None = None, *, station_id: str | None = None, run_id: str | None = None,
-                 engine_id: str = "", not_inspected_is_reject: bool = True,
+    def __init__(self, db_path: str | Path, save_images: bool = True, *, station_id: str | None = None,
+                 run_id: str | None = None, not_inspected_is_reject: bool = True,
                  busy_timeout_s: float = 10.0) -> None:
         self.db_path = Path(db_path)
         self.save_images = save_images
-        self.recipe, self.calibration = recipe, calibration
-        self.station_id, self.run_id, self.engine_id = station_id, run_id, engine_id
+        self.station_id, self.run_id = station_id, run_id
         self.not_inspected_is_reject = not_inspected_is_reject
         self.busy_timeout_s = busy_timeout_s
         self.images_dir = self.db_path.parent / f"{self.db_path.stem}_images"
@@ -556,23 +558,24 @@ class RejectLog:
         return self._conn
 
     # -- writing ---------------------------------------------------------------------------------------------
-    def record(self, entry: LedgerEntry, note: str | None = None) -> int:
-        """Log one ledger entry in its own committed transaction and return its row id; ``note`` goes to
-        ``detail`` (e.g. a warning about the image).
+    def record(self, entry: LedgerEntry, note: str | None = None, judge: ActiveJudge | None = None) -> int:
+        """Log one ledger entry, judged under ``judge``, in its own committed transaction and return its row id;
+        ``note`` goes to ``detail`` (e.g. a warning about the image).
 
         A FAIL part's images are written first (when ``save_images``), so a row never names a missing file.
         Raises :class:`LedgerError` when the row cannot be written.
         """
-        return int(self.record_row(entry, note)["id"])
+        return int(self.record_row(entry, note, judge)["id"])
 
-    def record_row(self, entry: LedgerEntry, note: str | None = None) -> dict[str, Any]:
+    def record_row(self, entry: LedgerEntry, note: str | None = None,
+                   judge: ActiveJudge | None = None) -> dict[str, Any]:
         """:meth:`record`, returning the committed row as a dict keyed by column name (``id`` included), exactly
         as :meth:`query` would read it back: what the line's integrations publish."""
         with self._lock:
             conn = self._connection()
             now = _utc_now()
             lost: list[OSError] = []
-            row = self._row(entry, now, note, lost)
+            row = self._row(entry, now, note, lost, judge)
             try:
                 with self._write_gate:
                     try:
@@ -602,11 +605,12 @@ class RejectLog:
                                     "start the station again", committed)
             return committed
 
-    def _row(self, entry: LedgerEntry, now: datetime, note: str | None,
-             lost: list[OSError] | None = None) -> dict[str, Any]:
-        """The row of ``entry``; a FAIL's images are written here. When they cannot be, ``detail`` names the error,
-        and a write error (not an image OpenCV cannot encode) is appended to ``lost``."""
-        common = {"time_utc": format_utc(now), "recipe": self.recipe, "calibration": self.calibration,
+    def _row(self, entry: LedgerEntry, now: datetime, note: str | None, lost: list[OSError] | None = None,
+             judge: ActiveJudge | None = None) -> dict[str, Any]:
+        """The row of ``entry``, judged under ``judge``; a FAIL's images are written here. When they cannot be,
+        ``detail`` names the error, and a write error (not an image OpenCV cannot encode) is appended to ``lost``."""
+        recipe, calibration, engine_id = _judged_by(judge)
+        common = {"time_utc": format_utc(now), "recipe": recipe, "calibration": calibration,
                   "station_id": self.station_id, "run_id": self.run_id, "detail": note or None, **_identity(entry)}
         if isinstance(entry, InspectionResult):
             frame = entry.frame
@@ -630,14 +634,14 @@ class RejectLog:
             return {**common, "timestamp_ns": int(entry.timestamp_ns), "source": entry.source,
                     "camera_timestamp_ns": _camera_ns(entry.frame),
                     "frame_id": int(entry.frame_id), "file": entry.file, "verdict": Verdict.NOT_INSPECTED.value,
-                    "defects_json": "[]", "labels_json": "[]", "engine_id": self.engine_id,
+                    "defects_json": "[]", "labels_json": "[]", "engine_id": engine_id,
                     "latency_ms": max(0.0, (time.monotonic_ns() - entry.timestamp_ns) / 1e6),
                     "reason": entry.reason.value, "detail": detail, "frame_count": 1,
                     "rejected": int(self.not_inspected_is_reject)}
         if isinstance(entry, FrameGap):
             return {**common, "timestamp_ns": int(entry.start_ns), "source": entry.source,
                     "frame_id": int(entry.first_id), "verdict": GAP, "defects_json": "[]", "labels_json": "[]",
-                    "engine_id": self.engine_id, "latency_ms": 0.0, "reason": entry.kind.value,
+                    "engine_id": engine_id, "latency_ms": 0.0, "reason": entry.kind.value,
                     "detail": entry.detail or note or None, "frame_count": int(entry.count),
                     "last_frame_id": int(entry.last_id), "end_timestamp_ns": int(entry.end_ns), "rejected": None}
         raise TypeError(f"a ledger entry is an InspectionResult, NotInspected or FrameGap, not {type(entry).__name__}")
@@ -703,15 +707,16 @@ class RejectLog:
                                     "free disk space or make the file writable, then start the station again") from None
             self._journal = entries  # set: a run is open (close() marks its clean end)
 
-    def note_acquired(self, frame: Frame) -> None:
-        """Journal an acquired part before it is queued for inspection (the acquisition thread); its entry is deleted
+    def note_acquired(self, frame: Frame, judge: ActiveJudge | None = None) -> None:
+        """Journal an acquired part, with the ``judge`` active at its acquisition (its ``interrupted`` row, should
+        the run be killed, names it), before it is queued for inspection (the acquisition thread); its entry is deleted
         in the transaction that commits its row. No-op before :meth:`start_run`. Raises :class:`LedgerError` when the
         entry cannot be written: the line stops, as on a row."""
         if self._journal is None:
             return
         values = (self.run_id, self.station_id, int(frame.frame_id), frame.source, frame.file,
-                  int(frame.timestamp_ns), _camera_ns(frame), format_utc(_utc_now()), self.recipe, self.calibration,
-                  self.engine_id, *frame.identity.values())
+                  int(frame.timestamp_ns), _camera_ns(frame), format_utc(_utc_now()), *_judged_by(judge),
+                  *frame.identity.values())
         with self._journal_lock, self._write_gate:
             entries = self._journal  # read again under the lock: close() may have closed it meanwhile
             if entries is None:
@@ -755,6 +760,11 @@ class RejectLog:
                 lock, self.lock = self.lock, None
                 if lock is not None:
                     lock.release()
+
+
+def _judged_by(judge: ActiveJudge | None) -> tuple[str | None, str | None, str]:
+    """``(recipe, calibration, engine_id)`` of a row recorded under ``judge`` (none: ``(None, None, "")``)."""
+    return (None, None, "") if judge is None else (judge.recipe, judge.calibration, judge.engine_id)
 
 
 def open_readonly(db_path: Path) -> sqlite3.Connection:

@@ -4,10 +4,12 @@ A recipe is known by its id, the file's stem (``magnetic_tile`` for ``station/re
 shipped recipes, the ``[opcua] recipes`` files and the recipe the station started with (which, prepared again,
 comes back with its command-line overrides). Preparing one loads and
 checks it (:func:`station.recipe.load_recipe`) and builds its inspector (:func:`station.app.build_inspector`) before
-anything changes; only then does the line's inspector change, between two frames. The switch replaces what judges
-parts (engine, tiling, rules, classifier, calibration); the source, the ledger, the queues and the integrations stay
-those of the running station. Each change is one committed row of the table ``recipe_changes`` in the ledger's
-SQLite file (created on first use, beside ``inspections``), and the ledger's rows from then on carry the new recipe.
+anything changes; only then does the line's judge change, between two frames (:meth:`station.pipeline.Line.switch`
+with the prepared :class:`~station.judge.ActiveJudge`). The switch replaces what judges parts (engine, tiling, rules,
+classifier, calibration); the source, the ledger, the queues and the integrations stay those of the running
+station. Each change is one committed row of the table ``recipe_changes`` in the ledger's SQLite file (created on
+first use, beside ``inspections``), and the ledger's rows from then on carry the new recipe (each row is recorded
+with the judge it was made under).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Any
 
 from station.app import build_inspector  # the builder `station run` uses
 from station.errors import RecipeError
+from station.judge import ActiveJudge, ledger_label
 from station.outbox import connect_beside
 from station.recipe import RECIPES_DIR, Recipe, load_recipe
 from station.rejectlog import COLUMNS, format_utc
@@ -38,18 +41,13 @@ _CHANGES = """CREATE TABLE IF NOT EXISTS recipe_changes (
 )"""
 
 
-def ledger_label(recipe: Recipe) -> str:
-    """What ledger rows record as their recipe: product name and settings fingerprint."""
-    return f"{recipe.product.name} {recipe.fingerprint()}"
-
-
 @dataclass(frozen=True)
 class Prepared:
-    """A recipe loaded and checked, with its inspector built, ready to become active."""
+    """A recipe loaded and checked, with its judge (its inspector and ledger label) built, ready to become active."""
 
     id: str
     recipe: Recipe
-    inspector: Any
+    judge: ActiveJudge
 
 
 class RecipeBook:
@@ -76,7 +74,7 @@ class RecipeBook:
                               "(add files to [opcua] recipes)")
         # the recipe the station started with comes back as it ran (command-line overrides included)
         recipe = self.started if recipe_id == self.started_id else load_recipe(path)
-        return Prepared(recipe_id, recipe, build_inspector(recipe, streaming=streaming))
+        return Prepared(recipe_id, recipe, ActiveJudge.of(recipe, build_inspector(recipe, streaming=streaming)))
 
 
 class RecipeChanges:

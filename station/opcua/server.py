@@ -1,7 +1,8 @@
 # Over 500 lines on purpose: one address space (the VisionSystem, its state machine, methods and events) and its asyncua glue.
 """The asyncua server behind :mod:`station.opcua`: the MachineVision address space, its state machine, methods,
 events and results. Everything here runs on the OPC UA thread's asyncio loop; the line's threads are only touched
-through ``source.fire_trigger`` / ``set_triggered`` and by replacing ``line.inspector`` between frames.
+through ``source.fire_trigger`` / ``set_triggered`` and by switching the line's judge between frames
+(:meth:`station.pipeline.Line.switch`).
 
 States (``VisionStateMachine`` / ``AutomaticModeStateMachine`` CurrentState) mapped onto the line:
 
@@ -465,18 +466,12 @@ class VisionSystemServer:
                 raise Refused(ua.StatusCodes.BadInvalidState, f"recipe {recipe_id!r} was not activated: a job "
                                                               "started while it was prepared; prepare it when idle")
             old = self.book.active
-            ledger = self.line.reject_log
             await asyncio.to_thread(self.changes.record, station_id=self.context.station_id,
                                     run_id=self.context.run_id, old=old, new=prepared.recipe,
                                     new_path=self.book.paths[recipe_id], via="opcua PrepareRecipe")
-            self.line.inspector = prepared.inspector  # between frames: nothing is in flight
-            if ledger is not None:
-                ledger.recipe = ledger_label(prepared.recipe)
-                ledger.engine_id = prepared.inspector.engine_id
-                calibration = getattr(prepared.inspector, "calibration", None)
-                ledger.calibration = calibration.name if calibration is not None else None
+            self.line.switch(prepared.judge)  # between frames: nothing is in flight; the rows follow it
             self.book.active, self.book.active_id = prepared.recipe, recipe_id
-            log.info("recipe %s active (was %s), recorded in %s recipe_changes", ledger_label(prepared.recipe),
+            log.info("recipe %s active (was %s), recorded in %s recipe_changes", prepared.judge.recipe,
                      ledger_label(old), self.context.db_path)
             await self._write(self.info_vars["ActiveRecipe"], recipe_id, ua.VariantType.String)
             await self._write(self.info_vars["ActiveRecipeFingerprint"], prepared.recipe.fingerprint(),
@@ -501,6 +496,9 @@ class VisionSystemServer:
         return [ua.Variant(self._internal_id()), ua.Variant(0, ua.VariantType.Int32)]
 
     async def m_get_result(self, result_id=None, _timeout=None, *_rest):
+        # ResultId is a ResultIdDataType, as the method declares it (a typed client such as node-opcua sends one); a
+        # String (the ResultId of a ResultReady event) is taken too
+        result_id = getattr(result_id, "Id", result_id)
         try:
             row = await asyncio.to_thread(self.changes.row, int(str(result_id)))
         except ValueError:

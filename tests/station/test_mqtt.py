@@ -189,7 +189,7 @@ def inspector(recipe):
 def make_line(inspector, db: Path, run_id: str = "run-1", fps: float = 30.0, max_frames: int | None = 2) -> Line:
     """The bundled frames, looped, paced faster than the line inspects them: a few PASS/FAIL rows and many
     NOT_INSPECTED (dropped) rows, quickly."""
-    ledger = RejectLog(db, station_id=STATION, run_id=run_id, engine_id=inspector.engine_id)
+    ledger = RejectLog(db, station_id=STATION, run_id=run_id)  # rows: the line's judge (inspector) names the engine
     return Line(ReplaySource(SAMPLES, loop=True, pattern="*.jpg", fps=fps), inspector, ledger, frames_queue=1,
                 frames_policy=QueuePolicy.DROP_OLDEST, max_frames=max_frames)
 

@@ -335,7 +335,7 @@ def test_recipe_switch_refused_while_running_accepted_when_idle(station):
             assert busy.value.code == ua.StatusCodes.BadInvalidState
             await plc.call("Stop", CAUSE, "")
             await plc.wait_state("Ready", 180)  # once the parts under way have their rows
-            old = station.line.reject_log.recipe
+            old = station.line.judge.recipe
             _, completed, error = await plc.prepare("strict")
             assert (completed, error) == (False, 0)  # a model loads: RecipePrepared follows
             with pytest.raises(ua.UaStatusCodeError) as loading:
@@ -359,7 +359,7 @@ def test_recipe_switch_refused_while_running_accepted_when_idle(station):
                               "opcua PrepareRecipe")
             await plc.prepare("magnetic_tile")  # back, for the other tests
             await plc.wait_recipe("magnetic_tile")
-            assert station.line.reject_log.recipe == old
+            assert station.line.judge.recipe == old
 
     run(body())
 
@@ -606,6 +606,13 @@ def test_job_id_is_the_same_wherever_a_result_is_read(station):
                 _handle, result, error = await results.call_method(f"{plc.mv}:GetResultById", event.ResultId,
                                                                    ua.Variant(0, ua.VariantType.Int32))
                 assert (result.ResultId.Id, result.JobId.Id, error) == (event.ResultId, job, 0)
+                # the ResultId typed as the method declares it, a ResultIdDataType (node-opcua builds its arguments
+                # from InputArguments; a bare int(str(...)) of the structure answered BadNotFound)
+                _handle, typed, error = await results.call_method(
+                    f"{plc.mv}:GetResultById", ua.Variant(ua.ResultIdDataType(Id=event.ResultId),
+                                                          ua.VariantType.ExtensionObject),
+                    ua.Variant(0, ua.VariantType.Int32))
+                assert (typed.ResultId.Id, typed.JobId.Id, error) == (event.ResultId, job, 0)
             last = await (await results.get_child([f"{plc.mv}:Results", f"{plc.st}:LastResult"])).read_value()
             assert (last.ResultId.Id, last.JobId.Id) == (answered[-1][1].ResultId, answered[-1][0])
             assert (str(await plc.part("RowId")), await plc.part("JobId")) == (answered[-1][1].ResultId,

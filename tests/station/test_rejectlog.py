@@ -16,6 +16,7 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -26,6 +27,7 @@ from inspection_core.records import (Defect, Frame, FrameGap, GapKind, Inspectio
 from station import rejectlog
 from station.errors import EvidenceError, LedgerError, RejectLogError
 from station.export import add_export_arguments, export, run_export
+from station.judge import ActiveJudge
 from station.rejectlog import SCHEMA_VERSION, RejectLog, parse_time
 
 from tests.station.ledger_util import read_only
@@ -44,6 +46,13 @@ def result(frame_id: int, verdict: Verdict, image: np.ndarray | None = None, fil
                             latency_ms=12.5)
 
 
+def judge(recipe: str | None = None, calibration: str | None = None, engine_id: str = "bffn/onnxruntime") -> ActiveJudge:
+    """What judged the entries (a line gives the ledger its own with each entry)."""
+    inspector = SimpleNamespace(engine_id=engine_id,
+                                calibration=None if calibration is None else SimpleNamespace(name=calibration))
+    return ActiveJudge(inspector, recipe)
+
+
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[datetime]:
     """Pin the log's clock: each record takes the next time from the list (or the last one)."""
@@ -54,9 +63,10 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> list[datetime]:
 
 def test_wal_mode_schema_and_round_trip(tmp_path: Path, clock: list[datetime]) -> None:
     db = tmp_path / "sub" / "rejects.db"
-    with RejectLog(db, recipe="magnetic_tile 0123456789ab", calibration="cam-A@v3") as log:
-        pass_id = log.record(result(7, Verdict.PASS))
-        fail_id = log.record(result(8, Verdict.FAIL, file=None))
+    judged = judge("magnetic_tile 0123456789ab", "cam-A@v3")
+    with RejectLog(db) as log:
+        pass_id = log.record(result(7, Verdict.PASS), judge=judged)
+        fail_id = log.record(result(8, Verdict.FAIL, file=None), judge=judged)
         rows = log.query()
     assert (pass_id, fail_id) == (1, 2)
     conn = sqlite3.connect(db)
@@ -158,8 +168,8 @@ def test_a_schema_1_log_is_exported_as_it_is_and_upgraded_in_place_keeping_its_r
     (item,) = json.loads(out.read_text())
     assert item["source"] == "replay:old" and item["recipe"] is None and item["calibration"] is None
     assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == 1
-    with RejectLog(db, recipe="screen 00aa00aa00aa", calibration=None) as log:
-        log.record(result(4, Verdict.PASS))
+    with RejectLog(db) as log:
+        log.record(result(4, Verdict.PASS), judge=judge("screen 00aa00aa00aa"))
         old, new = log.query()
     assert (old["id"], old["frame_id"], old["engine_id"], old["recipe"]) == (1, 3, "bffn/torch", None)
     assert (new["id"], new["recipe"], new["calibration"]) == (2, "screen 00aa00aa00aa", None)
@@ -431,9 +441,9 @@ def test_not_inspected_and_gap_rows_carry_reason_ids_and_the_policy(tmp_path: Pa
     frame = Frame(np.zeros((1, 1), np.uint8), 5, 100, "genicam:cam", {})
     gap = FrameGap(source="genicam:cam", kind=GapKind.OUTAGE, first_id=6, last_id=45, count=40, start_ns=100,
                    end_ns=2_000_000_100, detail="camera lost")
-    with RejectLog(db, station_id="line-3", run_id="r1", engine_id="bffn@ort", not_inspected_is_reject=True) as log:
-        log.record(NotInspected.of(frame, NotInspectedReason.TOO_SMALL, "1x1 px"))
-        log.record(gap)
+    with RejectLog(db, station_id="line-3", run_id="r1", not_inspected_is_reject=True) as log:
+        log.record(NotInspected.of(frame, NotInspectedReason.TOO_SMALL, "1x1 px"), judge=judge(engine_id="bffn@ort"))
+        log.record(gap, judge=judge(engine_id="bffn@ort"))
         log.record(result(46, Verdict.PASS), note="implausible frame: all black")
     with RejectLog(db, station_id="line-3", run_id="r2", not_inspected_is_reject=False) as log:
         log.record(NotInspected.of(frame, NotInspectedReason.DROPPED))
