@@ -39,7 +39,7 @@ from engines.evaluate import DEFAULT_SWEEP, evaluate_station_verdicts, image_lev
 from engines.evaluate_cls import classifier_bundle
 from inspection.inspector import Inspector
 from inspection.judging import Judging
-from inspection_core.defaults import DEFAULT_OVERLAP
+from inspection_core.defaults import DEFAULT_MIN_AREA_PX, DEFAULT_OVERLAP
 from inspection_core.preprocess import normalize_tiles
 
 
@@ -141,9 +141,10 @@ def check_flatfield_fits(calibration, samples: Sequence) -> None:
                 f"{calibration.profile.camera} ({calibration.profile.geometry.describe()})")
 
 
-def calibrate_segmentation(weights: str, data: str | Path, target_escape: float, min_areas: Sequence[int] = (30,),
-                           overlap: int = DEFAULT_OVERLAP, batch: int = 32, backend: str = "onnxruntime", threads: int = 0,
-                           calibration=None, label: str = "defect") -> tuple[dict, list[dict]]:
+def calibrate_segmentation(weights: str, data: str | Path, target_escape: float,
+                           min_areas: Sequence[int] = (DEFAULT_MIN_AREA_PX,), overlap: int = DEFAULT_OVERLAP,
+                           batch: int = 32, backend: str = "onnxruntime", threads: int = 0, calibration=None,
+                           label: str = "defect") -> tuple[dict, list[dict]]:
     """``(section, sweep)`` for a segmentation network (see the module docstring)."""
     target_escape = check_target(target_escape)
     if not min_areas or any(int(a) < 1 for a in min_areas):

@@ -12,6 +12,7 @@ from pathlib import Path
 from engines.errors import InputError
 from engines.models import Task, model_spec
 from engines.quantize import DEFAULT_EXCLUDE, GROUPS
+from inspection_core.defaults import DEFAULT_LABEL_THRESHOLD
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SEG_ONLY = {"tile": None, "optimizer": None, "loss": None, "init": None, "no_sam": False, "fusion": None,
@@ -539,7 +540,7 @@ def _eval_classifier(args: argparse.Namespace) -> int:
         data = data.subset([i for i, s in enumerate(data.samples) if s.name in wanted])
         if not len(data):
             raise InputError(f"no image of {args.data} is in the {args.split_part!r} list of {args.split}")
-    threshold = 0.5 if args.threshold is None else args.threshold
+    threshold = DEFAULT_LABEL_THRESHOLD if args.threshold is None else args.threshold
     report, records = evaluate_classifier(bundle, data, mode=args.mode, batch=args.batch, threads=args.threads,
                                           threshold=threshold)
     report["data"] = str(args.data)

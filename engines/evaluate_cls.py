@@ -27,6 +27,7 @@ from engines.evaluate import write_figure
 from engines.models import has_bank, has_relations
 from engines.weights import WeightsBundle, WeightsError, load_model, resolve_weights
 from inspection_core.preprocess import normalize_tiles
+from inspection_core.defaults import DEFAULT_LABEL_THRESHOLD
 
 MODES = ("batch", "bank")
 MEASURES = ("accuracy", "precision", "recall", "f_measure")
@@ -36,7 +37,7 @@ CAM_METHODS = ("auto", "cam", "gradcam")
 # ------------------------------------------------------------------------------------------------------- metrics
 
 
-def multilabel_metrics(truth, scores, classes, threshold: float = 0.5) -> dict:
+def multilabel_metrics(truth, scores, classes, threshold: float = DEFAULT_LABEL_THRESHOLD) -> dict:
     """The paper's multi-label measures. ``truth`` (N, C) 0/1, ``scores`` (N, C) probabilities; a label is
     predicted when its score is > ``threshold`` (strictly). Returns ``{"per_class": {class: {tp, fp, fn, tn,
     support, accuracy, precision, recall, f_measure}}, "mean": {accuracy, precision, recall, f_measure (macro
@@ -121,7 +122,7 @@ def predict(model, dataset_or_images, size: int, spec, mode: str = "batch", batc
 
 
 def score_set(model, images, truth, classes, size: int, spec, mode: str = "batch", batch: int = 32,
-              threshold: float = 0.5, head: str = "final") -> tuple[dict, dict[str, np.ndarray]]:
+              threshold: float = DEFAULT_LABEL_THRESHOLD, head: str = "final") -> tuple[dict, dict[str, np.ndarray]]:
     """Metrics of ``model`` on images with truth (N, C): ``{"mode", "metrics", "agreement", "modes"}`` and the
     scores of each mode scored. For a GR model with a GR-module and a bank both modes are scored; ``metrics`` are
     those of ``mode``, ``modes`` holds each mode's mean measures, ``agreement`` the share of image×class decisions
@@ -157,7 +158,7 @@ def classifier_bundle(weights):
 
 
 def evaluate_classifier(weights, data, mode: str = "batch", batch: int = 32, threads: int = 0,
-                        threshold: float = 0.5) -> tuple[dict, list[dict]]:
+                        threshold: float = DEFAULT_LABEL_THRESHOLD) -> tuple[dict, list[dict]]:
     """Score a data set with trained classifier weights.
 
     ``weights``: a folder / shipped name or a :class:`engines.weights.WeightsBundle` written by

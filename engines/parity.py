@@ -14,6 +14,7 @@ from engines.manifest import is_engine_dir, read_manifest
 from engines.weights import resolve_weights
 from inspection_core.engine import Engine
 from inspection_core.preprocess import defect_scores
+from inspection_core.defaults import DEFAULT_LABEL_THRESHOLD
 
 
 def reference_engine(folder_or_weights: str | Path, threads: int = 0, device: str = "cpu") -> Engine:
@@ -23,7 +24,8 @@ def reference_engine(folder_or_weights: str | Path, threads: int = 0, device: st
                                    device=device, mode=manifest.get("mode") or "batch")
 
 
-def compare_outputs(got: np.ndarray, want: np.ndarray, kind: str, threshold: float = 0.5) -> dict[str, float]:
+def compare_outputs(got: np.ndarray, want: np.ndarray, kind: str,
+                    threshold: float = DEFAULT_LABEL_THRESHOLD) -> dict[str, float]:
     """How far two engines' probabilities are apart, in the user's terms: the share of decisions (pixels or
     labels, defect score at ``threshold``) on which they agree, and the max / mean absolute score difference."""
     if got.shape != want.shape:

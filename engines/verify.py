@@ -23,6 +23,7 @@ from engines.inputs import batches, named_images, network_inputs
 from engines.parity import reference_engine, significant
 from inspection.judging import Judging
 from inspection_core.records import Frame
+from inspection_core.defaults import DEFAULT_LABEL_THRESHOLD
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def verify_segmentation(engine, reference, images: list[tuple[str, np.ndarray]],
 
 
 def verify_classifier(engine, reference, images: list[tuple[str, np.ndarray]], batch: int = 32,
-                      threshold: float = 0.5) -> dict[str, Any]:
+                      threshold: float = DEFAULT_LABEL_THRESHOLD) -> dict[str, Any]:
     """Both engines on the same batches of resized images: label and label-set agreement, score differences."""
     x = network_inputs([im for _, im in images], "classification", engine.tile, engine.spec)
     got = np.concatenate([engine.infer(part) for part in batches(x, batch)])

@@ -42,6 +42,7 @@ from inspection.scoring import NetworkCall, RowStage
 from inspection_core.engine import Engine
 from inspection_core.preprocess import InputSpec, normalize_tiles, resize_to_input
 from inspection_core.tiling import TilePlan, plan_tiles, tile_image
+from inspection_core.defaults import DEFAULT_LABEL_THRESHOLD
 
 MODES = ("batch", "bank")
 MAX_BATCH = 32  # patches per forward pass; GR's relations span one chunk
@@ -55,7 +56,7 @@ class ClassifierStage:
     per class, :meth:`set_thresholds`), ``mode`` ``"batch"`` or ``"bank"`` (see the module docstring)."""
 
     def __init__(self, engine: Engine, classes: Sequence[str], spec: InputSpec, size: int, patch: int = 1024,
-                 overlap: int = 0, threshold: float = 0.5, mode: str = "batch") -> None:
+                 overlap: int = 0, threshold: float = DEFAULT_LABEL_THRESHOLD, mode: str = "batch") -> None:
         self.engine = engine
         self.classes: tuple[str, ...] = tuple(str(c) for c in classes)
         self.spec = spec

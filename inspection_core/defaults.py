@@ -8,3 +8,5 @@ DEFAULT_OVERLAP = 32
 DEFAULT_SCORE_THRESHOLD = 0.5
 #: The smallest defect, in pixels.
 DEFAULT_MIN_AREA_PX = 30
+#: A classifier's class is present in a patch when its score is above this (the recipe's [classifier] threshold).
+DEFAULT_LABEL_THRESHOLD = 0.5

@@ -16,6 +16,7 @@ from engines.errors import EngineError
 from engines.weights import WeightsError, resolve_weights
 from inspection.classifier import MAX_BATCH, MODES, ClassifierStage
 from station.errors import RecipeError
+from inspection_core.defaults import DEFAULT_LABEL_THRESHOLD
 
 __all__ = ["MAX_BATCH", "MODES", "PatchClassifier"]
 
@@ -28,7 +29,7 @@ class PatchClassifier(ClassifierStage):
     (``engines build --weights runs/gr --mode bank``); in mode ``"bank"`` the engine is GR exported against its
     reference bank, in mode ``"batch"`` GR's relations span each chunk of :data:`MAX_BATCH` patches."""
 
-    def __init__(self, weights: str, patch: int = 1024, overlap: int = 0, threshold: float = 0.5,
+    def __init__(self, weights: str, patch: int = 1024, overlap: int = 0, threshold: float = DEFAULT_LABEL_THRESHOLD,
                  mode: str = "batch", threads: int = 0, backend: str = "onnxruntime", device: str = "cpu",
                  precision: str = "fp32") -> None:
         if mode not in MODES:

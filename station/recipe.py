@@ -26,7 +26,12 @@ from typing import Any, Callable, Mapping, Union
 
 from engines.backends.registry import all_precisions, recipe_backend_names
 from engines.weights import WeightsError, resolve_weights
-from inspection_core.defaults import DEFAULT_MIN_AREA_PX, DEFAULT_OVERLAP, DEFAULT_SCORE_THRESHOLD
+from inspection_core.defaults import (
+    DEFAULT_LABEL_THRESHOLD,
+    DEFAULT_MIN_AREA_PX,
+    DEFAULT_OVERLAP,
+    DEFAULT_SCORE_THRESHOLD,
+)
 from inspection_core.hashing import file_sha256, text_sha256
 from inspection_core.verdict import DecisionRules, RoiCircle, RoiRect
 from station.errors import RecipeError
@@ -184,7 +189,7 @@ class ClassifierConfig:
     weights: str
     patch: int = 1024
     overlap: int = 0
-    threshold: float = 0.5
+    threshold: float = DEFAULT_LABEL_THRESHOLD
     mode: ClassifierMode = ClassifierMode.BATCH
     fail_on_labels: bool = True
     threads: int = 0  # 0 = all cores
@@ -678,7 +683,7 @@ def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
             weights=weights,
             patch=patch,
             overlap=t.get("overlap", 0, check_int(0, patch - 1), f"an integer from 0 to {patch - 1} (less than patch)"),
-            threshold=t.get("threshold", 0.5, check_float(0.0, high=1.0), "a number in [0, 1] (label when score > it)"),
+            threshold=t.get("threshold", DEFAULT_LABEL_THRESHOLD, check_float(0.0, high=1.0), "a number in [0, 1] (label when score > it)"),
             mode=t.get("mode", ClassifierMode.BATCH, mode_check, mode_allowed),
             fail_on_labels=t.get("fail_on_labels", True, check_bool, "true or false"),
             threads=t.get("threads", 0, check_int(0), "an integer >= 0 (0 = all cores)"),
