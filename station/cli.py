@@ -10,6 +10,8 @@ Examples::
     station export --db station-data/rejects.db --format csv --verdict fail --out rejects.csv
     station export --db station-data/rejects.db --format csv --per-defect --absolute-paths --out defects.csv
     station export --db station-data/rejects.db --format json --part-id P-1 --meas-id M-1 --out -   # one part
+    station review --db station-data/rejects.db --mark 12=good --mark 40=defect --by alice   # QA's review
+    station export --db station-data/rejects.db --format csv --reviews --out reviewed.csv   # with the latest review
 
 Exit codes of `station run` and `station demo`:
   0    done (the source ended, or --max-frames was reached)
@@ -43,6 +45,9 @@ from station.fleet.cli import add_fleet_commands
 from station.integrations import flag_overrides
 from station.pipeline import DEFAULT_DRAIN_TIMEOUT_S
 from station.recipe import load_recipe, shipped_recipe_path
+from station.review import DESCRIPTION as REVIEW_DESCRIPTION
+from station.review import EPILOG as REVIEW_EPILOG
+from station.review import add_review_arguments, run_review
 from ui.app import display_available
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -199,7 +204,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="station", description="Run the inspection line and export its reject log.",
+        prog="station", description="Run the inspection line, export its reject log and record QA's reviews.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::", 1)[1])
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -229,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export the reject log for QA (CSV or JSON)")
     add_export_arguments(export)
     export.set_defaults(func=run_export)
+
+    review = sub.add_parser("review", help="record QA's review of ledger rows (good part / defect), or list them",
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            description=textwrap.fill(REVIEW_DESCRIPTION, 100, break_on_hyphens=False),
+                            epilog=textwrap.fill(REVIEW_EPILOG, 100, break_on_hyphens=False))
+    add_review_arguments(review)
+    review.set_defaults(func=run_review)
     add_fleet_commands(sub)
     return parser
 

@@ -25,14 +25,19 @@ from pathlib import Path
 from typing import Any
 
 from station.errors import RejectLogError, StationError
-from station.rejectlog import (COLUMNS, IDENTITY_FILTERS, VerdictFilter, check_times, decode_labels, fetch_rows,
-                               write_atomically)
+from station.rejectlog import (COLUMNS, IDENTITY_FILTERS, VerdictFilter, check_times, decode_labels, fetch_reviews,
+                               fetch_rows, open_readonly, write_atomically)
 
 #: The columns of ``--per-defect``: the part's own columns, then the defect's.
 PART_COLUMNS = ("id", "time_utc", "station_id", "run_id", "part_id", "meas_id", "product_id", "job_id", "source",
                 "frame_id", "file", "verdict", "engine_id", "recipe", "calibration", "image_path", "overlay_path")
 DEFECT_COLUMNS = ("defect", "label", "x", "y", "width", "height", "area_px", "centroid_x", "centroid_y", "mean_score",
                   "max_score", "area_mm2", "width_mm", "height_mm")
+
+#: The columns of ``--reviews``, after a row's own: its latest review (``station review``; empty when none) and how
+#: many reviews it has. ``review_finding``: false reject, escape, confirmed or not inspected.
+REVIEW_EXPORT_COLUMNS = ("review_mark", "review_finding", "review_by", "review_time_utc", "review_note",
+                         "review_count")
 
 
 class ExportFormat(str, enum.Enum):
@@ -50,7 +55,8 @@ def _absolute(rows: list[dict[str, Any]], db_path: Path) -> None:
 
 def defect_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One dict per defect of the given part rows (``PART_COLUMNS`` + ``DEFECT_COLUMNS``); parts without defects
-    give none. ``defect`` numbers the defects of a part from 1."""
+    give none. ``defect`` numbers the defects of a part from 1; rows given their review (:func:`add_reviews`) pass
+    its :data:`REVIEW_EXPORT_COLUMNS` on."""
     out = []
     for row in rows:
         for n, d in enumerate(json.loads(row["defects_json"] or "[]"), start=1):
@@ -60,8 +66,30 @@ def defect_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append({**{k: row.get(k) for k in PART_COLUMNS}, "defect": n, "label": d.get("label"), "x": x, "y": y,
                         "width": w, "height": h, "area_px": d.get("area_px"), "centroid_x": cx, "centroid_y": cy,
                         "mean_score": d.get("mean_score"), "max_score": d.get("max_score"),
-                        "area_mm2": d.get("area_mm2"), "width_mm": wmm, "height_mm": hmm})
+                        "area_mm2": d.get("area_mm2"), "width_mm": wmm, "height_mm": hmm,
+                        **{k: row[k] for k in REVIEW_EXPORT_COLUMNS if k in row}})
     return out
+
+
+def add_reviews(rows: list[dict[str, Any]], db_path: Path) -> dict[int, list[dict[str, Any]]]:
+    """Give each row the :data:`REVIEW_EXPORT_COLUMNS` of its latest review; return every row's reviews, oldest
+    first, by row id (the JSON export's ``reviews``)."""
+    conn = open_readonly(db_path)
+    try:
+        found = fetch_reviews(conn)
+    finally:
+        conn.close()
+    by_row: dict[int, list[dict[str, Any]]] = {}
+    for review in found:
+        by_row.setdefault(review["inspection_id"], []).append(
+            {k: review[k] for k in ("id", "time_utc", "reviewer", "mark", "finding", "note")})
+    for row in rows:
+        history = by_row.get(row["id"], [])
+        latest = history[-1] if history else {}
+        row.update({"review_mark": latest.get("mark"), "review_finding": latest.get("finding"),
+                    "review_by": latest.get("reviewer"), "review_time_utc": latest.get("time_utc"),
+                    "review_note": latest.get("note"), "review_count": len(history)})
+    return by_row
 
 
 def is_fleet_url(db: str | Path) -> bool:
@@ -72,7 +100,7 @@ def is_fleet_url(db: str | Path) -> bool:
 def export(db_path: str | Path, fmt: str, out_path: str | Path, since: str | datetime | None = None,
            until: str | datetime | None = None, verdict: str = "all", *, per_defect: bool = False,
            absolute_paths: bool = False, station: str | None = None, part_id: str | None = None,
-           meas_id: str | None = None, product_id: str | None = None) -> int:
+           meas_id: str | None = None, product_id: str | None = None, reviews: bool = False) -> int:
     """Write the matching rows to ``out_path`` (``"-"`` = stdout) as CSV or JSON; return the number written.
 
     CSV has one column per database column. JSON is an array of objects with the same keys, except that
@@ -82,6 +110,9 @@ def export(db_path: str | Path, fmt: str, out_path: str | Path, since: str | dat
     relative to the database's folder otherwise). ``station``: only that station's rows; ``part_id``, ``meas_id``,
     ``product_id``: only the rows of that part, measurement or product (exact match). ``db_path`` may be a
     ``postgresql://`` URL of the fleet database; its rows carry the central columns after ``COLUMNS``.
+    ``reviews``: each row (and each defect row) also carries :data:`REVIEW_EXPORT_COLUMNS`, its latest review; in
+    JSON each part also has ``reviews``, all its reviews oldest first (``id``, ``time_utc``, ``reviewer``, ``mark``,
+    ``finding``, ``note``). A station's log only: reviews are not in the fleet database yet.
     """
     filters = {"station": station, "part_id": part_id, "meas_id": meas_id, "product_id": product_id}
     try:
@@ -101,11 +132,18 @@ def export(db_path: str | Path, fmt: str, out_path: str | Path, since: str | dat
         rows = fetch_rows(db_path, since, until, verdict, **filters)
         if absolute_paths:
             _absolute(rows, Path(db_path))
+    history: dict[int, list[dict[str, Any]]] | None = None
+    if reviews:
+        if is_fleet_url(db_path):
+            raise RejectLogError("--reviews needs a station's log: reviews are not forwarded to the fleet database yet")
+        history = add_reviews(rows, Path(db_path))
+        columns += REVIEW_EXPORT_COLUMNS
     buffer = io.StringIO()
     if per_defect:
         items = defect_rows(rows)
         if kind is ExportFormat.CSV:
-            writer = csv.DictWriter(buffer, PART_COLUMNS + DEFECT_COLUMNS, lineterminator="\n")
+            writer = csv.DictWriter(buffer, PART_COLUMNS + DEFECT_COLUMNS + (REVIEW_EXPORT_COLUMNS if reviews else ()),
+                                    lineterminator="\n")
             writer.writeheader()
             writer.writerows(items)
         else:
@@ -123,6 +161,8 @@ def export(db_path: str | Path, fmt: str, out_path: str | Path, since: str | dat
             item = {k: v for k, v in row.items() if not k.endswith("_json")}
             item["defects"] = json.loads(row["defects_json"])
             item["labels"], item["patches"] = decode_labels(row["labels_json"])
+            if history is not None:
+                item["reviews"] = history.get(row["id"], [])
             items.append(item)
         json.dump(items, buffer, indent=1)
         buffer.write("\n")
@@ -171,6 +211,11 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                              "the defect's label, box, area, centroid and scores); parts without defects give none")
     parser.add_argument("--absolute-paths", action="store_true",
                         help="image_path and overlay_path as absolute paths (default: relative to the database)")
+    parser.add_argument("--reviews", action="store_true",
+                        help="add each row's latest review (station review): columns review_mark (good or defect), "
+                             "review_finding (false reject, escape, confirmed, not inspected), review_by, "
+                             "review_time_utc, review_note, and review_count (empty and 0 when unreviewed); in JSON "
+                             "each part also lists all its reviews, oldest first, as reviews")
     parser.add_argument("--out", required=True, metavar="FILE", help="output file, or - for standard output")
 
 
@@ -187,6 +232,10 @@ def run_export(args: argparse.Namespace) -> int:
         except FleetError as exc:
             print(f"{prog}: error: {exc}", file=sys.stderr)
             return 2
+        if getattr(args, "reviews", False):
+            print(f"{prog}: error: --reviews needs a station's log (--db PATH): reviews are not forwarded to the "
+                  "fleet database yet", file=sys.stderr)
+            return 2
     elif not db.is_file():
         print(f"{prog}: error: no reject log at {db}; pass --db with the database the station writes "
               "(the recipe's [log] db, station-data/rejects.db by default)", file=sys.stderr)
@@ -200,6 +249,7 @@ def run_export(args: argparse.Namespace) -> int:
         count = export(db, args.format, args.out, since=args.since, until=args.until, verdict=args.verdict,
                        per_defect=getattr(args, "per_defect", False),
                        absolute_paths=getattr(args, "absolute_paths", False), station=getattr(args, "station", None),
+                       reviews=getattr(args, "reviews", False),
                        **{key: getattr(args, key, None) for key in IDENTITY_FILTERS})
     except StationError as exc:  # RejectLogError, or FleetError from the fleet database
         print(f"{prog}: error: {exc}", file=sys.stderr)

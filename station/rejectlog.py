@@ -53,7 +53,8 @@ MeasId and ProductId, and the OPC UA job the part answers; NULL where nobody sai
 Schema history (``PRAGMA user_version``), upgraded in place when the station opens an older file, old rows kept:
 1 → 2 added ``recipe``, ``calibration``; 2 → 3 added the ledger columns (``station_id`` … ``overlay_path``) and the
 NOT_INSPECTED and GAP verdicts; 3 → 4 added ``camera_timestamp_ns``; 4 → 5 the part's identity (``part_id``,
-``meas_id``, ``product_id``, ``job_id``, and the same columns in the in-flight journal). SQLite cannot change a CHECK
+``meas_id``, ``product_id``, ``job_id``, and the same columns in the in-flight journal); 5 → 6 the ``reviews``
+table (:data:`REVIEWS_TABLE`: QA's append-only verdicts on rows, :meth:`RejectLog.add_reviews`). SQLite cannot change a CHECK
 constraint, so a file older than 3 is rebuilt (new table, rows copied, old dropped, new renamed) inside one
 transaction: a kill during it leaves the old file as it was. Old rows get ``frame_count = 1`` and ``rejected`` from
 their verdict. From 3 on an upgrade only adds columns (``ALTER TABLE ... ADD COLUMN``, in the same kind of
@@ -88,7 +89,7 @@ from ui.overlay import overlay_mask
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 GAP = "GAP"  # the verdict of a gap row
 VERDICTS = (Verdict.PASS.value, Verdict.FAIL.value, Verdict.NOT_INSPECTED.value, GAP)
 COLUMNS = ("id", "time_utc", "timestamp_ns", "source", "frame_id", "file", "verdict", "defects_json",
@@ -145,6 +146,54 @@ CREATE INDEX IF NOT EXISTS inspections_verdict_time ON inspections (verdict, tim
 CREATE INDEX IF NOT EXISTS inspections_part ON inspections (part_id) WHERE part_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS inspections_meas ON inspections (meas_id) WHERE meas_id IS NOT NULL;
 """
+
+#: What a reviewer may say of a part: it is ``good`` (a FAIL so marked is a false reject) or a ``defect`` (a PASS
+#: so marked is an escape).
+REVIEW_MARKS = ("good", "defect")
+REVIEW_COLUMNS = ("id", "inspection_id", "time_utc", "reviewer", "mark", "note")
+#: Schema 6: one row per review, never updated nor deleted (the triggers refuse it); the inspections row it names is
+#: never changed. A later review of the same row is a new row: the latest one (highest id) is the row's review.
+REVIEWS_TABLE = """
+CREATE TABLE IF NOT EXISTS reviews (
+    id            INTEGER PRIMARY KEY,
+    inspection_id INTEGER NOT NULL REFERENCES inspections (id), -- the ledger row reviewed
+    time_utc      TEXT    NOT NULL,         -- when the review was recorded, e.g. 2024-05-01T12:34:56.789Z
+    reviewer      TEXT    NOT NULL,         -- who (station review --by; default: the OS user)
+    mark          TEXT    NOT NULL CHECK (mark IN ('good', 'defect')), -- what they said of the part
+    note          TEXT                      -- their words, optional
+);
+CREATE INDEX IF NOT EXISTS reviews_inspection ON reviews (inspection_id, id);
+CREATE TRIGGER IF NOT EXISTS reviews_no_update BEFORE UPDATE ON reviews
+    BEGIN SELECT RAISE(ABORT, 'reviews are append-only: record a new review instead'); END;
+CREATE TRIGGER IF NOT EXISTS reviews_no_delete BEFORE DELETE ON reviews
+    BEGIN SELECT RAISE(ABORT, 'reviews are append-only: record a new review instead'); END
+"""
+
+
+def review_finding(verdict: str | None, mark: str) -> str:
+    """What a review makes of the verdict it names: ``false reject`` (a FAIL marked good), ``escape`` (a PASS marked
+    defect), ``confirmed`` (a FAIL marked defect, a PASS marked good), ``not inspected`` (a NOT_INSPECTED part: the
+    engine gave no verdict to judge)."""
+    if verdict == Verdict.FAIL.value:
+        return "false reject" if mark == "good" else "confirmed"
+    if verdict == Verdict.PASS.value:
+        return "escape" if mark == "defect" else "confirmed"
+    return "not inspected"
+
+
+def fetch_reviews(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Every review of the ledger behind ``conn``, oldest first, with the reviewed row's ``verdict``, ``station_id``,
+    ``part_id``, ``file`` and ``row_time_utc``, and the review's ``finding`` (:func:`review_finding`); ``[]`` for a
+    file older than schema 6."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'reviews'").fetchone() is None:
+        return []
+    sql = (f"SELECT {', '.join('r.' + c for c in REVIEW_COLUMNS)}, i.verdict, i.station_id, i.part_id, i.file, "
+           "i.time_utc FROM reviews r JOIN inspections i ON i.id = r.inspection_id ORDER BY r.id")
+    keys = (*REVIEW_COLUMNS, "verdict", "station_id", "part_id", "file", "row_time_utc")
+    found = [dict(zip(keys, row)) for row in conn.execute(sql)]
+    for item in found:
+        item["finding"] = review_finding(item["verdict"], item["mark"])
+    return found
 
 
 class VerdictFilter(str, enum.Enum):
@@ -278,7 +327,7 @@ def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
                 if column not in present:
                     conn.execute(f"ALTER TABLE inspections ADD COLUMN {column} {kind}")
             log.info("reject log %s upgraded from schema %d to %d in place (%d rows kept; added %s)", path, version,
-                     SCHEMA_VERSION, before[0], ", ".join(c for c in COLUMNS if c not in present))
+                     SCHEMA_VERSION, before[0], ", ".join([c for c in COLUMNS if c not in present] + ["reviews"]))
         elif version < SCHEMA_VERSION and present:
             before = conn.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM inspections").fetchone()
             conn.execute(_TABLE.format(name="inspections_new"))
@@ -300,6 +349,8 @@ def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
             conn.execute(statement)
         journal.create_tables(conn)  # the runs and the in-flight journal (station.journal), beside the rows
         journal.upgrade_tables(conn)  # an older file's journal gains the columns added since
+        for statement in filter(str.strip, REVIEWS_TABLE.split(";\n")):  # schema 6: QA's reviews
+            conn.execute(statement)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -727,6 +778,50 @@ class RejectLog:
                 raise LedgerError(f"cannot write to the reject log {self.db_path} (the in-flight journal): "
                                   f"{_why(exc, self.busy_timeout_s)} ({exc}); free disk space, make the file "
                                   "writable or stop the program locking it, then start the station again") from None
+
+    # -- QA's reviews (schema 6) ---------------------------------------------------------------------------
+    def add_reviews(self, marks: list[tuple[int, str]], reviewer: str, note: str | None = None) -> list[dict[str, Any]]:
+        """Record one review per ``(row id, mark)`` (``mark`` one of :data:`REVIEW_MARKS`) by ``reviewer``, all in one
+        transaction, and return them as :func:`fetch_reviews` reads them. The rows reviewed are not changed. Raises
+        :class:`RejectLogError` (nothing recorded) when a row id is not in the ledger or names a GAP row (no part),
+        or a mark or the reviewer is not allowed; :class:`LedgerError` when the file cannot be written."""
+        if not reviewer.strip():
+            raise RejectLogError("the reviewer's name is empty; give --by NAME")
+        for row_id, mark in marks:
+            if mark not in REVIEW_MARKS:
+                raise RejectLogError(f"row {row_id}: {mark!r} is not a review; use good (the part is good) or "
+                                     "defect (the part is defective)")
+        with self._lock:
+            conn = self._connection()
+            now = format_utc(_utc_now())
+            try:
+                with self._write_gate:
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        ids = []
+                        for row_id, mark in marks:
+                            found = conn.execute("SELECT verdict FROM inspections WHERE id = ?", (row_id,)).fetchone()
+                            if found is None:
+                                last = conn.execute("SELECT MAX(id) FROM inspections").fetchone()[0]
+                                raise RejectLogError(f"row {row_id} is not in {self.db_path} (its rows are 1 to "
+                                                     f"{last or 0}); nothing was recorded")
+                            if found[0] == GAP:
+                                raise RejectLogError(f"row {row_id} is a GAP row (frames the source lost, no part "
+                                                     "to review); nothing was recorded")
+                            cursor = conn.execute("INSERT INTO reviews (inspection_id, time_utc, reviewer, mark, note) "
+                                                  "VALUES (?, ?, ?, ?, ?)", (row_id, now, reviewer, mark, note or None))
+                            ids.append(int(cursor.lastrowid))
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        raise
+            except sqlite3.Error as exc:
+                raise _write_failed(conn, self.db_path, exc, self.busy_timeout_s, "free disk space, make the file "
+                                    "writable or stop the program locking it, then review again",
+                                    what="a review") from None
+            wanted = set(ids)
+            return [r for r in fetch_reviews(conn) if r["id"] in wanted]
 
     # -- reading ---------------------------------------------------------------------------------------------
     def query(self, since: str | datetime | None = None, until: str | datetime | None = None,

@@ -1,0 +1,121 @@
+"""``station review``: QA's verdicts on the ledger's rows, recorded append-only beside them (schema 6).
+
+For example::
+
+    station review --db station-data/rejects.db --mark 12=good --mark 40=defect --by alice --note "shift B audit"
+    station review --db station-data/rejects.db --list            # every review, with what it makes of the verdict
+    station review --db station-data/rejects.db --list --json
+
+``--mark ROW=good`` says the part of ledger row ROW is good (a false reject when the row FAILed), ``ROW=defect``
+that it is defective (an escape when the row PASSed). Each mark is a new row of the ``reviews`` table
+(:data:`station.rejectlog.REVIEWS_TABLE`): who (``--by``, default the OS user), when (UTC), what, an optional note.
+The row reviewed is never changed; a second review of the same row is one more review, and the latest one counts
+(``station export --reviews``). The marks of one command are recorded together or not at all.
+"""
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from pathlib import Path
+
+from station.errors import LedgerError, RejectLogError
+from station.rejectlog import REVIEW_MARKS, RejectLog, fetch_reviews, open_readonly
+
+PROG = "station review"
+DESCRIPTION = ("Record QA's review of ledger rows, or list the reviews. --mark ROW=good says the part of row ROW "
+               "(the id column of station export) is good: a false reject when the station FAILed it. "
+               "--mark ROW=defect says it is defective: an escape when the station PASSed it. Each review is a new, "
+               "append-only row of the ledger's reviews table, naming the row, who (--by), when (UTC) and what was "
+               "said (and --note); the row reviewed is never changed, and a later review of the same row is one more "
+               "review (the latest counts). The reviews may be recorded while the station writes the log.")
+EPILOG = ("Examples: station review --db station-data/rejects.db --mark 12=good --mark 40=defect --by alice; "
+          "station review --db station-data/rejects.db --list --json. Exit status: 0 done, 1 the log cannot be "
+          "written, 2 bad arguments (a row that is not in the log, a GAP row, a mark other than good or defect, no "
+          "log at --db): said in one line, and nothing is recorded.")
+
+
+def default_reviewer() -> str:
+    """The OS user running the command (its uid when it has no name)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return f"uid {os.getuid()}"
+
+
+def parse_mark(text: str) -> tuple[int, str]:
+    """``"12=good"`` → ``(12, "good")``; :class:`RejectLogError` for anything else."""
+    row, sep, mark = text.partition("=")
+    mark = mark.strip().lower()
+    if not sep or not row.strip().isdigit() or mark not in REVIEW_MARKS:
+        raise RejectLogError(f"--mark {text!r}: use ROW=good or ROW=defect, ROW the ledger row's id "
+                             "(e.g. --mark 12=good)")
+    return int(row), mark
+
+
+def add_review_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``station review`` to ``parser`` (a sub-command parser)."""
+    parser.add_argument("--db", required=True, metavar="PATH",
+                        help="the station's ledger (reject log), e.g. station-data/rejects.db")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--mark", action="append", metavar="ROW=good|defect",
+                      help="review ledger row ROW: good (the part is good) or defect (the part is defective); "
+                           "repeat for more rows")
+    what.add_argument("--list", action="store_true",
+                      help="list every review, oldest first: its id, the row, the row's verdict, the mark, what it "
+                           "makes of the verdict (false reject, escape, confirmed, not inspected), who, when, note")
+    parser.add_argument("--by", metavar="NAME", help="who reviews (default: the OS user)")
+    parser.add_argument("--note", metavar="TEXT", help="a note recorded with each --mark")
+    parser.add_argument("--json", action="store_true", help="--list: a JSON array of objects instead of text")
+
+
+def _print_list(db: Path, as_json: bool) -> None:
+    conn = open_readonly(db)
+    try:
+        reviews = fetch_reviews(conn)
+    finally:
+        conn.close()
+    if as_json:
+        json.dump(reviews, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return
+    if not reviews:
+        print(f"no reviews in {db}")
+        return
+    print(f"{'review':>6}  {'row':>6}  {'verdict':<13}  {'mark':<6}  {'finding':<13}  {'by':<12}  {'time (UTC)':<24}  note")
+    for r in reviews:
+        print(f"{r['id']:>6}  {r['inspection_id']:>6}  {r['verdict']:<13}  {r['mark']:<6}  {r['finding']:<13}  "
+              f"{r['reviewer']:<12}  {r['time_utc']:<24}  {r['note'] or ''}".rstrip())
+
+
+def run_review(args: argparse.Namespace) -> int:
+    """Run ``station review`` with parsed arguments; returns the exit status (a :class:`LedgerError` is left to
+    the caller: exit 1)."""
+    db = Path(args.db)
+    try:
+        if not db.is_file():
+            raise RejectLogError(f"no ledger at {db}; pass --db with the database the station writes (the recipe's "
+                                 "[log] db, station-data/rejects.db by default)")
+        if args.list:
+            if args.by is not None or args.note is not None:
+                raise RejectLogError("--by and --note go with --mark, not --list")
+            _print_list(db, args.json)
+            return 0
+        if args.json:
+            raise RejectLogError("--json goes with --list")
+        marks = [parse_mark(text) for text in args.mark]
+        reviewer = default_reviewer() if args.by is None else args.by
+        open_readonly(db).close()  # a ledger, not some other file: refused before it is upgraded or written
+        with RejectLog(db, save_images=False) as ledger:
+            recorded = ledger.add_reviews(marks, reviewer, args.note)
+    except LedgerError:
+        raise  # the log cannot be written: station's main says so, exit 1
+    except RejectLogError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    for r in recorded:
+        print(f"review {r['id']}: row {r['inspection_id']} ({r['verdict']}) marked {r['mark']} by {r['reviewer']}: "
+              f"{r['finding']}")
+    return 0
