@@ -33,6 +33,15 @@ from tests.station.waiting import free_port  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[2] / "station" / "samples" / "magnetic-tile"
 SMALL = ("blowhole_exp4_num_54308.jpg", "free_exp1_num_69803.jpg", "free_exp6_num_55020.jpg")  # the fastest three
+
+
+def small_frames(tmp_path: Path) -> Path:
+    """A replay folder holding the three fastest bundled frames (:data:`SMALL`)."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for name in SMALL:
+        shutil.copy(SAMPLES / name, frames / name)
+    return frames
 USER, PASSWORD = "plc", "line-3-secret"
 STRICT_THRESHOLD = 0.9
 CAUSE = ua.Variant(0, ua.VariantType.Int32)

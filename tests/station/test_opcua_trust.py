@@ -265,13 +265,10 @@ def test_halt_ends_station_run_once_the_plc_has_disconnected(tmp_path):
     import subprocess
     import sys
 
-    from tests.station.test_opcua import SAMPLES, SMALL
+    from tests.station.test_opcua import small_frames
     from tests.station.waiting import free_port, wait_until
 
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    for name in SMALL:
-        shutil.copy(SAMPLES / name, frames / name)
+    frames = small_frames(tmp_path)
     port = free_port()
     env = dict(os.environ, STATION_OPCUA_USER=USER, STATION_OPCUA_PASSWORD=PASSWORD,
                PYTHONPATH=str(Path(__file__).resolve().parents[2]))

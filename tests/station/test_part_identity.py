@@ -6,7 +6,6 @@ import asyncio
 import csv
 import dataclasses
 import json
-import shutil
 import time
 
 import numpy as np
@@ -98,15 +97,12 @@ def test_a_plcs_meas_and_part_ids_reach_the_ledger_opcua_mqtt_and_postgresql(tmp
     from station.rejectlog import fetch_rows, new_run_id
     from tests.station.pg_util import STATION_USER
     from tests.station.test_mqtt import AMQTT, Broker, Subscriber
-    from tests.station.test_opcua import PASSWORD, SAMPLES, SMALL, USER, Plc, run
+    from tests.station.test_opcua import PASSWORD, SMALL, USER, Plc, run, small_frames
     from tests.station.waiting import free_port, wait_until
 
     if not AMQTT.exists():
         pytest.skip(f"needs the amqtt broker ({AMQTT}); pip install amqtt")
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    for name in SMALL:
-        shutil.copy(SAMPLES / name, frames / name)
+    frames = small_frames(tmp_path)
     (frames / "zz_corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all" * 4)
     users = tmp_path / "users.toml"
     users.write_text(f'[users]\n{USER} = "{hash_password(PASSWORD)}"\n')

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -20,7 +19,7 @@ pytest.importorskip("asyncua")
 pytest.importorskip("paho.mqtt")
 
 from tests.station.test_mqtt import AMQTT, Broker, Subscriber, free_port, wait_until  # noqa: E402
-from tests.station.test_opcua import PASSWORD, SAMPLES, SMALL, USER, Plc, run  # noqa: E402
+from tests.station.test_opcua import PASSWORD, USER, Plc, run, small_frames  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,10 +39,7 @@ def scrape(port: int) -> dict[str, float]:
 def test_one_station_run_serves_a_plc_a_broker_and_prometheus_from_the_same_ledger(tmp_path):
     if not AMQTT.exists():
         pytest.skip(f"needs the amqtt broker ({AMQTT}); pip install amqtt")
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    for name in SMALL:
-        shutil.copy(SAMPLES / name, frames / name)
+    frames = small_frames(tmp_path)
     broker = Broker(tmp_path).start()
     subscriber = Subscriber(broker.port, "inspection/+/results")
     opcua_port, metrics_port = free_port(), free_port()
