@@ -86,8 +86,9 @@ def main() -> int:
         check(bool(agreement), f"the demo scores itself against the bundled truth.csv ({agreement})", demo.stdout)
         print(f"     demo: {seconds:.1f} s in all, first verdict {first_verdict_s(work / 'demo.db', started):.1f} s "
               "after the command started")
-        if args.full and (Path(args.full) / "bin" / "station").exists():
-            full = run([str(Path(args.full) / "bin" / "station"), "demo", "--headless", "--fps", "0", "--db",
+        full_station = Path(args.full).resolve() / "bin" / "station" if args.full else None  # it runs in `work`
+        if full_station is not None and full_station.exists():
+            full = run([str(full_station), "demo", "--headless", "--fps", "0", "--db",
                         str(work / "full.db")], work)
             check(full.returncode == 0, "the full install's demo exits 0", full.stderr)
             if full.returncode == 0:
