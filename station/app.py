@@ -133,7 +133,8 @@ def _assemble_line(recipe: Recipe, db: Path, max_frames: int | None, feed: Resul
         source.listener = inspector
     counts_as_reject = recipe.station.not_inspected is NotInspectedPolicy.REJECT
     reject_log = RejectLog(db, save_images=recipe.log.save_reject_images, station_id=recipe.station.id,
-                           run_id=run_id or new_run_id(), not_inspected_is_reject=counts_as_reject)
+                           run_id=run_id or new_run_id(), not_inspected_is_reject=counts_as_reject,
+                           save_pass_share=recipe.log.save_pass_share, images_max_mb=recipe.log.images_max_mb)
     label = ledger_label(recipe)  # the line's judge: rows record it (and the one a recipe switch makes active)
     log.info("reject log %s: station %s, run %s; rows record recipe %r and calibration %s", db,
              reject_log.station_id, reject_log.run_id, label, calibration_status(recipe, inspector)[0])

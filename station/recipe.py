@@ -199,8 +199,17 @@ class ClassifierConfig:
 
 @dataclass(frozen=True)
 class LogConfig:
+    """The ``[log]`` table: where the ledger lives and which part images it keeps for review.
+
+    ``save_reject_images``: the image and overlay of every FAIL; ``save_pass_share``: the share of PASS parts whose
+    images are kept too (0 to 1; chosen per part by a hash of its identity, :func:`station.rejectlog.pass_sampled`),
+    so QA can look for escapes; ``images_max_mb``: the images folder is kept under this many MB (10^6 bytes) by
+    deleting the oldest images first, never those of reviewed rows (0: no bound)."""
+
     db: Path = Path("station-data/rejects.db")
     save_reject_images: bool = True
+    save_pass_share: float = 0.0
+    images_max_mb: float = 0.0
 
 
 class NotInspectedPolicy(str, enum.Enum):
@@ -661,6 +670,10 @@ def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
         db=t.get("db", LogConfig.db, lambda v: Path(check_str(v)).expanduser(),
                  'a file path, e.g. "station-data/rejects.db"'),
         save_reject_images=t.get("save_reject_images", True, check_bool, "true or false"),
+        save_pass_share=t.get("save_pass_share", 0.0, check_float(0.0, high=1.0),
+                              "a share of passes from 0 to 1, e.g. 0.02 (2 %); 0 = none"),
+        images_max_mb=t.get("images_max_mb", 0.0, check_float(0.0),
+                            "a number of megabytes >= 0, e.g. 2000 (0 = no bound)"),
     )
     t.finish()
 

@@ -33,6 +33,16 @@ two can be moved together. Files are created with the process's umask, like any 
 cannot be written (a full disk...), its row is still committed, its ``detail`` names the error, and
 :meth:`RejectLog.record_row` raises :class:`~station.errors.EvidenceError` (carrying the row): the line stops.
 
+Images for review (``[log]``, issue 29): a share of PASS parts (``save_pass_share``) has its image and overlay saved
+the same way, so QA can look for escapes; which ones is decided per part by :func:`pass_sampled`, a hash of the
+part's identity (:func:`sample_key`), so the same part is sampled at every replay and restart, whatever the order
+or the number of runs (a counter of passes would restart with each run). A pass whose image cannot be written is
+still logged and says so, but does not stop the line (it is a sample, not a reject's evidence). With
+``images_max_mb`` the images folder is kept under that bound: after each saved image the oldest images (by row id)
+are deleted until it fits, skipping those of rows that have a review (:data:`REVIEWS_TABLE`). A pruned row is never
+deleted nor changed: it keeps its ``image_path`` and ``overlay_path``, which then name no file: a path that no longer
+exists means retention pruned it (the log says when, at INFO).
+
 Beside ``inspections`` the file keeps the runs that wrote it and the in-flight journal of parts acquired and not yet
 recorded (:mod:`station.journal`): what lets the next start give the parts a killed run left without a verdict their
 NOT_INSPECTED ``interrupted`` rows.
@@ -63,6 +73,7 @@ transaction) and indexes, so a large ledger is not copied.
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import logging
 import os
@@ -203,6 +214,29 @@ class VerdictFilter(str, enum.Enum):
     NOT_INSPECTED = "not_inspected"
     GAP = "gap"
     REJECTED = "rejected"  # every row with rejected = 1: FAIL, and NOT_INSPECTED when it counts as a reject
+
+
+def sample_key(entry: Any) -> str:
+    """What decides whether a PASS part's image is kept (:func:`pass_sampled`): the part's ``part_id`` (the PLC's
+    PartId, else the source's: a replayed file's name), else its file, else ``source:frame_id``."""
+    part_id = _identity(entry)["part_id"]
+    if part_id:
+        return str(part_id)
+    frame = getattr(entry, "frame", None)
+    if getattr(frame, "file", None):
+        return str(frame.file)
+    return f"{getattr(frame, 'source', '')}:{getattr(frame, 'frame_id', '')}"
+
+
+def pass_sampled(key: str, share: float) -> bool:
+    """Whether a PASS part with this :func:`sample_key` has its image kept under ``[log] save_pass_share = share``:
+    the first 8 bytes of the key's SHA-256, read as a fraction of 2^64, fall below ``share``. The same key always
+    gets the same answer, and over many parts the share kept is ``share``."""
+    if share <= 0.0:
+        return False
+    if share >= 1.0:
+        return True
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2.0**64 < share
 
 
 def _utc_now() -> datetime:
@@ -550,9 +584,14 @@ class RejectLog:
 
     def __init__(self, db_path: str | Path, save_images: bool = True, *, station_id: str | None = None,
                  run_id: str | None = None, not_inspected_is_reject: bool = True,
-                 busy_timeout_s: float = 10.0) -> None:
+                 busy_timeout_s: float = 10.0, save_pass_share: float = 0.0, images_max_mb: float = 0.0) -> None:
         self.db_path = Path(db_path)
         self.save_images = save_images
+        self.save_pass_share = float(save_pass_share)  # [log] save_pass_share: PASS images kept (pass_sampled)
+        self.images_max_mb = float(images_max_mb)  # [log] images_max_mb: the images folder's bound (0: none)
+        self._images_bytes: int | None = None  # bytes under images_dir, counted at the first prune (images_max_mb)
+        self._pruned_through = 0  # row ids up to here have been through retention
+        self._over_bound_warned = False
         self.station_id, self.run_id = station_id, run_id
         self.not_inspected_is_reject = not_inspected_is_reject
         self.busy_timeout_s = busy_timeout_s
@@ -596,6 +635,9 @@ class RejectLog:
             conn.close()
             raise error from None
         self._conn: sqlite3.Connection | None = conn
+        if self.images_max_mb > 0:  # a smaller bound than the last run's applies from the start
+            with self._lock:
+                self._prune()
 
     def __enter__(self) -> RejectLog:
         return self
@@ -648,6 +690,10 @@ class RejectLog:
                                   f"({exc}); free disk space, make the file writable or stop the program locking "
                                   "it, then start the station again") from None
             committed = {"id": int(cursor.lastrowid), **{c: row.get(c) for c in COLUMNS if c != "id"}}
+            if self.images_max_mb > 0 and row.get("image_path"):
+                if self._images_bytes is not None:
+                    self._images_bytes += sum(self._file_size(row.get(c)) for c in ("image_path", "overlay_path"))
+                self._prune()
             if lost:  # the row says so; the line stops as on any write error (docs/RELIABILITY.md, issue 26)
                 raise EvidenceError(f"the reject image of FAIL frame {row['frame_id']} could not be written "
                                     f"({lost[0].strerror or lost[0]}: {lost[0].filename or self.images_dir}); its row "
@@ -666,13 +712,16 @@ class RejectLog:
         if isinstance(entry, InspectionResult):
             frame = entry.frame
             image_path = overlay_path = None
-            if entry.verdict is Verdict.FAIL and self.save_images:
+            fail = entry.verdict is Verdict.FAIL
+            if (self.save_images if fail else
+                    entry.verdict is Verdict.PASS and pass_sampled(sample_key(entry), self.save_pass_share)):
                 image_path, overlay_path, error = self._save_images(entry, now)
                 if error is not None:
-                    if isinstance(error, OSError) and lost is not None:
+                    if fail and isinstance(error, OSError) and lost is not None:  # a pass sample never stops the line
                         lost.append(error)
                     why = f"{type(error).__name__}: {error}"
-                    common["detail"] = "; ".join(t for t in (note, f"reject image not saved ({why})") if t)
+                    what = "reject image" if fail else "pass sample image"
+                    common["detail"] = "; ".join(t for t in (note, f"{what} not saved ({why})") if t)
             return {**common, "timestamp_ns": int(frame.timestamp_ns), "source": frame.source,
                     "camera_timestamp_ns": _camera_ns(frame),
                     "frame_id": int(frame.frame_id), "file": frame.file, "verdict": Verdict(entry.verdict).value,
@@ -732,6 +781,78 @@ class RejectLog:
         relative = self.db_path.parent
         return (final.relative_to(relative).as_posix(),
                 None if overlay is None else overlay.relative_to(relative).as_posix(), None)
+
+    # -- retention ([log] images_max_mb) -----------------------------------------------------------------------
+    def _file_size(self, relative: str | None) -> int:
+        if not relative:
+            return 0
+        try:
+            return (self.db_path.parent / relative).stat().st_size
+        except OSError:
+            return 0
+
+    def _count_image_bytes(self) -> int:
+        total = 0
+        for folder, _, names in os.walk(self.images_dir):
+            for name in names:
+                try:
+                    total += os.stat(os.path.join(folder, name)).st_size
+                except OSError:
+                    pass
+        return total
+
+    def prune_images(self) -> list[int]:
+        """Apply ``images_max_mb`` now (:meth:`record_row` does after each saved image): the ids of the rows whose
+        images were deleted, oldest first."""
+        with self._lock:
+            return self._prune()
+
+    def _prune(self) -> list[int]:
+        """Delete the images of the oldest rows (by id) not reviewed until the images folder holds at most
+        ``images_max_mb``; the rows stay as they are. Under ``self._lock``. A file that cannot be deleted or a
+        ledger that cannot be read is logged and left for the next time: retention never stops the line."""
+        bound = self.images_max_mb * 1e6
+        if bound <= 0:
+            return []
+        if self._images_bytes is None:
+            self._images_bytes = self._count_image_bytes()
+        if self._images_bytes <= bound:
+            return []
+        pruned: list[int] = []
+        try:
+            candidates = self._connection().execute(
+                "SELECT id, image_path, overlay_path FROM inspections WHERE id > ? AND image_path IS NOT NULL "
+                "AND id NOT IN (SELECT inspection_id FROM reviews) ORDER BY id", (self._pruned_through,)).fetchall()
+        except sqlite3.Error as exc:
+            log.warning("reject log: images not pruned this time (%s)", exc)
+            return []
+        for row_id, image_path, overlay_path in candidates:
+            if self._images_bytes <= bound:
+                break
+            for relative in (overlay_path, image_path):
+                if not relative:
+                    continue
+                path = self.db_path.parent / relative
+                try:
+                    size = path.stat().st_size
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    log.warning("reject log: image %s not pruned (%s)", path, exc)
+                    continue
+                self._images_bytes -= size
+            pruned.append(int(row_id))
+            self._pruned_through = int(row_id)
+        if pruned:
+            log.info("reject log: images of %d row(s) pruned (rows %d to %d) to keep %s under [log] images_max_mb = "
+                     "%g; the rows stay", len(pruned), pruned[0], pruned[-1], self.images_dir, self.images_max_mb)
+        if self._images_bytes > bound and not self._over_bound_warned:
+            self._over_bound_warned = True
+            log.warning("reject log: %s holds %.1f MB, over [log] images_max_mb = %g, and nothing more can be pruned "
+                        "(reviewed rows' images are kept; files no row names are not touched)", self.images_dir,
+                        self._images_bytes / 1e6, self.images_max_mb)
+        return pruned
 
     # -- the run and its in-flight journal (station.journal) ---------------------------------------------------
     def start_run(self, pid: int | None = None) -> None:
