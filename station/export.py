@@ -26,7 +26,7 @@ from typing import Any
 
 from station.errors import RejectLogError, StationError
 from station.rejectlog import (COLUMNS, IDENTITY_FILTERS, VerdictFilter, check_times, decode_labels, fetch_reviews,
-                               fetch_rows, open_readonly, write_atomically)
+                               fetch_rows, open_readonly, review_finding, write_atomically)
 
 #: The columns of ``--per-defect``: the part's own columns, then the defect's.
 PART_COLUMNS = ("id", "time_utc", "station_id", "run_id", "part_id", "meas_id", "product_id", "job_id", "source",
@@ -71,20 +71,37 @@ def defect_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def add_reviews(rows: list[dict[str, Any]], db_path: Path) -> dict[int, list[dict[str, Any]]]:
+def review_key(row: dict[str, Any], fleet: bool) -> Any:
+    """What names a part among the reviews: its row id in a station's log; station, run and row id in the fleet."""
+    return (row.get("station_id"), row.get("run_id") or None, row["id"]) if fleet else row["id"]
+
+
+def add_reviews(rows: list[dict[str, Any]], db_path: str | Path) -> dict[Any, list[dict[str, Any]]]:
     """Give each row the :data:`REVIEW_EXPORT_COLUMNS` of its latest review; return every row's reviews, oldest
-    first, by row id (the JSON export's ``reviews``)."""
-    conn = open_readonly(db_path)
-    try:
-        found = fetch_reviews(conn)
-    finally:
-        conn.close()
-    by_row: dict[int, list[dict[str, Any]]] = {}
+    first, by :func:`review_key` (the JSON export's ``reviews``). ``db_path``: a station's log, or the fleet
+    database's URL (the reviews its forwarders sent, migration 005)."""
+    fleet = is_fleet_url(db_path)
+    if fleet:
+        from station.fleet.central import fetch_central_reviews
+
+        found = fetch_central_reviews(str(db_path))
+        key = (lambda r: (r["station_id"], r["run_id"], r["inspection_id"]))
+    else:
+        conn = open_readonly(Path(db_path))
+        try:
+            found = fetch_reviews(conn)
+        finally:
+            conn.close()
+        key = (lambda r: r["inspection_id"])
+    by_row: dict[Any, list[dict[str, Any]]] = {}
     for review in found:
-        by_row.setdefault(review["inspection_id"], []).append(
-            {k: review[k] for k in ("id", "time_utc", "reviewer", "mark", "finding", "note")})
+        by_row.setdefault(key(review), []).append(review)
     for row in rows:
-        history = by_row.get(row["id"], [])
+        history = by_row.get(review_key(row, fleet), [])
+        for review in history:  # as the ledger says it: what the review makes of this row's verdict
+            review["finding"] = review_finding(row["verdict"], review["mark"])
+        by_row[review_key(row, fleet)] = history = [
+            {k: r[k] for k in ("id", "time_utc", "reviewer", "mark", "finding", "note")} for r in history]
         latest = history[-1] if history else {}
         row.update({"review_mark": latest.get("mark"), "review_finding": latest.get("finding"),
                     "review_by": latest.get("reviewer"), "review_time_utc": latest.get("time_utc"),
@@ -112,7 +129,7 @@ def export(db_path: str | Path, fmt: str, out_path: str | Path, since: str | dat
     ``postgresql://`` URL of the fleet database; its rows carry the central columns after ``COLUMNS``.
     ``reviews``: each row (and each defect row) also carries :data:`REVIEW_EXPORT_COLUMNS`, its latest review; in
     JSON each part also has ``reviews``, all its reviews oldest first (``id``, ``time_utc``, ``reviewer``, ``mark``,
-    ``finding``, ``note``). A station's log only: reviews are not in the fleet database yet.
+    ``finding``, ``note``). From the fleet database, the reviews its forwarders sent (migration 005).
     """
     filters = {"station": station, "part_id": part_id, "meas_id": meas_id, "product_id": product_id}
     try:
@@ -132,11 +149,9 @@ def export(db_path: str | Path, fmt: str, out_path: str | Path, since: str | dat
         rows = fetch_rows(db_path, since, until, verdict, **filters)
         if absolute_paths:
             _absolute(rows, Path(db_path))
-    history: dict[int, list[dict[str, Any]]] | None = None
+    history: dict[Any, list[dict[str, Any]]] | None = None
     if reviews:
-        if is_fleet_url(db_path):
-            raise RejectLogError("--reviews needs a station's log: reviews are not forwarded to the fleet database yet")
-        history = add_reviews(rows, Path(db_path))
+        history = add_reviews(rows, db_path)
         columns += REVIEW_EXPORT_COLUMNS
     buffer = io.StringIO()
     if per_defect:
@@ -162,7 +177,7 @@ def export(db_path: str | Path, fmt: str, out_path: str | Path, since: str | dat
             item["defects"] = json.loads(row["defects_json"])
             item["labels"], item["patches"] = decode_labels(row["labels_json"])
             if history is not None:
-                item["reviews"] = history.get(row["id"], [])
+                item["reviews"] = history.get(review_key(row, is_fleet_url(db_path)), [])
             items.append(item)
         json.dump(items, buffer, indent=1)
         buffer.write("\n")
@@ -215,7 +230,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="add each row's latest review (station review): columns review_mark (good or defect), "
                              "review_finding (false reject, escape, confirmed, not inspected), review_by, "
                              "review_time_utc, review_note, and review_count (empty and 0 when unreviewed); in JSON "
-                             "each part also lists all its reviews, oldest first, as reviews")
+                             "each part also lists all its reviews, oldest first, as reviews; from the fleet "
+                             "database too (the reviews the stations forwarded)")
     parser.add_argument("--out", required=True, metavar="FILE", help="output file, or - for standard output")
 
 
@@ -231,10 +247,6 @@ def run_export(args: argparse.Namespace) -> int:
             check_url(args.db, "--db")
         except FleetError as exc:
             print(f"{prog}: error: {exc}", file=sys.stderr)
-            return 2
-        if getattr(args, "reviews", False):
-            print(f"{prog}: error: --reviews needs a station's log (--db PATH): reviews are not forwarded to the "
-                  "fleet database yet", file=sys.stderr)
             return 2
     elif not db.is_file():
         print(f"{prog}: error: no reject log at {db}; pass --db with the database the station writes "

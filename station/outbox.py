@@ -95,6 +95,24 @@ class LedgerCursor:
                                         (int(row_id), int(limit)))
             return [dict(zip(COLUMNS, r)) for r in cursor]
 
+    def reviews_after(self, review_id: int, limit: int = 500) -> list[dict[str, Any]]:
+        """Up to ``limit`` reviews (ledger schema 6) with an id above ``review_id``, oldest first, each with the
+        reviewed row's ``station_id``, ``run_id`` and ``row_time_utc``; ``[]`` for a ledger without reviews."""
+        with self._lock:
+            if self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'reviews'")\
+                    .fetchone() is None:
+                return []
+            present = {r[1] for r in self._conn.execute("PRAGMA table_info(inspections)")}
+            station = "i.station_id" if "station_id" in present else "NULL"
+            run = "i.run_id" if "run_id" in present else "NULL"
+            keys = ("id", "inspection_id", "time_utc", "reviewer", "mark", "note", "station_id", "run_id",
+                    "row_time_utc")
+            cursor = self._conn.execute(
+                "SELECT r.id, r.inspection_id, r.time_utc, r.reviewer, r.mark, r.note, "
+                f"{station}, {run}, i.time_utc FROM reviews r JOIN inspections i ON i.id = r.inspection_id "
+                "WHERE r.id > ? ORDER BY r.id LIMIT ?", (int(review_id), int(limit)))
+            return [dict(zip(keys, r)) for r in cursor]
+
     def last_id(self) -> int:
         """The id of the newest row in the log (0: empty)."""
         with self._lock:

@@ -186,7 +186,8 @@ def _login(conn: Any, user: str) -> None:
 
 def _station_policy(conn: Any, login: str, ids: Sequence[str]) -> None:
     """In the caller's transaction: the login (created when missing) joins fleet_station, and its policy on parts
-    allows exactly ``ids`` (replacing an earlier one): rows it inserts, and rows it could ever update or delete."""
+    (and on reviews, from migration 005 on) allows exactly ``ids`` (replacing an earlier one): rows it inserts, and
+    rows it could ever update or delete."""
     from psycopg import sql
 
     if conn.execute("SELECT to_regclass('fleet_settings')").fetchone()[0] is None:
@@ -197,6 +198,10 @@ def _station_policy(conn: Any, login: str, ids: Sequence[str]) -> None:
     conn.execute(sql.SQL("DROP POLICY IF EXISTS {} ON parts").format(policy))
     conn.execute(sql.SQL("CREATE POLICY {} ON parts FOR ALL TO {} USING ({}) WITH CHECK ({})").format(
         policy, sql.Identifier(login), check, check))
+    if conn.execute("SELECT to_regclass('reviews')").fetchone()[0] is not None:  # migration 005: the same on reviews
+        conn.execute(sql.SQL("DROP POLICY IF EXISTS {} ON reviews").format(policy))
+        conn.execute(sql.SQL("CREATE POLICY {} ON reviews FOR ALL TO {} USING ({}) WITH CHECK ({})").format(
+            policy, sql.Identifier(login), check, check))
 
 
 def add_station(url: str, login: str, station_ids: Sequence[str] | None = None) -> None:
@@ -303,4 +308,29 @@ def fetch_central(url: str, since: str | datetime | None = None, until: str | da
         row["forwarded_utc"] = format_utc(row["forwarded_utc"])
         if row["run_id"] == "":
             row["run_id"] = None
+    return rows
+
+
+def fetch_central_reviews(url: str) -> list[dict[str, Any]]:
+    """Every review in the fleet database (migration 005), by station and then oldest first, as dicts with the
+    part's key (``station_id``, ``run_id``: ``None`` for ``''``, ``inspection_id``: the part's row id) and the
+    review's ``id`` (its id in the station's ledger), ``time_utc`` (ISO text as in the ledger), ``reviewer``,
+    ``mark``, ``note``."""
+    import psycopg
+
+    keys = ("station_id", "run_id", "inspection_id", "id", "time_utc", "reviewer", "mark", "note")
+    with connect(url, "station export") as conn:
+        if conn.execute("SELECT to_regclass('reviews')").fetchone()[0] is None:
+            raise FleetError(f"{destination(url)} has no reviews yet (migration 005); an admin runs station fleet "
+                             "init --to ADMIN_URL, then the stations' forwarders send their reviews")
+        try:
+            rows = [dict(zip(keys, r)) for r in conn.execute(
+                "SELECT station_id, run_id, row_id, review_id, time_utc, reviewer, mark, note FROM reviews "
+                "ORDER BY station_id, review_id")]
+        except psycopg.Error as exc:
+            raise FleetError(f"cannot read {destination(url)}: {str(exc).strip()}; the user needs SELECT on "
+                             "reviews (GRANT fleet_qa TO user)") from None
+    for row in rows:
+        row["time_utc"] = format_utc(row["time_utc"])
+        row["run_id"] = row["run_id"] or None
     return rows

@@ -36,7 +36,8 @@ def add_fleet_commands(sub: argparse._SubParsersAction) -> None:
         description=textwrap.fill("Ship the ledger's rows (PASS, FAIL, NOT_INSPECTED, GAP) to the fleet database in order and in "
                     "batches, one transaction each; a durable mark in the ledger file says what the server holds, "
                     "and a resent row is ignored there (station, run, row id), so a crash, an outage or a restart "
-                    "never loses nor duplicates a row. Runs until stopped (SIGTERM, Ctrl-C), retrying with back-off "
+                    "never loses nor duplicates a row. QA's reviews (station review) follow the rows they name, kept the same way "
+                    "(station, review id). Runs until stopped (SIGTERM, Ctrl-C), retrying with back-off "
                     "while the server is away; when there is no ledger at --db yet, it says so and waits for the "
                     "station to create it, so it may start before the station. --once ships what is there and "
                     "exits.", 100),
@@ -187,7 +188,8 @@ def _forward(prog: str, args: argparse.Namespace, stop: threading.Event) -> int:
     try:
         if args.status:
             status = forwarder.status()
-            status.pop("connected"), status.pop("sent"), status.pop("inserted"), status.pop("last_error")
+            for key in ("connected", "sent", "inserted", "last_error", "reviews_sent", "reviews_inserted"):
+                status.pop(key)
             if args.json:
                 print(json.dumps(status, indent=1))
             else:
@@ -206,7 +208,8 @@ def _forward(prog: str, args: argparse.Namespace, stop: threading.Event) -> int:
         if args.json:
             print(json.dumps(status, indent=1))
         else:
-            print(f"{prog}: {status['sent']} rows sent to {status['to']} ({status['inserted']} new); "
+            print(f"{prog}: {status['sent']} rows sent to {status['to']} ({status['inserted']} new), "
+                  f"{status['reviews_sent']} reviews ({status['reviews_inserted']} new); "
                   f"{status['lag_rows']} rows behind", file=sys.stderr)
         return EXIT_OK
     finally:

@@ -57,6 +57,11 @@ INSERT_COLUMNS = ("station_id", "run_id", "row_id", "time_utc", "timestamp_ns", 
 _INSERT = (f"INSERT INTO parts ({', '.join(INSERT_COLUMNS)}) VALUES ({', '.join(['%s'] * len(INSERT_COLUMNS))}) "
            "ON CONFLICT DO NOTHING")
 DEFAULT_BATCH = 500
+#: The columns a forwarded review fills (migration 005), in the order of the INSERT.
+REVIEW_COLUMNS = ("station_id", "review_id", "run_id", "row_id", "row_time_utc", "time_utc", "reviewer", "mark",
+                  "note")
+_INSERT_REVIEW = (f"INSERT INTO reviews ({', '.join(REVIEW_COLUMNS)}) "
+                  f"VALUES ({', '.join(['%s'] * len(REVIEW_COLUMNS))}) ON CONFLICT DO NOTHING")
 
 
 def ledger_ready(db_path: str | Path) -> bool:
@@ -136,6 +141,10 @@ class Forwarder:
         self.station_id = station_id or os.uname().nodename  # for rows written before ledgers had a station id
         self.images_dir = None if images_dir is None else Path(images_dir)
         self.cursor = LedgerCursor(self.db_path, f"fleet {self.destination}")
+        # QA's reviews (ledger schema 6) go after the parts they name, with their own mark
+        self.review_cursor = LedgerCursor(self.db_path, f"fleet reviews {self.destination}")
+        self.reviews_sent = 0      # reviews shipped by this forwarder (committed)
+        self.reviews_inserted = 0  # of them, reviews the server did not have yet
         self.sent = 0        # rows shipped by this forwarder (committed)
         self.inserted = 0    # of them, rows the server did not have yet
         self.last_error: str | None = None
@@ -223,6 +232,51 @@ class Forwarder:
         self.inserted += inserted
         return len(rows)
 
+    def central_review(self, review: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The values of the central INSERT for one local review (:meth:`LedgerCursor.reviews_after`)."""
+        value = {**review, "station_id": review.get("station_id") or self.station_id,
+                 "review_id": int(review["id"]), "run_id": review.get("run_id") or "",
+                 "row_id": int(review["inspection_id"]), "row_time_utc": parse_utc(review["row_time_utc"]),
+                 "time_utc": parse_utc(review["time_utc"])}
+        return tuple(value.get(c) for c in REVIEW_COLUMNS)
+
+    def ship_reviews(self) -> int:
+        """Ship the next batch of reviews whose parts the server holds (reviewed rows up to the parts' mark) in one
+        transaction, then advance the reviews' mark; returns the reviews shipped (0: caught up). ``ON CONFLICT DO
+        NOTHING`` on (station, review id): a batch resent after a crash is ignored. Raises :class:`FleetError` (the
+        mark stays) when it fails."""
+        import psycopg
+
+        parts_mark = self.cursor.mark()
+        reviews = []
+        for review in self.cursor.reviews_after(self.review_cursor.mark(), self.batch):
+            if review["inspection_id"] > parts_mark:  # its part is not on the server yet: it goes after it
+                break
+            reviews.append(review)
+        if not reviews:
+            return 0
+        values = [self.central_review(r) for r in reviews]
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                with conn.cursor() as cur:
+                    cur.executemany(_INSERT_REVIEW, values)
+                    inserted = max(0, cur.rowcount)
+        except psycopg.Error as exc:
+            self.drop_connection()
+            if isinstance(exc, psycopg.errors.UndefinedTable):
+                hint = ("the fleet database predates reviews (migration 005); an admin runs station fleet init --to "
+                        "ADMIN_URL; the reviews wait in the ledger")
+            else:
+                hint = self._hint(exc, values).replace("rows", "reviews")
+            refused = isinstance(exc, psycopg.errors.InsufficientPrivilege) and exc.diag.message_primary
+            raise FleetError(f"forwarding reviews to {self.destination} failed: {refused or str(exc).strip()} "
+                             f"({hint})") from None
+        self.review_cursor.advance(reviews[-1]["id"])  # only now: the reviews are committed on the server
+        self.reviews_sent += len(reviews)
+        self.reviews_inserted += inserted
+        return len(reviews)
+
     def _hint(self, exc: Exception, values: list[tuple[Any, ...]]) -> str:
         """What to do about a refused batch; the rows wait in the ledger in every case."""
         import psycopg
@@ -245,13 +299,16 @@ class Forwarder:
         return "run station fleet init --to URL, and station fleet add-station for this login"
 
     def forward_all(self, stop: threading.Event | None = None) -> int:
-        """Ship batches until caught up (or ``stop`` is set); returns the rows shipped. Raises :class:`FleetError`
-        when the server cannot be reached or refuses the rows."""
+        """Ship batches until caught up (or ``stop`` is set), then the reviews of the rows shipped; returns the rows
+        shipped. Raises :class:`FleetError` when the server cannot be reached or refuses the rows or reviews."""
         total = 0
         while stop is None or not stop.is_set():
             n = self.ship_batch()
             total += n
             if n < self.batch:
+                break
+        while stop is None or not stop.is_set():
+            if self.ship_reviews() < self.batch:
                 break
         return total
 
@@ -292,12 +349,15 @@ class Forwarder:
         rows, seconds = self.lag()
         return {"to": self.destination, "db": str(self.db_path), "mark": self.cursor.mark(),
                 "last_row": self.cursor.last_id(), "lag_rows": rows, "lag_seconds": round(seconds, 3),
-                "sent": self.sent, "inserted": self.inserted, "connected": self._conn is not None,
+                "sent": self.sent, "inserted": self.inserted, "reviews_mark": self.review_cursor.mark(),
+                "reviews_sent": self.reviews_sent, "reviews_inserted": self.reviews_inserted,
+                "connected": self._conn is not None,
                 "last_error": self.last_error}
 
     def close(self) -> None:
         self.drop_connection()
         self.cursor.close()
+        self.review_cursor.close()
 
 
 # -- the [fleet] integration of `station run` -------------------------------------------------------------------

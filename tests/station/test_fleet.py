@@ -161,7 +161,7 @@ def test_init_is_versioned_and_idempotent_with_monthly_partitions(pg: PgServer, 
     assert station_main(["fleet", "init", "--to", url]) == 0
     with psycopg.connect(url) as conn:
         assert [r[0] for r in conn.execute("SELECT name FROM schema_migrations ORDER BY version")] == \
-            ["001_parts", "002_roles", "003_row_security", "004_part_identity"]
+            ["001_parts", "002_roles", "003_row_security", "004_part_identity", "005_reviews"]
         assert conn.execute("SELECT partstrat FROM pg_partitioned_table WHERE partrelid = 'parts'::regclass")\
             .fetchone()[0] == "r"
         indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'parts'")}

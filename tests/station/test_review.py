@@ -164,9 +164,7 @@ def test_no_ledger_and_a_gap_row_are_refused(tmp_path, ledger):
     done = run_station("review", "--db", str(ledger), "--mark", f"{gap}=good")
     assert done.returncode == 2 and "is a GAP row" in done.stderr
     assert query(ledger, "SELECT COUNT(*) FROM reviews") == [(0,)]
-    fleet = run_station("export", "--db", "postgresql://qa@localhost/fleet", "--format", "csv", "--reviews",
-                        "--out", "-")
-    assert fleet.returncode == 2 and "--reviews needs a station's log" in fleet.stderr
+    # --reviews from the fleet database (forwarded reviews, migration 005): tests/station/test_fleet_reviews.py
 
 
 def test_a_schema_5_ledger_keeps_its_rows_and_gains_the_reviews_in_place(ledger):
