@@ -204,29 +204,12 @@ class Forwarder:
     def ship_batch(self) -> int:
         """Ship the next batch (at most ``batch`` rows after the mark) in one transaction, then advance the mark;
         returns the rows shipped (0: caught up). Raises :class:`FleetError` (the mark stays) when it fails."""
-        import psycopg
 
         rows = self.cursor.rows_after(self.cursor.mark(), self.batch)
         if not rows:
             return 0
         values = [self.central_row(r) for r in rows]
-        conn = self._connection()
-        try:
-            for moment in sorted({v[3] for v in values}):
-                month = (moment.year, moment.month)
-                if month not in self._months:
-                    conn.execute("SELECT fleet_ensure_month(%s)", (moment,))
-                    conn.commit()
-                    self._months.add(month)
-            with conn.transaction():
-                with conn.cursor() as cur:
-                    cur.executemany(_INSERT, values)
-                    inserted = max(0, cur.rowcount)
-        except psycopg.Error as exc:
-            self.drop_connection()
-            refused = isinstance(exc, psycopg.errors.InsufficientPrivilege) and exc.diag.message_primary
-            raise FleetError(f"forwarding to {self.destination} failed: {refused or str(exc).strip()} "
-                             f"({self._hint(exc, values)})") from None
+        inserted = self._insert(_INSERT, values, "", months=True)
         self.cursor.advance(rows[-1]["id"])  # only now: the rows are committed on the server
         self.sent += len(rows)
         self.inserted += inserted
@@ -245,7 +228,6 @@ class Forwarder:
         transaction, then advance the reviews' mark; returns the reviews shipped (0: caught up). ``ON CONFLICT DO
         NOTHING`` on (station, review id): a batch resent after a crash is ignored. Raises :class:`FleetError` (the
         mark stays) when it fails."""
-        import psycopg
 
         parts_mark = self.cursor.mark()
         reviews = []
@@ -256,26 +238,42 @@ class Forwarder:
         if not reviews:
             return 0
         values = [self.central_review(r) for r in reviews]
-        conn = self._connection()
-        try:
-            with conn.transaction():
-                with conn.cursor() as cur:
-                    cur.executemany(_INSERT_REVIEW, values)
-                    inserted = max(0, cur.rowcount)
-        except psycopg.Error as exc:
-            self.drop_connection()
-            if isinstance(exc, psycopg.errors.UndefinedTable):
-                hint = ("the fleet database predates reviews (migration 005); an admin runs station fleet init --to "
-                        "ADMIN_URL; the reviews wait in the ledger")
-            else:
-                hint = self._hint(exc, values).replace("rows", "reviews")
-            refused = isinstance(exc, psycopg.errors.InsufficientPrivilege) and exc.diag.message_primary
-            raise FleetError(f"forwarding reviews to {self.destination} failed: {refused or str(exc).strip()} "
-                             f"({hint})") from None
+        inserted = self._insert(_INSERT_REVIEW, values, "reviews ")
         self.review_cursor.advance(reviews[-1]["id"])  # only now: the reviews are committed on the server
         self.reviews_sent += len(reviews)
         self.reviews_inserted += inserted
         return len(reviews)
+
+    def _insert(self, sql: str, values: list[tuple[Any, ...]], what: str, months: bool = False) -> int:
+        """Insert ``values`` with ``sql`` in one transaction (first making the months they fall in, for parts) and
+        return how many the server added; on failure drop the connection and raise :class:`FleetError` saying what
+        to do (``what``: ``""`` for parts, ``"reviews "`` for reviews)."""
+        import psycopg
+
+        conn = self._connection()
+        try:
+            for moment in sorted({v[3] for v in values}) if months else ():
+                month = (moment.year, moment.month)
+                if month not in self._months:
+                    conn.execute("SELECT fleet_ensure_month(%s)", (moment,))
+                    conn.commit()
+                    self._months.add(month)
+            with conn.transaction():
+                with conn.cursor() as cur:
+                    cur.executemany(sql, values)
+                    inserted = max(0, cur.rowcount)
+        except psycopg.Error as exc:
+            self.drop_connection()
+            if what and isinstance(exc, psycopg.errors.UndefinedTable):
+                hint = ("the fleet database predates reviews (migration 005); an admin runs station fleet init --to "
+                        "ADMIN_URL; the reviews wait in the ledger")
+            else:
+                hint = self._hint(exc, values)
+                hint = hint.replace("rows", "reviews") if what else hint
+            refused = isinstance(exc, psycopg.errors.InsufficientPrivilege) and exc.diag.message_primary
+            raise FleetError(f"forwarding {what}to {self.destination} failed: {refused or str(exc).strip()} "
+                             f"({hint})") from None
+        return inserted
 
     def _hint(self, exc: Exception, values: list[tuple[Any, ...]]) -> str:
         """What to do about a refused batch; the rows wait in the ledger in every case."""
