@@ -4,6 +4,7 @@ packages' declared user-error roots, never by a built-in class."""
 from __future__ import annotations
 
 import builtins
+from pathlib import Path
 
 import pytest
 
@@ -98,6 +99,18 @@ def test_a_missing_or_malformed_split_file_is_a_user_error(tmp_path):
     (tmp_path / "split.json").write_text("not json")
     with pytest.raises(InputError, match="is not a split file"):
         read_split(tmp_path / "split.json")
+    (tmp_path / "split.json").write_text('{"train": "a.png", "holdout": []}')
+    with pytest.raises(InputError, match="is not a split file"):
+        read_split(tmp_path / "split.json")
+
+
+def test_the_shipped_part_wise_split_reads_with_its_grouping():
+    """`engines split --group-by part` writes the grouping beside the lists; training and accept must read it."""
+    from engines.data.segmentation import read_split
+
+    split = read_split(Path(__file__).resolve().parents[1] / "docs/splits/magnetic-tile-by-part.json")
+    assert split["group_by"] == "part" and len(split["train"]) > 500
+    assert not set(split["train"]) & set(split["validation"]) and not set(split["train"]) & set(split["holdout"])
 
 
 def test_station_bad_recipe_is_one_line(tmp_path, capsys):

@@ -145,7 +145,9 @@ def read_split(path: str | Path) -> dict[str, list[str]]:
                          "with `engines split`") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path} is not a split file (JSON: image names by part): {exc}") from None
-    if not isinstance(split, dict) or not all(isinstance(names, list) for names in split.values()):
+    # Only the lists are checked: a part-wise split also carries its grouping (``group_by``, ``parts``).
+    if not isinstance(split, dict) or "train" not in split or not all(
+            isinstance(split.get(part, []), list) for part in ("train", "validation", "holdout")):
         raise InputError(f"{path} is not a split file: expected JSON lists of image names by part (train, "
                          "validation, holdout), as `engines split` writes")
     return split
