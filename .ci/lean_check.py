@@ -20,6 +20,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -117,6 +118,10 @@ def main() -> int:
           f"`engines train` says in one line that it needs the train extra: {train.stderr.strip()}", train.stderr)
 
     print(f"lean install: {len(FAILURES)} failure(s)")
+    if not FAILURES:
+        shutil.rmtree(work, ignore_errors=True)  # kept only when something failed, to look at
+    else:
+        print(f"     its files are kept in {work}")
     return 1 if FAILURES else 0
 
 
