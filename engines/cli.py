@@ -114,7 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("model", choices=MODEL_NAMES,
                        help="segmentation: bffn (paper 000) or a baseline on the same ResNet-18 backbone; "
                             "multi-label classification: gr (paper 001, two phases) or a torchvision baseline")
-    train.add_argument("--data", required=True, help="data folder (generic images/+masks/, magnetic-tile, or NEU-Seg)")
+    train.add_argument("--data", required=True, action="append", metavar="DIR",
+                       help="data folder (generic images/+masks/, magnetic-tile, or NEU-Seg). Repeat it to train on "
+                            "more: --data BASE --data LINE, e.g. with the line's reviewed images from `engines "
+                            "dataset --from-ledger`. --split/--holdout cut the first folder; of each further one a "
+                            "quarter of every class is kept aside (named in OUT/split.json, \"extra\") for "
+                            "`engines accept --line`, and the rest trains")
     train.add_argument("--out", required=True, help="run folder: checkpoint, log, final weights and config")
     train.add_argument("--epochs", type=int,
                        help="epochs (default: the paper's: 30 for segmentation, 40 per phase for classifiers)")
@@ -283,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "  2. with --against, learn the reference's own rule there too: does the candidate beat it?\n"
                     "  3. judge the held-out part once with the learned rule;\n"
                     "  4. check the held-out figures against the goals (F1, false alarms on defect-free images,\n"
-                    "     pixel IoU, recall of every defect class with enough held-out images).\n"
+                    "     pixel IoU, recall of every defect class with enough held-out images);\n"
+                    "  5. with --line, judge both on the line's reviewed images the candidate did not train on.\n"
                     "OUT gets validation.json, holdout.json (the `engines eval --json` reports) and acceptance.json.\n"
                     "Exit codes: 0 accepted, 1 a goal not met (or the reference not beaten), 2 bad input.",
         epilog="example:\n  engines accept --weights runs/bffn-tr2/best --against bffn-magnetic-tile \\\n"
@@ -296,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--against", metavar="WEIGHTS",
                      help="reference weights (e.g. the shipped ones): also learn their rule on validation and "
                           "accept the candidate only if its validation F1 is higher (or equal with fewer errors)")
+    acc.add_argument("--line", action="append", metavar="DIR",
+                     help="also judge both networks on the line's reviewed images (a folder from `engines dataset "
+                          "--from-ledger`), each with the rule it learned on validation: the images the candidate's "
+                          "run kept aside (its split.json, \"extra\"), or all of them when it did not train on DIR. "
+                          "With --against, the candidate must make no more errors there than the reference. "
+                          "Repeatable")
     acc.add_argument("--learn-min-areas", metavar="A,B,...",
                      help="minimum areas (px) the rule is learned over, with every threshold of the sweep "
                           "(default: 10,20,30,50,80,120,200)")

@@ -37,6 +37,13 @@ def run_train(args: argparse.Namespace) -> int:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logging.getLogger().addHandler(handler)
     classifier = model_spec(args.model).task is Task.CLASSIFICATION
+    if isinstance(args.data, list):  # --data BASE [--data LINE ...]: the first is the base, the others train beside it
+        args.data, *extra = args.data
+        if extra and classifier:
+            raise InputError(f"{args.model} trains on one --data folder; several are for segmentation networks "
+                             "(--data BASE --data LINE)")
+    else:
+        extra = []
     wrong = [f"--{k.replace('_', '-')}" for k, unset in (SEG_ONLY if classifier else CLS_ONLY).items()
              if getattr(args, k) not in (unset,)]
     if wrong:
@@ -59,7 +66,7 @@ def run_train(args: argparse.Namespace) -> int:
                              mine_every=args.mine_every or 1, channels_last=not args.no_channels_last,
                              gain_target=args.gain_target or 0.0, border=args.border or 0,
                              photometric=args.photometric or "jitter", edge_fraction=args.edge_fraction or 0.0,
-                             paste_fraction=args.paste_fraction or 0.0)
+                             paste_fraction=args.paste_fraction or 0.0, extra_data=tuple(extra))
     final = train_segmentation(settings, progress=not args.quiet)
     if main_process:
         print(json.dumps(final, indent=2))
@@ -495,6 +502,13 @@ def run_accept(args: argparse.Namespace) -> int:
                   class_recall=args.goal_class_recall, class_min_images=args.class_min_images,
                   exposure_spread=args.goal_exposure_spread)
     summary["goals"] = held_out_goals(report, records, goals)
+    for folder in args.line or []:  # the line's reviewed images: written down for both, and a goal with --against
+        line = _judge_line(folder, args, learned, reference if args.against else None, base)
+        summary.setdefault("line", []).append(line)
+        if "reference" in line:
+            summary["goals"].append({"goal": f"errors on the line's images of {folder} (FP+FN)",
+                                     "value": line["candidate"]["fp_fn"], "at_most": line["reference"]["fp_fn"],
+                                     "met": line["candidate"]["fp_fn"] <= line["reference"]["fp_fn"]})
     summary["accepted"] = ok = ok and all(g["met"] for g in summary["goals"])
     if not args.keep_config:  # the rule travels with the weights: eval and the other tools judge with it
         from datetime import datetime, timezone
@@ -525,6 +539,43 @@ def run_accept(args: argparse.Namespace) -> int:
               f"{'; within chance' if paired['p_value'] >= 0.05 else ''})", file=sys.stderr)
     print(f"{'accepted' if ok else 'NOT accepted'}; reports in {out}", file=sys.stderr)
     return EXIT_OK if ok else EXIT_FAILED
+
+
+LINE_FIGURES = ("images", "tp", "fp", "fn", "tn", "precision", "recall", "f1", "fp_fn", "pixel_iou")
+
+
+def _judge_line(folder: str, args: argparse.Namespace, learned, reference_rule: dict | None, base) -> dict:
+    """``engines accept --line``: the candidate (by ``learned``) and the reference (by its own learned rule) judged on
+    the line folder's images that the candidate's run kept aside, or on all of them when its run did not train on
+    the folder (its ``split.json`` is beside the weights or one folder up)."""
+    from engines.data.segmentation import extra_holdout_names, load_dataset, read_split
+    from engines.weights import resolve_weights
+
+    samples = load_dataset(folder)
+    where = resolve_weights(args.weights).path
+    split_file = next((p / "split.json" for p in (where, where.parent) if (p / "split.json").is_file()), None)
+    kept = extra_holdout_names(read_split(split_file), folder) if split_file else None
+    if kept is not None:
+        samples = [s for s in samples if s.name in set(kept)]
+        which = f"the {len(samples)} images {split_file} kept aside from training"
+    else:
+        which = f"all {len(samples)} images (the candidate's run did not train on {folder})"
+    if not samples:
+        raise InputError(f"no image of {folder} is left to judge the candidate on ({which}); review more parts, or "
+                         "train without that folder")
+    line: dict = {"data": str(folder), "judged": which}
+    report, _, _, _ = _judge_segmentation(args.weights, samples, args, learned)
+    line["candidate"] = {k: report[k] for k in LINE_FIGURES}
+    if reference_rule is not None:
+        theirs = base.replace(score_threshold=reference_rule["threshold"], min_area_px=reference_rule["min_area_px"],
+                              source=f"learned on {args.split} validation")
+        report, _, _, _ = _judge_segmentation(args.against, samples, args, theirs)
+        line["reference"] = {k: report[k] for k in LINE_FIGURES}
+    print(f"line images of {folder} ({which}): candidate F1 {line['candidate']['f1']} "
+          f"(FP+FN {line['candidate']['fp_fn']})" + (f", reference F1 {line['reference']['f1']} (FP+FN "
+                                                      f"{line['reference']['fp_fn']})" if "reference" in line else ""),
+          file=sys.stderr)
+    return line
 
 
 def _eval_classifier(args: argparse.Namespace) -> int:

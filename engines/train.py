@@ -60,6 +60,7 @@ class TrainSettings:
     validate: bool = True  # score the validation images after every epoch
     validate_as: str = "quick"  # "quick": whole images at 0.5 / min_area_px; "station": tiles, stitching, rules
     split: str = ""  # a split.json ({"train", "validation", "holdout"}): train on train, validate on validation
+    extra_data: tuple = ()  # further folders (the line's data set): LINE_HOLDOUT of each kept aside, the rest trains
     init_backbone: str = ""  # start the ResNet backbone from these weights (any network trained here)
     backbone_lr: float = 1.0  # the backbone's learning rate as a fraction of lr (e.g. 0.1 for a transferred start)
     class_balanced: bool = False  # defect crops: a class drawn uniformly, then an image of it
@@ -166,9 +167,20 @@ def train_segmentation(settings: TrainSettings, progress: bool = True, train_sam
             train_samples = [samples[i] for i in train_idx]
             held_samples = [samples[i] for i in held_idx]
     held_samples = held_samples or []
+    split_record = dict(split_record or
+                        {"train": [s.name for s in train_samples], "holdout": [s.name for s in held_samples]})
+    if settings.extra_data:  # the line's images train beside the base; a share stays aside for engines accept --line
+        from engines.data.segmentation import extra_folder_split
+
+        split_record["extra"] = []
+        for folder in settings.extra_data:
+            more, _, record = extra_folder_split(folder, seed=settings.seed)
+            train_samples = list(train_samples) + more
+            split_record["extra"].append(record)
+            log.info("%s: %d images train, %d kept aside for engines accept --line", folder, len(record["train"]),
+                     len(record["holdout"]))
     if main_process:
-        (out / "split.json").write_text(json.dumps(split_record or
-            {"train": [s.name for s in train_samples], "holdout": [s.name for s in held_samples]}, indent=1))
+        (out / "split.json").write_text(json.dumps(split_record, indent=1))
     spec = InputSpec(channels=1, gain_target=settings.gain_target, border=settings.border)
     if whole_frame(spec):  # training cuts its tiles from frames prepared as the line prepares them
         from engines.data.segmentation import prepared_sample

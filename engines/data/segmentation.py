@@ -160,6 +160,37 @@ def stratified_split(samples: list[SegSample], holdout: float, seed: int) -> tup
 
 SPLIT_PARTS = ("train", "validation", "holdout")
 
+#: Share of each further data folder (``engines train --data BASE --data LINE``) kept aside from training, so
+#: ``engines accept --line`` judges the candidate on line images it has not seen.
+LINE_HOLDOUT = 0.25
+
+
+def extra_folder_split(root: str | Path, holdout: float = LINE_HOLDOUT, seed: int = 0,
+                       ) -> tuple[list[SegSample], list[SegSample], dict]:
+    """A further data folder of a training run (the line's reviewed images, ``engines dataset --from-ledger``):
+    ``(train, held out, record)``. Every image-level class keeps ``holdout`` of its images aside (seeded). The
+    training samples are renamed ``<folder name>/<name>`` so they cannot collide with the base folder's; the record
+    (kept in the run's ``split.json`` under ``"extra"``) names the folder and its images by their own names."""
+    import dataclasses
+
+    root = Path(root)
+    samples = load_dataset(root)
+    train_idx, held_idx = stratified_split(samples, holdout, seed)
+    record = {"data": str(root), "train": [samples[i].name for i in train_idx],
+              "holdout": [samples[i].name for i in held_idx]}
+    train = [dataclasses.replace(samples[i], name=f"{root.name}/{samples[i].name}") for i in train_idx]
+    return train, [samples[i] for i in held_idx], record
+
+
+def extra_holdout_names(split: dict, root: str | Path) -> list[str] | None:
+    """The names of ``root``'s images that a run kept aside (its ``split.json`` ``"extra"`` record for that folder),
+    or None when the run did not train on ``root``."""
+    wanted = Path(root).resolve()
+    for record in split.get("extra", []):
+        if Path(record.get("data", "")).resolve() == wanted:
+            return list(record.get("holdout", []))
+    return None
+
 
 def three_way_split(samples: list[SegSample], validation: float, holdout: float, seed: int,
                     keep: dict[str, list[str]] | None = None, parts: list[str] | None = None,
