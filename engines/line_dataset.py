@@ -247,7 +247,7 @@ def apply_masks(root: str | Path, masks: dict[str, np.ndarray], source: str) -> 
     root = Path(root)
     images = folder_images(root)
     counts = {"masks": 0, "defect_free": 0, "moved": 0, "still_waiting": 0}
-    moved: dict[str, str] = {}
+    imported: set[str] = set()  # names of the images that got a mask
     (root / "masks").mkdir(exist_ok=True)
     for stem, mask in masks.items():
         image = images[stem]
@@ -265,17 +265,15 @@ def apply_masks(root: str | Path, masks: dict[str, np.ndarray], source: str) -> 
             raise DatasetError(f"the mask of {stem} cannot be encoded as PNG")
         target.write_bytes(encoded.tobytes())
         counts["masks"] += 1
+        imported.add(image.name)
         if waiting:
             image.rename(root / "images" / image.name)
-            moved[image.name] = "imported"
             counts["moved"] += 1
-        else:
-            moved[image.name] = "imported"
-    _note_imports(root, moved, source, {s for s, m in masks.items() if not m.any()})
+    _note_imports(root, imported, source, {s for s, m in masks.items() if not m.any()})
     return counts
 
 
-def _note_imports(root: Path, imported: dict[str, str], source: str, emptied: set[str]) -> None:
+def _note_imports(root: Path, imported: set[str], source: str, emptied: set[str]) -> None:
     """Record in provenance.jsonl and the needs_mask listing what an import changed."""
     path = root / PROVENANCE
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
