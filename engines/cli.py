@@ -11,6 +11,9 @@ Examples::
     engines verify engines-built/bffn-ort --against torch --data ../shared/data/magnetic-tile
     engines bench engines-built/bffn-ort --vs engines-built/bffn-torch --batch 32 --seconds 30
     engines list
+    engines dataset --from-ledger station-data/rejects.db --out line-data
+    engines dataset --export-coco line-data --out line-data.coco.json
+    engines dataset --import-coco line-data.coco.json --into line-data
     engines eval --weights bffn-magnetic-tile --data ../shared/data/magnetic-tile --json eval.json
     engines accept --weights runs/bffn-mt --against bffn-magnetic-tile --data ../shared/data/magnetic-tile \
         --split engines/weights/bffn-magnetic-tile/split.json --out runs/accept-mt
@@ -26,6 +29,7 @@ from pathlib import Path
 # Top layer: the command wires the calibration profiles' INT8 sets into `engines build --calibration PROFILE`
 # (calibration.int8 registers them with engines.int8_sets; the engines package itself never imports calibration).
 import calibration.int8  # noqa: F401
+from engines import label_exchange, line_dataset
 from engines.commands import (
     EXIT_FAILED,
     EXIT_OK,
@@ -43,12 +47,14 @@ from engines.commands import (
     run_train,
 )
 from engines.backends.registry import all_precisions, backend_names  # plain data, no backend library
+from engines.errors import InputError
 from engines.models import CLASSIFICATION_MODELS, MODEL_NAMES, RESNETS, SCORING_MODES  # plain data, no torch
 from engines.quantize import DEFAULT_EXCLUDE, GROUPS  # plain data, no onnx
 from inspection_core.defaults import DEFAULT_MIN_AREA_PX, DEFAULT_SCORE_THRESHOLD
 from inspection_core.errors import report_error
 from inspection_core.extras import require_train
 from station.line_calibration import recipe_judging
+from station.review import reviewed_rows
 
 #: Subcommands that always run torch (training, the ONNX export, the torch reference of a build's parity check, class
 #: activation maps): on a base install they say so in one line before doing anything. The others run on ONNX
@@ -85,6 +91,47 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"engines: verify: {args.engine} disagrees with {report['against']} beyond the {report['precision']} "
               f"tolerances: {'; '.join(report['failed'])}", file=sys.stderr)
         return EXIT_FAILED
+    return EXIT_OK
+
+
+def _dataset(args: argparse.Namespace) -> int:
+    """``engines dataset``: kept here because it reads the station's ledgers (:func:`station.review.reviewed_rows`,
+    an upward import the layers contract allows for this entry point only); the work is in
+    :mod:`engines.line_dataset` and :mod:`engines.label_exchange`."""
+    exporting = args.export_coco or args.export_labelme
+    importing = args.import_coco or args.import_labelme
+    if importing:
+        if not args.into or args.out:
+            raise InputError("--import-coco / --import-labelme take --into DIR (the data folder the masks go into), "
+                             "not --out")
+    elif not args.out or args.into:
+        raise InputError("--from-ledger and --export-coco / --export-labelme take --out (--into goes with "
+                         "--import-coco / --import-labelme)")
+    if args.from_ledger:
+        ledgers = [line_dataset.Ledger(Path(db).resolve(), reviewed_rows(db)) for db in args.from_ledger]
+        summary = line_dataset.build_line_dataset(ledgers, args.out, force=args.force)
+        print(json.dumps(summary, indent=1) if args.json else line_dataset.describe(summary))
+        return EXIT_OK
+    if exporting:
+        if args.export_coco:
+            counts = label_exchange.export_coco(args.export_coco, args.out, force=args.force)
+            text = f"{args.out}: {counts['images']} images, {counts['annotations']} polygon annotations (COCO)"
+        else:
+            counts = label_exchange.export_labelme(args.export_labelme, args.out, force=args.force)
+            text = f"{args.out}: {counts['images']} labelme files, {counts['shapes']} polygons"
+        print(json.dumps({"out": args.out, **counts}) if args.json else text)
+        return EXIT_OK
+    if args.force:
+        raise InputError("--force goes with --from-ledger and the exports; an import changes only the masks it names")
+    into = Path(args.into)
+    shapes = {stem: label_exchange.image_shape(path) for stem, path in label_exchange.folder_images(into).items()}
+    read = label_exchange.read_coco if args.import_coco else label_exchange.read_labelme
+    masks = read(importing, shapes)
+    counts = line_dataset.apply_masks(into, masks, source=str(Path(importing).resolve()))
+    text = (f"{into}: {counts['masks']} masks imported from {importing} ({counts['moved']} of them moved from "
+            f"needs_mask/ into images/), {counts['defect_free']} images made defect-free, {counts['still_waiting']} "
+            "still waiting for a mask")
+    print(json.dumps({"into": str(into), **counts}) if args.json else text)
     return EXIT_OK
 
 
@@ -487,6 +534,47 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=0, help="CPU threads per engine (0 = all cores)")
     bench.add_argument("--json", help="write the figures here")
     bench.set_defaults(func=run_bench)
+
+    ds = sub.add_parser(
+        "dataset", help="a training data set from the line's reviews; masks to and from labelling tools (COCO, labelme)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="--from-ledger: write a data folder in the layout `engines train --data` reads from what QA said\n"
+                    "of the station's verdicts (`station review --mark`; the latest review of a row counts):\n"
+                    "  false rejects (FAIL marked good) and confirmed passes: images/, no mask (defect-free);\n"
+                    "  confirmed rejects (FAIL marked defect): images/ with the predicted mask in masks/;\n"
+                    "  escapes (PASS marked defect), and rejects without a predicted mask: needs_mask/, listed in\n"
+                    "  needs_mask/listing.json, for a labeller to draw the mask.\n"
+                    "NOT_INSPECTED rows and rows whose image is gone are skipped and counted. Every image's ledger,\n"
+                    "row, station, part and review are in DIR/provenance.jsonl; the summary in DIR/line_dataset.json.\n"
+                    "An existing DIR is refused; --force replaces it (masks imported into it too: import again).\n"
+                    "--export-coco / --export-labelme write a data folder's masks as polygons for a labelling tool\n"
+                    "(one COCO file, or one labelme JSON per image); --import-coco / --import-labelme read them\n"
+                    "back: the masks of the images named are replaced, and an image in needs_mask/ that gets a\n"
+                    "mask moves into images/. Exit status: 0 done, 2 bad input (one line; nothing is changed).",
+        epilog="examples:\n"
+               "  engines dataset --from-ledger station-data/rejects.db --out line-data\n"
+               "  engines dataset --from-ledger line-1/rejects.db --from-ledger line-2/rejects.db --out line-data "
+               "--json\n"
+               "  engines dataset --export-coco line-data --out line-data.coco.json\n"
+               "  engines dataset --import-coco line-data.coco.json --into line-data\n"
+               "  engines dataset --export-labelme line-data --out line-data.labelme\n"
+               "  engines dataset --import-labelme line-data.labelme --into line-data\n"
+               "  engines train bffn --init bffn-magnetic-tile --data line-data --out runs/bffn-line")
+    what = ds.add_mutually_exclusive_group(required=True)
+    what.add_argument("--from-ledger", "--db", action="append", metavar="DB", dest="from_ledger",
+                      help="a station's ledger (the recipe's [log] db); repeat for more stations or ledgers")
+    what.add_argument("--export-coco", metavar="DIR", help="write DIR's masks as one COCO segmentation file (--out)")
+    what.add_argument("--export-labelme", metavar="DIR",
+                      help="write DIR's masks as labelme files, one NAME.json per image, into the folder --out")
+    what.add_argument("--import-coco", metavar="FILE", help="read a COCO segmentation file's masks into --into DIR")
+    what.add_argument("--import-labelme", metavar="PATH",
+                      help="read labelme files (a folder of them, or one) into --into DIR")
+    ds.add_argument("--out", help="--from-ledger: the data folder to write; --export-coco: the JSON file; "
+                                  "--export-labelme: the folder for the JSON files")
+    ds.add_argument("--into", metavar="DIR", help="the data folder an import changes")
+    ds.add_argument("--force", action="store_true", help="replace an existing --out")
+    ds.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ds.set_defaults(func=_dataset)
 
     lister = sub.add_parser("list", help="engine folders here (and in the cache), their manifests, and whether "
                                          "each can run on this machine")

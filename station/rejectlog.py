@@ -29,7 +29,12 @@ The database is in WAL mode, so an operator can export or query while the line w
 transaction with ``synchronous=FULL``. The image of every FAIL part is saved beside it as
 ``<db stem>_images/<YYYY-MM-DD>/<HHMMSSmmm>_<frame_id>.png`` (UTC) with ``..._overlay.png`` beside it (the defect
 mask in red, each defect boxed); ``image_path`` and ``overlay_path`` are relative to the database's folder, so the
-two can be moved together. Files are created with the process's umask, like any other file. When a FAIL's images
+two can be moved together. Beside them, ``<image stem>_mask.png`` keeps the predicted mask, the rules' decision
+(:attr:`~inspection_core.records.InspectionResult.decided`, what the overlay paints): a lossless 8-bit PNG of the
+image's height and width, 0 background and 255 defect (all 0 when no defect was kept). No column names it: its
+path is the image's by this convention (:func:`mask_path_of`), it is written and pruned with the image, and rows
+saved before it was kept have none (``engines dataset --from-ledger`` reads it). Files are created with the
+process's umask, like any other file. When a FAIL's images
 cannot be written (a full disk...), its row is still committed, its ``detail`` names the error, and
 :meth:`RejectLog.record_row` raises :class:`~station.errors.EvidenceError` (carrying the row): the line stops.
 
@@ -119,6 +124,8 @@ _ADDED_AFTER_3 = {"camera_timestamp_ns": "INTEGER", "part_id": "TEXT", "meas_id"
 _OLD_ROW_DEFAULTS = {"frame_count": "1", "rejected": "CASE verdict WHEN 'FAIL' THEN 1 ELSE 0 END"}
 
 LedgerEntry = Union[InspectionResult, NotInspected, FrameGap]
+#: What the predicted mask's file name adds to its image's stem (:func:`mask_path_of`).
+MASK_SUFFIX = "_mask"
 
 _TABLE = """
 CREATE TABLE {name} (
@@ -237,6 +244,25 @@ def pass_sampled(key: str, share: float) -> bool:
     if share >= 1.0:
         return True
     return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2.0**64 < share
+
+
+def mask_path_of(image_path: str) -> str:
+    """The predicted mask saved beside a row's image (same folder, relative as ``image_path`` is):
+    ``2024-05-01/123456789_7.png`` → ``2024-05-01/123456789_7_mask.png``."""
+    path = Path(image_path)
+    return path.with_name(f"{path.stem}{MASK_SUFFIX}.png").as_posix()
+
+
+def _decided_png(result: InspectionResult) -> np.ndarray:
+    """The rules' decision as the mask file holds it: ``uint8`` of the frame's height and width, 255 where a kept
+    defect is, else 0."""
+    height, width = result.frame.image.shape[:2]
+    if result.decided is None:
+        return np.zeros((height, width), np.uint8)
+    decided = np.asarray(result.decided)
+    if decided.shape != (height, width):
+        raise ValueError(f"the decided mask is {decided.shape}, its frame {(height, width)}")
+    return np.where(decided > 0, 255, 0).astype(np.uint8)
 
 
 def _utc_now() -> datetime:
@@ -692,7 +718,7 @@ class RejectLog:
             committed = {"id": int(cursor.lastrowid), **{c: row.get(c) for c in COLUMNS if c != "id"}}
             if self.images_max_mb > 0 and row.get("image_path"):
                 if self._images_bytes is not None:
-                    self._images_bytes += sum(self._file_size(row.get(c)) for c in ("image_path", "overlay_path"))
+                    self._images_bytes += sum(self._file_size(path) for path in _image_files(row))
                 self._prune()
             if lost:  # the row says so; the line stops as on any write error (docs/RELIABILITY.md, issue 26)
                 raise EvidenceError(f"the reject image of FAIL frame {row['frame_id']} could not be written "
@@ -748,12 +774,13 @@ class RejectLog:
 
     def _save_images(self, result: InspectionResult,
                      now: datetime) -> tuple[str | None, str | None, Exception | None]:
-        """The raw image and its overlay (mask and boxes) as PNGs, and None; ``(None, None, error)`` when they cannot
-        be written (counted in ``image_errors``; the row is still logged, and names the error)."""
+        """The raw image, its overlay (mask and boxes) and its predicted mask (:func:`mask_path_of`) as PNGs, and
+        None; ``(None, None, error)`` when they cannot be written (counted in ``image_errors``; the row is still
+        logged, and names the error). The image is written last: a row never names an image without its mask."""
         frame = result.frame
         folder = self.images_dir / now.strftime("%Y-%m-%d")
         stem = f"{now.strftime('%H%M%S')}{now.microsecond // 1000:03d}_{frame.frame_id}"
-        overlay = None
+        overlay = mask = None
         try:
             folder.mkdir(parents=True, exist_ok=True)
             ok, encoded = cv2.imencode(".png", _to_png_layout(frame.image))
@@ -770,11 +797,17 @@ class RejectLog:
                     write_atomically(overlay, encoded_overlay.tobytes())
             except (ValueError, cv2.error) as exc:  # an image the overlay cannot draw: the raw one still counts
                 log.warning("overlay of frame %s not drawn: %s", frame.frame_id, exc)
+            ok, encoded_mask = cv2.imencode(".png", _decided_png(result))  # lossless, as the rules decided it
+            if not ok:
+                raise ValueError(f"OpenCV cannot encode the predicted mask of frame {frame.frame_id}")
+            mask = self.db_path.parent / mask_path_of(final.relative_to(self.db_path.parent).as_posix())
+            write_atomically(mask, encoded_mask.tobytes())
             write_atomically(final, encoded.tobytes())
         except (OSError, ValueError, cv2.error) as exc:
             self.image_errors += 1
-            if overlay is not None:  # no row will name it without its raw image
-                overlay.unlink(missing_ok=True)
+            for orphan in (overlay, mask):  # no row will name them without their raw image
+                if orphan is not None:
+                    orphan.unlink(missing_ok=True)
             log.error("reject image of frame %s not saved (%s); the inspection is still logged", frame.frame_id,
                       exc)
             return None, None, exc
@@ -829,7 +862,7 @@ class RejectLog:
         for row_id, image_path, overlay_path in candidates:
             if self._images_bytes <= bound:
                 break
-            for relative in (overlay_path, image_path):
+            for relative in _image_files({"image_path": image_path, "overlay_path": overlay_path}):
                 if not relative:
                     continue
                 path = self.db_path.parent / relative
@@ -976,6 +1009,13 @@ class RejectLog:
                 lock, self.lock = self.lock, None
                 if lock is not None:
                     lock.release()
+
+
+def _image_files(row: dict[str, Any]) -> list[str]:
+    """The files a row's saved images are, relative to the database's folder: overlay, predicted mask, image (the
+    image last: retention deletes in this order, so a file is never left that only the image's name leads to)."""
+    image = row.get("image_path")
+    return [p for p in (row.get("overlay_path"), mask_path_of(image) if image else None, image) if p]
 
 
 def _judged_by(judge: ActiveJudge | None) -> tuple[str | None, str | None, str]:

@@ -18,11 +18,13 @@ import argparse
 import getpass
 import json
 import os
+import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
 from station.errors import LedgerError, RejectLogError
-from station.rejectlog import REVIEW_MARKS, RejectLog, fetch_reviews, open_readonly
+from station.rejectlog import COLUMNS, REVIEW_MARKS, RejectLog, fetch_reviews, mask_path_of, open_readonly
 
 PROG = "station review"
 DESCRIPTION = ("Record QA's review of ledger rows, or list the reviews. --mark ROW=good says the part of row ROW "
@@ -53,6 +55,49 @@ def parse_mark(text: str) -> tuple[int, str]:
         raise RejectLogError(f"--mark {text!r}: use ROW=good or ROW=defect, ROW the ledger row's id "
                              "(e.g. --mark 12=good)")
     return int(row), mark
+
+
+def reviewed_rows(db_path: str | Path) -> list[dict[str, Any]]:
+    """Every ledger row of ``db_path`` that has a review, by row id, read-only (the file is not upgraded): the row's
+    columns, ``review`` (its latest review as :func:`~station.rejectlog.fetch_reviews` reads it: the latest counts),
+    ``review_count``, and ``image_file`` / ``mask_file``: the absolute paths its ``image_path`` and predicted mask
+    (:func:`~station.rejectlog.mask_path_of`) name, None when it names no image (whether they still exist is the
+    caller's to see). :class:`RejectLogError` when the file is missing or not a ledger."""
+    db = Path(db_path)
+    try:
+        with db.open("rb") as fh:
+            sqlite = fh.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        sqlite = True  # open_readonly names what is wrong
+    if not sqlite:
+        raise RejectLogError(f"{db} is not a station ledger (not an SQLite file); pass the database the station "
+                             "writes (the recipe's [log] db, station-data/rejects.db by default)")
+    conn = open_readonly(db)
+    try:
+        history: dict[int, list[dict[str, Any]]] = {}
+        for review in fetch_reviews(conn):
+            history.setdefault(int(review["inspection_id"]), []).append(review)
+        have = {row[1] for row in conn.execute("PRAGMA table_info(inspections)")}
+        columns = [c for c in COLUMNS if c in have]
+        rows = []
+        ids = sorted(history)
+        for start in range(0, len(ids), 500):  # SQLite's bound on parameters
+            chunk = ids[start:start + 500]
+            rows += [dict(zip(columns, values)) for values in conn.execute(
+                f"SELECT {', '.join(columns)} FROM inspections WHERE id IN ({', '.join('?' * len(chunk))}) "
+                "ORDER BY id", chunk)]
+    except sqlite3.Error as exc:
+        raise RejectLogError(f"cannot read {db}: {exc}") from None
+    finally:
+        conn.close()
+    folder = db.resolve().parent
+    for row in rows:
+        reviews = history[int(row["id"])]
+        row.update({"review": reviews[-1], "review_count": len(reviews)})
+        image = row.get("image_path")
+        row["image_file"] = str(folder / image) if image else None
+        row["mask_file"] = str(folder / mask_path_of(image)) if image else None
+    return sorted(rows, key=lambda r: r["id"])
 
 
 def add_review_arguments(parser: argparse.ArgumentParser) -> None:

@@ -117,7 +117,8 @@ def test_fail_saves_readable_png_and_pass_saves_none(tmp_path: Path, clock: list
     back = cv2.cvtColor(cv2.imread(str(paths[1]), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     assert np.array_equal(back, rgb)
     assert sorted(p.name for p in (db.parent / "rejects_images").rglob("*")) == [
-        "120000123_2-1.png", "120000123_2-1_overlay.png", "120000123_2.png", "120000123_2_overlay.png", "2024-05-01"]
+        "120000123_2-1.png", "120000123_2-1_mask.png", "120000123_2-1_overlay.png", "120000123_2.png",
+        "120000123_2_mask.png", "120000123_2_overlay.png", "2024-05-01"]
     with RejectLog(tmp_path / "noimg.db", save_images=False) as log:
         log.record(result(3, Verdict.FAIL))
         assert log.query()[0]["image_path"] is None

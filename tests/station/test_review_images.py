@@ -7,6 +7,7 @@ import re
 import sqlite3
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -14,7 +15,7 @@ from inspection_core.records import Defect, Frame, InspectionResult, PartIdentit
 from station.cli import SAMPLES
 from station.errors import RecipeError
 from station.recipe import load_recipe, shipped_recipe_path
-from station.rejectlog import RejectLog, pass_sampled, sample_key
+from station.rejectlog import RejectLog, mask_path_of, pass_sampled, sample_key
 from tests.station.test_cli import run_station
 from tests.station.test_recipe import MINIMAL, write
 
@@ -97,13 +98,14 @@ def test_no_share_keeps_no_pass_image_and_a_failed_pass_image_does_not_stop_the_
 def record_under_bound(db: Path, bound_mb: float, count: int, reviews_after: dict[int, list[int]] | None = None,
                        ) -> dict[int, int]:
     """Record ``count`` FAIL parts with a bound; after each, the folder is within it. Returns each row's bytes on
-    disk (image and overlay) as first written. ``reviews_after``: after row N, review these rows."""
+    disk (image, overlay and predicted mask) as first written. ``reviews_after``: after row N, review these rows."""
     sizes: dict[int, int] = {}
     gone: set[int] = set()
     with RejectLog(db, images_max_mb=bound_mb) as log:
         for i in range(1, count + 1):
             row = log.record_row(part(i, Verdict.FAIL, part_id=f"P-{i}", noise=True))
-            sizes[row["id"]] = sum((db.parent / row[c]).stat().st_size for c in ("image_path", "overlay_path"))
+            sizes[row["id"]] = sum((db.parent / f).stat().st_size for f in (row["image_path"], row["overlay_path"],
+                                                                              mask_path_of(row["image_path"])))
             total = folder_bytes(log.images_dir)
             assert total <= bound_mb * 1e6, i
             pruned_now = [r[0] for r in rows(db) if r[0] in sizes and r[0] not in gone and not on_disk(db, r[4])]
@@ -127,6 +129,8 @@ def test_retention_prunes_the_oldest_first_down_to_the_bound_and_keeps_the_rows(
     gone = [r[0] for r in found if not on_disk(db, r[4])]
     assert gone and kept == list(range(len(gone) + 1, 41))  # the oldest went, the newest stayed
     assert not any(on_disk(db, r[5]) for r in found if r[0] in gone)  # overlays with their images
+    assert not any(on_disk(db, mask_path_of(r[4])) for r in found if r[0] in gone)  # and predicted masks
+    assert all(on_disk(db, mask_path_of(r[4])) for r in found if r[0] in kept)
     total = sum(sizes[i] for i in kept)
     assert total == folder_bytes(db.parent / "ledger_images") <= bound_mb * 1e6
     assert total + sizes[gone[-1]] > bound_mb * 1e6  # down to the bound, not further
@@ -200,3 +204,37 @@ def test_a_line_run_keeps_its_sampled_passes_and_stays_under_the_bound(tmp_path:
     kept = [r[0] for r in found if on_disk(db, r[4])]
     with_images = [r[0] for r in found if r[4] is not None]
     assert kept and kept == with_images[len(with_images) - len(kept):]  # what is left is the newest
+
+
+# -- the predicted mask beside the image (what `engines dataset --from-ledger` keeps) -------------------------------
+
+def test_the_rules_decided_mask_is_saved_losslessly_beside_each_image_and_pruned_with_it(tmp_path: Path) -> None:
+    db = tmp_path / "ledger.db"
+    image = np.random.default_rng(0).integers(0, 256, (40, 60), np.uint8)
+    decided = np.zeros((40, 60), bool)
+    decided[5:15, 10:30] = True
+    decided[8:11, 15:20] = False  # a hole: kept as it is
+    decided[30:33, 50:52] = True
+    scores = np.where(decided, 0.9, 0.0).astype(np.float32)
+    scores[35:38, 2:6] = 0.95  # scored high, but the rules did not keep it: not in the mask
+    fail = part(1, Verdict.FAIL)
+    fail = InspectionResult(Frame(image=image, frame_id=1, timestamp_ns=1, source="replay:test"), scores,
+                            fail.defects, Verdict.FAIL, "e", decided=decided)
+    with RejectLog(db, save_pass_share=1.0) as log:
+        failed = log.record_row(fail)
+        passed = log.record_row(part(2, Verdict.PASS, part_id="P-2"))  # no defect kept: an all-zero mask
+    mask_file = db.parent / mask_path_of(failed["image_path"])
+    assert mask_file.name == Path(failed["image_path"]).stem + "_mask.png"
+    saved = cv2.imread(str(mask_file), cv2.IMREAD_UNCHANGED)
+    assert saved.dtype == np.uint8 and saved.shape == (40, 60)
+    assert np.array_equal(saved, np.where(decided, 255, 0))  # exactly the decision, 0 and 255
+    empty = cv2.imread(str(db.parent / mask_path_of(passed["image_path"])), cv2.IMREAD_UNCHANGED)
+    assert empty.shape == (24, 32) and not empty.any()
+    # no column names it, and the schema is the same
+    assert mask_path_of(failed["image_path"]) not in {str(v) for v in failed.values()}
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 6
+    # retention deletes it with its image, and counts its bytes
+    with RejectLog(db, images_max_mb=1e-6) as log:
+        assert log.prune_images() == [] and not mask_file.exists()  # pruned at the start, with the image
+    assert folder_bytes(db.parent / "ledger_images") == 0
