@@ -271,6 +271,62 @@ def _fp16_onnx(folder: Path) -> str:
     return name
 
 
+@dataclass
+class EngineBuild:
+    """What a backend's builder (:attr:`engines.backends.registry.BackendSpec.builder`) gets: the settings, the
+    folder being built (``work``, holding the ONNX export when the backend exports one) and the folder it replaces
+    (``out``), the network's kind, tile and input, the INT8 calibration tiles (or None), the line's judging (int8
+    guard), and the manifest, whose ``engine`` entry (and any record of its own) the builder fills in."""
+
+    settings: BuildSettings
+    work: Path
+    out: Path
+    kind: str
+    tile: int
+    spec: Any
+    calib: Any
+    judging: Judging | None
+    manifest: dict[str, Any]
+
+
+def build_onnxruntime_engine(job: EngineBuild) -> None:
+    """ONNX Runtime: fp32 runs the export itself; int8 is the statically quantised export (with the int8 guard for
+    segmentation), fp16 its float16 conversion."""
+    settings, work, manifest = job.settings, job.work, job.manifest
+    if settings.precision == "fp32":
+        return
+    if settings.precision == "int8":
+        name, manifest["int8_excluded"] = _quantize_onnxruntime(work, job.calib, settings.batch[1],
+                                                                settings.int8_exclude)
+        if settings.int8_guard and job.kind == "segmentation":
+            threshold = (job.judging or Judging()).rules.score_threshold
+            drift = peak_drift(work / ONNX_FILE, work / name, job.calib, threads=settings.threads or 1)
+            manifest["int8_guard"] = {"fallback": ONNX_FILE, **guard_for(threshold, drift),
+                                      "drift_tiles": int(len(job.calib))}
+    else:
+        name = _fp16_onnx(work)
+    manifest["engine"] = _entry(work, name)
+
+
+def build_tensorrt_engine(job: EngineBuild) -> None:
+    """TensorRT: a plan for this GPU and TensorRT version, from the export (timing and INT8 calibration caches
+    reused from the folder it replaces)."""
+    settings, work, out = job.settings, job.work, job.out
+    if out.joinpath(TIMING_CACHE).exists():
+        shutil.copy2(out / TIMING_CACHE, work / TIMING_CACHE)
+    calib = job.calib
+    if calib is not None:
+        _seed_calibration_cache(settings.calibration, out, work / CALIBRATION_CACHE)
+    info = build_engine(
+        work / ONNX_FILE, work / PLAN_FILE, input_name=INPUT_NAME, input_shape=(job.spec.channels, job.tile, job.tile),
+        batch=settings.batch, precision=settings.precision, workspace_mib=settings.workspace_mib,
+        timing_cache=work / TIMING_CACHE,
+        calibration_batches=(lambda: batches(calib, settings.batch[1])) if calib is not None else None,
+        calibration_cache=work / CALIBRATION_CACHE if calib is not None else None)
+    job.manifest["engine"] = _entry(work, PLAN_FILE)
+    job.manifest["tensorrt_build"] = info
+
+
 def build(settings: BuildSettings, judging: Judging | None = None,
           tolerances: dict[str, float] | None = None) -> dict[str, Any]:
     """Build an engine folder at ``settings.out``; return its manifest. An existing folder is replaced only once
@@ -308,34 +364,12 @@ def build(settings: BuildSettings, judging: Judging | None = None,
             calib, manifest["int8_calibration"] = calibration_tiles(
                 settings.calibration, settings.calibration_images, kind, tile, spec,
                 limit=max(settings.batch[1] * 8, 64))
-        if backend_spec(settings.backend).exports_onnx:
+        backend = backend_spec(settings.backend)
+        if backend.exports_onnx:
             report = _export(bundle, settings, work, tile)
             manifest["onnx"] = {**_entry(work, ONNX_FILE), **report}
-            if settings.backend == "onnxruntime" and settings.precision != "fp32":
-                if settings.precision == "int8":
-                    name, manifest["int8_excluded"] = _quantize_onnxruntime(work, calib, settings.batch[1],
-                                                                            settings.int8_exclude)
-                    if settings.int8_guard and kind == "segmentation":
-                        threshold = (judging or Judging()).rules.score_threshold
-                        drift = peak_drift(work / ONNX_FILE, work / name, calib, threads=settings.threads or 1)
-                        manifest["int8_guard"] = {"fallback": ONNX_FILE, **guard_for(threshold, drift),
-                                                  "drift_tiles": int(len(calib))}
-                else:
-                    name = _fp16_onnx(work)
-                manifest["engine"] = _entry(work, name)
-        if settings.backend == "tensorrt":
-            if out.joinpath(TIMING_CACHE).exists():
-                shutil.copy2(out / TIMING_CACHE, work / TIMING_CACHE)
-            if calib is not None:
-                _seed_calibration_cache(settings.calibration, out, work / CALIBRATION_CACHE)
-            info = build_engine(
-                work / ONNX_FILE, work / PLAN_FILE, input_name=INPUT_NAME, input_shape=(spec.channels, tile, tile),
-                batch=settings.batch, precision=settings.precision, workspace_mib=settings.workspace_mib,
-                timing_cache=work / TIMING_CACHE,
-                calibration_batches=(lambda: batches(calib, settings.batch[1])) if calib is not None else None,
-                calibration_cache=work / CALIBRATION_CACHE if calib is not None else None)
-            manifest["engine"] = _entry(work, PLAN_FILE)
-            manifest["tensorrt_build"] = info
+        if backend.builder is not None:  # the backend's own engine file, from the export
+            backend.build_engine(EngineBuild(settings, work, out, kind, tile, spec, calib, judging, manifest))
         manifest["versions"] = library_versions()
         manifest["machine"] = machine(device)
         manifest["built_at"] = now_iso()

@@ -54,8 +54,10 @@ class BackendSpec:
     or use instead, where it cannot run (both ``"module:function"``, imported on first use, or callables).
     ``library``: the module whose version an engine folder is tied to (default: ``name``); ``torch_cuda``: False
     where a folder built on CUDA need not match torch's CUDA version (a TensorRT plan is tied to TensorRT and the
-    GPU instead). ``exports_onnx``: its build starts from the ONNX export. ``aliases``: other names a recipe and
-    ``station run --backend`` take, each for one device (``"torch-cuda"``: torch on the GPU)."""
+    GPU instead). ``exports_onnx``: its build starts from the ONNX export. ``builder``: the function ``(job) ->
+    None`` that makes its engine file in the folder being built (:class:`engines.build.EngineBuild`; None: the
+    weights themselves are the engine). ``aliases``: other names a recipe and ``station run --backend`` take, each
+    for one device (``"torch-cuda"``: torch on the GPU)."""
 
     name: str
     title: str  # how messages name it ("TensorRT")
@@ -70,6 +72,7 @@ class BackendSpec:
     cpu_precisions: tuple[str, ...] | None = None
     cpu_note: str = ""
     aliases: Mapping[str, str] = field(default_factory=dict)
+    builder: str | Callable[..., Any] | None = None
 
     @property
     def default_device(self) -> str:
@@ -121,6 +124,11 @@ class BackendSpec:
             raise BackendUnavailable(self.refusal(self.precisions[0], device))
         _code(self.check)(device)
 
+    def build_engine(self, job: Any) -> None:
+        """Make its engine file in a folder being built (:class:`engines.build.EngineBuild`): ``engines build``
+        calls it after the ONNX export (when ``exports_onnx``)."""
+        _code(self.builder)(job)
+
     def open_folder(self, folder: Path, manifest: dict, threads: int, device: str):
         """Open the engine of a built folder (:func:`engines.folders.open_folder` checks nothing else first)."""
         return _code(self.opener)(folder, manifest, threads, device)
@@ -153,7 +161,8 @@ for _spec in (
                          "fp16 graphs back to fp32 node by node, so nothing would be gained or measured; use fp32 "
                          "or int8 on the CPU",
                 exports_onnx=True, opener="engines.folders:open_onnxruntime_folder",
-                check="engines.backends.onnxruntime_backend:providers_for"),
+                check="engines.backends.onnxruntime_backend:providers_for",
+                builder="engines.build:build_onnxruntime_engine"),
     BackendSpec("torch", title="torch",
                 summary="the fp32 reference on the CPU; fp16 and CUDA graphs on the GPU",
                 devices=("cpu", "cuda"), precisions=("fp32", "fp16"), aliases={"torch-cuda": "cuda"},
@@ -162,7 +171,8 @@ for _spec in (
                 summary="TensorRT 10 plans, each built for one GPU model and TensorRT version",
                 devices=("cuda",), precisions=("fp32", "fp16", "int8"), torch_cuda=False, exports_onnx=True,
                 opener="engines.folders:open_tensorrt_folder",
-                check="engines.backends.tensorrt_backend:check_available"),
+                check="engines.backends.tensorrt_backend:check_available",
+                builder="engines.build:build_tensorrt_engine"),
 ):
     register(_spec)
 

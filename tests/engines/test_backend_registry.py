@@ -286,3 +286,31 @@ def test_the_registry_imports_no_backend_library_and_its_examples_run():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     assert doctest.testmod(registry).failed == 0
+
+
+def test_engines_build_makes_a_declared_backends_engine_file_through_its_builder(untrained_bffn, tmp_path):
+    """`engines build` names no backend: the declaration's builder turns the export into the engine file."""
+    import shutil
+
+    from engines.build import BuildSettings, EngineBuild, build
+    from inspection_core.hashing import file_sha256
+
+    seen: list[EngineBuild] = []
+
+    def copy_export(job: EngineBuild) -> None:
+        seen.append(job)
+        shutil.copy2(job.work / "model.onnx", job.work / "model.copied.onnx")
+        job.manifest["engine"] = {"file": "model.copied.onnx", "sha256": file_sha256(job.work / "model.copied.onnx")}
+
+    register(BackendSpec("copy", title="Copy", summary="ONNX Runtime on a copy of the export", devices=("cpu",),
+                         precisions=("fp32",), exports_onnx=True, opener="engines.folders:open_onnxruntime_folder",
+                         check=lambda device: None, library="onnxruntime", builder=copy_export))
+    try:
+        manifest = build(BuildSettings(weights=str(untrained_bffn), backend="copy", out=str(tmp_path / "engine"),
+                                       threads=1, parity_images=1))
+    finally:
+        BACKENDS.pop("copy", None)
+    (job,) = seen
+    assert job.settings.backend == "copy" and job.kind == "segmentation" and job.calib is None
+    assert manifest["engine"]["file"] == "model.copied.onnx" and (tmp_path / "engine" / "model.copied.onnx").is_file()
+    assert manifest["onnx"]["file"] == "model.onnx"
