@@ -32,6 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--frames", default=str(SAMPLES), help="folder of frames to replay once")
     parser.add_argument("--db", help="reject log to write (default: a temporary one, removed afterwards)")
     parser.add_argument("--threads", type=int, default=0, help="engine threads (default: the recipe's)")
+    parser.add_argument("--operator", default="op-anna", help="the operator's name on the review keys (station run "
+                                                              "--operator; there the OS user by default)")
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=800)
     parser.add_argument("--settle-ms", type=int, default=400,
@@ -49,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from inspection_core.imageio import image_files
     from station.app import build_line, calibration_status
+    from station.panel_reviews import LineReviews
+    from station.review import default_reviewer
     from station.recipe import load_recipe
     from ui.panel import StationPanel, frame_name
 
@@ -69,9 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     recipe = recipe.with_overrides(overrides)
     line = build_line(recipe, max_frames=len(frames))
     calibration = calibration_status(recipe, line.inspector)
+    reviews = LineReviews(line.reject_log, args.operator or default_reviewer())  # the review keys, as station run wires them
+    line.listeners.append(reviews)
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
-    panel = StationPanel(line.feed, line.stats, on_close=line.stop, calibration=calibration)
+    panel = StationPanel(line.feed, line.stats, on_close=line.stop, calibration=calibration, reviews=reviews)
     panel.setWindowTitle(f"Inspection station - {recipe.product.name}")
     panel.resize(args.width, args.height)
     panel.show()
@@ -107,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     app.exec()
     line.stop()
     line.join()
+    reviews.close()
     stats = line.stats()
     report = {"out": args.out, "frames": len(frames), "inspected": stats.inspected, "passed": stats.passed,
               "failed": stats.failed, "not_inspected": getattr(stats, "not_inspected", 0),

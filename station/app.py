@@ -22,10 +22,12 @@ from station.line_calibration import check_source, judging_for
 from station import integrations as integrations_
 from station.frameguard import FrameGuard
 from station.judge import ledger_label
+from station.panel_reviews import LineReviews
 from station.pipeline import DEFAULT_DRAIN_TIMEOUT_S, Line
 from station.recipe import NotInspectedPolicy, QueuePolicy, Recipe, SourceKind
 from station.ledgerlock import LedgerLock, check_db_path
 from station.rejectlog import RejectLog, check_free_space, new_run_id, probe_writable, recover_interrupted
+from station.review import default_reviewer
 from station.sources import GenICamSource, ReplaySource
 from station.sources.linescan import build_linescan_source
 from ui.app import display_available, run_panel
@@ -331,20 +333,31 @@ def run_headless(line: Line, out: TextIO | None = None, interval_s: float | None
 
 
 def run_with_panel(line: Line, title: str, calibration: tuple[str, bool] = ("", False),
-                   signals: StopSignals | None = None) -> LineStats:
-    """Run the line behind the operator panel until the window closes (or a stop signal closes it)."""
+                   signals: StopSignals | None = None, operator: str | None = None) -> LineStats:
+    """Run the line behind the operator panel until the window closes (or a stop signal closes it). The panel's
+    review keys record the operator's marks on the line's ledger (:class:`~station.panel_reviews.LineReviews`), as
+    ``operator`` (default: the OS user)."""
     signals = signals or StopSignals(line.stop)
+    reviews = None
+    if line.reject_log is not None:
+        reviews = LineReviews(line.reject_log, operator or default_reviewer())
+        line.listeners.append(reviews)  # before the start: it learns every part's row
     with signals:  # until the panel takes the signals over
         line.start()
-    run_panel(line.feed, line.stats, line.stop, title=title,
-              calibration=calibration, on_signal=lambda signum: signals.handle(signum))
-    line.stop("the panel was closed")
-    line.join()
+    try:
+        run_panel(line.feed, line.stats, line.stop, title=title, calibration=calibration,
+                  on_signal=lambda signum: signals.handle(signum), reviews=reviews)
+    finally:
+        line.stop("the panel was closed")
+        line.join()
+        if reviews is not None:
+            reviews.close()  # the marks still being recorded
     return line.stats()
 
 
 def run_station(recipe: Recipe, headless: bool, max_frames: int | None, as_json: bool = False,
-                on_result=None, drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> RunSummary:
+                on_result=None, drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
+                operator: str | None = None) -> RunSummary:
     run_id = new_run_id()
     # integrations are checked before anything loads; started once the line exists (docs/INTEGRATION.md)
     wanted = integrations_.configure(recipe, integrations_.Context(recipe, Path(recipe.log.db), recipe.station.id,
@@ -357,7 +370,7 @@ def run_station(recipe: Recipe, headless: bool, max_frames: int | None, as_json:
     signals = StopSignals(line.stop)
     if not headless and display_available():
         stats = run_with_panel(line, title=f"Inspection station - {recipe.product.name}", calibration=calibration,
-                               signals=signals)
+                               signals=signals, operator=operator)
     else:
         if not headless:
             log.info("no display here: running headless (pass --headless to say so)")

@@ -24,13 +24,15 @@ Exit codes of `station run` and `station demo`:
   129  stopped by SIGHUP (the terminal closed), after draining the queues
 A stop by signal is 128 + the signal's number, as a shell reports it, so a supervisor can tell "stopped on
 request" from "the run ended" (0); the example systemd unit docs/station.service lists 143 and 129 in
-SuccessExitStatus. An error wins over a signal: 1.
+SuccessExitStatus. An error wins over a signal: 1. A command whose output is cut short by its reader (`station
+review --list --json | head -1`) stops quietly with 141 (128 + SIGPIPE), as a command killed by SIGPIPE would.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import logging
+import os
 import signal
 import sys
 import textwrap
@@ -51,6 +53,7 @@ from station.review import add_review_arguments, run_review
 from ui.app import display_available
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: the reader of standard output went away (| head)
 EXIT_TERMINATED, EXIT_HANGUP = 128 + signal.SIGTERM, 128 + signal.SIGHUP  # 143, 129
 
 
@@ -130,6 +133,9 @@ def _add_run_arguments(p: argparse.ArgumentParser, recipe_default: str) -> None:
     p.add_argument("--weights", help="weights folder or shipped name (default: the recipe's)")
     p.add_argument("--threads", type=int, help="CPU threads for the engine (0 = all cores)")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    p.add_argument("--operator", metavar="NAME",
+                   help="who marks parts with the panel's review keys (G good part, D defect), recorded with each "
+                        "review (default: the OS user)")
     p.add_argument("--drain-timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT_S, metavar="S",
                    help="after a stop (Ctrl-C, SIGTERM, SIGHUP, --max-frames, the window closed) keep inspecting "
                         "queued frames for at most S seconds (default %(default)g); then the frame being inspected "
@@ -172,7 +178,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"station: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     summary = run_station(_load_recipe(args), args.headless, args.max_frames, args.json,
-                          drain_timeout_s=args.drain_timeout)
+                          drain_timeout_s=args.drain_timeout, operator=args.operator)
     return _report(summary)
 
 
@@ -189,7 +195,7 @@ def _demo(args: argparse.Namespace) -> int:
     verdicts: dict[str, str] = {}
     summary = run_station(_load_recipe(args), headless, args.max_frames, args.json,
                           on_result=lambda r: verdicts.__setitem__(r.frame.file or "", r.verdict.value),
-                          drain_timeout_s=args.drain_timeout)
+                          drain_timeout_s=args.drain_timeout, operator=args.operator)
     truth_file = Path(args.source.partition(":")[2]) / "truth.csv"
     if truth_file.exists() and verdicts and not args.json:
         truth = {row["file"]: row["defective"] == "1" for row in csv.DictReader(truth_file.open())}
@@ -245,6 +251,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null, so the interpreter's last flush of what is left in its buffer does not
+    fail again on the closed pipe (Python's own advice for SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor (a test's captured stream): nothing is left to flush
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -254,9 +271,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("run", "demo"):  # until the line takes them over: leave with 128 + the signal
         previous = {s: signal.signal(s, _terminate_early) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # here, so that a reader gone away is met below and not at the interpreter's exit
+        return status
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `station ... | head`: the reader has all it wants; stop quietly, as SIGPIPE would
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except Terminated as exc:
         print(f"station: stopped by {exc} before the line started", file=sys.stderr)
         return 128 + exc.signum

@@ -586,6 +586,8 @@ class Line:
             fps = 0.0
         links = {}
         for listener in self.listeners:  # each integration's own figures (lag, connected...), for panel and summary
+            if not hasattr(listener, "status"):  # a listener that is no link (the panel's review keys)
+                continue
             try:
                 links[getattr(listener, "name", type(listener).__name__)] = dict(listener.status())
             except Exception as exc:  # noqa: BLE001 - a status that cannot be read is shown as such

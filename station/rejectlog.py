@@ -985,6 +985,11 @@ class RejectLog:
         with self._lock:
             return _fetch(self._connection(), since, until, verdict, **filters)
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran (the line's logging thread closes its log when the line ends)."""
+        return self._conn is None
+
     def close(self) -> None:
         """Checkpoint the WAL into the database file and close; safe to call twice."""
         with self._lock:

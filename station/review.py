@@ -2,9 +2,14 @@
 
 For example::
 
+    station review --db station-data/rejects.db                   # QA's window: G good part, D defect, N next...
+    station review --db station-data/rejects.db --finding unreviewed --class crack --since 2026-11-01
     station review --db station-data/rejects.db --mark 12=good --mark 40=defect --by alice --note "shift B audit"
     station review --db station-data/rejects.db --list            # every review, with what it makes of the verdict
     station review --db station-data/rejects.db --list --json
+
+Without ``--mark`` or ``--list`` it opens QA's review window (:mod:`ui.review_window`) on the ledger's rejects and
+sampled passes, newest first; the filter flags set its filters.
 
 ``--mark ROW=good`` says the part of ledger row ROW is good (a false reject when the row FAILed), ``ROW=defect``
 that it is defective (an escape when the row PASSed). Each mark is a new row of the ``reviews`` table
@@ -24,19 +29,29 @@ from pathlib import Path
 from typing import Any
 
 from station.errors import LedgerError, RejectLogError
-from station.rejectlog import COLUMNS, REVIEW_MARKS, RejectLog, fetch_reviews, mask_path_of, open_readonly
+from station.rejectlog import (COLUMNS, REVIEW_MARKS, RejectLog, check_times, fetch_reviews, mask_path_of,
+                               open_readonly)
+from ui.review_records import REVIEW_CHOICES, VERDICT_CHOICES, ReviewFilters
 
 PROG = "station review"
-DESCRIPTION = ("Record QA's review of ledger rows, or list the reviews. --mark ROW=good says the part of row ROW "
+DESCRIPTION = ("Review the parts of a station's ledger. Without --mark or --list: QA's review window, paging through "
+               "the rejects and the sampled passes (rows with a saved image), newest first, with the image, the "
+               "overlay, the verdict and the defects; keys G (good part) and D (defect) record a review and show the "
+               "next part, arrow keys and PgUp/PgDn page, N shows the next unreviewed part, F5 reads the ledger "
+               "again; the filters (--since, --until, --class, --station, --part-id, --verdict, --finding) are also "
+               "fields of the window. For scripts: --mark ROW=good says the part of row ROW "
                "(the id column of station export) is good: a false reject when the station FAILed it. "
                "--mark ROW=defect says it is defective: an escape when the station PASSed it. Each review is a new, "
                "append-only row of the ledger's reviews table, naming the row, who (--by), when (UTC) and what was "
                "said (and --note); the row reviewed is never changed, and a later review of the same row is one more "
                "review (the latest counts). The reviews may be recorded while the station writes the log.")
-EPILOG = ("Examples: station review --db station-data/rejects.db --mark 12=good --mark 40=defect --by alice; "
+EPILOG = ("Examples: station review --db station-data/rejects.db --finding unreviewed; "
+          "station review --db station-data/rejects.db --mark 12=good --mark 40=defect --by alice; "
           "station review --db station-data/rejects.db --list --json. Exit status: 0 done, 1 the log cannot be "
           "written, 2 bad arguments (a row that is not in the log, a GAP row, a mark other than good or defect, no "
-          "log at --db): said in one line, and nothing is recorded.")
+          "log at --db, no display for the window): said in one line, and nothing is recorded.")
+#: The window's review filter on the command line (--finding) and in the window.
+FINDING_FLAGS = {choice.replace(" ", "-"): choice for choice in REVIEW_CHOICES}
 
 
 def default_reviewer() -> str:
@@ -104,7 +119,7 @@ def add_review_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``station review`` to ``parser`` (a sub-command parser)."""
     parser.add_argument("--db", required=True, metavar="PATH",
                         help="the station's ledger (reject log), e.g. station-data/rejects.db")
-    what = parser.add_mutually_exclusive_group(required=True)
+    what = parser.add_mutually_exclusive_group()
     what.add_argument("--mark", action="append", metavar="ROW=good|defect",
                       help="review ledger row ROW: good (the part is good) or defect (the part is defective); "
                            "repeat for more rows")
@@ -114,6 +129,19 @@ def add_review_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--by", metavar="NAME", help="who reviews (default: the OS user)")
     parser.add_argument("--note", metavar="TEXT", help="a note recorded with each --mark")
     parser.add_argument("--json", action="store_true", help="--list: a JSON array of objects instead of text")
+    window = parser.add_argument_group("the review window's filters (without --mark or --list)")
+    window.add_argument("--since", metavar="TIME", help="rows logged at or after TIME (YYYY-MM-DD or ISO 8601; "
+                                                        "no zone: UTC)")
+    window.add_argument("--until", metavar="TIME", help="rows logged up to TIME (a bare date: to its end)")
+    window.add_argument("--class", dest="defect_class", metavar="NAME",
+                        help="rows with a defect of this class (a defect's label, or a classifier label)")
+    window.add_argument("--station", metavar="ID", help="rows of this station id")
+    window.add_argument("--part-id", metavar="ID", help="the rows of this part id")
+    window.add_argument("--verdict", choices=VERDICT_CHOICES, default="all",
+                        help="rows with this verdict (default: all: rejects and sampled passes)")
+    window.add_argument("--finding", choices=tuple(FINDING_FLAGS), default="any",
+                        help="by their latest review: unreviewed, reviewed, false-reject, escape, confirmed "
+                             "(default: any)")
 
 
 def _print_list(db: Path, as_json: bool) -> None:
@@ -143,6 +171,15 @@ def run_review(args: argparse.Namespace) -> int:
         if not db.is_file():
             raise RejectLogError(f"no ledger at {db}; pass --db with the database the station writes (the recipe's "
                                  "[log] db, station-data/rejects.db by default)")
+        if not args.mark and not args.list:
+            return _open_window(db, args)
+        used = [flag for flag, value in (("--since", args.since), ("--until", args.until),
+                                         ("--class", args.defect_class), ("--station", args.station),
+                                         ("--part-id", args.part_id)) if value is not None]
+        used += [flag for flag, value, default in (("--verdict", args.verdict, "all"),
+                                                   ("--finding", args.finding, "any")) if value != default]
+        if used:
+            raise RejectLogError(f"{', '.join(used)} filter the review window; leave them out with --mark or --list")
         if args.list:
             if args.by is not None or args.note is not None:
                 raise RejectLogError("--by and --note go with --mark, not --list")
@@ -164,3 +201,28 @@ def run_review(args: argparse.Namespace) -> int:
         print(f"review {r['id']}: row {r['inspection_id']} ({r['verdict']}) marked {r['mark']} by {r['reviewer']}: "
               f"{r['finding']}")
     return 0
+
+
+def window_filters(args: argparse.Namespace) -> ReviewFilters:
+    """The review window's filters from the command line (:class:`RejectLogError` for a time that is not one)."""
+    check_times(args.since, args.until)
+    return ReviewFilters(since=args.since, until=args.until, defect_class=args.defect_class, station=args.station,
+                         part_id=args.part_id, verdict=args.verdict, review=FINDING_FLAGS[args.finding])
+
+
+def _open_window(db: Path, args: argparse.Namespace) -> int:
+    """QA's review window on ``db`` until it closes (exit 2 where no window can be shown)."""
+    from ui.app import display_available
+
+    if args.note is not None or args.json:
+        raise RejectLogError("--note and --json go with --mark and --list, not the review window")
+    filters = window_filters(args)
+    if not display_available():
+        raise RejectLogError("no display here for the review window (no DISPLAY or WAYLAND_DISPLAY, QT_QPA_PLATFORM "
+                             "offscreen, or PyQt6 missing); record reviews with --mark ROW=good|defect and read "
+                             "them with --list")
+    from station.review_ledger import LedgerReviewSource
+    from ui.review_window import run_review_window
+
+    with LedgerReviewSource(db, default_reviewer() if args.by is None else args.by) as source:
+        return run_review_window(source, filters)

@@ -15,10 +15,13 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from inspection.feed import ResultFeed
 from inspection_core.records import LineStats
+
+if TYPE_CHECKING:
+    from ui.review_records import ReviewDesk
 
 HEADLESS_PLATFORMS = frozenset({"offscreen", "minimal", "minimalegl"})
 SCREEN_PLATFORMS = frozenset({"eglfs", "linuxfb", "vkkhrdisplay", "vnc"})
@@ -53,12 +56,14 @@ def run_panel(
     *,
     calibration: tuple[str, bool] = ("", False),
     on_signal: Callable[[int], None] | None = None,
+    reviews: ReviewDesk | None = None,
 ) -> int:
     """Show a :class:`~ui.panel.StationPanel` and run the Qt event loop until it closes; return the exit code.
 
     Creates the ``QApplication`` if there is none. Closing the window, or SIGINT (Ctrl+C in the terminal), SIGTERM
     or SIGHUP, calls ``on_close`` once so the pipeline can drain its queues; a signal is first passed to
-    ``on_signal`` (so the caller knows which one stopped the run).
+    ``on_signal`` (so the caller knows which one stopped the run). ``reviews``: where the operator's review keys
+    (G good part, D defect) send their marks; none, no review keys.
     """
     try:
         from PyQt6.QtCore import QTimer
@@ -71,7 +76,7 @@ def run_panel(
 
     app = QApplication.instance() or QApplication(sys.argv[:1] or ["station"])
     panel = StationPanel(feed, stats_fn, on_close=on_close, refresh_ms=refresh_ms,
-                         calibration=calibration)
+                         calibration=calibration, reviews=reviews)
     panel.setWindowTitle(title)
     panel.show()
 

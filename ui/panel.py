@@ -34,6 +34,8 @@ from PyQt6.QtWidgets import (
 from inspection.feed import ResultFeed
 from inspection_core.records import CameraState, InspectionResult, LineState, LineStats, NotInspectedReason, Verdict
 from ui.overlay import overlay_for_display, to_qimage
+from ui.panel_review import PanelReviewKeys
+from ui.review_records import ReviewDesk
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,10 @@ class ImageView(QWidget):
 
     def image(self) -> QImage | None:
         return self._image
+
+    def placeholder(self) -> str:
+        """The text shown while there is no image."""
+        return self._placeholder
 
     def image_rect(self) -> QRect:
         """Where the image lands inside the widget (empty before the first image)."""
@@ -271,6 +277,10 @@ class StationPanel(QMainWindow):
     errors, throughput, latency, engine, calibration), ``camera_labels`` (keys: state, lost, incomplete, reconnects,
     last_error), ``line_state_label`` (hidden while the line runs; the drain, the stop, or in red the error that
     stopped the line and what to do) and ``rejects_table``.
+
+    With ``reviews`` (a :class:`~ui.panel_review.ReviewDesk`) the operator marks parts with ``review_keys``
+    (:class:`~ui.panel_review.PanelReviewKeys`): ``G`` a good part, ``D`` a defect, for the reject selected in
+    ``rejects_table``, else the part on screen.
     """
 
     def __init__(
@@ -282,10 +292,14 @@ class StationPanel(QMainWindow):
         parent: QWidget | None = None,
         *,
         calibration: tuple[str, bool] = ("", False),
+        reviews: ReviewDesk | None = None,
     ) -> None:
         """``calibration`` is ``(text, warning)`` from :func:`station.app.calibration_status`: the profile version
-        in use, or why there is none; ``warning`` shows it in red (the recipe's profile is missing)."""
+        in use, or why there is none; ``warning`` shows it in red (the recipe's profile is missing). ``reviews``:
+        where the review keys' marks go (none: the panel has no review keys)."""
         super().__init__(parent)
+        self._reviews = reviews
+        self.review_keys: PanelReviewKeys | None = None
         self._calibration = calibration
         self._feed = feed
         self._stats_fn = stats_fn
@@ -430,6 +444,9 @@ class StationPanel(QMainWindow):
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
         rejects_layout.addWidget(self.rejects_table)
         right.addWidget(rejects_box, 1)
+        if self._reviews is not None:  # the review keys, under the image: G good part, D defect (issue 29)
+            self.review_keys = PanelReviewKeys(self, self._reviews, REJECT_COLUMNS, part_name)
+            left.addWidget(self.review_keys.box)
 
         root.addWidget(side)
         self.setCentralWidget(central)
@@ -459,6 +476,8 @@ class StationPanel(QMainWindow):
             self._stats_error = None
             self.statusBar().clearMessage()
         self._show_stats(stats)
+        if self.review_keys is not None:
+            self.review_keys.take_outcomes()
 
     def _render(self, result: InspectionResult) -> None:
         """Overlay and hand the image to the view, shrunk to the view's size (a 5 MP frame costs < 10 ms)."""
@@ -501,6 +520,8 @@ class StationPanel(QMainWindow):
         parts.append(f"{result.latency_ms:.1f} ms")
         self.caption_label.setText("   ·   ".join(p for p in parts if p))
         self._show_verdict(result)
+        if self.review_keys is not None:
+            self.review_keys.show_target()
 
     def _show_verdict(self, result: InspectionResult | None) -> None:
         if result is None:
@@ -596,6 +617,7 @@ class StationPanel(QMainWindow):
             return
         self._rejects_shown = rejects
         table = self.rejects_table
+        table.blockSignals(True)  # rows change under a selection: the review keys put it back on its part
         table.setRowCount(len(rejects))
         for row, result in enumerate(rejects):
             largest = max((d.area_px for d in result.defects), default=0)
@@ -616,6 +638,20 @@ class StationPanel(QMainWindow):
                 if column == 4 and result.labels:
                     item.setToolTip(labels_where(result))
                 table.setItem(row, column, item)
+        table.blockSignals(False)
+        table.setColumnHidden(4, not any(r.labels for r in rejects))  # Labels: only with a classifier's labels
+        if self.review_keys is not None:
+            self.review_keys.rows_changed()
+
+    @property
+    def shown_result(self) -> InspectionResult | None:
+        """The part on screen (None before the first)."""
+        return self._shown
+
+    @property
+    def rejects_shown(self) -> list[InspectionResult]:
+        """The rejects in ``rejects_table``, one per row, newest first."""
+        return self._rejects_shown
 
     # ----------------------------------------------------------------------------------------- lifecycle
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override

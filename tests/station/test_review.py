@@ -7,15 +7,17 @@ import csv
 import getpass
 import io
 import json
+import os
 import shutil
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from station.cli import SAMPLES
-from station.rejectlog import SCHEMA_VERSION
-from tests.station.test_cli import run_station
+from station.rejectlog import SCHEMA_VERSION, RejectLog
+from tests.station.test_cli import STATION, run_station
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +141,8 @@ def test_reviews_are_append_only_and_never_change_the_row(ledger):
     (["--mark", "1=good", "--by", " "], "reviewer's name is empty"),
     (["--list", "--by", "qa"], "--by and --note go with --mark"),
     (["--mark", "1=good", "--json"], "--json goes with --list"),
+    (["--mark", "1=good", "--class", "crack", "--since", "2026-11-01"], "--since, --class filter the review window"),
+    (["--list", "--finding", "unreviewed"], "--finding filter the review window; leave them out with --mark or --list"),
 ])
 def test_bad_input_is_one_line_exit_2_and_records_nothing(ledger, args, message):
     run_station("review", "--db", str(ledger), "--mark", "1=good")  # one review before (and the file at schema 6)
@@ -150,6 +154,36 @@ def test_bad_input_is_one_line_exit_2_and_records_nothing(ledger, args, message)
     assert message in done.stderr
     assert query(ledger, "SELECT COUNT(*) FROM reviews") == [(1,)]  # the good marks beside a bad one are not kept
     assert inspections_bytes(ledger) == before
+
+
+def test_without_mark_or_list_the_window_needs_a_display_and_says_so(ledger):
+    """`station review --db DB` opens QA's window (tests/ui/test_review_window.py); where none can be shown it
+    says what to use instead, exit 2, and records nothing."""
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    done = subprocess.run([*STATION, "review", "--db", str(ledger), "--finding", "unreviewed"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("station review: error: no display here for the review window")
+    assert "--mark ROW=good|defect" in done.stderr and done.stderr.count("\n") == 1
+    bad = subprocess.run([*STATION, "review", "--db", str(ledger), "--since", "yesterday"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "--since: 'yesterday' is not an ISO time" in bad.stderr
+    assert query(ledger, "SELECT COUNT(*) FROM reviews") == [(0,)]
+
+
+def test_a_reader_that_stops_early_ends_the_list_quietly(ledger):
+    """`station review --list --json | head -1`: no traceback; the exit status a SIGPIPE gives (141)."""
+    row = ids_by_verdict(ledger)["FAIL"][0]
+    with RejectLog(ledger, save_images=False) as log:  # enough reviews to fill the pipe many times over
+        log.add_reviews([(row, "good")] * 3000, "qa", "a note long enough to make the listing a few hundred kB")
+    for args in (["--list", "--json"], ["--list"]):
+        reader = subprocess.Popen([*STATION, "review", "--db", str(ledger), *args], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+        first = reader.stdout.readline()
+        reader.stdout.close()  # what head does after its line
+        assert reader.wait(timeout=120) == 141
+        assert first.strip() and reader.stderr.read() == b"", args
+        reader.stderr.close()
 
 
 def test_no_ledger_and_a_gap_row_are_refused(tmp_path, ledger):
