@@ -11,7 +11,8 @@ a fine-tuned candidate costs as much), its engine on ``--shadow-threads`` and it
 parts inspected over the line's wall time, from its start to its last row; the shadow is closed afterwards without a
 drain, so what it has not judged by then counts as skipped or unfinished, and the figures say how many of the chosen
 parts it judged. The arms alternate, their order flipping every round, and the medians are compared: the goal is a
-ratio of at least 0.90.
+ratio of at least 0.90. With ``--fps`` the replay is paced like a camera (the frames queue drops the oldest when
+full, as the shipped recipe's): a line with time to spare, where the latency and the share judged are the figures.
 
 Exit codes: 0 done, 2 bad arguments.
 """
@@ -49,11 +50,12 @@ def frames(folder: Path, passes: int) -> Path:
     return work
 
 
-def run_arm(inspector, shadow_parts, folder: Path, work: Path, name: str) -> dict:
+def run_arm(inspector, shadow_parts, folder: Path, work: Path, name: str, fps: float = 0.0) -> dict:
     """One pass of the line over ``folder``; ``shadow_parts``: ``(inspector, candidate, args)`` or None."""
     db = work / name / "rejects.db"
     ledger = RejectLog(db, save_images=True, station_id="bench", run_id=name)
-    line = Line(ReplaySource(folder, loop=False, pattern="*.jpg"), inspector, ledger, frames_policy=QueuePolicy.BLOCK)
+    line = Line(ReplaySource(folder, loop=False, pattern="*.jpg", fps=fps or None), inspector, ledger,
+                frames_policy=QueuePolicy.DROP_OLDEST if fps else QueuePolicy.BLOCK)
     shadow = None
     if shadow_parts is not None:
         candidate_inspector, candidate, args = shadow_parts
@@ -65,7 +67,8 @@ def run_arm(inspector, shadow_parts, folder: Path, work: Path, name: str) -> dic
     stats = line.run()
     seconds = time.perf_counter() - started
     out = {"seconds": round(seconds, 3), "parts": stats.inspected, "parts_per_s": round(stats.inspected / seconds, 3),
-           "latency_ms_p50": round(stats.latency_ms_p50, 1), "stage_ms": dict(stats.stage_ms)}
+           "latency_ms_p50": round(stats.latency_ms_p50, 1), "latency_ms_p99": round(stats.latency_ms_p99, 1),
+           "dropped": stats.dropped, "stage_ms": dict(stats.stage_ms)}
     if shadow is not None:
         shadow.close(0.0)
         out["shadow"] = shadow.status()
@@ -85,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queue", type=int, default=2, help="[shadow] queue (default: 2)")
     p.add_argument("--passes", type=int, default=6, help="passes over the 16 frames per arm (default: 6)")
     p.add_argument("--rounds", type=int, default=4, help="rounds of the two arms, in turns (default: 4)")
+    p.add_argument("--fps", type=float, default=0.0, help="pace the replay (default 0: full speed)")
     p.add_argument("--json", help="write the figures to this file")
     args = p.parse_args(argv)
     if min(args.threads, args.passes, args.rounds, args.queue) < 1 or not 0 < args.share <= 1:
@@ -106,13 +110,15 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(warm, ignore_errors=True)
         for n in range(args.rounds):
             arms = ("line", "shadow") if n % 2 == 0 else ("shadow", "line")
-            got = {arm: run_arm(inspector, shadow_parts if arm == "shadow" else None, folder, work, f"r{n}-{arm}")
-                   for arm in arms}
+            got = {arm: run_arm(inspector, shadow_parts if arm == "shadow" else None, folder, work, f"r{n}-{arm}",
+                                args.fps) for arm in arms}
             ratio = got["shadow"]["parts_per_s"] / got["line"]["parts_per_s"]
             s = got["shadow"]["shadow"]
             rounds.append({"order": list(arms), **got, "ratio": round(ratio, 4)})
             print(f"round {n + 1}: line {got['line']['parts_per_s']:.3f} parts/s, with shadow "
-                  f"{got['shadow']['parts_per_s']:.3f} parts/s: ratio {ratio:.3f}; the shadow judged {s['shadowed']} of "
+                  f"{got['shadow']['parts_per_s']:.3f} parts/s: ratio {ratio:.3f}; latency p50 "
+                  f"{got['line']['latency_ms_p50']:.0f} / {got['shadow']['latency_ms_p50']:.0f} ms, dropped "
+                  f"{got['line']['dropped']} / {got['shadow']['dropped']}; the shadow judged {s['shadowed']} of "
                   f"{s['chosen']} chosen parts ({s['skipped']} skipped, {s['unfinished']} unfinished; "
                   f"{s['candidate_ms_p50']} ms a part, niceness {s['niceness']})", flush=True)
     finally:
@@ -122,12 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     shadow_pps = statistics.median(r["shadow"]["parts_per_s"] for r in rounds)
     chosen = sum(r["shadow"]["shadow"]["chosen"] for r in rounds)
     judged_parts = sum(r["shadow"]["shadow"]["shadowed"] for r in rounds)
-    figures = {"recipe": recipe.product.name, "engine": inspector.engine_id, "threads": args.threads,
+    figures = {"recipe": recipe.product.name, "engine": inspector.engine_id, "threads": args.threads, "fps": args.fps,
                "candidate": candidate.id, "share": args.share, "shadow_threads": args.shadow_threads,
                "nice": args.nice, "queue": args.queue, "frames_per_arm": 16 * args.passes,
                "line_parts_per_s": line_pps, "shadow_parts_per_s": shadow_pps,
                "ratio_of_medians": round(shadow_pps / line_pps, 4),
                "median_ratio": statistics.median(r["ratio"] for r in rounds),
+               "line_latency_ms_p50": statistics.median(r["line"]["latency_ms_p50"] for r in rounds),
+               "shadow_latency_ms_p50": statistics.median(r["shadow"]["latency_ms_p50"] for r in rounds),
                "shadow_chosen": chosen, "shadow_judged": judged_parts, "rounds": rounds}
     print(f"with the shadow at share {args.share:g}: {shadow_pps:.3f} parts/s against {line_pps:.3f} without "
           f"(medians of {args.rounds} rounds in turns): ratio {shadow_pps / line_pps:.3f} (goal >= 0.90); the shadow "

@@ -254,8 +254,8 @@ class RunSummary:
             sh = d["shadow"]
             lines.append(f"  shadow {sh['candidate']}: judged {sh['shadowed']} of {sh['chosen']} chosen part(s) "
                          f"(share {sh['share']:g}), {sh['disagreements']} disagreement(s); {sh['skipped']} skipped "
-                         f"(its queue was full), {sh['unfinished']} unfinished at the stop; station shadow report "
-                         "--db DB for the details")
+                         f"(its queue was full), {sh['unfinished']} unfinished at the stop: station shadow report "
+                         f"--db {d['db']}")
         for name, status in d.get("integrations", {}).items():
             lines.append(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in status.items() if v is not None))
         if self.signal is not None:

@@ -422,7 +422,7 @@ def test_a_schema_2_log_is_rebuilt_to_3_in_one_transaction_keeping_its_rows(tmp_
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")} == {
         "inspections_time", "inspections_verdict_time", "inspections_part", "inspections_meas",
-        "reviews_inspection"}
+        "reviews_inspection", "shadow_candidate", "shadow_inspection"}
     assert conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'inspections_%' AND type = 'table'"
                         ).fetchall() == []
     with pytest.raises(sqlite3.IntegrityError):  # the new CHECK still guards the verdicts
