@@ -13,6 +13,7 @@ from typing import Callable, TextIO
 
 from engines.backends.base import load_engine
 from engines.backends.registry import resolve_backend
+from engines.errors import EnginesError
 from inspection.feed import ResultFeed
 from inspection.inspector import Inspector
 from inspection_core.records import LineStats
@@ -28,6 +29,7 @@ from station.recipe import NotInspectedPolicy, QueuePolicy, Recipe, SourceKind
 from station.ledgerlock import LedgerLock, check_db_path
 from station.rejectlog import RejectLog, check_free_space, new_run_id, probe_writable, recover_interrupted
 from station.review import default_reviewer
+from station.shadow import Candidate, ShadowWorker, candidate_recipe
 from station.sources import GenICamSource, ReplaySource
 from station.sources.linescan import build_linescan_source
 from ui.app import display_available, run_panel
@@ -79,6 +81,27 @@ def build_inspector(recipe: Recipe, streaming: bool = False) -> Inspector:
     judging = judging_for(recipe, engine, classifier)
     log.info("judging: %s [%s]", judging.describe(), judging.fingerprint())
     return judging.inspector(engine, streaming=streaming)
+
+
+def build_shadow(recipe: Recipe, run_id: str | None = None) -> ShadowWorker | None:
+    """The recipe's ``[shadow]`` (:mod:`station.shadow`), its candidate engine loaded, not started (the
+    caller starts it with the line and closes it after); None without ``[shadow]``. Raises
+    :class:`~station.errors.RecipeError` naming ``[shadow]`` when the candidate cannot judge this line."""
+    config = recipe.shadow
+    if config is None:
+        return None
+    if line_scan(recipe):
+        raise RecipeError(f"{recipe.path}: [shadow]: line-scan parts are streamed while they arrive; a shadow runs on "
+                          "area-camera and replay lines in this version: remove [shadow]")
+    judged = candidate_recipe(recipe)
+    try:
+        inspector = build_inspector(judged)
+    except (RecipeError, EnginesError) as exc:
+        raise RecipeError(f"{recipe.path}: [shadow] weights = {config.weights!r}: {exc}") from None
+    origin = "rule from its config.json" if judged.rule_from.startswith("the weights'") else f"rule from {judged.rule_from}"
+    candidate = Candidate.of(config.weights, inspector, origin)
+    return ShadowWorker(inspector, candidate, recipe.log.db, share=config.share, queue_size=config.queue,
+                        nice=config.nice, station_id=recipe.station.id, run_id=run_id)
 
 
 def calibration_status(recipe: Recipe, inspector) -> tuple[str, bool]:
@@ -229,6 +252,12 @@ class RunSummary:
         if "int8_guard_rescored" in d:
             lines.append(f"  int8 guard: {100 * d['int8_guard_rescored']:.1f} % of tiles came near the threshold and "
                          "were scored again in fp32")
+        if d.get("shadow"):
+            sh = d["shadow"]
+            lines.append(f"  shadow {sh['candidate']}: judged {sh['shadowed']} of {sh['chosen']} chosen part(s) "
+                         f"(share {sh['share']:g}), {sh['disagreements']} disagreement(s); {sh['skipped']} skipped "
+                         f"(its queue was full), {sh['unfinished']} unfinished at the stop: station shadow report "
+                         f"--db {d['db']}")
         for name, status in d.get("integrations", {}).items():
             lines.append(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in status.items() if v is not None))
         if self.signal is not None:
@@ -364,6 +393,14 @@ def run_station(recipe: Recipe, headless: bool, max_frames: int | None, as_json:
                                                                    run_id))
     line = build_line(recipe, max_frames=max_frames, on_result=on_result, run_id=run_id,
                       drain_timeout_s=drain_timeout_s)
+    try:
+        shadow = build_shadow(recipe, run_id)  # the candidate beside the engine ([shadow]), loaded now
+        if shadow is not None:
+            shadow.start(line)
+            line.listeners.append(shadow)
+    except BaseException:
+        line.reject_log.close()
+        raise
     active = integrations_.start_all(wanted, line)
     calibration = calibration_status(recipe, line.inspector)
     started = time.monotonic()
@@ -376,6 +413,9 @@ def run_station(recipe: Recipe, headless: bool, max_frames: int | None, as_json:
             log.info("no display here: running headless (pass --headless to say so)")
         stats = run_headless(line, signals=signals)
     extra = {"integrations": integrations_.close_all(active)} if wanted else {}
+    if shadow is not None:  # what it has queued is judged within the drain time, unless a signal stopped the run
+        shadow.close(0.0 if signals.received else drain_timeout_s)
+        extra["shadow"] = shadow.status()
     if max_frames is not None:  # the summary says what became of the N parts (max_frames_note)
         extra["max_frames"] = max_frames
     engine = line.inspector.engine  # None: the classifier alone judges

@@ -12,6 +12,8 @@ Examples::
     station export --db station-data/rejects.db --format json --part-id P-1 --meas-id M-1 --out -   # one part
     station review --db station-data/rejects.db --mark 12=good --mark 40=defect --by alice   # QA's review
     station export --db station-data/rejects.db --format csv --reviews --out reviewed.csv   # with the latest review
+    station shadow report --db station-data/rejects.db        # a [shadow] candidate against the production engine
+    station promote --db station-data/rejects.db --recipe my_product_v2.toml --by alice   # record the promotion
 
 Exit codes of `station run` and `station demo`:
   0    done (the source ended, or --max-frames was reached)
@@ -50,6 +52,7 @@ from station.recipe import load_recipe, shipped_recipe_path
 from station.review import DESCRIPTION as REVIEW_DESCRIPTION
 from station.review import EPILOG as REVIEW_EPILOG
 from station.review import add_review_arguments, run_review
+from station import promotion, shadow_report
 from ui.app import display_available
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -247,6 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
                             epilog=textwrap.fill(REVIEW_EPILOG, 100, break_on_hyphens=False))
     add_review_arguments(review)
     review.set_defaults(func=run_review)
+
+    shadow = sub.add_parser("shadow", help="a candidate engine shadowed beside the line: station shadow report",
+                            description="Reports on the [shadow] candidate of a recipe (station shadow report --help).")
+    shadow_report.add_shadow_arguments(shadow)
+    shadow.set_defaults(func=shadow_report.run_shadow)
+    promote = sub.add_parser("promote", help="record that a shadowed candidate engine is promoted (a recipe change)",
+                             formatter_class=argparse.RawDescriptionHelpFormatter,
+                             description=textwrap.fill(promotion.DESCRIPTION, 100, break_on_hyphens=False),
+                             epilog=textwrap.fill(promotion.EPILOG, 100, break_on_hyphens=False))
+    promotion.add_promote_arguments(promote)
+    promote.set_defaults(func=promotion.run_promote)
     add_fleet_commands(sub)
     return parser
 

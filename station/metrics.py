@@ -17,7 +17,11 @@ Read from the line when Prometheus scrapes:
   NOT_INSPECTED ``interrupted`` at this start; :mod:`station.journal`);
 - ``station_integration_lag_rows{integration=...}`` / ``..._lag_seconds``: how far each other integration that
   reports a lag (MQTT, the fleet forwarder) is behind the log;
-- ``station_info``: station id, run id, engine id, recipe (product and fingerprint) and source.
+- ``station_info``: station id, run id, engine id, recipe (product and fingerprint) and source;
+- with a ``[shadow]`` candidate (:mod:`station.shadow`): ``station_shadow_parts_total`` (parts it judged, recorded in
+  the ledger's ``shadow`` table), ``station_shadow_disagreements_total`` (of those, a verdict other than the
+  production engine's), ``station_shadow_skipped_total`` (parts chosen for it that found its queue full) and
+  ``station_shadow_disagreement_ratio`` (disagreements over parts judged; 0 before any).
 
 Each :class:`MetricsServer` has its own registry (never prometheus-client's global one).
 """
@@ -175,6 +179,16 @@ class _LineCollector:
                 seconds.add_metric([name], float(status["lag_seconds"]))
         yield rows
         yield seconds
+        shadow = stats.links.get("shadow")
+        if shadow and "error" not in shadow:  # a [shadow] candidate beside the engine (station.shadow)
+            yield CounterMetricFamily("station_shadow_parts", "Parts the shadow candidate judged beside the engine",
+                                      value=shadow["shadowed"])
+            yield CounterMetricFamily("station_shadow_disagreements", "Shadowed parts whose candidate verdict differs "
+                                      "from the production verdict", value=shadow["disagreements"])
+            yield CounterMetricFamily("station_shadow_skipped", "Parts chosen for the shadow that found its queue full",
+                                      value=shadow["skipped"])
+            yield GaugeMetricFamily("station_shadow_disagreement_ratio", "Disagreements over the parts the shadow "
+                                    "judged (0 before any)", value=shadow["disagreement_rate"])
         recipe = context.recipe
         yield InfoMetricFamily("station", "The station, its run, engine and recipe", value={
             "station_id": context.station_id, "run_id": context.run_id, "engine_id": stats.engine_id,

@@ -197,6 +197,33 @@ class ClassifierConfig:
     precision: str = "fp32"
 
 
+#: ``[shadow] share`` by default: the share of inspected parts the candidate also judges. On 2 cores at full speed
+#: the line kept 94.8 % of its throughput with it (docs/BENCHMARKS.md, "A shadow engine beside the line"), and it
+#: gives 360 shadowed parts an hour at a part a second.
+DEFAULT_SHADOW_SHARE = 0.1
+
+
+@dataclass(frozen=True)
+class ShadowConfig:
+    """The ``[shadow]`` table (issue 29): a candidate engine judged beside the production engine on a share of the
+    inspected parts, on a low-priority worker that never delays a part nor changes its verdict (:mod:`station.shadow`).
+
+    ``weights``: the candidate's weights folder (as ``[engine] weights``); it judges with the rule it carries
+    (config.json ``judging``, written by ``engines accept``), else with the recipe's, after the recipe's tiling and
+    calibration. ``share``: the parts it judges, chosen per part by a hash of the part's identity
+    (:func:`station.rejectlog.pass_sampled`), so a replay or a restart shadows the same parts. ``backend``: the
+    candidate's (``None``: the ``[engine]``'s). ``threads``: its engine's CPU threads (1: it takes at most one core).
+    ``queue``: parts waiting for it; a part chosen while it is full is skipped and counted. ``nice``: added to its
+    worker thread's niceness (19: the CPU goes to the line first)."""
+
+    weights: str
+    share: float = DEFAULT_SHADOW_SHARE
+    backend: Backend | None = None
+    threads: int = 1
+    queue: int = 2
+    nice: int = 19
+
+
 @dataclass(frozen=True)
 class LogConfig:
     """The ``[log]`` table: where the ledger lives and which part images it keeps for review.
@@ -321,6 +348,7 @@ class Recipe:
     calibration: CalibrationConfig | None = None  # None: no [calibration] table, the line runs uncalibrated
     station: StationConfig = field(default_factory=StationConfig)
     frames: FramesConfig = field(default_factory=FramesConfig)
+    shadow: ShadowConfig | None = None  # None: no [shadow] table, no candidate runs beside the engine
     # [opcua], [mqtt], [metrics], [fleet] as given (deep copies); checked by station.integrations.configure
     integrations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # where the rule (threshold, minimum area, overlap) came from: the recipe, the weights' config.json, the defaults
@@ -572,7 +600,7 @@ def _device(v: Any) -> int | str:
 #: is built (:func:`station.integrations.configure`), so the recipe does not import them.
 INTEGRATION_TABLES = ("opcua", "mqtt", "metrics", "fleet")
 _TABLES = ("product", "source", "tiling", "engine", "rules", "log", "queues", "classifier", "calibration", "station",
-           "frames") + INTEGRATION_TABLES
+           "frames", "shadow") + INTEGRATION_TABLES
 _REQUIRED_TABLES = ("product", "source")
 
 
@@ -754,9 +782,11 @@ def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
     )
     t.finish()
 
+    shadow = _shadow(table("shadow"), engine, classifier, backend_check, backend_allowed) if "shadow" in data else None
+
     return Recipe(path=path, product=product, source=source, tiling=tiling, engine=engine, rules=rules,
                   log=log, queues=queues, classifier=classifier, calibration=calibration, station=station,
-                  frames=frames, integrations={n: copy.deepcopy(dict(data[n])) for n in INTEGRATION_TABLES if n in data},
+                  frames=frames, shadow=shadow, integrations={n: copy.deepcopy(dict(data[n])) for n in INTEGRATION_TABLES if n in data},
                   rule_from=rule_from, _raw=copy.deepcopy(dict(data)))
 
 
@@ -943,6 +973,37 @@ def _engine(t: TableReader, backend_check, backend_allowed: str, precision_check
     )
     t.finish()
     return engine
+
+
+def _candidate_weights(v: Any) -> str:
+    """A weights folder that is there (a shadow is set up by an engineer: a wrong path is said at once)."""
+    try:
+        resolve_weights(check_str(v))
+    except (WeightsError, OSError, json.JSONDecodeError) as exc:
+        raise Refused(str(exc)) from None
+    return v
+
+
+def _shadow(t: TableReader, engine: EngineConfig | None, classifier: ClassifierConfig | None, backend_check,
+            backend_allowed: str) -> ShadowConfig:
+    if engine is None:
+        raise t.fail("weights", "a shadow judges beside the [engine]; this recipe has none (the classifier alone "
+                                "judges): add an [engine] or remove [shadow]")
+    if classifier is not None:
+        raise t.fail("weights", "a shadow compares segmentation engines; a recipe with a [classifier] stage cannot "
+                                "have one in this version: shadow the candidate on a recipe without [classifier]")
+    shadow = ShadowConfig(
+        weights=t.get("weights", MISSING, _candidate_weights,
+                      'the candidate\'s weights folder (as [engine] weights), e.g. "runs/bffn-line/best"'),
+        share=t.get("share", DEFAULT_SHADOW_SHARE, check_float(0.0, above=True, high=1.0),
+                    f"a share of the inspected parts above 0 and up to 1, e.g. {DEFAULT_SHADOW_SHARE:g}"),
+        backend=t.get("backend", engine.backend, backend_check, backend_allowed + " (default: the [engine]'s)"),
+        threads=t.get("threads", 1, check_int(0), "an integer >= 0 (the candidate's CPU threads; 0 = all cores)"),
+        queue=t.get("queue", 2, check_int(1), "an integer >= 1 (parts waiting for the candidate)"),
+        nice=t.get("nice", 19, check_int(0, 19), "an integer from 0 to 19 (added to the shadow worker's niceness)"),
+    )
+    t.finish()
+    return shadow
 
 
 _ROI_ALLOWED = '"none", {x = , y = , w = , h = } (a rectangle) or {cx = , cy = , r = } (a circle)'

@@ -69,7 +69,9 @@ Schema history (``PRAGMA user_version``), upgraded in place when the station ope
 1 → 2 added ``recipe``, ``calibration``; 2 → 3 added the ledger columns (``station_id`` … ``overlay_path``) and the
 NOT_INSPECTED and GAP verdicts; 3 → 4 added ``camera_timestamp_ns``; 4 → 5 the part's identity (``part_id``,
 ``meas_id``, ``product_id``, ``job_id``, and the same columns in the in-flight journal); 5 → 6 the ``reviews``
-table (:data:`REVIEWS_TABLE`: QA's append-only verdicts on rows, :meth:`RejectLog.add_reviews`). SQLite cannot change a CHECK
+table (:data:`REVIEWS_TABLE`: QA's append-only verdicts on rows, :meth:`RejectLog.add_reviews`); 6 → 7 the ``shadow``
+and ``promotions`` tables (:mod:`station.shadow_tables`: a candidate engine's verdicts beside the rows, and who
+promoted which weights). SQLite cannot change a CHECK
 constraint, so a file older than 3 is rebuilt (new table, rows copied, old dropped, new renamed) inside one
 transaction: a kill during it leaves the old file as it was. Old rows get ``frame_count = 1`` and ``rejected`` from
 their verdict. From 3 on an upgrade only adds columns (``ALTER TABLE ... ADD COLUMN``, in the same kind of
@@ -98,14 +100,14 @@ import cv2
 import numpy as np
 
 from inspection_core.records import Frame, FrameGap, InspectionResult, NotInspected, PartIdentity, Verdict
-from station import journal
+from station import journal, shadow_tables
 from station.errors import DiskSpaceError, EvidenceError, LedgerError, RejectLogError
 from station.judge import ActiveJudge
 from ui.overlay import overlay_mask
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 GAP = "GAP"  # the verdict of a gap row
 VERDICTS = (Verdict.PASS.value, Verdict.FAIL.value, Verdict.NOT_INSPECTED.value, GAP)
 COLUMNS = ("id", "time_utc", "timestamp_ns", "source", "frame_id", "file", "verdict", "defects_json",
@@ -386,8 +388,9 @@ def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
             for column, kind in _ADDED_AFTER_3.items():
                 if column not in present:
                     conn.execute(f"ALTER TABLE inspections ADD COLUMN {column} {kind}")
+            tables = [t for t in ("reviews", "shadow", "promotions") if not shadow_tables.has_table(conn, t)]
             log.info("reject log %s upgraded from schema %d to %d in place (%d rows kept; added %s)", path, version,
-                     SCHEMA_VERSION, before[0], ", ".join([c for c in COLUMNS if c not in present] + ["reviews"]))
+                     SCHEMA_VERSION, before[0], ", ".join([c for c in COLUMNS if c not in present] + tables))
         elif version < SCHEMA_VERSION and present:
             before = conn.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM inspections").fetchone()
             conn.execute(_TABLE.format(name="inspections_new"))
@@ -411,6 +414,7 @@ def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
         journal.upgrade_tables(conn)  # an older file's journal gains the columns added since
         for statement in filter(str.strip, REVIEWS_TABLE.split(";\n")):  # schema 6: QA's reviews
             conn.execute(statement)
+        shadow_tables.create_tables(conn)  # schema 7: a candidate's verdicts, and promotions
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -664,6 +668,13 @@ class RejectLog:
         if self.images_max_mb > 0:  # a smaller bound than the last run's applies from the start
             with self._lock:
                 self._prune()
+
+    @property
+    def write_gate(self) -> threading.Lock:
+        """Held around each write transaction of this log (not while images are written): a writer of a table
+        beside ``inspections`` on its own connection (the shadow, :mod:`station.shadow`) holds it too, so this
+        log's writes never meet SQLite's busy handler."""
+        return self._write_gate
 
     def __enter__(self) -> RejectLog:
         return self

@@ -32,7 +32,9 @@ from station.opcua.jobs import JobBook
 from station.opcua.recipes import RecipeBook, RecipeChanges, ledger_label
 from station.opcua.results import RESULT_FIELDS, inherit_struct_definitions, result_record
 from station.opcua.security import SECURITY_POLICIES, StationRules, StationUsers, check_port
-from station.opcua.sessions import StationServer
+from station.opcua.sessions import CALLER, StationServer
+from station.promotion import VIA_OPCUA, record_promotion, weights_changed
+from station.shadow import judging_of
 
 log = logging.getLogger(__name__)
 
@@ -442,7 +444,7 @@ class VisionSystemServer:
                                                           "wait for their ResultReady, then prepare the recipe")
         # loading a model takes seconds: IsCompleted = false now, RecipePrepared (and Ready) when it is active
         self.switching = True
-        self._tasks.append(asyncio.create_task(self._switch(wanted)))
+        self._tasks.append(asyncio.create_task(self._switch(wanted, CALLER.get())))
         return [ua.Variant(self._internal_id()), ua.Variant(False, ua.VariantType.Boolean),
                 ua.Variant(0, ua.VariantType.Int32)]
 
@@ -453,9 +455,10 @@ class VisionSystemServer:
         gen.event.add_property("InternalId", internal, _EO)
         await gen.trigger(message=f"recipe {internal.Id} {internal.Version} prepared")
 
-    async def _switch(self, recipe_id: str) -> None:
+    async def _switch(self, recipe_id: str, user: str | None = None) -> None:
         """Prepare ``recipe_id`` off the loop and make it active between two frames; a recipe that does not load
-        leaves the active one in place (LastError says why)."""
+        leaves the active one in place (LastError says why). A recipe that runs other weights is a promotion,
+        recorded with the session's ``user`` (:mod:`station.promotion`) before it becomes active."""
         try:
             try:
                 prepared = await asyncio.to_thread(self.book.prepare, recipe_id)
@@ -469,6 +472,14 @@ class VisionSystemServer:
             await asyncio.to_thread(self.changes.record, station_id=self.context.station_id,
                                     run_id=self.context.run_id, old=old, new=prepared.recipe,
                                     new_path=self.book.paths[recipe_id], via="opcua PrepareRecipe")
+            if await asyncio.to_thread(weights_changed, old, prepared.recipe):  # a candidate promoted: who, and why
+                await asyncio.to_thread(record_promotion, self.context.db_path, prepared.recipe,
+                                        user or "anonymous OPC UA session", VIA_OPCUA,
+                                        station_id=self.context.station_id, from_recipe=ledger_label(old),
+                                        from_engine=self.line.judge.engine_id,
+                                        judging=judging_of(prepared.judge.inspector))
+                log.info("OPC UA PrepareRecipe %s by %s puts other weights on the line: a promotion, recorded in %s "
+                         "promotions", recipe_id, user or "an anonymous session", self.context.db_path)
             self.line.switch(prepared.judge)  # between frames: nothing is in flight; the rows follow it
             self.book.active, self.book.active_id = prepared.recipe, recipe_id
             log.info("recipe %s active (was %s), recorded in %s recipe_changes", prepared.judge.recipe,

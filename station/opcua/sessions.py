@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextvars import ContextVar
 from typing import Any
 
 from asyncua import Server, ua
@@ -38,6 +39,11 @@ _SESSIONLESS = {ua.NodeId(i) for i in (ua.ObjectIds.FindServersRequest_Encoding_
                                         ua.ObjectIds.GetEndpointsRequest_Encoding_DefaultBinary,
                                         ua.ObjectIds.RegisterServerRequest_Encoding_DefaultBinary,
                                         ua.ObjectIds.RegisterServer2Request_Encoding_DefaultBinary)}
+
+
+#: The user name of the session whose request is being served, for a method handler to say who called it (a promotion
+#: names who prepared the recipe); None for an anonymous session and outside a request.
+CALLER: ContextVar[str | None] = ContextVar("opcua_caller", default=None)
 
 
 class SessionRouter(UaProcessor):
@@ -63,6 +69,7 @@ class SessionRouter(UaProcessor):
             self._settle()
             raise ServiceError(ua.StatusCodes.BadSessionIdInvalid)
         self.session = own  # None: an ActivateSession moving a session of another channel here (asyncua's lookup)
+        caller = CALLER.set(getattr(getattr(own, "user", None), "name", None))
         try:
             if typeid == _PUBLISH and len(self.sessions) > 1:
                 return await self._publish_own(token, typeid, requesthdr, seqhdr, body)
@@ -75,6 +82,7 @@ class SessionRouter(UaProcessor):
                 if self.sessions:
                     self._closing = False  # the channel's other sessions go on
             self._settle()
+            CALLER.reset(caller)
 
     def _settle(self) -> None:
         """Leave ``session`` on an activated session of the channel when there is one: asyncua's watchdogs (an

@@ -175,7 +175,7 @@ def test_a_schema_1_log_is_exported_as_it_is_and_upgraded_in_place_keeping_its_r
     assert (old["id"], old["frame_id"], old["engine_id"], old["recipe"]) == (1, 3, "bffn/torch", None)
     assert (new["id"], new["recipe"], new["calibration"]) == (2, "screen 00aa00aa00aa", None)
     conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
     assert [r[1] for r in conn.execute("PRAGMA table_info(inspections)")] == list(rejectlog.COLUMNS)
     conn.close()
     with RejectLog(db) as log:  # opening an upgraded file again changes nothing
@@ -418,12 +418,12 @@ def test_a_schema_2_log_is_rebuilt_to_3_in_one_transaction_keeping_its_rows(tmp_
         (1, "FAIL", 1, 1, None), (7, "PASS", 1, 0, None), (8, "NOT_INSPECTED", 1, 1, "st-1")]
     assert rows[0]["image_path"] == "rejects_images/x.png" and rows[0]["calibration"] == "cam-A@v2"
     conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
     assert [r[1] for r in conn.execute("PRAGMA table_info(inspections)")] == list(rejectlog.COLUMNS)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")} == {
         "inspections_time", "inspections_verdict_time", "inspections_part", "inspections_meas",
-        "reviews_inspection"}
+        "reviews_inspection", "shadow_candidate", "shadow_inspection"}
     assert conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'inspections_%' AND type = 'table'"
                         ).fetchall() == []
     with pytest.raises(sqlite3.IntegrityError):  # the new CHECK still guards the verdicts
@@ -601,7 +601,7 @@ def test_a_schema_3_log_gains_the_camera_timestamp_column_in_place(tmp_path: Pat
         (6, "NOT_INSPECTED", 1_700_000_000_223_456_789), (7, "PASS", None)]
     assert rows[1]["frame_count"] == 2 and rows[1]["last_frame_id"] == 5 and rows[0]["station_id"] == "st-1"
     conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
     assert [r[1] for r in conn.execute("PRAGMA table_info(inspections)")] == list(rejectlog.COLUMNS)
     assert conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'inspections'").fetchone()[0] == root_before
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -692,7 +692,7 @@ def test_a_schema_4_log_gains_the_part_identity_in_place_and_its_killed_runs_par
         (3, "PASS", None, "c.jpg", None, "P-1", "M-1", "X-7", "run-2-1")]
     assert rows[0]["recipe"] == "magnetic_tile 0123456789ab" and rows[0]["latency_ms"] == 9.5
     conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
     assert [r[1] for r in conn.execute("PRAGMA table_info(inspections)")] == list(rejectlog.COLUMNS)
     assert {"part_id", "meas_id", "product_id", "job_id"} <= {r[1] for r in conn.execute("PRAGMA table_info(in_flight)")}
     assert conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'inspections'").fetchone()[0] == root_before

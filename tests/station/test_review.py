@@ -202,7 +202,7 @@ def test_no_ledger_and_a_gap_row_are_refused(tmp_path, ledger):
 
 
 def test_a_schema_5_ledger_keeps_its_rows_and_gains_the_reviews_in_place(ledger):
-    assert SCHEMA_VERSION == 6
+    assert SCHEMA_VERSION == 7  # 7: the shadow tables (tests/station/test_shadow.py upgrades a schema 6 file)
     with contextlib.closing(sqlite3.connect(ledger)) as con:  # what a schema-5 station left: no reviews table
         con.execute("DROP TABLE reviews")
         con.execute("PRAGMA user_version=5")
@@ -219,7 +219,7 @@ def test_a_schema_5_ledger_keeps_its_rows_and_gains_the_reviews_in_place(ledger)
     row = ids_by_verdict(ledger)["PASS"][0]
     done = run_station("review", "--db", str(ledger), "--mark", f"{row}=defect", "--by", "qa")
     assert done.returncode == 0, done.stderr
-    assert query(ledger, "PRAGMA user_version") == [(6,)]
+    assert query(ledger, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     assert inspections_bytes(ledger) == before  # every row kept as it was, in the same table (no copy)
     assert query(ledger, "SELECT rootpage FROM sqlite_master WHERE name = 'inspections'") == [(root,)]
     assert query(ledger, "SELECT inspection_id, reviewer, mark FROM reviews") == [(row, "qa", "defect")]
