@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from PyQt6.QtWidgets import QApplication
 
     from inspection_core.imageio import image_files
-    from station.app import build_line, calibration_status
+    from station.app import build_line
     from station.panel_reviews import LineReviews
     from station.review import default_reviewer
     from station.recipe import load_recipe
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["engine.threads"] = args.threads
     recipe = recipe.with_overrides(overrides)
     line = build_line(recipe, max_frames=len(frames))
-    calibration = calibration_status(recipe, line.inspector)
+    calibration = line.judge.calibration_note
     reviews = LineReviews(line.reject_log, args.operator or default_reviewer())  # the review keys, as station run wires them
     line.listeners.append(reviews)
 

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from PyQt6.QtTest import QTest
     from PyQt6.QtWidgets import QApplication
 
-    from station.app import build_line, calibration_status
+    from station.app import build_line
     from station.panel_reviews import LineReviews
     from station.recipe import load_recipe
     from station.review_ledger import LedgerReviewSource
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     desk = LineReviews(line.reject_log, args.operator)
     line.listeners.append(desk)
     app = QApplication.instance() or QApplication(sys.argv[:1])
-    panel = StationPanel(line.feed, line.stats, on_close=line.stop, calibration=calibration_status(recipe, line.inspector),
+    panel = StationPanel(line.feed, line.stats, on_close=line.stop, calibration=line.judge.calibration_note,
                          reviews=desk)
     panel.setWindowTitle(f"Inspection station - {recipe.product.name}")
     panel.resize(1280, 860)

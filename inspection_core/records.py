@@ -399,6 +399,8 @@ class LineStats:
     latency_ms_p50: float = 0.0
     latency_ms_p99: float = 0.0
     engine_id: str = ""
+    calibration: str = ""  # what judges now: the calibration profile's version, or why there is none ("": unknown)
+    calibration_warning: bool = False  # the recipe names a profile the line runs without
     source: SourceHealth = field(default_factory=SourceHealth)
     not_inspected: int = 0
     not_inspected_reasons: Mapping[str, int] = field(default_factory=dict)

@@ -22,7 +22,7 @@ from station.errors import RecipeError
 from station.line_calibration import check_source, judging_for
 from station import integrations as integrations_
 from station.frameguard import FrameGuard
-from station.judge import ledger_label
+from station.judge import ActiveJudge, calibration_status, ledger_label
 from station.panel_reviews import LineReviews
 from station.pipeline import DEFAULT_DRAIN_TIMEOUT_S, Line
 from station.recipe import NotInspectedPolicy, QueuePolicy, Recipe, SourceKind
@@ -104,17 +104,6 @@ def build_shadow(recipe: Recipe, run_id: str | None = None) -> ShadowWorker | No
                         nice=config.nice, station_id=recipe.station.id, run_id=run_id)
 
 
-def calibration_status(recipe: Recipe, inspector) -> tuple[str, bool]:
-    """What the operator and the summary are told about calibration: ``(text, warning)``. ``warning`` is True
-    when the recipe names a profile but the line runs without it (``required = false`` and the profile missing)."""
-    loaded = getattr(inspector, "calibration", None)
-    if loaded is not None:
-        return loaded.name, False
-    if recipe.calibration is None:
-        return "none (the recipe has no [calibration])", False
-    return f"UNCALIBRATED (profile {recipe.calibration.profile!r} not found)", True
-
-
 def build_line(recipe: Recipe, max_frames: int | None = None, feed: ResultFeed | None = None, on_result=None, *,
                run_id: str | None = None, drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> Line:
     """The line a recipe describes. The ledger is checked first, so a station that could not record anything refuses
@@ -171,7 +160,7 @@ def _assemble_line(recipe: Recipe, db: Path, max_frames: int | None, feed: Resul
     return Line(source, inspector, reject_log, feed, frames_queue=recipe.queues.frames, frames_policy=policy,
                 results_queue=recipe.queues.results, max_frames=max_frames, on_result=on_result,
                 guard=FrameGuard.from_config(recipe.frames), drain_timeout_s=drain_timeout_s,
-                min_free_mb=recipe.station.min_free_mb, not_inspected_is_reject=counts_as_reject, recipe=label)
+                min_free_mb=recipe.station.min_free_mb, not_inspected_is_reject=counts_as_reject, judge=ActiveJudge.of(recipe, inspector))
 
 
 def format_progress(stats: LineStats) -> str:
@@ -402,7 +391,7 @@ def run_station(recipe: Recipe, headless: bool, max_frames: int | None, as_json:
         line.reject_log.close()
         raise
     active = integrations_.start_all(wanted, line)
-    calibration = calibration_status(recipe, line.inspector)
+    calibration = line.judge.calibration_note
     started = time.monotonic()
     signals = StopSignals(line.stop)
     if not headless and display_available():
@@ -423,7 +412,8 @@ def run_station(recipe: Recipe, headless: bool, max_frames: int | None, as_json:
     if share is not None:  # an int8 engine with its guard: how much of the work went to the fp32 graph
         extra["int8_guard_rescored"] = round(share, 4)
     summary = RunSummary(stats, time.monotonic() - started, str(Path(recipe.log.db)), line.inspector.engine_id,
-                         line.source.name, None if line.failure is None else str(line.failure), calibration[0],
+                         line.source.name, None if line.failure is None else str(line.failure),
+                         line.judge.calibration_note[0],
                          station_id=recipe.station.id, run_id=run_id, signal=signals.received,
                          stop_reason=line.stop_reason, extra=extra,
                          unclean_end=None if line.reject_log.unclean_end is None else

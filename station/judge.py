@@ -26,17 +26,31 @@ def ledger_label(recipe: Recipe) -> str:
     return f"{recipe.product.name} {recipe.fingerprint()}"
 
 
+def calibration_status(recipe: Recipe, inspector: Any) -> tuple[str, bool]:
+    """What the operator and the summary are told about calibration: ``(text, warning)``. ``warning`` is True
+    when the recipe names a profile but the line runs without it (``required = false`` and the profile missing)."""
+    loaded = getattr(inspector, "calibration", None)
+    if loaded is not None:
+        return loaded.name, False
+    if recipe.calibration is None:
+        return "none (the recipe has no [calibration])", False
+    return f"UNCALIBRATED (profile {recipe.calibration.profile!r} not found)", True
+
+
 @dataclass(frozen=True)
 class ActiveJudge:
     """The inspector that judges parts and the label of the recipe it was built from (:func:`ledger_label`;
-    ``None``: no recipe, as in tests and tools). The engine and the calibration profile are the inspector's."""
+    ``None``: no recipe, as in tests and tools). The engine and the calibration profile are the inspector's;
+    ``calibration_note`` is what the operator is told of the calibration (:func:`calibration_status`; empty: not
+    known, no recipe)."""
 
     inspector: Any
     recipe: str | None = None
+    calibration_note: tuple[str, bool] = ("", False)
 
     @classmethod
     def of(cls, recipe: Recipe, inspector: Any) -> ActiveJudge:
-        return cls(inspector, ledger_label(recipe))
+        return cls(inspector, ledger_label(recipe), calibration_status(recipe, inspector))
 
     @property
     def engine_id(self) -> str:

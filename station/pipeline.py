@@ -165,7 +165,8 @@ class Line:
     the PLC's ids (an OPC UA job) over the source's part id, once, before the part is journaled or queued.
 
     What judges the parts is the line's :attr:`judge` (:class:`~station.judge.ActiveJudge`: ``inspector`` and the
-    ledger label ``recipe`` of the recipe it was built from), replaced whole by :meth:`switch`. Each frame is judged
+    ledger label ``recipe`` of the recipe it was built from, or ``judge`` given whole, as :func:`station.app.build_line`
+    does with :meth:`~station.judge.ActiveJudge.of`), replaced whole by :meth:`switch`. Each frame is judged
     by the judge active when its inspection starts, and every ledger entry goes to the ledger with the judge it was
     made under: its row's ``recipe``, ``calibration`` and ``engine_id`` come from there.
     """
@@ -175,9 +176,9 @@ class Line:
                  results_queue: int = 64, max_frames: int | None = None, on_result=None,
                  guard: FrameGuard | None = None, drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
                  min_free_mb: float = 0.0, not_inspected_is_reject: bool = True, listeners=(),
-                 recipe: str | None = None) -> None:
+                 recipe: str | None = None, judge: ActiveJudge | None = None) -> None:
         self.source = source
-        self._judge = ActiveJudge(inspector, recipe)
+        self._judge = judge or ActiveJudge(inspector, recipe)
         self.reject_log = reject_log
         self.feed = feed or ResultFeed()
         self.max_frames = max_frames
@@ -605,7 +606,8 @@ class Line:
             throughput_fps=round(fps, 2),
             latency_ms_p50=float(np.percentile(latencies, 50)) if latencies.size else 0.0,
             latency_ms_p99=float(np.percentile(latencies, 99)) if latencies.size else 0.0,
-            engine_id=self._judge.engine_id, source=health,
+            engine_id=self._judge.engine_id, calibration=self._judge.calibration_note[0],
+            calibration_warning=self._judge.calibration_note[1], source=health,
             not_inspected=sum(reasons.values()), not_inspected_reasons=reasons, lost=lost, gaps=gaps,
             recorded=recorded, refused=refused, warnings=warnings,
             not_inspected_is_reject=self.not_inspected_is_reject, state=self.state,

@@ -294,7 +294,7 @@ class StationPanel(QMainWindow):
         calibration: tuple[str, bool] = ("", False),
         reviews: ReviewDesk | None = None,
     ) -> None:
-        """``calibration`` is ``(text, warning)`` from :func:`station.app.calibration_status`: the profile version
+        """``calibration`` is ``(text, warning)`` from :func:`station.judge.calibration_status`: the profile version
         in use, or why there is none; ``warning`` shows it in red (the recipe's profile is missing). ``reviews``:
         where the review keys' marks go (none: the panel has no review keys)."""
         super().__init__(parent)
@@ -544,6 +544,14 @@ class StationPanel(QMainWindow):
         self.labels_label.setStyleSheet(f"color: {AMBER}; font-size: 12pt;" if classified and result.labels else
                                         "font-size: 12pt;")
 
+    def _show_calibration(self, text: str, warning: bool) -> None:
+        label = self.counter_labels["calibration"]
+        label.setText(f"Calibration: {text or '–'}")
+        if label.property("role") != ("warning" if warning else "name"):
+            label.setProperty("role", "warning" if warning else "name")
+            label.style().unpolish(label)
+            label.style().polish(label)
+
     def _show_stats(self, stats: LineStats) -> None:
         links, links_warn = links_text(stats)
         values = {
@@ -564,6 +572,8 @@ class StationPanel(QMainWindow):
         for key, text in values.items():
             self.counter_labels[key].setText(text)
         self.counter_labels["engine"].setToolTip(stats.engine_id or "")
+        if stats.calibration:  # what judges now: a recipe switch may bring another profile
+            self._show_calibration(stats.calibration, stats.calibration_warning)
         self.counter_labels["dropped"].setStyleSheet(f"color: {AMBER};" if stats.dropped else "")
         self.counter_labels["errors"].setStyleSheet(f"color: {AMBER};" if stats.errors else "")
         self.counter_labels["links"].setVisible(bool(stats.links))

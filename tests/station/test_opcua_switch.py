@@ -22,10 +22,17 @@ SHIPPED_THRESHOLD = 0.95
 RULES = {"lenient": ("score_threshold", 0.5), "lax": ("min_area_px", 100_000)}
 
 
+#: The lenient recipe also names a calibration profile that is not there (required = false): it runs uncalibrated,
+#: and the panel's calibration line says so in red while it judges.
+MISSING_PROFILE = "UNCALIBRATED (profile 'cam-Z' not found)"
+
+
 def write_recipe(root, name: str, key: str, value: float) -> None:
     text = shipped_recipe_path("magnetic_tile").read_text()
     text, n = re.subn(rf"(?m)^{key} = [0-9.]+", f"{key} = {value}", text)
     assert n == 1, f"the shipped recipe's [rules] {key} line moved: update this test"
+    if name == "lenient":
+        text += f'\n[calibration]\nprofile = "cam-Z"\nroot = "{(root / "no-profiles").as_posix()}"\nrequired = false\n'
     (root / f"{name}.toml").write_text(text.replace('path = "../samples/magnetic-tile"', f'path = "{SAMPLES.as_posix()}"')
                                        .replace("threads = 0", "threads = 1"))
 
@@ -80,6 +87,9 @@ def test_a_recipe_switched_over_opcua_repaints_the_panel_and_relabels_the_rows(t
                         assert fingerprint == recipe.fingerprint()
                     label = f"magnetic_tile {recipe.fingerprint()}"
                     assert station.line.judge.recipe == label
+                    note = MISSING_PROFILE if recipe_id == "lenient" else "none (the recipe has no [calibration])"
+                    qtbot.waitUntil(lambda n=note: panel.counter_labels["calibration"].text() == f"Calibration: {n}",
+                                    timeout=10_000)
                     seen[recipe_id] = {}
                     for _ in range(4):  # one pass over the folder (three parts and a corrupt file) per recipe
                         drawn = panel.frames_drawn

@@ -378,6 +378,28 @@ def test_calibration_line_names_the_profile_and_warns_in_red_without_it(qtbot, f
 
 
 @pytest.mark.gui
+def test_calibration_line_follows_the_active_judge_after_a_recipe_switch(qtbot, feed: ResultFeed,
+                                                                         stats: StatsSource) -> None:
+    """The label starts from what the start recipe said, then shows what the line's active judge says (its
+    ``calibration_note`` in the stats): a switch to a recipe whose profile is missing turns it red, and back."""
+    from ui.panel import StationPanel
+
+    window = StationPanel(feed, stats, refresh_ms=20, calibration=("cam-A@v3", False))
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    label = window.counter_labels["calibration"]
+    assert label.text() == "Calibration: cam-A@v3" and red_text_pixels(label) <= 20
+    stats.update(calibration="UNCALIBRATED (profile 'cam-B' not found)", calibration_warning=True)
+    qtbot.waitUntil(lambda: label.text() == "Calibration: UNCALIBRATED (profile 'cam-B' not found)", timeout=2000)
+    qtbot.waitUntil(lambda: red_text_pixels(label) > 20, timeout=2000)
+    stats.update(calibration="cam-A@v4", calibration_warning=False)
+    qtbot.waitUntil(lambda: label.text() == "Calibration: cam-A@v4", timeout=2000)
+    qtbot.waitUntil(lambda: red_text_pixels(label) <= 20, timeout=2000)
+    window.close()
+
+
+@pytest.mark.gui
 def test_screenshot(qtbot, panel, feed: ResultFeed, stats: StatsSource, tmp_path: Path) -> None:
     for i in range(1, 6):
         feed.publish(make_result(frame_id=i, file=f"glass_{i:04d}.png"))
