@@ -15,7 +15,7 @@ from inspection_core.records import Defect, Frame, InspectionResult, PartIdentit
 from station.cli import SAMPLES
 from station.errors import RecipeError
 from station.recipe import load_recipe, shipped_recipe_path
-from station.rejectlog import RejectLog, mask_path_of, pass_sampled, sample_key
+from station.rejectlog import SCHEMA_VERSION, RejectLog, mask_path_of, pass_sampled, sample_key
 from tests.station.test_cli import run_station
 from tests.station.test_recipe import MINIMAL, write
 
@@ -233,7 +233,7 @@ def test_the_rules_decided_mask_is_saved_losslessly_beside_each_image_and_pruned
     # no column names it, and the schema is the same
     assert mask_path_of(failed["image_path"]) not in {str(v) for v in failed.values()}
     with contextlib.closing(sqlite3.connect(db)) as con:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == 6
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION  # the mask file added no column
     # retention deletes it with its image, and counts its bytes
     with RejectLog(db, images_max_mb=1e-6) as log:
         assert log.prune_images() == [] and not mask_file.exists()  # pruned at the start, with the image
