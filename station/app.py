@@ -21,7 +21,6 @@ from station.classify import PatchClassifier
 from station.errors import RecipeError
 from station.line_calibration import check_source, judging_for
 from station import integrations as integrations_
-from station.frameguard import FrameGuard
 from station.judge import ActiveJudge, calibration_status, ledger_label
 from station.panel_reviews import LineReviews
 from station.pipeline import DEFAULT_DRAIN_TIMEOUT_S, Line
@@ -159,8 +158,9 @@ def _assemble_line(recipe: Recipe, db: Path, max_frames: int | None, feed: Resul
         policy = QueuePolicy.BLOCK
     return Line(source, inspector, reject_log, feed, frames_queue=recipe.queues.frames, frames_policy=policy,
                 results_queue=recipe.queues.results, max_frames=max_frames, on_result=on_result,
-                guard=FrameGuard.from_config(recipe.frames), drain_timeout_s=drain_timeout_s,
-                min_free_mb=recipe.station.min_free_mb, not_inspected_is_reject=counts_as_reject, judge=ActiveJudge.of(recipe, inspector))
+                drain_timeout_s=drain_timeout_s, min_free_mb=recipe.station.min_free_mb,
+                not_inspected_is_reject=counts_as_reject,
+                judge=ActiveJudge.of(recipe, inspector))  # what judges, with the recipe's [frames] guards
 
 
 def format_progress(stats: LineStats) -> str:

@@ -42,15 +42,20 @@ class ActiveJudge:
     """The inspector that judges parts and the label of the recipe it was built from (:func:`ledger_label`;
     ``None``: no recipe, as in tests and tools). The engine and the calibration profile are the inspector's;
     ``calibration_note`` is what the operator is told of the calibration (:func:`calibration_status`; empty: not
-    known, no recipe)."""
+    known, no recipe); ``guard`` the recipe's ``[frames]`` limits and implausible-frame policy, checked before the
+    frame is judged (None: the line's). The not-inspected policy is the station's (``[station]``), not the judge's."""
 
     inspector: Any
     recipe: str | None = None
     calibration_note: tuple[str, bool] = ("", False)
+    guard: Any = None  # the recipe's frame guards (station.frameguard.FrameGuard; None: the line's own)
 
     @classmethod
     def of(cls, recipe: Recipe, inspector: Any) -> ActiveJudge:
-        return cls(inspector, ledger_label(recipe), calibration_status(recipe, inspector))
+        from station.frameguard import FrameGuard
+
+        return cls(inspector, ledger_label(recipe), calibration_status(recipe, inspector),
+                   FrameGuard.from_config(recipe.frames))
 
     @property
     def engine_id(self) -> str:

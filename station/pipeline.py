@@ -218,6 +218,8 @@ class Line:
         the new one, never a mix). A frame whose inspection has started, and every entry made before, keep the judge
         they were made under. Returns the judge replaced."""
         old, self._judge = self._judge, judge
+        if judge.engine_id != old.engine_id:
+            self._tile_s = None  # another engine: its time per tile is measured again
         log.info("the line judges with %s (%s) from the next frame; was %s (%s)", judge.recipe or "-",
                  judge.engine_id, old.recipe or "-", old.engine_id)
         return old
@@ -394,7 +396,7 @@ class Line:
                 if frame is _END:
                     break
                 judge = self._judge  # this frame's, whatever a switch does meanwhile
-                inspector = judge.inspector
+                inspector, guard = judge.inspector, judge.guard or self.guard
                 if self._ledger_failed.is_set() or (self.max_frames is not None
                                                     and self.counters.inspected >= self.max_frames):
                     self._emit(NotInspected.of(frame, NotInspectedReason.STOPPED, self._stopped_detail()))
@@ -403,32 +405,32 @@ class Line:
                     self._emit(NotInspected.of(frame, NotInspectedReason.STOPPED,
                                                f"still queued when the drain timeout ran out ({self.stop_reason})"))
                     continue
-                refused = self.guard.refuse(frame)
+                refused = guard.refuse(frame)
                 if refused is not None:
                     self._emit(refused)
                     continue
-                warning = self.guard.implausible(frame)
+                warning = guard.implausible(frame)
                 if warning:  # a frame the station cannot judge never passes, unless the recipe says "warn"
                     with self.counters.lock:
                         self.counters.warnings += 1
                         first = self.counters.warnings == 1
                     (log.warning if first else log.debug)("frame %s from %s: %s", frame.frame_id, frame.source,
                                                           warning)
-                    if self.guard.on_implausible is ImplausiblePolicy.NOT_INSPECTED:
+                    if guard.on_implausible is ImplausiblePolicy.NOT_INSPECTED:
                         self._emit(NotInspected.of(frame, NotInspectedReason.IMPLAUSIBLE, warning))
                         continue
-                    if self.guard.on_implausible is ImplausiblePolicy.FAIL:
+                    if guard.on_implausible is ImplausiblePolicy.FAIL:
                         self._deliver(implausible_failure(frame, warning, judge.engine_id), warning,
                                       time.monotonic_ns(), judge)
                         continue
                 tiles = 0 if "part" in frame.meta else inspector.tile_count(frame.image.shape)
-                refused = self.guard.too_slow(frame, tiles, self._tile_s) if tiles else None
+                refused = guard.too_slow(frame, tiles, self._tile_s) if tiles else None
                 if refused is not None:  # refused before any inference: the line cannot afford its tiles
                     self._emit(refused, warning)
                     continue
                 started_ns = time.monotonic_ns()
                 try:
-                    result = inspector.inspect(frame, checkpoint=self._checkpoint(frame))
+                    result = inspector.inspect(frame, checkpoint=self._checkpoint(frame, guard))
                 except _NotInspectedNow as stopped:  # cancelled between two batches
                     log.warning("frame %s from %s not inspected: %s", frame.frame_id, frame.source, stopped)
                     self._emit(stopped.entry, warning, judge)
@@ -459,13 +461,13 @@ class Line:
         if self.max_frames is not None and self.counters.inspected >= self.max_frames:
             self.stop(f"--max-frames {self.max_frames} reached")
 
-    def _checkpoint(self, frame: Frame) -> Callable[[int, int], None]:
+    def _checkpoint(self, frame: Frame, guard: FrameGuard) -> Callable[[int, int], None]:
         """The inspector's checkpoint for ``frame`` (called between batches): it cancels the inference when the
         drain timeout has run out (``stopped``: a stop is bounded whatever the frame) and, while no time per tile
         is known yet, refuses the frame after its first batch when the rest would exceed ``max_inspect_s``
         (``too_slow``)."""
         first_batch: list[float] = []
-        judge_speed = self.guard.max_inspect_s > 0 and self.guard.tile_ms is None and self._tile_s is None
+        judge_speed = guard.max_inspect_s > 0 and guard.tile_ms is None and self._tile_s is None
 
         def checkpoint(done: int, total: int) -> None:
             now = time.monotonic()
@@ -479,7 +481,7 @@ class Line:
                 first_batch.append(now)
             elif judge_speed and len(first_batch) == 1:
                 first_batch.append(now)  # judged once, on the first batch
-                refused = self.guard.too_slow(frame, total, (now - first_batch[0]) / done, measured=False)
+                refused = guard.too_slow(frame, total, (now - first_batch[0]) / done, measured=False)
                 if refused is not None:
                     raise _NotInspectedNow(refused)
         return checkpoint

@@ -184,3 +184,45 @@ def test_engines_eval_without_rule_flags_gives_the_verdicts_of_station_run(magne
     assert exported.returncode == 0, exported.stderr
     by_line = {names[Path(r["file"]).name]: r["verdict"] for r in json.loads(out.read_text())}
     assert by_line == by_eval
+
+
+# ------------------------------------------------------------------------------------------- a recipe switch
+def _frames_recipe(tmp_path: Path, name: str, frames: str) -> Path:
+    import re
+
+    from tests.station.test_cli import SAMPLES
+
+    text = (shipped_recipe_path("magnetic_tile").read_text()
+            .replace('path = "../samples/magnetic-tile"', f'path = "{SAMPLES.as_posix()}"')
+            .replace("loop = true", "loop = false").replace("fps = 10.0", "fps = 0").replace("threads = 0", "threads = 1"))
+    text, n = re.subn(r"(?m)^db = .*", f'db = "{(tmp_path / name).as_posix()}.db"', text)
+    assert n == 1, "the shipped recipe's [log] db line moved: update this helper"
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text + (f"\n[frames]\n{frames}\n" if frames else ""))
+    return path
+
+
+def test_a_switched_recipe_brings_its_frame_guards(tmp_path):
+    """What judges includes the recipe's [frames] limits: after a switch the new recipe's guards refuse frames the
+    old one took, and the rows carry the new recipe's label."""
+    import io
+    import sqlite3
+
+    from station.app import build_inspector, build_line, run_headless
+    from station.judge import ActiveJudge
+
+    plain_recipe = load_recipe(_frames_recipe(tmp_path, "plain", ""))
+    switched_recipe = load_recipe(_frames_recipe(tmp_path, "switched", ""))
+    narrow = load_recipe(_frames_recipe(tmp_path, "narrow", "max_width = 100"))
+    for recipe, switch_to in ((plain_recipe, None), (switched_recipe, narrow)):
+        line = build_line(recipe, max_frames=3)
+        if switch_to is not None:
+            line.switch(ActiveJudge.of(switch_to, build_inspector(switch_to)))
+        run_headless(line, out=io.StringIO())
+    with sqlite3.connect(tmp_path / "plain.db") as con:
+        plain = con.execute("SELECT verdict, reason FROM inspections ORDER BY id").fetchall()
+    with sqlite3.connect(tmp_path / "switched.db") as con:
+        switched = con.execute("SELECT verdict, reason, recipe FROM inspections ORDER BY id").fetchall()
+    assert plain and all(verdict in ("PASS", "FAIL") for verdict, _ in plain[:3])
+    assert switched and all(v == "NOT_INSPECTED" and reason == "too_large" for v, reason, _ in switched)
+    assert {label for _, _, label in switched} == {f"magnetic_tile {narrow.fingerprint()}"}
