@@ -194,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--aux-weight", type=float, help="weight of the auxiliary losses (default: 1)")
     train.add_argument("--split", help="a split.json with train/validation/holdout lists (`engines split`): train "
                                        "on train, validate on validation after each epoch, never touch holdout "
-                                       "(overrides --holdout)")
+                                       "(overrides --holdout); classifiers too, e.g. GR on magnetic-tile's "
+                                       "part-wise split")
     train.add_argument("--init-backbone", metavar="WEIGHTS",
                        help="start the ResNet backbone from any network trained here on the same ResNet depth "
                             "(folder or shipped name, e.g. gr-neu-seg); RGB first convolutions are summed to grey. "

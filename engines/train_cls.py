@@ -75,6 +75,7 @@ class ClsTrainSettings:
     weight_decay: float = 5e-4
     size: int = 224  # images resized to size×size (cv2.INTER_AREA); the paper trains on 1024×1024
     holdout: float = 0.2
+    split: str = ""  # a split.json (train/validation/holdout, `engines split`): train on train, score validation
     seed: int = 0
     threads: int = 0
     device: str = "auto"  # "auto" = CUDA when present, else CPU
@@ -204,6 +205,23 @@ def _build(settings: ClsTrainSettings, config: dict):
 # ------------------------------------------------------------------------------------------------------ training
 
 
+def sets_from_split(dataset: MultiLabelSet, path: str) -> tuple[MultiLabelSet, MultiLabelSet, dict]:
+    """``(train, scored, record)`` from a split file, as segmentation training reads it: its ``train`` list trains,
+    its ``validation`` list (a two-way file: ``holdout``) is scored after each epoch; a three-way file's
+    ``holdout`` images are used by neither. :class:`InputError` for names the data folder lacks."""
+    from engines.data.segmentation import read_split
+
+    split = read_split(path)
+    index = {s.name: i for i, s in enumerate(dataset.samples)}
+    scored = "validation" if "validation" in split else "holdout"
+    missing = [n for part in ("train", scored) for n in split.get(part, []) if n not in index]
+    if missing:
+        raise InputError(f"{len(missing)} images of {path} are not in the data folder (first: {missing[0]}); "
+                         "pass the --data folder the split was made from")
+    return (dataset.subset([index[n] for n in split["train"]]),
+            dataset.subset([index[n] for n in split.get(scored, [])]), split)
+
+
 def train_classifier(settings: ClsTrainSettings, progress: bool = True, train_set=None, held_set=None) -> dict:
     """Train ``settings.model`` on multi-label data, checkpoint every epoch to ``out/checkpoint.pt`` (resumed
     automatically, in the right phase), score the held-out split, and write the final weights
@@ -223,10 +241,14 @@ def train_classifier(settings: ClsTrainSettings, progress: bool = True, train_se
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
+    split_record = None
     if train_set is None:
         dataset = load_multilabel(settings.data)
-        train_idx, held_idx = stratified_multilabel_split(dataset, settings.holdout, settings.seed)
-        train_set, held_set = dataset.subset(train_idx), dataset.subset(held_idx)
+        if settings.split:
+            train_set, held_set, split_record = sets_from_split(dataset, settings.split)
+        else:
+            train_idx, held_idx = stratified_multilabel_split(dataset, settings.holdout, settings.seed)
+            train_set, held_set = dataset.subset(train_idx), dataset.subset(held_idx)
     held_set = held_set if held_set is not None else MultiLabelSet([], train_set.classes)
     classes = list(train_set.classes)
     if list(held_set.classes) != classes:
@@ -234,7 +256,7 @@ def train_classifier(settings: ClsTrainSettings, progress: bool = True, train_se
                          f"{classes}")
     if len(train_set) < 2:
         raise InputError(f"need at least 2 training images, got {len(train_set)}")
-    (out / "split.json").write_text(json.dumps(
+    (out / "split.json").write_text(json.dumps(split_record or
         {"train": [s.name for s in train_set.samples], "holdout": [s.name for s in held_set.samples]}, indent=1))
 
     spec = InputSpec(channels=settings.in_channels)

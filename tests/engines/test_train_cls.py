@@ -305,3 +305,32 @@ def test_first_head_scores_the_fc2_module_alone():
         expected = torch.sigmoid(model.classifier1(model.label_features(x))).numpy()
     np.testing.assert_allclose(first, expected, atol=1e-5)
     assert not np.allclose(first, final, atol=1e-3)
+
+
+def test_a_classifier_trains_on_a_splits_train_part_and_scores_its_validation_part(tmp_path):
+    """`engines train gr --split`: as segmentation reads a split (magnetic-tile's part-wise one, for GR as a second
+    opinion): train on `train`, score `validation`, never touch `holdout`; names the folder lacks are refused."""
+    import json
+
+    from engines.cli import main
+    from engines.errors import InputError
+    from engines.train_cls import sets_from_split
+
+    torch.set_num_threads(1)
+    root, _ = make_set(tmp_path / "set")
+    names = sorted(p.name for p in (root / "images").iterdir())
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": names[:14], "validation": names[14:19], "holdout": names[19:],
+                                 "group_by": "part"}))
+    out = tmp_path / "gr"
+    assert main(["train", "gr", "--data", str(root), "--out", str(out), "--split", str(split), "--epochs", "1",
+                 "--pretrain-epochs", "1", "--batch", "6", "--size", str(SIDE), "--steps-per-epoch", "1",
+                 "--bank-size", "5", "--threads", "1", "--device", "cpu", "--quiet"]) == 0
+    training = json.loads((out / "config.json").read_text())["training"]
+    assert (training["train_images"], training["holdout_images"]) == (14, 5)
+    assert json.loads((out / "split.json").read_text())["holdout"] == names[19:]
+    split.write_text(json.dumps({"train": names[:14] + ["gone.png"], "validation": names[14:19]}))
+    from engines.data.multilabel import load_multilabel
+
+    with pytest.raises(InputError, match="1 images of .* are not in the data folder"):
+        sets_from_split(load_multilabel(root), str(split))
