@@ -27,9 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO / "station" / "samples" / "magnetic-tile"
-RECIPE = REPO / "station" / "recipes" / "magnetic_tile.toml"
+from panel_screenshot import RECIPE, REPO, SAMPLES  # the panel picture's frames and recipe (this folder)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

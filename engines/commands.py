@@ -556,7 +556,8 @@ def _judge_line(folder: str, args: argparse.Namespace, learned, reference_rule: 
     split_file = next((p / "split.json" for p in (where, where.parent) if (p / "split.json").is_file()), None)
     kept = extra_holdout_names(read_split(split_file), folder) if split_file else None
     if kept is not None:
-        samples = [s for s in samples if s.name in set(kept)]
+        kept_names = set(kept)
+        samples = [s for s in samples if s.name in kept_names]
         which = f"the {len(samples)} images {split_file} kept aside from training"
     else:
         which = f"all {len(samples)} images (the candidate's run did not train on {folder})"
