@@ -198,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "part-wise split")
     train.add_argument("--init-backbone", metavar="WEIGHTS",
                        help="start the ResNet backbone from any network trained here on the same ResNet depth "
-                            "(folder or shipped name, e.g. gr-neu-seg); RGB first convolutions are summed to grey. "
+                            "(folder or shipped name, e.g. gr-neu-seg; a classifier such as gr may start from a "
+                            "segmentation network's backbone); RGB first convolutions are summed to grey. "
                             "The source is recorded in config.json")
     train.add_argument("--backbone-lr", type=float, metavar="FRACTION",
                        help="the ResNet backbone's learning rate as a fraction of --lr (default 1; e.g. 0.1 with "

@@ -17,7 +17,7 @@ from inspection_core.defaults import DEFAULT_LABEL_THRESHOLD
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SEG_ONLY = {"tile": None, "optimizer": None, "loss": None, "init": None, "no_sam": False, "fusion": None,
             "sampling": None, "aux_weight": None, "defect_fraction": None, "class_balanced": False,
-            "hard_negatives": None, "mine_every": None, "init_backbone": None, "backbone_lr": None, "validate_as": None,
+            "hard_negatives": None, "mine_every": None, "backbone_lr": None, "validate_as": None,
             "gain_target": None, "border": None, "photometric": None, "edge_fraction": None, "paste_fraction": None}
 CLS_ONLY = {"pretrain_epochs": None, "momentum": None, "weight_decay": None, "size": None, "bank_size": None,
             "in_channels": None, "no_augment": False, "label_dim": None, "no_gr": False, "linear": False,
@@ -98,7 +98,7 @@ def _train_classifier(args: argparse.Namespace) -> int:
         holdout=args.holdout, seed=args.seed, threads=args.threads, device=args.device, amp=args.amp,
         steps_per_epoch=args.steps_per_epoch, bank_size=31 if args.bank_size is None else args.bank_size,
         model_config=config, in_channels=args.in_channels or 3, augment=not args.no_augment,
-        validate=not args.no_validate, split=args.split or "")
+        validate=not args.no_validate, split=args.split or "", init_backbone=args.init_backbone or "")
     final = train_classifier(settings, progress=not args.quiet)
     print(json.dumps(final, indent=2, default=str))
     return EXIT_OK

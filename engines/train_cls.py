@@ -86,6 +86,7 @@ class ClsTrainSettings:
     in_channels: int = 3  # 3: grey replicated (the paper's RGB stem); 1: one-channel stem
     augment: bool = True  # the paper's flips, rotation and colour jitter
     validate: bool = True  # score the held-out images after every epoch (batch mode)
+    init_backbone: str = ""  # start the ResNet backbone from these weights (any network trained here, same depth)
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -261,6 +262,12 @@ def train_classifier(settings: ClsTrainSettings, progress: bool = True, train_se
 
     spec = InputSpec(channels=settings.in_channels)
     model = _build(settings, _model_config(settings, len(classes)))
+    start_note = {}
+    if settings.init_backbone:  # a checkpoint in out (resume) overwrites it below
+        from engines.train import init_backbone_from
+
+        start_note = init_backbone_from(model, settings.init_backbone)
+        log.info("backbone initialised from %s: %s", settings.init_backbone, json.dumps(start_note))
     pretrains = model_spec(settings.model).pretrains
     use_gr = has_relations(model)  # GR with its GR-module: phase 2 and the reference bank
     train_x = resize_images([s.image for s in train_set.samples], settings.size, spec)
@@ -328,6 +335,8 @@ def train_classifier(settings: ClsTrainSettings, progress: bool = True, train_se
                 "phases": [{"phase": p, "stage": n, "epochs": done.get(p, 0)} for p, n, _ in phases],
                 "command": " ".join(sys.argv), "train_images": len(train_set), "holdout_images": len(held_set),
                 "device": str(device), "holdout": holdout}
+    if start_note:
+        training["start"] = start_note
     if graph_info is not None:
         training["graph"] = graph_info
     if bank_names is not None:
