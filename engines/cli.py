@@ -338,7 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "  3. judge the held-out part once with the learned rule;\n"
                     "  4. check the held-out figures against the goals (F1, false alarms on defect-free images,\n"
                     "     pixel IoU, recall of every defect class with enough held-out images);\n"
-                    "  5. with --line, judge both on the line's reviewed images the candidate did not train on.\n"
+                    "  5. with --line, judge both on the line's reviewed images the candidate did not train on;\n"
+                    "  6. with --classifier, learn the label threshold of each class of a second opinion (GR) on\n"
+                    "     validation too, fused with the segmenter's verdict as the station's [classifier] stage\n"
+                    "     fuses it (FAIL on a defect or a label), and check the goals on the fused verdicts.\n"
                     "OUT gets validation.json, holdout.json (the `engines eval --json` reports) and acceptance.json.\n"
                     "Exit codes: 0 accepted, 1 a goal not met (or the reference not beaten), 2 bad input.",
         epilog="example:\n  engines accept --weights runs/bffn-tr2/best --against bffn-magnetic-tile \\\n"
@@ -357,6 +360,18 @@ def build_parser() -> argparse.ArgumentParser:
                           "run kept aside (its split.json, \"extra\"), or all of them when it did not train on DIR. "
                           "With --against, the candidate must make no more errors there than the reference. "
                           "Repeatable")
+    acc.add_argument("--classifier", metavar="WEIGHTS",
+                     help="a multi-label classifier (e.g. `engines train gr` on whole images) as a second opinion: "
+                          "the label threshold of each of its classes is learned on validation for the fused "
+                          "verdict (a class that only adds false alarms stays off, 1.0), held-out is judged fused, "
+                          "and the thresholds are written into the classifier's config.json (\"judging\"), where a "
+                          "recipe's [classifier] stage without `threshold` reads them")
+    acc.add_argument("--classifier-patch", type=int, default=0, metavar="PX",
+                     help="the classifier's patch side on the frame, as the recipe's [classifier] patch (default 0: "
+                          "the whole frame is one image)")
+    acc.add_argument("--classifier-mode", choices=("bank", "batch"), default="bank",
+                     help="GR's relations: to its reference bank (default; a part's labels do not depend on "
+                          "other parts) or within each batch, as the recipe's [classifier] mode")
     acc.add_argument("--learn-min-areas", metavar="A,B,...",
                      help="minimum areas (px) the rule is learned over, with every threshold of the sweep "
                           "(default: 10,20,30,50,80,120,200)")

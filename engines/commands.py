@@ -457,6 +457,9 @@ def run_accept(args: argparse.Namespace) -> int:
         if model_spec(resolve_weights(weights).model).task is Task.CLASSIFICATION:
             raise InputError(f"{weights} is a classifier; `engines accept` judges segmentation networks "
                              f"(classifiers: `engines eval`, `calibration thresholds`)")
+    if args.classifier and model_spec(resolve_weights(args.classifier).model).task is not Task.CLASSIFICATION:
+        raise InputError(f"--classifier {args.classifier} is a segmentation network; give a classifier's weights "
+                         "(`engines train gr`)")
     from inspection.judging import Judging
 
     # the rule is learned here, so the weights' old one is not used; the sweeps start from 0.5 / 20 px
@@ -509,6 +512,10 @@ def run_accept(args: argparse.Namespace) -> int:
             summary["goals"].append({"goal": f"errors on the line's images of {folder} (FP+FN)",
                                      "value": line["candidate"]["fp_fn"], "at_most": line["reference"]["fp_fn"],
                                      "met": line["candidate"]["fp_fn"] <= line["reference"]["fp_fn"]})
+    if args.classifier:  # a second opinion: label thresholds learned on validation, held-out judged fused
+        summary["segmenter_goals"] = summary["goals"]
+        summary["classifier"], fused_records = _fuse(args, validation, judged, holdout, records, report, out)
+        summary["goals"] = held_out_goals(summary["classifier"]["holdout"], fused_records, goals)
     summary["accepted"] = ok = ok and all(g["met"] for g in summary["goals"])
     if not args.keep_config:  # the rule travels with the weights: eval and the other tools judge with it
         from datetime import datetime, timezone
@@ -521,6 +528,15 @@ def run_accept(args: argparse.Namespace) -> int:
             "validation_f1": rule["f1"], "holdout_f1": report["f1"], "accepted": ok,
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
         summary["rule_written_to"] = str(written)
+        if args.classifier:
+            fusion = summary["classifier"]
+            summary["classifier"]["rule_written_to"] = str(write_judging_rule(resolve_weights(args.classifier), {
+                "label_thresholds": fusion["thresholds"], "patch": fusion["patch"], "mode": fusion["mode"],
+                "fused_with": {"weights": str(args.weights), "sha256": resolve_weights(args.weights).sha256(),
+                               "threshold": rule["threshold"], "min_area_px": rule["min_area_px"]},
+                "learned_on": f"{args.split} validation ({len(validation)} images of {args.data})",
+                "validation_f1": fusion["validation"]["fused"]["f1"], "holdout_f1": fusion["holdout"]["f1"],
+                "accepted": ok, "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}))
     (out / "acceptance.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     for g in summary["goals"]:
@@ -539,6 +555,55 @@ def run_accept(args: argparse.Namespace) -> int:
               f"{'; within chance' if paired['p_value'] >= 0.05 else ''})", file=sys.stderr)
     print(f"{'accepted' if ok else 'NOT accepted'}; reports in {out}", file=sys.stderr)
     return EXIT_OK if ok else EXIT_FAILED
+
+
+def _fuse(args: argparse.Namespace, validation, judged: list[dict], holdout, records: list[dict], report: dict,
+          out: Path) -> tuple[dict, list[dict]]:
+    """``engines accept --classifier``: the classifier scored on validation and held-out as the line's stage scores
+    it, its label thresholds learned on validation against the segmenter's verdicts there (by the rule just learned),
+    and held-out judged fused. Returns the summary's ``classifier`` section and the fused held-out records (each
+    with the segmenter's verdict and the labels beside the fused verdict); writes ``holdout-fused.json``."""
+    from engines.acceptance import breakdown, class_recall, false_alarm_rate
+    from engines.evaluate import image_level_metrics
+    from engines.fusion import classifier_scores, fused_verdicts, learn_label_thresholds
+
+    def scored(samples, recs):
+        by_name = {r["name"]: r for r in recs}
+        recs = [by_name[s.name] for s in samples]
+        classes, scores = classifier_scores(args.classifier, [s.image for s in samples], patch=args.classifier_patch,
+                                            mode=args.classifier_mode, backend=args.backend, threads=args.threads)
+        return classes, scores, recs
+
+    classes, val_scores, val_recs = scored(validation, judged)
+    learned = learn_label_thresholds([r["best_rule_verdict"] == "FAIL" for r in val_recs],
+                                     [r["defective"] for r in val_recs], val_scores, classes)
+    thresholds = [learned["thresholds"][c] for c in classes]
+    _, hold_scores, hold_recs = scored(holdout, records)
+    seg_fails = [r["verdict"] == "FAIL" for r in hold_recs]
+    fails = fused_verdicts(seg_fails, hold_scores, thresholds)
+    fused = []
+    for r, s, fail in zip(hold_recs, hold_scores, fails):
+        labels = [c for c, v, t in zip(classes, s, thresholds) if v > t]
+        fused.append({**r, "segmenter_verdict": r["verdict"], "verdict": "FAIL" if fail else "PASS", "labels": labels,
+                      "label_scores": {c: round(float(v), 4) for c, v in zip(classes, s)}})
+    metrics = image_level_metrics([r["defective"] for r in fused], list(fails))
+    holdout_figures = {**metrics, "pixel_iou": report["pixel_iou"], "false_alarms": round(false_alarm_rate(metrics), 4),
+                       "class_recall": class_recall(fused),
+                       "by_exposure": breakdown(fused, "exposure"), "edge_recall": breakdown(fused, "at_edge"),
+                       "fixed": int(sum(f and not s for f, s, r in zip(fails, seg_fails, fused) if r["defective"])),
+                       "new_false_alarms": int(sum(f and not s for f, s, r in zip(fails, seg_fails, fused)
+                                                   if not r["defective"]))}
+    section = {"weights": str(args.classifier), "classes": list(classes), "patch": args.classifier_patch,
+               "mode": args.classifier_mode, "thresholds": learned["thresholds"],
+               "validation": {"segmenter": learned["segmenter"], "fused": learned["fused"]},
+               "holdout": holdout_figures}
+    (out / "holdout-fused.json").write_text(json.dumps({**section, "images_detail": fused}, indent=2) + "\n")
+    v = learned["fused"]
+    print(f"{args.classifier}: label thresholds learned on {len(validation)} validation images "
+          f"{learned['thresholds']} -> fused F1 {v['f1']} (FP {v['fp']}, FN {v['fn']}; segmenter alone "
+          f"{learned['segmenter']['f1']}); held-out fused F1 {metrics['f1']} ({holdout_figures['fixed']} misses "
+          f"caught, {holdout_figures['new_false_alarms']} new false alarms)", file=sys.stderr)
+    return section, fused
 
 
 LINE_FIGURES = ("images", "tp", "fp", "fn", "tn", "precision", "recall", "f1", "fp_fn", "pixel_iou")

@@ -15,7 +15,9 @@ The frame is cut into ``patch``-sided squares by the tiler (:func:`inspection_co
 :func:`~inspection_core.tiling.tile_image`: the last row / column shifted back to the border, frames smaller than one
 patch padded), every patch is resized to the network's input side (:func:`inspection_core.preprocess.resize_to_input`,
 as in training), and a class is present in a patch when its score is above ``threshold``. The part's labels are the
-union of its patches' labels; the patch grid (row, col, pixel origin and side) is the coarse location.
+union of its patches' labels; the patch grid (row, col, pixel origin and side) is the coarse location. ``patch = 0``
+(:data:`WHOLE_FRAME`) classifies the whole frame as one image, resized to the network's input as whole-image training
+resizes it (``engines train gr`` on magnetic-tile), once all of its lines are in; its one "patch" is the frame.
 
 Batch definition: in mode ``"batch"`` the patches of one part are GR's batch (the paper's image-wise relations
 relate the patches of the same part); a part with more than :data:`MAX_BATCH` patches is scored in chunks of
@@ -38,7 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from inspection.errors import InspectionError
-from inspection.scoring import NetworkCall, RowStage
+from inspection.scoring import NetworkCall, RowStage, RowTiming
 from inspection_core.engine import Engine
 from inspection_core.preprocess import InputSpec, normalize_tiles, resize_to_input
 from inspection_core.tiling import TilePlan, plan_tiles, tile_image
@@ -46,13 +48,14 @@ from inspection_core.defaults import DEFAULT_LABEL_THRESHOLD
 
 MODES = ("batch", "bank")
 MAX_BATCH = 32  # patches per forward pass; GR's relations span one chunk
+WHOLE_FRAME = 0  # ``patch`` value: the whole frame is the classifier's one image
 
 
 class ClassifierStage:
     """Patches of a frame scored on ``engine`` (probabilities ``(N, C)`` per patch) and turned into labels.
 
     ``classes`` are the engine's outputs in order, ``spec`` and ``size`` the network's input layout and side,
-    ``patch`` / ``overlap`` the patch grid on the frame, ``threshold`` one score threshold for all classes (or one
+    ``patch`` / ``overlap`` the patch grid on the frame (``patch`` 0: the whole frame is one image), ``threshold`` one score threshold for all classes (or one
     per class, :meth:`set_thresholds`), ``mode`` ``"batch"`` or ``"bank"`` (see the module docstring)."""
 
     def __init__(self, engine: Engine, classes: Sequence[str], spec: InputSpec, size: int, patch: int = 1024,
@@ -125,15 +128,34 @@ class PatchRows(RowStage):
     name = "classify"
 
     def __init__(self, stage: ClassifierStage, eager: bool = False) -> None:
-        super().__init__(stage.patch, stage.overlap)
+        super().__init__(stage.patch or 1, stage.overlap)  # WHOLE_FRAME: no rows, see advance
         self.stage, self.eager = stage, eager and stage.mode == "bank"
         self.pending: list[np.ndarray] = []
         self.scores: list[np.ndarray] = []
         self.seconds = 0.0
 
+    def advance(self, lines: np.ndarray, last: bool = False) -> None:
+        if self.stage.patch != WHOLE_FRAME:
+            return super().advance(lines, last)
+        if last and not self.cut_rows:  # the whole frame, once, when its last line is in
+            t0 = time.perf_counter()
+            self.pending.append(np.asarray(lines))
+            self._score(1)
+            seconds = time.perf_counter() - t0
+            self.seconds += seconds
+            self.cut_rows.append(RowTiming(self.name, 0, 1, seconds, time.monotonic_ns()))
+
+    def plan(self, shape: tuple[int, ...]) -> TilePlan:
+        """The patch plan of a frame of ``shape``; with :data:`WHOLE_FRAME` one square at (0, 0) as wide as the
+        frame's longer side."""
+        if self.stage.patch == WHOLE_FRAME:
+            h, w = int(shape[0]), int(shape[1])
+            return TilePlan((h, w), max(h, w), 0, ((0, 0),))
+        return plan_tiles(shape, self.stage.patch, self.stage.overlap)
+
     def cut(self, band: np.ndarray, y: int) -> int:
         t0 = time.perf_counter()
-        plan = plan_tiles(band.shape, self.stage.patch, self.stage.overlap)
+        plan = self.plan(band.shape)
         self.pending += list(tile_image(band, plan))
         if self.eager:
             self._score(len(self.pending))
@@ -155,7 +177,7 @@ class PatchRows(RowStage):
         scores ``(N, C)`` in plan order, the pending patches scored now."""
         t0 = time.perf_counter()
         self._score(len(self.pending))
-        plan = plan_tiles(lines.shape, self.stage.patch, self.stage.overlap)
+        plan = self.plan(lines.shape)
         scores = (np.concatenate(self.scores) if self.scores
                   else np.zeros((0, len(self.stage.classes)), np.float32))
         if len(scores) != plan.n_tiles:  # a bug, not a data problem: say so rather than mislabel patches

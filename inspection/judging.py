@@ -121,7 +121,9 @@ class Judging:
         if self.calibration is not None:
             parts.append(f"calibration {self.calibration.name}")
         if self.classifier is not None:
+            where = getattr(self.classifier, "threshold_from", None)
             parts.append(f"classifier {getattr(self.classifier, 'engine_id', '?')}"
+                         + (f" (label thresholds from {where})" if where else "")
                          + ("" if self.fail_on_labels else " (labels do not fail parts)"))
         return f"{', '.join(parts)} (from {self.source})"
 

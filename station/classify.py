@@ -27,16 +27,21 @@ class PatchClassifier(ClassifierStage):
 
     ``weights`` is a weights folder, a shipped name or an engine folder built for a classifier
     (``engines build --weights runs/gr --mode bank``); in mode ``"bank"`` the engine is GR exported against its
-    reference bank, in mode ``"batch"`` GR's relations span each chunk of :data:`MAX_BATCH` patches."""
+    reference bank, in mode ``"batch"`` GR's relations span each chunk of :data:`MAX_BATCH` patches.
 
-    def __init__(self, weights: str, patch: int = 1024, overlap: int = 0, threshold: float = DEFAULT_LABEL_THRESHOLD,
+    ``threshold`` None (the recipe sets none): the label threshold of each class that ``engines accept --classifier``
+    learned and wrote into the weights' ``config.json`` (``judging.label_thresholds``) if it did, else
+    :data:`~inspection_core.defaults.DEFAULT_LABEL_THRESHOLD`; ``threshold_from`` says which."""
+
+    def __init__(self, weights: str, patch: int = 1024, overlap: int = 0, threshold: float | None = None,
                  mode: str = "batch", threads: int = 0, backend: str = "onnxruntime", device: str = "cpu",
                  precision: str = "fp32") -> None:
         if mode not in MODES:
             raise RecipeError(f"[classifier] mode {mode!r} is not allowed; use one of {', '.join(MODES)}")
-        if not (isinstance(patch, int) and patch >= 1 and isinstance(overlap, int) and 0 <= overlap < patch):
+        if not (isinstance(patch, int) and patch >= 0 and isinstance(overlap, int)
+                and 0 <= overlap < max(patch, 1)):
             raise RecipeError(f"[classifier] patch = {patch!r}, overlap = {overlap!r}: need patch >= 1 and "
-                              "0 <= overlap < patch")
+                              "0 <= overlap < patch, or patch = 0 (the whole frame) and overlap = 0")
         try:
             bundle = resolve_weights(weights)
         except WeightsError as exc:
@@ -60,7 +65,18 @@ class PatchClassifier(ClassifierStage):
         if built_mode and built_mode != mode:
             raise RecipeError(f"[classifier] mode = \"{mode}\", but the engine folder {weights!r} was built for mode "
                               f"\"{built_mode}\"; set mode = \"{built_mode}\" or build one with --mode {mode}")
+        learned = (bundle.judging_rule() or {}).get("label_thresholds") if threshold is None else None
         super().__init__(engine, classes, bundle.input_spec(), bundle.tile, patch=patch, overlap=overlap,
-                         threshold=threshold, mode=mode)
+                         threshold=DEFAULT_LABEL_THRESHOLD if threshold is None else threshold, mode=mode)
+        self.threshold_from = "the recipe" if threshold is not None else "the default"
+        if learned:
+            missing = [c for c in classes if c not in learned]
+            if missing:
+                raise RecipeError(f"[classifier] the label thresholds in {bundle.path}/config.json lack the classes "
+                                  f"{missing}; run `engines accept --classifier {weights}` again, or set threshold")
+            self.set_thresholds(learned)
+            rule = bundle.judging_rule()
+            self.threshold_from = (f"the weights' config.json (learned by engines accept on "
+                                   f"{rule.get('learned_on', 'a validation part')})")
         self.weights = str(weights)
         self.model_name = bundle.model

@@ -27,7 +27,6 @@ from typing import Any, Callable, Mapping, Union
 from engines.backends.registry import all_precisions, recipe_backend_names
 from engines.weights import WeightsError, resolve_weights
 from inspection_core.defaults import (
-    DEFAULT_LABEL_THRESHOLD,
     DEFAULT_MIN_AREA_PX,
     DEFAULT_OVERLAP,
     DEFAULT_SCORE_THRESHOLD,
@@ -189,7 +188,7 @@ class ClassifierConfig:
     weights: str
     patch: int = 1024
     overlap: int = 0
-    threshold: float = DEFAULT_LABEL_THRESHOLD
+    threshold: float | None = None  # None: the label thresholds `engines accept --classifier` learned, else the default
     mode: ClassifierMode = ClassifierMode.BATCH
     fail_on_labels: bool = True
     threads: int = 0  # 0 = all cores
@@ -719,12 +718,16 @@ def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
         t = table("classifier")
         mode_check, mode_allowed = _enum(ClassifierMode)
         weights = t.get("weights", MISSING, check_str, 'a classifier weights folder or shipped name, e.g. "runs/gr"')
-        patch = t.get("patch", 1024, check_int(1), "an integer >= 1 (patch side in pixels), e.g. 1024")
+        patch = t.get("patch", 1024, check_int(0), "an integer >= 1 (patch side in pixels), e.g. 1024, or 0 (the "
+                      "whole frame is one image, as GR trained on whole magnetic-tile images)")
         classifier = ClassifierConfig(
             weights=weights,
             patch=patch,
-            overlap=t.get("overlap", 0, check_int(0, patch - 1), f"an integer from 0 to {patch - 1} (less than patch)"),
-            threshold=t.get("threshold", DEFAULT_LABEL_THRESHOLD, check_float(0.0, high=1.0), "a number in [0, 1] (label when score > it)"),
+            overlap=t.get("overlap", 0, check_int(0, max(patch - 1, 0)),
+                          f"an integer from 0 to {patch - 1} (less than patch)" if patch else "0 with patch = 0"),
+            threshold=t.get("threshold", None, check_float(0.0, high=1.0),
+                            "a number in [0, 1] (label when score > it); leave it out for the thresholds `engines "
+                            "accept --classifier` learned into the weights"),
             mode=t.get("mode", ClassifierMode.BATCH, mode_check, mode_allowed),
             fail_on_labels=t.get("fail_on_labels", True, check_bool, "true or false"),
             threads=t.get("threads", 0, check_int(0), "an integer >= 0 (0 = all cores)"),

@@ -334,3 +334,38 @@ def test_a_classifier_trains_on_a_splits_train_part_and_scores_its_validation_pa
 
     with pytest.raises(InputError, match="1 images of .* are not in the data folder"):
         sets_from_split(load_multilabel(root), str(split))
+
+
+def test_gr_starts_its_backbone_from_a_segmentation_network(tmp_path):
+    """`engines train gr --init-backbone runs/bffn` (issue 25: GR on whole magnetic-tile images from the BFFN that
+    learned those tiles): the ResNet-18 is BFFN's before the first step, and the start is recorded."""
+    from engines.cli import main
+    from engines.models.backbone_transfer import backbone_state
+    from engines.models.bffn import BFFN, BFFNConfig
+    from engines.weights import save_weights
+
+    torch.set_num_threads(1)
+    torch.manual_seed(7)  # a donor unlike a fresh network (fresh ones are seeded alike)
+    bffn = BFFN(BFFNConfig()).eval()
+    untrained_bffn = save_weights(bffn, tmp_path / "bffn", "bffn", bffn.config.to_dict(), InputSpec().to_dict(), 128,
+                                  {}, half=False) or tmp_path / "bffn"
+    root, _ = make_set(tmp_path / "set")
+    out = tmp_path / "gr"
+    args = ["train", "gr", "--data", str(root), "--out", str(out), "--init-backbone", str(untrained_bffn),
+            "--backbone", "resnet18", "--in-channels", "1", "--epochs", "1", "--pretrain-epochs", "1",
+            "--steps-per-epoch", "1", "--lr", "1e-12", "--batch", "6", "--size", str(SIDE), "--bank-size", "5",
+            "--threads", "1", "--device", "cpu", "--quiet"]
+    assert main(args) == 0  # two steps at a negligible learning rate: the saved convolutions are the donor's
+    donor = backbone_state(load_model(resolve_weights(untrained_bffn)))
+    started = backbone_state(load_model(resolve_weights(out)))
+    assert set(started) == set(donor)
+    for name in ("conv1.weight", "layer1.0.conv1.weight", "layer4.1.conv2.weight"):
+        torch.testing.assert_close(started[name].float(), donor[name].float(), atol=2e-3, rtol=2e-3)  # fp16 file
+    fresh = tmp_path / "fresh"
+    assert main([a if a != str(out) else str(fresh) for a in args if a not in ("--init-backbone",
+                                                                               str(untrained_bffn))]) == 0
+    assert not torch.allclose(backbone_state(load_model(resolve_weights(fresh)))["conv1.weight"].float(),
+                              donor["conv1.weight"].float(), atol=1e-3)
+    start = json.loads((out / "config.json").read_text())["training"]["start"]
+    assert start["source_model"] == "bffn" and start["tensors"] > 100
+    assert main([*args, "--backbone-lr", "0.1"]) == 2  # refused: the backbone's own rate is segmentation's

@@ -41,7 +41,7 @@ def test_recipe_classifier_defaults_and_values(tmp_path):
     recipe = load_recipe(write(tmp_path, RECIPE + '\n[classifier]\nweights = "runs/gr"\n'))
     c = recipe.classifier
     assert (c.weights, c.patch, c.overlap, c.threshold, c.mode, c.fail_on_labels, c.threads) == \
-        ("runs/gr", 1024, 0, 0.5, ClassifierMode.BATCH, True, 0)
+        ("runs/gr", 1024, 0, None, ClassifierMode.BATCH, True, 0)  # threshold: the learned ones, else 0.5
     recipe = load_recipe(write(tmp_path, RECIPE + '\n[classifier]\nweights = "g"\npatch = 512\noverlap = 64\n'
                                'threshold = 0.3\nmode = "bank"\nfail_on_labels = false\nthreads = 2\n'))
     c = recipe.classifier
@@ -52,7 +52,8 @@ def test_recipe_classifier_defaults_and_values(tmp_path):
 
 @pytest.mark.parametrize("body, key", [
     ('patch = 1024', "weights"),
-    ('weights = "g"\npatch = 0', "patch"),
+    ('weights = "g"\npatch = -1', "patch"),
+    ('weights = "g"\npatch = 0\noverlap = 8', "overlap"),
     ('weights = "g"\npatch = 256\noverlap = 256', "overlap"),
     ('weights = "g"\nthreshold = 1.5', "threshold"),
     ('weights = "g"\nmode = "pairs"', "mode"),
@@ -89,6 +90,54 @@ def test_patch_grid_and_labels_are_the_union_of_patches(tiny_gr):
 def test_small_frame_is_padded_to_one_patch(tiny_gr):
     labels, patches = PatchClassifier(str(tiny_gr), patch=128, threshold=0.0).classify(frame_image(50, 70))
     assert len(patches) == 1 and patches[0]["size"] == 128 and labels == tuple(CLASSES)
+
+
+def test_whole_frame_mode_scores_the_frame_resized_as_whole_image_training_resizes_it(tiny_gr):
+    """patch = 0 (issue 25's GR on whole magnetic-tile images): the frame is one image, resized to the network's
+    input side as `engines train gr` resizes whole images, scored once its last line is in."""
+    import torch
+
+    from engines.data.multilabel import resize_images
+    from engines.weights import load_model, resolve_weights
+    from inspection_core.preprocess import normalize_tiles
+
+    image = frame_image(90, 170, seed=3)
+    stage = PatchClassifier(str(tiny_gr), patch=0, mode="bank", threshold=0.0)
+    labels, patches = stage.classify(image)
+    assert len(patches) == 1 and (patches[0]["y"], patches[0]["x"], patches[0]["size"]) == (0, 0, 170)
+    assert labels == tuple(CLASSES)
+    model = load_model(resolve_weights(tiny_gr)).eval()
+    x = torch.from_numpy(normalize_tiles(resize_images([image], SIZE, InputSpec(channels=1)), InputSpec(channels=1)))
+    with torch.no_grad():
+        expected = torch.sigmoid(model(x, reference=model.reference_bank)).numpy()[0]
+    np.testing.assert_allclose([patches[0]["scores"][c] for c in CLASSES], expected, atol=2e-4)
+    rows = stage.rows()
+    rows.advance(image[:60])  # a part still arriving: nothing is cut before its last line
+    assert rows.cut_rows == [] and rows.calls == []
+    rows.advance(image, last=True)
+    assert rows.finish(image) == (labels, patches)
+
+
+def test_learned_label_thresholds_travel_with_the_weights_and_a_recipe_threshold_wins(tiny_gr, tmp_path):
+    """`engines accept --classifier` writes the label threshold of each class into the classifier's config.json;
+    a [classifier] stage without `threshold` uses them (the recipe's own threshold wins)."""
+    import shutil
+
+    from engines.weights import resolve_weights, write_judging_rule
+
+    weights = shutil.copytree(tiny_gr, tmp_path / "gr")
+    image = frame_image(90, 170, seed=3)
+    _, (patch,) = PatchClassifier(str(weights), patch=0, mode="bank").classify(image)
+    scores = patch["scores"]
+    learned = {c: (1.0 if k else round(scores[c] - 0.01, 4)) for k, c in enumerate(CLASSES)}  # only the first fires
+    write_judging_rule(resolve_weights(weights), {"label_thresholds": learned, "learned_on": "split.json validation"})
+    stage = PatchClassifier(str(weights), patch=0, mode="bank")
+    assert stage.classify(image)[0] == (CLASSES[0],)
+    assert "learned by engines accept on split.json validation" in stage.threshold_from
+    assert PatchClassifier(str(weights), patch=0, mode="bank", threshold=0.0).classify(image)[0] == tuple(CLASSES)
+    write_judging_rule(resolve_weights(weights), {"label_thresholds": {CLASSES[0]: 0.5}})
+    with pytest.raises(RecipeError, match=r"lack the classes \['blowhole', 'fray'\]"):
+        PatchClassifier(str(weights), patch=0, mode="bank")
 
 
 def test_bank_mode_labels_of_a_patch_do_not_depend_on_the_other_patches(tiny_gr):
