@@ -18,6 +18,9 @@ declare -A ARMS=(
   [paste]="--paste-fraction 0.3"
   # the two that helped on their own (2026-12-06): exposure (false alarms), paste (recall)
   [exposure-paste]="--photometric exposure --paste-fraction 0.3"
+  # uneven (a band of another brightness, 13 of the 51 held-out defective images) was found 0/13 with exposure
+  # augmentation: a 128 px tile inside the band looks like a brighter exposure. 256 px tiles see the band's edge.
+  [exposure-tile256]="--photometric exposure --tile 256 --batch 8"
 )
 for arm in ${@:-control exposure gain border paste exposure-paste}; do
   out=runs/lever-$arm

@@ -20,15 +20,22 @@ from engines.acceptance import spread  # the goal's own spread: lightings with a
 
 
 def summarise(report: dict) -> dict:
-    """The figures of one acceptance report that the table shows."""
-    held = report["holdout"]
+    """The figures of one acceptance report that the table shows; a report of `engines accept --classifier` shows
+    the fused verdicts (its rule names the labels that fail parts)."""
+    fused = report.get("classifier")
+    held = fused["holdout"] if fused else report["holdout"]
+    validation = fused["validation"]["fused"] if fused else report["validation"]
     exposures = held.get("by_exposure", {})
     edge = held.get("edge_recall", {})
     paired = report.get("reference", {}).get("paired")
+    rule = f"{report['rule']['threshold']} / {report['rule']['min_area_px']} px"
+    if fused:
+        on = [f"{c} > {t}" for c, t in fused["thresholds"].items() if t < 1.0]
+        rule += f" + labels {', '.join(on) or 'none'}"
     return {
-        "rule": f"{report['rule']['threshold']} / {report['rule']['min_area_px']} px",
-        "validation_f1": report["validation"]["f1"],
-        "validation_errors": report["validation"]["fp_fn"],
+        "rule": rule,
+        "validation_f1": validation["f1"],
+        "validation_errors": validation["fp_fn"],
         "holdout_precision": held["precision"], "holdout_recall": held["recall"], "holdout_f1": held["f1"],
         "holdout_false_alarms": f"{held['fp']} of {held['fp'] + held['tn']}",
         "holdout_false_alarm_rate": held["false_alarms"], "holdout_iou": held["pixel_iou"],
@@ -62,6 +69,12 @@ def markdown(rows: list[tuple[str, dict]]) -> str:
     for label, s in rows:
         cells = [f"{s['recall_by_exposure'].get(k, '-')}, {s['false_alarms_by_exposure'].get(k, '-')}" for k in keys]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    classes = sorted({k for _, s in rows for k in s["class_recall"]})
+    if classes:
+        lines += ["", "Held-out recall per defect class:", "",
+                  "| run | " + " | ".join(classes) + " |", "|" + " --- |" * (len(classes) + 1)]
+        for label, s in rows:
+            lines.append(f"| {label} | " + " | ".join(s["class_recall"].get(c, "-") for c in classes) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -375,13 +375,21 @@ def test_the_lever_table_puts_accept_reports_side_by_side(tmp_path):
             out["reference"] = {"paired": paired}
         return out
 
-    for name, body in (("ref", report(0.81, 1)), ("lever", report(0.9, 3, {"fixed": 4, "broken": 1, "p_value": 0.375}))):
+    fused = report(0.81, 1)
+    fused["classifier"] = {"thresholds": {"uneven": 0.2, "break": 1.0},
+                           "validation": {"fused": {"f1": 0.85, "fp_fn": 4}},
+                           "holdout": {**report(0.88, 4)["holdout"], "class_recall": {"break": {"found": 3, "images": 3}}}}
+    for name, body in (("ref", report(0.81, 1)), ("lever", report(0.9, 3, {"fixed": 4, "broken": 1, "p_value": 0.375})),
+                       ("fused", fused)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "acceptance.json").write_text(json.dumps(body))
     out = tmp_path / "table.md"
-    assert lever_table.main([str(tmp_path / "ref"), str(tmp_path / "lever"), "--labels", "ref,lever", "--out", str(out),
-                             "--json", str(tmp_path / "t.json")]) == 0
+    assert lever_table.main([str(tmp_path / "ref"), str(tmp_path / "lever"), str(tmp_path / "fused"), "--labels",
+                             "ref,lever,fused", "--out", str(out), "--json", str(tmp_path / "t.json")]) == 0
     text = out.read_text()
+    # a report of `engines accept --classifier` shows the fused verdicts, and which labels fail parts
+    assert "| fused | 0.9 / 30 px + labels uneven > 0.2 | 0.85 (4) | 0.9 / 0.8 / **0.88** |" in text
+    assert "| ref | 1/3 |" in text and "| fused | 3/3 |" in text, "recall per class"
     assert "| ref | 0.9 / 30 px | 0.8 (5) | 0.9 / 0.8 / **0.81** | 2 of 20 (10.0%) |" in text
     assert "+4 / -1, p = 0.375" in text and "| lever | 3/4, 0/10 | 4/4, 2/10 |" in text
     figures = json.loads((tmp_path / "t.json").read_text())

@@ -525,3 +525,18 @@ def test_the_panel_paints_the_rules_each_result_was_judged_by(qtbot, panel, feed
         shown.append((colour.red(), colour.green()))
     assert shown[0][0] > shown[0][1] + 60, "judged at 0.5: the blob (score 0.9) is painted"
     assert abs(shown[1][0] - shown[1][1]) < 20, "judged at 0.95: nothing is painted"
+
+
+@pytest.mark.gui
+def test_recent_rejects_show_five_whole_rows_with_readable_part_names(qtbot, panel, feed: ResultFeed) -> None:
+    """The rejects table sits under the image, full width: five rows in view without scrolling, and a magnetic-tile
+    part name whole in its Part column (in the side column it showed two rows and "#16 ...")."""
+    names = [f"uneven_exp{k}_num_35257{k}.jpg" for k in range(1, 7)]
+    for k, name in enumerate(names, start=11):
+        publish_in_thread(lambda k=k, name=name: feed.publish(make_result(frame_id=k, file=name))).join()
+        qtbot.waitUntil(lambda k=k: panel.rejects_table.rowCount() == k - 10, timeout=2000)
+    table = panel.rejects_table
+    assert table.viewport().height() >= 5 * table.verticalHeader().defaultSectionSize()
+    part = table.item(0, 1).text()
+    assert part == "#16  uneven_exp6_num_352576.jpg"
+    assert table.columnWidth(1) >= table.fontMetrics().horizontalAdvance(part) + 8, "the part name must show whole"
