@@ -24,6 +24,7 @@ from station import integrations as integrations_
 from station.judge import ActiveJudge, calibration_status, ledger_label
 from station.panel_reviews import LineReviews
 from station.pipeline import DEFAULT_DRAIN_TIMEOUT_S, Line
+from station.promotion import record_restart
 from station.recipe import NotInspectedPolicy, QueuePolicy, Recipe, SourceKind
 from station.ledgerlock import LedgerLock, check_db_path
 from station.rejectlog import RejectLog, check_free_space, new_run_id, probe_writable, recover_interrupted
@@ -382,6 +383,7 @@ def run_station(recipe: Recipe, headless: bool, max_frames: int | None, as_json:
                                                                    run_id))
     line = build_line(recipe, max_frames=max_frames, on_result=on_result, run_id=run_id,
                       drain_timeout_s=drain_timeout_s)
+    record_restart(recipe.log.db, recipe, operator or default_reviewer(), station_id=recipe.station.id)
     try:
         shadow = build_shadow(recipe, run_id)  # the candidate beside the engine ([shadow]), loaded now
         if shadow is not None:

@@ -16,7 +16,9 @@ that differ, how each engine fared on reviewed parts; :mod:`station.shadow_repor
 recorded) weights the ledger never shadowed, or shadowed judging otherwise than the new recipe will (another rule:
 the new recipe should leave out ``[rules] score_threshold`` / ``min_area_px`` so that the weights' own rule applies,
 as in the shadow), unless ``--force``. An OPC UA PrepareRecipe whose recipe runs other weights is recorded as it
-happens, whatever the shadow says (the PLC has switched: the record says so).
+happens, whatever the shadow says (the PLC has switched: the record says so). A station started with weights other
+than those that judged the ledger's latest parts, with no promotion of them recorded first, records the switch itself
+(:func:`record_restart`, via ``station run (restart)``).
 """
 from __future__ import annotations
 
@@ -45,6 +47,9 @@ log = logging.getLogger(__name__)
 PROG = "station promote"
 VIA_CLI = "station promote"
 VIA_OPCUA = "opcua PrepareRecipe"
+VIA_RESTART = "station run (restart)"
+RESTART_NOTE = ("the station started with other weights than judged the ledger's latest parts, and no station "
+                "promote of them came first")
 DESCRIPTION = ("Record that a candidate engine is promoted: the new recipe (its [engine] weights the candidate's) "
                "becomes the line's. Records who (--by), when, from which recipe and engine (the ledger's latest row) "
                "to which (the recipe's fingerprint, its engine, weights and their SHA-256, how it judges), and what "
@@ -168,6 +173,38 @@ def record_promotion(db_path: str | Path, recipe: Recipe, by: str, via: str, *, 
     row = dict(zip(PROMOTION_COLUMNS, found))
     row["summary"] = json.loads(row.pop("summary_json"))
     log.debug("promotion %d recorded in %s: %s", row_id, path, promotion_line(row))
+    return row
+
+
+def record_restart(db_path: str | Path, recipe: Recipe, by: str, *, station_id: str | None = None) -> dict | None:
+    """At a station's start: when the ledger's latest parts were judged by other weights (another SHA-256) than
+    ``recipe`` runs, and the ledger's latest promotion is not of these weights, the switch is recorded as a
+    promotion made by the restart (``via`` :data:`VIA_RESTART`, by ``by``, with :data:`RESTART_NOTE` and whatever the
+    shadow table says of the weights), so that every engine that judged parts has its record. Returns the row, or
+    None when nothing changed (or a new ledger, or a recipe without [engine]). A switch that cannot be recorded is
+    logged and the line goes on: an audit record never stops production."""
+    if recipe.engine is None or not Path(db_path).is_file():
+        return None
+    try:
+        target = identity(recipe)
+        conn = open_readonly(Path(db_path))
+        try:
+            from_recipe, from_engine = latest_judge(conn)
+            last = (conn.execute("SELECT to_sha256 FROM promotions ORDER BY id DESC LIMIT 1").fetchone()
+                    if has_table(conn, "promotions") else None)
+        finally:
+            conn.close()
+        if from_engine is None or from_engine.split("@")[0] == target["to_engine"].split("@")[0]:
+            return None
+        if last is not None and last[0] == target["to_sha256"]:
+            return None  # promoted before the restart
+        row = record_promotion(db_path, recipe, by, VIA_RESTART, station_id=station_id, from_recipe=from_recipe,
+                               from_engine=from_engine, note=RESTART_NOTE, force=True)
+    except (RecipeError, RejectLogError, LedgerError, sqlite3.Error) as exc:
+        log.error("the weights changed since the ledger's latest parts, but the switch could not be recorded: %s", exc)
+        return None
+    log.warning("promotion %d recorded: %s (%s; `station promote` records who decided and why before a restart)",
+                row["id"], promotion_line(row), RESTART_NOTE)
     return row
 
 

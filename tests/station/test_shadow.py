@@ -456,3 +456,38 @@ def test_a_schema_6_ledger_is_upgraded_in_place_and_read_before(ledger):
                          "ORDER BY name") == [("promotions",), ("shadow",)]
     assert query(ledger, f"SELECT {', '.join(f'quote({c})' for c in columns)} FROM inspections ORDER BY id") == before
     assert query(ledger, "SELECT rootpage FROM sqlite_master WHERE name = 'inspections'") == [(root,)], "not copied"
+
+
+def test_a_restart_with_other_weights_is_recorded_as_a_promotion_unless_one_came_first(runs, tmp_path):
+    """Every engine that judged parts has its record: a station started with other weights than judged the ledger's
+    latest parts records the switch (via the restart, by the operator), once; a `station promote` before the restart
+    is the record, and the same weights again record nothing."""
+    db = tmp_path / "line.db"
+    shutil.copy(runs["plain"], db)
+    other = copy_weights(tmp_path / "other", None)  # other weights: a byte changed, another SHA-256
+    data = (other / "model.safetensors").read_bytes()
+    (other / "model.safetensors").unlink()
+    (other / "model.safetensors").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    switched = write(tmp_path / "switched.toml", recipe_text(weights=str(other), rules=False))
+    before = query(db, "SELECT recipe, engine_id FROM inspections WHERE verdict IN ('PASS','FAIL') "
+                       "ORDER BY id DESC LIMIT 1")[0]
+
+    def start(recipe: Path) -> None:
+        done = run_station("run", "--recipe", str(recipe), "--headless", "--db", str(db), "--max-frames", "2",
+                           "--operator", "op-anna", "--json")
+        assert done.returncode == 0, done.stderr
+
+    start(switched)
+    [row] = dict_rows(db, "SELECT * FROM promotions")
+    assert (row["via"], row["promoted_by"], row["candidate"]) == ("station run (restart)", "op-anna", None)
+    assert (row["from_recipe"], row["from_engine"]) == before
+    assert row["to_weights"] == str(other) and row["to_engine"].split("@")[0] != before[1].split("@")[0]
+    assert "no station promote of them came first" in row["note"]
+    start(switched)  # the same weights again: nothing new
+    assert query(db, "SELECT COUNT(*) FROM promotions") == [(1,)]
+    plain = runs["plain_recipe"]
+    done = run_station("promote", "--db", str(db), "--recipe", str(plain), "--by", "alice", "--force")
+    assert done.returncode == 0, done.stderr
+    start(plain)  # promoted first: the restart is not recorded again
+    assert [r["via"] for r in dict_rows(db, "SELECT via FROM promotions ORDER BY id")] == [
+        "station run (restart)", "station promote"]
