@@ -365,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "the label threshold of each of its classes is learned on validation for the fused "
                           "verdict (a class that only adds false alarms stays off, 1.0), held-out is judged fused, "
                           "and the thresholds are written into the classifier's config.json (\"judging\"), where a "
-                          "recipe's [classifier] stage without `threshold` reads them")
+                          "recipe's [classifier] stage without `threshold` reads them (--against and --line still compare the "
+                          "segmenters alone)")
     acc.add_argument("--classifier-patch", type=int, default=0, metavar="PX",
                      help="the classifier's patch side on the frame, as the recipe's [classifier] patch (default 0: "
                           "the whole frame is one image)")
