@@ -281,6 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--min-similarity", type=float, default=0.75,
                     help="--group-by part: images of one class and size whose high-passed thumbnails correlate at "
                          "least this are one part, whatever their names (default: 0.75)")
+    sp.add_argument("--folds", type=int, metavar="K",
+                    help="k-fold over parts (--group-by part): the parts are dealt into K folds once (the same for "
+                         "every --fold with the same --seed), fold --fold is held out, --validation of the images "
+                         "comes from the other folds' parts and the rest trains; run it for --fold 0 .. K-1 and add "
+                         "up the held-out figures: every image is held out once (--holdout is then 1/K)")
+    sp.add_argument("--fold", type=int, metavar="I", help="with --folds: which fold is held out (0 .. K-1)")
     sp.add_argument("--keep", help="an earlier split.json whose training images stay in training (--group-by file)")
     sp.add_argument("--not-train", help="a folder of images (e.g. the bundled demo frames) that must not be in the "
                                         "training part; matched by file name without its class prefix")

@@ -105,8 +105,15 @@ def _train_classifier(args: argparse.Namespace) -> int:
 
 
 def run_split(args: argparse.Namespace) -> int:
-    from engines.data.segmentation import IMAGE_SUFFIXES, leaked_parts, load_dataset, read_split, three_way_split
+    from engines.data.segmentation import (IMAGE_SUFFIXES, fold_split_by_part, leaked_parts, load_dataset, read_split,
+                                           three_way_split)
 
+    if (args.folds is None) != (args.fold is None):
+        print("error: --folds K and --fold I go together (I from 0 to K-1)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.folds is not None and (args.group_by != "part" or args.keep):
+        print("error: --folds deals whole parts; drop --group-by file and --keep", file=sys.stderr)
+        return EXIT_USAGE
     samples = load_dataset(args.data)
     if args.keep and args.group_by == "part":
         print("error: --keep continues an earlier split by file; add --group-by file, or drop --keep for a split "
@@ -129,8 +136,12 @@ def run_split(args: argparse.Namespace) -> int:
         from engines.data.parts import part_ids
 
         grouping = part_ids(samples, max_gap=args.max_gap, min_similarity=args.min_similarity)
-    split = three_way_split(samples, args.validation, args.holdout, args.seed, keep=keep,
-                            parts=grouping.ids if grouping else None, not_train=not_train)
+    if args.folds is not None:
+        split = fold_split_by_part(samples, grouping.ids, args.folds, args.fold, args.validation, args.seed,
+                                   not_train=not_train)
+    else:
+        split = three_way_split(samples, args.validation, args.holdout, args.seed, keep=keep,
+                                parts=grouping.ids if grouping else None, not_train=not_train)
     leaked = [n for n in split["train"] if n in not_train]
     if leaked:
         print(f"error: {len(leaked)} images of {args.not_train} fall in the training part "
@@ -142,6 +153,9 @@ def run_split(args: argparse.Namespace) -> int:
     if grouping is not None:
         part_of = dict(zip((s.name for s in samples), grouping.ids))
         record.update(group_by="part", parts=part_of)
+        if args.folds is not None:
+            record["folds"] = {"k": args.folds, "fold": args.fold, "seed": args.seed}
+            summary["fold"] = f"{args.fold} of {args.folds}"
         summary.update(parts=grouping.parts, joined_by_name=grouping.by_name, joined_by_image=grouping.by_image,
                        similarity_within_runs=round(grouping.similar_within, 3),
                        similarity_across_runs_p99=round(grouping.similar_across, 3),

@@ -260,6 +260,45 @@ def _three_way_by_part(samples: list[SegSample], parts: list[str], validation: f
     return {side: sorted(names) for side, names in out.items()}
 
 
+def fold_split_by_part(samples: list[SegSample], parts: list[str], folds: int, fold: int, validation: float, seed: int,
+                       not_train: set[str] | frozenset = frozenset()) -> dict[str, list[str]]:
+    """Fold ``fold`` of ``folds`` over whole parts: each class's parts shuffled (seeded, the same for every fold) and
+    dealt one by one to the fold with the fewest of the class's images, so the ``folds`` held-out parts are disjoint
+    and cover every image once (k-fold over parts, issue 25); of the other folds' parts, each class's are dealt to
+    validation until it holds ``validation`` of the class's images, and the rest train. Parts holding an image named
+    in ``not_train`` go to held-out in their own fold and to validation in the others."""
+    if not (isinstance(folds, int) and folds >= 2 and isinstance(fold, int) and 0 <= fold < folds):
+        raise InputError(f"--fold must be 0 to {folds - 1} of --folds {folds} (at least 2 folds)")
+    if not 0 <= validation < 1 - 1 / folds:
+        raise InputError(f"validation {validation} must be >= 0 and leave a training part beside one fold in "
+                         f"{folds} held out (less than {round(1 - 1 / folds, 3)})")
+    members, by_class = _parts_by_class(samples, parts)
+    rng = random.Random(seed)
+    out: dict[str, list[str]] = {"train": [], "validation": [], "holdout": []}
+    for category in sorted(by_class):
+        order = by_class[category][:]
+        rng.shuffle(order)
+        sizes = [0] * folds
+        fold_of = {}
+        for part in order:  # the fold with the fewest images of this class so far (the first on ties)
+            k = min(range(folds), key=lambda j: sizes[j])
+            fold_of[part] = k
+            sizes[k] += len(members[part])
+        total = sum(sizes)
+        in_validation = 0
+        pinned = [p for p in order if any(samples[i].name in not_train for i in members[p])]
+        for part in pinned + [p for p in order if p not in pinned]:
+            names = [samples[i].name for i in members[part]]
+            if fold_of[part] == fold:
+                out["holdout"] += names
+            elif part in pinned or in_validation < validation * total:
+                out["validation"] += names
+                in_validation += len(names)
+            else:
+                out["train"] += names
+    return {side: sorted(names) for side, names in out.items()}
+
+
 def leaked_parts(split: dict[str, list[str]], part_of: dict[str, str]) -> dict[str, int]:
     """How many images of each judging part (validation, holdout) share their physical part with a training
     image: the leak a split by file has."""

@@ -14,6 +14,7 @@ from engines.data.segmentation import (
     EDGE_PX,
     SegSample,
     TileSampler,
+    fold_split_by_part,
     leaked_parts,
     load_dataset,
     prepared_sample,
@@ -129,6 +130,51 @@ def test_engines_split_by_part_records_the_parts_and_refuses_keep(tmp_path, caps
             assert all(n in split[side] for n in sibling)
     assert main(["split", "--data", str(data), "--out", str(out), "--keep", str(out)]) == 2
     assert "--group-by file" in capsys.readouterr().err
+
+
+def test_k_fold_splits_by_part_hold_out_every_image_once_and_keep_parts_whole(tmp_path, capsys):
+    """`engines split --folds 5 --fold I` (issue 25: decisions on more than ~100 images): the five held-out parts
+    are disjoint and cover every image, no part is on two sides of a fold, each fold's validation is near its share,
+    and a pinned part never trains."""
+    from engines.cli import main
+
+    parts = [("crack", [(e, 1000 * p + 20 * e) for e in range(1, 4)]) for p in range(10)]
+    parts += [("free", [(e, 500_000 + 1000 * p + 20 * e) for e in range(1, 4)]) for p in range(25)]
+    samples = _tiles(parts)
+    part_of = part_ids(samples).ids
+    pinned = {samples[0].name}
+    held = []
+    for fold in range(5):
+        split = fold_split_by_part(samples, part_of, 5, fold, 0.2, seed=1, not_train=pinned)
+        side_of = {n: side for side, names in split.items() for n in names}
+        assert sorted(side_of) == sorted(s.name for s in samples)
+        for part in set(part_of):
+            assert len({side_of[s.name] for s, p in zip(samples, part_of) if p == part}) == 1
+        assert side_of[samples[0].name] != "train"
+        crack = [n for n in split["validation"] if n.startswith("MT_Crack")]
+        assert 3 <= len(crack) <= 9, ("validation's share of the class (0.2 of 30 images)", len(crack))
+        held.append(set(split["holdout"]))
+    assert sum(map(len, held)) == len(samples) == len(set().union(*held)), "every image held out exactly once"
+    assert all(abs(len(h) - len(samples) / 5) <= 6 for h in held)
+    with pytest.raises(Exception, match="--fold must be 0 to 4"):
+        fold_split_by_part(samples, part_of, 5, 5, 0.2, seed=1)
+
+    data = tmp_path / "mt"
+    for s in samples:
+        (data / s.name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(data / s.name), s.image)
+        if s.defective:
+            cv2.imwrite(str((data / s.name).with_suffix(".png")), s.mask.astype(np.uint8) * 255)
+    out = tmp_path / "fold2.json"
+    assert main(["split", "--data", str(data), "--out", str(out), "--folds", "5", "--fold", "2",
+                 "--validation", "0.2", "--seed", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["fold"] == "2 of 5"
+    written = json.loads(out.read_text())
+    assert written["folds"] == {"k": 5, "fold": 2, "seed": 1} and written["group_by"] == "part"
+    assert main(["split", "--data", str(data), "--out", str(out), "--folds", "5"]) == 2
+    assert "--folds K and --fold I go together" in capsys.readouterr().err
+    assert main(["split", "--data", str(data), "--out", str(out), "--folds", "5", "--fold", "0",
+                 "--group-by", "file"]) == 2
 
 
 @pytest.mark.shared_data

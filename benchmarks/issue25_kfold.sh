@@ -1,0 +1,54 @@
+#!/bin/bash
+# Issue 25, k-fold over parts: the levers that lead on the single part-wise split (docs/results/issue25/levers.md),
+# measured on all 940 images, each held out once. For each fold of docs/splits/magnetic-tile-by-part-fold$I-of-5.json
+# (`engines split --folds 5 --fold I --validation 0.15 --not-train station/samples/magnetic-tile`):
+#   1. the reference: today's recipe, 30 x 500 steps from the GR backbone (as runs/ref-parts), judged by accept;
+#   2. the exposure arm: 1,500 steps of --photometric exposure from the reference's best/, accepted against it;
+#   3. the second opinion: GR on whole images from the exposure arm's backbone, fused by `accept --classifier`.
+# Every step resumes from its checkpoint and a finished one is skipped, so the same command goes on across sessions
+# (about 2 hours a fold on 2 quiet cores). FOLDS="0 1" runs only those folds. Then:
+#   python benchmarks/kfold_table.py runs/kfold --out docs/results/issue25/kfold.md --json docs/results/issue25/kfold.json
+# From the repository root: nohup bash benchmarks/issue25_kfold.sh > runs/kfold.log 2>&1 &
+cd "$(dirname "$0")/.."
+DATA=../shared/data/magnetic-tile
+PY="nice -n 5 .venv/bin/python -m engines.cli"
+RUNS=runs/kfold
+mkdir -p $RUNS
+COMMON="--optimizer adam --loss ce+dice --amp --class-balanced --defect-fraction 0.35 --hard-negatives 0.4 \
+ --validate-as station --threads 2 --quiet"
+step() { echo "$(date) fold $1: $2" >> $RUNS/progress; }
+for fold in ${FOLDS:-0 1 2 3 4}; do
+  SPLIT=docs/splits/magnetic-tile-by-part-fold$fold-of-5.json
+  REF=$RUNS/ref-f$fold ARM=$RUNS/exposure-f$fold GR=$RUNS/gr-f$fold
+  if [ ! -f $REF/model.safetensors ]; then
+    step $fold "train the reference"
+    $PY train bffn --data $DATA --split $SPLIT --out $REF --init-backbone gr-neu-seg --backbone-lr 0.1 --epochs 30 \
+      --steps-per-epoch 500 --lr 1e-3 $COMMON >> $REF.stdout.log 2>&1 || exit 1
+  fi
+  if [ ! -f $RUNS/accept-ref-f$fold/acceptance.json ]; then
+    step $fold "accept the reference"
+    $PY accept --weights $REF/best --data $DATA --split $SPLIT --out $RUNS/accept-ref-f$fold --threads 2 \
+      >> $RUNS/accept-ref-f$fold.log 2>&1
+  fi
+  if [ ! -f $ARM/model.safetensors ]; then
+    step $fold "train the exposure arm"
+    $PY train bffn --data $DATA --split $SPLIT --out $ARM --init $REF/best --epochs 3 --steps-per-epoch 500 \
+      --lr 3e-4 --photometric exposure $COMMON >> $ARM.stdout.log 2>&1 || exit 1
+  fi
+  if [ ! -f $RUNS/accept-exposure-f$fold/acceptance.json ]; then
+    step $fold "accept the exposure arm"
+    $PY accept --weights $ARM/best --against $REF/best --data $DATA --split $SPLIT --out $RUNS/accept-exposure-f$fold \
+      --threads 2 >> $RUNS/accept-exposure-f$fold.log 2>&1
+  fi
+  if [ ! -f $GR/model.safetensors ]; then
+    step $fold "train GR"
+    $PY train gr --data $DATA --split $SPLIT --in-channels 1 --size 224 --backbone resnet18 --init-backbone $ARM/best \
+      --epochs 15 --lr 0.01 --out $GR --threads 2 --quiet >> $GR.stdout.log 2>&1 || exit 1
+  fi
+  if [ ! -f $RUNS/accept-exposure-gr-f$fold/acceptance.json ]; then
+    step $fold "accept the exposure arm with GR"
+    $PY accept --weights $ARM/best --classifier $GR --data $DATA --split $SPLIT \
+      --out $RUNS/accept-exposure-gr-f$fold --threads 2 >> $RUNS/accept-exposure-gr-f$fold.log 2>&1
+  fi
+  step $fold "done"
+done
