@@ -442,3 +442,40 @@ def test_the_lever_table_puts_accept_reports_side_by_side(tmp_path):
     assert figures["ref"]["recall_spread"] is None, "4 defective images per lighting are too few for the spread"
     assert figures["lever"]["false_alarm_spread"] == 0.2 and figures["lever"]["edge_recall"] == "1/3"
     assert lever_table.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_the_kfold_table_adds_up_held_out_counts_over_folds_and_counts_fused_verdicts(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "kfold_table", Path(__file__).resolve().parents[2] / "benchmarks" / "kfold_table.py")
+    kfold_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kfold_table)
+
+    def report(tp, fp, fn, tn, uneven, f1, fused=None):
+        held = {"tp": tp, "fp": fp, "fn": fn, "tn": tn, "f1": f1,
+                "class_recall": {"uneven": {"found": uneven, "images": 3}}}
+        out = {"holdout": held, "validation": {"f1": 0.7}}
+        if fused:
+            out["classifier"] = {"holdout": {**held, **fused}, "validation": {"fused": {"f1": 0.8}}}
+        return out
+
+    reports = {"accept-exposure-f0": report(8, 1, 2, 19, 0, 0.84), "accept-exposure-f1": report(9, 0, 1, 20, 1, 0.95),
+               "accept-exposure-gr-f0": report(8, 1, 2, 19, 0, 0.84, fused={"tp": 10, "fn": 0, "fp": 3, "tn": 17,
+                                                                          "f1": 0.87})}
+    for name, body in reports.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "acceptance.json").write_text(json.dumps(body))
+    (tmp_path / "accept-ref-f0").mkdir()  # a fold still running: no report yet, left out
+    out = tmp_path / "kfold.md"
+    assert kfold_table.main([str(tmp_path), "--out", str(out), "--json", str(tmp_path / "k.json")]) == 0
+    table = json.loads((tmp_path / "k.json").read_text())
+    assert set(table) == {"exposure", "exposure-gr"}
+    exposure = table["exposure"]
+    assert (exposure["tp"], exposure["fp"], exposure["fn"], exposure["tn"]) == (17, 1, 3, 39)
+    assert exposure["recall"] == 0.85 and exposure["false_alarm_rate"] == 0.025
+    assert exposure["class_recall"] == {"uneven": "1/6"} and exposure["folds"] == [0, 1]
+    assert (table["exposure-gr"]["tp"], table["exposure-gr"]["fp"]) == (10, 3), "fused verdicts are counted"
+    assert "| exposure | 2 | 60 | 0.9444 / 0.85 / **0.8947** | 1 of 40 (2.5%) | 0.84, 0.95 |" in out.read_text()
+    assert kfold_table.main([str(tmp_path / "nowhere")]) == 2

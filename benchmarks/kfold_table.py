@@ -1,0 +1,93 @@
+"""The k-fold table of issue 25: each arm's `engines accept` reports over the folds of a split by part, held-out
+figures added up over the folds (every image is held out once), beside each fold's own F1.
+
+The reports are ``RUNS/accept-ARM-fI/acceptance.json`` (as ``benchmarks/issue25_kfold.sh`` writes them); a report of
+``engines accept --classifier`` counts its fused verdicts. An arm missing some folds is shown with the folds it has.
+
+    python benchmarks/kfold_table.py runs/kfold --out docs/results/issue25/kfold.md --json docs/results/issue25/kfold.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from engines.evaluate import image_level_metrics
+
+REPORT = re.compile(r"^accept-(?P<arm>.+)-f(?P<fold>\d+)$")
+
+
+def collect(runs: Path) -> dict[str, dict[int, dict]]:
+    """``{arm: {fold: acceptance report}}`` of the finished reports under ``runs``."""
+    arms: dict[str, dict[int, dict]] = {}
+    for folder in sorted(runs.iterdir()) if runs.is_dir() else []:
+        found = REPORT.match(folder.name)
+        if found and (folder / "acceptance.json").is_file():
+            report = json.loads((folder / "acceptance.json").read_text())
+            arms.setdefault(found["arm"], {})[int(found["fold"])] = report
+    return arms
+
+
+def pooled(reports: dict[int, dict]) -> dict:
+    """The held-out figures of one arm added up over its folds: counts, precision, recall, F1, false alarms, recall
+    per class, and each fold's F1 and validation F1."""
+    counts = dict.fromkeys(("tp", "fp", "fn", "tn"), 0)
+    classes: dict[str, list[int]] = {}
+    per_fold = {}
+    for fold, report in sorted(reports.items()):
+        fused = report.get("classifier")
+        held = fused["holdout"] if fused else report["holdout"]
+        validation = fused["validation"]["fused"] if fused else report["validation"]
+        for key in counts:
+            counts[key] += held[key]
+        for name, row in held.get("class_recall", {}).items():
+            found, images = classes.setdefault(name, [0, 0])
+            classes[name] = [found + row["found"], images + row["images"]]
+        per_fold[fold] = {"holdout_f1": held["f1"], "validation_f1": validation["f1"]}
+    truth = [True] * (counts["tp"] + counts["fn"]) + [False] * (counts["fp"] + counts["tn"])
+    predicted = [True] * counts["tp"] + [False] * counts["fn"] + [True] * counts["fp"] + [False] * counts["tn"]
+    metrics = image_level_metrics(truth, predicted)
+    clean = counts["fp"] + counts["tn"]
+    return {"folds": sorted(reports), **metrics, "false_alarm_rate": round(counts["fp"] / clean, 4) if clean else 0.0,
+            "class_recall": {c: f"{found}/{images}" for c, (found, images) in sorted(classes.items())},
+            "per_fold": per_fold}
+
+
+def markdown(table: dict[str, dict]) -> str:
+    lines = ["| arm | folds | held-out images | P / R / F1 (added up) | false alarms | each fold's held-out F1 | "
+             "recall per class |", "|" + " --- |" * 7]
+    for arm, s in table.items():
+        images = s["tp"] + s["fp"] + s["fn"] + s["tn"]
+        folds = ", ".join(f"{v['holdout_f1']}" for _, v in sorted(s["per_fold"].items()))
+        classes = ", ".join(f"{c} {r}" for c, r in s["class_recall"].items())
+        lines.append(f"| {arm} | {len(s['folds'])} | {images} | {s['precision']} / {s['recall']} / **{s['f1']}** | "
+                     f"{s['fp']} of {s['fp'] + s['tn']} ({s['false_alarm_rate']:.1%}) | {folds} | {classes} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", help="the folder holding accept-ARM-fI report folders (e.g. runs/kfold)")
+    parser.add_argument("--out", help="write the markdown table here (default: print it)")
+    parser.add_argument("--json", help="write the figures as JSON here")
+    args = parser.parse_args(argv)
+    arms = collect(Path(args.runs))
+    if not arms:
+        print(f"error: no accept-ARM-fI/acceptance.json under {args.runs}; run benchmarks/issue25_kfold.sh first",
+              file=sys.stderr)
+        return 2
+    table = {arm: pooled(reports) for arm, reports in arms.items()}
+    text = markdown(table)
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(table, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
