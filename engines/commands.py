@@ -29,6 +29,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     import os
 
+    _check_counts(args, model_spec(args.model).task is Task.CLASSIFICATION)  # before anything is written
     main_process = os.environ.get("RANK", "0") == "0"
     if main_process:
         log_file = Path(args.out) / "train.log"
@@ -71,6 +72,17 @@ def run_train(args: argparse.Namespace) -> int:
     if main_process:
         print(json.dumps(final, indent=2))
     return EXIT_OK
+
+
+def _check_counts(args: argparse.Namespace, classifier: bool) -> None:
+    """A value given as 0 (or less) is refused here, not replaced by the default (``--epochs 0`` trained 40 epochs)."""
+    for flag, value, least in (("--epochs", args.epochs, 1), ("--batch", args.batch, 1), ("--tile", args.tile, 1),
+                               ("--steps-per-epoch", args.steps_per_epoch, 0)):
+        if value is not None and value < least:
+            raise InputError(f"{flag} {value}: give {least} or more" + (" (0: one pass over the training images)"
+                                                                         if flag == "--steps-per-epoch" else ""))
+    if args.lr is not None and not args.lr > 0:
+        raise InputError(f"--lr {args.lr}: give a learning rate above 0, e.g. {'0.01' if classifier else '5e-4'}")
 
 
 def _train_classifier(args: argparse.Namespace) -> int:

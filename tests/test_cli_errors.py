@@ -91,6 +91,20 @@ def test_engines_missing_weights_is_one_line(tmp_path, capsys):
     assert f"no weights at {tmp_path / 'no-weights'}" in line
 
 
+@pytest.mark.parametrize("model, flags, message", [
+    ("bffn", ["--epochs", "0"], "--epochs 0: give 1 or more"),
+    ("gr", ["--epochs", "0"], "--epochs 0: give 1 or more"),
+    ("bffn", ["--batch", "0"], "--batch 0: give 1 or more"),
+    ("gr", ["--lr", "0"], "--lr 0.0: give a learning rate above 0"),
+    ("bffn", ["--steps-per-epoch", "-1"], "--steps-per-epoch -1: give 0 or more"),
+])
+def test_engines_train_refuses_a_zero_count_instead_of_taking_the_default(tmp_path, capsys, model, flags, message):
+    """`--epochs 0` used to train the default 30 (40 for classifiers) epochs: a value given is a value meant."""
+    assert engines.cli.main(["train", model, "--data", str(tmp_path), "--out", str(tmp_path / "run"), *flags]) == 2
+    assert message in _one_line_error(capsys.readouterr().err, "engines")
+    assert not (tmp_path / "run").exists(), "nothing is written for a refused command"
+
+
 def test_a_missing_or_malformed_split_file_is_a_user_error(tmp_path):
     from engines.data.segmentation import read_split
 
