@@ -232,7 +232,8 @@ LINK_LAG_WARN_S = 30.0
 
 def links_text(stats: LineStats) -> tuple[str, bool]:
     """The integrations in one line, e.g. ``Links: mqtt connected, up to date · fleet DISCONNECTED, 120 rows behind
-    (42 s)``, and whether one needs a look (disconnected, or rows waiting longer than :data:`LINK_LAG_WARN_S`)."""
+    (42 s) · shadow 40 judged, 2 differ, 3 skipped``, and whether one needs a look (disconnected, rows waiting longer
+    than :data:`LINK_LAG_WARN_S`, or a shadow that fails on parts)."""
     parts, warn = [], False
     for name, status in stats.links.items():
         words = []
@@ -249,6 +250,11 @@ def links_text(stats: LineStats) -> tuple[str, bool]:
             rows, seconds = int(status["lag_rows"]), float(status.get("lag_seconds") or 0.0)
             words.append(f"{rows:,} rows behind ({seconds:.0f} s)" if rows else "up to date")
             warn = warn or (rows > 0 and seconds > LINK_LAG_WARN_S)
+        if "shadowed" in status:  # [shadow]: the candidate beside the line (station.shadow)
+            words.append(f"{int(status['shadowed']):,} judged, {int(status.get('disagreements', 0)):,} differ"
+                         + (f", {int(status['skipped']):,} skipped" if status.get("skipped") else "")
+                         + (f", {int(status['errors']):,} ERRORS" if status.get("errors") else ""))
+            warn = warn or bool(status.get("errors"))
         parts.append(f"{name} " + ", ".join(words) if words else name)
     return ("Links: " + " · ".join(parts) if parts else ""), warn
 

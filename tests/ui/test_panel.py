@@ -496,6 +496,15 @@ def test_panel_shows_the_links_and_warns_when_rows_wait(qtbot, panel, stats: Sta
     stats.update(links={"mqtt": {"connected": True, "lag_rows": 3, "lag_seconds": 0.2}})
     qtbot.waitUntil(lambda: "3 rows behind" in panel.counter_labels["links"].text(), timeout=2000)
     assert panel.counter_labels["links"].styleSheet() == ""  # a few rows in flight are normal
+    shadow = {"candidate": "bffn-1234abcd@onnxruntime-fp32", "shadowed": 40, "agree": 38, "disagreements": 2,
+              "skipped": 3, "errors": 0}
+    stats.update(links={"shadow": shadow})  # [shadow]: what the candidate did, not just its name
+    qtbot.waitUntil(lambda: "shadow" in panel.counter_labels["links"].text(), timeout=2000)
+    assert panel.counter_labels["links"].text() == "Links: shadow 40 judged, 2 differ, 3 skipped"
+    assert panel.counter_labels["links"].styleSheet() == ""
+    stats.update(links={"shadow": {**shadow, "errors": 1}})
+    qtbot.waitUntil(lambda: "ERRORS" in panel.counter_labels["links"].text(), timeout=2000)
+    assert "color" in panel.counter_labels["links"].styleSheet()
 
 
 @pytest.mark.gui
