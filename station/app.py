@@ -21,7 +21,7 @@ from station.classify import PatchClassifier
 from station.errors import RecipeError
 from station.line_calibration import check_source, judging_for
 from station import integrations as integrations_
-from station.judge import ActiveJudge, calibration_status, ledger_label
+from station.judge import ActiveJudge
 from station.panel_reviews import LineReviews
 from station.pipeline import DEFAULT_DRAIN_TIMEOUT_S, Line
 from station.promotion import record_restart
@@ -149,9 +149,9 @@ def _assemble_line(recipe: Recipe, db: Path, max_frames: int | None, feed: Resul
     reject_log = RejectLog(db, save_images=recipe.log.save_reject_images, station_id=recipe.station.id,
                            run_id=run_id or new_run_id(), not_inspected_is_reject=counts_as_reject,
                            save_pass_share=recipe.log.save_pass_share, images_max_mb=recipe.log.images_max_mb)
-    label = ledger_label(recipe)  # the line's judge: rows record it (and the one a recipe switch makes active)
+    judge = ActiveJudge.of(recipe, inspector)  # what judges, with the recipe's [frames] guards; rows record its label
     log.info("reject log %s: station %s, run %s; rows record recipe %r and calibration %s", db,
-             reject_log.station_id, reject_log.run_id, label, calibration_status(recipe, inspector)[0])
+             reject_log.station_id, reject_log.run_id, judge.recipe, judge.calibration_note[0])
     policy = recipe.queues.frames_policy
     if (recipe.source.kind is SourceKind.REPLAY and not recipe.source.fps) or \
             (recipe.source.kind is SourceKind.LINESCAN_REPLAY and not recipe.source.line_rate_hz):
@@ -160,8 +160,7 @@ def _assemble_line(recipe: Recipe, db: Path, max_frames: int | None, feed: Resul
     return Line(source, inspector, reject_log, feed, frames_queue=recipe.queues.frames, frames_policy=policy,
                 results_queue=recipe.queues.results, max_frames=max_frames, on_result=on_result,
                 drain_timeout_s=drain_timeout_s, min_free_mb=recipe.station.min_free_mb,
-                not_inspected_is_reject=counts_as_reject,
-                judge=ActiveJudge.of(recipe, inspector))  # what judges, with the recipe's [frames] guards
+                not_inspected_is_reject=counts_as_reject, judge=judge)
 
 
 def format_progress(stats: LineStats) -> str:
