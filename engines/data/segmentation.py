@@ -232,6 +232,19 @@ def _parts_by_class(samples: list[SegSample], parts: list[str]) -> tuple[dict[st
     return members, by_class
 
 
+def _shuffled_parts(samples: list[SegSample], parts: list[str], seed: int, not_train) -> tuple[dict, list]:
+    """``(members, classes)``: the sample indices of each part, and for each class in turn (sorted) its parts in a
+    seeded shuffle with the ones holding an image named in ``not_train`` (in that order)."""
+    members, by_class = _parts_by_class(samples, parts)
+    rng = random.Random(seed)
+    classes = []
+    for category in sorted(by_class):
+        order = by_class[category][:]
+        rng.shuffle(order)
+        classes.append((order, [p for p in order if any(samples[i].name in not_train for i in members[p])]))
+    return members, classes
+
+
 def _three_way_by_part(samples: list[SegSample], parts: list[str], validation: float, holdout: float, seed: int,
                        not_train: set[str] | frozenset) -> dict[str, list[str]]:
     """``three_way_split`` over whole parts (``parts[i]``: sample i's part, :func:`engines.data.parts.part_ids`):
@@ -241,13 +254,9 @@ def _three_way_by_part(samples: list[SegSample], parts: list[str], validation: f
     their shares)."""
     if validation < 0 or holdout < 0 or validation + holdout >= 1:
         raise InputError(f"validation {validation} and holdout {holdout} must be >= 0 and add up to less than 1")
-    members, by_class = _parts_by_class(samples, parts)
-    rng = random.Random(seed)
+    members, classes = _shuffled_parts(samples, parts, seed, not_train)
     out: dict[str, list[str]] = {"train": [], "validation": [], "holdout": []}
-    for category in sorted(by_class):
-        order = by_class[category][:]
-        rng.shuffle(order)
-        pinned = [p for p in order if any(samples[i].name in not_train for i in members[p])]
+    for order, pinned in classes:
         order = pinned + [p for p in order if p not in pinned]
         total = sum(len(members[p]) for p in order)
         target = {"holdout": holdout * total, "validation": validation * total, "train": (1 - holdout - validation) * total}
@@ -272,12 +281,9 @@ def fold_split_by_part(samples: list[SegSample], parts: list[str], folds: int, f
     if not 0 <= validation < 1 - 1 / folds:
         raise InputError(f"validation {validation} must be >= 0 and leave a training part beside one fold in "
                          f"{folds} held out (less than {round(1 - 1 / folds, 3)})")
-    members, by_class = _parts_by_class(samples, parts)
-    rng = random.Random(seed)
+    members, classes = _shuffled_parts(samples, parts, seed, not_train)
     out: dict[str, list[str]] = {"train": [], "validation": [], "holdout": []}
-    for category in sorted(by_class):
-        order = by_class[category][:]
-        rng.shuffle(order)
+    for order, pinned in classes:
         sizes = [0] * folds
         fold_of = {}
         for part in order:  # the fold with the fewest images of this class so far (the first on ties)
@@ -286,7 +292,6 @@ def fold_split_by_part(samples: list[SegSample], parts: list[str], folds: int, f
             sizes[k] += len(members[part])
         total = sum(sizes)
         in_validation = 0
-        pinned = [p for p in order if any(samples[i].name in not_train for i in members[p])]
         for part in pinned + [p for p in order if p not in pinned]:
             names = [samples[i].name for i in members[part]]
             if fold_of[part] == fold:

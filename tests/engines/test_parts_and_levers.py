@@ -83,6 +83,16 @@ def test_parts_join_runs_of_numbers_and_the_same_surface_under_other_names():
     assert grouping.similar_within > 0.75
 
 
+def _write_folder(data, samples: list[SegSample]):
+    """The samples as a magnetic-tile folder (MT_Class/NAME.jpg, NAME.png masks for defects)."""
+    for s in samples:
+        (data / s.name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(data / s.name), s.image)
+        if s.defective:
+            cv2.imwrite(str((data / s.name).with_suffix(".png")), s.mask.astype(np.uint8) * 255)
+    return data
+
+
 def test_a_split_by_part_keeps_every_view_of_a_part_on_one_side_and_pinned_parts_out_of_training():
     parts = [("crack", [(e, 1000 * p + 20 * e) for e in range(1, 7)]) for p in range(10)]
     parts += [("free", [(e, 500_000 + 1000 * p + 20 * e) for e in range(1, 4)]) for p in range(20)]
@@ -111,13 +121,9 @@ def test_a_split_by_part_keeps_every_view_of_a_part_on_one_side_and_pinned_parts
 def test_engines_split_by_part_records_the_parts_and_refuses_keep(tmp_path, capsys):
     from engines.cli import main
 
-    data = tmp_path / "mt"
-    for s in _tiles([("crack", [(1, 10 + 1000 * p), (2, 30 + 1000 * p)]) for p in range(6)]
-                    + [("free", [(1, 90_000 + 1000 * p), (3, 90_040 + 1000 * p)]) for p in range(10)]):
-        (data / s.name).parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(data / s.name), s.image)
-        if s.defective:
-            cv2.imwrite(str((data / s.name).with_suffix(".png")), s.mask.astype(np.uint8) * 255)
+    data = _write_folder(tmp_path / "mt", _tiles([("crack", [(1, 10 + 1000 * p), (2, 30 + 1000 * p)]) for p in range(6)]
+                                                 + [("free", [(1, 90_000 + 1000 * p), (3, 90_040 + 1000 * p)])
+                                                    for p in range(10)]))
     out = tmp_path / "split.json"
     assert main(["split", "--data", str(data), "--out", str(out), "--validation", "0.2", "--holdout", "0.2"]) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -159,12 +165,7 @@ def test_k_fold_splits_by_part_hold_out_every_image_once_and_keep_parts_whole(tm
     with pytest.raises(Exception, match="--fold must be 0 to 4"):
         fold_split_by_part(samples, part_of, 5, 5, 0.2, seed=1)
 
-    data = tmp_path / "mt"
-    for s in samples:
-        (data / s.name).parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(data / s.name), s.image)
-        if s.defective:
-            cv2.imwrite(str((data / s.name).with_suffix(".png")), s.mask.astype(np.uint8) * 255)
+    data = _write_folder(tmp_path / "mt", samples)
     out = tmp_path / "fold2.json"
     assert main(["split", "--data", str(data), "--out", str(out), "--folds", "5", "--fold", "2",
                  "--validation", "0.2", "--seed", "1"]) == 0
