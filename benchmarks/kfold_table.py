@@ -16,6 +16,9 @@ from pathlib import Path
 
 from engines.evaluate import image_level_metrics
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks beside it: one writer for both tables
+from lever_table import write_tables  # noqa: E402
+
 REPORT = re.compile(r"^accept-(?P<arm>.+)-f(?P<fold>\d+)$")
 
 
@@ -79,13 +82,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     table = {arm: pooled(reports) for arm, reports in arms.items()}
-    text = markdown(table)
-    if args.out:
-        Path(args.out).write_text(text)
-    else:
-        print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(table, indent=1) + "\n")
+    write_tables(markdown(table), table, args.out, args.json)
     return 0
 
 

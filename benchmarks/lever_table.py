@@ -96,14 +96,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {len(labels)} labels for {len(paths)} reports", file=sys.stderr)
         return 2
     rows = [(label, summarise(json.loads(p.read_text()))) for label, p in zip(labels, paths)]
-    text = markdown(rows)
-    if args.out:
-        Path(args.out).write_text(text)
+    write_tables(markdown(rows), dict(rows), args.out, args.json)
+    return 0
+
+
+def write_tables(text: str, figures: dict, out: str | None, json_path: str | None) -> None:
+    """The markdown table to ``out`` (None: printed) and the figures as JSON to ``json_path`` (None: not written)."""
+    if out:
+        Path(out).write_text(text)
     else:
         print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(dict(rows), indent=1) + "\n")
-    return 0
+    if json_path:
+        Path(json_path).write_text(json.dumps(figures, indent=1) + "\n")
 
 
 if __name__ == "__main__":
