@@ -55,8 +55,9 @@ class ClassifierStage:
     """Patches of a frame scored on ``engine`` (probabilities ``(N, C)`` per patch) and turned into labels.
 
     ``classes`` are the engine's outputs in order, ``spec`` and ``size`` the network's input layout and side,
-    ``patch`` / ``overlap`` the patch grid on the frame (``patch`` 0: the whole frame is one image), ``threshold`` one score threshold for all classes (or one
-    per class, :meth:`set_thresholds`), ``mode`` ``"batch"`` or ``"bank"`` (see the module docstring)."""
+    ``patch`` / ``overlap`` the patch grid on the frame (``patch`` 0: the whole frame is one image), ``threshold``
+    one score threshold for all classes (or one per class, :meth:`set_thresholds`), ``mode`` ``"batch"`` or
+    ``"bank"`` (see the module docstring)."""
 
     def __init__(self, engine: Engine, classes: Sequence[str], spec: InputSpec, size: int, patch: int = 1024,
                  overlap: int = 0, threshold: float = DEFAULT_LABEL_THRESHOLD, mode: str = "batch") -> None:

@@ -65,7 +65,8 @@ class PatchClassifier(ClassifierStage):
         if built_mode and built_mode != mode:
             raise RecipeError(f"[classifier] mode = \"{mode}\", but the engine folder {weights!r} was built for mode "
                               f"\"{built_mode}\"; set mode = \"{built_mode}\" or build one with --mode {mode}")
-        learned = (bundle.judging_rule() or {}).get("label_thresholds") if threshold is None else None
+        rule = bundle.judging_rule() or {}
+        learned = rule.get("label_thresholds") if threshold is None else None
         super().__init__(engine, classes, bundle.input_spec(), bundle.tile, patch=patch, overlap=overlap,
                          threshold=DEFAULT_LABEL_THRESHOLD if threshold is None else threshold, mode=mode)
         self.threshold_from = "the recipe" if threshold is not None else "the default"
@@ -75,7 +76,6 @@ class PatchClassifier(ClassifierStage):
                 raise RecipeError(f"[classifier] the label thresholds in {bundle.path}/config.json lack the classes "
                                   f"{missing}; run `engines accept --classifier {weights}` again, or set threshold")
             self.set_thresholds(learned)
-            rule = bundle.judging_rule()
             self.threshold_from = (f"the weights' config.json (learned by engines accept on "
                                    f"{rule.get('learned_on', 'a validation part')})")
         self.weights = str(weights)
