@@ -29,7 +29,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     import os
 
-    _check_counts(args, model_spec(args.model).task is Task.CLASSIFICATION)  # before anything is written
+    classifier = model_spec(args.model).task is Task.CLASSIFICATION
+    _check_counts(args, classifier)  # before anything is written
     main_process = os.environ.get("RANK", "0") == "0"
     if main_process:
         log_file = Path(args.out) / "train.log"
@@ -37,7 +38,6 @@ def run_train(args: argparse.Namespace) -> int:
         handler = logging.FileHandler(log_file)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logging.getLogger().addHandler(handler)
-    classifier = model_spec(args.model).task is Task.CLASSIFICATION
     if isinstance(args.data, list):  # --data BASE [--data LINE ...]: the first is the base, the others train beside it
         args.data, *extra = args.data
         if extra and classifier:
@@ -548,7 +548,8 @@ def run_accept(args: argparse.Namespace) -> int:
 
         from engines.weights import write_judging_rule
 
-        written = write_judging_rule(resolve_weights(args.weights), {
+        candidate = resolve_weights(args.weights)
+        written = write_judging_rule(candidate, {
             "threshold": rule["threshold"], "min_area_px": rule["min_area_px"], "overlap": base.overlap,
             "learned_on": f"{args.split} validation ({len(validation)} images of {args.data})",
             "validation_f1": rule["f1"], "holdout_f1": report["f1"], "accepted": ok,
@@ -558,7 +559,7 @@ def run_accept(args: argparse.Namespace) -> int:
             fusion = summary["classifier"]
             summary["classifier"]["rule_written_to"] = str(write_judging_rule(resolve_weights(args.classifier), {
                 "label_thresholds": fusion["thresholds"], "patch": fusion["patch"], "mode": fusion["mode"],
-                "fused_with": {"weights": str(args.weights), "sha256": resolve_weights(args.weights).sha256(),
+                "fused_with": {"weights": str(args.weights), "sha256": candidate.sha256(),
                                "threshold": rule["threshold"], "min_area_px": rule["min_area_px"]},
                 "learned_on": f"{args.split} validation ({len(validation)} images of {args.data})",
                 "validation_f1": fusion["validation"]["fused"]["f1"], "holdout_f1": fusion["holdout"]["f1"],
@@ -593,18 +594,18 @@ def _fuse(args: argparse.Namespace, validation, judged: list[dict], holdout, rec
     from engines.evaluate import image_level_metrics
     from engines.fusion import classifier_scores, fused_verdicts, learn_label_thresholds
 
-    def scored(samples, recs):
+    def in_order(samples, recs):
         by_name = {r["name"]: r for r in recs}
-        recs = [by_name[s.name] for s in samples]
-        classes, scores = classifier_scores(args.classifier, [s.image for s in samples], patch=args.classifier_patch,
-                                            mode=args.classifier_mode, backend=args.backend, threads=args.threads)
-        return classes, scores, recs
+        return [by_name[s.name] for s in samples]
 
-    classes, val_scores, val_recs = scored(validation, judged)
+    val_recs, hold_recs = in_order(validation, judged), in_order(holdout, records)
+    classes, scores = classifier_scores(args.classifier, [s.image for s in [*validation, *holdout]],
+                                        patch=args.classifier_patch, mode=args.classifier_mode, backend=args.backend,
+                                        threads=args.threads)  # one engine for both parts
+    val_scores, hold_scores = scores[:len(validation)], scores[len(validation):]
     learned = learn_label_thresholds([r["best_rule_verdict"] == "FAIL" for r in val_recs],
                                      [r["defective"] for r in val_recs], val_scores, classes)
     thresholds = [learned["thresholds"][c] for c in classes]
-    _, hold_scores, hold_recs = scored(holdout, records)
     seg_fails = [r["verdict"] == "FAIL" for r in hold_recs]
     fails = fused_verdicts(seg_fails, hold_scores, thresholds)
     fused = []

@@ -88,15 +88,10 @@ def classifier_scores(weights: str | Path, images, patch: int = 0, overlap: int 
     stage scores it with this ``patch``/``overlap``/``mode`` (a class's score is the highest of the image's
     patches')."""
     from engines.backends.base import load_engine
-    from engines.errors import InputError
-    from engines.weights import resolve_weights
+    from engines.evaluate_cls import classifier_bundle
     from inspection.classifier import ClassifierStage
 
-    bundle = resolve_weights(weights)
-    classes = bundle.info.get("classes")
-    if not classes:
-        raise InputError(f"{weights} hold a {bundle.model} model without a class list: not a classifier; train one "
-                         "with `engines train gr`")
+    bundle, classes = classifier_bundle(weights)
     engine = load_engine(weights, backend=backend, threads=threads, mode=mode)
     try:
         stage = ClassifierStage(engine, classes, bundle.input_spec(), bundle.tile, patch=patch, overlap=overlap,

@@ -382,7 +382,8 @@ def run_station(recipe: Recipe, headless: bool, max_frames: int | None, as_json:
                                                                    run_id))
     line = build_line(recipe, max_frames=max_frames, on_result=on_result, run_id=run_id,
                       drain_timeout_s=drain_timeout_s)
-    record_restart(recipe.log.db, recipe, operator or default_reviewer(), station_id=recipe.station.id)
+    record_restart(recipe.log.db, recipe, line.inspector.engine_id, operator or default_reviewer(),
+                   station_id=recipe.station.id)
     try:
         shadow = build_shadow(recipe, run_id)  # the candidate beside the engine ([shadow]), loaded now
         if shadow is not None:

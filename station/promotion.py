@@ -176,27 +176,29 @@ def record_promotion(db_path: str | Path, recipe: Recipe, by: str, via: str, *, 
     return row
 
 
-def record_restart(db_path: str | Path, recipe: Recipe, by: str, *, station_id: str | None = None) -> dict | None:
-    """At a station's start: when the ledger's latest parts were judged by other weights (another SHA-256) than
-    ``recipe`` runs, and the ledger's latest promotion is not of these weights, the switch is recorded as a
-    promotion made by the restart (``via`` :data:`VIA_RESTART`, by ``by``, with :data:`RESTART_NOTE` and whatever the
-    shadow table says of the weights), so that every engine that judged parts has its record. Returns the row, or
-    None when nothing changed (or a new ledger, or a recipe without [engine]). A switch that cannot be recorded is
-    logged and the line goes on: an audit record never stops production."""
+def record_restart(db_path: str | Path, recipe: Recipe, engine_id: str, by: str, *,
+                   station_id: str | None = None) -> dict | None:
+    """At a station's start: when the ledger's latest parts were judged by other weights than the line's engine
+    (``engine_id``, ``model-sha8@backend-precision``: the weights are the part before ``@``), and the ledger's latest
+    promotion is not of these weights, the switch is recorded as a promotion made by the restart (``via``
+    :data:`VIA_RESTART`, by ``by``, with :data:`RESTART_NOTE` and whatever the shadow table says of the weights), so
+    that every engine that judged parts has its record. Returns the row, or None when nothing changed (or a new
+    ledger, or a recipe without [engine]). A switch that cannot be recorded is logged and the line goes on: an audit
+    record never stops production."""
     if recipe.engine is None or not Path(db_path).is_file():
         return None
+    weights = engine_id.split("@")[0]
     try:
-        target = identity(recipe)
         conn = open_readonly(Path(db_path))
         try:
             from_recipe, from_engine = latest_judge(conn)
-            last = (conn.execute("SELECT to_sha256 FROM promotions ORDER BY id DESC LIMIT 1").fetchone()
+            last = (conn.execute("SELECT to_engine FROM promotions ORDER BY id DESC LIMIT 1").fetchone()
                     if has_table(conn, "promotions") else None)
         finally:
             conn.close()
-        if from_engine is None or from_engine.split("@")[0] == target["to_engine"].split("@")[0]:
+        if from_engine is None or from_engine.split("@")[0] == weights:
             return None
-        if last is not None and last[0] == target["to_sha256"]:
+        if last is not None and last[0].split("@")[0] == weights:
             return None  # promoted before the restart
         row = record_promotion(db_path, recipe, by, VIA_RESTART, station_id=station_id, from_recipe=from_recipe,
                                from_engine=from_engine, note=RESTART_NOTE, force=True)
