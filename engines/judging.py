@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engines.weights import CONFIG_FILE, WeightsBundle, resolve_weights
-from inspection.judging import DEFAULT_BATCH, Judging
+from inspection.judging import DEFAULT_BATCH, Judging, learned_where
 
 
 def judging_for_weights(weights: str | Path | WeightsBundle, *, threshold: float | None = None,
@@ -16,7 +16,5 @@ def judging_for_weights(weights: str | Path | WeightsBundle, *, threshold: float
     carry (``config.json`` key ``judging``), which wins over the defaults; ``source`` says which came from where."""
     bundle = weights if isinstance(weights, WeightsBundle) else resolve_weights(weights)
     rule = bundle.judging_rule()
-    where = f"{bundle.path / CONFIG_FILE}"
-    if rule:
-        where += f", learned by engines accept on {rule.get('learned_on', 'a validation part')}"
+    where = learned_where(f"{bundle.path / CONFIG_FILE}", rule)
     return Judging.from_rule(rule, threshold=threshold, min_area=min_area, overlap=overlap, batch=batch, where=where)

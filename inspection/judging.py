@@ -12,7 +12,8 @@ differently. It is built in one of two ways, above this layer:
   (:func:`Judging.from_rule`, used by :func:`engines.weights.judging_for_weights`).
 
 Either way an explicit setting (a recipe key, a command-line flag) wins over the weights' learned rule, which wins
-over the defaults of :mod:`inspection_core.defaults`; :attr:`Judging.source` says which, and tools print it.
+over the defaults of :mod:`inspection_core.defaults` (:func:`resolve_rule`, the one precedence of both ways);
+:attr:`Judging.source` says which, and tools print it.
 
 >>> judging = Judging.from_rule({"threshold": 0.9, "min_area_px": 20}, min_area=40, where="config.json")
 >>> judging.rules.score_threshold, judging.rules.min_area_px, judging.overlap
@@ -36,6 +37,43 @@ from inspection_core.verdict import DecisionRules
 #: Tiles per engine call when nobody says otherwise.
 DEFAULT_BATCH = 32
 
+#: The pieces of a learned rule, as ``engines accept`` writes them into the weights' ``config.json`` (key
+#: ``judging``): (the name people read, the key, the default when nobody gives it).
+RULE_PIECES = (("threshold", "threshold", DEFAULT_SCORE_THRESHOLD), ("min area", "min_area_px", DEFAULT_MIN_AREA_PX),
+               ("overlap", "overlap", DEFAULT_OVERLAP))
+
+
+def learned_where(place: str, rule: Mapping[str, Any] | None) -> str:
+    """How tools name a rule ``engines accept`` learned: ``"PLACE, learned by engines accept on SPLIT"``."""
+    if not rule:
+        return place
+    return f"{place}, learned by engines accept on {rule.get('learned_on', 'a validation part')}"
+
+
+def resolve_rule(rule: Mapping[str, Any] | None, given: Mapping[str, Any], *, given_by: str,
+                 where: str) -> tuple[dict[str, Any], str]:
+    """``(values, source)``: each piece of :data:`RULE_PIECES` taken from ``given`` (a recipe key, a flag; ``None``
+    or absent: not given), else from the learned ``rule`` (``where``), else from the defaults; ``source`` says in
+    one line which came from where. The one precedence of the station and the tools.
+
+    >>> resolve_rule({"threshold": 0.9, "overlap": 16}, {"threshold": 0.6}, given_by="the recipe", where="W")
+    ({'threshold': 0.6, 'min_area_px': 30, 'overlap': 16}, 'the recipe (threshold); the defaults (min area); W (overlap)')
+    """
+    rule = rule or {}
+    chosen: dict[str, Any] = {}
+    by_origin: dict[str, list[str]] = {}
+    for name, key, default in RULE_PIECES:
+        if given.get(key) is not None:
+            chosen[key], origin = given[key], given_by
+        elif key in rule:
+            chosen[key], origin = type(default)(rule[key]), where
+        else:
+            chosen[key], origin = default, "the defaults"
+        by_origin.setdefault(origin, []).append(name)
+    if len(by_origin) == 1:
+        return chosen, next(iter(by_origin))
+    return chosen, "; ".join(f"{origin} ({', '.join(names)})" for origin, names in by_origin.items())
+
 
 @dataclass(frozen=True)
 class Judging:
@@ -56,23 +94,8 @@ class Judging:
                   where: str = "the weights' config.json") -> Judging:
         """The judging of weights that carry ``rule`` (``threshold``, ``min_area_px``, ``overlap``, as ``engines
         accept`` writes it; ``None``: no learned rule) with the given settings on top (``None``: not given)."""
-        rule = rule or {}
-        chosen, origins = {}, {}
-        for name, key, given, default in (("threshold", "threshold", threshold, DEFAULT_SCORE_THRESHOLD),
-                                          ("min area", "min_area_px", min_area, DEFAULT_MIN_AREA_PX),
-                                          ("overlap", "overlap", overlap, DEFAULT_OVERLAP)):
-            if given is not None:
-                chosen[key], origins[name] = given, "the command line"
-            elif key in rule:
-                chosen[key], origins[name] = type(default)(rule[key]), where
-            else:
-                chosen[key], origins[name] = default, "the defaults"
-        by_origin: dict[str, list[str]] = {}
-        for name, origin in origins.items():
-            by_origin.setdefault(origin, []).append(name)
-        source = "; ".join(f"{origin} ({', '.join(names)})" for origin, names in by_origin.items())
-        if len(by_origin) == 1:
-            source = next(iter(by_origin))
+        chosen, source = resolve_rule(rule, {"threshold": threshold, "min_area_px": min_area, "overlap": overlap},
+                                      given_by="the command line", where=where)
         return cls(DecisionRules(score_threshold=float(chosen["threshold"]), min_area_px=int(chosen["min_area_px"])),
                    overlap=int(chosen["overlap"]), batch=batch, source=source)
 

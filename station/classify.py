@@ -15,6 +15,7 @@ from engines.backends.base import load_engine
 from engines.errors import EngineError
 from engines.weights import WeightsError, resolve_weights
 from inspection.classifier import MAX_BATCH, MODES, ClassifierStage
+from inspection.judging import learned_where
 from station.errors import RecipeError
 from inspection_core.defaults import DEFAULT_LABEL_THRESHOLD
 
@@ -76,7 +77,6 @@ class PatchClassifier(ClassifierStage):
                 raise RecipeError(f"[classifier] the label thresholds in {bundle.path}/config.json lack the classes "
                                   f"{missing}; run `engines accept --classifier {weights}` again, or set threshold")
             self.set_thresholds(learned)
-            self.threshold_from = (f"the weights' config.json (learned by engines accept on "
-                                   f"{rule.get('learned_on', 'a validation part')})")
+            self.threshold_from = learned_where("the weights' config.json", rule)
         self.weights = str(weights)
         self.model_name = bundle.model

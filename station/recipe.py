@@ -26,11 +26,8 @@ from typing import Any, Callable, Mapping, Union
 
 from engines.backends.registry import all_precisions, recipe_backend_names
 from engines.weights import WeightsError, resolve_weights
-from inspection_core.defaults import (
-    DEFAULT_MIN_AREA_PX,
-    DEFAULT_OVERLAP,
-    DEFAULT_SCORE_THRESHOLD,
-)
+from inspection.judging import learned_where, resolve_rule
+from inspection_core.defaults import DEFAULT_MIN_AREA_PX, DEFAULT_OVERLAP
 from inspection_core.hashing import file_sha256, text_sha256
 from inspection_core.verdict import DecisionRules, RoiCircle, RoiRect
 from station.errors import RecipeError
@@ -665,12 +662,12 @@ def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
     if "engine" in data:
         engine = _engine(table("engine"), backend_check, backend_allowed, precision_check, precision_allowed)
     # what the recipe leaves out of the rule comes from the rule `engines accept` wrote beside the weights
-    learned, rule_from = _learned_rule(engine, data)
+    learned, rule_from = _learned_rule(engine, data)  # the recipe's own keys are read (and checked) below
 
     t = table("tiling")
     defaults = TilingConfig()
     tile = t.get("tile", defaults.tile, check_int(1), "an integer >= 1, e.g. 128 or 256")
-    overlap = t.get("overlap", int(learned.get("overlap", DEFAULT_OVERLAP)), check_int(0, tile - 1),
+    overlap = t.get("overlap", learned.get("overlap"), check_int(0, tile - 1),
                     f"an integer from 0 to {tile - 1} (less than tile = {tile})")
     tiling = TilingConfig(tile=tile, overlap=overlap, batch=t.get("batch", defaults.batch, check_int(1),
                                                                   "an integer >= 1"))
@@ -678,9 +675,9 @@ def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
 
     t = table("rules")
     rules = DecisionRules(
-        score_threshold=t.get("score_threshold", float(learned.get("threshold", DEFAULT_SCORE_THRESHOLD)),
+        score_threshold=t.get("score_threshold", learned.get("threshold"),
                               check_float(0.0, above=True, high=1.0), "a number in (0, 1]"),
-        min_area_px=t.get("min_area_px", int(learned.get("min_area_px", DEFAULT_MIN_AREA_PX)), check_int(1),
+        min_area_px=t.get("min_area_px", learned.get("min_area_px"), check_int(1),
                           "an integer >= 1 (pixels)"),
         roi=_roi(t),
         label=t.get("label", "defect", check_str, 'a non-empty string, e.g. "defect"'),
@@ -793,33 +790,31 @@ def _build(data: Mapping[str, Any], path: Path, where: str) -> Recipe:
                   rule_from=rule_from, _raw=copy.deepcopy(dict(data)))
 
 
-#: The recipe keys that make up the decision rule ([rules] and [tiling]) and the learned rule's names for them.
+#: Where the recipe gives each piece of the decision rule: (table, recipe key, the learned rule's key).
 _RULE_KEYS = (("rules", "score_threshold", "threshold"), ("rules", "min_area_px", "min_area_px"),
               ("tiling", "overlap", "overlap"))
 
 
 def _learned_rule(engine: EngineConfig | None, data: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
-    """``(rule, where it came from)``: the part of the rule `engines accept` wrote into the weights' config.json
-    that the recipe leaves out (a recipe key always wins; ``min_area_mm2`` replaces the learned area), with a
-    description of where each piece came from. Weights that cannot be read give no learned rule here: loading the
-    engine reports them."""
-    given = [key for table, key, _ in _RULE_KEYS if key in data.get(table, {})]
-    if "min_area_mm2" in data.get("rules", {}):
-        given.append("min_area_px")
-    learned: dict[str, Any] = {}
+    """``(pieces, where each piece came from)``: the pieces of the decision rule that the recipe leaves out, by the
+    one precedence of :func:`inspection.judging.resolve_rule`: a recipe key wins over the rule `engines accept` wrote
+    into the weights' config.json, which wins over the defaults (``min_area_mm2`` replaces the area: the learned one
+    is not taken). The recipe's own keys are read and checked by the caller. Weights that cannot be read give no
+    learned rule here: loading the engine reports them."""
+    tables = {table: data.get(table) if isinstance(data.get(table), Mapping) else {} for table, _, _ in _RULE_KEYS}
+    in_recipe = {name: tables[table].get(key) for table, key, name in _RULE_KEYS}
+    given = dict(in_recipe)
+    if "min_area_mm2" in tables["rules"] and given["min_area_px"] is None:
+        given["min_area_px"] = DEFAULT_MIN_AREA_PX
     rule: dict[str, Any] = {}
-    if engine is not None and len(given) < len(_RULE_KEYS):
+    if engine is not None and any(value is None for value in given.values()):
         try:
             rule = resolve_weights(engine.weights).judging_rule() or {}
         except (WeightsError, OSError, ValueError):
             rule = {}
-        learned = {name: rule[name] for table, key, name in _RULE_KEYS if key not in given and name in rule}
-    if not learned:
-        return {}, "the recipe" if given else "the defaults"
-    taken = ", ".join(k for _, k, n in _RULE_KEYS if n in learned)
-    where = (f"the weights' config.json ({taken}, learned by engines accept on "
-             f"{rule.get('learned_on', 'a validation part')})")
-    return learned, where + (f"; the recipe ({', '.join(given)})" if given else "")
+    chosen, where = resolve_rule(rule, given, given_by="the recipe",
+                                 where=learned_where("the weights' config.json", rule))
+    return {name: value for name, value in chosen.items() if in_recipe[name] is None}, where
 
 
 _LINE_SCAN_KEYS = ("block_lines", "line_rate_hz", "part_mode", "part_lines", "max_part_lines", "gap_lines",

@@ -15,6 +15,7 @@ from inspection.judging import Judging
 from inspection_core.defaults import DEFAULT_MIN_AREA_PX, DEFAULT_OVERLAP, DEFAULT_SCORE_THRESHOLD
 from inspection_core.verdict import DecisionRules, RoiRect
 from station.line_calibration import judging_for, recipe_judging
+from station.errors import RecipeError
 from station.recipe import load_recipe, shipped_recipe_path
 from tests.calibration.test_station_calibration import make_profile
 from tests.station.test_recipe import MINIMAL, write
@@ -98,13 +99,19 @@ def test_a_recipe_that_leaves_the_rule_out_takes_the_rule_beside_the_weights(tmp
     assert learned.fingerprint() != plain.fingerprint(), "ledger rows judged by another rule must say so"
     mixed = load_recipe(write(tmp_path, _recipe_text(own_weights, rules="score_threshold = 0.6")))
     assert (mixed.rules.score_threshold, mixed.rules.min_area_px, mixed.tiling.overlap) == (0.6, 50, 16)
-    assert "the recipe (score_threshold)" in mixed.rule_from
+    assert mixed.rule_from.startswith("the recipe (threshold); ") and "(min area, overlap)" in mixed.rule_from
     judging = judging_for(mixed)
     assert (judging.rules.score_threshold, judging.overlap) == (0.6, 16) and "rule from" in judging.source
     explicit = load_recipe(write(tmp_path, _recipe_text(own_weights, rules="score_threshold = 0.6\nmin_area_px = 7",
                                                          tiling="overlap = 8")))
     assert (explicit.rules.score_threshold, explicit.rules.min_area_px, explicit.tiling.overlap) == (0.6, 7, 8)
     assert explicit.rule_from == "the recipe"
+    in_mm = load_recipe(write(tmp_path, _recipe_text(own_weights, rules="min_area_mm2 = 0.1")
+                              + '[calibration]\nprofile = "c"\n'))  # the area in mm² replaces the learned one
+    assert (in_mm.rules.score_threshold, in_mm.rules.min_area_px, in_mm.rules.min_area_mm2, in_mm.tiling.overlap) == (
+        0.8, DEFAULT_MIN_AREA_PX, 0.1, 16)
+    with pytest.raises(RecipeError, match=r"overlap.*'wide' is not allowed"):  # checked as the recipe's own key
+        load_recipe(write(tmp_path, _recipe_text(own_weights, tiling='overlap = "wide"')))
 
 
 def test_the_shipped_weights_carry_the_rule_of_the_shipped_recipe():
