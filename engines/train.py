@@ -25,6 +25,7 @@ from engines.training import (
     distributed,
     optimizer_step,
     pick_device,
+    start_run,
 )
 from inspection_core.defaults import DEFAULT_MIN_AREA_PX, DEFAULT_OVERLAP
 from inspection_core.preprocess import InputSpec, normalize_tiles, whole_frame
@@ -152,11 +153,7 @@ def train_segmentation(settings: TrainSettings, progress: bool = True, train_sam
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     main_process = rank == 0
-    out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    torch.manual_seed(settings.seed)
+    out = start_run(settings.out, settings.threads, settings.seed)
     split_record = None
     if train_samples is None:
         samples = load_dataset(settings.data)

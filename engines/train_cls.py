@@ -38,7 +38,6 @@ import logging
 import math
 import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -52,7 +51,15 @@ from engines.data.multilabel import (
 from engines.errors import InputError
 from engines.evaluate_cls import rounded, score_set
 from engines.models import CLASSIFICATION_MODELS, build_model, has_relations, model_spec
-from engines.training import EpochStats, Phase, TrainingHooks, TrainingLoop, optimizer_step, pick_device
+from engines.training import (
+    EpochStats,
+    Phase,
+    TrainingHooks,
+    TrainingLoop,
+    optimizer_step,
+    pick_device,
+    start_run,
+)
 from engines.weights import save_weights
 from inspection_core.preprocess import InputSpec, normalize_tiles
 
@@ -234,14 +241,9 @@ def train_classifier(settings: ClsTrainSettings, progress: bool = True, train_se
     agreement)."""
     import torch
 
-
     _check_settings(settings)
     device = pick_device(settings.device)
-    out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    torch.manual_seed(settings.seed)
+    out = start_run(settings.out, settings.threads, settings.seed)
     split_record = None
     if train_set is None:
         dataset = load_multilabel(settings.data)

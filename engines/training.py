@@ -56,6 +56,19 @@ def pick_device(name: str, local_rank: int = 0):
     return torch.device("cpu")
 
 
+def start_run(out: str | Path, threads: int, seed: int) -> Path:
+    """What every training run does first: its folder made (``out``, returned as a path), torch's CPU threads set
+    (``threads``; 0: torch's default) and its random seed."""
+    import torch
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    return out
+
+
 def mixed_precision(device, amp: bool):
     """``(autocast dtype or None, gradient scaler)``: float16 with gradient scaling on CUDA, bfloat16 on the CPU
     (no scaling needed), nothing without ``amp``."""
