@@ -283,6 +283,7 @@ def fold_split_by_part(samples: list[SegSample], parts: list[str], folds: int, f
                          f"{folds} held out (less than {round(1 - 1 / folds, 3)})")
     members, classes = _shuffled_parts(samples, parts, seed, not_train)
     out: dict[str, list[str]] = {"train": [], "validation": [], "holdout": []}
+    dealt = []
     for order, pinned in classes:
         sizes = [0] * folds
         fold_of = {}
@@ -290,7 +291,13 @@ def fold_split_by_part(samples: list[SegSample], parts: list[str], folds: int, f
             k = min(range(folds), key=lambda j: sizes[j])
             fold_of[part] = k
             sizes[k] += len(members[part])
-        total = sum(sizes)
+        dealt.append((order, pinned, fold_of, sum(sizes)))
+    per_fold = [sum(1 for _, _, fold_of, _ in dealt for k in fold_of.values() if k == j) for j in range(folds)]
+    if 0 in per_fold:  # a fold without a part has nothing to hold out: its run would judge nothing
+        largest = max(len(order) for order, _, _, _ in dealt)
+        raise InputError(f"--folds {folds}: fold {per_fold.index(0)} would hold no part (the data has "
+                         f"{len(members)} parts, at most {largest} of one class); use at most {largest} folds")
+    for order, pinned, fold_of, total in dealt:
         in_validation = 0
         for part in pinned + [p for p in order if p not in pinned]:
             names = [samples[i].name for i in members[part]]
