@@ -592,7 +592,7 @@ def _fuse(args: argparse.Namespace, validation, judged: list[dict], holdout, rec
     with the segmenter's verdict and the labels beside the fused verdict); writes ``holdout-fused.json``."""
     from engines.acceptance import breakdown, class_recall, false_alarm_rate
     from engines.evaluate import image_level_metrics
-    from engines.fusion import classifier_scores, fused_verdicts, learn_label_thresholds
+    from engines.fusion import classifier_scores, fused_verdicts, fusion_notes, learn_label_thresholds
 
     def in_order(samples, recs):
         by_name = {r["name"]: r for r in recs}
@@ -630,6 +630,9 @@ def _fuse(args: argparse.Namespace, validation, judged: list[dict], holdout, rec
           f"{learned['thresholds']} -> fused F1 {v['f1']} (FP {v['fp']}, FN {v['fn']}; segmenter alone "
           f"{learned['segmenter']['f1']}); held-out fused F1 {metrics['f1']} ({holdout_figures['fixed']} misses "
           f"caught, {holdout_figures['new_false_alarms']} new false alarms)", file=sys.stderr)
+    for note in fusion_notes(learned["thresholds"], sorted({r.get("category") for r in [*val_recs, *hold_recs]
+                                                            if r["defective"] and r.get("category")})):
+        print(f"{args.classifier}: {note}", file=sys.stderr)
     return section, fused
 
 

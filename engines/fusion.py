@@ -27,7 +27,7 @@ highest of its patches'.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -80,6 +80,22 @@ def learn_label_thresholds(segmenter_fails, truth, scores: np.ndarray, classes: 
     return {"thresholds": {c: float(t) for c, t in zip(classes, thresholds)},
             "segmenter": image_level_metrics(list(truth), list(seg)),
             "fused": image_level_metrics(list(truth), list(fused_verdicts(seg, scores, thresholds)))}
+
+
+def fusion_notes(thresholds: Mapping[str, float], data_classes: Sequence[str]) -> list[str]:
+    """What a user of ``engines accept --classifier`` should know about the rule learned: no label switched on (the
+    fused verdict is the segmenter's), or a classifier whose classes are not the data's defect classes (its labels
+    then speak of other defects; fusion may still use them as a second opinion)."""
+    notes = []
+    if all(t >= OFF for t in thresholds.values()):
+        notes.append("no label helped on validation: every label stays off (threshold 1.0), so the fused verdict is "
+                     "the segmenter's")
+    foreign = sorted(set(thresholds) - set(data_classes))
+    if data_classes and foreign:
+        notes.append(f"the classifier's classes {sorted(thresholds)} are not all the data's defect classes "
+                     f"{sorted(data_classes)} ({', '.join(foreign)} are not); train it on this data "
+                     "(`engines train gr --data ...`) for labels that name these defects")
+    return notes
 
 
 def classifier_scores(weights: str | Path, images, patch: int = 0, overlap: int = 0, mode: str = "bank",

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.fusion import OFF, fused_verdicts, learn_label_thresholds
+from engines.fusion import OFF, fused_verdicts, fusion_notes, learn_label_thresholds
 from tests.conftest import TINY_GR_CLASSES
 from tests.engines.test_acceptance import ENGINES
 from tests.engines.test_data_train import make_generic_set
@@ -41,6 +41,14 @@ def test_labels_that_only_add_false_alarms_stay_off_so_fusion_never_does_worse_t
     assert perfect["thresholds"] == {"a": OFF, "b": OFF, "c": OFF}
     with pytest.raises(ValueError, match="3 segmenter verdicts for 4 images"):
         learn_label_thresholds(seg[:3], truth[:4], scores[:3], ("a", "b", "c"))
+
+
+def test_the_notes_say_when_no_label_helps_and_when_the_classifier_knows_other_defects():
+    assert fusion_notes({"crack": 0.3, "break": OFF}, ["break", "crack"]) == []
+    (off,) = fusion_notes({"crack": OFF, "break": OFF}, ["break", "crack"])
+    assert "every label stays off" in off and "the fused verdict is the segmenter's" in off
+    (foreign,) = fusion_notes({"inclusion": 0.2, "crack": 0.5}, ["break", "crack"])
+    assert "inclusion are not" in foreign and "engines train gr" in foreign
 
 
 @pytest.fixture
