@@ -250,10 +250,18 @@ class SegmentationHooks(TrainingHooks):
         self.device = self.amp_dtype = None
 
     def start_phase(self, phase: Phase, optimizer, loop: TrainingLoop) -> None:
+        from engines.weights import WEIGHTS_FILE
+
         s = self.settings
         self.device, self.amp_dtype, self.main_process = loop.device, loop.amp_dtype, loop.main_process
         self.start_epoch = loop.done.get(phase.number, 0)
         self.best = _best_so_far(loop.history)
+        if self.best is not None and not (Path(s.out) / "best" / WEIGHTS_FILE).is_file():
+            log.warning("%s holds no weights, though epoch %s (validation F1 %s) was written there: it was deleted "
+                        "or moved. best/ will hold the best of the epochs from here on; put the old folder back "
+                        "first to keep it", Path(s.out) / "best", self.best.get("epoch"),
+                        self.best.get("best_f1", self.best.get("f1")))
+            self.best = None
         self.parts = StepParts(self.spec, loop.device, segmentation_loss(s.loss), s.aux_weight, optimizer,
                                loop.scaler, loop.amp_dtype, s.channels_last)
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 
 import cv2
 import numpy as np
@@ -102,7 +104,7 @@ def test_sampler_pads_images_smaller_than_a_tile(tmp_path):
 
 
 @pytest.mark.slow
-def test_training_writes_weights_and_resumes_from_its_checkpoint(tmp_path):
+def test_training_writes_weights_and_resumes_from_its_checkpoint(tmp_path, caplog):
     from engines.backends.base import load_engine
     from engines.train import TrainSettings, train_segmentation
 
@@ -119,6 +121,14 @@ def test_training_writes_weights_and_resumes_from_its_checkpoint(tmp_path):
     assert config["model"] == "bffn" and config["tile"] == 128
     engine = load_engine(tmp_path / "run", "onnxruntime", threads=1)
     assert engine.infer(np.zeros((1, 1, 128, 128), np.float32)).shape == (1, 2, 128, 128)
+
+    shutil.rmtree(tmp_path / "run" / "best")  # lost between sessions: the next epoch writes it again, whatever its F1
+    settings.epochs = 3
+    with caplog.at_level(logging.WARNING, logger="engines.train"):
+        train_segmentation(settings, progress=False)
+    assert "holds no weights, though epoch" in caplog.text
+    best = json.loads((tmp_path / "run" / "best" / "config.json").read_text())
+    assert best["training"]["epoch"] == 3
 
 
 def test_image_level_metrics_follow_the_paper_definitions():
