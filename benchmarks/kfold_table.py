@@ -1,5 +1,6 @@
 """The k-fold table of issue 25: each arm's `engines accept` reports over the folds of a split by part, held-out
-figures added up over the folds (every image is held out once), beside each fold's own F1.
+figures added up over the folds (every image is held out once), beside each fold's own F1, and each arm against the
+reference (``ref``) image by image on the held-out images both have judged (exact McNemar p over all those folds).
 
 The reports are ``RUNS/accept-ARM-fI/acceptance.json`` (as ``benchmarks/issue25_kfold.sh`` writes them); a report of
 ``engines accept --classifier`` counts its fused verdicts. An arm missing some folds is shown with the folds it has.
@@ -14,12 +15,14 @@ import re
 import sys
 from pathlib import Path
 
+from engines.acceptance import paired_comparison
 from engines.evaluate import image_level_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks beside it: one writer for both tables
 from lever_table import write_tables  # noqa: E402
 
 REPORT = re.compile(r"^accept-(?P<arm>.+)-f(?P<fold>\d+)$")
+REFERENCE = "ref"
 
 
 def collect(runs: Path) -> dict[str, dict[int, dict]]:
@@ -29,8 +32,29 @@ def collect(runs: Path) -> dict[str, dict[int, dict]]:
         found = REPORT.match(folder.name)
         if found and (folder / "acceptance.json").is_file():
             report = json.loads((folder / "acceptance.json").read_text())
+            report["folder"] = str(folder)
             arms.setdefault(found["arm"], {})[int(found["fold"])] = report
     return arms
+
+
+def held_out_verdicts(report: dict) -> list[dict]:
+    """The per-image held-out records beside a report (``holdout-fused.json`` for a fused report), or []."""
+    name = "holdout-fused.json" if report.get("classifier") else "holdout.json"
+    path = Path(report.get("folder", "")) / name
+    return json.loads(path.read_text()).get("images_detail", []) if path.is_file() else []
+
+
+def against_reference(reports: dict[int, dict], reference: dict[int, dict]) -> dict | None:
+    """An arm against the reference on the held-out images of the folds both have finished, image by image
+    (:func:`engines.acceptance.paired_comparison`), with the folds it covers; None without a common fold."""
+    folds = sorted(set(reports) & set(reference))
+    arm, ref = [], []
+    for fold in folds:
+        arm += held_out_verdicts(reports[fold])
+        ref += held_out_verdicts(reference[fold])
+    if not arm or not ref:
+        return None
+    return {"folds": folds, **paired_comparison(arm, ref, verdict="verdict")}
 
 
 def pooled(reports: dict[int, dict]) -> dict:
@@ -60,13 +84,17 @@ def pooled(reports: dict[int, dict]) -> dict:
 
 def markdown(table: dict[str, dict]) -> str:
     lines = ["| arm | folds | held-out images | P / R / F1 (added up) | false alarms | each fold's held-out F1 | "
-             "recall per class |", "|" + " --- |" * 7]
+             "recall per class | against the reference, image by image |", "|" + " --- |" * 8]
     for arm, s in table.items():
         images = s["tp"] + s["fp"] + s["fn"] + s["tn"]
         folds = ", ".join(f"{v['holdout_f1']}" for _, v in sorted(s["per_fold"].items()))
         classes = ", ".join(f"{c} {r}" for c, r in s["class_recall"].items())
+        paired = s.get("against_reference")
+        versus = (f"+{paired['fixed']} / -{paired['broken']}, p = {paired['p_value']} ({paired['images']} images)"
+                  if paired else "-")
         lines.append(f"| {arm} | {len(s['folds'])} | {images} | {s['precision']} / {s['recall']} / **{s['f1']}** | "
-                     f"{s['fp']} of {s['fp'] + s['tn']} ({s['false_alarm_rate']:.1%}) | {folds} | {classes} |")
+                     f"{s['fp']} of {s['fp'] + s['tn']} ({s['false_alarm_rate']:.1%}) | {folds} | {classes} | "
+                     f"{versus} |")
     return "\n".join(lines) + "\n"
 
 
@@ -82,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     table = {arm: pooled(reports) for arm, reports in arms.items()}
+    for arm, reports in arms.items():
+        if arm != REFERENCE and REFERENCE in arms:
+            table[arm]["against_reference"] = against_reference(reports, arms[REFERENCE])
     write_tables(markdown(table), table, args.out, args.json)
     return 0
 

@@ -110,13 +110,14 @@ def beats(candidate: dict, reference: dict) -> bool:
     return (candidate["f1"], -candidate["fp_fn"]) > (reference["f1"], -reference["fp_fn"])
 
 
-def paired_comparison(candidate: list[dict], reference: list[dict]) -> dict:
+def paired_comparison(candidate: list[dict], reference: list[dict], verdict: str = "best_rule_verdict") -> dict:
     """The two weights' verdicts on the same images, each under its own learned rule (``best_rule_verdict`` of the
-    validation records): how many images the candidate judges right where the reference is wrong (``fixed``), the
-    reverse (``broken``), and the exact two-sided McNemar p-value of that split. A small validation part often
-    separates weights by one or two images; p says whether such a difference is more than chance."""
-    ref = {r["name"]: (r["best_rule_verdict"] == "FAIL") == r["defective"] for r in reference}
-    cand = {r["name"]: (r["best_rule_verdict"] == "FAIL") == r["defective"] for r in candidate}
+    validation records; ``verdict="verdict"``: the held-out records' verdicts): how many images the candidate judges
+    right where the reference is wrong (``fixed``), the reverse (``broken``), and the exact two-sided McNemar
+    p-value of that split. A small validation part often separates weights by one or two images; p says whether
+    such a difference is more than chance."""
+    ref = {r["name"]: (r[verdict] == "FAIL") == r["defective"] for r in reference}
+    cand = {r["name"]: (r[verdict] == "FAIL") == r["defective"] for r in candidate}
     if set(cand) != set(ref):
         raise ValueError("the candidate and the reference were judged on different images")
     fixed = sum(cand[n] and not ref[n] for n in ref)

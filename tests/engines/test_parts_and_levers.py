@@ -471,15 +471,29 @@ def test_the_kfold_table_adds_up_held_out_counts_over_folds_and_counts_fused_ver
     for name, body in reports.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "acceptance.json").write_text(json.dumps(body))
-    (tmp_path / "accept-ref-f0").mkdir()  # a fold still running: no report yet, left out
+    (tmp_path / "accept-ref-f1").mkdir()  # a fold still running: no report yet, left out
+    (tmp_path / "accept-ref-f0").mkdir()
+    (tmp_path / "accept-ref-f0" / "acceptance.json").write_text(json.dumps(report(6, 4, 4, 16, 0, 0.6)))
+
+    def detail(folder, verdicts):  # the held-out images of fold 0: a, b defective; c, d, e defect-free
+        rows = [{"name": n, "defective": n in "ab", "verdict": v} for n, v in zip("abcde", verdicts)]
+        (tmp_path / folder / "holdout.json").write_text(json.dumps({"images_detail": rows}))
+
+    detail("accept-ref-f0", ["PASS", "PASS", "FAIL", "FAIL", "PASS"])  # 3 wrong: a, b, c, d
+    detail("accept-exposure-f0", ["FAIL", "PASS", "PASS", "PASS", "FAIL"])  # fixes a, c, d; breaks e
     out = tmp_path / "kfold.md"
     assert kfold_table.main([str(tmp_path), "--out", str(out), "--json", str(tmp_path / "k.json")]) == 0
     table = json.loads((tmp_path / "k.json").read_text())
-    assert set(table) == {"exposure", "exposure-gr"}
+    assert set(table) == {"ref", "exposure", "exposure-gr"}
+    assert table["exposure"]["against_reference"] == {"folds": [0], "images": 5, "fixed": 3, "broken": 1,
+                                                      "p_value": 0.625}
+    assert "against_reference" not in table["ref"] and table["exposure-gr"]["against_reference"] is None
+    assert "+3 / -1, p = 0.625 (5 images)" in out.read_text()
     exposure = table["exposure"]
     assert (exposure["tp"], exposure["fp"], exposure["fn"], exposure["tn"]) == (17, 1, 3, 39)
     assert exposure["recall"] == 0.85 and exposure["false_alarm_rate"] == 0.025
     assert exposure["class_recall"] == {"uneven": "1/6"} and exposure["folds"] == [0, 1]
     assert (table["exposure-gr"]["tp"], table["exposure-gr"]["fp"]) == (10, 3), "fused verdicts are counted"
     assert "| exposure | 2 | 60 | 0.9444 / 0.85 / **0.8947** | 1 of 40 (2.5%) | 0.84, 0.95 |" in out.read_text()
+    assert "| ref | 1 | 30 |" in out.read_text()
     assert kfold_table.main([str(tmp_path / "nowhere")]) == 2
