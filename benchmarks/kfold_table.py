@@ -1,6 +1,7 @@
 """The k-fold table of issue 25: each arm's `engines accept` reports over the folds of a split by part, held-out
 figures added up over the folds (every image is held out once), beside each fold's own F1, and each arm against the
-reference (``ref``) image by image on the held-out images both have judged (exact McNemar p over all those folds).
+reference (``ref``) image by image on the held-out images both have judged (exact McNemar p over all those folds),
+and issue 25's goals judged on all of an arm's held-out images together (its per-image records of every fold).
 
 The reports are ``RUNS/accept-ARM-fI/acceptance.json`` (as ``benchmarks/issue25_kfold.sh`` writes them); a report of
 ``engines accept --classifier`` counts its fused verdicts. An arm missing some folds is shown with the folds it has.
@@ -15,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-from engines.acceptance import paired_comparison
+from engines.acceptance import Goals, breakdown, held_out_goals, paired_comparison
 from engines.evaluate import image_level_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks beside it: one writer for both tables
@@ -82,6 +83,48 @@ def pooled(reports: dict[int, dict]) -> dict:
             "per_fold": per_fold}
 
 
+def goals_over_folds(reports: dict[int, dict]) -> dict | None:
+    """Issue 25's goals (:class:`engines.acceptance.Goals`) judged on the per-image held-out records of all of an
+    arm's folds together, with the recall and false alarms per exposure; None when a fold's records are missing.
+    Pixel IoU is the folds' mean weighted by their held-out images (it is a figure of each fold's masks)."""
+    records, iou, images = [], 0.0, 0
+    for _, report in sorted(reports.items()):
+        rows = held_out_verdicts(report)
+        if not rows:
+            return None
+        records += rows
+        held = report["holdout"]
+        iou += held.get("pixel_iou", 0.0) * len(rows)
+        images += len(rows)
+    metrics = image_level_metrics([r["defective"] for r in records], [r["verdict"] == "FAIL" for r in records])
+    metrics["pixel_iou"] = round(iou / images, 4)
+    exposures = breakdown(records, "exposure")
+    return {"goals": held_out_goals(metrics, records, Goals()),
+            "by_exposure": {e: f"{row['found']}/{row['defective']}, {row['false_alarms']}/{row['clean']}"
+                            for e, row in exposures.items()}}
+
+
+def goals_markdown(table: dict[str, dict]) -> str:
+    """One row per arm whose every fold has its per-image records: each goal's value, and whether it is met."""
+    judged = {arm: s["goals_over_folds"] for arm, s in table.items() if s.get("goals_over_folds")}
+    if not judged:
+        return ""
+    names = list(dict.fromkeys(g["goal"] for j in judged.values() for g in j["goals"]))
+    lines = ["", "Issue 25's goals on all held-out images of the folds together (met: **bold**):", "",
+             "| arm | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 1)]
+    for arm, j in judged.items():
+        by_name = {g["goal"]: g for g in j["goals"]}
+        cells = [("-" if n not in by_name else f"**{by_name[n]['value']}**" if by_name[n]["met"]
+                  else f"{by_name[n]['value']}") for n in names]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    exposures = sorted({e for j in judged.values() for e in j["by_exposure"]})
+    lines += ["", "Held-out recall, false alarms per exposure over the folds:", "",
+              "| arm | " + " | ".join(f"exp{e}" for e in exposures) + " |", "|" + " --- |" * (len(exposures) + 1)]
+    for arm, j in judged.items():
+        lines.append(f"| {arm} | " + " | ".join(j["by_exposure"].get(e, "-") for e in exposures) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(table: dict[str, dict]) -> str:
     lines = ["| arm | folds | held-out images | P / R / F1 (added up) | false alarms | each fold's held-out F1 | "
              "recall per class | against the reference, image by image |", "|" + " --- |" * 8]
@@ -109,11 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no accept-ARM-fI/acceptance.json under {args.runs}; run benchmarks/issue25_kfold.sh first",
               file=sys.stderr)
         return 2
-    table = {arm: pooled(reports) for arm, reports in arms.items()}
+    table = {arm: {**pooled(reports), "goals_over_folds": goals_over_folds(reports)} for arm, reports in arms.items()}
     for arm, reports in arms.items():
         if arm != REFERENCE and REFERENCE in arms:
             table[arm]["against_reference"] = against_reference(reports, arms[REFERENCE])
-    write_tables(markdown(table), table, args.out, args.json)
+    write_tables(markdown(table) + goals_markdown(table), table, args.out, args.json)
     return 0
 
 

@@ -475,12 +475,14 @@ def test_the_kfold_table_adds_up_held_out_counts_over_folds_and_counts_fused_ver
     (tmp_path / "accept-ref-f0").mkdir()
     (tmp_path / "accept-ref-f0" / "acceptance.json").write_text(json.dumps(report(6, 4, 4, 16, 0, 0.6)))
 
-    def detail(folder, verdicts):  # the held-out images of fold 0: a, b defective; c, d, e defect-free
-        rows = [{"name": n, "defective": n in "ab", "verdict": v} for n, v in zip("abcde", verdicts)]
+    def detail(folder, verdicts, names="abcde"):  # a, b, f, g defective (uneven); the others defect-free
+        rows = [{"name": n, "defective": n in "abfg", "category": "uneven" if n in "abfg" else None,
+                 "exposure": 1 + i % 2, "verdict": v} for i, (n, v) in enumerate(zip(names, verdicts))]
         (tmp_path / folder / "holdout.json").write_text(json.dumps({"images_detail": rows}))
 
     detail("accept-ref-f0", ["PASS", "PASS", "FAIL", "FAIL", "PASS"])  # 3 wrong: a, b, c, d
     detail("accept-exposure-f0", ["FAIL", "PASS", "PASS", "PASS", "FAIL"])  # fixes a, c, d; breaks e
+    detail("accept-exposure-f1", ["FAIL", "FAIL", "PASS", "PASS", "PASS"], names="fghij")
     out = tmp_path / "kfold.md"
     assert kfold_table.main([str(tmp_path), "--out", str(out), "--json", str(tmp_path / "k.json")]) == 0
     table = json.loads((tmp_path / "k.json").read_text())
@@ -489,6 +491,12 @@ def test_the_kfold_table_adds_up_held_out_counts_over_folds_and_counts_fused_ver
                                                       "p_value": 0.625}
     assert "against_reference" not in table["ref"] and table["exposure-gr"]["against_reference"] is None
     assert "+3 / -1, p = 0.625 (5 images)" in out.read_text()
+    judged = table["exposure"]["goals_over_folds"]  # the 10 records of both folds: 3 of 4 found, 1 of 6 false alarms
+    goals = {g["goal"]: (g["value"], g["met"]) for g in judged["goals"]}
+    assert goals["image-level F1"] == (0.75, False) and goals["false alarms on defect-free images"] == (0.1667, False)
+    assert judged["by_exposure"] == {"1": "2/2, 1/4", "2": "1/2, 0/2"}
+    assert table["exposure-gr"]["goals_over_folds"] is None, "no per-image records: not judged"
+    assert "| exposure | 0.75 | 0.1667 |" in out.read_text() and "| ref | " in out.read_text()
     exposure = table["exposure"]
     assert (exposure["tp"], exposure["fp"], exposure["fn"], exposure["tn"]) == (17, 1, 3, 39)
     assert exposure["recall"] == 0.85 and exposure["false_alarm_rate"] == 0.025
