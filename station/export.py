@@ -6,6 +6,7 @@ For example::
     export("station-data/rejects.db", "csv", "defects.csv", per_defect=True, absolute_paths=True)
     export("postgresql://qa@db.factory/fleet", "csv", "line3.csv", station="line-3")
     export("station-data/rejects.db", "json", "-", part_id="P-1")     # the part with serial P-1
+    export("station-data/rejects.db", "csv", "promotions.csv", promotions=True)  # which weights went on, by whom
 
 ``--db postgresql://...`` reads the fleet database (docs/FLEET.md) instead of a station's log: the same columns
 (``id`` is the station's row id), then the central ones (image size and SHA-256, where a copy went, when forwarded).
@@ -26,7 +27,9 @@ from typing import Any
 
 from station.errors import RejectLogError, StationError
 from station.rejectlog import (COLUMNS, IDENTITY_FILTERS, VerdictFilter, check_times, decode_labels, fetch_reviews,
-                               fetch_rows, open_readonly, review_finding, write_atomically)
+                               fetch_rows, open_readonly, parse_time, review_finding, write_atomically)
+from station.shadow_report import fetch_promotions
+from station.shadow_tables import PROMOTION_COLUMNS
 
 #: The columns of ``--per-defect``: the part's own columns, then the defect's.
 PART_COLUMNS = ("id", "time_utc", "station_id", "run_id", "part_id", "meas_id", "product_id", "job_id", "source",
@@ -114,10 +117,45 @@ def is_fleet_url(db: str | Path) -> bool:
     return str(db).startswith(("postgresql://", "postgres://"))
 
 
+def promotion_rows(db_path: str | Path, since: str | datetime | None = None, until: str | datetime | None = None,
+                   station: str | None = None) -> list[dict[str, Any]]:
+    """The promotions recorded in the log at ``db_path`` (``station promote``, a restart with other weights, an OPC
+    UA PrepareRecipe), oldest first, with ``summary`` decoded; ``since``/``until``/``station`` as for the parts (a
+    bare ``until`` date includes that day)."""
+    start = parse_time(since)[0] if since is not None else None
+    end, whole_day = parse_time(until) if until is not None else (None, False)
+    conn = open_readonly(Path(db_path))
+    try:
+        rows = fetch_promotions(conn)
+    finally:
+        conn.close()
+    picked = []
+    for row in rows:
+        moment = parse_time(row["time_utc"])[0]
+        if ((start is None or moment >= start) and (end is None or (moment.date() <= end.date() if whole_day
+                                                                    else moment <= end))
+                and (station is None or row["station_id"] == station)):
+            picked.append(row)
+    return picked
+
+
+def promotions_refused(db_path: str | Path, *, verdict: str = "all", **part_options: Any) -> str | None:
+    """Why ``--promotions`` cannot run with these options (they select parts, or the fleet database has no
+    promotions), or None."""
+    flags = [f"--{name.replace('_', '-')}" for name, value in part_options.items() if value]
+    flags += ["--verdict"] if str(getattr(verdict, "value", verdict)).lower() != "all" else []
+    if not flags and not is_fleet_url(db_path):
+        return None
+    return ("--promotions exports the promotions of a station's log (--since, --until and --station apply); "
+            + (f"drop {', '.join(flags)}: they select parts" if flags else
+               "the fleet database holds no promotions: give the station's log"))
+
+
 def export(db_path: str | Path, fmt: str, out_path: str | Path, since: str | datetime | None = None,
            until: str | datetime | None = None, verdict: str = "all", *, per_defect: bool = False,
            absolute_paths: bool = False, station: str | None = None, part_id: str | None = None,
-           meas_id: str | None = None, product_id: str | None = None, reviews: bool = False) -> int:
+           meas_id: str | None = None, product_id: str | None = None, reviews: bool = False,
+           promotions: bool = False) -> int:
     """Write the matching rows to ``out_path`` (``"-"`` = stdout) as CSV or JSON; return the number written.
 
     CSV has one column per database column. JSON is an array of objects with the same keys, except that
@@ -130,6 +168,8 @@ def export(db_path: str | Path, fmt: str, out_path: str | Path, since: str | dat
     ``reviews``: each row (and each defect row) also carries :data:`REVIEW_EXPORT_COLUMNS`, its latest review; in
     JSON each part also has ``reviews``, all its reviews oldest first (``id``, ``time_utc``, ``reviewer``, ``mark``,
     ``finding``, ``note``). From the fleet database, the reviews its forwarders sent (migration 005).
+    ``promotions``: the promotions instead of the parts (:func:`promotion_rows`, columns
+    :data:`~station.shadow_tables.PROMOTION_COLUMNS`; in JSON ``summary_json`` is the decoded ``summary``).
     """
     filters = {"station": station, "part_id": part_id, "meas_id": meas_id, "product_id": product_id}
     try:
@@ -137,6 +177,22 @@ def export(db_path: str | Path, fmt: str, out_path: str | Path, since: str | dat
     except ValueError:
         raise RejectLogError(f"format {fmt!r} is not allowed; use csv or json") from None
     columns = list(COLUMNS)
+    if promotions:
+        refused = promotions_refused(db_path, per_defect=per_defect, reviews=reviews, absolute_paths=absolute_paths,
+                                     verdict=verdict, part_id=part_id, meas_id=meas_id, product_id=product_id)
+        if refused:
+            raise RejectLogError(refused)
+        items = promotion_rows(db_path, since, until, station)
+        buffer = io.StringIO()
+        if kind is ExportFormat.CSV:
+            writer = csv.writer(buffer, lineterminator="\n")
+            writer.writerow(PROMOTION_COLUMNS)
+            writer.writerows([json.dumps(row["summary"]) if c == "summary_json" else row[c] for c in PROMOTION_COLUMNS]
+                             for row in items)
+        else:
+            json.dump(items, buffer, indent=1)
+            buffer.write("\n")
+        return _write(buffer, out_path, len(items))
     if is_fleet_url(db_path):
         from station.fleet.central import central_columns, fetch_central
 
@@ -182,6 +238,11 @@ def export(db_path: str | Path, fmt: str, out_path: str | Path, since: str | dat
         json.dump(items, buffer, indent=1)
         buffer.write("\n")
         count = len(rows)
+    return _write(buffer, out_path, count)
+
+
+def _write(buffer: io.StringIO, out_path: str | Path, count: int) -> int:
+    """The export to ``out_path`` (``"-"``: standard output), written whole or not at all; returns ``count``."""
     if str(out_path) == "-":
         sys.stdout.write(buffer.getvalue())
         sys.stdout.flush()
@@ -232,6 +293,11 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                              "review_time_utc, review_note, and review_count (empty and 0 when unreviewed); in JSON "
                              "each part also lists all its reviews, oldest first, as reviews; from the fleet "
                              "database too (the reviews the stations forwarded)")
+    parser.add_argument("--promotions", action="store_true",
+                        help="export the promotions instead of the parts: when which weights and rule went on the "
+                             "line, by whom, via what (station promote, a restart with other weights, an OPC UA "
+                             "PrepareRecipe), from which engine, with the shadow's evidence; --since, --until and "
+                             "--station apply")
     parser.add_argument("--out", required=True, metavar="FILE", help="output file, or - for standard output")
 
 
@@ -257,16 +323,24 @@ def run_export(args: argparse.Namespace) -> int:
     except RejectLogError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    refused = getattr(args, "promotions", False) and promotions_refused(
+        args.db, verdict=args.verdict, per_defect=getattr(args, "per_defect", False),
+        reviews=getattr(args, "reviews", False), absolute_paths=getattr(args, "absolute_paths", False),
+        **{key: getattr(args, key, None) for key in IDENTITY_FILTERS})
+    if refused:
+        print(f"{prog}: error: {refused}", file=sys.stderr)
+        return 2
     try:
         count = export(db, args.format, args.out, since=args.since, until=args.until, verdict=args.verdict,
                        per_defect=getattr(args, "per_defect", False),
                        absolute_paths=getattr(args, "absolute_paths", False), station=getattr(args, "station", None),
-                       reviews=getattr(args, "reviews", False),
+                       reviews=getattr(args, "reviews", False), promotions=getattr(args, "promotions", False),
                        **{key: getattr(args, key, None) for key in IDENTITY_FILTERS})
     except StationError as exc:  # RejectLogError, or FleetError from the fleet database
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     where = "standard output" if args.out == "-" else args.out
-    what = "defect(s)" if getattr(args, "per_defect", False) else "row(s)"
+    what = ("promotion(s)" if getattr(args, "promotions", False) else
+            "defect(s)" if getattr(args, "per_defect", False) else "row(s)")
     print(f"{prog}: {count} {what} from {db} written to {where}", file=sys.stderr)
     return 0

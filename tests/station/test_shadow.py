@@ -5,6 +5,7 @@ ledgers, the real `station` command in a subprocess."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from station.pipeline import Line
 from station.recipe import DEFAULT_SHADOW_SHARE, QueuePolicy, load_recipe, shipped_recipe_path
 from station.rejectlog import SCHEMA_VERSION, RejectLog, pass_sampled
 from station.shadow import Candidate, ShadowWorker, candidate_recipe
+from station.shadow_tables import PROMOTION_COLUMNS
 from station.sources import ReplaySource
 from tests.station.test_cli import SAMPLES, run_station
 from tests.station.waiting import wait_until
@@ -429,6 +431,25 @@ def test_station_promote_records_who_what_and_the_shadow_report(ledger, lenient,
     forced = run_station("promote", "--db", str(ledger), "--recipe", str(never), "--force", "--json")
     assert forced.returncode == 0, forced.stderr
     assert json.loads(forced.stdout)["candidate"] is None  # recorded as never shadowed so
+
+    # QA exports the promotions beside the parts: the same rows the report gives, in CSV and JSON
+    exported = run_station("export", "--db", str(ledger), "--format", "json", "--promotions", "--out", "-")
+    assert exported.returncode == 0 and "2 promotion(s)" in exported.stderr, exported.stderr
+    assert json.loads(exported.stdout) == json.loads(run_station("shadow", "report", "--db", str(ledger),
+                                                                 "--json").stdout)["promotions"]
+    as_csv = tmp_path / "promotions.csv"
+    assert run_station("export", "--db", str(ledger), "--format", "csv", "--promotions", "--station", promotion["station_id"],
+                       "--until", promotion["time_utc"][:10], "--out", str(as_csv)).returncode == 0
+    rows = list(csv.DictReader(as_csv.open()))
+    assert [(r["promoted_by"], r["via"], r["to_sha256"]) for r in rows[:1]] == [
+        ("alice", "station promote", candidate["sha256"])] and len(rows) == 2
+    assert json.loads(rows[0]["summary_json"])["shadowed"] == candidate["shadowed"]
+    later = run_station("export", "--db", str(ledger), "--format", "csv", "--promotions", "--since", "2999-01-01",
+                        "--out", "-")
+    assert later.stdout.strip().split("\n") == [",".join(PROMOTION_COLUMNS)], "only the header: none that late"
+    mixed = run_station("export", "--db", str(ledger), "--format", "csv", "--promotions", "--per-defect",
+                        "--verdict", "fail", "--out", "-")
+    assert mixed.returncode == 2 and "drop --per-defect, --verdict: they select parts" in mixed.stderr
     with contextlib.closing(sqlite3.connect(ledger)) as con:
         for sql in ("UPDATE promotions SET promoted_by = 'bob'", "DELETE FROM promotions"):
             with pytest.raises(sqlite3.IntegrityError, match="append-only"):
