@@ -14,6 +14,7 @@ Examples::
     station export --db station-data/rejects.db --format csv --reviews --out reviewed.csv   # with the latest review
     station shadow report --db station-data/rejects.db        # a [shadow] candidate against the production engine
     station promote --db station-data/rejects.db --recipe my_product_v2.toml --by alice   # record the promotion
+    station export --db station-data/rejects.db --format csv --promotions --out promotions.csv   # engine changes
 
 Exit codes of `station run` and `station demo`:
   0    done (the source ended, or --max-frames was reached)
