@@ -20,6 +20,7 @@ import csv
 import enum
 import io
 import json
+import sqlite3
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -127,6 +128,8 @@ def promotion_rows(db_path: str | Path, since: str | datetime | None = None, unt
     conn = open_readonly(Path(db_path))
     try:
         rows = fetch_promotions(conn)
+    except sqlite3.Error as exc:
+        raise RejectLogError(f"cannot read the promotions of {db_path}: {exc}") from None
     finally:
         conn.close()
     picked = []
@@ -169,7 +172,7 @@ def export(db_path: str | Path, fmt: str, out_path: str | Path, since: str | dat
     JSON each part also has ``reviews``, all its reviews oldest first (``id``, ``time_utc``, ``reviewer``, ``mark``,
     ``finding``, ``note``). From the fleet database, the reviews its forwarders sent (migration 005).
     ``promotions``: the promotions instead of the parts (:func:`promotion_rows`, columns
-    :data:`~station.shadow_tables.PROMOTION_COLUMNS`; in JSON ``summary_json`` is the decoded ``summary``).
+    :data:`~station.shadow_tables.PROMOTION_COLUMNS`; JSON has the decoded ``summary`` in place of ``summary_json``).
     """
     filters = {"station": station, "part_id": part_id, "meas_id": meas_id, "product_id": product_id}
     try:
