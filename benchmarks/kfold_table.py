@@ -7,6 +7,7 @@ The reports are ``RUNS/accept-ARM-fI/acceptance.json`` (as ``benchmarks/issue25_
 ``engines accept --classifier`` counts its fused verdicts. An arm missing some folds is shown with the folds it has.
 
     python benchmarks/kfold_table.py runs/kfold --out docs/results/issue25/kfold.md --json docs/results/issue25/kfold.json
+    python benchmarks/kfold_table.py docs/results/issue25/kfold      # the finished folds copied into the repository
 """
 from __future__ import annotations
 
