@@ -197,7 +197,8 @@ def _demo(args: argparse.Namespace) -> int:
     if headless and args.max_frames is None:
         args.no_loop = True  # headless: one pass over the bundled frames, then the summary
     verdicts: dict[str, str] = {}
-    summary = run_station(_load_recipe(args), headless, args.max_frames, args.json,
+    recipe = _load_recipe(args)
+    summary = run_station(recipe, headless, args.max_frames, args.json,
                           on_result=lambda r: verdicts.__setitem__(r.frame.file or "", r.verdict.value),
                           drain_timeout_s=args.drain_timeout, operator=args.operator)
     truth_file = Path(args.source.partition(":")[2]) / "truth.csv"
@@ -209,6 +210,11 @@ def _demo(args: argparse.Namespace) -> int:
         for f, v in sorted(judged):
             if (v == "FAIL") != truth[f]:
                 print(f"    {f}: {v}, truth {'defective' if truth[f] else 'defect-free'}")
+        unjudged = len(set(truth) - set(verdicts))
+        if unjudged and headless and recipe.source.fps > 0:
+            print(f"  {unjudged} bundled frame(s) had no verdict: the replay delivers {recipe.source.fps:g} frames/s "
+                  "and this machine inspected slower, so the line dropped frames (each has its NOT_INSPECTED row); "
+                  "`station demo --fps 0` hands each frame over when the line is ready")
     return _report(summary)
 
 

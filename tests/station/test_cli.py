@@ -254,6 +254,17 @@ def test_demo_headless_replays_every_bundled_frame_once_and_scores_itself(demo_r
     assert "inspected 16 frames" in done.stdout
 
 
+def test_a_demo_faster_than_this_machine_says_why_frames_had_no_verdict(tmp_path):
+    done = subprocess.run([*STATION, "demo", "--headless", "--db", str(tmp_path / "fast.db"), "--fps", "200"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    line = next(l for l in done.stdout.splitlines() if "agreement with the ground truth" in l)
+    judged = int(line.rsplit("/", 1)[1])
+    assert judged < 16 and count_rows(tmp_path / "fast.db") == 16, "a dropped frame keeps its row"
+    assert f"{16 - judged} bundled frame(s) had no verdict: the replay delivers 200 frames/s" in done.stdout
+    assert "station demo --fps 0" in done.stdout
+
+
 DEMO_AGREEMENT_GOAL = 0.75  # issue 2: "good enough that the demo's verdicts are mostly right"
 
 
