@@ -6,8 +6,9 @@
 #   2. the exposure arm: 1,500 steps of --photometric exposure from the reference's best/, accepted against it;
 #   3. the second opinion: GR on whole images from the exposure arm's backbone, fused by `accept --classifier`.
 # Every step resumes from its checkpoint and a finished one is skipped, so the same command goes on across sessions
-# (about 2 hours a fold on 2 quiet cores). FOLDS="0 1" runs only those folds. Then:
-#   python benchmarks/kfold_table.py runs/kfold --out docs/results/issue25/kfold.md --json docs/results/issue25/kfold.json
+# (about 2 hours a fold on 2 quiet cores). FOLDS="0 1" runs only those folds. Each finished fold's reports,
+# per-image held-out records and training logs are copied into docs/results/issue25/kfold/ and the table
+# (docs/results/issue25/kfold.md, made by benchmarks/kfold_table.py from those copies) is written again: commit them.
 # From the repository root: nohup bash benchmarks/issue25_kfold.sh > runs/kfold.log 2>&1 &
 cd "$(dirname "$0")/.."
 DATA=../shared/data/magnetic-tile
@@ -50,5 +51,13 @@ for fold in ${FOLDS:-0 1 2 3 4}; do
     $PY accept --weights $ARM/best --classifier $GR --data $DATA --split $SPLIT \
       --out $RUNS/accept-exposure-gr-f$fold --threads 2 >> $RUNS/accept-exposure-gr-f$fold.log 2>&1
   fi
+  # the fold's reports and per-image records into the repository (commit them): the table is made from there
+  for f in $RUNS/accept-*-f$fold; do
+    mkdir -p docs/results/issue25/kfold/${f##*/}
+    cp $f/acceptance.json $f/holdout*.json docs/results/issue25/kfold/${f##*/}/
+  done
+  for run in ref exposure gr; do cp $RUNS/$run-f$fold/train.log docs/results/issue25/kfold/train-$run-f$fold.log; done
+  .venv/bin/python benchmarks/kfold_table.py docs/results/issue25/kfold --out docs/results/issue25/kfold.md \
+    --json docs/results/issue25/kfold.json
   step $fold "done"
 done
