@@ -131,7 +131,21 @@ def load_dataset(root: str | Path, limit: int = 0) -> list[SegSample]:
         )
     if not samples:
         raise DatasetError(f"no images found under {root}")
+    empty, marked = label_conflicts(samples)
+    for names, what in ((empty, "are in a defect class but their mask is empty (or missing)"),
+                        (marked, "are defect-free by their folder but their mask marks defect pixels")):
+        if names:
+            log.warning("%d image(s) of %s %s: %s%s. A segmenter cannot learn or find such a defect, and the "
+                        "image-level figures count it by its folder; check those masks", len(names), root, what,
+                        ", ".join(names[:5]), f" and {len(names) - 5} more" if len(names) > 5 else "")
     return samples
+
+
+def label_conflicts(samples: list[SegSample]) -> tuple[list[str], list[str]]:
+    """``(defective images whose mask is empty, defect-free images whose mask has pixels)``, by name: where the
+    image-level label (the class folder) and the mask disagree."""
+    return ([s.name for s in samples if s.defective and not s.mask.any()],
+            [s.name for s in samples if not s.defective and s.mask.any()])
 
 
 def read_split(path: str | Path) -> dict[str, list[str]]:

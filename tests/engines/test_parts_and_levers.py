@@ -93,6 +93,22 @@ def _write_folder(data, samples: list[SegSample]):
     return data
 
 
+def test_loading_warns_of_images_whose_class_and_mask_disagree(tmp_path, caplog):
+    import logging
+
+    from engines.data.segmentation import label_conflicts, load_dataset
+
+    samples = _tiles([("crack", [(1, 10), (2, 30)]), ("free", [(1, 90_000)])])
+    samples[1].mask[:] = False  # a crack image whose mask marks nothing (magnetic-tile has three such uneven ones)
+    data = _write_folder(tmp_path / "mt", samples)
+    (data / "MT_Crack" / "exp1_num_10.png").unlink()  # a defect image without its mask file reads as empty too
+    with caplog.at_level(logging.WARNING, logger="engines.data.segmentation"):
+        loaded = load_dataset(data)
+    assert label_conflicts(loaded) == (["MT_Crack/exp1_num_10.jpg", "MT_Crack/exp2_num_30.jpg"], [])
+    assert "2 image(s) of" in caplog.text and "are in a defect class but their mask is empty (or missing)" in caplog.text
+    assert "MT_Crack/exp2_num_30.jpg" in caplog.text and "check those masks" in caplog.text
+
+
 def test_a_split_by_part_keeps_every_view_of_a_part_on_one_side_and_pinned_parts_out_of_training():
     parts = [("crack", [(e, 1000 * p + 20 * e) for e in range(1, 7)]) for p in range(10)]
     parts += [("free", [(e, 500_000 + 1000 * p + 20 * e) for e in range(1, 4)]) for p in range(20)]
