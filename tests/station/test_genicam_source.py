@@ -248,7 +248,8 @@ def test_reconnects_after_a_disconnect_without_ending_iteration(kind: str, caplo
     assert any("connected -> lost" in m for m in transitions)
     assert any("lost -> reconnecting" in m for m in transitions)
     assert any("reconnecting -> connected" in m for m in transitions)
-    assert frames[-1].meta["block_id"] < frames[count_at_disconnect - 1].meta["block_id"] + 10  # restarted
+    blocks = [f.meta["block_id"] for f in frames]  # the reopened stream counts its blocks from the start again
+    assert sum(b < a for a, b in zip(blocks, blocks[1:])) == 1, blocks
     # ... but frame ids keep counting across the reconnect, the outage's estimated frames skipped
     ids = [f.frame_id for f in frames]
     assert all(b > a for a, b in zip(ids, ids[1:])), ids
