@@ -119,7 +119,9 @@ def test_a_stop_signal_mid_run_drains_records_every_acquired_frame_and_prints_th
     assert proc.returncode == code, err
     summary = json.loads(out)
     assert summary["signal"] == signal.Signals(signum).name and summary["line_state"] == "stopped"
-    assert summary["inspected"] >= 3 and summary["refused"] == 0 and summary["failure"] is None
+    # 3 rows were in before the signal; on a busy machine some are frames the queue dropped (NOT_INSPECTED rows)
+    assert summary["acquired"] >= 3 and summary["inspected"] >= 1
+    assert summary["refused"] == 0 and summary["failure"] is None
     assert summary["acquired"] == summary["passed"] + summary["failed"] + summary["not_inspected"]
     assert count_rows(db) == summary["acquired"] + summary["gap_rows"] == summary["recorded"], \
         "every frame acquired before the signal must have its row"
