@@ -28,7 +28,7 @@ from typing import Any
 
 from station.errors import RejectLogError, StationError
 from station.rejectlog import (COLUMNS, IDENTITY_FILTERS, VerdictFilter, check_times, decode_labels, fetch_reviews,
-                               fetch_rows, open_readonly, parse_time, review_finding, write_atomically)
+                               fetch_rows, open_readonly, review_finding, row_filter, write_atomically)
 from station.shadow_report import fetch_promotions
 from station.shadow_tables import PROMOTION_COLUMNS
 
@@ -123,23 +123,14 @@ def promotion_rows(db_path: str | Path, since: str | datetime | None = None, unt
     """The promotions recorded in the log at ``db_path`` (``station promote``, a restart with other weights, an OPC
     UA PrepareRecipe), oldest first, with ``summary`` decoded; ``since``/``until``/``station`` as for the parts (a
     bare ``until`` date includes that day)."""
-    start = parse_time(since)[0] if since is not None else None
-    end, whole_day = parse_time(until) if until is not None else (None, False)
+    where, params = row_filter(since, until, "all", station)  # the parts' time and station semantics
     conn = open_readonly(Path(db_path))
     try:
-        rows = fetch_promotions(conn)
+        return fetch_promotions(conn, where, params)
     except sqlite3.Error as exc:
         raise RejectLogError(f"cannot read the promotions of {db_path}: {exc}") from None
     finally:
         conn.close()
-    picked = []
-    for row in rows:
-        moment = parse_time(row["time_utc"])[0]
-        if ((start is None or moment >= start) and (end is None or (moment.date() <= end.date() if whole_day
-                                                                    else moment <= end))
-                and (station is None or row["station_id"] == station)):
-            picked.append(row)
-    return picked
 
 
 def promotions_refused(db_path: str | Path, *, verdict: str = "all", **part_options: Any) -> str | None:

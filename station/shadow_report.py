@@ -19,7 +19,7 @@ import json
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from station.errors import RejectLogError
 from station.rejectlog import open_readonly
@@ -131,12 +131,14 @@ def pick_candidates(conn: sqlite3.Connection, wanted: str | None) -> list[str]:
     return chosen
 
 
-def fetch_promotions(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    """Every promotion recorded, oldest first, its ``summary`` decoded (``[]`` before schema 7)."""
+def fetch_promotions(conn: sqlite3.Connection, where: str = "",
+                     params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """Every promotion recorded (or those a ``WHERE`` clause with its parameters picks, as
+    :func:`station.rejectlog.row_filter` writes it), oldest first, its ``summary`` decoded (``[]`` before schema 7)."""
     if not has_table(conn, "promotions"):
         return []
     found = [dict(zip(PROMOTION_COLUMNS, row)) for row in
-             conn.execute(f"SELECT {', '.join(PROMOTION_COLUMNS)} FROM promotions ORDER BY id")]
+             conn.execute(f"SELECT {', '.join(PROMOTION_COLUMNS)} FROM promotions{where} ORDER BY id", params)]
     for item in found:
         item["summary"] = json.loads(item.pop("summary_json"))
     return found
