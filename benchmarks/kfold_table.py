@@ -34,15 +34,15 @@ def collect(runs: Path) -> dict[str, dict[int, dict]]:
         found = REPORT.match(folder.name)
         if found and (folder / "acceptance.json").is_file():
             report = json.loads((folder / "acceptance.json").read_text())
-            report["folder"] = str(folder)
+            report["records"] = held_out_verdicts(folder, report)
             arms.setdefault(found["arm"], {})[int(found["fold"])] = report
     return arms
 
 
-def held_out_verdicts(report: dict) -> list[dict]:
-    """The per-image held-out records beside a report (``holdout-fused.json`` for a fused report), or []."""
-    name = "holdout-fused.json" if report.get("classifier") else "holdout.json"
-    path = Path(report.get("folder", "")) / name
+def held_out_verdicts(folder: Path, report: dict) -> list[dict]:
+    """The per-image held-out records beside a report in ``folder`` (``holdout-fused.json`` for a fused report),
+    or []."""
+    path = folder / ("holdout-fused.json" if report.get("classifier") else "holdout.json")
     return json.loads(path.read_text()).get("images_detail", []) if path.is_file() else []
 
 
@@ -52,8 +52,8 @@ def against_reference(reports: dict[int, dict], reference: dict[int, dict]) -> d
     folds = sorted(set(reports) & set(reference))
     arm, ref = [], []
     for fold in folds:
-        arm += held_out_verdicts(reports[fold])
-        ref += held_out_verdicts(reference[fold])
+        arm += reports[fold]["records"]
+        ref += reference[fold]["records"]
     if not arm or not ref:
         return None
     return {"folds": folds, **paired_comparison(arm, ref, verdict="verdict")}
@@ -90,7 +90,7 @@ def goals_over_folds(reports: dict[int, dict]) -> dict | None:
     Pixel IoU is the folds' mean weighted by their held-out images (it is a figure of each fold's masks)."""
     records, iou, images = [], 0.0, 0
     for _, report in sorted(reports.items()):
-        rows = held_out_verdicts(report)
+        rows = report["records"]
         if not rows:
             return None
         records += rows
