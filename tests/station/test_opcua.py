@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import shutil
@@ -630,30 +631,86 @@ def test_job_id_is_the_same_wherever_a_result_is_read(station):
     run(body())
 
 
+class Gate:
+    """The frame guard of the line's judge, holding each part the inspection thread has taken at its first check
+    until the test opens the gate: a part stays in flight for as long as the test needs, whatever the machine's speed
+    (a bundled frame is judged in tens of milliseconds, faster than an OPC UA round trip; the corrupt one is refused
+    at once). The thread waits in its queue's ``get`` before the gate is set, so the gate cannot sit there; the
+    judge is switched to one with this guard (the thread reads its judge per frame)."""
+
+    def __init__(self, guard) -> None:
+        self.guard = guard
+        self.opened = threading.Event()
+        self.holding = threading.Event()  # a part waits at the gate
+
+    def __getattr__(self, name: str):
+        return getattr(self.guard, name)
+
+    def refuse(self, frame):
+        if not self.opened.is_set():
+            self.holding.set()
+            if not self.opened.wait(60):
+                raise TimeoutError("the test never opened the gate")
+        return self.guard.refuse(frame)
+
+    async def wait_holding(self, what: str) -> None:
+        deadline = time.monotonic() + 30
+        while not self.holding.is_set():
+            assert time.monotonic() < deadline, f"{what}: no part reached the inspection"
+            await asyncio.sleep(0.002)
+
+    def close(self) -> None:
+        self.holding.clear()
+        self.opened.clear()
+
+
+async def single_job_in_flight(plc: Plc, gate: Gate) -> str:
+    """Start single jobs until one's part is held at the gate (in flight); returns its JobId. The corrupt file is
+    recorded as it is read, on the acquisition thread: its job ends at once, and the next one takes a readable
+    frame."""
+    for _ in range(len(SMALL) + 2):
+        job, _error = await plc.call("StartSingleJob", ua.MeasIdDataType(Id="m"), ua.PartIdDataType(Id=""),
+                                     ua.RecipeIdExternalDataType(Id=""), ua.ProductIdDataType(Id=""))
+        deadline = time.monotonic() + 30
+        while not gate.holding.is_set():
+            assert time.monotonic() < deadline, "the single job's part neither reached the inspection nor got a row"
+            if not plc.events.empty():  # recorded when read, never in flight
+                event = plc.events.get_nowait()
+                assert event.JobId == job
+                await plc.wait_state("Ready")
+                break
+            await asyncio.sleep(0.002)
+        else:
+            return job
+    raise AssertionError("no single job's part reached the inspection")
+
+
 def test_parts_in_flight_at_abort_keep_their_job(station):
     """Abort answers at once (Ready); the parts already taken still get their rows, and each ResultReady carries
     the JobId of the job that took it: a single job, then a continuous one."""
+    judge = station.line.judge
+    gate = Gate(judge.guard or station.line.guard)
+    station.line.switch(dataclasses.replace(judge, guard=gate))
+
     async def body():
         async with session(station) as client:
             plc = await Plc(client).setup()
-            acquired = station.line.counters.acquired
-            job, error = await plc.call("StartSingleJob", ua.MeasIdDataType(Id="m"), ua.PartIdDataType(Id=""),
-                                        ua.RecipeIdExternalDataType(Id=""), ua.ProductIdDataType(Id=""))
-            deadline = time.monotonic() + 10
-            while station.line.counters.acquired == acquired:  # the part is taken: in flight
-                assert time.monotonic() < deadline, "the single job's part was not taken"
-                await asyncio.sleep(0.002)
+            job = await single_job_in_flight(plc, gate)
             await plc.call("Abort", CAUSE, "")
             assert await plc.state() == "Ready"
+            gate.opened.set()
             event = await asyncio.wait_for(plc.events.get(), 60)
             assert event.JobId == job
 
             flow, _ = await plc.call("StartContinuous", ua.MeasIdDataType(Id=""), ua.PartIdDataType(Id=""),
                                      ua.RecipeIdExternalDataType(Id=""), ua.ProductIdDataType(Id=""))
             events = [await asyncio.wait_for(plc.events.get(), 60)]
+            gate.close()
+            await gate.wait_holding("the continuous job")
             await plc.call("Abort", CAUSE, "")
             ledger_at_abort = rows(station.db)[-1]["id"]
             assert await plc.state() == "Ready"
+            gate.opened.set()
             while True:  # the rows of the parts in flight
                 try:
                     events.append(await asyncio.wait_for(plc.events.get(), 5))
@@ -665,7 +722,11 @@ def test_parts_in_flight_at_abort_keep_their_job(station):
             assert [int(e.ResultId) for e in events] == [r["id"] for r in rows(station.db)
                                                          if r["id"] >= int(events[0].ResultId)]
 
-    run(body())
+    try:
+        run(body())
+    finally:
+        gate.opened.set()
+        station.line.switch(judge)
 
 
 def test_a_failed_login_on_the_channel_leaves_the_plc_session_alone(station):
