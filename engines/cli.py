@@ -359,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--out", required=True, help="folder for the reports")
     acc.add_argument("--against", metavar="WEIGHTS",
                      help="reference weights (e.g. the shipped ones): also learn their rule on validation and "
-                          "accept the candidate only if its validation F1 is higher (or equal with fewer errors)")
+                          "accept the candidate only if its validation F1 is higher (or equal with fewer errors); "
+                          "with --classifier the segmenters alone are compared")
     acc.add_argument("--line", action="append", metavar="DIR",
                      help="also judge both networks on the line's reviewed images (a folder from `engines dataset "
                           "--from-ledger`), each with the rule it learned on validation: the images the candidate's "

@@ -466,6 +466,10 @@ def run_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+SEGMENTERS_ALONE = ("the segmenters alone: --classifier's labels are learned on this validation part, so they "
+                    "cannot be compared on it; the fused held-out figures are in the report's classifier section")
+
+
 def run_accept(args: argparse.Namespace) -> int:
     from engines.acceptance import (
         Goals,
@@ -517,6 +521,8 @@ def run_accept(args: argparse.Namespace) -> int:
         summary["reference"] = {"weights": str(args.against), "validation": reference,
                                 "beaten": beats(rule, reference),
                                 "paired": paired_comparison(judged, reference_judged)}
+        if args.classifier:  # its labels are learned on validation after this: the two segmenters are compared
+            summary["reference"]["compared"] = SEGMENTERS_ALONE
         ok = summary["reference"]["beaten"]
     learned = base.replace(score_threshold=rule["threshold"], min_area_px=rule["min_area_px"],
                            source=f"learned on {args.split} validation")
@@ -576,7 +582,8 @@ def run_accept(args: argparse.Namespace) -> int:
               f"{largest}, has {counts[largest]})", file=sys.stderr)
     if args.against:
         paired = summary["reference"]["paired"]
-        print(f"{'beats' if summary['reference']['beaten'] else 'does NOT beat'} {args.against} on validation; "
+        alone = f" ({SEGMENTERS_ALONE})" if args.classifier else ""
+        print(f"{'beats' if summary['reference']['beaten'] else 'does NOT beat'} {args.against} on validation{alone}; "
               f"image by image it sets {paired['fixed']} right that the reference gets wrong and {paired['broken']} "
               f"wrong that the reference gets right (exact McNemar p = {paired['p_value']}"
               f"{'; within chance' if paired['p_value'] >= 0.05 else ''})", file=sys.stderr)

@@ -14,6 +14,16 @@ import numpy as np
 from inspection_core.preprocess import InputSpec
 
 
+def weights_of(engine_id: str) -> str:
+    """The weights part of an :attr:`Engine.engine_id` (``bffn-1a2b3c4d`` of ``bffn-1a2b3c4d@onnxruntime-fp32``):
+    two engines with the same weights on other backends or precisions judge with the same network.
+
+    >>> weights_of("bffn-1a2b3c4d@onnxruntime-fp32"), weights_of("bffn-1a2b3c4d")
+    ('bffn-1a2b3c4d', 'bffn-1a2b3c4d')
+    """
+    return str(engine_id).partition("@")[0]
+
+
 class Engine(abc.ABC):
     """A loaded network that maps a normalised batch ``(N, C, t, t)`` float32 to probabilities, float32: per class
     and pixel ``(N, K, t, t)`` for a segmentation network, per label ``(N, K)`` for a multi-label classifier.

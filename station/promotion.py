@@ -34,6 +34,7 @@ from typing import Any
 from engines.backends.registry import resolve_backend
 from engines.weights import WeightsError, resolve_weights
 from inspection.judging import Judging
+from inspection_core.engine import weights_of
 from station.errors import LedgerError, RecipeError, RejectLogError
 from station.judge import ledger_label
 from station.line_calibration import judging_for
@@ -187,7 +188,7 @@ def record_restart(db_path: str | Path, recipe: Recipe, engine_id: str, by: str,
     record never stops production."""
     if recipe.engine is None or not Path(db_path).is_file():
         return None
-    weights = engine_id.split("@")[0]
+    weights = weights_of(engine_id)
     try:
         conn = open_readonly(Path(db_path))
         try:
@@ -196,9 +197,9 @@ def record_restart(db_path: str | Path, recipe: Recipe, engine_id: str, by: str,
                     if has_table(conn, "promotions") else None)
         finally:
             conn.close()
-        if from_engine is None or from_engine.split("@")[0] == weights:
+        if from_engine is None or weights_of(from_engine) == weights:
             return None
-        if last is not None and last[0].split("@")[0] == weights:
+        if last is not None and weights_of(last[0]) == weights:
             return None  # promoted before the restart
         row = record_promotion(db_path, recipe, by, VIA_RESTART, station_id=station_id, from_recipe=from_recipe,
                                from_engine=from_engine, note=RESTART_NOTE, force=True)

@@ -290,8 +290,11 @@ def fold_split_by_part(samples: list[SegSample], parts: list[str], folds: int, f
     and cover every image once (k-fold over parts, issue 25); of the other folds' parts, each class's are dealt to
     validation until it holds ``validation`` of the class's images, and the rest train. Parts holding an image named
     in ``not_train`` go to held-out in their own fold and to validation in the others."""
-    if not (isinstance(folds, int) and folds >= 2 and isinstance(fold, int) and 0 <= fold < folds):
-        raise InputError(f"--fold must be 0 to {folds - 1} of --folds {folds} (at least 2 folds)")
+    if not (isinstance(folds, int) and folds >= 2):
+        raise InputError(f"--folds {folds}: k-fold needs at least 2 folds (one held out, the rest to train); use "
+                         f"--folds 5 for 5 folds, or --holdout for a single split")
+    if not (isinstance(fold, int) and 0 <= fold < folds):
+        raise InputError(f"--fold {fold}: with --folds {folds}, choose a fold from 0 to {folds - 1}")
     if not 0 <= validation < 1 - 1 / folds:
         raise InputError(f"validation {validation} must be >= 0 and leave a training part beside one fold in "
                          f"{folds} held out (less than {round(1 - 1 / folds, 3)})")

@@ -3,6 +3,7 @@ segmenter's, `engines accept --classifier`, and the station judging with what it
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -54,7 +55,8 @@ def test_the_notes_say_when_no_label_helps_and_when_the_classifier_knows_other_d
 @pytest.fixture
 def accepted(untrained_bffn, tiny_gr, tmp_path):
     """`engines accept --classifier` on a small generic set: the segmenter and the classifier are copies it may
-    write its rules into. Returns (segmenter, classifier, data, split, out, the process)."""
+    write its rules into, judged --against the same untrained weights (which it cannot beat: exit 1, everything
+    written). Returns (segmenter, classifier, data, split, out, the process)."""
     seg = Path(shutil.copytree(untrained_bffn, tmp_path / "seg"))
     gr = Path(shutil.copytree(tiny_gr, tmp_path / "gr"))
     data = make_generic_set(tmp_path / "set", n=14, size=(120, 150))
@@ -66,19 +68,22 @@ def accepted(untrained_bffn, tiny_gr, tmp_path):
              "--goal-exposure-spread", "1"]
     done = subprocess.run([*ENGINES, "accept", "--weights", str(seg), "--classifier", str(gr), "--data", str(data),
                            "--split", str(split), "--out", str(out), "--learn-min-areas", "10,40", "--threads", "2",
-                           *loose], capture_output=True, text=True, timeout=400)
+                           "--against", str(untrained_bffn), *loose], capture_output=True, text=True, timeout=400)
     return seg, gr, data, split, out, done
 
 
 def test_accept_learns_label_thresholds_on_validation_and_judges_held_out_fused(accepted):
     seg, gr, data, split, out, done = accepted
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1 and "does NOT beat" in done.stderr, done.stderr
     summary = json.loads((out / "acceptance.json").read_text())
     fusion = summary["classifier"]
     assert fusion["classes"] == TINY_GR_CLASSES and set(fusion["thresholds"]) == set(TINY_GR_CLASSES)
     assert (fusion["patch"], fusion["mode"]) == (0, "bank")
     assert fusion["validation"]["fused"]["f1"] >= fusion["validation"]["segmenter"]["f1"]
     assert "label thresholds learned on 6 validation images" in done.stderr
+    # --against compares the segmenters alone, and says so (the labels are learned on that validation part)
+    assert summary["reference"]["compared"].startswith("the segmenters alone")
+    assert re.search(r"beat \S+ on validation \(the segmenters alone: --classifier's labels are learned", done.stderr)
 
     detail = json.loads((out / "holdout-fused.json").read_text())["images_detail"]
     segmenter = json.loads((out / "holdout.json").read_text())["images_detail"]
@@ -108,7 +113,7 @@ def test_the_station_scores_and_judges_held_out_as_accept_fused_it(accepted, tmp
     from station.recipe import load_recipe
 
     seg, gr, data, split, out, done = accepted
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1 and "does NOT beat" in done.stderr, done.stderr
     detail = json.loads((out / "holdout-fused.json").read_text())["images_detail"]
     median = {c: float(np.median([r["label_scores"][c] for r in detail])) for c in TINY_GR_CLASSES}
     write_judging_rule(resolve_weights(gr), {"label_thresholds": median, "learned_on": "this test"})

@@ -178,8 +178,10 @@ def test_k_fold_splits_by_part_hold_out_every_image_once_and_keep_parts_whole(tm
         held.append(set(split["holdout"]))
     assert sum(map(len, held)) == len(samples) == len(set().union(*held)), "every image held out exactly once"
     assert all(abs(len(h) - len(samples) / 5) <= 6 for h in held)
-    with pytest.raises(Exception, match="--fold must be 0 to 4"):
+    with pytest.raises(Exception, match="--fold 5: with --folds 5, choose a fold from 0 to 4"):
         fold_split_by_part(samples, part_of, 5, 5, 0.2, seed=1)
+    with pytest.raises(Exception, match="--folds 1: k-fold needs at least 2 folds .*--holdout for a single split"):
+        fold_split_by_part(samples, part_of, 1, 0, 0.2, seed=1)
     with pytest.raises(Exception, match="fold 25 would hold no part .*35 parts, at most 25 of one class.*at most 25"):
         fold_split_by_part(samples, part_of, 30, 29, 0.2, seed=1)  # more folds than parts: a fold judges nothing
     assert fold_split_by_part(samples, part_of, 25, 24, 0.0, seed=1)["holdout"], "25 folds: each holds a free part"
