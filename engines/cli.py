@@ -230,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="share of plain crops of defect-free images that get a real defect region of a "
                             "training image pasted in (flipped, rotated, grey-matched, blended; classes drawn "
                             "uniformly); default 0")
+    train.add_argument("--context", type=float, metavar="FRACTION",
+                       help="a context pass that travels with the weights: the whole frame, shrunk to one tile, is "
+                            "scored too and joins the tiles' score map by the maximum (in training, engines eval "
+                            "and on the line), so a defect larger than a tile (a band of another brightness) is "
+                            "seen whole; FRACTION of the training crops are such shrunk whole images (e.g. 0.2); "
+                            "default 0 = off")
     train.add_argument("--no-channels-last", action="store_true",
                        help="keep NCHW tensors (channels-last gives the same arithmetic, faster on the CPU)")
     cls = train.add_argument_group(f"classifiers ({', '.join(CLASSIFICATION_MODELS)}; paper 001)")

@@ -75,6 +75,7 @@ class TrainSettings:
     photometric: str = "jitter"  # "jitter": contrast x0.8-1.2, +-20 grey; "exposure": gain and gamma of the lightings
     edge_fraction: float = 0.0  # share of defect crops drawn at defect pixels near the image edge
     paste_fraction: float = 0.0  # share of plain crops of defect-free images that get a pasted real defect
+    context: float = 0.0  # > 0: InputSpec.context on, and this share of crops is a whole image shrunk to one tile
 
 
 OPTIMIZERS = ("rmsprop", "adam")
@@ -178,7 +179,11 @@ def train_segmentation(settings: TrainSettings, progress: bool = True, train_sam
                      len(record["holdout"]))
     if main_process:
         (out / "split.json").write_text(json.dumps(split_record, indent=1))
-    spec = InputSpec(channels=1, gain_target=settings.gain_target, border=settings.border)
+    if not 0 <= settings.context < 1:
+        raise InputError(f"--context {settings.context}: the share of crops that are whole images must be in 0..1 "
+                         "(e.g. 0.2; 0 = no context pass)")
+    spec = InputSpec(channels=1, gain_target=settings.gain_target, border=settings.border,
+                     context=settings.context > 0)
     if whole_frame(spec):  # training cuts its tiles from frames prepared as the line prepares them
         from engines.data.segmentation import prepared_sample
 
@@ -282,7 +287,8 @@ class SegmentationHooks(TrainingHooks):
                               overlap=s.overlap if s.sampling == "grid" else None,
                               class_balanced=s.class_balanced, hard_fraction=s.hard_negatives,
                               hard_negatives=self.hard, photometric=s.photometric, border=s.border,
-                              edge_fraction=s.edge_fraction, paste_fraction=s.paste_fraction)
+                              edge_fraction=s.edge_fraction, paste_fraction=s.paste_fraction,
+                              context_fraction=s.context)
         return sampler.batches(s.batch, self.steps, s.prefetch), self.steps
 
     def train_mode(self) -> None:

@@ -107,9 +107,10 @@ class Inspector:
         self.calibration = calibration  # None: frames are used as they come
         spec = getattr(engine, "spec", None)
         if streaming and spec is not None and whole_frame(spec):
-            # a frame-wide gain and mirrored borders need the whole part: it is judged when it has arrived
-            log.warning("%s prepares whole frames (gain_target %s, border %s px): line-scan parts are inspected "
-                        "when complete, not streamed row by row", engine.engine_id, spec.gain_target, spec.border)
+            # a frame-wide gain, mirrored borders and the context pass need the whole part: judged when it arrived
+            log.warning("%s prepares whole frames (gain_target %s, border %s px, context pass %s): line-scan parts "
+                        "are inspected when complete, not streamed row by row", engine.engine_id, spec.gain_target,
+                        spec.border, "on" if spec.context else "off")
             streaming = False
         self.streams = PartStreams(self, max_parts_in_flight, keep_reports) if streaming else None
         self._scores: dict[Any, tuple] | None = {} if reuse_scores else None
@@ -136,12 +137,14 @@ class Inspector:
         return image, {"calibrate": (time.perf_counter() - t0) * 1e3}
 
     def tile_count(self, shape: tuple[int, ...]) -> int:
-        """How many tiles the engine scores for a frame of ``shape`` (mirrored borders included); 0 without a
-        segmentation engine. Known before any work, so a line can refuse a frame it cannot afford."""
+        """How many tiles the engine scores for a frame of ``shape`` (mirrored borders and the context pass
+        included); 0 without a segmentation engine. Known before any work, so a line can refuse a frame it cannot
+        afford."""
         if self.engine is None:
             return 0
         b = getattr(self.engine.spec, "border", 0) or 0
-        return self.plan((int(shape[0]) + 2 * b, int(shape[1]) + 2 * b)).n_tiles
+        context = 1 if getattr(self.engine.spec, "context", False) else 0  # the whole frame shrunk to one tile
+        return self.plan((int(shape[0]) + 2 * b, int(shape[1]) + 2 * b)).n_tiles + context
 
     def part_scores(self, width: int, expected_lines: int | None = None, *, streaming: bool = False,
                     checkpoint: Checkpoint | None = None, total: int = 0) -> PartScores:

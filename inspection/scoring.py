@@ -17,7 +17,9 @@ chunks: :class:`inspection.classifier.PatchRows`), stitch them with the same sli
 
 Weights that prepare whole frames (a frame-wide gain or mirrored borders, :func:`~inspection_core.preprocess.whole_frame`)
 cannot cut a row before the last line is in: their rows are all cut at the finish, from the frame prepared and bordered
-at once, and the score map loses the border again.
+at once, and the score map loses the border again. Weights with a context pass (:attr:`InputSpec.context
+<inspection_core.preprocess.InputSpec>`) score one more tile at the finish, the whole frame shrunk to it, and the
+score map is the maximum of the tiles' and of that one grown back (counted in ``tile``, ``infer`` and ``stitch``).
 
 >>> import numpy as np
 >>> from inspection_core.preprocess import InputSpec
@@ -48,6 +50,8 @@ import numpy as np
 from inspection_core.engine import Engine
 from inspection_core.preprocess import (
     add_border,
+    context_map,
+    context_tile,
     crop_border,
     defect_scores,
     normalize_tiles,
@@ -180,14 +184,16 @@ class SegmentationRows(RowStage):
         self.height = 0  # lines of the image the rows are cut from (bordered), known at the finish
         self.checkpoint, self.total, self.scored = checkpoint, total, 0
         self.seconds = dict.fromkeys(SCORE_STAGES[:4], 0.0)
+        self.plain: np.ndarray | None = None  # the prepared frame before its border (the context pass's input)
 
     def input(self, lines: np.ndarray, last: bool) -> np.ndarray | None:
         if not self.whole:
             return lines  # each row is prepared when it is cut
         if not last:
-            return None  # a frame-wide gain and mirrored borders need the whole frame
+            return None  # a frame-wide gain, mirrored borders and the context pass need the whole frame
         t0 = time.perf_counter()
-        prepared = add_border(prepare_image(lines, self.spec), self.spec)
+        self.plain = prepare_image(lines, self.spec)
+        prepared = add_border(self.plain, self.spec)
         self.seconds["prepare"] += time.perf_counter() - t0
         return prepared
 
@@ -239,7 +245,26 @@ class SegmentationRows(RowStage):
         t0 = time.perf_counter()
         mask = crop_border(self.stitcher.result(height), self.spec)
         self.seconds["stitch"] += time.perf_counter() - t0
+        if self.spec.context:
+            mask = np.maximum(mask, self._context(lines.shape))
         return mask
+
+    def _context(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The context pass: the whole prepared frame shrunk to one tile, scored, its map grown back to ``shape``."""
+        if self.checkpoint is not None:
+            self.checkpoint(self.scored, self.total)
+        t0 = time.perf_counter()
+        x = normalize_tiles(context_tile(self.plain, self.tile)[None], self.spec)
+        t1 = time.perf_counter()
+        scores = defect_scores(self.engine.infer(x))[0]
+        t2 = time.perf_counter()
+        self.calls.append(NetworkCall(self.name, 1, t2 - t1, time.monotonic_ns()))
+        self.scored += 1
+        grown = context_map(scores, shape)
+        self.seconds["tile"] += t1 - t0
+        self.seconds["infer"] += t2 - t1
+        self.seconds["stitch"] += time.perf_counter() - t2
+        return grown
 
 
 class PartScores:

@@ -21,7 +21,11 @@ class InputSpec:
       this takes the scale out before the network sees it (0: frames as they come);
     - ``border`` > 0: the frame gets this many pixels of mirrored context on every side before it is tiled
       (:func:`add_border`), and the stitched score map loses them again (:func:`crop_border`), so a defect at
-      the top or left edge sits inside a tile with context, as one at the bottom or right does.
+      the top or left edge sits inside a tile with context, as one at the bottom or right does;
+    - ``context``: the whole frame, shrunk to one tile (:func:`context_tile`), is scored too, and its score map,
+      grown back to the frame (:func:`context_map`), joins the tiles' map by the maximum: a defect larger than a
+      tile, such as a band of another brightness across the part, is seen whole, edges and all (a deviation from
+      the paper, which scores 128 px crops only; issue 25).
     """
 
     channels: int = 1
@@ -29,6 +33,7 @@ class InputSpec:
     std: float = 0.25
     gain_target: float = 0.0
     border: int = 0
+    context: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.gain_target <= 255:
@@ -41,9 +46,36 @@ class InputSpec:
 
 
 def whole_frame(spec: InputSpec) -> bool:
-    """Whether preparing a frame needs all of it (a frame-wide gain, or mirrored context at its edges): such
-    weights cannot be streamed a tile row at a time."""
-    return bool(spec.gain_target or spec.border)
+    """Whether preparing a frame needs all of it (a frame-wide gain, mirrored context at its edges, or the whole
+    frame shrunk to one tile): such weights cannot be streamed a tile row at a time."""
+    return bool(spec.gain_target or spec.border or spec.context)
+
+
+def context_tile(image: np.ndarray, tile: int) -> np.ndarray:
+    """A prepared frame (:func:`prepare_image`, no border) shrunk to one ``tile`` x ``tile`` tile
+    (``cv2.INTER_AREA``; the aspect is not kept): the input of the context pass (:attr:`InputSpec.context`). A
+    mask (bool or 0/1) is shrunk alike and marks the pixels at least half covered.
+
+    >>> import numpy as np
+    >>> mask = np.zeros((40, 80), bool); mask[:20] = True
+    >>> context_tile(mask, 4).astype(int).tolist()
+    [[1, 1, 1, 1], [1, 1, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0]]
+    """
+    import cv2
+
+    if image.dtype == bool:
+        shrunk = cv2.resize(image.astype(np.float32), (tile, tile), interpolation=cv2.INTER_AREA)
+        return shrunk >= 0.5
+    return cv2.resize(image, (tile, tile), interpolation=cv2.INTER_AREA)
+
+
+def context_map(scores: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The context pass's ``(tile, tile)`` score map grown back to a frame of ``shape`` (``cv2.INTER_LINEAR``),
+    float32."""
+    import cv2
+
+    h, w = int(shape[0]), int(shape[1])
+    return cv2.resize(np.ascontiguousarray(scores, dtype=np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def apply_gain(image: np.ndarray, target: float) -> np.ndarray:

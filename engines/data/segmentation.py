@@ -420,14 +420,18 @@ class TileSampler:
       (images that have one), so defects at the rim (breaks) are seen as often as that;
     - ``paste_fraction``: that share of the plain crops that fall on a defect-free image gets a real defect region
       of a training image pasted in (flipped, rotated, its grey level matched, its edge blended), classes drawn
-      uniformly so rare ones are pasted as often as common ones; the mask follows.
+      uniformly so rare ones are pasted as often as common ones; the mask follows;
+    - ``context_fraction``: that share of the crops is a whole image shrunk to one tile as the station's context
+      pass shrinks a frame (:func:`inspection_core.preprocess.context_tile`, its mask alike), a defective image
+      with the probability ``defect_fraction`` (class-balanced as the defect crops are), so a defect larger than a
+      tile (uneven) is learnt whole.
     """
 
     def __init__(self, samples: list[SegSample], tile: int, defect_fraction: float = 0.5, seed: int = 0,
                  augment: bool = True, overlap: int | None = None, class_balanced: bool = False,
                  hard_fraction: float = 0.0, hard_negatives: list[tuple[int, int, int, float]] | None = None,
                  photometric: str = "jitter", border: int = 0, edge_fraction: float = 0.0,
-                 paste_fraction: float = 0.0) -> None:
+                 paste_fraction: float = 0.0, context_fraction: float = 0.0) -> None:
         if photometric not in ("jitter", "exposure"):
             raise InputError(f"photometric must be 'jitter' or 'exposure', got {photometric!r}")
         self.samples = [SegSample(s.name, pad_to_tile(s.image, tile), pad_to_tile(s.mask.astype(np.uint8), tile), s.category)
@@ -465,6 +469,8 @@ class TileSampler:
         self.edge_fraction = edge_fraction if self.edge_pixels else 0.0
         self.pastes = _defect_regions(samples, self.defective, border, tile) if paste_fraction > 0 else []
         self.paste_fraction = paste_fraction if self.pastes else 0.0
+        self.context_fraction = context_fraction
+        self.wholes = [_shrunk_whole(s, border, tile) for s in samples] if context_fraction > 0 else []
 
     def _defect_pixel(self, k: int) -> tuple[int, int]:
         """A defect pixel of sample ``k``: near the frame's edge with probability ``edge_fraction`` (when it has
@@ -493,6 +499,8 @@ class TileSampler:
     def crop(self) -> tuple[np.ndarray, np.ndarray]:
         if self.hard_fraction and self.rng.random() < self.hard_fraction:
             return self._hard_crop()
+        if self.context_fraction and self.rng.random() < self.context_fraction:
+            return self._whole_crop()
         if self.origins is not None:
             return self.grid_crop()
         t, rng = self.tile, self.rng
@@ -508,6 +516,14 @@ class TileSampler:
         y0 = int(np.clip(cy - t // 2, 0, h - t))
         x0 = int(np.clip(cx - t // 2, 0, w - t))
         return self._finish(s, y0, x0)
+
+    def _whole_crop(self) -> tuple[np.ndarray, np.ndarray]:
+        """A whole image shrunk to one tile (``context_fraction``), augmented as a crop is."""
+        rng = self.rng
+        k = (self._defect_image() if self.defective and rng.random() < self.defect_fraction
+             else int(rng.integers(len(self.samples))))
+        image, mask = self.wholes[k]
+        return self._augment(image, mask) if self.augment else (image.copy(), mask.copy())
 
     def _finish(self, s: SegSample, y0: int, x0: int) -> tuple[np.ndarray, np.ndarray]:
         """The crop at ``(y0, x0)`` of ``s``: a defect pasted in when it is a plain crop of a defect-free image
@@ -635,6 +651,17 @@ class TileSampler:
         finally:
             stop.set()
             worker.join(timeout=5)
+
+
+def _shrunk_whole(sample: SegSample, border: int, tile: int) -> tuple[np.ndarray, np.ndarray]:
+    """A training sample (prepared, with ``border`` px of mirrored context) as the context pass sees its frame: the
+    frame without the border, shrunk to one tile; its mask alike (uint8 0/1)."""
+    from inspection_core.preprocess import context_tile
+
+    h, w = sample.image.shape[:2]
+    frame = (slice(border, h - border), slice(border, w - border)) if border else (slice(None), slice(None))
+    return (context_tile(sample.image[frame], tile),
+            context_tile(sample.mask[frame].astype(bool), tile).astype(np.uint8))
 
 
 def _edge_defect_pixels(mask: np.ndarray, border: int) -> tuple[np.ndarray, np.ndarray]:

@@ -279,6 +279,55 @@ def test_the_inspector_scores_a_bordered_frame_and_returns_the_frames_own_map():
     assert streaming.streams is None, "weights that need the whole frame are not streamed row by row"
 
 
+def test_the_context_pass_scores_the_frame_shrunk_to_one_tile_and_joins_the_tiles_by_the_maximum():
+    from inspection.inspector import Inspector
+    from inspection_core.preprocess import context_map, context_tile
+    from inspection_core.verdict import DecisionRules
+
+    rng = np.random.default_rng(3)
+    frame = rng.integers(60, 200, (70, 90)).astype(np.uint8)
+    frame[:, :30] = 20  # a dark band a third of the frame wide
+    plain = Inspector(_DarknessEngine(InputSpec()), overlap=8, batch=4, rules=DecisionRules(0.9, 5))
+    engine = _DarknessEngine(InputSpec(context=True))
+    context = Inspector(engine, overlap=8, batch=4, rules=DecisionRules(0.9, 5))
+    assert context.tile_count(frame.shape) == plain.tile_count(frame.shape) + 1
+    tiles, _ = plain.score_map(frame)
+    joined, timings = context.score_map(frame)
+    last = engine.seen[-1]
+    assert last.shape == (1, 1, 32, 32), "one more network call: the whole frame as one tile"
+    np.testing.assert_allclose(last[0, 0] * 0.25 + 0.5, context_tile(frame, 32) / 255.0, atol=1e-5)
+    shrunk = np.clip(1.0 - (last[0, 0] * 0.25 + 0.5), 0, 1)
+    np.testing.assert_allclose(joined, np.maximum(tiles, context_map(shrunk, frame.shape)), atol=1e-5)
+    assert (joined >= tiles - 1e-6).all() and (joined > tiles + 0.05).any(), "the shrunk frame's map counts too"
+    assert set(timings) == {"prepare", "tile", "infer", "stitch"}
+    streaming = Inspector(engine, overlap=8, batch=4, rules=DecisionRules(0.9, 5), streaming=True)
+    assert streaming.streams is None, "the context pass needs the whole frame: not streamed row by row"
+
+
+def test_context_crops_are_whole_images_shrunk_as_the_station_shrinks_a_frame():
+    from inspection_core.preprocess import context_tile
+
+    spec = InputSpec(border=16, context=True)
+    defect = _edge_and_middle(3)
+    clean = [SegSample(f"free/{i}.png", np.full((96, 120), 150 + i, np.uint8), np.zeros((96, 120), bool), None)
+             for i in range(3)]
+    samples = [prepared_sample(s, spec) for s in defect + clean]
+    sampler = TileSampler(samples, 32, defect_fraction=1.0, seed=0, augment=False, overlap=8, border=16,
+                          context_fraction=1.0)
+    for _ in range(10):  # defect_fraction 1: always a defective image, shrunk whole, its mask alike
+        image, mask = sampler.crop()
+        assert image.shape == mask.shape == (32, 32)
+        np.testing.assert_array_equal(image, context_tile(defect[0].image, 32))
+        np.testing.assert_array_equal(mask.astype(bool), context_tile(defect[0].mask, 32))
+    sampler = TileSampler(samples, 32, defect_fraction=0.0, seed=0, augment=False, overlap=8, border=16,
+                          context_fraction=1.0)
+    seen = {int(sampler.crop()[0][0, 0]) for _ in range(60)}
+    assert {150, 151, 152} <= seen, "with defect_fraction 0 the images are drawn uniformly"
+    off = [TileSampler(samples, 32, defect_fraction=0.5, seed=4, overlap=8, border=16, **extra).batch(6)
+           for extra in ({}, {"context_fraction": 0.0})]
+    np.testing.assert_array_equal(off[0][0], off[1][0])  # without the lever the crops are those of before
+
+
 def _edge_and_middle(n=6, size=(96, 96)) -> list[SegSample]:
     out = []
     for i in range(n):
@@ -391,11 +440,14 @@ def test_training_with_the_levers_records_its_input_and_the_station_prepares_fra
     run = tmp_path / "run"
     assert main(["train", "bffn", "--data", str(data), "--out", str(run), "--epochs", "1", "--steps-per-epoch", "2",
                  "--batch", "4", "--threads", "2", "--quiet", "--gain-target", "110", "--border", "16",
-                 "--photometric", "exposure", "--edge-fraction", "0.5", "--paste-fraction", "0.5"]) == 0
+                 "--photometric", "exposure", "--edge-fraction", "0.5", "--paste-fraction", "0.5",
+                 "--context", "0.3"]) == 0
     bundle = resolve_weights(str(run))
-    assert bundle.input_spec() == InputSpec(channels=1, gain_target=110.0, border=16)
+    assert bundle.input_spec() == InputSpec(channels=1, gain_target=110.0, border=16, context=True)
     settings = json.loads((run / "config.json").read_text())["training"]["settings"]
     assert settings["photometric"] == "exposure" and settings["paste_fraction"] == 0.5
+    assert main(["train", "bffn", "--data", str(data), "--out", str(tmp_path / "bad"), "--epochs", "1",
+                 "--context", "1.5", "--quiet"]) == 2
     report = tmp_path / "eval.json"
     assert main(["eval", "--weights", str(run), "--data", str(data), "--threads", "1", "--json", str(report)]) == 0
     records = json.loads(report.read_text())
