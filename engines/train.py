@@ -184,6 +184,9 @@ def train_segmentation(settings: TrainSettings, progress: bool = True, train_sam
                          "(e.g. 0.2; 0 = no context pass)")
     spec = InputSpec(channels=1, gain_target=settings.gain_target, border=settings.border,
                      context=settings.context > 0)
+    if spec.context and settings.validate and settings.validate_as != "station":
+        log.warning("--context: the quick validation scores whole images without the context pass, so best/ is "
+                    "chosen by another judge than the line's; add --validate-as station")
     if whole_frame(spec):  # training cuts its tiles from frames prepared as the line prepares them
         from engines.data.segmentation import prepared_sample
 

@@ -425,7 +425,7 @@ def test_recall_and_false_alarms_per_exposure_and_at_the_edge_and_their_spread_g
 
 
 @pytest.mark.slow
-def test_training_with_the_levers_records_its_input_and_the_station_prepares_frames_the_same_way(tmp_path):
+def test_training_with_the_levers_records_its_input_and_the_station_prepares_frames_the_same_way(tmp_path, caplog):
     from engines.cli import main
     from engines.weights import resolve_weights
 
@@ -444,6 +444,7 @@ def test_training_with_the_levers_records_its_input_and_the_station_prepares_fra
                  "--context", "0.3"]) == 0
     bundle = resolve_weights(str(run))
     assert bundle.input_spec() == InputSpec(channels=1, gain_target=110.0, border=16, context=True)
+    assert "the quick validation scores whole images without the context pass" in caplog.text
     settings = json.loads((run / "config.json").read_text())["training"]["settings"]
     assert settings["photometric"] == "exposure" and settings["paste_fraction"] == 0.5
     assert main(["train", "bffn", "--data", str(data), "--out", str(tmp_path / "bad"), "--epochs", "1",
