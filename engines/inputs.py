@@ -13,7 +13,7 @@ from engines.data.segmentation import DatasetError, load_dataset, picked
 from engines.errors import EngineError
 from inspection_core import imageio
 from inspection_core.errors import ImageReadError
-from inspection_core.preprocess import normalize_tiles, prepare_image, resize_to_input
+from inspection_core.preprocess import add_border, context_tile, normalize_tiles, prepare_image, resize_to_input
 from inspection_core.tiling import plan_tiles, tile_image
 
 
@@ -60,14 +60,18 @@ def data_images(data: str | Path, count: int) -> list[np.ndarray]:
 
 def network_inputs(images: list[np.ndarray], kind: str, tile: int, spec, limit: int = 0) -> np.ndarray:
     """Normalised float32 network inputs from images, prepared exactly as the station prepares them: tiles cut
-    by the station's tiler (segmentation) or whole images resized to the input side (classification)."""
+    by the station's tiler from the prepared, bordered frame, and the context pass's whole frame shrunk to one tile
+    where the spec has one (segmentation), or whole images resized to the input side (classification)."""
     if kind == "classification":
         batch = normalize_tiles(resize_to_input(images, tile, spec), spec)
     else:
         parts = []
         for image in images:
             prepared = prepare_image(image, spec)
-            parts.append(tile_image(prepared, plan_tiles(prepared.shape[:2], tile, 0)))
+            bordered = add_border(prepared, spec)
+            parts.append(tile_image(bordered, plan_tiles(bordered.shape[:2], tile, 0)))
+            if spec.context:
+                parts.append(context_tile(prepared, tile)[None])
         batch = normalize_tiles(np.concatenate(parts), spec)
     return batch[:limit] if limit else batch
 

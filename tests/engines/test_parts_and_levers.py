@@ -576,3 +576,23 @@ def test_the_kfold_table_adds_up_held_out_counts_over_folds_and_counts_fused_ver
     assert "| exposure | 2 | 60 | 0.9444 / 0.85 / **0.8947** | 1 of 40 (2.5%) | 0.84, 0.95 |" in out.read_text()
     assert "| ref | 1 | 30 |" in out.read_text()
     assert kfold_table.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_build_and_calibration_inputs_are_the_tiles_and_the_context_tile_the_station_scores():
+    """`engines build`'s check and int8 calibration (engines.inputs.network_inputs) see what the line feeds the
+    network: tiles of the bordered frame, then the frame shrunk to one tile for weights with a context pass."""
+    from engines.inputs import network_inputs
+    from inspection_core.preprocess import context_tile, normalize_tiles
+    from inspection_core.tiling import plan_tiles, tile_image
+
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 255, (70, 90), dtype=np.uint8), rng.integers(0, 255, (40, 40), dtype=np.uint8)]
+    spec = InputSpec(border=8, context=True)
+    x = network_inputs(images, "segmentation", 32, spec)
+    expected = []
+    for image in images:
+        bordered = add_border(image, spec)
+        expected += [tile_image(bordered, plan_tiles(bordered.shape, 32, 0)), context_tile(image, 32)[None]]
+    np.testing.assert_array_equal(x, normalize_tiles(np.concatenate(expected), spec))
+    plain = network_inputs(images, "segmentation", 32, InputSpec())
+    assert len(plain) == sum(plan_tiles(i.shape, 32, 0).n_tiles for i in images), "no context tile without it"
