@@ -16,6 +16,7 @@ from engines.models import model_spec
 from engines.weights import resolve_weights
 from engines.weights_onnx import no_export_message, weights_export_engine
 from inspection_core.engine import Engine
+from inspection_core.preprocess import InputSpec
 from inspection_core.extras import MissingExtra, has_torch
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ def engine_for_weights(weights: str | Path, backend: str = "onnxruntime", thread
     weights carry (ONNX Runtime fp32, for their tile and mode: what shipped weights do on every install, torch or
     not); or build the weights into a cached engine folder once (rebuilt when its manifest no longer matches this
     machine) and open it. Building needs torch: without it, :class:`~inspection_core.extras.MissingExtra` says in
-    one line what to install and run."""
+    one line what to install and run. A cached folder is rebuilt, too, when the weights' input settings
+    (``config.json``'s ``input``: gain, border, context pass) are no longer those it was built with."""
     backend_spec(backend)  # BackendUnavailable naming the declared backends
     if is_engine_dir(weights):
         manifest = read_manifest(weights)
@@ -58,6 +60,10 @@ def engine_for_weights(weights: str | Path, backend: str = "onnxruntime", thread
     folder = cache_folder(bundle, backend, device, precision, tile, mode)
     if is_engine_dir(folder):
         found = problems(folder)
+        built_for = InputSpec(**read_manifest(folder).get("input", {}))
+        if built_for != bundle.input_spec():  # config.json's "input" edited: the same weights, other frames
+            found.append(f"built for the input {built_for.to_dict()}, and the weights' config.json now says "
+                         f"{bundle.input_spec().to_dict()}")
         if not found:
             return open_folder(folder, read_manifest(folder), threads=threads, device=device)
         log.warning("rebuilding cached engine %s: %s", folder, "; ".join(found))

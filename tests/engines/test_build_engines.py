@@ -4,6 +4,7 @@ engines in turns, `engines list` says what runs here, and the station loads engi
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +197,20 @@ def test_load_engine_builds_once_into_the_cache_and_rebuilds_when_stale(untraine
     (folder / MANIFEST).write_text(json.dumps(m))
     again = load_engine(untrained_bffn, "onnxruntime", threads=1)
     assert read_manifest(again.folder)["versions"]["onnxruntime"] == library_versions()["onnxruntime"]
+
+
+def test_a_cached_engine_follows_the_weights_input_settings(untrained_bffn, tmp_path, caplog):
+    """The same model.safetensors with another config.json "input" (here the context pass switched on) prepares
+    frames otherwise: the cached engine is rebuilt with it, not reused with the old one."""
+    weights = Path(shutil.copytree(untrained_bffn, tmp_path / "weights"))
+    assert load_engine(weights, "onnxruntime", threads=1).spec == InputSpec()
+    config = json.loads((weights / "config.json").read_text())
+    config["input"]["context"] = True
+    (weights / "config.json").write_text(json.dumps(config))
+    engine = load_engine(weights, "onnxruntime", threads=1)
+    assert engine.spec == InputSpec(context=True)
+    assert InputSpec(**read_manifest(engine.folder)["input"]) == InputSpec(context=True)
+    assert "rebuilding cached engine" in caplog.text and "'context': True" in caplog.text
 
 
 def test_an_engine_folder_stands_for_weights_and_must_match_the_backend(ort_folder):
