@@ -33,6 +33,8 @@ declare -A ARMS=(
   [exposure-tile256]="--photometric exposure --tile 256 --batch 8"
   # the whole frame shrunk to one tile, scored beside the tiles (--context): the band is seen whole, edges and all
   [context]="--context 0.2"
+  # the same crops without the pass on the line: on fold 0 the pass itself found no defect its tiles missed
+  [whole]="--whole-crops 0.2"
 )
 for arm in ${@:-control exposure gain border paste exposure-paste}; do
   out=${RUN//\{\}/$arm} accept=${ACCEPT//\{\}/$arm}

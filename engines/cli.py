@@ -236,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "and on the line), so a defect larger than a tile (a band of another brightness) is "
                             "seen whole; FRACTION of the training crops are such shrunk whole images (e.g. 0.2); "
                             "default 0 = off")
+    train.add_argument("--whole-crops", type=float, metavar="FRACTION",
+                       help="FRACTION of the training crops are whole images shrunk to one tile, as --context makes "
+                            "them, but without the context pass on the line: the tiles learn defects at a smaller "
+                            "scale and whole (e.g. 0.2); default 0")
     train.add_argument("--no-channels-last", action="store_true",
                        help="keep NCHW tensors (channels-last gives the same arithmetic, faster on the CPU)")
     cls = train.add_argument_group(f"classifiers ({', '.join(CLASSIFICATION_MODELS)}; paper 001)")

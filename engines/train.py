@@ -76,6 +76,7 @@ class TrainSettings:
     edge_fraction: float = 0.0  # share of defect crops drawn at defect pixels near the image edge
     paste_fraction: float = 0.0  # share of plain crops of defect-free images that get a pasted real defect
     context: float = 0.0  # > 0: InputSpec.context on, and this share of crops is a whole image shrunk to one tile
+    whole_crops: float = 0.0  # this share of crops is a whole image shrunk to one tile, without the context pass
 
 
 OPTIMIZERS = ("rmsprop", "adam")
@@ -179,9 +180,13 @@ def train_segmentation(settings: TrainSettings, progress: bool = True, train_sam
                      len(record["holdout"]))
     if main_process:
         (out / "split.json").write_text(json.dumps(split_record, indent=1))
-    if not 0 <= settings.context < 1:
-        raise InputError(f"--context {settings.context}: the share of crops that are whole images must be in 0..1 "
-                         "(e.g. 0.2; 0 = no context pass)")
+    for flag, share in (("--context", settings.context), ("--whole-crops", settings.whole_crops)):
+        if not 0 <= share < 1:
+            raise InputError(f"{flag} {share}: the share of crops that are whole images must be in 0..1 (e.g. 0.2; "
+                             "0 = none)")
+    if settings.context and settings.whole_crops:
+        raise InputError("--context F already makes F of the crops whole images (and scores the whole frame on the "
+                         "line); give --whole-crops alone for the crops without the context pass")
     spec = InputSpec(channels=1, gain_target=settings.gain_target, border=settings.border,
                      context=settings.context > 0)
     if spec.context and settings.validate and settings.validate_as != "station":
@@ -291,7 +296,7 @@ class SegmentationHooks(TrainingHooks):
                               class_balanced=s.class_balanced, hard_fraction=s.hard_negatives,
                               hard_negatives=self.hard, photometric=s.photometric, border=s.border,
                               edge_fraction=s.edge_fraction, paste_fraction=s.paste_fraction,
-                              context_fraction=s.context)
+                              whole_fraction=s.context or s.whole_crops)
         return sampler.batches(s.batch, self.steps, s.prefetch), self.steps
 
     def train_mode(self) -> None:

@@ -421,7 +421,7 @@ class TileSampler:
     - ``paste_fraction``: that share of the plain crops that fall on a defect-free image gets a real defect region
       of a training image pasted in (flipped, rotated, its grey level matched, its edge blended), classes drawn
       uniformly so rare ones are pasted as often as common ones; the mask follows;
-    - ``context_fraction``: that share of the crops is a whole image shrunk to one tile as the station's context
+    - ``whole_fraction``: that share of the crops is a whole image shrunk to one tile as the station's context
       pass shrinks a frame (:func:`inspection_core.preprocess.context_tile`, its mask alike), a defective image
       with the probability ``defect_fraction`` (class-balanced as the defect crops are), so a defect larger than a
       tile (uneven) is learnt whole.
@@ -431,7 +431,7 @@ class TileSampler:
                  augment: bool = True, overlap: int | None = None, class_balanced: bool = False,
                  hard_fraction: float = 0.0, hard_negatives: list[tuple[int, int, int, float]] | None = None,
                  photometric: str = "jitter", border: int = 0, edge_fraction: float = 0.0,
-                 paste_fraction: float = 0.0, context_fraction: float = 0.0) -> None:
+                 paste_fraction: float = 0.0, whole_fraction: float = 0.0) -> None:
         if photometric not in ("jitter", "exposure"):
             raise InputError(f"photometric must be 'jitter' or 'exposure', got {photometric!r}")
         self.samples = [SegSample(s.name, pad_to_tile(s.image, tile), pad_to_tile(s.mask.astype(np.uint8), tile), s.category)
@@ -469,8 +469,8 @@ class TileSampler:
         self.edge_fraction = edge_fraction if self.edge_pixels else 0.0
         self.pastes = _defect_regions(samples, self.defective, border, tile) if paste_fraction > 0 else []
         self.paste_fraction = paste_fraction if self.pastes else 0.0
-        self.context_fraction = context_fraction
-        self.wholes = [_shrunk_whole(s, border, tile) for s in samples] if context_fraction > 0 else []
+        self.whole_fraction = whole_fraction
+        self.wholes = [_shrunk_whole(s, border, tile) for s in samples] if whole_fraction > 0 else []
 
     def _defect_pixel(self, k: int) -> tuple[int, int]:
         """A defect pixel of sample ``k``: near the frame's edge with probability ``edge_fraction`` (when it has
@@ -499,7 +499,7 @@ class TileSampler:
     def crop(self) -> tuple[np.ndarray, np.ndarray]:
         if self.hard_fraction and self.rng.random() < self.hard_fraction:
             return self._hard_crop()
-        if self.context_fraction and self.rng.random() < self.context_fraction:
+        if self.whole_fraction and self.rng.random() < self.whole_fraction:
             return self._whole_crop()
         if self.origins is not None:
             return self.grid_crop()
@@ -518,7 +518,7 @@ class TileSampler:
         return self._finish(s, y0, x0)
 
     def _whole_crop(self) -> tuple[np.ndarray, np.ndarray]:
-        """A whole image shrunk to one tile (``context_fraction``), augmented as a crop is."""
+        """A whole image shrunk to one tile (``whole_fraction``), augmented as a crop is."""
         rng = self.rng
         k = (self._defect_image() if self.defective and rng.random() < self.defect_fraction
              else int(rng.integers(len(self.samples))))

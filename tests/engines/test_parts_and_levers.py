@@ -313,18 +313,18 @@ def test_context_crops_are_whole_images_shrunk_as_the_station_shrinks_a_frame():
              for i in range(3)]
     samples = [prepared_sample(s, spec) for s in defect + clean]
     sampler = TileSampler(samples, 32, defect_fraction=1.0, seed=0, augment=False, overlap=8, border=16,
-                          context_fraction=1.0)
+                          whole_fraction=1.0)
     for _ in range(10):  # defect_fraction 1: always a defective image, shrunk whole, its mask alike
         image, mask = sampler.crop()
         assert image.shape == mask.shape == (32, 32)
         np.testing.assert_array_equal(image, context_tile(defect[0].image, 32))
         np.testing.assert_array_equal(mask.astype(bool), context_tile(defect[0].mask, 32))
     sampler = TileSampler(samples, 32, defect_fraction=0.0, seed=0, augment=False, overlap=8, border=16,
-                          context_fraction=1.0)
+                          whole_fraction=1.0)
     seen = {int(sampler.crop()[0][0, 0]) for _ in range(60)}
     assert {150, 151, 152} <= seen, "with defect_fraction 0 the images are drawn uniformly"
     off = [TileSampler(samples, 32, defect_fraction=0.5, seed=4, overlap=8, border=16, **extra).batch(6)
-           for extra in ({}, {"context_fraction": 0.0})]
+           for extra in ({}, {"whole_fraction": 0.0})]
     np.testing.assert_array_equal(off[0][0], off[1][0])  # without the lever the crops are those of before
 
 
@@ -425,7 +425,8 @@ def test_recall_and_false_alarms_per_exposure_and_at_the_edge_and_their_spread_g
 
 
 @pytest.mark.slow
-def test_training_with_the_levers_records_its_input_and_the_station_prepares_frames_the_same_way(tmp_path, caplog):
+def test_training_with_the_levers_records_its_input_and_the_station_prepares_frames_the_same_way(tmp_path, caplog,
+                                                                                                  monkeypatch):
     from engines.cli import main
     from engines.weights import resolve_weights
 
@@ -449,6 +450,24 @@ def test_training_with_the_levers_records_its_input_and_the_station_prepares_fra
     assert settings["photometric"] == "exposure" and settings["paste_fraction"] == 0.5
     assert main(["train", "bffn", "--data", str(data), "--out", str(tmp_path / "bad"), "--epochs", "1",
                  "--context", "1.5", "--quiet"]) == 2
+    assert main(["train", "bffn", "--data", str(data), "--out", str(tmp_path / "bad"), "--epochs", "1",
+                 "--context", "0.2", "--whole-crops", "0.2", "--quiet"]) == 2
+    crops = tmp_path / "crops"  # whole images shrunk as crops, without the context pass on the line
+    import engines.data.segmentation as segmentation
+
+    shares = []
+
+    class Spy(segmentation.TileSampler):
+        def __init__(self, *args, **kwargs):
+            shares.append(kwargs["whole_fraction"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(segmentation, "TileSampler", Spy)
+    assert main(["train", "bffn", "--data", str(data), "--out", str(crops), "--epochs", "1", "--steps-per-epoch", "1",
+                 "--batch", "4", "--threads", "2", "--quiet", "--whole-crops", "0.5", "--no-validate"]) == 0
+    assert resolve_weights(str(crops)).input_spec() == InputSpec()
+    assert json.loads((crops / "config.json").read_text())["training"]["settings"]["whole_crops"] == 0.5
+    assert shares == [0.5], "the sampler cut that share of whole-image crops"
     report = tmp_path / "eval.json"
     assert main(["eval", "--weights", str(run), "--data", str(data), "--threads", "1", "--json", str(report)]) == 0
     records = json.loads(report.read_text())
