@@ -61,7 +61,8 @@ def against_reference(reports: dict[int, dict], reference: dict[int, dict]) -> d
 
 def pooled(reports: dict[int, dict]) -> dict:
     """The held-out figures of one arm added up over its folds: counts, precision, recall, F1, false alarms, recall
-    per class, and each fold's F1 and validation F1."""
+    per class, and each fold's held-out F1 beside its validation F1, validation false alarms and learned rule (where
+    validation ranks arms otherwise than held-out, it shows here)."""
     counts = dict.fromkeys(("tp", "fp", "fn", "tn"), 0)
     classes: dict[str, list[int]] = {}
     per_fold = {}
@@ -74,7 +75,8 @@ def pooled(reports: dict[int, dict]) -> dict:
         for name, row in held.get("class_recall", {}).items():
             found, images = classes.setdefault(name, [0, 0])
             classes[name] = [found + row["found"], images + row["images"]]
-        per_fold[fold] = {"holdout_f1": held["f1"], "validation_f1": validation["f1"]}
+        per_fold[fold] = {"holdout_f1": held["f1"], "validation_f1": validation["f1"],
+                          "validation_fp": validation.get("fp"), "rule": report.get("rule")}
     truth = [True] * (counts["tp"] + counts["fn"]) + [False] * (counts["fp"] + counts["tn"])
     predicted = [True] * counts["tp"] + [False] * counts["fn"] + [True] * counts["fp"] + [False] * counts["tn"]
     metrics = image_level_metrics(truth, predicted)
@@ -126,12 +128,24 @@ def goals_markdown(table: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fold_note(fold: dict) -> str:
+    """``val 0.759, 3 FA; 0.95 / 30 px``: what validation said of one fold's arm (as much as its report holds)."""
+    note = f"val {fold['validation_f1']}"
+    if fold.get("validation_fp") is not None:
+        note += f", {fold['validation_fp']} FA"
+    rule = fold.get("rule")
+    if rule:
+        note += f"; {rule['threshold']} / {rule['min_area_px']} px"
+    return note
+
+
 def markdown(table: dict[str, dict]) -> str:
-    lines = ["| arm | folds | held-out images | P / R / F1 (added up) | false alarms | each fold's held-out F1 | "
-             "recall per class | against the reference, image by image |", "|" + " --- |" * 8]
+    lines = ["| arm | folds | held-out images | P / R / F1 (added up) | false alarms | each fold's held-out F1 "
+             "(validation F1, its false alarms; rule) | recall per class | against the reference, image by image |",
+             "|" + " --- |" * 8]
     for arm, s in table.items():
         images = s["tp"] + s["fp"] + s["fn"] + s["tn"]
-        folds = ", ".join(f"{v['holdout_f1']}" for _, v in sorted(s["per_fold"].items()))
+        folds = ", ".join(f"{v['holdout_f1']} ({fold_note(v)})" for _, v in sorted(s["per_fold"].items()))
         classes = ", ".join(f"{c} {r}" for c, r in s["class_recall"].items())
         paired = s.get("against_reference")
         versus = (f"+{paired['fixed']} / -{paired['broken']}, p = {paired['p_value']} ({paired['images']} images)"
