@@ -4,7 +4,9 @@
 # (`engines split --folds 5 --fold I --validation 0.15 --not-train station/samples/magnetic-tile`):
 #   1. the reference: today's recipe, 30 x 500 steps from the GR backbone (as runs/ref-parts), judged by accept;
 #   2. the exposure arm: 1,500 steps of --photometric exposure from the reference's best/, accepted against it;
-#   3. the second opinion: GR on whole images from the exposure arm's backbone, fused by `accept --classifier`;
+#   3. the second opinion: GR on whole images from the exposure arm's backbone, fused by `accept --classifier`
+#      (folds in GR_FOLDS only, default "0 1": on both, the fused held-out verdicts were the segmenter's, image for
+#      image, and GR costs 20 minutes a fold; GR_FOLDS="0 1 2 3 4" runs it everywhere);
 #   4. the context arm (--context 0.2: the whole frame shrunk to one tile is scored too), the same crops without the
 #      pass (--whole-crops 0.2) and their control (the same 1,500 steps with no lever), all from the reference:
 #      `FOLD=I bash benchmarks/issue25_levers.sh control context whole`.
@@ -44,12 +46,13 @@ for fold in ${FOLDS:-0 1 2 3 4}; do
     $PY accept --weights $ARM/best --against $REF/best --data $DATA --split $SPLIT --out $RUNS/accept-exposure-f$fold \
       --threads 2 >> $RUNS/accept-exposure-f$fold.log 2>&1
   fi
-  if [ ! -f $GR/model.safetensors ]; then
+  case " ${GR_FOLDS:-0 1} " in *" $fold "*) with_gr=1 ;; *) with_gr= ;; esac
+  if [ -n "$with_gr" ] && [ ! -f $GR/model.safetensors ]; then
     step $fold "train GR"
     $PY train gr --data $DATA --split $SPLIT --in-channels 1 --size 224 --backbone resnet18 --init-backbone $ARM/best \
       --epochs 15 --lr 0.01 --out $GR --threads 2 --quiet >> $GR.stdout.log 2>&1 || exit 1
   fi
-  if [ ! -f $RUNS/accept-exposure-gr-f$fold/acceptance.json ]; then
+  if [ -n "$with_gr" ] && [ ! -f $RUNS/accept-exposure-gr-f$fold/acceptance.json ]; then
     step $fold "accept the exposure arm with GR"
     $PY accept --weights $ARM/best --classifier $GR --data $DATA --split $SPLIT \
       --out $RUNS/accept-exposure-gr-f$fold --threads 2 >> $RUNS/accept-exposure-gr-f$fold.log 2>&1
@@ -60,7 +63,9 @@ for fold in ${FOLDS:-0 1 2 3 4}; do
     mkdir -p docs/results/issue25/kfold/${f##*/}
     cp $f/acceptance.json $f/holdout*.json docs/results/issue25/kfold/${f##*/}/
   done
-  for run in ref exposure gr; do cp $RUNS/$run-f$fold/train.log docs/results/issue25/kfold/train-$run-f$fold.log; done
+  for run in ref exposure ${with_gr:+gr}; do
+    cp $RUNS/$run-f$fold/train.log docs/results/issue25/kfold/train-$run-f$fold.log
+  done
   .venv/bin/python benchmarks/kfold_table.py docs/results/issue25/kfold --out docs/results/issue25/kfold.md \
     --json docs/results/issue25/kfold.json
   step $fold "done"
