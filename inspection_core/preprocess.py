@@ -54,7 +54,7 @@ def whole_frame(spec: InputSpec) -> bool:
 def context_tile(image: np.ndarray, tile: int) -> np.ndarray:
     """A prepared frame (:func:`prepare_image`, no border) shrunk to one ``tile`` x ``tile`` tile
     (``cv2.INTER_AREA``; the aspect is not kept): the input of the context pass (:attr:`InputSpec.context`). A
-    mask (bool or 0/1) is shrunk alike and marks the pixels at least half covered.
+    bool mask is shrunk alike and marks the pixels at least half covered.
 
     >>> import numpy as np
     >>> mask = np.zeros((40, 80), bool); mask[:20] = True
