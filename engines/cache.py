@@ -59,13 +59,14 @@ def engine_for_weights(weights: str | Path, backend: str = "onnxruntime", thread
             return engine
     folder = cache_folder(bundle, backend, device, precision, tile, mode)
     if is_engine_dir(folder):
-        found = problems(folder)
-        built_for = InputSpec(**read_manifest(folder).get("input", {}))
+        manifest = read_manifest(folder)
+        found = problems(folder, manifest)
+        built_for = InputSpec(**manifest.get("input", {}))
         if built_for != bundle.input_spec():  # config.json's "input" edited: the same weights, other frames
             found.append(f"built for the input {built_for.to_dict()}, and the weights' config.json now says "
                          f"{bundle.input_spec().to_dict()}")
         if not found:
-            return open_folder(folder, read_manifest(folder), threads=threads, device=device)
+            return open_folder(folder, manifest, threads=threads, device=device)
         log.warning("rebuilding cached engine %s: %s", folder, "; ".join(found))
     if not has_torch():
         raise MissingExtra(no_export_message(bundle, tile, mode, backend, precision))
