@@ -124,6 +124,18 @@ def test_accept_judges_held_out_once_with_the_rule_validation_taught(own_bffn, t
         assert summary["holdout"][key] == expected[key], key
     found = sum(r["verdict"] == "FAIL" for r in expected["images_detail"] if r["defective"])
     assert summary["holdout"]["class_recall"]["defect"]["found"] == found
+    # in hindsight: the same sweep on held-out, whose point at the learned rule is the held-out figure itself
+    held = json.loads((out / "holdout.json").read_text())
+    at_rule = [p for p in held["rule_sweep"] if (p["threshold"], p["min_area_px"]) == (
+        rule["threshold"], rule["min_area_px"])]
+    assert len(at_rule) == 1 and all(at_rule[0][k] == expected[k] for k in ("tp", "fp", "fn", "tn"))
+    hindsight = summary["holdout"]["hindsight_rule"]
+    top = max(p["f1"] for p in held["rule_sweep"])
+    assert hindsight["f1"] == top >= summary["holdout"]["f1"] and "not a rule to ship" in hindsight["note"]
+    assert [r["verdict"] for r in held["images_detail"]] == [r["verdict"] for r in expected["images_detail"]]
+    assert sum(r["hindsight_verdict"] == "FAIL" for r in held["images_detail"]) == hindsight["fp"] + (
+        sum(r["defective"] for r in held["images_detail"]) - hindsight["fn"])
+    assert f"in hindsight the best rule there (threshold {hindsight['threshold']}" in done.stderr
 
     # the rule travels with the weights (issue 27): eval without rule flags judges with it, and says so
     written = json.loads((own_bffn / "config.json").read_text())["judging"]
@@ -176,3 +188,36 @@ def test_accept_refuses_a_split_without_a_validation_part(untrained_bffn, tmp_pa
                            str(split), "--out", str(tmp_path / "a")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "no 'validation' list" in done.stderr and "engines split" in done.stderr
     assert not (tmp_path / "a" / "acceptance.json").exists()
+
+
+def test_accept_reports_the_best_rule_on_held_out_in_hindsight_beside_the_learned_one(magnetic_tile, tmp_path):
+    """Held-out is judged once by the rule learned on validation; the same sweep there gives, in hindsight, the best
+    rule's F1 (how much a better rule could give these weights), with each image's verdict under it."""
+    from engines.evaluate import best_rule
+    from engines.weights import SHIPPED
+
+    def pick(category, n, skip=0):
+        return sorted(f"MT_{category}/{p.name}" for p in (magnetic_tile / f"MT_{category}").glob("*.jpg"))[skip:skip + n]
+
+    split = tmp_path / "split.json"  # lightings and classes that make the two parts' best rules differ
+    split.write_text(json.dumps({"train": [], "validation": pick("Free", 5) + pick("Blowhole", 3),
+                                 "holdout": pick("Free", 5, 100) + pick("Uneven", 3, 40)}))
+    out = tmp_path / "accept"
+    done = subprocess.run([*ENGINES, "accept", "--weights", str(SHIPPED / "bffn-magnetic-tile"), "--data",
+                           str(magnetic_tile), "--split", str(split), "--out", str(out), "--keep-config",
+                           "--goal-f1", "0", "--threads", "2"], capture_output=True, text=True, timeout=300)
+    assert done.returncode in (0, 1) and "Traceback" not in done.stderr, done.stderr
+    summary = json.loads((out / "acceptance.json").read_text())
+    held = json.loads((out / "holdout.json").read_text())
+    learned = (summary["rule"]["threshold"], summary["rule"]["min_area_px"])
+    point = {(p["threshold"], p["min_area_px"]): p for p in held["rule_sweep"]}
+    assert point[learned]["f1"] == summary["holdout"]["f1"] == held["f1"]
+    hindsight = summary["holdout"]["hindsight_rule"]
+    best = best_rule(held["rule_sweep"])
+    assert (hindsight["threshold"], hindsight["min_area_px"], hindsight["f1"]) == (
+        best["threshold"], best["min_area_px"], best["f1"])
+    assert (hindsight["threshold"], hindsight["min_area_px"]) != learned, "the parts should want different rules"
+    detail = held["images_detail"]
+    assert sum(r["hindsight_verdict"] == "FAIL" and not r["defective"] for r in detail) == hindsight["fp"]
+    assert sum(r["hindsight_verdict"] == "PASS" and r["defective"] for r in detail) == hindsight["fn"]
+    assert "best_rule_verdict" not in detail[0], "held-out verdicts are the learned rule's and the hindsight one's"

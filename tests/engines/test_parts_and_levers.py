@@ -557,6 +557,7 @@ def test_the_kfold_table_adds_up_held_out_counts_over_folds_and_counts_fused_ver
 
     ruled = {**report(8, 1, 2, 19, 0, 0.84), "rule": {"threshold": 0.95, "min_area_px": 30}}
     ruled["validation"]["fp"] = 3
+    ruled["holdout"]["hindsight_rule"] = {"threshold": 0.9, "min_area_px": 10, "f1": 0.88}
     reports = {"accept-exposure-f0": ruled, "accept-exposure-f1": report(9, 0, 1, 20, 1, 0.95),
                "accept-exposure-gr-f0": report(8, 1, 2, 19, 0, 0.84, fused={"tp": 10, "fn": 0, "fp": 3, "tn": 17,
                                                                           "f1": 0.87})}
@@ -594,8 +595,8 @@ def test_the_kfold_table_adds_up_held_out_counts_over_folds_and_counts_fused_ver
     assert exposure["recall"] == 0.85 and exposure["false_alarm_rate"] == 0.025
     assert exposure["class_recall"] == {"uneven": "1/6"} and exposure["folds"] == [0, 1]
     assert (table["exposure-gr"]["tp"], table["exposure-gr"]["fp"]) == (10, 3), "fused verdicts are counted"
-    assert ("| exposure | 2 | 60 | 0.9444 / 0.85 / **0.8947** | 1 of 40 (2.5%) | 0.84 (val 0.7, 3 FA; 0.95 / 30 px), "
-            "0.95 (val 0.7) |") in out.read_text(), "each fold with what validation said of it"
+    assert ("| exposure | 2 | 60 | 0.9444 / 0.85 / **0.8947** | 1 of 40 (2.5%) | 0.84 (val 0.7, 3 FA; 0.95 / 30 px; "
+            "best rule in hindsight 0.88), 0.95 (val 0.7) |") in out.read_text(), "each fold with what validation said of it"
     assert "| ref | 1 | 30 |" in out.read_text()
     assert kfold_table.main([str(tmp_path / "nowhere")]) == 2
 
