@@ -240,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="FRACTION of the training crops are whole images shrunk to one tile, as --context makes "
                             "them, but without the context pass on the line: the tiles learn defects at a smaller "
                             "scale and whole (e.g. 0.2); default 0")
+    train.add_argument("--ema", type=float, metavar="DECAY",
+                       help="keep an exponential moving average of the weights (DECAY per step, e.g. 0.999: about "
+                            "the last 1,000 steps; warmed up over the first steps) and validate, keep as best/ and "
+                            "write that average instead of the last step's weights: a steadier network and a "
+                            "steadier choice of epoch; it is checkpointed and resumed; default 0 = off")
     train.add_argument("--no-channels-last", action="store_true",
                        help="keep NCHW tensors (channels-last gives the same arithmetic, faster on the CPU)")
     cls = train.add_argument_group(f"classifiers ({', '.join(CLASSIFICATION_MODELS)}; paper 001)")

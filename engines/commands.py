@@ -19,7 +19,7 @@ SEG_ONLY = {"tile": None, "optimizer": None, "loss": None, "init": None, "no_sam
             "sampling": None, "aux_weight": None, "defect_fraction": None, "class_balanced": False,
             "hard_negatives": None, "mine_every": None, "backbone_lr": None, "validate_as": None,
             "gain_target": None, "border": None, "photometric": None, "edge_fraction": None, "paste_fraction": None,
-            "context": None, "whole_crops": None}
+            "context": None, "whole_crops": None, "ema": None}
 CLS_ONLY = {"pretrain_epochs": None, "momentum": None, "weight_decay": None, "size": None, "bank_size": None,
             "in_channels": None, "no_augment": False, "label_dim": None, "no_gr": False, "linear": False,
             "alpha": None, "tau": None}
@@ -69,7 +69,7 @@ def run_train(args: argparse.Namespace) -> int:
                              gain_target=args.gain_target or 0.0, border=args.border or 0,
                              photometric=args.photometric or "jitter", edge_fraction=args.edge_fraction or 0.0,
                              paste_fraction=args.paste_fraction or 0.0, context=args.context or 0.0,
-                             whole_crops=args.whole_crops or 0.0,
+                             whole_crops=args.whole_crops or 0.0, ema=args.ema or 0.0,
                              extra_data=tuple(extra))
     final = train_segmentation(settings, progress=not args.quiet)
     if main_process:

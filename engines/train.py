@@ -22,6 +22,7 @@ from engines.training import (
     Phase,
     TrainingHooks,
     TrainingLoop,
+    WeightAverage,
     distributed,
     optimizer_step,
     pick_device,
@@ -77,6 +78,7 @@ class TrainSettings:
     paste_fraction: float = 0.0  # share of plain crops of defect-free images that get a pasted real defect
     context: float = 0.0  # > 0: InputSpec.context on, and this share of crops is a whole image shrunk to one tile
     whole_crops: float = 0.0  # this share of crops is a whole image shrunk to one tile, without the context pass
+    ema: float = 0.0  # > 0: an exponential moving average of the weights (this decay per step) is validated and saved
 
 
 OPTIMIZERS = ("rmsprop", "adam")
@@ -233,6 +235,8 @@ def train_segmentation(settings: TrainSettings, progress: bool = True, train_sam
                                                         settings.lr),
                   make_scheduler=cosine)
     history = loop.run([phase], hooks)
+    if hooks.average is not None:  # the weights written are the average that was validated
+        model.load_state_dict(hooks.average.weights)
     model.eval().cpu().to(memory_format=torch.contiguous_format)
     if main_process:
         training = {"settings": asdict(settings), "history": history, "command": " ".join(sys.argv),
@@ -261,6 +265,7 @@ class SegmentationHooks(TrainingHooks):
         self.best: dict | None = None
         self.parts: StepParts | None = None
         self.device = self.amp_dtype = None
+        self.average: WeightAverage | None = None
 
     def start_phase(self, phase: Phase, optimizer, loop: TrainingLoop) -> None:
         from engines.weights import WEIGHTS_FILE
@@ -277,6 +282,18 @@ class SegmentationHooks(TrainingHooks):
             self.best = None
         self.parts = StepParts(self.spec, loop.device, segmentation_loss(s.loss), s.aux_weight, optimizer,
                                loop.scaler, loop.amp_dtype, s.channels_last)
+        saved = loop.extra.get("ema")
+        if s.ema:
+            self.average = WeightAverage(self.model, s.ema)
+            if saved is not None:
+                self.average.load_state_dict(saved)
+            elif self.start_epoch:
+                log.info("--ema: the checkpoint has no average; it starts from the weights after epoch %d",
+                         self.start_epoch)
+        elif saved is not None:
+            log.warning("the checkpoint kept a weight average (--ema %s) that this command does not: the epochs from "
+                        "here on validate and save the trained weights; give --ema %s to go on with it",
+                        saved["decay"], saved["decay"])
 
     def epoch_batches(self, phase: Phase, epoch: int):
         from engines.data.segmentation import TileSampler
@@ -304,9 +321,21 @@ class SegmentationHooks(TrainingHooks):
 
     def step(self, batch, phase: Phase, check) -> float:
         tiles, masks = batch
-        return training_step(self.net, tiles, masks, self.parts, check=check)
+        loss = training_step(self.net, tiles, masks, self.parts, check=check)
+        if self.average is not None:
+            self.average.update(self.model)
+        return loss
+
+    def checkpoint_extra(self) -> dict:
+        return {"ema": self.average.state_dict()} if self.average is not None else {}
 
     def end_epoch(self, stats: EpochStats) -> dict:
+        if self.average is None:
+            return self._end_epoch(stats)
+        with self.average.applied(self.model):  # the average is what is validated and kept as best/
+            return {**self._end_epoch(stats), "ema": self.average.decay}
+
+    def _end_epoch(self, stats: EpochStats) -> dict:
         from engines.evaluate import evaluate_as_station, evaluate_full_images
         from engines.weights import save_weights
 

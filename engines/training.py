@@ -12,7 +12,8 @@ forward pass and loss of one step, and what ends an epoch (validation, ``best/``
 
 The checkpoint (``out/checkpoint.pt``, written through a temporary file every epoch) holds ``model``,
 ``optimizer``, ``scheduler`` (when the phase has one), ``epoch`` (finished in the current phase), ``phase``,
-``done`` (epochs finished per phase, JSON), ``history`` (JSON) and the job's own keys. Checkpoints of the earlier
+``done`` (epochs finished per phase, JSON), ``history`` (JSON) and the job's own keys (given back after
+:meth:`TrainingLoop.resume` as ``loop.extra``; a :class:`WeightAverage` is kept there). Checkpoints of the earlier
 separate loops are resumed as they are: a segmentation one (no ``phase``) is phase 1 after ``epoch`` epochs.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ import logging
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -30,6 +32,7 @@ from engines.errors import check_loss
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
+LOOP_KEYS = ("model", "optimizer", "scheduler", "epoch", "history", "phase", "done")
 
 
 def distributed() -> tuple[int, int, int]:
@@ -99,6 +102,54 @@ def load_optimizer_state(optimizer, state: dict) -> None:
     groups = [{**saved, **{k: group[k] for k in kernels if k in group}}
               for saved, group in zip(state["param_groups"], optimizer.param_groups)]
     optimizer.load_state_dict({**state, "param_groups": groups})
+
+
+class WeightAverage:
+    """An exponential moving average of a network's weights and its batch-norm statistics (``engines train
+    --ema DECAY``): after every optimiser step ``average = d * average + (1 - d) * weights``, with ``d`` warmed up
+    as ``min(DECAY, (1 + n) / (10 + n))`` over the first ``n`` steps so that the start's weights fade quickly.
+    Integer buffers (batch-norm's step counters) are copied. The average is what gets validated and saved; the
+    optimiser goes on training the weights themselves."""
+
+    def __init__(self, model, decay: float) -> None:
+        from engines.errors import InputError
+
+        if not 0 < decay < 1:
+            raise InputError(f"--ema {decay}: the decay per step must be in 0..1 (e.g. 0.999, which averages about "
+                             "the last 1,000 steps; 0 = off)")
+        self.decay, self.steps = float(decay), 0
+        self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def update(self, model) -> None:
+        import torch
+
+        self.steps += 1
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        with torch.no_grad():
+            for name, value in model.state_dict().items():
+                average = self.weights[name]
+                if average.is_floating_point():
+                    average.mul_(d).add_(value.detach().to(average.dtype), alpha=1 - d)
+                else:
+                    average.copy_(value)
+
+    @contextmanager
+    def applied(self, model):
+        """The average in ``model`` inside the block; the trained weights are put back after it."""
+        trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.weights)
+        try:
+            yield model
+        finally:
+            model.load_state_dict(trained)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "steps": self.steps, "weights": self.weights}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = int(state["steps"])
+        for name, value in state["weights"].items():
+            self.weights[name].copy_(value)
 
 
 @dataclass
@@ -171,6 +222,7 @@ class TrainingLoop:
     history: list[dict] = field(default_factory=list)
     done: dict[int, int] = field(default_factory=dict)  # epochs finished per phase
     current: int | None = None  # the phase the checkpoint was written in
+    extra: dict = field(default_factory=dict)  # the job's own keys of the checkpoint resumed from
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -197,6 +249,7 @@ class TrainingLoop:
         self.done = ({int(k): int(v) for k, v in json.loads(state["done"]).items()} if "done" in state
                      else {self.current: int(state["epoch"])})
         self._saved = {"optimizer": state["optimizer"], "scheduler": state.get("scheduler")}
+        self.extra = {k: v for k, v in state.items() if k not in LOOP_KEYS}
         log.info("resumed from %s: phase %d after %d epoch(s)", self.checkpoint, self.current,
                  self.done.get(self.current, 0))
         return True

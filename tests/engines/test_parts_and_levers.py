@@ -464,9 +464,14 @@ def test_training_with_the_levers_records_its_input_and_the_station_prepares_fra
 
     monkeypatch.setattr(segmentation, "TileSampler", Spy)
     assert main(["train", "bffn", "--data", str(data), "--out", str(crops), "--epochs", "1", "--steps-per-epoch", "1",
-                 "--batch", "4", "--threads", "2", "--quiet", "--whole-crops", "0.5", "--no-validate"]) == 0
+                 "--batch", "4", "--threads", "2", "--quiet", "--whole-crops", "0.5", "--no-validate",
+                 "--ema", "0.8"]) == 0
     assert resolve_weights(str(crops)).input_spec() == InputSpec()
-    assert json.loads((crops / "config.json").read_text())["training"]["settings"]["whole_crops"] == 0.5
+    trained = json.loads((crops / "config.json").read_text())["training"]
+    assert trained["settings"]["whole_crops"] == 0.5 and trained["settings"]["ema"] == 0.8
+    assert trained["history"][0]["ema"] == 0.8, "the average was kept"
+    assert main(["train", "bffn", "--data", str(data), "--out", str(tmp_path / "bad-ema"), "--epochs", "1",
+                 "--steps-per-epoch", "1", "--ema", "1.5", "--quiet", "--no-validate"]) == 2
     assert shares == [0.5], "the sampler cut that share of whole-image crops"
     report = tmp_path / "eval.json"
     assert main(["eval", "--weights", str(run), "--data", str(data), "--threads", "1", "--json", str(report)]) == 0

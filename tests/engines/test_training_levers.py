@@ -396,3 +396,102 @@ def test_station_validation_during_training_is_what_engines_eval_says_of_the_sam
            (learned["f1"], learned["threshold"], learned["min_area_px"])
     assert (here["f1"], here["fp"], here["fn"], here["pixel_iou"]) == \
            (judged["f1"], judged["fp"], judged["fn"], judged["pixel_iou"])
+
+
+def test_the_weight_average_follows_the_weights_with_its_warmed_up_decay_and_can_be_put_in_and_taken_out():
+    import torch
+
+    from engines.errors import InputError
+    from engines.training import WeightAverage
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    average = WeightAverage(net, 0.9)
+    expected = {k: v.clone() for k, v in net.state_dict().items()}
+    for n in range(1, 41):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.1 * n)
+        net.train()(torch.randn(8, 3))  # batch-norm statistics and its step counter move too
+        average.update(net)
+        d = min(0.9, (1 + n) / (10 + n))
+        for k, v in net.state_dict().items():
+            expected[k] = d * expected[k] + (1 - d) * v if v.is_floating_point() else v.clone()
+    for k, v in average.weights.items():
+        torch.testing.assert_close(v, expected[k], msg=k)
+    assert int(average.weights["1.num_batches_tracked"]) == 40
+    trained = {k: v.clone() for k, v in net.state_dict().items()}
+    assert not torch.equal(trained["0.weight"], average.weights["0.weight"])
+    with average.applied(net):
+        assert torch.equal(net.state_dict()["0.weight"], average.weights["0.weight"])
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in trained.items()), "the trained weights come back"
+    again = WeightAverage(net, 0.9)
+    again.load_state_dict(average.state_dict())
+    assert again.steps == 40 and torch.equal(again.weights["0.bias"], average.weights["0.bias"])
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(InputError, match="--ema"):
+            WeightAverage(net, bad)
+
+
+@pytest.mark.slow
+def test_ema_training_validates_saves_and_resumes_the_average(tmp_path, caplog, one_torch_thread):
+    """`engines train --ema`: best/ and the written weights are the average, the trained weights go on in the
+    checkpoint, and a run killed mid-way goes on, with the same command, from the average it saved."""
+    import logging
+
+    import torch
+
+    from engines.train import SegmentationHooks, TrainSettings, train_segmentation
+    from engines.training import WeightAverage
+    from engines.weights import load_model, resolve_weights
+
+    data = make_generic_set(tmp_path / "set", n=6, size=(128, 128))
+
+    def run(name, epochs, ema=0.9):
+        settings = TrainSettings(data=str(data), out=str(tmp_path / name), epochs=epochs, steps_per_epoch=2, batch=4,
+                                 holdout=0.34, threads=1, ema=ema, prefetch=0)
+        return train_segmentation(settings, progress=False)
+
+    end_epoch = SegmentationHooks.end_epoch
+
+    def stopped(self, stats):  # the run is killed in its second epoch, after the first one's checkpoint
+        if stats.epoch == 1:
+            raise KeyboardInterrupt
+        return end_epoch(self, stats)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SegmentationHooks, "end_epoch", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            run("ema", 2)
+    saved = torch.load(tmp_path / "ema" / "checkpoint.pt", weights_only=True)["ema"]
+    assert saved["steps"] == 2
+    update, seen = WeightAverage.update, []
+
+    def spied(self, model):
+        seen.append((self.steps, {k: v.clone() for k, v in self.weights.items()}))
+        update(self, model)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(WeightAverage, "update", spied)
+        assert run("ema", 2)["ema"] == 0.9  # the same command resumes, with the average it saved
+    steps, first = seen[0]
+    assert steps == 2 and all(torch.equal(first[k], v) for k, v in saved["weights"].items())
+    state = torch.load(tmp_path / "ema" / "checkpoint.pt", weights_only=True)
+    assert state["ema"]["steps"] == 4 and state["ema"]["decay"] == 0.9
+    written = load_model(resolve_weights(tmp_path / "ema")).state_dict()  # stored in float16
+    for k, v in written.items():
+        if v.is_floating_point():
+            average, trained = state["ema"]["weights"][k].half().float(), state["model"][k].half().float()
+            torch.testing.assert_close(v, average, rtol=0, atol=0, msg=k)
+            assert torch.equal(v, trained) or not torch.equal(average, trained), k
+    assert sum(not torch.equal(v, state["model"][k].half().float()) for k, v in written.items()
+               if v.is_floating_point()) > 10, "the average is written, not the last step's weights"
+    history = json.loads((tmp_path / "ema" / "config.json").read_text())["training"]["history"]
+    best = json.loads((tmp_path / "ema" / "best" / "config.json").read_text())["training"]
+    assert [h["ema"] for h in history] == [0.9, 0.9] and best["settings"]["ema"] == 0.9
+    assert best["epoch"] == 2, "this small run does best in its last epoch"
+    kept = load_model(resolve_weights(tmp_path / "ema" / "best")).state_dict()
+    assert all(torch.equal(v, written[k]) for k, v in kept.items()), "best/ holds the average, as validated"
+    with caplog.at_level(logging.WARNING, logger="engines.train"):
+        run("ema", 3, ema=0.0)
+    assert "kept a weight average (--ema 0.9)" in caplog.text
