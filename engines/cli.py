@@ -305,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--keep", help="an earlier split.json whose training images stay in training (--group-by file)")
     sp.add_argument("--not-train", help="a folder of images (e.g. the bundled demo frames) that must not be in the "
                                         "training part; matched by file name without its class prefix")
+    sp.add_argument("--train-share", type=float, metavar="F",
+                    help="keep only F of each class's training parts in training (a seeded choice; with one --seed "
+                         "a smaller F keeps a subset of a larger one's parts), the rest listed as unused; "
+                         "validation and held-out stay as they are: points of a learning curve (what more labelled "
+                         "parts would give); default 1 = all")
     sp.set_defaults(func=run_split)
 
     cv = sub.add_parser("curves", help="plot validation F1 and pixel IoU against training steps for runs",

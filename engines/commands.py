@@ -121,7 +121,7 @@ def _train_classifier(args: argparse.Namespace) -> int:
 
 def run_split(args: argparse.Namespace) -> int:
     from engines.data.segmentation import (IMAGE_SUFFIXES, fold_split_by_part, leaked_parts, load_dataset, read_split,
-                                           three_way_split)
+                                           thin_training, three_way_split)
 
     if (args.folds is None) != (args.fold is None):
         print("error: --folds K and --fold I go together (I from 0 to K-1)", file=sys.stderr)
@@ -157,6 +157,11 @@ def run_split(args: argparse.Namespace) -> int:
     else:
         split = three_way_split(samples, args.validation, args.holdout, args.seed, keep=keep,
                                 parts=grouping.ids if grouping else None, not_train=not_train)
+    if args.train_share is not None:
+        if grouping is None:
+            print("error: --train-share keeps whole training parts; drop --group-by file", file=sys.stderr)
+            return EXIT_USAGE
+        split = thin_training(split, samples, grouping.ids, args.train_share, args.seed)
     leaked = [n for n in split["train"] if n in not_train]
     if leaked:
         print(f"error: {len(leaked)} images of {args.not_train} fall in the training part "
@@ -171,6 +176,9 @@ def run_split(args: argparse.Namespace) -> int:
         if args.folds is not None:
             record["folds"] = {"k": args.folds, "fold": args.fold, "seed": args.seed}
             summary["fold"] = f"{args.fold} of {args.folds}"
+        if args.train_share is not None:
+            record["train_share"] = {"share": args.train_share, "seed": args.seed}
+            summary["train_parts"] = len({part_of[n] for n in split["train"]})
         summary.update(parts=grouping.parts, joined_by_name=grouping.by_name, joined_by_image=grouping.by_image,
                        similarity_within_runs=round(grouping.similar_within, 3),
                        similarity_across_runs_p99=round(grouping.similar_across, 3),

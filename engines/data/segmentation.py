@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,6 +327,28 @@ def fold_split_by_part(samples: list[SegSample], parts: list[str], folds: int, f
             else:
                 out["train"] += names
     return {side: sorted(names) for side, names in out.items()}
+
+
+def thin_training(split: dict[str, list[str]], samples: list[SegSample], parts: list[str], share: float,
+                  seed: int) -> dict[str, list[str]]:
+    """``split`` with only ``share`` of each class's training parts left in ``train`` (at least one a class), the
+    other training images listed under ``unused``; validation and held-out are untouched. Each class's training
+    parts are shuffled by ``seed`` alone, and the first ``ceil(share * n)`` are kept, so with one seed a smaller
+    share keeps a subset of a larger one's parts: points of a learning curve over the number of training parts."""
+    if not 0 < share <= 1:
+        raise InputError(f"--train-share {share}: the share of the training parts to keep must be in (0, 1] (e.g. "
+                         "0.5; 1 = all)")
+    part_of = dict(zip((s.name for s in samples), parts))
+    trained = set(split["train"])
+    members, by_class = _parts_by_class(samples, parts)
+    rng = random.Random(f"train-share {seed}")
+    kept: set[str] = set()
+    for category in sorted(by_class):
+        order = [p for p in by_class[category] if any(samples[i].name in trained for i in members[p])]
+        rng.shuffle(order)
+        kept.update(order[:math.ceil(share * len(order))])
+    return {**split, "train": sorted(n for n in split["train"] if part_of[n] in kept),
+            "unused": sorted(n for n in split["train"] if part_of[n] not in kept)}
 
 
 def leaked_parts(split: dict[str, list[str]], part_of: dict[str, str]) -> dict[str, int]:

@@ -199,6 +199,53 @@ def test_k_fold_splits_by_part_hold_out_every_image_once_and_keep_parts_whole(tm
                  "--group-by", "file"]) == 2
 
 
+def test_a_training_share_keeps_whole_parts_of_each_class_nested_and_leaves_the_judging_parts_alone(tmp_path,
+                                                                                                      capsys):
+    """`engines split --train-share F` (issue 25's cost of the next step: a learning curve over training parts)."""
+    from engines.cli import main
+    from engines.data.segmentation import thin_training
+
+    parts = [("crack", [(e, 1000 * p + 20 * e) for e in range(1, 4)]) for p in range(10)]
+    parts += [("free", [(e, 500_000 + 1000 * p + 20 * e) for e in range(1, 3)]) for p in range(20)]
+    samples = _tiles(parts)
+    part_of = part_ids(samples).ids
+    full = fold_split_by_part(samples, part_of, 5, 0, 0.2, seed=1)
+    part = dict(zip((s.name for s in samples), part_of))
+
+    def trained_parts(split, cls):
+        return {part[n] for n in split["train"] if n.startswith(cls)}
+
+    kept = {}
+    for share in (0.25, 0.5, 1.0):
+        split = thin_training(full, samples, part_of, share, seed=3)
+        assert (split["validation"], split["holdout"]) == (full["validation"], full["holdout"])
+        assert sorted(split["train"] + split["unused"]) == full["train"]
+        for cls in ("MT_Crack", "MT_Free"):
+            n = len(trained_parts(full, cls))
+            assert len(trained_parts(split, cls)) == -(-n * share // 1), (share, cls)
+        assert not {part[n] for n in split["train"]} & {part[n] for n in split["unused"]}, "parts stay whole"
+        kept[share] = {part[n] for n in split["train"]}
+    assert kept[0.25] < kept[0.5] < kept[1.0], "with one seed a smaller share keeps a subset of a larger one's"
+    assert thin_training(full, samples, part_of, 0.5, seed=4)["train"] != thin_training(
+        full, samples, part_of, 0.5, seed=3)["train"]
+    assert len(trained_parts(thin_training(full, samples, part_of, 0.01, seed=3), "MT_Crack")) == 1, "one a class"
+
+    data = _write_folder(tmp_path / "mt", samples)
+    out = tmp_path / "half.json"
+    assert main(["split", "--data", str(data), "--out", str(out), "--folds", "5", "--fold", "0", "--validation", "0.2",
+                 "--seed", "1", "--train-share", "0.5"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    written = json.loads(out.read_text())
+    assert written["train"] == thin_training(full, samples, part_of, 0.5, seed=1)["train"]
+    assert written["train_share"] == {"share": 0.5, "seed": 1} and summary["unused"] == len(written["unused"]) > 0
+    assert summary["train_parts"] == len({part[n] for n in written["train"]})
+    for bad in ("0", "1.5"):
+        assert main(["split", "--data", str(data), "--out", str(out), "--train-share", bad]) == 2
+        assert "--train-share" in capsys.readouterr().err
+    assert main(["split", "--data", str(data), "--out", str(out), "--train-share", "0.5", "--group-by", "file"]) == 2
+    assert "keeps whole training parts" in capsys.readouterr().err
+
+
 @pytest.mark.shared_data
 def test_magnetic_tile_parts_hold_the_issues_example_and_the_shipped_split_by_part_leaks_nothing(magnetic_tile):
     from pathlib import Path
