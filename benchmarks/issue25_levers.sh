@@ -35,6 +35,9 @@ declare -A ARMS=(
   [context]="--context 0.2"
   # the same crops without the pass on the line: on fold 0 the pass itself found no defect its tiles missed
   [whole]="--whole-crops 0.2"
+  # validation F1 swings 0.1-0.2 from epoch to epoch while the loss falls: a moving average of the weights (about
+  # the last 500 steps) is validated and kept instead of the last step's
+  [ema]="--ema 0.998"
 )
 for arm in ${@:-control exposure gain border paste exposure-paste}; do
   out=${RUN//\{\}/$arm} accept=${ACCEPT//\{\}/$arm}
