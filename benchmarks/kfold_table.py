@@ -1,7 +1,9 @@
 """The k-fold table of issue 25: each arm's `engines accept` reports over the folds of a split by part, held-out
 figures added up over the folds (every image is held out once), beside each fold's own F1, and each arm against the
 reference (``ref``) image by image on the held-out images both have judged (exact McNemar p over all those folds),
-and issue 25's goals judged on all of an arm's held-out images together (its per-image records of every fold).
+each lever against the control (``control``: the same fine-tune without a lever, what a lever is measured against)
+the same way, and issue 25's goals judged on all of an arm's held-out images together (its per-image records of
+every fold).
 
 The reports are ``RUNS/accept-ARM-fI/acceptance.json`` (as ``benchmarks/issue25_kfold.sh`` writes them); a report of
 ``engines accept --classifier`` counts its fused verdicts. An arm missing some folds is shown with the folds it has.
@@ -25,6 +27,7 @@ from lever_table import write_tables  # noqa: E402
 
 REPORT = re.compile(r"^accept-(?P<arm>.+)-f(?P<fold>\d+)$")
 REFERENCE = "ref"
+CONTROL = "control"
 
 
 def collect(runs: Path) -> dict[str, dict[int, dict]]:
@@ -47,8 +50,8 @@ def held_out_verdicts(folder: Path, report: dict) -> list[dict]:
 
 
 def against_reference(reports: dict[int, dict], reference: dict[int, dict]) -> dict | None:
-    """An arm against the reference on the held-out images of the folds both have finished, image by image
-    (:func:`engines.acceptance.paired_comparison`), with the folds it covers; None without a common fold."""
+    """An arm against the reference (or the control) on the held-out images of the folds both have finished, image
+    by image (:func:`engines.acceptance.paired_comparison`), with the folds it covers; None without a common fold."""
     folds = sorted(set(reports) & set(reference))
     arm, ref = [], []
     for fold in folds:
@@ -147,18 +150,17 @@ def fold_note(fold: dict) -> str:
 def markdown(table: dict[str, dict]) -> str:
     lines = ["| arm | folds | held-out images | P / R / F1 (added up) | false alarms | each fold's held-out F1 "
              "(validation F1, its false alarms; rule; best rule on held-out in hindsight) | recall per class "
-             "| against the reference, image by image |",
-             "|" + " --- |" * 8]
+             "| against the reference, image by image | against the control (the same steps, no lever) |",
+             "|" + " --- |" * 9]
     for arm, s in table.items():
         images = s["tp"] + s["fp"] + s["fn"] + s["tn"]
         folds = ", ".join(f"{v['holdout_f1']} ({fold_note(v)})" for _, v in sorted(s["per_fold"].items()))
         classes = ", ".join(f"{c} {r}" for c, r in s["class_recall"].items())
-        paired = s.get("against_reference")
-        versus = (f"+{paired['fixed']} / -{paired['broken']}, p = {paired['p_value']} ({paired['images']} images)"
-                  if paired else "-")
+        versus = [(f"+{paired['fixed']} / -{paired['broken']}, p = {paired['p_value']} ({paired['images']} images)"
+                   if paired else "-") for paired in (s.get("against_reference"), s.get("against_control"))]
         lines.append(f"| {arm} | {len(s['folds'])} | {images} | {s['precision']} / {s['recall']} / **{s['f1']}** | "
                      f"{s['fp']} of {s['fp'] + s['tn']} ({s['false_alarm_rate']:.1%}) | {folds} | {classes} | "
-                     f"{versus} |")
+                     f"{versus[0]} | {versus[1]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -177,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     for arm, reports in arms.items():
         if arm != REFERENCE and REFERENCE in arms:
             table[arm]["against_reference"] = against_reference(reports, arms[REFERENCE])
+        if arm not in (REFERENCE, CONTROL) and CONTROL in arms:  # a lever against the same fine-tune without it
+            table[arm]["against_control"] = against_reference(reports, arms[CONTROL])
     write_tables(markdown(table) + goals_markdown(table), table, args.out, args.json)
     return 0
 

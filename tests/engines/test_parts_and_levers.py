@@ -625,13 +625,19 @@ def test_the_kfold_table_adds_up_held_out_counts_over_folds_and_counts_fused_ver
                  "exposure": 1 + i % 2, "verdict": v} for i, (n, v) in enumerate(zip(names, verdicts))]
         (tmp_path / folder / "holdout.json").write_text(json.dumps({"images_detail": rows}))
 
+    (tmp_path / "accept-control-f0").mkdir()  # the same fine-tune without a lever
+    (tmp_path / "accept-control-f0" / "acceptance.json").write_text(json.dumps(report(7, 2, 3, 18, 0, 0.7)))
+    detail("accept-control-f0", ["FAIL", "PASS", "PASS", "PASS", "PASS"])  # 1 wrong: b
     detail("accept-ref-f0", ["PASS", "PASS", "FAIL", "FAIL", "PASS"])  # 3 wrong: a, b, c, d
     detail("accept-exposure-f0", ["FAIL", "PASS", "PASS", "PASS", "FAIL"])  # fixes a, c, d; breaks e
     detail("accept-exposure-f1", ["FAIL", "FAIL", "PASS", "PASS", "PASS"], names="fghij")
     out = tmp_path / "kfold.md"
     assert kfold_table.main([str(tmp_path), "--out", str(out), "--json", str(tmp_path / "k.json")]) == 0
     table = json.loads((tmp_path / "k.json").read_text())
-    assert set(table) == {"ref", "exposure", "exposure-gr"}
+    assert set(table) == {"ref", "control", "exposure", "exposure-gr"}
+    assert table["exposure"]["against_control"] == {"folds": [0], "images": 5, "fixed": 0, "broken": 1,
+                                                    "p_value": 1.0}, "e: right under the control, wrong here"
+    assert "against_control" not in table["control"] and "against_control" not in table["ref"]
     assert table["exposure"]["against_reference"] == {"folds": [0], "images": 5, "fixed": 3, "broken": 1,
                                                       "p_value": 0.625}
     assert "against_reference" not in table["ref"] and table["exposure-gr"]["against_reference"] is None
@@ -648,7 +654,8 @@ def test_the_kfold_table_adds_up_held_out_counts_over_folds_and_counts_fused_ver
     assert exposure["class_recall"] == {"uneven": "1/6"} and exposure["folds"] == [0, 1]
     assert (table["exposure-gr"]["tp"], table["exposure-gr"]["fp"]) == (10, 3), "fused verdicts are counted"
     assert ("| exposure | 2 | 60 | 0.9444 / 0.85 / **0.8947** | 1 of 40 (2.5%) | 0.84 (val 0.7, 3 FA; 0.95 / 30 px; "
-            "best rule in hindsight 0.88), 0.95 (val 0.7) |") in out.read_text(), "each fold with what validation said of it"
+            "best rule in hindsight 0.88), 0.95 (val 0.7) |")
+    assert "| +3 / -1, p = 0.625 (5 images) | +0 / -1, p = 1.0 (5 images) |" in out.read_text() in out.read_text(), "each fold with what validation said of it"
     assert "| ref | 1 | 30 |" in out.read_text()
     assert kfold_table.main([str(tmp_path / "nowhere")]) == 2
 
