@@ -124,4 +124,4 @@ def paired_comparison(candidate: list[dict], reference: list[dict], verdict: str
     broken = sum(ref[n] and not cand[n] for n in ref)
     n = fixed + broken
     p = min(1.0, 2 * sum(comb(n, k) for k in range(min(fixed, broken) + 1)) / 2 ** n) if n else 1.0
-    return {"images": len(ref), "fixed": fixed, "broken": broken, "p_value": round(p, 4)}
+    return {"images": len(ref), "fixed": fixed, "broken": broken, "p_value": float(f"{p:.3g}")}  # 3 figures: 2e-05, not 0.0

@@ -67,6 +67,8 @@ def test_paired_comparison_counts_images_set_right_and_wrong_and_gives_the_exact
                         + [(True, "FAIL")] * 4)
     assert paired_comparison(candidate, reference) == {"images": 20, "fixed": 3, "broken": 2, "p_value": 1.0}
     assert paired_comparison(reference, reference)["p_value"] == 1.0
+    many = _judged([(True, "FAIL")] * 30)  # 30 set right, none wrong: p = 2 / 2^30, three figures, not 0.0
+    assert paired_comparison(many, _judged([(True, "PASS")] * 30))["p_value"] == 1.86e-09
     with pytest.raises(ValueError, match="different images"):
         paired_comparison(candidate[:-1], reference)
 

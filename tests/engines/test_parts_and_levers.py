@@ -654,8 +654,9 @@ def test_the_kfold_table_adds_up_held_out_counts_over_folds_and_counts_fused_ver
     assert exposure["class_recall"] == {"uneven": "1/6"} and exposure["folds"] == [0, 1]
     assert (table["exposure-gr"]["tp"], table["exposure-gr"]["fp"]) == (10, 3), "fused verdicts are counted"
     assert ("| exposure | 2 | 60 | 0.9444 / 0.85 / **0.8947** | 1 of 40 (2.5%) | 0.84 (val 0.7, 3 FA; 0.95 / 30 px; "
-            "best rule in hindsight 0.88), 0.95 (val 0.7) |")
-    assert "| +3 / -1, p = 0.625 (5 images) | +0 / -1, p = 1.0 (5 images) |" in out.read_text() in out.read_text(), "each fold with what validation said of it"
+            "best rule in hindsight 0.88), 0.95 (val 0.7) |") in out.read_text(), \
+        "each fold with what validation said of it"
+    assert "| +3 / -1, p = 0.625 (5 images) | +0 / -1, p = 1.0 (5 images) |" in out.read_text()
     assert "| ref | 1 | 30 |" in out.read_text()
     assert kfold_table.main([str(tmp_path / "nowhere")]) == 2
 
