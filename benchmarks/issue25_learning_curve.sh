@@ -6,7 +6,8 @@
 # the quarter's parts are among the half's), with the fold's validation and held-out parts unchanged, and judged by
 # engines accept. The fold's reference (runs/kfold/ref-fI, all its training parts) is the share-1 point.
 # Each step resumes from its checkpoint and a finished one is skipped, so the same command goes on across sessions
-# (about 80 minutes a share on 2 quiet cores). Reports go to docs/results/issue25/learning-curve/ (commit them).
+# (about 80 minutes a share on 2 quiet cores). Reports go to docs/results/issue25/learning-curve/, and the table of
+# the shares beside the reference to docs/results/issue25/learning-curve.md (kfold_table.py; commit them).
 # From the repository root: nohup bash benchmarks/issue25_learning_curve.sh > runs/learning-curve.log 2>&1 &
 cd "$(dirname "$0")/.."
 DATA=../shared/data/magnetic-tile
@@ -38,4 +39,9 @@ for share in ${SHARES:-0.5 0.25}; do
   cp $RUNS/$name/train.log $DOCS/train-$name.log
   cp $SPLIT.summary.json $DOCS/split-$share-f$FOLD.summary.json
 done
+# the full point: the fold's reference (all its training parts), beside the shares in one table
+mkdir -p $DOCS/accept-ref-f$FOLD
+cp docs/results/issue25/kfold/accept-ref-f$FOLD/*.json $DOCS/accept-ref-f$FOLD/ || exit 1
+.venv/bin/python benchmarks/kfold_table.py $DOCS --out docs/results/issue25/learning-curve.md \
+  --json docs/results/issue25/learning-curve.json
 echo "$(date) done" >> $RUNS/progress
