@@ -92,7 +92,8 @@ def pooled(reports: dict[int, dict]) -> dict:
 
 def goals_over_folds(reports: dict[int, dict]) -> dict | None:
     """Issue 25's goals (:class:`engines.acceptance.Goals`) judged on the per-image held-out records of all of an
-    arm's folds together, with the recall and false alarms per exposure; None when a fold's records are missing.
+    arm's folds together, with the recall and false alarms per exposure and the recall of defects at the image edge
+    and inside; None when a fold's records are missing.
     Pixel IoU is the folds' mean weighted by their held-out images (it is a figure of each fold's masks)."""
     records, iou, images = [], 0.0, 0
     for _, report in sorted(reports.items()):
@@ -106,9 +107,12 @@ def goals_over_folds(reports: dict[int, dict]) -> dict | None:
     metrics = image_level_metrics([r["defective"] for r in records], [r["verdict"] == "FAIL" for r in records])
     metrics["pixel_iou"] = round(iou / images, 4)
     exposures = breakdown(records, "exposure")
+    edge = breakdown(records, "at_edge")  # defects within 8 px of the image's edge (breaks live there), and inside
     return {"goals": held_out_goals(metrics, records, Goals()),
             "by_exposure": {e: f"{row['found']}/{row['defective']}, {row['false_alarms']}/{row['clean']}"
-                            for e, row in exposures.items()}}
+                            for e, row in exposures.items()},
+            "edge_recall": {("at the edge" if e == "True" else "inside"): f"{row['found']}/{row['defective']}"
+                            for e, row in edge.items()}}
 
 
 def goals_markdown(table: dict[str, dict]) -> str:
@@ -129,6 +133,11 @@ def goals_markdown(table: dict[str, dict]) -> str:
               "| arm | " + " | ".join(f"exp{e}" for e in exposures) + " |", "|" + " --- |" * (len(exposures) + 1)]
     for arm, j in judged.items():
         lines.append(f"| {arm} | " + " | ".join(j["by_exposure"].get(e, "-") for e in exposures) + " |")
+    lines += ["", "Held-out recall of defects within 8 px of the image's edge, and inside, over the folds:", "",
+              "| arm | at the edge | inside |", "| --- | --- | --- |"]
+    for arm, j in judged.items():
+        edge = j.get("edge_recall", {})
+        lines.append(f"| {arm} | {edge.get('at the edge', '-')} | {edge.get('inside', '-')} |")
     return "\n".join(lines) + "\n"
 
 

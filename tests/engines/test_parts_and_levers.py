@@ -622,7 +622,8 @@ def test_the_kfold_table_adds_up_held_out_counts_over_folds_and_counts_fused_ver
 
     def detail(folder, verdicts, names="abcde"):  # a, b, f, g defective (uneven); the others defect-free
         rows = [{"name": n, "defective": n in "abfg", "category": "uneven" if n in "abfg" else None,
-                 "exposure": 1 + i % 2, "verdict": v} for i, (n, v) in enumerate(zip(names, verdicts))]
+                 "exposure": 1 + i % 2, "at_edge": (n in "af") if n in "abfg" else None, "verdict": v}
+                for i, (n, v) in enumerate(zip(names, verdicts))]
         (tmp_path / folder / "holdout.json").write_text(json.dumps({"images_detail": rows}))
 
     (tmp_path / "accept-control-f0").mkdir()  # the same fine-tune without a lever
@@ -646,6 +647,8 @@ def test_the_kfold_table_adds_up_held_out_counts_over_folds_and_counts_fused_ver
     goals = {g["goal"]: (g["value"], g["met"]) for g in judged["goals"]}
     assert goals["image-level F1"] == (0.75, False) and goals["false alarms on defect-free images"] == (0.1667, False)
     assert judged["by_exposure"] == {"1": "2/2, 1/4", "2": "1/2, 0/2"}
+    assert judged["edge_recall"] == {"at the edge": "2/2", "inside": "1/2"}  # a, f at the edge; b, g inside
+    assert "| exposure | 2/2 | 1/2 |" in out.read_text()
     assert table["exposure-gr"]["goals_over_folds"] is None, "no per-image records: not judged"
     assert "| exposure | 0.75 | 0.1667 |" in out.read_text() and "| ref | " in out.read_text()
     exposure = table["exposure"]
