@@ -49,14 +49,15 @@ def held_out_verdicts(folder: Path, report: dict) -> list[dict]:
     return json.loads(path.read_text()).get("images_detail", []) if path.is_file() else []
 
 
-def against_reference(reports: dict[int, dict], reference: dict[int, dict]) -> dict | None:
-    """An arm against the reference (or the control) on the held-out images of the folds both have finished, image
-    by image (:func:`engines.acceptance.paired_comparison`), with the folds it covers; None without a common fold."""
-    folds = sorted(set(reports) & set(reference))
+def paired_over_folds(reports: dict[int, dict], baseline: dict[int, dict]) -> dict | None:
+    """An arm against a baseline (the reference, or the control) on the held-out images of the folds both have
+    finished, image by image (:func:`engines.acceptance.paired_comparison`), with the folds it covers; None without
+    a common fold."""
+    folds = sorted(set(reports) & set(baseline))
     arm, ref = [], []
     for fold in folds:
         arm += reports[fold]["records"]
-        ref += reference[fold]["records"]
+        ref += baseline[fold]["records"]
     if not arm or not ref:
         return None
     return {"folds": folds, **paired_comparison(arm, ref, verdict="verdict")}
@@ -187,9 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     table = {arm: {**pooled(reports), "goals_over_folds": goals_over_folds(reports)} for arm, reports in arms.items()}
     for arm, reports in arms.items():
         if arm != REFERENCE and REFERENCE in arms:
-            table[arm]["against_reference"] = against_reference(reports, arms[REFERENCE])
+            table[arm]["against_reference"] = paired_over_folds(reports, arms[REFERENCE])
         if arm not in (REFERENCE, CONTROL) and CONTROL in arms:  # a lever against the same fine-tune without it
-            table[arm]["against_control"] = against_reference(reports, arms[CONTROL])
+            table[arm]["against_control"] = paired_over_folds(reports, arms[CONTROL])
     write_tables(markdown(table) + goals_markdown(table), table, args.out, args.json)
     return 0
 
