@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from engines.errors import check_loss
+from engines.errors import InputError, check_loss
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -112,8 +112,6 @@ class WeightAverage:
     optimiser goes on training the weights themselves."""
 
     def __init__(self, model, decay: float) -> None:
-        from engines.errors import InputError
-
         if not 0 < decay < 1:
             raise InputError(f"--ema {decay}: the decay per step must be in 0..1 (e.g. 0.999, which averages about "
                              "the last 1,000 steps; 0 = off)")
