@@ -12,9 +12,11 @@
 #      steps with no lever), all from the reference: `FOLD=I bash benchmarks/issue25_levers.sh control context whole
 #      ema border` (ema was added with fold 2, and border, mirrored context with edge sampling, after it: over folds
 #      0 and 1 the misses were at the image edge, 33 of 73 against 5 of 37 inside; folds 0 and 1 get both by the
-#      same command).
+#      same command). Folds 0-2's references were lost with runs/ (TRAINING.md), so folds 3 and 4 run the arms that
+#      are still open: LEVERS, default "control border exposure-border" (context, whole and ema did not beat the
+#      reference over the folds they ran on); LEVERS="control context whole ema border" is the set folds 0-2 ran.
 # Every step resumes from its checkpoint and a finished one is skipped, so the same command goes on across sessions
-# (about 2 hours a fold on 2 quiet cores). FOLDS="0 1" runs only those folds. Each finished fold's reports,
+# (about 3 hours a fold on 2 quiet cores). FOLDS="3 4" runs only those folds. Each finished fold's reports,
 # per-image held-out records and training logs are copied into docs/results/issue25/kfold/ and the table
 # (docs/results/issue25/kfold.md, made by benchmarks/kfold_table.py from those copies) is written again: commit them.
 # From the repository root: nohup bash benchmarks/issue25_kfold.sh > runs/kfold.log 2>&1 &
@@ -60,7 +62,7 @@ for fold in ${FOLDS:-0 1 2 3 4}; do
     $PY accept --weights $ARM/best --classifier $GR --data $DATA --split $SPLIT \
       --out $RUNS/accept-exposure-gr-f$fold --threads 2 >> $RUNS/accept-exposure-gr-f$fold.log 2>&1
   fi
-  FOLD=$fold bash benchmarks/issue25_levers.sh control context whole ema border || exit 1
+  FOLD=$fold bash benchmarks/issue25_levers.sh ${LEVERS:-control border exposure-border} || exit 1
   # the fold's reports and per-image records into the repository (commit them): the table is made from there
   for f in $RUNS/accept-*-f$fold; do
     mkdir -p docs/results/issue25/kfold/${f##*/}

@@ -38,6 +38,9 @@ declare -A ARMS=(
   # validation F1 swings 0.1-0.2 from epoch to epoch while the loss falls: a moving average of the weights (about
   # the last 500 steps) is validated and kept instead of the last step's
   [ema]="--ema 0.998"
+  # the two that act where the k-fold's errors are (2026-12-06): exposure (false alarms; it separated over folds
+  # 0-2) and border (the misses lie at the image edge), together
+  [exposure-border]="--photometric exposure --border 32 --edge-fraction 0.5"
 )
 for arm in ${@:-control exposure gain border paste exposure-paste}; do
   out=${RUN//\{\}/$arm} accept=${ACCEPT//\{\}/$arm}
