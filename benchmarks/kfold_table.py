@@ -19,7 +19,7 @@ import re
 import sys
 from pathlib import Path
 
-from engines.acceptance import Goals, breakdown, held_out_goals, paired_comparison
+from engines.acceptance import Goals, breakdown, class_separation, held_out_goals, paired_comparison
 from engines.evaluate import image_level_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks beside it: one writer for both tables
@@ -108,12 +108,20 @@ def goals_over_folds(reports: dict[int, dict]) -> dict | None:
     metrics = image_level_metrics([r["defective"] for r in records], [r["verdict"] == "FAIL" for r in records])
     metrics["pixel_iou"] = round(iou / images, 4)
     exposures = breakdown(records, "exposure")
+    # each fold's own separation (its network's scores are its own), then the mean over the folds
+    folds = [class_separation(report["records"]) for _, report in sorted(reports.items())]
+    separation = {name: {"auc_per_fold": [f[name]["auc"] if name in f else None for f in folds]}
+                  for name in dict.fromkeys(n for f in folds for n in f)}
+    for row in separation.values():
+        values = [v for v in row["auc_per_fold"] if v is not None]
+        row["mean_auc"] = round(sum(values) / len(values), 4)
     edge = breakdown(records, "at_edge")  # defects within 8 px of the image's edge (breaks live there), and inside
     return {"goals": held_out_goals(metrics, records, Goals()),
             "by_exposure": {e: f"{row['found']}/{row['defective']}, {row['false_alarms']}/{row['clean']}"
                             for e, row in exposures.items()},
             "edge_recall": {("at the edge" if e == "True" else "inside"): f"{row['found']}/{row['defective']}"
-                            for e, row in edge.items()}}
+                            for e, row in edge.items()},
+            "separation": separation}
 
 
 def goals_markdown(table: dict[str, dict]) -> str:
@@ -139,6 +147,17 @@ def goals_markdown(table: dict[str, dict]) -> str:
     for arm, j in judged.items():
         edge = j.get("edge_recall", {})
         lines.append(f"| {arm} | {edge.get('at the edge', '-')} | {edge.get('inside', '-')} |")
+    names = list(dict.fromkeys(n for j in judged.values() for n in j.get("separation", {})))
+    if names:
+        lines += ["", "Held-out separation from the defect-free images by each image's peak score, whatever the rule "
+                  "(AUC: 1 = some threshold separates them, 0.5 = the network does not see the class; each fold's "
+                  "own, then their mean):", "", "| arm | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 1)]
+        for arm, j in judged.items():
+            rows = j.get("separation", {})
+            cells = [(f"{rows[n]['mean_auc']} (" + ", ".join("-" if v is None else str(v)
+                                                                 for v in rows[n]["auc_per_fold"]) + ")")
+                     if n in rows else "-" for n in names]
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -60,6 +60,42 @@ def breakdown(records: list[dict], key: str) -> dict[str, dict]:
     return dict(sorted(table.items()))
 
 
+def auc(positives: list[float], negatives: list[float]) -> float | None:
+    """The area under the ROC curve of scores meant to be higher for ``positives``: the chance that a random
+    positive outscores a random negative, ties counting half (the Mann-Whitney U over both counts); None when
+    either side is empty."""
+    if not positives or not negatives:
+        return None
+    ranked = sorted([(s, 1) for s in positives] + [(s, 0) for s in negatives])
+    rank_sum, i = 0.0, 0
+    while i < len(ranked):  # tied scores share their mean rank (1-based)
+        j = i
+        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
+            j += 1
+        rank_sum += sum(flag for _, flag in ranked[i:j]) * (i + j + 1) / 2
+        i = j
+    u = rank_sum - len(positives) * (len(positives) + 1) / 2
+    return u / (len(positives) * len(negatives))
+
+
+def class_separation(records: list[dict], score: str = "max_score") -> dict[str, dict]:
+    """How well each image's peak defect score (``max_score`` of the per-image records) tells each defect class
+    from the defect-free images, whatever the rule: per class, and for all defective images together (``all``), the
+    images and the AUC against the defect-free images (1.0: some threshold separates them; 0.5: the network does
+    not see the class at all, and no rule can find it). Records without the score are left out; {} without
+    defect-free images."""
+    scored = [r for r in records if r.get(score) is not None]
+    clean = [r[score] for r in scored if not r["defective"]]
+    if not clean:
+        return {}
+    groups: dict[str, list[float]] = {"all": [r[score] for r in scored if r["defective"]]}
+    for r in scored:
+        if r["defective"] and r.get("category") is not None:
+            groups.setdefault(r["category"], []).append(r[score])
+    return {name: {"images": len(values), "auc": round(auc(values, clean), 4)}
+            for name, values in groups.items() if values}
+
+
 #: A lighting takes part in the spread goals only with at least this many images of the kind the figure counts
 #: (defective for recall, defect-free for false alarms): the magnetic-tile set has two odd `exp0` images.
 SPREAD_MIN_IMAGES = 5

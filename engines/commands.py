@@ -488,6 +488,7 @@ def run_accept(args: argparse.Namespace) -> int:
         Goals,
         beats,
         class_recall,
+        class_separation,
         false_alarm_rate,
         held_out_goals,
         paired_comparison,
@@ -550,6 +551,7 @@ def run_accept(args: argparse.Namespace) -> int:
                                                     "fp_fn", "pixel_iou", "pixel_dice")},
                           "false_alarms": round(false_alarm_rate(report), 4),
                           "class_recall": class_recall(records),
+                          "separation": class_separation(records),
                           **{k: report[k] for k in ("by_exposure", "edge_recall") if k in report},
                           "hindsight_rule": {**{k: hindsight[k] for k in ("threshold", "min_area_px", "f1", "fp",
                                                                           "fn")}, "note": HINDSIGHT}}
@@ -599,6 +601,11 @@ def run_accept(args: argparse.Namespace) -> int:
     print(f"held-out F1 {summary['holdout']['f1']} by the learned rule; in hindsight the best rule there (threshold "
           f"{h['threshold']}, min area {h['min_area_px']} px) gives {h['f1']}: the rest of the gap is the network's",
           file=sys.stderr)
+    separation = summary["holdout"]["separation"]
+    if separation:  # whatever the rule: a class near 0.5 is not seen by the network at all
+        print("held-out separation from the defect-free images by each image's peak score (AUC; 0.5 = not seen): "
+              + ", ".join(f"{name} {row['auc']} ({row['images']})" for name, row in separation.items()),
+              file=sys.stderr)
     counts = {name: row["images"] for name, row in summary["holdout"]["class_recall"].items()}
     if counts and max(counts.values()) < goals.class_min_images:
         largest = max(counts, key=counts.get)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from engines.acceptance import Goals, beats, class_recall, held_out_goals, paired_comparison
+from engines.acceptance import Goals, beats, class_recall, class_separation, held_out_goals, paired_comparison
 from engines.evaluate import image_level_metrics
 from tests.engines.test_data_train import make_generic_set
 
@@ -126,6 +126,10 @@ def test_accept_judges_held_out_once_with_the_rule_validation_taught(own_bffn, t
         assert summary["holdout"][key] == expected[key], key
     found = sum(r["verdict"] == "FAIL" for r in expected["images_detail"] if r["defective"])
     assert summary["holdout"]["class_recall"]["defect"]["found"] == found
+    # whatever the rule: the held-out images' peak scores, defective against defect-free (AUC), printed too
+    assert summary["holdout"]["separation"] == class_separation(expected["images_detail"])
+    assert summary["holdout"]["separation"]["all"]["images"] == sum(r["defective"] for r in expected["images_detail"])
+    assert "held-out separation from the defect-free images by each image's peak score" in done.stderr
     # in hindsight: the same sweep on held-out, whose point at the learned rule is the held-out figure itself
     held = json.loads((out / "holdout.json").read_text())
     at_rule = [p for p in held["rule_sweep"] if (p["threshold"], p["min_area_px"]) == (

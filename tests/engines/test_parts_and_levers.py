@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engines.acceptance import Goals, breakdown, held_out_goals
+from engines.acceptance import Goals, auc, breakdown, class_separation, held_out_goals
 from engines.data.parts import exposure_of, part_ids
 from engines.data.segmentation import (
     EDGE_PX,
@@ -544,6 +544,23 @@ def test_k_folds_by_part_never_put_one_part_on_both_sides():
     assert split_parts > 5, "folds by file put one part's exposures in several folds"
 
 
+def test_auc_counts_the_pairs_a_defect_outscores_and_ties_as_half():
+    assert auc([0.9, 0.8], [0.1, 0.2]) == 1.0 and auc([0.1], [0.9]) == 0.0
+    assert auc([0.5, 0.5], [0.5]) == 0.5, "a tie is a coin toss"
+    assert auc([0.3, 0.9], [0.2, 0.5, 0.9]) == pytest.approx(3.5 / 6)  # 0.3 > 0.2; 0.9 > 0.2, 0.5, = 0.9
+    assert auc([], [0.1]) is None and auc([0.1], []) is None
+
+
+def test_class_separation_tells_a_class_the_network_does_not_see_from_one_it_does():
+    clean = [{"defective": False, "category": None, "max_score": s} for s in (0.1, 0.2, 0.3, 0.4)]
+    seen = [{"defective": True, "category": "blowhole", "max_score": s} for s in (0.8, 0.9)]
+    unseen = [{"defective": True, "category": "uneven", "max_score": s} for s in (0.15, 0.35)]  # among the clean
+    table = class_separation(clean + seen + unseen + [{"defective": True, "category": "break"}])  # no score: out
+    assert table == {"all": {"images": 4, "auc": 0.75}, "blowhole": {"images": 2, "auc": 1.0},
+                     "uneven": {"images": 2, "auc": 0.5}}
+    assert class_separation(seen) == {}, "without defect-free images there is nothing to separate from"
+
+
 def test_the_lever_table_puts_accept_reports_side_by_side(tmp_path):
     import importlib.util
     from pathlib import Path
@@ -620,9 +637,10 @@ def test_the_kfold_table_adds_up_held_out_counts_over_folds_and_counts_fused_ver
     (tmp_path / "accept-ref-f0").mkdir()
     (tmp_path / "accept-ref-f0" / "acceptance.json").write_text(json.dumps(report(6, 4, 4, 16, 0, 0.6)))
 
-    def detail(folder, verdicts, names="abcde"):  # a, b, f, g defective (uneven); the others defect-free
+    def detail(folder, verdicts, names="abcde", scores=None):  # a, b, f, g defective (uneven); the others defect-free
         rows = [{"name": n, "defective": n in "abfg", "category": "uneven" if n in "abfg" else None,
-                 "exposure": 1 + i % 2, "at_edge": (n in "af") if n in "abfg" else None, "verdict": v}
+                 "exposure": 1 + i % 2, "at_edge": (n in "af") if n in "abfg" else None, "verdict": v,
+                 **({"max_score": scores[i]} if scores else {})}
                 for i, (n, v) in enumerate(zip(names, verdicts))]
         (tmp_path / folder / "holdout.json").write_text(json.dumps({"images_detail": rows}))
 
@@ -630,8 +648,10 @@ def test_the_kfold_table_adds_up_held_out_counts_over_folds_and_counts_fused_ver
     (tmp_path / "accept-control-f0" / "acceptance.json").write_text(json.dumps(report(7, 2, 3, 18, 0, 0.7)))
     detail("accept-control-f0", ["FAIL", "PASS", "PASS", "PASS", "PASS"])  # 1 wrong: b
     detail("accept-ref-f0", ["PASS", "PASS", "FAIL", "FAIL", "PASS"])  # 3 wrong: a, b, c, d
-    detail("accept-exposure-f0", ["FAIL", "PASS", "PASS", "PASS", "FAIL"])  # fixes a, c, d; breaks e
-    detail("accept-exposure-f1", ["FAIL", "FAIL", "PASS", "PASS", "PASS"], names="fghij")
+    # fold 0: a (0.9) outscores c, d, e; b (0.2) only c (0.1): 4 of 6 pairs; fold 1: f, g above every clean one
+    detail("accept-exposure-f0", ["FAIL", "PASS", "PASS", "PASS", "FAIL"], scores=[0.9, 0.2, 0.1, 0.3, 0.6])
+    detail("accept-exposure-f1", ["FAIL", "FAIL", "PASS", "PASS", "PASS"], names="fghij",
+           scores=[0.8, 0.7, 0.1, 0.2, 0.3])
     out = tmp_path / "kfold.md"
     assert kfold_table.main([str(tmp_path), "--out", str(out), "--json", str(tmp_path / "k.json")]) == 0
     table = json.loads((tmp_path / "k.json").read_text())
@@ -649,6 +669,10 @@ def test_the_kfold_table_adds_up_held_out_counts_over_folds_and_counts_fused_ver
     assert judged["by_exposure"] == {"1": "2/2, 1/4", "2": "1/2, 0/2"}
     assert judged["edge_recall"] == {"at the edge": "2/2", "inside": "1/2"}  # a, f at the edge; b, g inside
     assert "| exposure | 2/2 | 1/2 |" in out.read_text()
+    # each fold's own AUC (4 of 6 pairs, then 6 of 6), then their mean; the reference's records carry no score
+    assert judged["separation"]["uneven"] == {"auc_per_fold": [0.6667, 1.0], "mean_auc": 0.8334}
+    assert judged["separation"]["all"]["mean_auc"] == 0.8334 and table["ref"]["goals_over_folds"]["separation"] == {}
+    assert "| exposure | 0.8334 (0.6667, 1.0) | 0.8334 (0.6667, 1.0) |" in out.read_text()
     assert table["exposure-gr"]["goals_over_folds"] is None, "no per-image records: not judged"
     assert "| exposure | 0.75 | 0.1667 |" in out.read_text() and "| ref | " in out.read_text()
     exposure = table["exposure"]
