@@ -9,14 +9,18 @@
 # fine-tuned from that fold's reference (runs/kfold/ref-fI/best, benchmarks/issue25_kfold.sh) into runs/kfold/ARM-fI
 # and accepted against it into runs/kfold/accept-ARM-fI; its reports are copied to docs/results/issue25/kfold/, where
 # benchmarks/kfold_table.py puts the arm beside the others: FOLD=0 bash benchmarks/issue25_levers.sh context
+#
+# Other starts and splits (benchmarks/issue25_ship_exposure.sh): SPLIT, REF (the weights fine-tuned from and judged
+# against: a folder or a shipped name), RUN and ACCEPT (folders, {} standing for the arm) and PROGRESS from the
+# environment win over the above.
 cd "$(dirname "$0")/.."
 DATA=../shared/data/magnetic-tile
 if [ -n "$FOLD" ]; then
-  SPLIT=docs/splits/magnetic-tile-by-part-fold$FOLD-of-5.json REF=runs/kfold/ref-f$FOLD/best
-  RUN="runs/kfold/{}-f$FOLD" ACCEPT="runs/kfold/accept-{}-f$FOLD" PROGRESS=runs/kfold/progress
+  : ${SPLIT:=docs/splits/magnetic-tile-by-part-fold$FOLD-of-5.json} ${REF:=runs/kfold/ref-f$FOLD/best}
+  : ${RUN:="runs/kfold/{}-f$FOLD"} ${ACCEPT:="runs/kfold/accept-{}-f$FOLD"} ${PROGRESS:=runs/kfold/progress}
 else
-  SPLIT=docs/splits/magnetic-tile-by-part.json REF=runs/ref-parts/best
-  RUN="runs/lever-{}" ACCEPT="runs/accept-{}" PROGRESS=runs/levers.progress
+  : ${SPLIT:=docs/splits/magnetic-tile-by-part.json} ${REF:=runs/ref-parts/best}
+  : ${RUN:="runs/lever-{}"} ${ACCEPT:="runs/accept-{}"} ${PROGRESS:=runs/levers.progress}
 fi
 COMMON="--data $DATA --split $SPLIT --init $REF --epochs 3 --steps-per-epoch 500 --optimizer adam --lr 3e-4 \
  --loss ce+dice --amp --class-balanced --defect-fraction 0.35 --hard-negatives 0.4 --validate-as station --threads 2 --quiet"
@@ -44,7 +48,9 @@ declare -A ARMS=(
 )
 for arm in ${@:-control exposure gain border paste exposure-paste}; do
   out=${RUN//\{\}/$arm} accept=${ACCEPT//\{\}/$arm}
-  if [ ! -f $REF/model.safetensors ]; then echo "no reference at $REF: train it first" >&2; exit 1; fi
+  if [ ! -f $REF/model.safetensors ] && [ ! -f engines/weights/$REF/model.safetensors ]; then
+    echo "no reference at $REF: train it first" >&2; exit 1
+  fi
   if [ ! -f $out/model.safetensors ]; then
     echo "$(date) ${FOLD:+fold $FOLD: }train $arm" >> $PROGRESS
     nice -n 5 .venv/bin/python -m engines.cli train bffn --out $out $COMMON ${ARMS[$arm]} >> $out.stdout.log 2>&1 || exit 1

@@ -9,24 +9,13 @@
 # there. The same command resumes from the checkpoint; a finished step is skipped.
 # From the repository root: nohup bash benchmarks/issue25_ship_exposure.sh > runs/ship-exposure.log 2>&1 &
 cd "$(dirname "$0")/.."
-DATA=../shared/data/magnetic-tile
-SPLIT=engines/weights/bffn-magnetic-tile/split.json
-PY="nice -n 5 .venv/bin/python -m engines.cli"
-OUT=runs/ship-exposure
 DOCS=docs/results/issue25/ship-exposure
 mkdir -p runs $DOCS
-if [ ! -f $OUT/model.safetensors ]; then
-  echo "$(date) train $OUT" >> runs/ship-exposure.progress
-  $PY train bffn --data $DATA --split $SPLIT --out $OUT --init bffn-magnetic-tile --epochs 3 --steps-per-epoch 500 \
-    --lr 3e-4 --photometric exposure --optimizer adam --loss ce+dice --amp --class-balanced --defect-fraction 0.35 \
-    --hard-negatives 0.4 --validate-as station --threads 2 --quiet >> $OUT.stdout.log 2>&1 || exit 1
-fi
-if [ ! -f runs/accept-ship-exposure/acceptance.json ]; then
-  echo "$(date) accept $OUT" >> runs/ship-exposure.progress
-  $PY accept --weights $OUT/best --against bffn-magnetic-tile --data $DATA --split $SPLIT \
-    --out runs/accept-ship-exposure --threads 2 >> runs/accept-ship-exposure.log 2>&1
-fi
+# the exposure arm of benchmarks/issue25_levers.sh (its flags, written once there), from the shipped weights on
+# their own split, into runs/ship-exposure, judged against them into runs/accept-ship-exposure
+SPLIT=engines/weights/bffn-magnetic-tile/split.json REF=bffn-magnetic-tile RUN="runs/ship-{}" \
+  ACCEPT="runs/accept-ship-{}" PROGRESS=runs/ship-exposure.progress bash benchmarks/issue25_levers.sh exposure || exit 1
+[ -f runs/accept-ship-exposure/acceptance.json ] || { echo "no acceptance report: see runs/accept-ship-exposure.log" >&2; exit 1; }
 cp runs/accept-ship-exposure/acceptance.json runs/accept-ship-exposure/holdout*.json \
   runs/accept-ship-exposure/validation*.json $DOCS/
-cp $OUT/train.log $DOCS/train.log
-echo "$(date) done" >> runs/ship-exposure.progress
+cp runs/ship-exposure/train.log $DOCS/train.log
