@@ -404,7 +404,7 @@ def _judge_segmentation(weights: str, samples, args: argparse.Namespace, judging
     """Judge ``samples`` with ``weights`` exactly as the station does (`engines eval`'s core), by ``judging``
     (:class:`inspection.judging.Judging`): the report, the threshold sweep, the (threshold, minimum area) sweep when
     ``min_areas`` is given, and the per-image records."""
-    from engines.acceptance import breakdown
+    from engines.acceptance import breakdown, class_separation
     from engines.backends.base import load_engine
     from engines.evaluate import evaluate_station_verdicts
 
@@ -423,6 +423,10 @@ def _judge_segmentation(weights: str, samples, args: argparse.Namespace, judging
         table = breakdown(records, key)
         if table:
             report[name] = table
+    # whatever the rule: how well each image's peak score tells each class from the defect-free images (AUC)
+    separation = class_separation(records)
+    if separation:
+        report["separation"] = separation
     return report, sweep, rule_sweep, records
 
 
@@ -488,7 +492,6 @@ def run_accept(args: argparse.Namespace) -> int:
         Goals,
         beats,
         class_recall,
-        class_separation,
         false_alarm_rate,
         held_out_goals,
         paired_comparison,
@@ -551,8 +554,7 @@ def run_accept(args: argparse.Namespace) -> int:
                                                     "fp_fn", "pixel_iou", "pixel_dice")},
                           "false_alarms": round(false_alarm_rate(report), 4),
                           "class_recall": class_recall(records),
-                          "separation": class_separation(records),
-                          **{k: report[k] for k in ("by_exposure", "edge_recall") if k in report},
+                          **{k: report[k] for k in ("separation", "by_exposure", "edge_recall") if k in report},
                           "hindsight_rule": {**{k: hindsight[k] for k in ("threshold", "min_area_px", "f1", "fp",
                                                                           "fn")}, "note": HINDSIGHT}}
     goals = Goals(f1=args.goal_f1, false_alarms=args.goal_false_alarms, pixel_iou=args.goal_iou,
@@ -601,7 +603,7 @@ def run_accept(args: argparse.Namespace) -> int:
     print(f"held-out F1 {summary['holdout']['f1']} by the learned rule; in hindsight the best rule there (threshold "
           f"{h['threshold']}, min area {h['min_area_px']} px) gives {h['f1']}: the rest of the gap is the network's",
           file=sys.stderr)
-    separation = summary["holdout"]["separation"]
+    separation = summary["holdout"].get("separation")
     if separation:  # whatever the rule: a class near 0.5 is not seen by the network at all
         print("held-out separation from the defect-free images by each image's peak score (AUC; 0.5 = not seen): "
               + ", ".join(f"{name} {row['auc']} ({row['images']})" for name, row in separation.items()),

@@ -127,7 +127,7 @@ def test_accept_judges_held_out_once_with_the_rule_validation_taught(own_bffn, t
     found = sum(r["verdict"] == "FAIL" for r in expected["images_detail"] if r["defective"])
     assert summary["holdout"]["class_recall"]["defect"]["found"] == found
     # whatever the rule: the held-out images' peak scores, defective against defect-free (AUC), printed too
-    assert summary["holdout"]["separation"] == class_separation(expected["images_detail"])
+    assert summary["holdout"]["separation"] == expected["separation"] == class_separation(expected["images_detail"])
     assert summary["holdout"]["separation"]["all"]["images"] == sum(r["defective"] for r in expected["images_detail"])
     assert "held-out separation from the defect-free images by each image's peak score" in done.stderr
     # in hindsight: the same sweep on held-out, whose point at the learned rule is the held-out figure itself
