@@ -5,6 +5,7 @@
 # trained on a share of each class's training parts (`engines split --train-share`, nested:
 # the quarter's parts are among the half's), with the fold's validation and held-out parts unchanged, and judged by
 # engines accept. The fold's reference (runs/kfold/ref-fI, all its training parts) is the share-1 point.
+# Each share's network is also judged on its own training images (`engines eval --split-part train`, the fit).
 # Each step resumes from its checkpoint and a finished one is skipped, so the same command goes on across sessions
 # (about 80 minutes a share on 2 quiet cores). Reports go to docs/results/issue25/learning-curve/, and the table of
 # the shares beside the reference to docs/results/issue25/learning-curve.md (kfold_table.py; commit them).
@@ -34,6 +35,11 @@ for share in ${SHARES:-0.5 0.25}; do
     $PY accept --weights $RUNS/$name/best --data $DATA --split $SPLIT --out $RUNS/accept-$name --threads 2 \
       >> $RUNS/accept-$name.log 2>&1
   fi
+  if [ ! -f $RUNS/eval-train-$name.json ]; then  # the fit: the share's network on its own training images
+    $PY eval --weights $RUNS/$name/best --data $DATA --split $SPLIT --split-part train --threads 2 \
+      --json $RUNS/eval-train-$name.json > /dev/null 2>> $RUNS/eval-train-$name.log
+  fi
+  cp $RUNS/eval-train-$name.json $DOCS/
   mkdir -p $DOCS/accept-$name
   cp $RUNS/accept-$name/acceptance.json $RUNS/accept-$name/holdout.json $DOCS/accept-$name/
   cp $RUNS/$name/train.log $DOCS/train-$name.log

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks besid
 from lever_table import write_tables  # noqa: E402
 
 REPORT = re.compile(r"^accept-(?P<arm>.+)-f(?P<fold>\d+)$")
+FIT = re.compile(r"^eval-train-(?P<arm>.+)-f(?P<fold>\d+)\.json$")  # `engines eval --split-part train` reports
 REFERENCE = "ref"
 CONTROL = "control"
 
@@ -40,6 +41,40 @@ def collect(runs: Path) -> dict[str, dict[int, dict]]:
             report["records"] = held_out_verdicts(folder, report)
             arms.setdefault(found["arm"], {})[int(found["fold"])] = report
     return arms
+
+
+def fits(runs: Path) -> dict[str, dict[int, dict]]:
+    """``{arm: {fold: separation}}`` of the arms judged on their own training images (``eval-train-ARM-fI.json``
+    under ``runs``): what the network learned by heart shows as a class separated there but not held out."""
+    found: dict[str, dict[int, dict]] = {}
+    for path in sorted(runs.glob("eval-train-*.json")) if runs.is_dir() else []:
+        match = FIT.match(path.name)
+        if match:
+            report = json.loads(path.read_text())
+            found.setdefault(match["arm"], {})[int(match["fold"])] = {"images": report["images"],
+                                                                      **report.get("separation", {})}
+    return found
+
+
+def fit_markdown(fitted: dict[str, dict[int, dict]], table: dict[str, dict]) -> str:
+    """Per arm and fold: each class's separation on the training images beside the held-out one."""
+    if not fitted:
+        return ""
+    names = list(dict.fromkeys(n for folds in fitted.values() for f in folds.values() for n in f if n != "images"))
+    lines = ["", "The fit: separation (AUC) on the network's own training images, then on its held-out images "
+             "(a class separated in training but not held out is learned by heart):", "",
+             "| arm | fold | training images | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 3)]
+    for arm, folds in fitted.items():
+        held = (table.get(arm, {}).get("goals_over_folds") or {}).get("separation", {})
+        order = sorted(table.get(arm, {}).get("folds", []))
+        for fold, trained in sorted(folds.items()):
+            cells = []
+            for n in names:
+                out = held.get(n, {}).get("auc_per_fold", [])
+                held_auc = out[order.index(fold)] if fold in order and order.index(fold) < len(out) else None
+                cells.append(f"{trained[n]['auc'] if n in trained else '-'} / {'-' if held_auc is None else held_auc}")
+            lines.append(f"| {arm} | {fold} | {trained['images']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def held_out_verdicts(folder: Path, report: dict) -> list[dict]:
@@ -210,7 +245,11 @@ def main(argv: list[str] | None = None) -> int:
             table[arm]["against_reference"] = paired_over_folds(reports, arms[REFERENCE])
         if arm not in (REFERENCE, CONTROL) and CONTROL in arms:  # a lever against the same fine-tune without it
             table[arm]["against_control"] = paired_over_folds(reports, arms[CONTROL])
-    write_tables(markdown(table) + goals_markdown(table), table, args.out, args.json)
+    fitted = fits(Path(args.runs))
+    for arm, folds in fitted.items():
+        if arm in table:
+            table[arm]["training_separation"] = folds
+    write_tables(markdown(table) + goals_markdown(table) + fit_markdown(fitted, table), table, args.out, args.json)
     return 0
 
 

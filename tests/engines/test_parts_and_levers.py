@@ -652,6 +652,9 @@ def test_the_kfold_table_adds_up_held_out_counts_over_folds_and_counts_fused_ver
     detail("accept-exposure-f0", ["FAIL", "PASS", "PASS", "PASS", "FAIL"], scores=[0.9, 0.2, 0.1, 0.3, 0.6])
     detail("accept-exposure-f1", ["FAIL", "FAIL", "PASS", "PASS", "PASS"], names="fghij",
            scores=[0.8, 0.7, 0.1, 0.2, 0.3])
+    for fold, fit in ((0, 0.95), (1, 0.9)):  # `engines eval --split-part train` of the arm: the fit beside held-out
+        (tmp_path / f"eval-train-exposure-f{fold}.json").write_text(json.dumps(
+            {"images": 10, "separation": {"uneven": {"images": 4, "auc": fit}}}))
     out = tmp_path / "kfold.md"
     assert kfold_table.main([str(tmp_path), "--out", str(out), "--json", str(tmp_path / "k.json")]) == 0
     table = json.loads((tmp_path / "k.json").read_text())
@@ -673,6 +676,8 @@ def test_the_kfold_table_adds_up_held_out_counts_over_folds_and_counts_fused_ver
     assert judged["separation"]["uneven"] == {"auc_per_fold": [0.6667, 1.0], "mean_auc": 0.8334}
     assert judged["separation"]["all"]["mean_auc"] == 0.8334 and table["ref"]["goals_over_folds"]["separation"] == {}
     assert "| exposure | 0.8334 (0.6667, 1.0) | 0.8334 (0.6667, 1.0) |" in out.read_text()
+    assert "| exposure | 0 | 10 | 0.95 / 0.6667 |" in out.read_text() and "| exposure | 1 | 10 | 0.9 / 1.0 |" in out.read_text()
+    assert table["exposure"]["training_separation"]["1"] == {"images": 10, "uneven": {"images": 4, "auc": 0.9}}
     assert table["exposure-gr"]["goals_over_folds"] is None, "no per-image records: not judged"
     assert "| exposure | 0.75 | 0.1667 |" in out.read_text() and "| ref | " in out.read_text()
     exposure = table["exposure"]
