@@ -281,6 +281,8 @@ def test_every_ledger_row_of_a_run_goes_out_once_with_its_fields_and_the_state_i
                (STATION, "run-1", row["verdict"], row["frame_id"])
         assert message["defects"] == json.loads(row["defects_json"]) and message["reason"] == row["reason"]
     assert {m["verdict"] for m in got} >= {"NOT_INSPECTED"} and any(m["verdict"] in ("PASS", "FAIL") for m in got)
+    # the state is another topic: "stopped", published by close(), may reach the subscriber after the last result
+    wait_until(lambda: sub.states()[-1:] == ["stopped"], 10, "the stopped state")
     assert "running" in sub.states() and sub.states()[-1] == "stopped"
     status = mqtt.status()
     assert status["sent"] == len(rows) and status["lag_rows"] == 0 and status["mark"] == rows[-1]["id"]
