@@ -66,12 +66,12 @@ def fit_markdown(fitted: dict[str, dict[int, dict]], table: dict[str, dict]) -> 
              "| arm | fold | training images | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 3)]
     for arm, folds in fitted.items():
         held = (table.get(arm, {}).get("goals_over_folds") or {}).get("separation", {})
-        order = sorted(table.get(arm, {}).get("folds", []))
+        order = sorted(table.get(arm, {}).get("folds", []))  # auc_per_fold follows the arm's folds in order
+        held_by_fold = {n: dict(zip(order, row["auc_per_fold"])) for n, row in held.items()}
         for fold, trained in sorted(folds.items()):
             cells = []
             for n in names:
-                out = held.get(n, {}).get("auc_per_fold", [])
-                held_auc = out[order.index(fold)] if fold in order and order.index(fold) < len(out) else None
+                held_auc = held_by_fold.get(n, {}).get(fold)
                 cells.append(f"{trained[n]['auc'] if n in trained else '-'} / {'-' if held_auc is None else held_auc}")
             lines.append(f"| {arm} | {fold} | {trained['images']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
