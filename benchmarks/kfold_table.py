@@ -164,13 +164,21 @@ def goals_markdown(table: dict[str, dict]) -> str:
     judged = {arm: s["goals_over_folds"] for arm, s in table.items() if s.get("goals_over_folds")}
     if not judged:
         return ""
-    names = list(dict.fromkeys(g["goal"] for j in judged.values() for g in j["goals"]))
-    lines = ["", "Issue 25's goals on all held-out images of the folds together (met: **bold**):", "",
+    # a class's recall goal is named with its image count, which differs between arms of different folds: one
+    # column per class, the count in the cell
+    def column(goal: dict) -> tuple[str, str]:
+        counted = re.fullmatch(r"(.*) \((\d+) images\)", goal["goal"])
+        return (counted[1], f" ({counted[2]})") if counted else (goal["goal"], "")
+
+    names = list(dict.fromkeys(column(g)[0] for j in judged.values() for g in j["goals"]))
+    lines = ["", "Issue 25's goals on all held-out images of the folds together (met: **bold**; a class's held-out "
+             "images in brackets):", "",
              "| arm | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 1)]
     for arm, j in judged.items():
-        by_name = {g["goal"]: g for g in j["goals"]}
-        cells = [("-" if n not in by_name else f"**{by_name[n]['value']}**" if by_name[n]["met"]
-                  else f"{by_name[n]['value']}") for n in names]
+        by_name = {column(g)[0]: (g, column(g)[1]) for g in j["goals"]}
+        cells = ["-" if n not in by_name else
+                 (f"**{by_name[n][0]['value']}**" if by_name[n][0]["met"] else f"{by_name[n][0]['value']}")
+                 + by_name[n][1] for n in names]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     exposures = sorted({e for j in judged.values() for e in j["by_exposure"]})
     lines += ["", "Held-out recall, false alarms per exposure over the folds:", "",
