@@ -165,10 +165,9 @@ def goals_markdown(table: dict[str, dict]) -> str:
     if not judged:
         return ""
     # a class's recall goal is named with its image count, which differs between arms of different folds: one
-    # column per class, the count in the cell
+    # column per class (its measure), the count in the cell
     def column(goal: dict) -> tuple[str, str]:
-        counted = re.fullmatch(r"(.*) \((\d+) images\)", goal["goal"])
-        return (counted[1], f" ({counted[2]})") if counted else (goal["goal"], "")
+        return (goal["measure"], f" ({goal['images']})") if "measure" in goal else (goal["goal"], "")
 
     names = list(dict.fromkeys(column(g)[0] for j in judged.values() for g in j["goals"]))
     lines = ["", "Issue 25's goals on all held-out images of the folds together (met: **bold**; a class's held-out "

@@ -128,8 +128,10 @@ def held_out_goals(metrics: dict, records: list[dict], goals: Goals) -> list[dic
     ]
     for name, row in class_recall(records).items():
         if row["images"] >= goals.class_min_images:
-            checks.append({"goal": f"recall of {name} ({row['images']} images)", "at_least": goals.class_recall,
-                           "value": row["recall"], "met": row["recall"] >= goals.class_recall})
+            measure = f"recall of {name}"  # the goal's name without its image count, which differs between parts
+            checks.append({"goal": f"{measure} ({row['images']} images)", "measure": measure, "images": row["images"],
+                           "at_least": goals.class_recall, "value": row["recall"],
+                           "met": row["recall"] >= goals.class_recall})
     exposures = breakdown(records, "exposure")
     for figure, what, count in (("recall", "recall", "defective"), ("false_alarm_rate", "false alarms", "clean")):
         gap = spread(exposures, figure)

@@ -37,6 +37,8 @@ def test_goals_count_false_alarms_on_clean_images_and_recall_per_class_with_enou
         "false alarms on defect-free images"]["met"], "issue 25's default goal is at most 3 %"
     assert checks["pixel IoU"]["met"]
     assert not checks["recall of crack (11 images)"]["met"]
+    assert (checks["recall of crack (11 images)"]["measure"], checks["recall of crack (11 images)"]["images"]) == (
+        "recall of crack", 11), "a class's goal names its measure and its image count apart, for tables over parts"
     assert not any("fray" in name for name in checks)
     assert checks["image-level F1"]["value"] == metrics["f1"] and not checks["image-level F1"]["met"]
     loose = held_out_goals(metrics, records, Goals(f1=0.8, false_alarms=0.04, class_recall=0.8, class_min_images=4))

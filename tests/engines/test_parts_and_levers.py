@@ -692,8 +692,9 @@ def test_the_kfold_table_adds_up_held_out_counts_over_folds_and_counts_fused_ver
     assert "| ref | 1 | 30 |" in out.read_text()
     assert kfold_table.main([str(tmp_path / "nowhere")]) == 2
     # arms run on different folds hold different numbers of a class's images: one column per class all the same
-    goal = {"goal": "recall of uneven ({} images)", "value": 0.5, "met": False}
-    two = {arm: {"goals_over_folds": {"goals": [{**goal, "goal": goal["goal"].format(n)}], "by_exposure": {}}}
+    goal = {"goal": "recall of uneven ({} images)", "measure": "recall of uneven", "value": 0.5, "met": False}
+    two = {arm: {"goals_over_folds": {"goals": [{**goal, "goal": goal["goal"].format(n), "images": n}],
+                                      "by_exposure": {}}}
            for arm, n in (("ref", 59), ("border", 16))}
     text = kfold_table.goals_markdown(two)
     assert "| arm | recall of uneven |" in text and "| ref | 0.5 (59) |" in text and "| border | 0.5 (16) |" in text
